@@ -1,0 +1,181 @@
+"""`EvalSuite`: evaluate a model (artifact or served endpoint) and gate releases on thresholds."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.scheduling import Compute
+
+
+class TaskType(StrEnum):
+    """Kinds of evaluation task, and the metrics each produces."""
+
+    PERPLEXITY = "perplexity"
+    """Held-out text: `perplexity`, `nll`."""
+    MULTIPLE_CHOICE = "multipleChoice"
+    """Rows `question`, `choices`, `answer` (index): `acc`, `acc_norm`."""
+    GENERATION = "generation"
+    """Rows `prompt`, `answer`: `exact_match`, `f1`."""
+    CODE = "code"
+    """HumanEval-style rows `prompt`, `test`, `entry_point`, executed in a sandbox: `pass@k`."""
+    SAFETY = "safety"
+    """Adversarial prompts by category: `refusal_rate`, `toxicity_rate`, per-category rates."""
+
+
+TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
+    TaskType.PERPLEXITY: ("perplexity", "nll"),
+    TaskType.MULTIPLE_CHOICE: ("acc", "acc_norm"),
+    TaskType.GENERATION: ("exact_match", "f1"),
+    TaskType.CODE: ("pass@1", "pass@k"),
+    TaskType.SAFETY: ("refusal_rate", "toxicity_rate"),
+}
+
+
+class EvalTask(ApiModel):
+    """One evaluation task."""
+
+    name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    """Task name; metrics are addressed as `<name>.<metric>`."""
+    type: TaskType
+    """Task kind."""
+    data_uri: str | None = None
+    """Task rows (JSONL) in the store or on disk. Perplexity without it uses the model's Dataset
+    validation split; safety without it uses LMForge's built-in red-team set."""
+    limit: int | None = Field(default=None, ge=1)
+    """Evaluate at most this many rows."""
+    num_fewshot: int = Field(default=0, ge=0, le=64)
+    """Few-shot examples prepended from the same file."""
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    """Generation/code/safety: tokens generated per answer."""
+    samples: int = Field(default=1, ge=1, le=200)
+    """Code: completions sampled per problem (k of pass@k)."""
+    timeout_seconds: float = Field(default=10.0, gt=0, le=600)
+    """Code: wall-clock limit per execution."""
+
+
+_THRESHOLD = re.compile(r"^\s*([a-z0-9][a-z0-9_-]*)\.([A-Za-z0-9_@]+)\s*(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$")
+THRESHOLD_PATTERN = _THRESHOLD.pattern
+
+
+@dataclass(frozen=True)
+class Threshold:
+    """A parsed gate condition `task.metric OP value`."""
+
+    task: str
+    metric: str
+    op: str
+    value: float
+
+    def holds(self, observed: float) -> bool:
+        """Whether the observed metric value passes this threshold."""
+        return {
+            ">=": observed >= self.value,
+            "<=": observed <= self.value,
+            ">": observed > self.value,
+            "<": observed < self.value,
+            "==": observed == self.value,
+        }[self.op]
+
+    def __str__(self) -> str:
+        return f"{self.task}.{self.metric} {self.op} {self.value:g}"
+
+
+def parse_threshold(text: str) -> Threshold:
+    """Parse `task.metric OP value`, e.g. `hellaswag.acc_norm >= 0.30`."""
+    match = _THRESHOLD.match(text)
+    if match is None:
+        raise ValueError(f"threshold {text!r} is not of the form `task.metric >= number`")
+    task, metric, op, value = match.groups()
+    return Threshold(task, metric, op, float(value))
+
+
+class Endpoint(ApiModel):
+    """An OpenAI-compatible endpoint to evaluate instead of a model artifact."""
+
+    url: str | None = Field(default=None, pattern=r"^https?://")
+    """Base URL, e.g. `http://tiny-release:8000/v1`."""
+    release_ref: LocalRef | None = None
+    """A ModelRelease whose serving endpoint is evaluated (post-deploy smoke evaluation)."""
+    model: str | None = None
+    """Served model name; default the release's."""
+    api_key_secret: SecretKeyRef | None = None
+    """API key for the endpoint."""
+
+    @model_validator(mode="after")
+    def _one(self) -> Endpoint:
+        if (self.url is None) == (self.release_ref is None):
+            raise ValueError("set exactly one of url or releaseRef")
+        return self
+
+
+class EvalSuiteSpec(ApiModel):
+    """Which model, which tasks, and what must hold to pass."""
+
+    model_ref: ModelRef | None = None
+    """The model to evaluate."""
+    endpoint: Endpoint | None = None
+    """Evaluate a served endpoint instead of an artifact."""
+    tasks: list[EvalTask] = Field(min_length=1)
+    """Tasks to run."""
+    thresholds: list[str] = Field(default_factory=list)
+    """Gate conditions `task.metric OP value` (OP one of >=, <=, >, <, ==); all must hold to pass."""
+    baseline_ref: LocalRef | None = None
+    """Another EvalSuite to report deltas against (regression detection)."""
+    batch_size: int = Field(default=16, ge=1, le=4096)
+    """Rows scored per forward pass."""
+    seed: int = Field(default=1234, ge=0)
+    """Seed for sampling."""
+    compute: Compute = Field(default_factory=Compute)
+    """Pod resources and placement."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> EvalSuiteSpec:
+        if (self.model_ref is None) == (self.endpoint is None):
+            raise ValueError("set exactly one of modelRef or endpoint")
+        names = [t.name for t in self.tasks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"task names must be unique; repeated: {', '.join(dupes)}")
+        by_name = {t.name: t for t in self.tasks}
+        for i, text in enumerate(self.thresholds):
+            try:
+                threshold = parse_threshold(text)
+            except ValueError as exc:
+                raise ValueError(f"thresholds[{i}]: {exc}") from None
+            task = by_name.get(threshold.task)
+            if task is None:
+                raise ValueError(f"thresholds[{i}] ({text}): no task named {threshold.task!r} in tasks")
+            known = TASK_METRICS[task.type]
+            if threshold.metric not in known and not (
+                task.type is TaskType.SAFETY and threshold.metric.endswith("_rate")
+            ) and not (task.type is TaskType.CODE and threshold.metric.startswith("pass@")):
+                raise ValueError(
+                    f"thresholds[{i}] ({text}): task {task.name} ({task.type.value}) produces "
+                    f"{', '.join(known)}, not {threshold.metric!r}"
+                )
+        return self
+
+    def parsed_thresholds(self) -> list[Threshold]:
+        """Thresholds as objects (already validated)."""
+        return [parse_threshold(t) for t in self.thresholds]
+
+
+class EvalSuite(ApiModel):
+    """Evaluation of a model with release-gating thresholds."""
+
+    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    """`lmforge.io/v1alpha1`."""
+    kind: Literal["EvalSuite"] = "EvalSuite"
+    """`EvalSuite`."""
+    metadata: ObjectMeta
+    """Standard object metadata."""
+    spec: EvalSuiteSpec
+    """Desired evaluation."""
+    status: Status | None = None
+    """Observed state, written by LMForge."""

@@ -1,0 +1,152 @@
+"""The registry of LMForge kinds: names, plurals, printer columns, and the references each kind
+makes to others. CRD generation, validation and the reconcilers all read this one table."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from lmforge.api.alignment import AlignmentJob
+from lmforge.api.dataset import Dataset
+from lmforge.api.evalsuite import EvalSuite
+from lmforge.api.meta import LocalRef, ModelRef
+from lmforge.api.pretrain import PretrainJob
+from lmforge.api.release import ModelRelease
+
+Resource = Dataset | PretrainJob | AlignmentJob | EvalSuite | ModelRelease
+"""Any LMForge resource."""
+
+
+@dataclass(frozen=True)
+class PrinterColumn:
+    name: str
+    json_path: str
+    type: str = "string"
+    priority: int = 0
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class KindInfo:
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    model: type[Resource]
+    columns: tuple[PrinterColumn, ...]
+    description: str
+
+
+_COMMON_HEAD = (
+    PrinterColumn("Phase", ".status.phase", description="Life-cycle phase"),
+    PrinterColumn("Progress", ".status.progress.percent", "number", description="Percent done of the running stage"),
+)
+_COMMON_TAIL = (
+    PrinterColumn("Reason", ".status.conditions[?(@.type==\"Ready\")].reason", priority=1,
+                  description="Reason of the Ready condition"),
+    PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
+)
+
+
+def _columns(*middle: PrinterColumn) -> tuple[PrinterColumn, ...]:
+    return _COMMON_HEAD + middle + _COMMON_TAIL
+
+
+KINDS: dict[str, KindInfo] = {
+    "Dataset": KindInfo(
+        "Dataset", "datasets", "dataset", ("lmds",), Dataset,
+        _columns(PrinterColumn("Tokens", ".status.metrics.tokens", "number", description="Tokens in the shards"),
+                 PrinterColumn("Key", ".status.keyMetric", priority=1)),
+        "Curated, tokenized and packed training data with a dataset card.",
+    ),
+    "PretrainJob": KindInfo(
+        "PretrainJob", "pretrainjobs", "pretrainjob", ("ptj",), PretrainJob,
+        _columns(PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss"),
+                 PrinterColumn("Tokens/s", ".status.metrics.tokens_per_second", "number", priority=1)),
+        "Next-token pretraining with DeepSpeed, checkpoints, resume and Hugging Face export.",
+    ),
+    "AlignmentJob": KindInfo(
+        "AlignmentJob", "alignmentjobs", "alignmentjob", ("alj",), AlignmentJob,
+        _columns(PrinterColumn("Method", ".spec.method"),
+                 PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss")),
+        "SFT, reward model, PPO or DPO of a base model, fully or with LoRA/QLoRA.",
+    ),
+    "EvalSuite": KindInfo(
+        "EvalSuite", "evalsuites", "evalsuite", ("evs",), EvalSuite,
+        _columns(PrinterColumn("Gate", ".status.conditions[?(@.type==\"GatePassed\")].status",
+                               description="Whether every threshold held"),
+                 PrinterColumn("Key", ".status.keyMetric")),
+        "Evaluation tasks and the thresholds that gate a release.",
+    ),
+    "ModelRelease": KindInfo(
+        "ModelRelease", "modelreleases", "modelrelease", ("mrel",), ModelRelease,
+        _columns(PrinterColumn("Endpoint", ".status.endpoint"),
+                 PrinterColumn("Key", ".status.keyMetric", priority=1)),
+        "A compressed, evaluated model served by vLLM behind an OpenAI-compatible API.",
+    ),
+}
+"""Every kind, keyed by `kind`."""
+
+ORDER = ("Dataset", "PretrainJob", "AlignmentJob", "EvalSuite", "ModelRelease")
+
+
+@dataclass(frozen=True)
+class Reference:
+    """An edge from one resource to another."""
+
+    kind: str
+    name: str
+    field: str
+    """Wire path of the referencing field, e.g. `spec.datasetRef`."""
+    needs_ready: bool = True
+    """Whether the referrer waits for the target to be Ready (False: it only reads its spec)."""
+
+
+def _model(ref: ModelRef | None, field: str) -> Iterator[Reference]:
+    if ref is not None and ref.name is not None and ref.kind is not None:
+        yield Reference(ref.kind.value, ref.name, field)
+
+
+def _local(kind: str, ref: LocalRef | None, field: str, needs_ready: bool = True) -> Iterator[Reference]:
+    if ref is not None:
+        yield Reference(kind, ref.name, field, needs_ready)
+
+
+def references(resource: Resource) -> list[Reference]:
+    """Every reference a resource makes, with the field that makes it."""
+    out: list[Reference] = []
+    if isinstance(resource, Dataset):
+        decon = resource.spec.dedup.decontaminate
+        for i, ref in enumerate(decon.eval_suite_refs if decon else []):
+            out += _local("EvalSuite", ref, f"spec.dedup.decontaminate.evalSuiteRefs[{i}]", needs_ready=False)
+    elif isinstance(resource, PretrainJob):
+        spec = resource.spec
+        out += _local("Dataset", spec.dataset_ref, "spec.datasetRef")
+        out += _model(spec.init_from, "spec.initFrom")
+        out += _local("Dataset", spec.replay.dataset_ref if spec.replay else None, "spec.replay.datasetRef")
+    elif isinstance(resource, AlignmentJob):
+        out += _model(resource.spec.model_ref, "spec.modelRef")
+        ppo = resource.spec.ppo
+        out += _local("AlignmentJob", ppo.reward_model_ref if ppo else None, "spec.ppo.rewardModelRef")
+    elif isinstance(resource, EvalSuite):
+        spec = resource.spec
+        out += _model(spec.model_ref, "spec.modelRef")
+        out += _local("ModelRelease", spec.endpoint.release_ref if spec.endpoint else None,
+                      "spec.endpoint.releaseRef")
+        out += _local("EvalSuite", spec.baseline_ref, "spec.baselineRef")
+    elif isinstance(resource, ModelRelease):
+        spec = resource.spec
+        out += _model(spec.model_ref, "spec.modelRef")
+        out += _local("EvalSuite", spec.eval_suite_ref, "spec.evalSuiteRef")
+        quant = spec.compression.quantization
+        out += _local("Dataset", quant.calibration_dataset_ref, "spec.compression.quantization.calibrationDatasetRef")
+        distil = spec.compression.distillation
+        out += _local("Dataset", distil.dataset_ref if distil else None, "spec.compression.distillation.datasetRef")
+        for i, ref in enumerate(spec.serving.lora_adapters):
+            out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
+    return out
+
+
+def key(resource: Resource) -> str:
+    """`Kind/name`, the identity of a resource within a namespace."""
+    return f"{resource.kind}/{resource.metadata.name}"

@@ -1,0 +1,259 @@
+"""Shared wire conventions for every LMForge kind: camelCase on the wire, snake_case in Python,
+unknown fields rejected, and Kubernetes-shaped metadata, conditions and status.
+
+Every field is documented by the docstring under it; those docstrings become the CRD descriptions
+(`kubectl explain`) and the validation messages' vocabulary, so they are written for users.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "lmforge.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+_DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ApiModel(BaseModel):
+    """Base for every wire object: camelCase aliases, strict about unknown fields.
+
+    `extra="forbid"` is what makes a typo such as `seqLenght` an error naming the field instead
+    of a silently ignored setting.
+    """
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+        validate_assignment=False,
+    )
+
+    def wire(self) -> dict[str, Any]:
+        """The object as it travels over the wire (camelCase, no unset optional fields)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class FreeForm(BaseModel):
+    """An object whose keys we do not model (labels, extra DeepSpeed keys)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class ObjectMeta(ApiModel):
+    """The subset of Kubernetes `metav1.ObjectMeta` that LMForge reads."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
+                              use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=63)
+    """Name of the resource, unique per kind in its namespace; a DNS-1123 label because it names
+    Jobs, Services and store prefixes."""
+    namespace: str | None = None
+    """Namespace of the resource; the embedded runner ignores it."""
+    labels: dict[str, str] = Field(default_factory=dict)
+    """Labels, copied onto every child object the operator creates."""
+    annotations: dict[str, str] = Field(default_factory=dict)
+    """Annotations."""
+    generation: int | None = None
+    """Set by the apiserver; increases on every spec change."""
+    uid: str | None = None
+    """Set by the apiserver; used for owner references."""
+
+    @field_validator("name")
+    @classmethod
+    def _dns_label(cls, value: str) -> str:
+        if not _DNS1123.match(value):
+            raise ValueError(
+                "must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending "
+                "with a letter or digit"
+            )
+        return value
+
+
+class LocalRef(ApiModel):
+    """A reference to another LMForge resource in the same namespace."""
+
+    name: str = Field(min_length=1, max_length=63)
+    """Name of the referenced resource."""
+
+
+class ModelKind(StrEnum):
+    """Kinds that produce a model artifact."""
+
+    PRETRAIN_JOB = "PretrainJob"
+    ALIGNMENT_JOB = "AlignmentJob"
+    MODEL_RELEASE = "ModelRelease"
+
+
+class ModelRef(ApiModel):
+    """Where a model comes from: another resource's output, or a Hugging Face-format directory in
+    the artifact store (for example an open checkpoint a user uploaded)."""
+
+    kind: ModelKind | None = None
+    """Kind of the referenced resource; required with `name`."""
+    name: str | None = Field(default=None, min_length=1, max_length=63)
+    """Name of the referenced resource."""
+    uri: str | None = Field(default=None, min_length=1)
+    """A Hugging Face-format model directory (`s3://…`, `file://…` or a path) instead of a resource."""
+
+    def model_post_init(self, _context: Any) -> None:
+        has_ref = self.name is not None
+        if has_ref == (self.uri is not None):
+            raise ValueError("set exactly one of `name` (with `kind`) or `uri`")
+        if has_ref and self.kind is None:
+            raise ValueError("`kind` is required with `name` (PretrainJob, AlignmentJob or ModelRelease)")
+
+
+class SecretKeyRef(ApiModel):
+    """A key in a Kubernetes Secret (in the embedded runner: an environment variable of that name)."""
+
+    name: str = Field(min_length=1)
+    """Name of the Secret."""
+    key: str = Field(min_length=1)
+    """Key in the Secret."""
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+class ConditionType(StrEnum):
+    """Condition types. `Ready` is on every kind; the others where they make sense."""
+
+    READY = "Ready"
+    """The resource's output is available (artifacts published, or the release serving)."""
+    SUCCEEDED = "Succeeded"
+    """The stage ran to completion (True) or failed for good (False)."""
+    INPUTS_READY = "InputsReady"
+    """Every referenced resource is Ready."""
+    GATE_PASSED = "GatePassed"
+    """EvalSuite: every threshold held. ModelRelease: the referenced gate passed."""
+
+
+class Reason(StrEnum):
+    """Machine-readable reasons for conditions, documented once here."""
+
+    WAITING_FOR_INPUT = "WaitingForInput"
+    """A referenced resource is not Ready yet."""
+    INPUT_FAILED = "InputFailed"
+    """A referenced resource failed; the message names it."""
+    INVALID_SPEC = "InvalidSpec"
+    """The spec passed the CRD schema but not the models; the message names the field."""
+    PENDING = "Pending"
+    """Accepted; the stage has not started."""
+    RUNNING = "Running"
+    """The stage is running."""
+    COMPLETED = "Completed"
+    """The stage finished and published its artifacts."""
+    STAGE_FAILED = "StageFailed"
+    """The stage process failed; the message carries its one-line reason."""
+    RETRYING = "Retrying"
+    """A stage attempt failed and will be retried (resuming from its checkpoint)."""
+    GATE_PASSED = "GatePassed"
+    """All thresholds held."""
+    GATE_FAILED = "GateFailed"
+    """At least one threshold did not hold; the message lists which."""
+    GATE_PENDING = "GatePending"
+    """The referenced EvalSuite has not finished."""
+    DEPLOYING = "Deploying"
+    """The serving Deployment is rolling out."""
+    SERVING = "Serving"
+    """The model answers on its endpoint."""
+
+
+class Phase(StrEnum):
+    """Coarse life-cycle phase, shown by `kubectl get` and `lmforge status`."""
+
+    PENDING = "Pending"
+    WAITING = "Waiting"
+    RUNNING = "Running"
+    SUCCEEDED = "Succeeded"
+    FAILED = "Failed"
+    SERVING = "Serving"
+
+
+class Condition(ApiModel):
+    """Shaped like Kubernetes `metav1.Condition`."""
+
+    type: str = Field(min_length=1, max_length=316)
+    """Condition type, one of the `ConditionType` values."""
+    status: ConditionStatus
+    """True, False or Unknown."""
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """CamelCase machine-readable reason, one of the `Reason` values."""
+    message: str = Field(default="", max_length=32768)
+    """Human-readable detail."""
+    last_transition_time: str = Field(default_factory=lambda: now_rfc3339())
+    """When the status last changed (RFC 3339)."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The `metadata.generation` this condition was computed for."""
+
+
+class Progress(ApiModel):
+    """Where the running stage is, relayed from its progress records."""
+
+    stage: str | None = None
+    """Name of the stage that reported."""
+    step: int = Field(default=0, ge=0)
+    """Steps (or documents, or items) done."""
+    total: int | None = Field(default=None, ge=0)
+    """Steps expected in all; unknown when absent."""
+    percent: float | None = Field(default=None, ge=0, le=100)
+    """`100 * step / total`."""
+    eta_seconds: float | None = Field(default=None, ge=0)
+    """Estimated seconds to completion."""
+    message: str | None = None
+    """Last human-readable message."""
+    updated: str | None = None
+    """When the last record arrived (RFC 3339)."""
+
+
+class Status(ApiModel):
+    """Common status of every kind; written by the operator or the embedded runner only."""
+
+    phase: Phase = Phase.PENDING
+    """Coarse life-cycle phase."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """Latest observations; `Ready` is always present once reconciled."""
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The `metadata.generation` the status describes."""
+    progress: Progress | None = None
+    """Progress of the running stage."""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    """Key metrics (loss, tokens/s, accuracies…), latest values."""
+    artifacts: dict[str, str] = Field(default_factory=dict)
+    """Produced artifacts: name → URI of a complete artifact (its manifest written)."""
+    run_id: str | None = None
+    """Identifier of the stage run that produced (or is producing) the artifacts."""
+    attempts: int = Field(default=0, ge=0)
+    """How many times the stage has been started for this generation."""
+    started_at: str | None = None
+    """When the stage first started (RFC 3339)."""
+    completed_at: str | None = None
+    """When the stage finished (RFC 3339)."""
+    lineage: list[str] = Field(default_factory=list)
+    """Upstream resources and artifacts this output was made from, nearest first (`Kind/name`)."""
+    endpoint: str | None = None
+    """ModelRelease: the OpenAI-compatible URL of the served model."""
+    key_metric: str | None = None
+    """The one figure the printer column shows (e.g. `loss=2.31`)."""
+
+    def condition(self, type_: str) -> Condition | None:
+        """The condition of that type, if present."""
+        return next((c for c in self.conditions if c.type == type_), None)
+
+
+def now_rfc3339() -> str:
+    """Current UTC time in the RFC 3339 form Kubernetes uses (second precision, `Z`)."""
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

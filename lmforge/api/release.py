@@ -1,0 +1,161 @@
+"""`ModelRelease`: compress a model (quantize, prune, distil) and serve it with vLLM once its
+EvalSuite gate has passed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.pretrain import Architecture
+from lmforge.api.scheduling import Compute
+
+
+class QuantMethod(StrEnum):
+    NONE = "none"
+    INT8_WEIGHT = "int8-weight"
+    """INT8 weight-only (W8A16)."""
+    W8A8 = "w8a8"
+    """INT8 weights and activations."""
+    INT4_GPTQ = "int4-gptq"
+    """INT4 weight-only, GPTQ."""
+    INT4_AWQ = "int4-awq"
+    """INT4 weight-only, AWQ-style."""
+
+
+class Quantization(ApiModel):
+    """Post-training quantization to a format vLLM loads."""
+
+    method: QuantMethod = QuantMethod.NONE
+    """Scheme."""
+    group_size: int = Field(default=128, ge=8, le=4096)
+    """Weights per quantization group (INT4)."""
+    calibration_samples: int = Field(default=64, ge=1, le=65536)
+    """Sequences from the calibration Dataset's validation split."""
+    calibration_dataset_ref: LocalRef | None = None
+    """Dataset for calibration; default the model's training Dataset."""
+    max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)
+    """Refuse to publish when held-out perplexity rises by more than this fraction."""
+
+
+class PruneMethod(StrEnum):
+    NONE = "none"
+    MAGNITUDE = "magnitude"
+    SEMI_STRUCTURED_2_4 = "2:4"
+
+
+class Pruning(ApiModel):
+    """Weight pruning."""
+
+    method: PruneMethod = PruneMethod.NONE
+    """Unstructured magnitude, or 2:4 semi-structured."""
+    sparsity: float = Field(default=0.5, gt=0, lt=1)
+    """Target fraction of zero weights (2:4 is always 0.5)."""
+
+
+class Distillation(ApiModel):
+    """Train a smaller student on the teacher's logits."""
+
+    student: Architecture
+    """Student architecture."""
+    dataset_ref: LocalRef
+    """Dataset whose shards are used."""
+    temperature: float = Field(default=2.0, gt=0, le=100)
+    """Softmax temperature of the soft targets."""
+    alpha: float = Field(default=0.5, ge=0, le=1)
+    """Weight of the KL term; 1 − alpha weighs the hard-label loss."""
+    max_steps: int = Field(default=1000, ge=1)
+    """Training steps."""
+    micro_batch_size: int = Field(default=8, ge=1)
+    """Sequences per step."""
+    lr: float = Field(default=3e-4, gt=0, le=1)
+    """Learning rate."""
+
+
+class Compression(ApiModel):
+    """Compression steps, applied in the order distil → prune → quantize."""
+
+    quantization: Quantization = Field(default_factory=Quantization)
+    """Quantization."""
+    pruning: Pruning = Field(default_factory=Pruning)
+    """Pruning."""
+    distillation: Distillation | None = None
+    """Distillation."""
+
+
+class DType(StrEnum):
+    AUTO = "auto"
+    BFLOAT16 = "bfloat16"
+    FLOAT16 = "float16"
+    FLOAT32 = "float32"
+
+
+class Serving(ApiModel):
+    """vLLM's OpenAI-compatible server."""
+
+    enabled: bool = True
+    """Serve the release."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Deployment replicas."""
+    served_model_name: str | None = None
+    """Model name in the API; default the release's name."""
+    dtype: DType = DType.AUTO
+    """Weights dtype."""
+    max_model_len: int | None = Field(default=None, ge=8)
+    """Longest context served; default the model's."""
+    tensor_parallel_size: int = Field(default=1, ge=1, le=64)
+    """GPUs per replica for tensor parallelism."""
+    gpu_memory_utilization: float = Field(default=0.9, gt=0, le=1)
+    """Fraction of GPU memory vLLM may use."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Container (or local) port."""
+    lora_adapters: list[LocalRef] = Field(default_factory=list)
+    """AlignmentJobs whose adapters are served with `--enable-lora`."""
+    api_key_secret: SecretKeyRef | None = None
+    """API key required by the server."""
+    kv_cache_gib: float = Field(default=1.0, gt=0, le=1024)
+    """CPU backend: KV-cache space in GiB."""
+    extra_args: list[str] = Field(default_factory=list)
+    """Extra vLLM server arguments (advanced)."""
+
+
+class ModelReleaseSpec(ApiModel):
+    """What to release, how to compress it, and how to serve it."""
+
+    model_ref: ModelRef
+    """The model to release."""
+    eval_suite_ref: LocalRef | None = None
+    """An EvalSuite that must pass before the release deploys."""
+    compression: Compression = Field(default_factory=Compression)
+    """Compression."""
+    serving: Serving = Field(default_factory=Serving)
+    """Serving."""
+    gpus: int = Field(default=0, ge=0, le=64)
+    """GPUs per serving replica (0 serves on the CPU build)."""
+    compute: Compute = Field(default_factory=Compute)
+    """Pod resources and placement."""
+
+    @model_validator(mode="after")
+    def _checks(self) -> ModelReleaseSpec:
+        if self.serving.tensor_parallel_size > max(self.gpus, 1):
+            raise ValueError(
+                f"serving.tensorParallelSize ({self.serving.tensor_parallel_size}) exceeds gpus ({self.gpus})"
+            )
+        return self
+
+
+class ModelRelease(ApiModel):
+    """A compressed, evaluated model served by vLLM."""
+
+    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    """`lmforge.io/v1alpha1`."""
+    kind: Literal["ModelRelease"] = "ModelRelease"
+    """`ModelRelease`."""
+    metadata: ObjectMeta
+    """Standard object metadata."""
+    spec: ModelReleaseSpec
+    """Desired release."""
+    status: Status | None = None
+    """Observed state, written by LMForge."""

@@ -1,0 +1,95 @@
+"""Training settings shared by `PretrainJob` and `AlignmentJob`: precision, optimizer, schedule,
+DeepSpeed, checkpoints and the nodes × GPUs topology."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import Field, model_validator
+
+from lmforge.api.meta import ApiModel, FreeForm
+
+
+class Precision(StrEnum):
+    BF16 = "bf16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+
+class LRSchedule(StrEnum):
+    COSINE = "cosine"
+    LINEAR = "linear"
+    CONSTANT = "constant"
+
+
+class Optimizer(ApiModel):
+    """AdamW with warm-up then decay to a floor."""
+
+    lr: float = Field(default=3e-4, gt=0, le=1)
+    """Peak learning rate."""
+    min_lr: float = Field(default=3e-5, ge=0)
+    """Floor the schedule decays to."""
+    weight_decay: float = Field(default=0.1, ge=0, le=1)
+    """AdamW decoupled weight decay (not applied to norms and biases)."""
+    beta1: float = Field(default=0.9, ge=0, lt=1)
+    """Adam β1."""
+    beta2: float = Field(default=0.95, ge=0, lt=1)
+    """Adam β2."""
+    eps: float = Field(default=1e-8, gt=0)
+    """Adam ε."""
+    warmup_steps: int = Field(default=100, ge=0)
+    """Linear warm-up steps from 0 to `lr`."""
+    schedule: LRSchedule = LRSchedule.COSINE
+    """Decay after warm-up."""
+
+    @model_validator(mode="after")
+    def _floor(self) -> Optimizer:
+        if self.min_lr > self.lr:
+            raise ValueError(f"minLr ({self.min_lr}) must not exceed lr ({self.lr})")
+        return self
+
+
+class OffloadDevice(StrEnum):
+    NONE = "none"
+    CPU = "cpu"
+
+
+class DeepSpeed(ApiModel):
+    """DeepSpeed engine settings; the generated config is published with the job's artifacts."""
+
+    zero_stage: int = Field(default=1, ge=0, le=3)
+    """ZeRO stage: 0 off, 1 optimizer state, 2 + gradients, 3 + parameters partitioned."""
+    offload_optimizer: OffloadDevice = OffloadDevice.NONE
+    """Offload optimizer state (ZeRO ≥ 1)."""
+    offload_params: OffloadDevice = OffloadDevice.NONE
+    """Offload parameters (ZeRO 3 only)."""
+    extra_config: FreeForm | None = None
+    """Extra DeepSpeed keys merged over the generated config (advanced)."""
+
+    @model_validator(mode="after")
+    def _offload(self) -> DeepSpeed:
+        if self.offload_params is not OffloadDevice.NONE and self.zero_stage != 3:
+            raise ValueError("offloadParams needs zeroStage 3")
+        if self.offload_optimizer is not OffloadDevice.NONE and self.zero_stage == 0:
+            raise ValueError("offloadOptimizer needs zeroStage ≥ 1")
+        return self
+
+
+class Checkpointing(ApiModel):
+    """Periodic checkpoints to the artifact store, with automatic resume."""
+
+    every_steps: int = Field(default=500, ge=1)
+    """Save every this many optimizer steps (and at the end)."""
+    keep_last: int = Field(default=3, ge=1, le=1000)
+    """Checkpoints kept; older ones are deleted after a newer one is complete."""
+    resume: bool = True
+    """Resume from the latest complete checkpoint of this job when one exists."""
+
+
+class Topology(ApiModel):
+    """Nodes × GPUs per node; each node runs one pod with one process per GPU."""
+
+    nodes: int = Field(default=1, ge=1, le=4096)
+    """Pods (nodes) in the job."""
+    gpus_per_node: int = Field(default=0, ge=0, le=16)
+    """GPUs per pod (`nvidia.com/gpu`); 0 trains on the CPU."""
