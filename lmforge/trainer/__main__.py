@@ -1,0 +1,82 @@
+"""`python -m lmforge.trainer <stage> --spec FILE`: run one stage per the stage contract.
+
+Exit 0 only after the stage's artifacts are committed and `result.json` is written; otherwise a
+non-zero status and, as the last stderr line, `lmforge: error: <reason>` (see `lmforge.api.contract`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from lmforge.api.contract import ERROR_PREFIX, EXIT_FAILED, EXIT_INVALID_SPEC, EXIT_OK, StageName, StageSpec
+from lmforge.store import StoreError
+from lmforge.trainer.context import StageContext
+from lmforge.trainer.errors import StageError
+from lmforge.trainer.progress import ProgressReporter, start_metrics_server
+from lmforge.trainer.registry import load
+
+
+def _fail(message: str, code: int) -> int:
+    print(ERROR_PREFIX + " ".join(message.split()), file=sys.stderr, flush=True)
+    return code
+
+
+def read_spec(path: Path) -> StageSpec:
+    text = path.read_text(encoding="utf-8")
+    data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    return StageSpec.model_validate(data)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lmforge.trainer", description=__doc__)
+    parser.add_argument("stage", choices=[s.value for s in StageName], help="stage to run")
+    parser.add_argument("--spec", required=True, type=Path, help="StageSpec file (YAML or JSON)")
+    args = parser.parse_args(argv)
+    try:
+        spec = read_spec(args.spec)
+    except (OSError, yaml.YAMLError, ValueError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            return _fail(f"--spec {args.spec}: {'.'.join(map(str, first['loc']))}: {first['msg']}", EXIT_INVALID_SPEC)
+        return _fail(f"--spec {args.spec}: {exc}", EXIT_INVALID_SPEC)
+    if spec.stage.value != args.stage:
+        return _fail(f"--spec {args.spec} is for stage {spec.stage.value!r}, not {args.stage!r}", EXIT_INVALID_SPEC)
+    reporter: ProgressReporter | None = None
+    try:
+        ctx = StageContext.from_spec(spec)
+        reporter = ctx.reporter
+        if spec.worker.index == 0:
+            start_metrics_server()
+        run = load(spec.stage)
+        artifacts = run(ctx)
+        if "result" not in ctx.extra:
+            reporter.result(artifacts, ctx.extra.get("metrics"))
+        return EXIT_OK
+    except StageError as exc:
+        if reporter:
+            reporter.error(str(exc), exc.retryable)
+        return _fail(str(exc), EXIT_FAILED if exc.retryable else EXIT_INVALID_SPEC)
+    except StoreError as exc:
+        if reporter:
+            reporter.error(str(exc), True)
+        return _fail(f"store: {exc}", EXIT_FAILED)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    except Exception as exc:
+        traceback.print_exc()
+        message = f"{type(exc).__name__}: {exc}"
+        if reporter:
+            reporter.error(message, True)
+        return _fail(message, EXIT_FAILED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,75 @@
+"""What a stage gets: its parsed resource, the store, its output prefix, its inputs and a reporter."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import ValidationError
+
+from lmforge.api.contract import InputArtifacts, StageSpec
+from lmforge.api.kinds import KINDS, Resource
+from lmforge.api.validation import problems_from_error
+from lmforge.store import Store, open_store
+from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.progress import ProgressReporter
+
+R = TypeVar("R")
+
+
+def _cache_root() -> Path:
+    return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+
+
+@dataclass
+class StageContext:
+    """Everything one stage run needs, built once from the `--spec` file."""
+
+    spec: StageSpec
+    resource: Resource
+    store: Store
+    output: Store
+    reporter: ProgressReporter
+    work_dir: Path
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: StageSpec, reporter: ProgressReporter | None = None) -> StageContext:
+        kind = spec.resource.get("kind")
+        if kind not in KINDS:
+            raise InvalidInput(f"resource.kind: unknown kind {kind!r}")
+        try:
+            resource = KINDS[kind].model.model_validate(spec.resource)
+        except ValidationError as exc:
+            first = problems_from_error(exc, "spec", f"{kind}/{spec.resource.get('metadata', {}).get('name')}")
+            raise InvalidInput("; ".join(f"{p.field}: {p.message}" for p in first)) from None
+        store = open_store(spec.store)
+        output = store.child(spec.output)
+        reporter = reporter or ProgressReporter(spec.stage, spec.run_id, output, worker=spec.worker.index)
+        work = Path(os.environ.get("LMFORGE_WORK_DIR") or _cache_root() / "work")
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec.output}")
+        work_dir = work / safe / f"worker-{spec.worker.index}"
+        work_dir.mkdir(parents=True, exist_ok=True)
+        return cls(spec, resource, store, output, reporter, work_dir)
+
+    def input(self, kind: str, name: str) -> InputArtifacts:
+        """The resolved artifacts of a referenced resource, or a clear error if the runner gave none."""
+        found = self.spec.inputs.get(f"{kind}/{name}")
+        if found is None:
+            raise InvalidInput(f"input {kind}/{name} was not resolved (is it Ready?)")
+        return found
+
+    def resolve(self, uri: str) -> str:
+        """A user-written location made absolute: S3/file URIs unchanged, relative paths against the
+        manifest's directory."""
+        if "://" in uri or os.path.isabs(uri):
+            return uri
+        base = Path(self.spec.base_dir) if self.spec.base_dir else Path.cwd()
+        return str((base / uri).resolve())
+
+    def uri(self, key: str) -> str:
+        """Absolute URI of a key under the output prefix."""
+        return self.output.url(key)
