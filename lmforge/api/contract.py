@@ -184,3 +184,50 @@ def stage_command(stage: StageName, spec_path: str, python: str = "python") -> l
     return [python, "-m", "lmforge.trainer", stage.value, "--spec", spec_path]
 
 
+
+
+class ArtifactName(StrEnum):
+    """Names of published artifacts (keys of `status.artifacts` and of the `result` record), each a
+    sub-prefix of the stage's output with its own MANIFEST.json."""
+
+    TOKENIZER = "tokenizer"
+    """Dataset: Hugging Face tokenizer directory (tokenizer.json, tokenizer_config.json, …)."""
+    SHARDS = "shards"
+    """Dataset: packed token shards (`train-*.bin`, `val-*.bin`) plus `index.json`."""
+    CARD = "card"
+    """Dataset: `card.md` and `card.json`."""
+    MODEL = "model"
+    """PretrainJob/AlignmentJob/ModelRelease: Hugging Face model directory (safetensors, config,
+    tokenizer, README.md model card with lineage)."""
+    ADAPTER = "adapter"
+    """AlignmentJob with `adapter.output: adapter`: a peft adapter directory."""
+    RESULTS = "results"
+    """EvalSuite: `results.json` (task → metric → value, thresholds and their outcome)."""
+    REPORT = "report"
+    """ModelRelease compress: before/after sizes and perplexities (`report.json`)."""
+
+
+def distributed_command(
+    stage: StageName,
+    spec_path: str,
+    *,
+    nproc_per_node: int,
+    nnodes: int = 1,
+    node_rank: str | int = 0,
+    master_addr: str = "127.0.0.1",
+    master_port: int = 29500,
+    python: str = "python",
+) -> list[str]:
+    """The command line of a multi-process stage: torchrun starting one process per device.
+
+    Stages started this way read `RANK`/`WORLD_SIZE`/`LOCAL_RANK` from the environment; only rank 0
+    publishes artifacts and writes `result.json`. With one process this is just `stage_command`.
+    """
+    if nproc_per_node == 1 and nnodes == 1:
+        return stage_command(stage, spec_path, python)
+    return [
+        python, "-m", "torch.distributed.run",
+        f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
+        f"--master-addr={master_addr}", f"--master-port={master_port}",
+        "-m", "lmforge.trainer", stage.value, "--spec", spec_path,
+    ]
