@@ -38,6 +38,10 @@ class StageContext:
 
     @classmethod
     def from_spec(cls, spec: StageSpec, reporter: ProgressReporter | None = None) -> StageContext:
+        # In an Indexed Job every pod mounts the same spec; its index comes from the environment.
+        index = os.environ.get("LMFORGE_WORKER_INDEX") or os.environ.get("JOB_COMPLETION_INDEX")
+        if index is not None and spec.worker.count > 1:
+            spec = spec.model_copy(update={"worker": spec.worker.model_copy(update={"index": int(index)})})
         kind = spec.resource.get("kind")
         if kind not in KINDS:
             raise InvalidInput(f"resource.kind: unknown kind {kind!r}")
