@@ -518,10 +518,12 @@ class ControlPlane:
 
         def all_ready() -> bool:
             _, nodes = self.request("GET", "/api/v1/nodes")
-            ready = {n["metadata"]["name"] for n in nodes.get("items", []) if node_is_ready(n)}
+            ready = {n["metadata"]["name"] for n in nodes.get("items", []) if node_is_schedulable(n)}
             return set(self.gpu_node_names()) <= ready
 
-        self._wait("fake GPU nodes Ready", all_ready)
+        # Ready alone is not enough: the node-lifecycle controller put a not-ready NoSchedule taint
+        # on each new node and removes it a moment after Ready; until then nothing schedules.
+        self._wait("fake GPU nodes Ready and untainted", all_ready)
 
     # ------------------------------------------------------------------ clients
 
@@ -641,6 +643,13 @@ def node_is_ready(node: Mapping[str, Any]) -> bool:
     """True when the node's Ready condition is True."""
     conditions: Iterable[Mapping[str, Any]] = node.get("status", {}).get("conditions", []) or []
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def node_is_schedulable(node: Mapping[str, Any]) -> bool:
+    """Ready and free of the node-lifecycle controller's node.kubernetes.io/* taints."""
+    taints: Iterable[Mapping[str, Any]] = node.get("spec", {}).get("taints", []) or []
+    lifecycle = any(str(t.get("key", "")).startswith("node.kubernetes.io/") for t in taints)
+    return node_is_ready(node) and not lifecycle
 
 
 def main() -> None:
