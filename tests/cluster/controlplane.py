@@ -55,6 +55,8 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 
+WORKDIR_PREFIX = "lmforge-k8s-"
+
 T = TypeVar("T")
 
 
@@ -93,6 +95,22 @@ def eventually(
             detail = f" (last error: {last_error!r})" if last_error else ""
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
         time.sleep(interval)
+
+
+def _sweep_stale_workdirs() -> None:
+    """Delete work dirs left by a runner that was SIGKILLed (its children died with it, via
+    PR_SET_PDEATHSIG, but atexit never ran). A dir is stale when its owner pid is gone."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            pid = int((path / "owner.pid").read_text())
+        except (OSError, ValueError):
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except PermissionError:
+            continue
 
 
 def free_port() -> int:
@@ -235,7 +253,9 @@ class ControlPlane:
         missing = [b for b in self._binaries() if not (self.bin_dir / b).is_file()]
         if missing:
             raise ControlPlaneError(f"missing binaries in {self.bin_dir}: {missing}; run tests/cluster/build.sh")
-        self.workdir = Path(tempfile.mkdtemp(prefix="lmforge-k8s-"))
+        _sweep_stale_workdirs()
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+        (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self._started = True
         atexit.register(self.stop)
         try:

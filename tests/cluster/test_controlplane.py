@@ -8,9 +8,11 @@ Job controller's success/failure accounting, garbage collection through ownerRef
 from __future__ import annotations
 
 import uuid
+from datetime import datetime
 from typing import Any
 
 from .controlplane import (
+    COMPLETE_ANNOTATION,
     GPU_RESOURCE,
     GPU_TAINT,
     GPU_TOLERATION,
@@ -21,8 +23,11 @@ from .controlplane import (
 )
 
 
-def gpu_job(name: str, *, gpus: int = 1, tolerate: bool = True, backoff_limit: int = 0) -> dict[str, Any]:
-    """A one-pod Job shaped like a training launcher: GPU limit, GPU toleration, never restarts."""
+def gpu_job(
+    name: str, *, gpus: int = 1, tolerate: bool = True, backoff_limit: int = 0, pods: int = 1,
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """A Job shaped like a training launcher: GPU limit, GPU toleration, never restarts."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "containers": [{
@@ -37,7 +42,10 @@ def gpu_job(name: str, *, gpus: int = 1, tolerate: bool = True, backoff_limit: i
         "apiVersion": "batch/v1",
         "kind": "Job",
         "metadata": {"name": name},
-        "spec": {"backoffLimit": backoff_limit, "template": {"spec": pod_spec}},
+        "spec": {
+            "backoffLimit": backoff_limit, "parallelism": pods, "completions": pods,
+            "template": {"metadata": {"annotations": annotations or {}}, "spec": pod_spec},
+        },
     }
 
 
@@ -117,6 +125,22 @@ def test_gpu_job_fails_on_demand(control_plane: ControlPlane, namespace: str) ->
     dead = cp.pods(namespace, "batch.kubernetes.io/job-name=bad")[0]
     assert dead["status"]["phase"] == "Failed"
     assert dead["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
+
+
+def test_pod_template_annotation_completes_pods_by_itself(control_plane: ControlPlane, namespace: str) -> None:
+    """Two whole-node (8-GPU) workers land on two different nodes and finish after kwok-delay."""
+    cp = control_plane
+    annotations = {COMPLETE_ANNOTATION: "succeeded", "lmforge.io/kwok-delay": "2s"}
+    cp.apply(gpu_job("auto", gpus=8, pods=2, annotations=annotations), namespace=namespace)
+    job = job_condition(cp, namespace, "auto", "Complete")
+    assert job["status"]["succeeded"] == 2
+    pods = cp.pods(namespace, "batch.kubernetes.io/job-name=auto")
+    assert len({p["spec"]["nodeName"] for p in pods}) == 2  # 8 GPUs each: one node per pod
+    for pod in pods:
+        started = datetime.fromisoformat(pod["status"]["startTime"])
+        finished = datetime.fromisoformat(
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"])
+        assert (finished - started).total_seconds() >= 1  # the 2 s delay, at 1 s resolution
 
 
 def test_scheduler_honours_gpu_taint_and_capacity(control_plane: ControlPlane, namespace: str) -> None:
