@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Status
 from lmforge.api.scheduling import Compute
 from lmforge.api.training import Checkpointing, DeepSpeed, Precision, Topology
 
@@ -193,7 +193,7 @@ class AlignmentJobSpec(ApiModel):
 class AlignmentJob(ApiModel):
     """Instruction tuning, RLHF or DPO of a base model."""
 
-    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    api_version: Literal["lmforge.io/v1alpha1"] = "lmforge.io/v1alpha1"
     """`lmforge.io/v1alpha1`."""
     kind: Literal["AlignmentJob"] = "AlignmentJob"
     """`AlignmentJob`."""

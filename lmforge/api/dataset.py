@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ObjectMeta, Status
 from lmforge.api.scheduling import Compute
 
 DEFAULT_ALLOWED_LICENSES = [
@@ -282,7 +282,7 @@ class DatasetSpec(ApiModel):
 class Dataset(ApiModel):
     """Curated, tokenized, packed training data with its dataset card."""
 
-    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    api_version: Literal["lmforge.io/v1alpha1"] = "lmforge.io/v1alpha1"
     """`lmforge.io/v1alpha1`."""
     kind: Literal["Dataset"] = "Dataset"
     """`Dataset`."""

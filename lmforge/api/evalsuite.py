@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
 
 
@@ -169,7 +169,7 @@ class EvalSuiteSpec(ApiModel):
 class EvalSuite(ApiModel):
     """Evaluation of a model with release-gating thresholds."""
 
-    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    api_version: Literal["lmforge.io/v1alpha1"] = "lmforge.io/v1alpha1"
     """`lmforge.io/v1alpha1`."""
     kind: Literal["EvalSuite"] = "EvalSuite"
     """`EvalSuite`."""

@@ -120,29 +120,29 @@ def references(resource: Resource) -> list[Reference]:
         for i, ref in enumerate(decon.eval_suite_refs if decon else []):
             out += _local("EvalSuite", ref, f"spec.dedup.decontaminate.evalSuiteRefs[{i}]", needs_ready=False)
     elif isinstance(resource, PretrainJob):
-        spec = resource.spec
-        out += _local("Dataset", spec.dataset_ref, "spec.datasetRef")
-        out += _model(spec.init_from, "spec.initFrom")
-        out += _local("Dataset", spec.replay.dataset_ref if spec.replay else None, "spec.replay.datasetRef")
+        pspec = resource.spec
+        out += _local("Dataset", pspec.dataset_ref, "spec.datasetRef")
+        out += _model(pspec.init_from, "spec.initFrom")
+        out += _local("Dataset", pspec.replay.dataset_ref if pspec.replay else None, "spec.replay.datasetRef")
     elif isinstance(resource, AlignmentJob):
         out += _model(resource.spec.model_ref, "spec.modelRef")
         ppo = resource.spec.ppo
         out += _local("AlignmentJob", ppo.reward_model_ref if ppo else None, "spec.ppo.rewardModelRef")
     elif isinstance(resource, EvalSuite):
-        spec = resource.spec
-        out += _model(spec.model_ref, "spec.modelRef")
-        out += _local("ModelRelease", spec.endpoint.release_ref if spec.endpoint else None,
+        espec = resource.spec
+        out += _model(espec.model_ref, "spec.modelRef")
+        out += _local("ModelRelease", espec.endpoint.release_ref if espec.endpoint else None,
                       "spec.endpoint.releaseRef")
-        out += _local("EvalSuite", spec.baseline_ref, "spec.baselineRef")
+        out += _local("EvalSuite", espec.baseline_ref, "spec.baselineRef")
     elif isinstance(resource, ModelRelease):
-        spec = resource.spec
-        out += _model(spec.model_ref, "spec.modelRef")
-        out += _local("EvalSuite", spec.eval_suite_ref, "spec.evalSuiteRef")
-        quant = spec.compression.quantization
+        rspec = resource.spec
+        out += _model(rspec.model_ref, "spec.modelRef")
+        out += _local("EvalSuite", rspec.eval_suite_ref, "spec.evalSuiteRef")
+        quant = rspec.compression.quantization
         out += _local("Dataset", quant.calibration_dataset_ref, "spec.compression.quantization.calibrationDatasetRef")
-        distil = spec.compression.distillation
+        distil = rspec.compression.distillation
         out += _local("Dataset", distil.dataset_ref if distil else None, "spec.compression.distillation.datasetRef")
-        for i, ref in enumerate(spec.serving.lora_adapters):
+        for i, ref in enumerate(rspec.serving.lora_adapters):
             out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
     return out
 

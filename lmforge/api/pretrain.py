@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Status
 from lmforge.api.scheduling import Compute
 from lmforge.api.training import Checkpointing, DeepSpeed, Optimizer, Precision, Topology
 
@@ -159,7 +159,7 @@ class PretrainJobSpec(ApiModel):
 class PretrainJob(ApiModel):
     """Next-token pretraining with DeepSpeed, checkpoints and Hugging Face export."""
 
-    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    api_version: Literal["lmforge.io/v1alpha1"] = "lmforge.io/v1alpha1"
     """`lmforge.io/v1alpha1`."""
     kind: Literal["PretrainJob"] = "PretrainJob"
     """`PretrainJob`."""

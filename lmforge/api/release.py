@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import API_VERSION, ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
 from lmforge.api.pretrain import Architecture
 from lmforge.api.scheduling import Compute
 
@@ -149,7 +149,7 @@ class ModelReleaseSpec(ApiModel):
 class ModelRelease(ApiModel):
     """A compressed, evaluated model served by vLLM."""
 
-    api_version: Literal["lmforge.io/v1alpha1"] = API_VERSION
+    api_version: Literal["lmforge.io/v1alpha1"] = "lmforge.io/v1alpha1"
     """`lmforge.io/v1alpha1`."""
     kind: Literal["ModelRelease"] = "ModelRelease"
     """`ModelRelease`."""

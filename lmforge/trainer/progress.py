@@ -31,7 +31,7 @@ def start_metrics_server(port: int | None = None) -> int | None:
         return None
     from prometheus_client import start_http_server
 
-    bound = int(raw)  # type: ignore[arg-type]
+    bound = int(raw)
     start_http_server(bound, addr=os.environ.get("LMFORGE_METRICS_ADDR", "127.0.0.1"))
     return bound
 

@@ -1,0 +1,79 @@
+"""Which stage runs a resource needs, with their identity, topology and resolved inputs."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from lmforge.api.alignment import AlignmentJob
+from lmforge.api.contract import InputArtifacts, StageName, StageSpec, Worker
+from lmforge.api.dataset import Dataset
+from lmforge.api.kinds import KINDS, Resource
+from lmforge.api.pretrain import PretrainJob
+from lmforge.api.release import ModelRelease
+from lmforge.operator.reconcile.types import StageRun
+
+_MAX_NAME = 52
+
+
+def run_id(resource: Resource, inputs: dict[str, InputArtifacts]) -> str:
+    """A stable identity for the work a spec asks for: the same spec on the same inputs is the same
+    run (so it is resumed or recognised as done, never redone); any change makes a new run."""
+    payload = {
+        "spec": resource.spec.model_dump(mode="json", by_alias=True),
+        "inputs": {k: sorted(v.artifacts.items()) for k, v in sorted(inputs.items())},
+    }
+    digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
+    return f"{resource.metadata.name}-{digest}"
+
+
+def output_prefix(resource: Resource, rid: str) -> str:
+    """Where a run publishes, relative to the store root: `<plural>/<name>/<run id>`."""
+    return f"{KINDS[resource.kind].plural}/{resource.metadata.name}/{rid}"
+
+
+def run_name(resource: Resource, stage: StageName, rid: str) -> str:
+    """Child object name: `<name>-<stage>-<hash6>`, truncated to keep pod hostnames ≤ 63."""
+    suffix = f"-{stage.value}-{rid.rsplit('-', 1)[-1][:6]}"
+    return resource.metadata.name[: _MAX_NAME - len(suffix)].rstrip("-") + suffix
+
+
+def _topology(resource: Resource) -> tuple[int, int, int]:
+    """(nodes, processes per node, GPUs per node)."""
+    if isinstance(resource, PretrainJob | AlignmentJob):
+        topo = resource.spec.topology
+        procs = topo.gpus_per_node or resource.spec.compute.processes or 1
+        return topo.nodes, procs, topo.gpus_per_node
+    if isinstance(resource, ModelRelease):
+        return 1, 1, resource.spec.gpus
+    return 1, 1, 0
+
+
+def stage_run(
+    resource: Resource,
+    stage: StageName,
+    rid: str,
+    store: str,
+    inputs: dict[str, InputArtifacts],
+    base_dir: str | None,
+) -> StageRun:
+    """The StageRun of one stage of a resource."""
+    nodes, nproc, gpus = _topology(resource)
+    workers = resource.spec.workers if isinstance(resource, Dataset) else 1
+    manifest: dict[str, Any] = resource.model_dump(mode="json", by_alias=True, exclude_none=True,
+                                                   exclude={"status"})
+    spec = StageSpec(stage=stage, resource=manifest, store=store, output=output_prefix(resource, rid), run_id=rid,
+                     inputs=inputs, worker=Worker(index=0, count=workers), base_dir=base_dir)
+    long_running = stage is StageName.SERVE
+    port = replicas = None
+    if isinstance(resource, ModelRelease) and long_running:
+        port, replicas = resource.spec.serving.port, resource.spec.serving.replicas
+    return StageRun(
+        name=run_name(resource, stage, rid), stage=stage, resource_kind=resource.kind,
+        resource_name=resource.metadata.name, run_id=rid, spec=spec, compute=resource.spec.compute,
+        nodes=nodes if stage in (StageName.PRETRAIN, StageName.ALIGN) else 1,
+        nproc_per_node=nproc if stage in (StageName.PRETRAIN, StageName.ALIGN) else 1,
+        gpus_per_node=gpus, workers=workers, long_running=long_running, port=port,
+        replicas=replicas if replicas is not None else 1,
+    )

@@ -1,0 +1,145 @@
+"""The values reconcilers consume and produce. Plain frozen dataclasses: no I/O, no clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from lmforge.api.contract import ProgressRecord, StageName, StageSpec
+from lmforge.api.kinds import Resource
+from lmforge.api.meta import Status
+from lmforge.api.scheduling import Compute
+
+
+class RunState(StrEnum):
+    """What a backend observed of a stage run."""
+
+    PENDING = "Pending"
+    """Created, not started (pods unscheduled, process queued)."""
+    RUNNING = "Running"
+    """Started and not finished."""
+    SUCCEEDED = "Succeeded"
+    """Exited 0 (a job), its `result.json` written."""
+    FAILED = "Failed"
+    """Failed for good (the backend's retries, if any, are exhausted)."""
+    READY = "Ready"
+    """A long-running run (serving) that answers."""
+
+
+@dataclass(frozen=True)
+class StageRun:
+    """*What* should run — never *how*. Backends turn it into Jobs/Deployments or local processes."""
+
+    name: str
+    """Child name (DNS-1123, ≤ 52 chars so Indexed Job pod hostnames fit in 63)."""
+    stage: StageName
+    resource_kind: str
+    resource_name: str
+    run_id: str
+    """Stable for a given spec and inputs: the same run is resumed, never restarted from scratch."""
+    spec: StageSpec
+    """The `--spec` file content."""
+    compute: Compute
+    nodes: int = 1
+    """Pods (multi-node training: Indexed Job completions)."""
+    nproc_per_node: int = 1
+    """Processes per pod (one per GPU; on CPU from `compute.processes`)."""
+    gpus_per_node: int = 0
+    workers: int = 1
+    """Independent indexed workers of a data-parallel stage (Dataset `workers`)."""
+    long_running: bool = False
+    """Serving: runs until deleted; READY instead of SUCCEEDED."""
+    port: int | None = None
+    """Serving port."""
+    replicas: int = 1
+    """Serving replicas."""
+
+    @property
+    def resource_key(self) -> str:
+        return f"{self.resource_kind}/{self.resource_name}"
+
+    @property
+    def distributed(self) -> bool:
+        return self.nodes > 1 or self.nproc_per_node > 1
+
+
+@dataclass(frozen=True)
+class ObservedRun:
+    """A backend's report of one stage run, plus what the store says about it."""
+
+    name: str
+    run_id: str
+    state: RunState
+    stage: StageName | None = None
+    attempts: int = 1
+    message: str | None = None
+    """Failure reason (the stage's `lmforge: error:` line) or a status note."""
+    retryable: bool = True
+    progress: ProgressRecord | None = None
+    """Latest progress record."""
+    result: ProgressRecord | None = None
+    """The `result` record, once written."""
+    endpoint: str | None = None
+    """Serving URL, when READY."""
+
+
+@dataclass(frozen=True)
+class InputState:
+    """A referenced resource as the referrer sees it."""
+
+    kind: str
+    name: str
+    exists: bool
+    status: Status | None = None
+    spec: dict[str, Any] | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Observed:
+    """Everything a reconciler may look at."""
+
+    resource: Resource | None
+    """The parsed resource; None when its spec is invalid (see `invalid`)."""
+    kind: str
+    name: str
+    generation: int | None
+    status: Status
+    store: str
+    """Root URI of the artifact store."""
+    inputs: dict[str, InputState] = field(default_factory=dict)
+    """Referenced resources by `Kind/name`."""
+    runs: dict[str, ObservedRun] = field(default_factory=dict)
+    """Stage runs owned by this resource, by run name."""
+    invalid: str | None = None
+    """Why the spec failed model validation (field path and message)."""
+    base_dir: str | None = None
+    """Directory the manifest came from (embedded runner), for relative paths."""
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes Event (or a line in the embedded runner's log)."""
+
+    type: str
+    """`Normal` or `Warning`."""
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A reconciler's output."""
+
+    status: Status
+    runs: list[StageRun] = field(default_factory=list)
+    """Runs that must exist (create when missing; never recreate a finished one: it is not listed)."""
+    delete: list[str] = field(default_factory=list)
+    """Names of runs to remove (superseded by a newer spec, or a replaced release)."""
+    events: list[Event] = field(default_factory=list)
+    requeue_after: float | None = None
+    """Look again after this many seconds even without a watch event (progress polling)."""

@@ -1,0 +1,214 @@
+"""The reconciler as named table cases: no cluster, no processes — just (observed) -> decision."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lmforge.api import KINDS
+from lmforge.api.contract import ProgressRecord, RecordType, StageName
+from lmforge.api.kinds import Resource
+from lmforge.api.meta import Condition, ConditionStatus, Phase, Status
+from lmforge.operator.reconcile import InputState, Observed, ObservedRun, RunState, reconcile
+from lmforge.operator.reconcile.reconciler import expected_runs
+
+STORE = "s3://bucket/lmforge"
+NOW = "2026-11-29T00:00:00Z"
+
+
+def _res(kind: str, name: str, spec: dict[str, Any]) -> Resource:
+    return KINDS[kind].model.model_validate(
+        {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+
+
+DATASET = _res("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}], "workers": 2})
+PRETRAIN = _res("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10},
+                                     "topology": {"nodes": 4, "gpusPerNode": 8}})
+SUITE = _res("EvalSuite", "e", {"modelRef": {"kind": "PretrainJob", "name": "p"},
+                                "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
+                                "thresholds": ["mc.acc >= 0.5"]})
+RELEASE = _res("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"},
+                                     "evalSuiteRef": {"name": "e"}})
+
+
+def _ready(kind: str, name: str, artifacts: dict[str, str] | None = None, gate: bool | None = None) -> InputState:
+    conds = [Condition(type="Ready", status=ConditionStatus.TRUE, reason="Completed")]
+    if gate is not None:
+        conds.append(Condition(type="GatePassed", status=ConditionStatus.TRUE if gate else ConditionStatus.FALSE,
+                               reason="GatePassed" if gate else "GateFailed", message="mc.acc >= 0.5: 0.2 FAILED"))
+    return InputState(kind, name, True, Status(phase=Phase.SUCCEEDED, conditions=conds,
+                                               artifacts=artifacts or {"model": f"{STORE}/m"}, lineage=["Dataset/d"]))
+
+
+def _failed(kind: str, name: str) -> InputState:
+    return InputState(kind, name, True, Status(phase=Phase.FAILED, conditions=[
+        Condition(type="Ready", status=ConditionStatus.FALSE, reason="StageFailed", message="out of memory")]))
+
+
+def _result(stage: StageName, artifacts: dict[str, str], metrics: dict[str, float] | None = None) -> ProgressRecord:
+    return ProgressRecord(type=RecordType.RESULT, stage=stage, run_id="x", artifacts=artifacts,
+                          metrics=metrics or {})
+
+
+@dataclass
+class Case:
+    name: str
+    resource: Resource | None
+    inputs: dict[str, InputState] = field(default_factory=dict)
+    runs: dict[str, ObservedRun] = field(default_factory=dict)  # keyed by stage value, renamed below
+    status: Status = field(default_factory=Status)
+    invalid: str | None = None
+    # expectations
+    phase: Phase = Phase.PENDING
+    ready: str = "False"
+    reason: str = ""
+    message_has: str = ""
+    run_stages: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _observed(case: Case) -> Observed:
+    base = Observed(resource=case.resource, kind=case.resource.kind if case.resource else "Dataset",
+                    name=case.resource.metadata.name if case.resource else "bad", generation=3,
+                    status=case.status, store=STORE, inputs=case.inputs, invalid=case.invalid)
+    names = {stage.value: name for name, stage, _ in expected_runs(base)}
+    runs = {}
+    for stage, run in case.runs.items():
+        name = names.get(stage, stage)
+        runs[name] = ObservedRun(**{**run.__dict__, "name": name})
+    return Observed(**{**base.__dict__, "runs": runs})
+
+
+def _run(stage: StageName, state: RunState, **kw: Any) -> ObservedRun:
+    return ObservedRun(name="?", run_id="?", state=state, stage=stage, **kw)
+
+
+CASES = [
+    Case("invalid-spec-fails-without-runs", None, invalid="spec.training: set exactly one of maxSteps or tokens",
+         phase=Phase.FAILED, reason="InvalidSpec", message_has="spec.training"),
+    Case("waits-for-missing-dataset", PRETRAIN, phase=Phase.WAITING, reason="WaitingForInput",
+         message_has="Dataset/d (spec.datasetRef) does not exist"),
+    Case("waits-for-unready-dataset", PRETRAIN, inputs={"Dataset/d": InputState("Dataset", "d", True, Status())},
+         phase=Phase.WAITING, reason="WaitingForInput", message_has="is not Ready"),
+    Case("fails-when-dataset-failed", PRETRAIN, inputs={"Dataset/d": _failed("Dataset", "d")},
+         phase=Phase.FAILED, reason="InputFailed", message_has="Dataset/d (spec.datasetRef) failed: out of memory"),
+    Case("starts-pretrain-when-dataset-ready", PRETRAIN,
+         inputs={"Dataset/d": _ready("Dataset", "d", {"shards": f"{STORE}/s", "tokenizer": f"{STORE}/t"})},
+         phase=Phase.PENDING, reason="Pending", run_stages=["pretrain"]),
+    Case("relays-progress-while-running", PRETRAIN,
+         inputs={"Dataset/d": _ready("Dataset", "d")},
+         runs={"pretrain": _run(StageName.PRETRAIN, RunState.RUNNING, progress=ProgressRecord(
+             stage=StageName.PRETRAIN, run_id="x", step=5, total=10, metrics={"loss": 3.25}))},
+         phase=Phase.RUNNING, reason="Running", run_stages=["pretrain"], extra={"percent": 50.0, "loss": 3.25}),
+    Case("stage-failure-is-reported-not-retried-here", PRETRAIN, inputs={"Dataset/d": _ready("Dataset", "d")},
+         runs={"pretrain": _run(StageName.PRETRAIN, RunState.FAILED, message="loss is NaN for 5 steps")},
+         phase=Phase.FAILED, reason="StageFailed", message_has="loss is NaN"),
+    Case("result-makes-it-ready-and-stops-running", PRETRAIN, inputs={"Dataset/d": _ready("Dataset", "d")},
+         runs={"pretrain": _run(StageName.PRETRAIN, RunState.SUCCEEDED,
+                                result=_result(StageName.PRETRAIN, {"model": f"{STORE}/m"}, {"loss": 1.5}))},
+         phase=Phase.SUCCEEDED, ready="True", reason="Completed", extra={"artifact": "model"}),
+    Case("result-without-backend-object-still-counts", DATASET,
+         runs={"dataset": _run(StageName.DATASET, RunState.PENDING,
+                               result=_result(StageName.DATASET, {"shards": "s"}, {"tokens": 1000.0}))},
+         phase=Phase.SUCCEEDED, ready="True", reason="Completed"),
+    Case("eval-gate-fails-but-suite-is-ready", SUITE, inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
+         runs={"evaluate": _run(StageName.EVALUATE, RunState.SUCCEEDED,
+                                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.25}))},
+         phase=Phase.SUCCEEDED, ready="True", reason="Completed", extra={"gate": "False"}),
+    Case("eval-gate-passes", SUITE, inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
+         runs={"evaluate": _run(StageName.EVALUATE, RunState.SUCCEEDED,
+                                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.75}))},
+         phase=Phase.SUCCEEDED, ready="True", extra={"gate": "True"}),
+    Case("release-does-not-deploy-when-gate-failed", RELEASE,
+         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=False)},
+         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
+         phase=Phase.FAILED, reason="GateFailed", message_has="gate did not pass"),
+    Case("release-serves-after-gate", RELEASE,
+         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
+         phase=Phase.RUNNING, reason="Deploying", run_stages=["serve"]),
+    Case("release-ready-when-serving", RELEASE,
+         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                result=_result(StageName.COMPRESS, {"model": "cm"})),
+               "serve": _run(StageName.SERVE, RunState.READY, endpoint="http://r:8000/v1")},
+         phase=Phase.SERVING, ready="True", reason="Serving", run_stages=["serve"],
+         extra={"endpoint": "http://r:8000/v1"}),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_reconcile(case: Case) -> None:
+    decision = reconcile(_observed(case), now=NOW)
+    status = decision.status
+    ready = status.condition("Ready")
+    assert status.phase is case.phase
+    assert ready is not None and ready.status.value == case.ready
+    if case.reason:
+        assert ready.reason == case.reason
+    if case.message_has:
+        assert case.message_has in ready.message, ready.message
+    assert [r.stage.value for r in decision.runs] == case.run_stages
+    assert status.observed_generation == 3
+    if "percent" in case.extra:
+        assert status.progress is not None and status.progress.percent == case.extra["percent"]
+    if "loss" in case.extra:
+        assert status.metrics["loss"] == case.extra["loss"]
+    if "artifact" in case.extra:
+        assert case.extra["artifact"] in status.artifacts and status.lineage == ["Dataset/d"]
+    if "gate" in case.extra:
+        gate = status.condition("GatePassed")
+        assert gate is not None and gate.status.value == case.extra["gate"]
+    if "endpoint" in case.extra:
+        assert status.endpoint == case.extra["endpoint"]
+
+
+def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
+    case = CASES[4]
+    first = reconcile(_observed(case), now=NOW).runs[0]
+    again = reconcile(_observed(case), now=NOW).runs[0]
+    assert first == again
+    assert (first.nodes, first.nproc_per_node, first.gpus_per_node) == (4, 8, 8)
+    assert first.spec.inputs["Dataset/d"].artifacts["shards"] == f"{STORE}/s"
+    assert first.spec.output == f"pretrainjobs/p/{first.run_id}"
+    assert len(first.name) <= 52 and first.name.startswith("p-pretrain-")
+
+
+def test_changed_spec_is_a_new_run_and_the_old_one_is_deleted() -> None:
+    case = CASES[4]
+    old = reconcile(_observed(case), now=NOW).runs[0]
+    changed = _res("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 20}})
+    obs = _observed(Case("x", changed, inputs=case.inputs))
+    obs = Observed(**{**obs.__dict__, "runs": {old.name: ObservedRun(old.name, old.run_id, RunState.RUNNING,
+                                                                     StageName.PRETRAIN)}})
+    decision = reconcile(obs, now=NOW)
+    assert decision.runs[0].run_id != old.run_id
+    assert decision.delete == [old.name]
+
+
+def test_dataset_workers_become_indexed_workers() -> None:
+    run = reconcile(_observed(Case("d", DATASET)), now=NOW).runs[0]
+    assert run.workers == 2 and run.spec.worker.count == 2
+
+
+def test_unchanged_status_keeps_transition_times() -> None:
+    case = CASES[1]
+    first = reconcile(_observed(case), now=NOW).status
+    second = reconcile(Observed(**{**_observed(case).__dict__, "status": first}), now="2030-01-01T00:00:00Z")
+    assert second.status == first
+    assert second.events == []
+
+
+def test_old_release_keeps_serving_until_new_is_ready() -> None:
+    case = CASES[12]
+    old = ObservedRun("r-serve-old000", "r-old", RunState.READY, StageName.SERVE, endpoint="http://old/v1")
+    obs = _observed(case)
+    obs = Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}})
+    decision = reconcile(obs, now=NOW)
+    assert old.name not in decision.delete
+    ready = decision.status.condition("Ready")
+    assert ready is not None and ready.status.value == "True" and "previous release keeps serving" in ready.message
