@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -252,7 +253,9 @@ class ControlPlane:
             return
         missing = [b for b in self._binaries() if not (self.bin_dir / b).is_file()]
         if missing:
-            raise ControlPlaneError(f"missing binaries in {self.bin_dir}: {missing}; run tests/cluster/build.sh")
+            raise ControlPlaneError(
+                f"missing binaries in {self.bin_dir}: {missing}; run tests/cluster/build.sh"
+            )
         _sweep_stale_workdirs()
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
@@ -319,13 +322,15 @@ class ControlPlane:
         self._make_pki(pki)
 
         # One bearer token per identity; the apiserver's token-auth file maps them to users.
-        tokens = {name: base64.b32encode(os.urandom(20)).decode().lower() for name in
-                  ("admin", "controller-manager", "scheduler", "kwok")}
+        tokens = {
+            name: base64.b32encode(os.urandom(20)).decode().lower()
+            for name in ("admin", "controller-manager", "scheduler", "kwok")
+        }
         self.admin_token = tokens["admin"]
         rows = [
             f'{tokens["admin"]},admin,uid-admin,"system:masters"',
-            f'{tokens["controller-manager"]},system:kube-controller-manager,uid-kcm',
-            f'{tokens["scheduler"]},system:kube-scheduler,uid-scheduler',
+            f"{tokens['controller-manager']},system:kube-controller-manager,uid-kcm",
+            f"{tokens['scheduler']},system:kube-scheduler,uid-scheduler",
             # kwok writes node and pod status and deletes pods: it plays every kubelet.
             f'{tokens["kwok"]},kwok-controller,uid-kwok,"system:masters"',
         ]
@@ -341,22 +346,70 @@ class ControlPlane:
         def openssl(*args: str) -> None:
             subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True, timeout=60)
 
-        openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt",
-                "-days", "7", "-subj", "/CN=lmforge-test-ca",
-                "-addext", "basicConstraints=critical,CA:TRUE",
-                "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature")
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "apiserver.key", "-out", "apiserver.csr",
-                "-subj", "/CN=kube-apiserver")
-        sans = ",".join([
-            "IP:127.0.0.1", "IP:10.96.0.1", "DNS:localhost", "DNS:kubernetes", "DNS:kubernetes.default",
-            "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local",
-        ])
+        openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "7",
+            "-subj",
+            "/CN=lmforge-test-ca",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+        )
+        openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "apiserver.key",
+            "-out",
+            "apiserver.csr",
+            "-subj",
+            "/CN=kube-apiserver",
+        )
+        sans = ",".join(
+            [
+                "IP:127.0.0.1",
+                "IP:10.96.0.1",
+                "DNS:localhost",
+                "DNS:kubernetes",
+                "DNS:kubernetes.default",
+                "DNS:kubernetes.default.svc",
+                "DNS:kubernetes.default.svc.cluster.local",
+            ]
+        )
         (pki / "apiserver.ext").write_text(
             f"subjectAltName={sans}\nextendedKeyUsage=serverAuth\n"
             "keyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n"
         )
-        openssl("x509", "-req", "-in", "apiserver.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-set_serial", "2", "-days", "7", "-out", "apiserver.crt", "-extfile", "apiserver.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            "apiserver.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            "2",
+            "-days",
+            "7",
+            "-out",
+            "apiserver.crt",
+            "-extfile",
+            "apiserver.ext",
+        )
         openssl("genrsa", "-out", "sa.key", "2048")
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
@@ -366,8 +419,9 @@ class ControlPlane:
         config = {
             "apiVersion": "v1",
             "kind": "Config",
-            "clusters": [{"name": "lmforge-test",
-                          "cluster": {"server": self.server, "certificate-authority-data": ca}}],
+            "clusters": [
+                {"name": "lmforge-test", "cluster": {"server": self.server, "certificate-authority-data": ca}}
+            ],
             "users": [{"name": user, "user": {"token": token}}],
             "contexts": [{"name": "lmforge-test", "context": {"cluster": "lmforge-test", "user": user}}],
             "current-context": "lmforge-test",
@@ -382,21 +436,27 @@ class ControlPlane:
         return comp
 
     def _wait(self, what: str, check: Callable[[], Any], timeout: float | None = None) -> Any:
-        return eventually(check, timeout=timeout or self.start_timeout, what=what,
-                          abort=self.dead_component)
+        return eventually(check, timeout=timeout or self.start_timeout, what=what, abort=self.dead_component)
 
     def _start_etcd(self) -> None:
         client = f"http://127.0.0.1:{self.ports['etcd']}"
         peer = f"http://127.0.0.1:{self.ports['etcd_peer']}"
-        self._spawn("etcd", [
-            str(self.bin_dir / "etcd"),
-            "--name=lmforge", f"--data-dir={self.workdir / 'etcd'}",
-            f"--listen-client-urls={client}", f"--advertise-client-urls={client}",
-            f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
-            f"--initial-cluster=lmforge={peer}", "--initial-cluster-state=new",
-            "--unsafe-no-fsync",  # test data: durability is not worth the fsync latency
-            "--log-level=warn",
-        ])
+        self._spawn(
+            "etcd",
+            [
+                str(self.bin_dir / "etcd"),
+                "--name=lmforge",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls={client}",
+                f"--advertise-client-urls={client}",
+                f"--listen-peer-urls={peer}",
+                f"--initial-advertise-peer-urls={peer}",
+                f"--initial-cluster=lmforge={peer}",
+                "--initial-cluster-state=new",
+                "--unsafe-no-fsync",  # test data: durability is not worth the fsync latency
+                "--log-level=warn",
+            ],
+        )
 
         def healthy() -> bool:
             with urllib.request.urlopen(f"{client}/health", timeout=2) as resp:
@@ -406,63 +466,86 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         pki = self.workdir / "pki"
-        self._spawn("kube-apiserver", [
-            str(self.bin_dir / "kube-apiserver"),
-            f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
-            f"--secure-port={self.ports['apiserver']}",
-            f"--cert-dir={self.workdir / 'apiserver-certs'}",
-            f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
-            f"--client-ca-file={pki / 'ca.crt'}",
-            f"--token-auth-file={pki / 'tokens.csv'}",
-            "--authorization-mode=Node,RBAC",
-            "--anonymous-auth=false",
-            "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-            f"--service-account-key-file={pki / 'sa.pub'}",
-            f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.96.0.0/16",
-            # The "kubernetes" Endpoints may not point at loopback; nothing in-cluster dials it.
-            "--endpoint-reconciler-type=none",
-            "--allow-privileged=true",
-            "--profiling=false",
-            "--v=1",
-        ])
+        self._spawn(
+            "kube-apiserver",
+            [
+                str(self.bin_dir / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={self.ports['apiserver']}",
+                f"--cert-dir={self.workdir / 'apiserver-certs'}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                f"--token-auth-file={pki / 'tokens.csv'}",
+                "--authorization-mode=Node,RBAC",
+                "--anonymous-auth=false",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                "--service-cluster-ip-range=10.96.0.0/16",
+                # The "kubernetes" Endpoints may not point at loopback; nothing in-cluster dials it.
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
         self._wait("kube-apiserver /readyz", lambda: self.request("GET", "/readyz")[0] == 200)
         # RBAC's bootstrap roles (e.g. system:kube-controller-manager) must exist before the
         # controllers authenticate, or their first requests are forbidden.
-        self._wait("bootstrap RBAC", lambda: self.request(
-            "GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:kube-scheduler")[0] == 200)
+        self._wait(
+            "bootstrap RBAC",
+            lambda: (
+                self.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:kube-scheduler")[
+                    0
+                ]
+                == 200
+            ),
+        )
 
     def _start_controllers(self) -> None:
         pki = self.workdir / "pki"
         kcm_port, sched_port = self.ports["controller_manager"], self.ports["scheduler"]
-        self._spawn("kube-controller-manager", [
-            str(self.bin_dir / "kube-controller-manager"),
-            f"--kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={kcm_port}",
-            f"--cert-dir={self.workdir / 'kcm-certs'}",
-            "--leader-elect=false",
-            "--controllers=*",  # the default set: job, garbage collector, namespace, serviceaccount, ...
-            "--use-service-account-credentials=true",  # each controller as its own SA, as kubeadm does
-            f"--service-account-private-key-file={pki / 'sa.key'}",
-            f"--root-ca-file={pki / 'ca.crt'}",
-            f"--cluster-signing-cert-file={pki / 'ca.crt'}", f"--cluster-signing-key-file={pki / 'ca.key'}",
-            "--v=1",
-        ])
-        self._spawn("kube-scheduler", [
-            str(self.bin_dir / "kube-scheduler"),
-            f"--kubeconfig={self.workdir / 'scheduler.kubeconfig'}",
-            "--bind-address=127.0.0.1", f"--secure-port={sched_port}",
-            f"--cert-dir={self.workdir / 'scheduler-certs'}",
-            "--leader-elect=false",
-            "--v=1",
-        ])
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.bin_dir / "kube-controller-manager"),
+                f"--kubeconfig={self.workdir / 'controller-manager.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={kcm_port}",
+                f"--cert-dir={self.workdir / 'kcm-certs'}",
+                "--leader-elect=false",
+                "--controllers=*",  # the default set: job, garbage collector, namespace, serviceaccount, ...
+                "--use-service-account-credentials=true",  # each controller as its own SA, as kubeadm does
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.bin_dir / "kube-scheduler"),
+                f"--kubeconfig={self.workdir / 'scheduler.kubeconfig'}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={sched_port}",
+                f"--cert-dir={self.workdir / 'scheduler-certs'}",
+                "--leader-elect=false",
+                "--v=1",
+            ],
+        )
         self._wait("kube-controller-manager /healthz", lambda: self._local_healthz(kcm_port))
         self._wait("kube-scheduler /healthz", lambda: self._local_healthz(sched_port))
         # The serviceaccount controller creating "default" proves the controllers are talking to
         # the API with working credentials; pods cannot be admitted in a namespace without it.
-        self._wait("default ServiceAccount", lambda: self.request(
-            "GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200)
+        self._wait(
+            "default ServiceAccount",
+            lambda: self.request("GET", "/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+        )
 
     def _start_kwok(self) -> None:
         stages = sorted(STAGES_DIR.glob("*.yaml"))
@@ -472,7 +555,8 @@ class ControlPlane:
             "--manage-all-nodes=false",
             f"--manage-nodes-with-annotation-selector={KWOK_NODE_ANNOTATION}=fake",
             f"--server-address=127.0.0.1:{self.ports['kwok']}",
-            "--node-ip=10.200.0.1", "--cidr=10.244.0.0/16",
+            "--node-ip=10.200.0.1",
+            "--cidr=10.244.0.0/16",
         ]
         for stage in stages:
             argv.append(f"--config={stage}")
@@ -505,7 +589,10 @@ class ControlPlane:
     def gpu_node_manifest(self, name: str) -> dict[str, Any]:
         """A Node kwok plays: 8 GPUs, the NVIDIA device plugin's taint and GPU-feature labels."""
         resources = {
-            "cpu": "192", "memory": "2048Gi", "ephemeral-storage": "8Ti", "pods": "110",
+            "cpu": "192",
+            "memory": "2048Gi",
+            "ephemeral-storage": "8Ti",
+            "pods": "110",
             GPU_RESOURCE: str(self.gpus_per_node),
         }
         return {
@@ -552,8 +639,14 @@ class ControlPlane:
         return ssl.create_default_context(cafile=str(self.workdir / "pki" / "ca.crt"))
 
     def request(
-        self, method: str, path: str, body: Any = None, *, token: str | None = None,
-        content_type: str = "application/json", timeout: float = 10.0,
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        token: str | None = None,
+        content_type: str = "application/json",
+        timeout: float = 10.0,
     ) -> tuple[int, Any]:
         """One API call; returns (HTTP status, decoded JSON or text). Never raises on HTTP errors.
 
@@ -589,7 +682,11 @@ class ControlPlane:
         }
 
     def kubectl(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60.0,
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run kubectl (1.37, see find_kubectl) against this cluster; raises on failure if check."""
         return self._run([find_kubectl(), f"--kubeconfig={self.kubeconfig}", *args], input, check, timeout)
@@ -605,17 +702,27 @@ class ControlPlane:
         self.kubectl("apply", *ns, "-f", "-", input=doc)
 
     def helm(
-        self, *args: str, input: str | None = None, check: bool = True, timeout: float = 180.0,
+        self,
+        *args: str,
+        input: str | None = None,
+        check: bool = True,
+        timeout: float = 180.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run the helm built by build.sh against this cluster, with its state in the work dir."""
-        return self._run([str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args],
-                         input, check, timeout)
+        return self._run(
+            [str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args], input, check, timeout
+        )
 
     def _run(
-        self, argv: list[str], input: str | None, check: bool, timeout: float,
+        self,
+        argv: list[str],
+        input: str | None,
+        check: bool,
+        timeout: float,
     ) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(argv, input=input, capture_output=True, text=True, timeout=timeout,
-                              env=self.env(), check=False)
+        proc = subprocess.run(
+            argv, input=input, capture_output=True, text=True, timeout=timeout, env=self.env(), check=False
+        )
         if check and proc.returncode != 0:
             raise subprocess.CalledProcessError(proc.returncode, argv, proc.stdout, proc.stderr)
         return proc
@@ -630,15 +737,17 @@ class ControlPlane:
         if outcome == "failed":
             annotations[EXIT_CODE_ANNOTATION] = str(exit_code)
         status, body = self.request(
-            "PATCH", f"/api/v1/namespaces/{namespace}/pods/{name}",
-            {"metadata": {"annotations": annotations}}, content_type="application/merge-patch+json",
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{name}",
+            {"metadata": {"annotations": annotations}},
+            content_type="application/merge-patch+json",
         )
         if status != 200:
             raise ControlPlaneError(f"annotating pod {namespace}/{name}: HTTP {status}: {body}")
 
     def pods(self, namespace: str, label_selector: str = "") -> list[dict[str, Any]]:
         """Pods in a namespace, optionally filtered by a label selector."""
-        query = f"?labelSelector={urllib.request.quote(label_selector)}" if label_selector else ""
+        query = f"?labelSelector={urllib.parse.quote(label_selector)}" if label_selector else ""
         status, body = self.request("GET", f"/api/v1/namespaces/{namespace}/pods{query}")
         if status != 200:
             raise ControlPlaneError(f"listing pods: HTTP {status}: {body}")
@@ -646,12 +755,18 @@ class ControlPlane:
 
     def create_namespace(self, name: str) -> str:
         """Create a namespace and wait for its default ServiceAccount (needed to admit pods)."""
-        status, body = self.request("POST", "/api/v1/namespaces",
-                                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+        status, body = self.request(
+            "POST",
+            "/api/v1/namespaces",
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}},
+        )
         if status not in (201, 409):
             raise ControlPlaneError(f"creating namespace {name}: HTTP {status}: {body}")
-        eventually(lambda: self.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] == 200,
-                   timeout=30, what=f"default ServiceAccount in {name}")
+        eventually(
+            lambda: self.request("GET", f"/api/v1/namespaces/{name}/serviceaccounts/default")[0] == 200,
+            timeout=30,
+            what=f"default ServiceAccount in {name}",
+        )
         return name
 
     def delete_namespace(self, name: str) -> None:
@@ -674,6 +789,7 @@ def node_is_schedulable(node: Mapping[str, Any]) -> bool:
 
 def main() -> None:
     """Build if needed, start the control plane and keep it up until Ctrl-C (for manual use)."""
+
     def on_sigterm(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
@@ -682,7 +798,9 @@ def main() -> None:
     cp.start()
     try:
         print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-        print(f"kubectl: {find_kubectl()}  helm: {cp.bin_dir / 'helm'}  logs: {cp.workdir / 'logs'}", flush=True)
+        print(
+            f"kubectl: {find_kubectl()}  helm: {cp.bin_dir / 'helm'}  logs: {cp.workdir / 'logs'}", flush=True
+        )
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

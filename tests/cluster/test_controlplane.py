@@ -24,17 +24,24 @@ from .controlplane import (
 
 
 def gpu_job(
-    name: str, *, gpus: int = 1, tolerate: bool = True, backoff_limit: int = 0, pods: int = 1,
+    name: str,
+    *,
+    gpus: int = 1,
+    tolerate: bool = True,
+    backoff_limit: int = 0,
+    pods: int = 1,
     annotations: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """A Job shaped like a training launcher: GPU limit, GPU toleration, never restarts."""
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "containers": [{
-            "name": "train",
-            "image": "lmforge/trainer:test",
-            "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
-        }],
+        "containers": [
+            {
+                "name": "train",
+                "image": "lmforge/trainer:test",
+                "resources": {"limits": {GPU_RESOURCE: str(gpus)}},
+            }
+        ],
     }
     if tolerate:
         pod_spec["tolerations"] = [dict(GPU_TOLERATION)]
@@ -43,7 +50,9 @@ def gpu_job(
         "kind": "Job",
         "metadata": {"name": name},
         "spec": {
-            "backoffLimit": backoff_limit, "parallelism": pods, "completions": pods,
+            "backoffLimit": backoff_limit,
+            "parallelism": pods,
+            "completions": pods,
             "template": {"metadata": {"annotations": annotations or {}}, "spec": pod_spec},
         },
     }
@@ -127,7 +136,9 @@ def test_gpu_job_fails_on_demand(control_plane: ControlPlane, namespace: str) ->
     assert dead["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
 
 
-def test_pod_template_annotation_completes_pods_by_itself(control_plane: ControlPlane, namespace: str) -> None:
+def test_pod_template_annotation_completes_pods_by_itself(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     """Two whole-node (8-GPU) workers land on two different nodes and finish after kwok-delay."""
     cp = control_plane
     annotations = {COMPLETE_ANNOTATION: "succeeded", "lmforge.io/kwok-delay": "2s"}
@@ -139,7 +150,8 @@ def test_pod_template_annotation_completes_pods_by_itself(control_plane: Control
     for pod in pods:
         started = datetime.fromisoformat(pod["status"]["startTime"])
         finished = datetime.fromisoformat(
-            pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"])
+            pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
+        )
         assert (finished - started).total_seconds() >= 1  # the 2 s delay, at 1 s resolution
 
 
@@ -168,26 +180,41 @@ def test_deleting_job_garbage_collects_its_pods(control_plane: ControlPlane, nam
     owners = pod["metadata"]["ownerReferences"]
     assert [(o["kind"], o["uid"]) for o in owners] == [("Job", job["metadata"]["uid"])]
     cp.kubectl("delete", "job", "gc", f"--namespace={namespace}", "--cascade=background", "--wait=false")
-    eventually(lambda: cp.pods(namespace, "batch.kubernetes.io/job-name=gc") == [] or None,
-               timeout=90, what="the garbage collector to delete the Job's pods")
+    eventually(
+        lambda: cp.pods(namespace, "batch.kubernetes.io/job-name=gc") == [] or None,
+        timeout=90,
+        what="the garbage collector to delete the Job's pods",
+    )
 
 
 def test_rbac_denies_service_account_without_permissions(control_plane: ControlPlane, namespace: str) -> None:
     cp = control_plane
     sa = f"nobody-{uuid.uuid4().hex[:6]}"
-    status, _ = cp.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts",
-                           {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}})
+    status, _ = cp.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts",
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": sa}},
+    )
     assert status == 201
-    status, body = cp.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                               "spec": {"expirationSeconds": 600}})
+    status, body = cp.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+        {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {"expirationSeconds": 600},
+        },
+    )
     assert status == 201, body
     token = body["status"]["token"]
 
     # Authenticated (the token is valid) ...
-    status, review = cp.request("POST", "/apis/authentication.k8s.io/v1/selfsubjectreviews",
-                                {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
-                                token=token)
+    status, review = cp.request(
+        "POST",
+        "/apis/authentication.k8s.io/v1/selfsubjectreviews",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"},
+        token=token,
+    )
     assert status == 201, review
     assert review["status"]["userInfo"]["username"] == f"system:serviceaccount:{namespace}:{sa}"
     # ... but not authorised.
@@ -197,15 +224,26 @@ def test_rbac_denies_service_account_without_permissions(control_plane: ControlP
 
     # Granting a Role makes the same request succeed: the 403 came from RBAC, not from elsewhere.
     cp.apply(
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "pod-reader"},
-         "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}]},
-        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": sa},
-         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
-         "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}]},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": {"name": "pod-reader"},
+            "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]}],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": sa},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "pod-reader"},
+            "subjects": [{"kind": "ServiceAccount", "name": sa, "namespace": namespace}],
+        },
         namespace=namespace,
     )
-    eventually(lambda: cp.request("GET", f"/api/v1/namespaces/{namespace}/pods", token=token)[0] == 200,
-               timeout=30, what="the RoleBinding to take effect")
+    eventually(
+        lambda: cp.request("GET", f"/api/v1/namespaces/{namespace}/pods", token=token)[0] == 200,
+        timeout=30,
+        what="the RoleBinding to take effect",
+    )
 
 
 def test_helm_talks_to_the_cluster(control_plane: ControlPlane) -> None:

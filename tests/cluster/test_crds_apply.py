@@ -8,6 +8,7 @@ carry its description all the way through.
 
 from __future__ import annotations
 
+import functools
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,13 +47,15 @@ def applied_crds(control_plane: ControlPlane) -> list[dict[str, Any]]:
     control_plane.kubectl("apply", "-f", str(CRD_DIR))
 
     def established(name: str) -> bool:
-        _, body = control_plane.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
+        _, body = control_plane.request(
+            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
+        )
         conditions = body.get("status", {}).get("conditions", []) if isinstance(body, dict) else []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 
     for crd in CRDS:
         name = crd["metadata"]["name"]
-        eventually(lambda name=name: established(name), timeout=60, what=f"CRD {name} Established")
+        eventually(functools.partial(established, name), timeout=60, what=f"CRD {name} Established")
     return CRDS
 
 
