@@ -13,6 +13,8 @@ from lmforge.api.contract import PROGRESS_KEY, RESULT_KEY, ProgressRecord, Recor
 from lmforge.store import Store
 
 _GAUGES: dict[str, Any] = {}
+_EXPORTING = False
+"""Set once this process serves Prometheus metrics; gauges are only maintained then."""
 
 
 def _gauge(name: str, doc: str, labels: tuple[str, ...]) -> Any:
@@ -31,8 +33,10 @@ def start_metrics_server(port: int | None = None) -> int | None:
         return None
     from prometheus_client import start_http_server
 
+    global _EXPORTING
     bound = int(raw)
     start_http_server(bound, addr=os.environ.get("LMFORGE_METRICS_ADDR", "127.0.0.1"))
+    _EXPORTING = True
     return bound
 
 
@@ -77,7 +81,7 @@ class ProgressReporter:
                 self.output.put_bytes(PROGRESS_KEY, record.model_dump_json(by_alias=True).encode())
             except Exception as exc:  # progress is advisory: never fail the stage for it
                 print(f"warning: could not store progress: {exc}", file=sys.stderr)
-        if _GAUGES or os.environ.get("LMFORGE_METRICS_PORT"):
+        if _EXPORTING:
             self._update_gauges(record)
 
     def _update_gauges(self, record: ProgressRecord) -> None:
