@@ -145,9 +145,11 @@ def find_kubectl() -> str:
     explicit = os.environ.get("LMFORGE_KUBECTL")
     if explicit:
         return explicit
-    candidate = Path(sys.executable).parent / "kubectl"
-    if candidate.exists():
-        return str(candidate)
+    cache = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+    venv = Path(os.environ.get("LMFORGE_VENV", cache / "venv"))
+    for candidate in (Path(sys.executable).parent / "kubectl", venv / "bin" / "kubectl"):
+        if candidate.exists():
+            return str(candidate)
     found = shutil.which("kubectl")
     if found:
         return found
