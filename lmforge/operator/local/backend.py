@@ -1,0 +1,288 @@
+"""`StageRun` → local processes, observed as `ObservedRun`s for the reconcilers.
+
+The backend keeps one `_Run` per run name for the life of the runner process. A run that finished in
+an earlier `lmforge run` has no `_Run`; it is recognised from `<output>/result.json` in the store —
+the same rule the operator uses, so a second `lmforge run` redoes nothing.
+
+Stages share the machine's cores, so at most `max_parallel` batch stages run at once (the others
+report Pending, "queued"); long-running stages (serving) do not take a slot. A failed attempt is
+retried `compute.backoffLimit` times with exponential backoff, unless it exited with
+`EXIT_INVALID_SPEC` (retrying cannot help); each retry resumes from the stage's checkpoints because
+the run id — and so the output prefix — is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from lmforge.api.contract import (
+    EXIT_INVALID_SPEC,
+    RESULT_KEY,
+    ProgressRecord,
+    StageName,
+    distributed_command,
+    record_from_json,
+    stage_command,
+)
+from lmforge.operator.local.process import Attempt, Command
+from lmforge.operator.reconcile.types import ObservedRun, RunState, StageRun
+from lmforge.store import Store, StoreError
+
+BACKOFF_SECONDS = 2.0
+"""First retry delay; doubles per attempt, capped at `BACKOFF_MAX`."""
+BACKOFF_MAX = 60.0
+PROBE_SECONDS = 2.0
+"""How often a serving run's endpoint is probed until it answers."""
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for torchrun's rendezvous)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@dataclass
+class _Run:
+    run: StageRun
+    attempts: int = 0
+    attempt: Attempt | None = None
+    state: RunState = RunState.PENDING
+    message: str | None = None
+    retryable: bool = True
+    not_before: float = 0.0
+    """Monotonic time before which a retry must not start."""
+    progress: ProgressRecord | None = None
+    result: ProgressRecord | None = None
+    endpoint: str | None = None
+    next_probe: float = 0.0
+
+
+class LocalBackend:
+    """Runs stages as local processes; the embedded runner's counterpart of the operator's Jobs."""
+
+    def __init__(
+        self,
+        store: Store,
+        state_dir: Path,
+        *,
+        cores: int | None = None,
+        max_parallel: int = 1,
+        python: str = sys.executable,
+        on_change: Callable[[], None] | None = None,
+        cwd: Path | None = None,
+        backoff: float = BACKOFF_SECONDS,
+    ) -> None:
+        self.store = store
+        self.state_dir = state_dir
+        self.cores = cores or os.cpu_count() or 1
+        self.max_parallel = max_parallel
+        self.python = python
+        self.on_change = on_change or (lambda: None)
+        self.cwd = cwd
+        self.backoff = backoff
+        self._runs: dict[str, _Run] = {}
+        self._lock = threading.RLock()
+        self._closed = False
+
+    # Paths -----------------------------------------------------------------------------------------
+
+    def log_path(self, name: str) -> Path:
+        return self.state_dir / "logs" / f"{name}.log"
+
+    def records_path(self, name: str) -> Path:
+        return self.state_dir / "records" / f"{name}.jsonl"
+
+    def spec_path(self, name: str) -> Path:
+        return self.state_dir / "specs" / f"{name}.json"
+
+    # What the reconcilers ask for -------------------------------------------------------------------
+
+    def ensure(self, run: StageRun) -> None:
+        """Make the run exist: queue it if new. A finished or failed run is left as it is."""
+        with self._lock:
+            if run.name not in self._runs:
+                self._runs[run.name] = _Run(run, message="queued")
+        self.tick()
+
+    def delete(self, name: str) -> None:
+        """Stop and forget a run (superseded by a newer spec)."""
+        with self._lock:
+            entry = self._runs.pop(name, None)
+        if entry is not None and entry.attempt is not None:
+            entry.attempt.stop()
+            entry.attempt.close()
+
+    def observe(self, name: str, stage: StageName, prefix: str) -> ObservedRun | None:
+        """What is known of a run: our process, else its `result.json` in the store, else nothing."""
+        with self._lock:
+            entry = self._runs.get(name)
+        result = None
+        if stage is not StageName.SERVE and (entry is None or entry.state is not RunState.FAILED):
+            result = self._stored_result(prefix)
+        if entry is None:
+            if result is None:
+                return None
+            return ObservedRun(name=name, run_id=result.run_id, state=RunState.SUCCEEDED, stage=stage,
+                               attempts=0, result=result)
+        with self._lock:
+            state = RunState.SUCCEEDED if result is not None and stage is not StageName.SERVE else entry.state
+            return ObservedRun(name=name, run_id=entry.run.run_id, state=state, stage=stage,
+                               attempts=max(entry.attempts, 1), message=entry.message,
+                               retryable=entry.retryable, progress=entry.progress, result=result,
+                               endpoint=entry.endpoint)
+
+    def _stored_result(self, prefix: str) -> ProgressRecord | None:
+        try:
+            key = f"{prefix}/{RESULT_KEY}"
+            return record_from_json(self.store.get_bytes(key)) if self.store.exists(key) else None
+        except StoreError:
+            return None
+
+    # Driving processes -----------------------------------------------------------------------------
+
+    def busy(self) -> int:
+        """Batch runs holding a slot now."""
+        with self._lock:
+            return sum(1 for e in self._runs.values()
+                       if not e.run.long_running and e.attempt is not None and e.state is RunState.RUNNING)
+
+    def active(self) -> bool:
+        """Whether any stage process is alive."""
+        with self._lock:
+            return any(e.attempt is not None and e.attempt.running() for e in self._runs.values())
+
+    def tick(self) -> None:
+        """Advance every run: reap exits, schedule retries, start queued runs, probe servers."""
+        if self._closed:
+            return
+        now = time.monotonic()
+        with self._lock:
+            entries = list(self._runs.values())
+        for entry in entries:
+            self._advance(entry, now)
+        for entry in entries:
+            if entry.state is RunState.PENDING and entry.attempt is None and now >= entry.not_before \
+                    and (entry.run.long_running or self.busy() < self.max_parallel):
+                self._start(entry)
+
+    def _advance(self, entry: _Run, now: float) -> None:
+        attempt = entry.attempt
+        if attempt is None:
+            return
+        with self._lock:
+            entry.progress = attempt.progress or entry.progress
+        code = attempt.returncode()
+        if code is None:
+            if entry.run.long_running and entry.state is not RunState.READY and now >= entry.next_probe:
+                entry.next_probe = now + PROBE_SECONDS
+                self._probe(entry, attempt)
+            return
+        attempt.close()
+        with self._lock:
+            entry.attempt = None
+            if attempt.stopped:
+                entry.state, entry.message = RunState.PENDING, "stopped"
+                return
+            if code == 0 and not entry.run.long_running:
+                entry.state, entry.result = RunState.SUCCEEDED, attempt.result
+                entry.message = None
+                return
+            reason = attempt.error or (f"exited with status {code}" if code else "server exited")
+            entry.retryable = code != EXIT_INVALID_SPEC
+            limit = entry.run.compute.backoff_limit
+            if entry.retryable and entry.attempts <= limit:
+                delay = min(BACKOFF_MAX, self.backoff * 2 ** (entry.attempts - 1))
+                entry.state, entry.not_before = RunState.PENDING, now + delay
+                entry.message = f"attempt {entry.attempts} failed ({reason}); retrying in {delay:.0f}s"
+            else:
+                entry.state, entry.message = RunState.FAILED, reason
+                if entry.retryable and limit:
+                    entry.message += f" (after {entry.attempts} attempts)"
+            _append(self.log_path(entry.run.name), f"attempt {entry.attempts} ended: status {code}: {reason}")
+        self.on_change()
+
+    def _probe(self, entry: _Run, attempt: Attempt) -> None:
+        """A server is Ready when it says so (a result record with its endpoint) or answers /v1/models."""
+        endpoint = (attempt.result.artifacts.get("endpoint") if attempt.result else None) \
+            or f"http://127.0.0.1:{entry.run.port or 8000}/v1"
+        ready = attempt.result is not None
+        if not ready:
+            try:
+                with urllib.request.urlopen(endpoint.rstrip("/") + "/models", timeout=1.0) as resp:
+                    ready = resp.status == 200
+            except (OSError, ValueError):
+                ready = False
+        if ready:
+            with self._lock:
+                entry.state, entry.endpoint, entry.message = RunState.READY, endpoint, f"serving at {endpoint}"
+            self.on_change()
+
+    def _start(self, entry: _Run) -> None:
+        run = entry.run
+        spec_file = self.spec_path(run.name)
+        spec_file.parent.mkdir(parents=True, exist_ok=True)
+        spec_file.write_text(json.dumps(run.spec.wire(), indent=2), encoding="utf-8")
+        attempt = Attempt(self.commands(run, str(spec_file)), self.log_path(run.name),
+                          self.records_path(run.name), self.on_change, self.cwd)
+        with self._lock:
+            entry.attempts += 1
+            entry.attempt = attempt
+            entry.state = RunState.RUNNING
+            entry.message = None if entry.attempts == 1 else f"attempt {entry.attempts}"
+        attempt.start()
+        self.on_change()
+
+    def commands(self, run: StageRun, spec_file: str) -> list[Command]:
+        """The processes of one attempt: torchrun for several processes, indexed workers, or one."""
+        env = self._env(run)
+        procs = max(1, min(run.nproc_per_node * run.nodes, self.cores))
+        threads = run.compute.threads or max(1, self.cores // max(procs, run.workers if run.workers > 1 else 1))
+        env.setdefault("OMP_NUM_THREADS", str(threads))
+        if procs > 1:
+            argv = distributed_command(run.stage, spec_file, nproc_per_node=procs, master_port=free_port(),
+                                       python=self.python)
+            return [Command(argv, env)]
+        argv = stage_command(run.stage, spec_file, self.python)
+        if run.workers > 1:
+            return [Command(argv, {**env, "LMFORGE_WORKER_INDEX": str(i)}, f"w{i}") for i in range(run.workers)]
+        return [Command(argv, env)]
+
+    def _env(self, run: StageRun) -> dict[str, str]:
+        env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        env.update(run.compute.env)
+        for name, ref in run.compute.secret_env.items():  # Secrets come from our own environment
+            value = os.environ.get(ref.key, os.environ.get(ref.name))
+            if value is not None:
+                env[name] = value
+        return env
+
+    def stop_all(self, grace: float = 20.0) -> list[str]:
+        """Stop every running process cleanly, starting nothing afterwards; returns the runs stopped."""
+        self._closed = True
+        with self._lock:
+            running = [e for e in self._runs.values() if e.attempt is not None]
+        for entry in running:
+            assert entry.attempt is not None
+            entry.attempt.note("stopped by the runner (Ctrl-C or end of run)")
+            entry.attempt.stop(grace)
+            entry.attempt.close()
+            with self._lock:
+                entry.attempt, entry.state, entry.message = None, RunState.PENDING, "stopped"
+        return [e.run.name for e in running]
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", encoding="utf-8") as f:
+        f.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")

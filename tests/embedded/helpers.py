@@ -1,0 +1,57 @@
+"""Shared by the embedded runner's tests: resources, stage runs and a wrapper "python" that runs
+`stagescript.py` in place of `python -m lmforge.trainer`."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from lmforge.api import KINDS
+from lmforge.api.contract import STAGES_OF_KIND
+from lmforge.api.kinds import Resource
+from lmforge.operator.reconcile.runs import run_id, stage_run
+from lmforge.operator.reconcile.types import StageRun
+
+T = TypeVar("T")
+SCRIPT = Path(__file__).with_name("stagescript.py")
+
+
+def wrapper_python(tmp: Path) -> str:
+    """An executable that runs the test stage script with the arguments the backend gives python."""
+    path = tmp / "python-stage"
+    path.write_text(f'#!/bin/sh\nexec {sys.executable} {SCRIPT} "$@"\n')
+    path.chmod(0o755)
+    return str(path)
+
+
+def resource(kind: str, name: str, spec: dict[str, Any], behaviour: str = "ok") -> Resource:
+    return KINDS[kind].model.model_validate({
+        "apiVersion": "lmforge.io/v1alpha1", "kind": kind,
+        "metadata": {"name": name, "annotations": {"test/behaviour": behaviour}}, "spec": spec})
+
+
+def pretrain(name: str, behaviour: str = "ok", **compute: Any) -> Resource:
+    return resource("PretrainJob", name, {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10},
+                                          "compute": compute}, behaviour)
+
+
+def run_of(res: Resource, store: str, stage_index: int = 0) -> StageRun:
+    rid = run_id(res, {})
+    return stage_run(res, STAGES_OF_KIND[res.kind][stage_index], rid, store, {}, None)
+
+
+def eventually(fn: Callable[[], T | None], timeout: float = 30.0, tick: Callable[[], None] | None = None) -> T:
+    """Poll `fn` until it returns something truthy (calling `tick` first each time)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if tick is not None:
+            tick()
+        value = fn()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
+        time.sleep(0.05)
