@@ -1,0 +1,121 @@
+"""The stage container and pod template shared by Jobs and Deployments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from lmforge.api.scheduling import Compute, GangScheduler
+from lmforge.operator.reconcile.types import StageRun
+from lmforge.operator.settings import Settings
+
+CONTAINER = "trainer"
+"""Name of the stage container (the pod failure policy's exit-code rule names it)."""
+SPEC_DIR = "/etc/lmforge"
+SPEC_FILE = "spec.yaml"
+SPEC_PATH = f"{SPEC_DIR}/{SPEC_FILE}"
+GPU = "nvidia.com/gpu"
+
+
+def config_map_name(run: StageRun) -> str:
+    """The ConfigMap holding the run's `--spec` file."""
+    return f"{run.name}-spec"
+
+
+def spec_yaml(run: StageRun) -> str:
+    """The StageSpec as the stage reads it (worker index comes from JOB_COMPLETION_INDEX)."""
+    return yaml.safe_dump(run.spec.wire(), sort_keys=True)
+
+
+def _quantities(values: dict[str, Any]) -> dict[str, str]:
+    return {k.replace("ephemeral_storage", "ephemeral-storage"): str(v) for k, v in values.items() if v is not None}
+
+
+def resources(compute: Compute, gpus: int) -> dict[str, Any]:
+    """Requests/limits: CPU and memory from the spec; GPUs set equal in both (the device plugin
+    only honours limits, and requests must not differ from limits for extended resources)."""
+    requests = _quantities(compute.resources.requests.model_dump())
+    limits = _quantities(compute.resources.limits.model_dump())
+    if gpus:
+        requests[GPU] = limits[GPU] = str(gpus)
+    out: dict[str, Any] = {}
+    if requests:
+        out["requests"] = requests
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+def env(run: StageRun, settings: Settings) -> list[dict[str, Any]]:
+    """Environment of the stage container: settings' extras, the spec's, and Secret references."""
+    items: dict[str, dict[str, Any]] = {}
+    if settings.s3_endpoint:
+        items["AWS_ENDPOINT_URL"] = {"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint}
+    for name, value in {**settings.extra_env, **run.compute.env}.items():
+        items[name] = {"name": name, "value": value}
+    for name, ref in run.compute.secret_env.items():
+        items[name] = {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
+    items["LMFORGE_RUN"] = {"name": "LMFORGE_RUN", "value": run.name}
+    return [items[k] for k in sorted(items)]
+
+
+def s3_secret(run: StageRun, settings: Settings) -> str | None:
+    """Secret with the store credentials: the resource's own, else the operator's."""
+    return run.compute.s3_credentials_secret or settings.s3_secret
+
+
+def container(run: StageRun, settings: Settings, command: list[str], extra_env: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stage container. `FallbackToLogsOnError` makes the `lmforge: error:` line (the last
+    stderr line) the termination message, which the observer relays into the condition."""
+    c: dict[str, Any] = {
+        "name": CONTAINER,
+        "image": run.compute.image or settings.trainer_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": command,
+        "env": extra_env + env(run, settings),
+        "resources": resources(run.compute, run.gpus_per_node),
+        "volumeMounts": [
+            {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
+            {"name": "dshm", "mountPath": "/dev/shm"},
+            {"name": "scratch", "mountPath": "/tmp"},
+        ],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
+    secret = s3_secret(run, settings)
+    if secret:
+        c["envFrom"] = [{"secretRef": {"name": secret}}]
+    return c
+
+
+def pod_spec(run: StageRun, settings: Settings, main: dict[str, Any], restart: str) -> dict[str, Any]:
+    """Pod spec: placement from `spec.compute`, the spec ConfigMap, a memory-backed /dev/shm."""
+    compute = run.compute
+    tolerations = list(settings.default_tolerations) + [
+        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compute.tolerations]
+    spec: dict[str, Any] = {
+        "restartPolicy": restart,
+        "containers": [main],
+        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
+                            "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user},
+        "volumes": [
+            {"name": "spec", "configMap": {"name": config_map_name(run)}},
+            # NCCL and data-loader workers share tensors through /dev/shm; the default 64Mi is too small.
+            {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": compute.shm_size}},
+            {"name": "scratch", "emptyDir": {}},
+        ],
+    }
+    if tolerations:
+        spec["tolerations"] = tolerations
+    if compute.node_selector:
+        spec["nodeSelector"] = dict(compute.node_selector)
+    if compute.affinity is not None:
+        spec["affinity"] = compute.affinity.model_dump(mode="json")
+    if compute.service_account_name:
+        spec["serviceAccountName"] = compute.service_account_name
+    if compute.scheduling.priority_class_name:
+        spec["priorityClassName"] = compute.scheduling.priority_class_name
+    if compute.scheduling.gang is GangScheduler.VOLCANO:
+        spec["schedulerName"] = "volcano"
+    return spec

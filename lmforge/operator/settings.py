@@ -1,0 +1,79 @@
+"""Operator settings, read once from the environment (the chart sets these variables).
+
+Why the environment and not a config file: a Deployment's `env` is what Helm values map to most
+directly, and every value here is a scalar or a short JSON list.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+DEFAULT_TRAINER_IMAGE = "ghcr.io/lmforge/trainer:0.1.0"
+
+
+def _bool(value: str | None, default: bool = False) -> bool:
+    if value is None or value == "":
+        return default
+    return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the operator needs to know that is not in any resource."""
+
+    store: str = "file:///var/lib/lmforge/store"
+    """Root URI of the artifact store (`s3://bucket/prefix` in a cluster; `file://` for tests)."""
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    """Image of the stage pods, unless a resource's `compute.image` overrides it."""
+    image_pull_policy: str = "IfNotPresent"
+    """Pull policy of the stage containers."""
+    s3_secret: str | None = None
+    """Secret (in the resource's namespace) with AWS_* credentials, mounted with `envFrom`."""
+    s3_endpoint: str | None = None
+    """`AWS_ENDPOINT_URL` given to the stage pods and used by the operator (MinIO, SeaweedFS...)."""
+    namespaces: tuple[str, ...] = ()
+    """Namespaces to watch; empty means all namespaces (cluster mode)."""
+    metrics_port: int = 8080
+    """Prometheus metrics port; 0 disables the endpoint."""
+    workers: int = 8
+    """Reconciles running at once (each mostly waits on the API server and the store)."""
+    master_port: int = 29500
+    """torch.distributed rendezvous port of multi-node jobs."""
+    default_tolerations: tuple[dict[str, Any], ...] = ()
+    """Tolerations added to every stage pod (e.g. the GPU taint of the cluster's GPU pools)."""
+    store_cleanup: bool = False
+    """Delete a resource's store prefix when the resource is deleted (adds a finalizer)."""
+    run_as_user: int = 1000
+    """UID of the stage containers (the Dockerfile's non-root user)."""
+    poll_seconds: float = 10.0
+    """Longest wait between two looks at a running resource (progress relay)."""
+    extra_env: Mapping[str, str] = field(default_factory=dict)
+    """Environment added to every stage container (e.g. HF_HUB_OFFLINE)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Settings from `LMFORGE_*` variables; unset ones keep their defaults."""
+        e = os.environ if env is None else env
+        namespaces = tuple(n for n in (e.get("LMFORGE_NAMESPACES") or "").split(",") if n.strip())
+        tolerations = json.loads(e.get("LMFORGE_DEFAULT_TOLERATIONS") or "[]")
+        extra = json.loads(e.get("LMFORGE_STAGE_ENV") or "{}")
+        return cls(
+            store=e.get("LMFORGE_STORE") or cls.store,
+            trainer_image=e.get("LMFORGE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
+            image_pull_policy=e.get("LMFORGE_IMAGE_PULL_POLICY") or "IfNotPresent",
+            s3_secret=e.get("LMFORGE_S3_SECRET") or None,
+            s3_endpoint=e.get("LMFORGE_S3_ENDPOINT") or e.get("AWS_ENDPOINT_URL") or None,
+            namespaces=tuple(n.strip() for n in namespaces),
+            metrics_port=int(e.get("LMFORGE_METRICS_PORT") or 8080),
+            workers=max(1, int(e.get("LMFORGE_WORKERS") or 8)),
+            master_port=int(e.get("LMFORGE_MASTER_PORT") or 29500),
+            default_tolerations=tuple(tolerations),
+            store_cleanup=_bool(e.get("LMFORGE_STORE_CLEANUP")),
+            run_as_user=int(e.get("LMFORGE_RUN_AS_USER") or 1000),
+            poll_seconds=float(e.get("LMFORGE_POLL_SECONDS") or 10.0),
+            extra_env={str(k): str(v) for k, v in extra.items()},
+        )

@@ -1,0 +1,181 @@
+"""The Kubernetes builders as named table cases: StageRun in, objects out, no cluster."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import pytest
+import yaml
+
+from lmforge.api.contract import StageName, StageSpec
+from lmforge.api.scheduling import GangScheduler, Scheduling
+from lmforge.operator.kube import build_children
+from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH
+from lmforge.operator.reconcile import StageRun
+
+from .conftest import SETTINGS, first_run, owner, parse, pipeline
+
+PIPE = pipeline()
+
+
+def _objs(run: StageRun, res_key: str) -> dict[str, dict[str, Any]]:
+    return {o["kind"]: o for o in build_children(run, owner(PIPE[res_key]), SETTINGS)}
+
+
+def _env(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+@dataclass
+class Case:
+    name: str
+    key: str
+    kinds: list[str]
+    pods: int
+    indexed: bool
+    gpus: str | None
+    env: dict[str, Any] = field(default_factory=dict)
+    command_has: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+CASES = [
+    Case("dataset-16-workers-is-an-indexed-job", "Dataset/web-corpus", ["ConfigMap", "Job"], 16, True, None,
+         command_has=["-m", "lmforge.trainer", "dataset", "--spec", "/etc/lmforge/spec.yaml"],
+         extra={"cpu": "8"}),
+    Case("pretrain-4x8-is-indexed-job-with-headless-service", "PretrainJob/base-1b",
+         ["ConfigMap", "Service", "Job"], 4, True, "8",
+         env={"MASTER_ADDR": "NAME-0.NAME", "MASTER_PORT": "29500", "NNODES": "4", "NPROC_PER_NODE": "8",
+              "NODE_RANK": {"fieldRef": {"fieldPath":
+                                         "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
+         command_has=["torch.distributed.run", "--nnodes=4", "--node-rank=$(NODE_RANK)",
+                      "--master-addr=$(MASTER_ADDR)", "--nproc-per-node=8"],
+         extra={"kueue": "training", "shm": "64Gi", "node_selector": {"nvidia.com/gpu.product": "H100-SXM"}}),
+    Case("sft-one-node-8-gpus-is-a-torchrun-job", "AlignmentJob/chat-1b", ["ConfigMap", "Job"], 1, False, "8",
+         env={"NPROC_PER_NODE": "8"}, command_has=["torch.distributed.run", "--nnodes=1", "align"]),
+    Case("eval-is-a-plain-job", "EvalSuite/chat-1b-eval", ["ConfigMap", "Job"], 1, False, None,
+         command_has=["evaluate"]),
+    Case("release-compress-is-a-plain-job", "ModelRelease/chat-1b", ["ConfigMap", "Job"], 1, False, "1",
+         command_has=["compress"]),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_job_children(case: Case) -> None:
+    run = first_run(PIPE[case.key])
+    objs = build_children(run, owner(PIPE[case.key]), SETTINGS)
+    assert [o["kind"] for o in objs] == case.kinds
+    by_kind = {o["kind"]: o for o in objs}
+    job = by_kind["Job"]
+    spec = job["spec"]
+    assert job["metadata"]["name"] == run.name and len(run.name) <= 52
+    assert (spec["completions"], spec["parallelism"]) == (case.pods, case.pods)
+    assert (spec.get("completionMode") == "Indexed") == case.indexed
+    pod = spec["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container.get("resources", {}).get("limits", {}).get("nvidia.com/gpu") == case.gpus
+    assert container.get("resources", {}).get("requests", {}).get("nvidia.com/gpu") == case.gpus
+    env = _env(container)
+    for key, value in case.env.items():
+        want = value.replace("NAME", run.name) if isinstance(value, str) else value
+        assert env[key] == want, key
+    for part in case.command_has:
+        assert part in container["command"], (part, container["command"])
+    # Common to every stage pod.
+    assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
+    assert container["envFrom"] == [{"secretRef": {"name": "lmforge-s3"}}]
+    assert env["AWS_ENDPOINT_URL"] == "http://s3.example:8333"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod.get("tolerations", []) \
+        or case.key == "Dataset/web-corpus"
+    rules = spec["podFailurePolicy"]["rules"]
+    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
+                                                             "values": [2]}}
+    assert spec["backoffLimit"] == 3
+    cm = by_kind["ConfigMap"]
+    stage_spec = StageSpec.model_validate(yaml.safe_load(cm["data"]["spec.yaml"]))
+    assert stage_spec == run.spec
+    assert pod["volumes"][0] == {"name": "spec", "configMap": {"name": cm["metadata"]["name"]}}
+    for obj in objs:
+        meta = obj["metadata"]
+        assert meta["ownerReferences"][0]["uid"] == "uid-1234" and meta["ownerReferences"][0]["controller"]
+        assert meta["labels"][RUN_LABEL] == run.name
+        assert meta["labels"][f"lmforge.io/{case.key.split('/')[0].lower()}"] == case.key.split("/")[1]
+        assert meta["labels"]["app.kubernetes.io/managed-by"] == "lmforge-operator"
+        assert SPEC_HASH in meta["annotations"]
+    if "cpu" in case.extra:
+        assert container["resources"]["requests"]["cpu"] == case.extra["cpu"]
+    if "kueue" in case.extra:
+        assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == case.extra["kueue"]
+        assert spec["suspend"] is True
+    if "shm" in case.extra:
+        dshm = next(v for v in pod["volumes"] if v["name"] == "dshm")
+        assert dshm["emptyDir"] == {"medium": "Memory", "sizeLimit": case.extra["shm"]}
+    if "node_selector" in case.extra:
+        assert pod["nodeSelector"] == case.extra["node_selector"]
+    if "Service" in by_kind:
+        svc = by_kind["Service"]
+        assert svc["spec"]["clusterIP"] == "None" and svc["metadata"]["name"] == run.name
+        assert pod["subdomain"] == run.name
+
+
+def test_same_run_builds_identical_objects() -> None:
+    run = first_run(PIPE["PretrainJob/base-1b"])
+    assert build_children(run, owner(PIPE["PretrainJob/base-1b"]), SETTINGS) == \
+        build_children(first_run(PIPE["PretrainJob/base-1b"]), owner(PIPE["PretrainJob/base-1b"]), SETTINGS)
+
+
+def test_volcano_gang_sets_scheduler_and_pod_group() -> None:
+    run = first_run(PIPE["PretrainJob/base-1b"])
+    volcano = replace(run, compute=run.compute.model_copy(update={"scheduling": Scheduling(
+        gang=GangScheduler.VOLCANO, queue_name="research")}))
+    objs = {o["kind"]: o for o in build_children(volcano, owner(PIPE["PretrainJob/base-1b"]), SETTINGS)}
+    pod = objs["Job"]["spec"]["template"]
+    assert pod["spec"]["schedulerName"] == "volcano"
+    assert pod["metadata"]["annotations"]["scheduling.k8s.io/group-name"] == run.name
+    assert objs["PodGroup"]["spec"] == {"minMember": 4, "queue": "research"}
+    assert "suspend" not in objs["Job"]["spec"]
+
+
+def test_affinity_secret_env_and_image_override_pass_through() -> None:
+    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
+           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "p", "type": "perplexity"}],
+                    "compute": {"image": "mine:2", "env": {"A": "1"},
+                                "secretEnv": {"HF_TOKEN": {"name": "hf", "key": "token"}},
+                                "affinity": {"nodeAffinity": {"x": 1}}, "s3CredentialsSecret": "own"}}}
+    res = parse(doc)
+    objs = {o["kind"]: o for o in build_children(first_run(res), owner(res), SETTINGS)}
+    pod = objs["Job"]["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert container["image"] == "mine:2"
+    assert pod["affinity"] == {"nodeAffinity": {"x": 1}}
+    assert _env(container)["A"] == "1"
+    assert _env(container)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
+    assert container["envFrom"] == [{"secretRef": {"name": "own"}}]
+
+
+def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None:
+    from lmforge.api.contract import ProgressRecord, RecordType
+    from lmforge.operator.reconcile.types import ObservedRun, RunState
+
+    rel = PIPE["ModelRelease/chat-1b"]
+    compress = first_run(rel)
+    done = ObservedRun(compress.name, compress.run_id, RunState.SUCCEEDED, StageName.COMPRESS, result=ProgressRecord(
+        type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}))
+    serve = first_run(rel, runs={compress.name: done})
+    assert serve.stage is StageName.SERVE
+    objs = build_children(serve, owner(rel), SETTINGS)
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service"]
+    dep, svc = objs[1], objs[2]
+    assert dep["spec"]["replicas"] == 2
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["restartPolicy"] == "Always"
+    assert c["command"][-3:] == ["serve", "--spec", "/etc/lmforge/spec.yaml"]
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert svc["metadata"]["name"] == "chat-1b" and RUN_LABEL not in svc["metadata"]["labels"]
+    tmpl_labels = dep["spec"]["template"]["metadata"]["labels"]
+    assert all(tmpl_labels[k] == v for k, v in svc["spec"]["selector"].items())
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
