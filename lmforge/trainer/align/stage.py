@@ -1,0 +1,146 @@
+"""The `align` stage: `python -m lmforge.trainer align --spec FILE` runs one AlignmentJob.
+
+Order of work: check what can be checked before loading anything heavy (precision, QLoRA runtime,
+the data rows), fetch the base, tokenize with the chat template, train with the method's trl trainer
+(or our PPO loop) with checkpoints mirrored to the store, then rank 0 publishes (see `export` for what
+is published when) and the result carries the metrics.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lmforge.api.alignment import AdapterType, AlignmentJob, AlignmentMethod
+from lmforge.trainer.align import hf
+from lmforge.trainer.align.base import BaseModel, check_precision, load_model, load_tokenizer, resolve_base
+from lmforge.trainer.align.data import Example, load_rows, split
+from lmforge.trainer.align.export import export
+from lmforge.trainer.align.lora import require_qlora_runtime, wrap
+from lmforge.trainer.context import StageContext
+from lmforge.trainer.errors import InvalidInput
+
+
+def _sft(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
+         val: list[Example]) -> tuple[Any, dict[str, float]]:
+    from lmforge.trainer.align.sft import build_trainer, encode
+
+    spec = job.spec
+    enc = [encode(x, tok, tok.chat_template, spec.training.max_length, spec.sft.assistant_only_loss)
+           for x in (train, val)]
+    if not enc[0].rows:
+        raise InvalidInput(f"spec.training.maxLength: every training row lost its answer to truncation at "
+                           f"{spec.training.max_length} tokens ({enc[0].dropped} rows)")
+    model = wrap(load_model(base.path, spec), spec)
+    out = ctx.work_dir / "trainer"
+    trainer = build_trainer(spec, model, tok, enc[0], enc[1], hf.training_args(spec, out, bool(enc[1].rows)))
+    cb = hf.train(trainer, ctx, spec, out)
+    metrics = dict(cb.metrics)
+    if "loss" in cb.first:
+        metrics["first_loss"] = cb.first["loss"]
+    if enc[1].rows:
+        metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
+    metrics["dropped_truncated"] = float(enc[0].dropped + enc[1].dropped)
+    metrics["truncated"] = float(enc[0].truncated + enc[1].truncated)
+    return trainer.model, metrics
+
+
+def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
+                val: list[Example]) -> tuple[Any, dict[str, float]]:
+    from lmforge.trainer.align import preference as pref
+
+    spec = job.spec
+    reward = spec.method is AlignmentMethod.REWARD
+    encoder = pref.encode_reward if reward else pref.encode_dpo
+    pairs = [encoder(x, tok, tok.chat_template, spec.training.max_length) for x in (train, val)]
+    if not pairs[0].rows:
+        raise InvalidInput(f"spec.training.maxLength: every prompt fills {spec.training.max_length} tokens")
+    model = load_model(base.path, spec, reward_head=reward)
+    model = wrap(model, spec, "SEQ_CLS" if reward else "CAUSAL_LM")
+    out = ctx.work_dir / "trainer"
+    args = hf.training_args(spec, out, bool(pairs[1].rows))
+    build = pref.build_reward_trainer if reward else pref.build_dpo_trainer
+    trainer = build(spec, model, tok, pairs[0], pairs[1], args)
+    cb = hf.train(trainer, ctx, spec, out)
+    metrics = dict(cb.metrics)
+    for name in ("loss", "reward_margin", "pairwise_accuracy"):
+        if name in cb.first:
+            metrics[f"first_{name}"] = cb.first[name]
+    if pairs[1].rows:
+        final = trainer.evaluate()
+        for key, value in final.items():
+            if key in hf.METRIC_NAMES:
+                metrics[hf.METRIC_NAMES[key]] = float(value)
+        if reward and "eval_accuracy" in final:
+            metrics["pairwise_accuracy"] = float(final["eval_accuracy"])
+    metrics["dropped_truncated"] = float(pairs[0].dropped + pairs[1].dropped)
+    return trainer.model, metrics
+
+
+def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
+         val: list[Example]) -> tuple[Any, dict[str, float]]:
+    from lmforge.trainer.align import ppo
+    from lmforge.trainer.align.base import load_tokenizer as load_tok
+    from lmforge.trainer.align.checkpoints import CheckpointStore
+    from lmforge.trainer.artifacts import fetch
+
+    spec = job.spec
+    assert spec.ppo is not None
+    if spec.ppo.reward_function is not None:
+        scorer = ppo.function_scorer(ppo.reward_function(spec.ppo.reward_function))
+    else:
+        assert spec.ppo.reward_model_ref is not None
+        found = ctx.input("AlignmentJob", spec.ppo.reward_model_ref.name)
+        if "model" not in found.artifacts:
+            raise InvalidInput(f"spec.ppo.rewardModelRef: AlignmentJob/{found.name} published no `model`")
+        from transformers import AutoModelForSequenceClassification
+
+        rpath = fetch(found.artifacts["model"])
+        rm = AutoModelForSequenceClassification.from_pretrained(rpath, num_labels=1)
+        rtok = load_tok(rpath, spec)
+        scorer = ppo.model_scorer(rm, rtok, rtok.chat_template)
+    policy = wrap(load_model(base.path, spec), spec)
+    loop = ppo.PpoLoop(spec, policy, tok, tok.chat_template, train + val, scorer)
+    checkpoints = CheckpointStore(ctx.output, spec.checkpoint.keep_last, publish=hf.is_main())
+    metrics = ppo.train(ctx, loop, checkpoints, ctx.work_dir / "ppo")
+    if "first_mean_reward" in ctx.extra:
+        metrics["first_mean_reward"] = float(ctx.extra["first_mean_reward"])
+    return policy, metrics
+
+
+METHODS = {
+    AlignmentMethod.SFT: _sft,
+    AlignmentMethod.REWARD: _preference,
+    AlignmentMethod.DPO: _preference,
+    AlignmentMethod.IPO: _preference,
+    AlignmentMethod.PPO: _ppo,
+}
+
+
+def run(ctx: StageContext) -> dict[str, str]:
+    """Train and publish one AlignmentJob; returns artifact name → URI (rank 0; others return {})."""
+    job = ctx.resource
+    if not isinstance(job, AlignmentJob):
+        raise InvalidInput(f"the align stage runs AlignmentJobs, not {type(job).__name__}")
+    spec = job.spec
+    check_precision(spec)
+    if spec.adapter.type is AdapterType.QLORA:
+        require_qlora_runtime()
+    data_uri = ctx.resolve(spec.data.uri)
+    rows = load_rows(data_uri, spec.method, spec.data.format, spec.data.skip_bad_rows)
+    for reason in rows.reasons:
+        print(f"skipped bad row: {reason}", flush=True)
+    train, val = split(rows.examples, spec.data.validation_fraction, spec.training.seed)
+    ref = spec.model_ref
+    base = resolve_base(ctx, ref.kind.value if ref.kind else None, ref.name, ref.uri)
+    tok = load_tokenizer(base.path, spec)
+    ctx.reporter.progress(0, None, message=f"{spec.method.value}: {len(train)} training rows, {len(val)} held out, "
+                                           f"{rows.bad} bad rows skipped", force=True)
+    model, metrics = METHODS[spec.method](ctx, job, base, tok, train, val)
+    metrics.update({"rows": float(len(rows.examples)), "bad_rows": float(rows.bad)})
+    if "resumed_from_step" in ctx.extra:
+        metrics["resumed_from_step"] = float(ctx.extra["resumed_from_step"])
+    ctx.extra["metrics"] = metrics
+    if not hf.is_main():
+        ctx.extra["result"] = "rank 0 reports"
+        return {}
+    return export(ctx, job, model, tok, base, data_uri, metrics)
