@@ -59,6 +59,29 @@ class Architecture(ApiModel):
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @property
+    def resolved_intermediate_size(self) -> int:
+        """SwiGLU width: the spec's, else 8/3 × hidden rounded up to a multiple of 64 (LLaMA's rule)."""
+        if self.intermediate_size is not None:
+            return self.intermediate_size
+        return -(-(8 * self.hidden_size // 3) // 64) * 64
+
+    def parameter_count(self, vocab_size: int) -> int:
+        """Trainable parameters of the `LlamaForCausalLM` this describes (no biases)."""
+        h, d = self.hidden_size, self.resolved_head_dim
+        kv = self.num_kv_heads or self.num_heads
+        attention = h * self.num_heads * d * 2 + h * kv * d * 2  # q, o + k, v
+        mlp = 3 * h * self.resolved_intermediate_size  # gate, up, down
+        per_layer = attention + mlp + 2 * h  # two RMSNorm weights
+        embeddings = vocab_size * h * (1 if self.tie_embeddings else 2)
+        return self.num_layers * per_layer + embeddings + h  # final norm
+
+    def flops_per_token(self, vocab_size: int, seq_length: int) -> float:
+        """Training FLOPs per token: 6·N for the weights plus 12·layers·heads·headDim·seq for attention
+        scores (the PaLM/Megatron estimate used for MFU)."""
+        n = self.parameter_count(vocab_size)
+        return 6.0 * n + 12.0 * self.num_layers * self.num_heads * self.resolved_head_dim * seq_length
+
 
 class Training(ApiModel):
     """Batch, length and duration of training."""

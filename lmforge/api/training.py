@@ -93,3 +93,50 @@ class Topology(ApiModel):
     """Pods (nodes) in the job."""
     gpus_per_node: int = Field(default=0, ge=0, le=16)
     """GPUs per pod (`nvidia.com/gpu`); 0 trains on the CPU."""
+
+
+PEAK_BF16_FLOPS: dict[str, float] = {
+    "h200": 989e12,
+    "h100": 989e12,
+    "a100": 312e12,
+    "l40s": 362e12,
+    "l4": 121e12,
+    "a10g": 125e12,
+    "mi300x": 1307e12,
+}
+"""Dense bf16 tensor-core peak FLOP/s of one device (vendor data sheets, without sparsity); the
+denominator of model FLOPs utilisation. Keys are lower-case fragments of the device name."""
+
+
+def peak_flops_for(device_name: str) -> float | None:
+    """Peak bf16 FLOP/s of a device from its name (e.g. `NVIDIA H100 80GB HBM3`), or None if unknown."""
+    name = device_name.lower().replace(" ", "")
+    for key in sorted(PEAK_BF16_FLOPS, key=len, reverse=True):
+        if key in name:
+            return PEAK_BF16_FLOPS[key]
+    return None
+
+
+def train_state_bytes(params: int, *, zero_stage: int, world: int, precision: Precision) -> float:
+    """Bytes of weights + gradients + AdamW state on one device under ZeRO (activations excluded).
+
+    Mixed precision keeps 16-bit weights and gradients plus fp32 master weights, momentum and variance
+    (2 + 2 + 12 bytes/param, the ZeRO paper's Ψ accounting); fp32 keeps 4 + 4 + 8. Stage 1 partitions
+    the optimizer state over `world` devices, stage 2 also the gradients, stage 3 also the weights.
+    """
+    weights, grads, optim = (4.0, 4.0, 8.0) if precision is Precision.FP32 else (2.0, 2.0, 12.0)
+    if zero_stage >= 1:
+        optim /= world
+    if zero_stage >= 2:
+        grads /= world
+    if zero_stage >= 3:
+        weights /= world
+    return params * (weights + grads + optim)
+
+
+def activation_bytes(*, layers: int, hidden: int, seq_length: int, micro_batch: int,
+                     checkpointing: bool) -> float:
+    """Activation memory of one micro-batch (Korthikanti et al. 2022, 16-bit, flash attention so no
+    s² term): 34·s·b·h per layer, or just the layer inputs (2·s·b·h) with activation checkpointing."""
+    per_layer = (2.0 if checkpointing else 34.0) * seq_length * micro_batch * hidden
+    return layers * per_layer

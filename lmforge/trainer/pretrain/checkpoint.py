@@ -1,0 +1,186 @@
+"""Checkpoints in the artifact store: `checkpoints/step-<N>/` artifacts plus a `checkpoints/latest`
+pointer, with automatic resume.
+
+Order of a save, which is what makes a crash at any point harmless:
+1. every rank writes its DeepSpeed files (and its RNG state) into a local directory;
+2. each node's local rank 0 uploads that node's files (retried with backoff);
+3. rank 0 writes the artifact's MANIFEST.json (the union of all nodes' files), only if all uploads
+   succeeded — before that the prefix is ignored by every reader;
+4. rank 0 replaces `latest` (a single small object, atomic on every store);
+5. checkpoints older than the last K are deleted.
+A resume reads `latest`, downloads and verifies that checkpoint, and lets DeepSpeed restore model,
+optimizer and LR scheduler; the data position and step come back in the client state.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from lmforge.store import MANIFEST_NAME, ArtifactManifest, ArtifactWriter, FileEntry, Store, download_artifact
+from lmforge.store.artifact import SCHEMA_VERSION
+from lmforge.store.errors import ArtifactNotFound, StoreError
+from lmforge.trainer.pretrain.dist import World, barrier, broadcast, gather
+
+PREFIX = "checkpoints"
+LATEST_KEY = f"{PREFIX}/latest"
+KIND = "pretrain-checkpoint"
+_STEP_DIR = re.compile(rf"^{PREFIX}/(step-(\d+))/")
+
+
+def tag(step: int) -> str:
+    return f"step-{step}"
+
+
+def _rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+class Checkpoints:
+    """Save/resume of one job's checkpoints under its (retry-stable) output prefix."""
+
+    def __init__(self, output: Store, local_root: Path, world: World, keep_last: int, *,
+                 attempts: int = 4, backoff_s: float = 2.0) -> None:
+        self.output = output
+        self.local_root = local_root
+        self.world = world
+        self.keep_last = keep_last
+        self.attempts = attempts
+        self.backoff_s = backoff_s
+
+    # -- reading ------------------------------------------------------------------------------------
+
+    def latest(self) -> dict[str, Any] | None:
+        """The `latest` pointer, or None when this job has no complete checkpoint."""
+        try:
+            pointer: dict[str, Any] = json.loads(self.output.get_bytes(LATEST_KEY))
+        except ArtifactNotFound:
+            return None
+        return pointer
+
+    def resume(self, engine: Any) -> dict[str, Any] | None:
+        """Restore the latest checkpoint into `engine` (collective); returns its client state or None."""
+        pointer = broadcast(self.latest() if self.world.is_main else None, self.world)
+        if pointer is None:
+            return None
+        name = pointer["tag"]
+        local = self.local_root / name
+        ok = True
+        if self.world.is_node_main:
+            try:
+                shutil.rmtree(local, ignore_errors=True)
+                download_artifact(self.output, f"{PREFIX}/{name}", local, verify=True)
+            except StoreError as exc:
+                print(f"lmforge: checkpoint {name} unusable: {exc}", file=sys.stderr, flush=True)
+                ok = False
+        if not all(gather(ok, self.world)):
+            raise StoreError(f"checkpoint {self.output.url(PREFIX + '/' + name)} could not be restored")
+        _, client_state = engine.load_checkpoint(str(self.local_root), tag=name, load_optimizer_states=True,
+                                                 load_lr_scheduler_states=True)
+        if client_state is None:
+            raise StoreError(f"DeepSpeed could not load checkpoint {name}")
+        rng = local / f"rng-rank{self.world.rank}.pt"
+        if rng.is_file():
+            import torch
+
+            _set_rng_state(torch.load(rng, weights_only=False))
+        barrier(self.world)
+        if self.world.is_node_main:
+            shutil.rmtree(local, ignore_errors=True)
+        return dict(client_state)
+
+    # -- writing ------------------------------------------------------------------------------------
+
+    def save(self, engine: Any, step: int, client_state: dict[str, Any], files: dict[str, bytes]) -> bool:
+        """Save a checkpoint (collective). True once `latest` points at it; False when the upload kept
+        failing (training may continue; `latest` still names the previous complete checkpoint)."""
+        import torch
+
+        name = tag(step)
+        local = self.local_root / name
+        if self.world.is_node_main:
+            shutil.rmtree(local, ignore_errors=True)
+        barrier(self.world)
+        engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state, save_latest=False)
+        torch.save(_rng_state(), local / f"rng-rank{self.world.rank}.pt")
+        if self.world.is_main:
+            for rel, data in files.items():
+                (local / rel).write_bytes(data)
+            self.output.delete_prefix(f"{PREFIX}/{name}")  # leftovers of a crashed attempt
+        barrier(self.world)
+        entries: dict[str, FileEntry] | None = {}
+        if self.world.is_node_main:
+            entries = self._upload(name, local)
+        uploaded = gather(entries, self.world)
+        committed = False
+        if self.world.is_main and all(e is not None for e in uploaded):
+            merged: dict[str, FileEntry] = {}
+            for e in uploaded:
+                merged.update(e or {})
+            committed = self._commit(name, step, merged)
+        barrier(self.world)
+        if self.world.is_node_main:
+            shutil.rmtree(local, ignore_errors=True)
+        return broadcast(committed, self.world)
+
+    def _upload(self, name: str, local: Path) -> dict[str, FileEntry] | None:
+        """This node's files → the store, retried with exponential backoff; None if it kept failing."""
+        for attempt in range(self.attempts):
+            try:
+                writer = ArtifactWriter(self.output, f"{PREFIX}/{name}")
+                writer.add_dir(local)
+                return writer.files
+            except StoreError as exc:
+                wait = self.backoff_s * 2**attempt
+                print(f"lmforge: checkpoint {name} upload failed (attempt {attempt + 1}/{self.attempts}): "
+                      f"{exc}; retrying in {wait:.0f}s", file=sys.stderr, flush=True)
+                if attempt + 1 < self.attempts:
+                    time.sleep(wait)  # backoff before the next try, not a wait for a condition
+        return None
+
+    def _commit(self, name: str, step: int, files: dict[str, FileEntry]) -> bool:
+        """Manifest, then `latest`, then pruning: the pointer only ever names a complete checkpoint."""
+        key = f"{PREFIX}/{name}"
+        manifest = ArtifactManifest(schema_version=SCHEMA_VERSION, kind=KIND, created=datetime.now(UTC),
+                                    files=dict(sorted(files.items())), total_size=sum(f.size for f in files.values()),
+                                    metadata={"step": step})
+        try:
+            self.output.child(key).put_bytes(MANIFEST_NAME, manifest.model_dump_json(indent=2).encode() + b"\n")
+            pointer = {"tag": name, "step": step, "key": key, "time": datetime.now(UTC).isoformat()}
+            self.output.put_bytes(LATEST_KEY, json.dumps(pointer).encode())
+        except StoreError as exc:
+            print(f"lmforge: checkpoint {name} not committed: {exc}", file=sys.stderr, flush=True)
+            return False
+        self.prune(step)
+        return True
+
+    def prune(self, newest: int) -> None:
+        """Delete all but the last `keep_last` checkpoints (never the one `latest` names)."""
+        steps = sorted({int(m.group(2)) for k in self.output.list(PREFIX) if (m := _STEP_DIR.match(k))})
+        keep = {s for s in steps if s <= newest}
+        keep = set(sorted(keep)[-self.keep_last:]) | {newest}
+        for s in steps:
+            if s not in keep:
+                try:
+                    self.output.delete_prefix(f"{PREFIX}/{tag(s)}")
+                except StoreError as exc:  # garbage left behind is harmless; the next save retries
+                    print(f"lmforge: could not delete checkpoint {tag(s)}: {exc}", file=sys.stderr)
