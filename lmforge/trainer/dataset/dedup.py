@@ -1,0 +1,160 @@
+"""Deduplication: exact (hash of the normalised text) and near (MinHash signatures + LSH banding).
+
+Workers compute, per document, a 64-bit exact hash and a MinHash signature (datasketch's affine32
+scheme over hashed word n-gram shingles); the merge sees all of them at once, so both kinds of
+duplicates are found across workers. Documents are identified by their global position (file order,
+then row), and the representative kept from each cluster is the one that comes first; the result is
+therefore the same whatever the number of workers.
+
+The merge works band by band on a (possibly memory-mapped) signature matrix: per band one uint64 key
+per document, a sort, and a verification of each candidate against the first member of its bucket
+(estimated Jaccard ≥ the threshold), so memory stays at a few words per document.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from lmforge.api.dataset import NearDedup
+
+_PUNCT = re.compile(r"[^\w\s]+")
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # 64-bit golden-ratio multiplier (Fibonacci hashing)
+
+
+def normalize(text: str) -> str:
+    """Lower-case, punctuation removed, whitespace collapsed: what 'the same text' means."""
+    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+
+
+def exact_hash(text: str) -> int:
+    """64-bit hash of the normalised text (collisions ~n²/2⁶⁵: negligible)."""
+    return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little")
+
+
+def lsh_params(spec: NearDedup) -> tuple[int, int]:
+    """(bands, rows): the spec's, or datasketch's optimum for its threshold (equal FP/FN weights)."""
+    if spec.bands is not None and spec.rows is not None:
+        return spec.bands, spec.rows
+    from datasketch.lsh import _optimal_param
+
+    bands, rows = _optimal_param(spec.threshold, spec.num_perm, 0.5, 0.5)
+    return int(bands), int(rows)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class MinHasher:
+    """MinHash signatures of word n-gram shingles; the same seed gives the same signatures in every
+    worker process (no use of Python's per-process `hash`)."""
+
+    def __init__(self, spec: NearDedup, seed: int = 1) -> None:
+        from datasketch import MinHash
+
+        self._MinHash = MinHash
+        self.spec = spec
+        self.k = spec.shingle_size
+        self.permutations = MinHash(spec.num_perm, seed=seed, scheme="affine32").permutations
+        self._word_hash: dict[str, int] = {}
+        # Per-position multipliers that turn k word hashes into one n-gram hash: (k,) uint64.
+        self._weights = (np.arange(1, self.k + 1, dtype=np.uint64) * _MIX) | np.uint64(1)
+
+    def _words(self, text: str) -> np.ndarray:
+        cache = self._word_hash
+        if len(cache) > 2_000_000:  # bound memory on corpora with huge vocabularies
+            cache.clear()
+        out = []
+        for w in normalize(text).split():
+            h = cache.get(w)
+            if h is None:
+                h = cache[w] = zlib.crc32(w.encode())
+            out.append(h)
+        return np.array(out, dtype=np.uint64)
+
+    def shingles(self, text: str) -> np.ndarray:
+        """32-bit hashes of the document's word k-grams (a shorter document is one shingle): (m,)."""
+        words = self._words(text)
+        if len(words) == 0:
+            return np.zeros(1, dtype=np.uint32)
+        k = min(self.k, len(words))
+        windows = np.lib.stride_tricks.sliding_window_view(words, k)  # (m, k)
+        mixed = (windows * self._weights[:k]).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
+        return (mixed >> np.uint64(32)).astype(np.uint32)
+
+    def signature(self, text: str) -> np.ndarray:
+        """(num_perm,) uint32 MinHash signature."""
+        m = self._MinHash(self.spec.num_perm, hashfunc=_identity, permutations=self.permutations,
+                          scheme="affine32")
+        m.update_batch(self.shingles(text))
+        return np.asarray(m.hashvalues, dtype=np.uint32)
+
+
+@dataclass
+class NearDupResult:
+    """Which documents near-dedup drops, and cluster statistics for the card."""
+
+    drop: np.ndarray  # (n,) bool
+    clusters: int  # clusters with more than one member
+    candidate_pairs: int
+    verified_pairs: int
+
+
+def _find(parent: np.ndarray, i: int) -> int:
+    root = i
+    while parent[root] != root:
+        root = int(parent[root])
+    while parent[i] != root:  # path compression
+        parent[i], i = root, int(parent[i])
+    return root
+
+
+def near_duplicates(sigs: np.ndarray, bands: int, rows: int, threshold: float,
+                    alive: np.ndarray | None = None) -> NearDupResult:
+    """Near-duplicate clusters among the rows of `sigs` (n, num_perm) whose `alive` flag is set; every
+    member but the lowest-indexed of each cluster is dropped."""
+    n = sigs.shape[0]
+    alive_idx = np.arange(n) if alive is None else np.flatnonzero(alive)
+    parent = np.arange(n, dtype=np.int64)
+    candidates = verified = 0
+    for band in range(bands):
+        cols = np.asarray(sigs[alive_idx, band * rows:(band + 1) * rows], dtype=np.uint64)  # (a, rows)
+        keys = np.zeros(len(alive_idx), dtype=np.uint64)
+        for j in range(rows):  # polynomial hash of the band's rows, wrapping mod 2^64
+            keys = keys * _MIX + cols[:, j] + np.uint64(j + 1)
+        order = np.argsort(keys, kind="stable")  # stable: lowest index first within a bucket
+        sorted_keys = keys[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = sorted_keys[1:] != sorted_keys[:-1]
+        group_first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+        members = np.flatnonzero(~starts)
+        if len(members) == 0:
+            continue
+        a = alive_idx[order[group_first[members]]]  # bucket representative
+        b = alive_idx[order[members]]
+        candidates += len(b)
+        sim = (np.asarray(sigs[a]) == np.asarray(sigs[b])).mean(axis=1)
+        ok = sim >= threshold
+        verified += int(ok.sum())
+        for x, y in zip(a[ok].tolist(), b[ok].tolist(), strict=True):
+            rx, ry = _find(parent, x), _find(parent, y)
+            if rx != ry:
+                parent[max(rx, ry)] = min(rx, ry)
+    roots = np.array([_find(parent, i) for i in range(n)], dtype=np.int64) if n else parent
+    drop = roots != np.arange(n)
+    clusters = len(np.unique(roots[drop])) if drop.any() else 0
+    return NearDupResult(drop, clusters, candidates, verified)
+
+
+def exact_duplicates(hashes: np.ndarray) -> np.ndarray:
+    """(n,) bool: documents whose exact hash occurred at a lower index."""
+    _, first = np.unique(hashes, return_index=True)
+    drop = np.ones(len(hashes), dtype=bool)
+    drop[first] = False
+    return drop

@@ -1,0 +1,201 @@
+"""The stage's intermediate artifacts in the store: one slice per worker (`work/worker-<i>/`) and
+the merge result (`work/merge/`), each manifest-committed with the fingerprint of its inputs so a
+restart reuses it, and the card assembled from them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.api.dataset import DatasetSpec
+from lmforge.store import ArtifactWriter, is_complete, read_manifest
+from lmforge.trainer.artifacts import fetch
+from lmforge.trainer.context import StageContext
+from lmforge.trainer.dataset import decontam
+from lmforge.trainer.dataset.card import source_table
+from lmforge.trainer.dataset.curate import Curator, SourceCounts, as_arrays, curate, pii_counts
+from lmforge.trainer.dataset.dedup import MinHasher
+from lmforge.trainer.dataset.merge import DOCS, SIGS, STATS, merge
+from lmforge.trainer.dataset.readers import InputFile, read_file, read_text
+from lmforge.trainer.dataset.sourcing import OptOutList
+
+
+def _committed(ctx: StageContext, key: str, fingerprint: str) -> bool:
+    manifest = read_manifest(ctx.output, key)
+    return bool(manifest and manifest.metadata.get("fingerprint") == fingerprint and is_complete(ctx.output, key))
+
+
+def _curator(ctx: StageContext, spec: DatasetSpec) -> Curator:
+    def reader(what: str) -> Any:
+        return lambda location: read_text(ctx.resolve(location), what)
+
+    optout = OptOutList.from_spec(spec.opt_out, reader("optOut.files"))
+    decon = None
+    if spec.dedup.decontaminate is not None:
+        inputs = {k: v.spec for k, v in ctx.spec.inputs.items()}
+        decon = decontam.build(spec.dedup.decontaminate, inputs, reader("dedup.decontaminate"))
+    return Curator(spec, optout, reader("toxicity.wordList"), decon)
+
+
+def run_worker(ctx: StageContext, spec: DatasetSpec, files: list[InputFile], fingerprint: str) -> dict[str, float]:
+    """Curate this worker's files into `work/worker-<i>/` (skipped if already committed); returns the
+    worker's throughput metrics."""
+    import zstandard
+
+    key = f"work/worker-{ctx.spec.worker.index}"
+    if _committed(ctx, key, fingerprint):
+        ctx.reporter.progress(0, message=f"{key} already committed; skipping", unit="doc")
+        return {}
+    out = ctx.work_dir / "slice"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    curator = _curator(ctx, spec)
+    hasher = MinHasher(spec.dedup.near) if spec.dedup.near.enabled else None
+    source_ids = {s.name: i for i, s in enumerate(spec.sources)}
+    start = time.monotonic()
+
+    def progress(docs: int, nbytes: int, elapsed: float) -> None:
+        rate = {"docs_per_second": docs / max(elapsed, 1e-9), "bytes_per_second": nbytes / max(elapsed, 1e-9)}
+        ctx.reporter.progress(docs, unit="doc", metrics=rate, message="curating")
+
+    def documents() -> Any:
+        for f in files:
+            yield from read_file(f, ctx.work_dir / "downloads")
+
+    with open(out / DOCS, "wb") as raw, open(out / SIGS, "wb") as sig_file:
+        writer = zstandard.ZstdCompressor(level=3).stream_writer(raw)
+
+        def write_doc(k: int, source: str, text: str) -> None:
+            writer.write(json.dumps({"k": k, "s": source, "t": text}, ensure_ascii=False).encode() + b"\n")
+
+        result = curate(documents(), curator, hasher, source_ids, write_doc, sig_file, progress)
+        writer.flush(zstandard.FLUSH_FRAME)
+    for name, array in as_arrays(result).items():
+        np.save(out / f"{name}.npy", array)
+    seconds = time.monotonic() - start
+    counts = {name: c.wire() for name, c in curator.counts.items()}
+    read_docs = sum(c.steps.get("read", [0, 0])[0] for c in curator.counts.values())
+    read_bytes = sum(c.steps.get("read", [0, 0])[1] for c in curator.counts.values())
+    stats = {"worker": ctx.spec.worker.index, "files": [f.location for f in files], "counts": counts,
+             "pii": pii_counts(curator), "boilerplate_lines": curator.cleaner.lines_removed,
+             "seconds": seconds, "documents": read_docs, "bytes": read_bytes,
+             "settings": {"optOut": curator.optout.settings(),
+                          "toxicity": curator.toxicity.settings() if curator.toxicity else None,
+                          "decontamination": curator.decontaminator.settings() if curator.decontaminator else None}}
+    (out / STATS).write_text(json.dumps(stats))
+    writer_ = ArtifactWriter(ctx.output, key, clear_existing=True)
+    writer_.add_dir(out)
+    writer_.commit("dataset-slice", {"fingerprint": fingerprint})
+    shutil.rmtree(out, ignore_errors=True)
+    return {"documents_read": read_docs, "bytes": read_bytes, "docs_per_second": read_docs / max(seconds, 1e-9),
+            "bytes_per_second": read_bytes / max(seconds, 1e-9)}
+
+
+@dataclass
+class MergeStore:
+    """The merge's result, persisted at `work/merge/` (keep-masks + statistics)."""
+
+    fingerprint: str
+    dirs: list[Path]
+    keep: list[np.ndarray]
+    stats: dict[str, Any]
+
+    @classmethod
+    def load_or_run(cls, ctx: StageContext, spec: DatasetSpec, count: int, fingerprint: str) -> MergeStore:
+        dirs = [fetch(ctx.uri(f"work/worker-{i}")) for i in range(count)]
+        key = "work/merge"
+        if _committed(ctx, key, fingerprint):
+            local = fetch(ctx.uri(key))
+            keep = [np.load(local / f"keep-{i}.npy") for i in range(count)]
+            return cls(fingerprint, dirs, keep, json.loads((local / "merge.json").read_text()))
+        ctx.reporter.progress(0, message="merging worker slices (global dedup)", unit="doc", force=True)
+        names = [s.name for s in spec.sources]
+        r = merge(dirs, spec, ctx.work_dir / "merge-scratch", names)
+        kept_bytes = sum(int(np.load(d / "nbytes.npy")[k].sum()) for d, k in zip(dirs, r.keep, strict=True))
+        stats = {"counts": {n: c.wire() for n, c in r.counts.items()}, "pii": r.pii,
+                 "exact_removed": r.exact_removed, "near_removed": r.near_removed, "near_clusters": r.near_clusters,
+                 "candidate_pairs": r.candidate_pairs, "bands": r.bands, "rows": r.rows,
+                 "kept_documents": int(sum(int(k.sum()) for k in r.keep)), "kept_bytes": kept_bytes,
+                 "boilerplate_lines": sum(s["boilerplate_lines"] for s in r.worker_stats),
+                 "settings": r.worker_stats[0]["settings"] if r.worker_stats else {},
+                 "workers": [{"worker": s["worker"], "files": len(s["files"]), "documents": s["documents"],
+                              "bytes": s["bytes"], "seconds": s["seconds"]} for s in r.worker_stats]}
+        out = ctx.work_dir / "merge"
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir(parents=True)
+        for i, k in enumerate(r.keep):
+            np.save(out / f"keep-{i}.npy", k)
+        (out / "merge.json").write_text(json.dumps(stats))
+        writer = ArtifactWriter(ctx.output, key, clear_existing=True)
+        writer.add_dir(out)
+        writer.commit("dataset-merge", {"fingerprint": fingerprint})
+        return cls(fingerprint, dirs, r.keep, stats)
+
+    @property
+    def kept_documents(self) -> int:
+        return int(self.stats["kept_documents"])
+
+    @property
+    def kept_bytes(self) -> int:
+        return int(self.stats["kept_bytes"])
+
+    def counts(self) -> dict[str, SourceCounts]:
+        return {n: SourceCounts(steps=c["steps"], dropped=c["dropped"]) for n, c in self.stats["counts"].items()}
+
+    def read_totals(self) -> tuple[int, int]:
+        reads = [c["steps"].get("read", [0, 0]) for c in self.stats["counts"].values()]
+        return sum(r[0] for r in reads), sum(r[1] for r in reads)
+
+    def dropped_totals(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.stats["counts"].values():
+            for reason, (docs, _bytes) in c["dropped"].items():
+                out[reason] = out.get(reason, 0) + docs
+        return out
+
+    def card(self, name: str, spec: DatasetSpec, packed: dict[str, Any], index: dict[str, Any],
+             ids: dict[str, int], tok_dir: Path) -> dict[str, Any]:
+        """card.json's content."""
+        s = self.stats
+        sources = source_table(self.counts(), packed["tokens_by_source"], {x.name: x.license for x in spec.sources},
+                               {x.name: x.uri for x in spec.sources}, {x.name: x.weight for x in spec.sources})
+        read_docs, read_bytes = self.read_totals()
+        near = spec.dedup.near
+        train_seqs = sum(e["sequences"] for e in index["train"])
+        val_seqs = sum(e["sequences"] for e in index["validation"])
+        return {
+            "name": name,
+            "summary": (f"{read_docs} documents ({read_bytes} bytes) read from {len(spec.sources)} source(s); "
+                        f"{self.kept_documents} kept ({self.kept_bytes} bytes), {packed['tokens']} tokens, "
+                        f"{train_seqs} training and {val_seqs} validation sequences."),
+            "sources": sources,
+            "totals": {"read": {"documents": read_docs, "bytes": read_bytes},
+                       "kept": {"documents": self.kept_documents, "bytes": self.kept_bytes},
+                       "dropped": self.dropped_totals()},
+            "pii": {"types": [t.value for t in spec.pii.types] if spec.pii.enabled else [], "redactions": s["pii"]},
+            "cleaning": {"boilerplateLinesRemoved": s["boilerplate_lines"]},
+            "dedup": {"exact": {"enabled": spec.dedup.exact, "removed": s["exact_removed"]},
+                      "near": {"enabled": near.enabled, "removed": s["near_removed"], "clusters": s["near_clusters"],
+                               "candidatePairs": s["candidate_pairs"], "numPerm": near.num_perm,
+                               "shingleSize": near.shingle_size, "bands": s["bands"], "rows": s["rows"],
+                               "threshold": near.threshold, "implementation": "datasketch MinHash (affine32) + "
+                               "banded LSH with signature verification"}},
+            "tokenizer": {"type": "byte-level BPE (Hugging Face tokenizers)", "vocabSize": ids["vocab_size"],
+                          "specialTokens": spec.tokenizer.special_tokens, "trained": spec.tokenizer.from_uri is None,
+                          "fromUri": spec.tokenizer.from_uri,
+                          "trainBytes": min(spec.tokenizer.train_bytes, self.kept_bytes),
+                          "files": sorted(p.name for p in tok_dir.iterdir() if p.is_file())},
+            "shards": {"format": index["format"], "dtype": index["dtype"], "seqLength": spec.seq_length,
+                       "trainSequences": train_seqs, "validationSequences": val_seqs, "seed": spec.seed,
+                       "tokens": packed["tokens"], "droppedTailTokens": packed["tail"],
+                       "validationFraction": spec.validation_fraction},
+            "workers": s["workers"],
+            "settings": spec.model_dump(mode="json", by_alias=True, exclude={"compute"}),
+            "effectiveSettings": s["settings"],
+        }
