@@ -1,0 +1,86 @@
+"""A local Hugging Face model as a `Backend`, with lm-eval's `HFLM` as the engine.
+
+`HFLM` does what we would otherwise hand-write: it encodes (context, continuation) pairs the way the
+harness's published numbers do, sorts requests by length so a batch wastes little padding, reuses
+one forward pass for choices that share a context, and batches generation with stop sequences. We
+give it our model object and our own rows; it never touches the hub or its task registry.
+Token-id perplexity (a Dataset's packed validation shards) is a plain batched forward pass here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.trainer.evaluate.backend import GenerationRequest
+
+
+class HFBackend:
+    """Scores and samples a causal LM from a local Hugging Face directory on the CPU or a GPU."""
+
+    def __init__(self, model_dir: Path, batch_size: int, device: str | None = None) -> None:
+        import torch
+        from lm_eval.models.huggingface import HFLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir).to(self.device).eval()  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.lm = HFLM(pretrained=self.model, tokenizer=self.tokenizer, batch_size=batch_size, device=self.device)
+        self.description = f"hf:{model_dir}"
+
+    @staticmethod
+    def _instances(kind: str, args: list[tuple[Any, ...]]) -> list[Any]:
+        from lm_eval.api.instance import Instance
+
+        return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
+
+    def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
+        out = self.lm.loglikelihood(self._instances("loglikelihood", list(pairs)), disable_tqdm=True)
+        return [(float(ll), bool(greedy)) for ll, greedy in out]
+
+    def text_nll(self, texts: list[str]) -> tuple[float, int]:
+        # Rolling windows of the model's context length, each token predicted once (BOS-prefixed).
+        lls = self.lm.loglikelihood_rolling(self._instances("loglikelihood_rolling", [(t,) for t in texts]),
+                                            disable_tqdm=True)
+        tokens = sum(len(self.lm.tok_encode(t)) for t in texts)
+        return -float(sum(lls)), tokens
+
+    def token_nll(self, sequences: np.ndarray) -> tuple[float, int]:
+        """Summed NLL (nats) of packed rows `sequences` (N, L): each row predicts its tokens 1..L-1."""
+        import torch
+
+        total, count = 0.0, 0
+        with torch.inference_mode():
+            for start in range(0, len(sequences), self.batch_size):
+                ids = torch.as_tensor(sequences[start:start + self.batch_size].astype(np.int64), device=self.device)
+                logits = self.model(ids).logits.float()  # (B, L, V)
+                nll = torch.nn.functional.cross_entropy(
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
+                total += float(nll)
+                count += ids[:, 1:].numel()
+        return total, count
+
+    def _prompt(self, request: GenerationRequest) -> str:
+        if request.chat and getattr(self.tokenizer, "chat_template", None):
+            return str(self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": request.prompt}], tokenize=False, add_generation_prompt=True))
+        return request.prompt
+
+    def generate(self, requests: list[GenerationRequest], seed: int) -> list[str]:
+        import torch
+
+        torch.manual_seed(seed)
+        args = []
+        for r in requests:
+            kwargs: dict[str, Any] = {"until": list(r.stop), "max_gen_toks": r.max_new_tokens,
+                                      "do_sample": r.temperature > 0}
+            if r.temperature > 0:
+                kwargs["temperature"] = r.temperature
+            args.append((self._prompt(r), kwargs))
+        return [str(s) for s in self.lm.generate_until(self._instances("generate_until", args), disable_tqdm=True)]

@@ -1,0 +1,57 @@
+"""Multiple-choice tasks scored by log-likelihood, as the harness scores HellaSwag/ARC/MMLU.
+
+Each choice is a continuation of the prompt `Question: …\\nAnswer:`; the predicted choice is the one
+with the highest log-likelihood (`acc`) or the highest log-likelihood per character of the choice
+(`acc_norm`, which stops long answers from being penalised for their length). All choices of a chunk
+of rows go to the backend at once, so it can batch them and share each question's forward pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from lmforge.trainer.evaluate.backend import Backend
+from lmforge.trainer.evaluate.tasks import ChoiceRow
+
+CHUNK = 64
+"""Rows per backend call (and progress report)."""
+
+
+def context(row: ChoiceRow) -> str:
+    return f"Question: {row.question}\nAnswer:"
+
+
+def continuation(choice: str) -> str:
+    return " " + choice
+
+
+def fewshot_prefix(shots: Sequence[ChoiceRow]) -> str:
+    """Solved examples placed before each question."""
+    return "".join(context(s) + continuation(s.choices[s.answer]) + "\n\n" for s in shots)
+
+
+def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
+    """(argmax by log-likelihood, argmax by log-likelihood per character); ties go to the first."""
+    best = max(range(len(lls)), key=lambda i: (lls[i], -i))
+    norm = [ll / len(continuation(c)) for ll, c in zip(lls, choices, strict=True)]
+    best_norm = max(range(len(norm)), key=lambda i: (norm[i], -i))
+    return best, best_norm
+
+
+def evaluate(backend: Backend, rows: Sequence[ChoiceRow], shots: Sequence[ChoiceRow],
+             advance: Callable[[int], None]) -> dict[str, float]:
+    """`acc` and `acc_norm` over rows."""
+    prefix = fewshot_prefix(shots)
+    correct = correct_norm = 0
+    for start in range(0, len(rows), CHUNK):
+        chunk = rows[start:start + CHUNK]
+        pairs = [(prefix + context(r), continuation(c)) for r in chunk for c in r.choices]
+        lls = [ll for ll, _ in backend.loglikelihood(pairs)]
+        at = 0
+        for r in chunk:
+            best, best_norm = predict(lls[at:at + len(r.choices)], r.choices)
+            at += len(r.choices)
+            correct += best == r.answer
+            correct_norm += best_norm == r.answer
+        advance(len(chunk))
+    return {"acc": correct / len(rows), "acc_norm": correct_norm / len(rows)}
