@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate.backend import GenerationRequest
 
 
@@ -55,6 +56,10 @@ class HFBackend:
         """Summed NLL (nats) of packed rows `sequences` (N, L): each row predicts its tokens 1..L-1."""
         import torch
 
+        vocab = self.model.get_input_embeddings().num_embeddings
+        if sequences.size and int(sequences.max()) >= vocab:
+            raise InvalidInput(f"token id {int(sequences.max())} in the shards is outside the model's vocabulary "
+                               f"of {vocab}: the model was not trained on this Dataset's tokenizer")
         total, count = 0.0, 0
         with torch.inference_mode():
             for start in range(0, len(sequences), self.batch_size):
