@@ -115,9 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]]:
     """Subcommands that live in their own modules (registered only when they exist)."""
-    found = []
+    found: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
     try:
-        from lmforge.runner.cli import register as register_runner
+        from lmforge.operator.embedded.cli import register as register_runner
         found.append(register_runner)
     except ImportError:
         pass

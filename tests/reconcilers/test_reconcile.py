@@ -212,3 +212,18 @@ def test_old_release_keeps_serving_until_new_is_ready() -> None:
     assert old.name not in decision.delete
     ready = decision.status.condition("Ready")
     assert ready is not None and ready.status.value == "True" and "previous release keeps serving" in ready.message
+
+
+def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run() -> None:
+    case = Case("no-serve", RELEASE,
+                inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+                runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                       result=_result(StageName.COMPRESS, {"model": "cm"}))})
+    served = reconcile(_observed(case), now=NOW)
+    obs = _observed(case)
+    unserved = reconcile(Observed(**{**obs.__dict__, "serving_allowed": False}), now=NOW)
+    assert [r.stage for r in served.runs] == [StageName.SERVE]
+    assert unserved.runs == [] and unserved.status.phase is Phase.SUCCEEDED
+    assert unserved.status.run_id == served.status.run_id and unserved.status.artifacts == {"model": "cm"}
+    ready = unserved.status.condition("Ready")
+    assert ready is not None and ready.status.value == "True" and "--no-serve" in ready.message

@@ -257,9 +257,11 @@ def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, I
             b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
             return
         b.cond(ConditionType.GATE_PASSED, True, Reason.GATE_PASSED, f"{key}: {gate.message}")
-    if not release.spec.serving.enabled:
-        b.cond(ConditionType.READY, True, Reason.COMPLETED, "compressed model published; serving disabled")
+    if not release.spec.serving.enabled or not b.obs.serving_allowed:
+        why = "serving disabled" if not release.spec.serving.enabled else "not served (--no-serve)"
+        b.cond(ConditionType.READY, True, Reason.COMPLETED, f"compressed model published; {why}")
         b.phase(Phase.SUCCEEDED, Reason.COMPLETED, f"ModelRelease/{release.metadata.name} published")
+        b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
         return
     model = {k: v for k, v in b.status.artifacts.items() if k == "model"}
     inputs = {**resolved, f"ModelRelease/{release.metadata.name}": InputArtifacts(

@@ -119,6 +119,9 @@ class Observed:
     """Why the spec failed model validation (field path and message)."""
     base_dir: str | None = None
     """Directory the manifest came from (embedded runner), for relative paths."""
+    serving_allowed: bool = True
+    """False when the runner was told not to serve (`lmforge run --no-serve`): a release then ends
+    Succeeded once compressed, without changing its spec (so its run id, and its outputs, stay)."""
 
 
 @dataclass(frozen=True)
