@@ -1,0 +1,346 @@
+"""The kopf wiring: I/O only. Every decision is the pure reconciler's; this module feeds it what the
+cluster and the store say, and carries its decision out.
+
+Flow: kopf indices cache our five kinds and the stage children (Jobs, Deployments) so a reconcile
+makes no reads from the API server; watch events of a resource, of its children and of the
+resources it references put its key on a de-duplicating work queue; a worker then observes
+(indices + `result.json`/`progress.json` from the store), calls `reconcile`, server-side-applies the
+children that are missing or changed, deletes superseded runs, patches `.status` only when it
+changed, posts Events and schedules the next look (`requeue_after`).
+
+kopf's indices are fully populated before any event handler runs, so after a restart the first
+reconcile of each resource already sees its Jobs: deterministic child names plus that view mean a
+restart re-creates nothing. No finalizer is added unless store clean-up is configured.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from dataclasses import replace
+from typing import Any
+
+import kopf
+
+from lmforge.api.contract import PROGRESS_KEY, RESULT_KEY, ProgressRecord, record_from_json
+from lmforge.api.kinds import KINDS, Resource, references
+from lmforge.api.meta import GROUP, VERSION, Status, now_rfc3339
+from lmforge.api.release import ModelRelease
+from lmforge.api.validation import parse_resource
+from lmforge.operator.kube import Owner, build_children, observe_child
+from lmforge.operator.kube.client import ApiError, KubeClient
+from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
+from lmforge.operator.kube.observe import pod_failure_reason, with_store
+from lmforge.operator.kube.serving import endpoint
+from lmforge.operator.metrics import RECONCILE_SECONDS, RECONCILES, ResourceMetrics
+from lmforge.operator.reconcile import Decision, Event, InputState, Observed, ObservedRun, RunState, reconcile
+from lmforge.operator.reconcile.reconciler import expected_runs
+from lmforge.operator.settings import Settings
+from lmforge.operator.workqueue import WorkQueue
+from lmforge.store import ArtifactNotFound, Store, open_store
+
+log = logging.getLogger("lmforge.operator")
+Key = tuple[str, str, str]
+"""(namespace, Kind, name)."""
+KIND_OF_LOWER = {k.lower(): k for k in KINDS}
+API_VERSION = f"{GROUP}/{VERSION}"
+_CHILD_KINDS = (("batch", "v1", "jobs", "Job"), ("apps", "v1", "deployments", "Deployment"))
+
+
+def _slim(body: Any) -> dict[str, Any]:
+    """What the caches keep of an object: enough to reconcile, nothing more (memory at 1,000s)."""
+    meta = body.get("metadata", {})
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "labels",
+                                                   "annotations", "deletionTimestamp") if meta.get(k) is not None},
+            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+
+
+def _summary(status: dict[str, Any]) -> tuple[Any, ...]:
+    """What dependents care about: phase, Ready, gate, artifacts."""
+    conds = {c.get("type"): (c.get("status"), c.get("message")) for c in status.get("conditions") or []}
+    return (status.get("phase"), conds.get("Ready"), conds.get("GatePassed"),
+            tuple(sorted((status.get("artifacts") or {}).items())), status.get("endpoint"))
+
+
+def read_records(store: Store, prefix: str) -> tuple[ProgressRecord | None, ProgressRecord | None]:
+    """(result, progress) of a run from the store; absent or unreadable ones are None."""
+    out: list[ProgressRecord | None] = []
+    for key in (RESULT_KEY, PROGRESS_KEY):
+        try:
+            out.append(record_from_json(store.get_bytes(f"{prefix}/{key}")))
+        except ArtifactNotFound:
+            out.append(None)
+    return out[0], out[1]
+
+
+class Controller:
+    """State shared by the handlers of one operator process (kept in kopf's memo, not globals)."""
+
+    def __init__(self, settings: Settings, client: KubeClient, store: Store) -> None:
+        self.settings = settings
+        self.client = client
+        self.store = store
+        self.indices: dict[str, Any] = {}
+        self.refs: dict[Key, set[Key]] = {}
+        self.written: dict[Key, tuple[Any, dict[str, Any]]] = {}
+        self.seen: dict[Key, tuple[Any, ...]] = {}
+        self.applied: dict[tuple[str, str, str], str] = {}
+        self.failure_reasons: dict[tuple[str, str], str] = {}
+        self.metrics = ResourceMetrics()
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers)
+
+    # ------------------------------------------------------------------ cache reads
+
+    def body(self, key: Key) -> dict[str, Any] | None:
+        ns, kind, name = key
+        store = self.indices[f"lmforge_{KINDS[kind].plural}"].get((ns, name))
+        return next(iter(store), None) if store else None
+
+    def children(self, key: Key) -> list[dict[str, Any]]:
+        ns, kind, name = key
+        out: list[dict[str, Any]] = []
+        for _g, _v, plural, _k in _CHILD_KINDS:
+            store = self.indices[f"lmforge_children_{plural}"].get((ns, kind.lower(), name))
+            out += list(store) if store else []
+        return out
+
+    def dependents(self, key: Key) -> list[Key]:
+        return [referrer for referrer, targets in self.refs.items() if key in targets]
+
+    # ------------------------------------------------------------------ event intake
+
+    def on_resource_event(self, kind: str, event_type: str | None, body: Any) -> None:
+        meta = body.get("metadata", {})
+        key: Key = (meta.get("namespace", ""), kind, meta.get("name", ""))
+        status = dict(body.get("status") or {})
+        if event_type == "DELETED":
+            for dep in self.dependents(key):
+                self.queue.add(dep)
+            self.refs.pop(key, None)
+            self.written.pop(key, None)
+            self.seen.pop(key, None)
+            self.metrics.forget(*key)
+            return
+        if self.written.get(key) != (meta.get("generation"), status):
+            self.queue.add(key)  # not merely the echo of our own status patch
+        summary = _summary(status)
+        if self.seen.get(key) != summary:
+            self.seen[key] = summary
+            for dep in self.dependents(key):
+                self.queue.add(dep)
+
+    def on_child_event(self, body: Any) -> None:
+        labels = body.get("metadata", {}).get("labels") or {}
+        owner = owner_of(labels)
+        if owner is not None:
+            self.queue.add((body["metadata"].get("namespace", ""), KIND_OF_LOWER[owner[0]], owner[1]))
+
+    # ------------------------------------------------------------------ reconcile
+
+    async def reconcile(self, key: Key) -> float | None:
+        body = self.body(key)
+        if body is None or body["metadata"].get("deletionTimestamp"):
+            return None
+        started = time.perf_counter()
+        kind = key[1]
+        outcome = "ok"
+        try:
+            resource, problems = parse_resource({k: body.get(k) for k in ("apiVersion", "kind", "metadata", "spec")})
+            if resource is None:
+                outcome = "invalid"
+            invalid = "; ".join(f"{p.field}: {p.message}" if p.field else p.message for p in problems) or None
+            decision = await self._decide(key, body, resource, invalid)
+            await self._act(key, body, resource, decision)
+        except Exception:
+            outcome = "error"
+            raise
+        finally:
+            RECONCILES.labels(kind, outcome).inc()
+            RECONCILE_SECONDS.labels(kind).observe(time.perf_counter() - started)
+        if decision.requeue_after is None:
+            return None
+        return min(decision.requeue_after, self.settings.poll_seconds)
+
+    def _inputs(self, ns: str, resource: Resource) -> dict[str, InputState]:
+        out: dict[str, InputState] = {}
+        for ref in references(resource):
+            other = self.body((ns, ref.kind, ref.name))
+            if other is None:
+                out[f"{ref.kind}/{ref.name}"] = InputState(ref.kind, ref.name, False)
+                continue
+            try:
+                status = Status.model_validate(other.get("status") or {})
+            except ValueError:
+                status = Status()
+            out[f"{ref.kind}/{ref.name}"] = InputState(ref.kind, ref.name, True, status, other.get("spec"))
+        return out
+
+    async def _decide(self, key: Key, body: dict[str, Any], resource: Resource | None,
+                      invalid: str | None) -> Decision:
+        ns, kind, name = key
+        try:
+            status = Status.model_validate(body.get("status") or {})
+        except ValueError:
+            status = Status()
+        inputs = self._inputs(ns, resource) if resource is not None else {}
+        if resource is not None:
+            self.refs[key] = {(ns, r.kind, r.name) for r in references(resource)}
+        obs = Observed(resource=resource, kind=kind, name=name, generation=body["metadata"].get("generation"),
+                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid)
+        port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
+        url = endpoint(self._owner(body), port)
+        runs: dict[str, ObservedRun] = {}
+        for child in self.children(key):
+            seen = observe_child(child, url)
+            if seen is not None:
+                runs[seen.name] = seen
+        for run_name, stage, prefix in expected_runs(obs):
+            result, progress = await asyncio.to_thread(read_records, self.store, prefix)
+            merged = with_store(runs.get(run_name), run_name, stage, result, progress)
+            if merged is not None and merged.state is RunState.FAILED and merged.retryable:
+                merged = await self._explain_failure(ns, merged)
+            if merged is not None:
+                runs[run_name] = merged
+        obs = Observed(**{**obs.__dict__, "runs": runs})
+        return reconcile(obs)
+
+    async def _explain_failure(self, ns: str, run: ObservedRun) -> ObservedRun:
+        """Add the stage's own error line (pod termination message) to a failed Job's message."""
+        cached = self.failure_reasons.get((ns, run.name))
+        if cached is None:
+            try:
+                pods = await self.client.list("v1", "Pod", ns, f"batch.kubernetes.io/job-name={run.name}")
+            except ApiError as exc:
+                log.warning("cannot read pods of %s/%s: %s", ns, run.name, exc)
+                return run
+            cached = self.failure_reasons[(ns, run.name)] = pod_failure_reason(pods) or ""
+        if not cached:
+            return run
+        return replace(run, message=f"{cached} (after {run.attempts} attempt(s); {run.message})")
+
+    def _owner(self, body: dict[str, Any]) -> Owner:
+        meta = body["metadata"]
+        return Owner(body["kind"], meta["name"], meta.get("namespace", ""), meta.get("uid", ""),
+                     tuple(sorted((meta.get("labels") or {}).items())))
+
+    async def _act(self, key: Key, body: dict[str, Any], resource: Resource | None, decision: Decision) -> None:
+        ns, kind, name = key
+        owner = self._owner(body)
+        existing = {(c["kind"], c["metadata"]["name"]) for c in self.children(key)}
+        for run in decision.runs:
+            for obj in build_children(run, owner, self.settings):
+                ident = (ns, obj["kind"], obj["metadata"]["name"])
+                digest = obj["metadata"]["annotations"][SPEC_HASH]
+                if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
+                    continue  # Jobs are immutable and may be un-suspended by Kueue: create once
+                if self.applied.get(ident) == digest:
+                    continue
+                await self.client.apply(obj)
+                self.applied[ident] = digest
+        for run_name in decision.delete:
+            await self._delete_run(ns, run_name)
+        new = decision.status.wire()
+        try:
+            current = Status.model_validate(body.get("status") or {}).wire()
+        except ValueError:
+            current = {}
+        if new != current:
+            patch: dict[str, Any] = {**{k: None for k in current if k not in new}, **new}
+            await self.client.patch_status(API_VERSION, kind, ns, name, patch)
+        self.written[key] = (body["metadata"].get("generation"), new)
+        self.metrics.observe(ns, kind, name, decision.status)
+        for event in decision.events:
+            await self._post_event(owner, body, event)
+
+    async def _delete_run(self, ns: str, run_name: str) -> None:
+        for api_version, kind, name in (("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
+                                        ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")):
+            if await self.client.delete(api_version, kind, ns, name):
+                log.info("deleted superseded %s %s/%s", kind, ns, name)
+            self.applied.pop((ns, kind, name), None)
+
+    async def _post_event(self, owner: Owner, body: dict[str, Any], event: Event) -> None:
+        now = now_rfc3339()
+        obj = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{owner.name}.{uuid.uuid4().hex[:12]}", "namespace": owner.namespace},
+            "involvedObject": {"apiVersion": API_VERSION, "kind": owner.kind, "name": owner.name,
+                               "namespace": owner.namespace, "uid": owner.uid,
+                               "resourceVersion": body["metadata"].get("resourceVersion")},
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "source": {"component": "lmforge-operator"}, "reportingComponent": "lmforge.io/operator",
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            await self.client.create(obj)
+        except ApiError as exc:  # an Event is a courtesy; never fail a reconcile for it
+            log.warning("cannot post event %s on %s/%s: %s", event.reason, owner.namespace, owner.name, exc)
+
+    async def cleanup_store(self, kind: str, name: str) -> None:
+        """Delete everything a resource published (only with store clean-up configured)."""
+        count = await asyncio.to_thread(self.store.delete_prefix, f"{KINDS[kind].plural}/{name}")
+        log.info("deleted %d store objects of %s/%s", count, kind, name)
+
+
+def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
+    """Register every handler on `registry`; returns the controller they share."""
+    ctl = Controller(settings, KubeClient.from_environment(), open_store(settings.store))
+
+    @kopf.on.startup(registry=registry)
+    async def _startup(settings: kopf.OperatorSettings, **kwargs: Any) -> None:
+        settings.posting.enabled = False  # we post our own, meaningful Events
+        settings.batching.batch_window = 0.02  # latency apply→Job: don't sit on events
+        settings.watching.server_timeout = 300
+        settings.persistence.finalizer = "lmforge.io/store-cleanup"
+        ctl.indices = {k: v for k, v in kwargs.items() if k.startswith("lmforge_")}
+        ctl.queue.start()
+
+    @kopf.on.login(registry=registry)
+    def _login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+        return kopf.login_via_client(**kwargs)  # the same identity as our own client
+
+    @kopf.on.cleanup(registry=registry)
+    async def _cleanup(**_: Any) -> None:
+        await ctl.queue.stop()
+        await ctl.client.close()
+
+    for info in KINDS.values():
+        _register_kind(registry, ctl, info.kind, info.plural, settings.store_cleanup)
+
+    def _child_index(*, namespace: str | None, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        owner = owner_of(dict(body.metadata.labels))
+        if owner is None:
+            return {}
+        return {(namespace, owner[0], owner[1]): _slim(body)}
+
+    def _child_event(body: kopf.Body, **_: Any) -> None:
+        ctl.on_child_event(body)
+
+    for group, version, plural, _kind in _CHILD_KINDS:
+        kopf.index(group, version, plural, id=f"lmforge_children_{plural}", registry=registry,
+                   labels={RUN_LABEL: kopf.PRESENT})(_child_index)
+        kopf.on.event(group, version, plural, id=f"lmforge_child_{plural}", registry=registry,
+                      labels={RUN_LABEL: kopf.PRESENT})(_child_event)
+    return ctl
+
+
+def _register_kind(registry: kopf.OperatorRegistry, ctl: Controller, kind: str, plural: str, cleanup: bool) -> None:
+    def _index(*, namespace: str | None, name: str, body: kopf.Body, **_: Any) -> dict[Any, Any]:
+        return {(namespace, name): _slim(body)}
+
+    def _event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        ctl.on_resource_event(kind, type, body)
+
+    kopf.index(GROUP, VERSION, plural, id=f"lmforge_{plural}", registry=registry)(_index)
+    kopf.on.event(GROUP, VERSION, plural, id=f"lmforge_event_{plural}", registry=registry)(_event)
+    if cleanup:
+        async def _delete(name: str, **_: Any) -> None:
+            await ctl.cleanup_store(kind, name)
+
+        kopf.on.delete(GROUP, VERSION, plural, id=f"lmforge_delete_{plural}", registry=registry)(_delete)
+
+
+__all__ = ["Controller", "register"]
