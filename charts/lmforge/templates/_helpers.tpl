@@ -1,0 +1,57 @@
+{{- define "lmforge.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}{{ .Release.Name | trunc 63 | trimSuffix "-" }}{{- else -}}{{ printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" }}{{- end -}}
+{{- end -}}
+
+{{- define "lmforge.labels" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/component: operator
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version }}
+{{- end -}}
+
+{{- define "lmforge.selector" -}}
+app.kubernetes.io/name: {{ .Chart.Name }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "lmforge.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}{{ default (include "lmforge.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
+{{- end -}}
+
+{{/* The rules the operator needs - and nothing else. Shared by the ClusterRole and the Roles. */}}
+{{- define "lmforge.rules" -}}
+# Watch LMForge resources (kopf indices and events).
+- apiGroups: ["lmforge.io"]
+  resources: ["datasets", "pretrainjobs", "alignmentjobs", "evalsuites", "modelreleases"]
+  verbs: {{ if .Values.store.cleanupOnDelete }}["get", "list", "watch", "patch"]{{ else }}["get", "list", "watch"]{{ end }}
+# Write their status (merge patch on the status subresource).
+- apiGroups: ["lmforge.io"]
+  resources: ["datasets/status", "pretrainjobs/status", "alignmentjobs/status", "evalsuites/status", "modelreleases/status"]
+  verbs: ["patch"]
+# Stage Jobs and serving Deployments: watched, server-side applied (patch + create), superseded ones deleted.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+- apiGroups: ["apps"]
+  resources: ["deployments"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Spec ConfigMaps, headless/serving Services: applied and deleted, never read.
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["create", "patch", "delete"]
+# Failed pods' termination messages explain a failure.
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if .Values.volcano.enabled }}
+- apiGroups: ["scheduling.volcano.sh"]
+  resources: ["podgroups"]
+  verbs: ["create", "patch", "delete"]
+{{- end }}
+{{- end -}}

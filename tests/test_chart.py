@@ -1,0 +1,110 @@
+"""The Helm chart: lint-clean, renders in both RBAC modes, least privilege, and ships exactly the
+repository's CRDs (`lmforge crds` writes both copies)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+CHART = REPO / "charts" / "lmforge"
+K8S_VERSION = os.environ.get("K8S_VERSION", "v1.37.2")
+
+
+def helm_binary() -> str:
+    """The helm that tests/cluster/build.sh builds (found as tests/cluster/controlplane.py does)."""
+    cache = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+    path = cache / f"k8s-{K8S_VERSION}" / "bin" / "helm"
+    if not path.exists():
+        subprocess.run(["bash", str(REPO / "tests/cluster/build.sh")], check=True, capture_output=True, timeout=3600)
+    return str(path)
+
+
+def helm(*args: str) -> str:
+    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/lmforge-helm/cache", "HELM_CONFIG_HOME": "/tmp/lmforge-helm/config",
+           "HELM_DATA_HOME": "/tmp/lmforge-helm/data"}
+    proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    return proc.stdout
+
+
+def render(*sets: str) -> list[dict[str, Any]]:
+    flags = [f"--set={s}" for s in sets]
+    out = helm("template", "lmf", str(CHART), "--namespace=lmforge-system", "--kube-version=1.37.0", *flags)
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def test_chart_crds_are_exact_copies() -> None:
+    repo = {p.name: p.read_bytes() for p in (REPO / "crds").glob("*.yaml")}
+    chart = {p.name: p.read_bytes() for p in (CHART / "crds").glob("*.yaml")}
+    assert repo and chart == repo, "charts/lmforge/crds differs from crds/: run `lmforge crds`"
+
+
+def test_lint_is_clean() -> None:
+    out = helm("lint", "--strict", str(CHART), "--kube-version=1.37.0")
+    assert "0 chart(s) failed" in out
+
+
+def test_default_render_is_cluster_mode_and_hardened() -> None:
+    docs = render()
+    kinds = [d["kind"] for d in docs]
+    assert kinds.count("ClusterRole") == 1 and "Role" not in kinds
+    assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & set(kinds)
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    pod = dep["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert c["securityContext"]["readOnlyRootFilesystem"] is True
+    assert c["resources"]["requests"]["memory"]
+    assert "--all-namespaces" in c["args"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["LMFORGE_STORE"].startswith("s3://") and env["LMFORGE_S3_SECRET"] == "lmforge-s3"
+
+
+def test_rbac_is_least_privilege() -> None:
+    role = next(d for d in render() if d["kind"] == "ClusterRole")
+    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
+              for g in rule["apiGroups"] for r in rule["resources"]}
+    assert grants[("lmforge.io", "pretrainjobs")] == {"get", "list", "watch"}
+    assert grants[("lmforge.io", "pretrainjobs/status")] == {"patch"}
+    assert grants[("", "pods")] == {"list"}
+    assert ("", "secrets") not in grants and ("", "nodes") not in grants
+    assert all("*" not in verbs for verbs in grants.values())
+    cleanup = next(d for d in render("store.cleanupOnDelete=true") if d["kind"] == "ClusterRole")
+    assert "patch" in next(r["verbs"] for r in cleanup["rules"] if "datasets" in r["resources"])
+
+
+def test_namespaced_mode_and_monitoring_toggles() -> None:
+    docs = render("rbac.namespaced=true", "watchNamespaces={ml,research}", "metrics.serviceMonitor.enabled=true",
+                  "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
+                  "grafanaDashboard.enabled=true")
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
+    assert "ClusterRole" not in [d["kind"] for d in docs]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert {"--namespace=ml", "--namespace=research"} <= set(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert {"LMForgeJobFailed", "LMForgeProgressStalled", "LMForgeReleaseNotReady"} <= alerts
+    dash = next(d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("dashboard"))
+    panels = yaml.safe_load(dash["data"]["lmforge.json"])["panels"]
+    assert any("lmforge_training_loss" in p["targets"][0]["expr"] for p in panels)
+
+
+def test_values_schema_rejects_a_typo() -> None:
+    proc = subprocess.run([helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", "--set=workerz=3"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "workerz" in proc.stderr
+
+
+@pytest.mark.parametrize("bad", ["rbac.namespaced=true"])
+def test_namespaced_mode_needs_namespaces(bad: str) -> None:
+    proc = subprocess.run([helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", f"--set={bad}"],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
