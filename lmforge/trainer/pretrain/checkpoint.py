@@ -32,6 +32,9 @@ from lmforge.trainer.pretrain.dist import World, barrier, broadcast, gather
 PREFIX = "checkpoints"
 LATEST_KEY = f"{PREFIX}/latest"
 KIND = "pretrain-checkpoint"
+UPLOAD_ATTEMPTS = 4
+UPLOAD_BACKOFF_S = 2.0
+"""Upload retries of one checkpoint (on top of botocore's own per-request retries): waits of 2, 4, 8 s."""
 _STEP_DIR = re.compile(rf"^{PREFIX}/(step-(\d+))/")
 
 
@@ -59,13 +62,13 @@ class Checkpoints:
     """Save/resume of one job's checkpoints under its (retry-stable) output prefix."""
 
     def __init__(self, output: Store, local_root: Path, world: World, keep_last: int, *,
-                 attempts: int = 4, backoff_s: float = 2.0) -> None:
+                 attempts: int | None = None, backoff_s: float | None = None) -> None:
         self.output = output
         self.local_root = local_root
         self.world = world
         self.keep_last = keep_last
-        self.attempts = attempts
-        self.backoff_s = backoff_s
+        self.attempts = attempts or UPLOAD_ATTEMPTS
+        self.backoff_s = UPLOAD_BACKOFF_S if backoff_s is None else backoff_s
 
     # -- reading ------------------------------------------------------------------------------------
 

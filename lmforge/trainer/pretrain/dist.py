@@ -46,8 +46,10 @@ def _free_port() -> int:
 @contextmanager
 def process_group(use_gpu: bool) -> Iterator[World]:
     """Initialise the default process group for the duration of the stage, then destroy it (without
-    destroy, an occasional gloo run aborts at interpreter exit)."""
+    destroy, an occasional gloo run aborts at interpreter exit). DeepSpeed's own destroy also drops
+    the groups it cached, so a second stage run in the same process starts clean."""
     import deepspeed
+    import deepspeed.comm
     import torch.distributed as dist
 
     added: list[str] = []
@@ -67,7 +69,7 @@ def process_group(use_gpu: bool) -> Iterator[World]:
         yield world
     finally:
         if dist.is_initialized():
-            dist.destroy_process_group()
+            deepspeed.comm.destroy_process_group()
         for key in added:
             os.environ.pop(key, None)
 
