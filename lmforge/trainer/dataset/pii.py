@@ -35,7 +35,8 @@ PLACEHOLDERS = {
 
 _EMAIL = re.compile(r"(?<![\w.+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
 _PHONE = re.compile(
-    r"(?<![\w.+/-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}(?![\w.]\d|[\w-])"
+    r"(?<![\w.+/-])(?<!\d[ .-])(?:\+\d{1,3}[\s.-]?)?(?:\(\d{2,4}\)[\s.-]?|\d{2,4}[\s.-])\d{3,4}[\s.-]\d{3,4}"
+    r"(?![\w.]\d|[\w-]|\s\d)"
 )
 _IPV4 = re.compile(r"(?<![\w.])(\d{1,3}(?:\.\d{1,3}){3})(?!\.?\d|[\w-])")
 _IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}[0-9A-Fa-f]{0,4}(?![\w:])")
@@ -55,7 +56,7 @@ _SECRETS = re.compile(
 )
 _ASSIGNED_SECRET = re.compile(
     r"(?i)\b((?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)"
-    r"\s*[:=]\s*[\"']?)([A-Za-z0-9_\-/+=.]{12,})"
+    r"[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-/+=.]{12,})"
 )
 
 

@@ -97,7 +97,8 @@ def list_files(sources: list[Source], resolved: list[str]) -> list[InputFile]:
             locations = _s3_files(source, uri)
         else:
             locations = _local_files(source, uri.removeprefix("file://"))
-        out.extend(InputFile(source, loc, len(out) + i) for i, loc in enumerate(locations))
+        base = len(out)
+        out.extend([InputFile(source, loc, base + i) for i, loc in enumerate(locations)])
     return out
 
 
