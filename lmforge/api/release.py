@@ -19,10 +19,13 @@ class QuantMethod(StrEnum):
     """INT8 weight-only (W8A16)."""
     W8A8 = "w8a8"
     """INT8 weights and activations."""
+    INT4 = "int4"
+    """INT4 weight-only (W4A16), symmetric, per `groupSize` weights, round-to-nearest."""
     INT4_GPTQ = "int4-gptq"
-    """INT4 weight-only, GPTQ."""
+    """INT4 weight-only, GPTQ. Refused by the compress stage for now: it needs llm-compressor, whose
+    compressed-tensors pin conflicts with vLLM 0.32's; use `int4`."""
     INT4_AWQ = "int4-awq"
-    """INT4 weight-only, AWQ-style."""
+    """INT4 weight-only, AWQ-style. Refused for now, as `int4-gptq`."""
 
 
 class Quantization(ApiModel):
@@ -31,9 +34,10 @@ class Quantization(ApiModel):
     method: QuantMethod = QuantMethod.NONE
     """Scheme."""
     group_size: int = Field(default=128, ge=8, le=4096)
-    """Weights per quantization group (INT4)."""
+    """Weights per quantization group (INT4); every quantized layer's input width must be a multiple."""
     calibration_samples: int = Field(default=64, ge=1, le=65536)
-    """Sequences from the calibration Dataset's validation split."""
+    """Sequences from the calibration Dataset's validation split (held-out rows the before/after
+    perplexity is measured on; the round-to-nearest schemes need no activation statistics)."""
     calibration_dataset_ref: LocalRef | None = None
     """Dataset for calibration; default the model's training Dataset."""
     max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)

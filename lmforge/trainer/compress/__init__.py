@@ -1,0 +1,1 @@
+"""ModelRelease `compress` stage: distil → prune → quantize a model, measure it, publish it."""
