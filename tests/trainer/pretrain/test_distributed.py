@@ -32,7 +32,7 @@ def test_end_to_end_subprocess_with_checkpoints_in_s3(
     records = records_of(proc.stdout)
     result = [r for r in records if r.type is RecordType.RESULT]
     assert len(result) == 1 and result[0].artifacts["model"] == f"{uri}/runs/pretrain/model"
-    assert result[0].metrics["loss"] < [r for r in records if r.metrics][0].metrics["loss"]
+    assert result[0].metrics["loss"] < next(r for r in records if r.metrics).metrics["loss"]
     out = store.child("runs/pretrain")
     assert json.loads(out.get_bytes(RESULT_KEY))["type"] == "result"
     assert json.loads(out.get_bytes("checkpoints/latest"))["tag"] == "step-8"

@@ -11,7 +11,13 @@ from lmforge.api.pretrain import Architecture, PretrainJobSpec
 from lmforge.api.training import LRSchedule, Optimizer
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.pretrain.config import deepspeed_config, run_shape
-from lmforge.trainer.pretrain.data import BatchStream, ShardIndex, StreamSampler, TokenRows, validation_batches
+from lmforge.trainer.pretrain.data import (
+    BatchStream,
+    ShardIndex,
+    StreamSampler,
+    TokenRows,
+    validation_batches,
+)
 from lmforge.trainer.pretrain.schedule import lr_multiplier
 
 from .conftest import write_shards
