@@ -60,7 +60,7 @@ def training_args(spec: AlignmentJobSpec, out_dir: Path, has_eval: bool) -> dict
         "bf16": t.precision is Precision.BF16,
         "fp16": t.precision is Precision.FP16,
         "use_cpu": not gpu,
-        "gradient_checkpointing": t.gradient_checkpointing,
+        "activation_checkpointing": t.gradient_checkpointing,
         "seed": t.seed,
         "report_to": "none",
         "logging_steps": 1,

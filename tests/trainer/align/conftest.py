@@ -3,6 +3,7 @@ and a helper that runs the stage in-process through the same context the CLI bui
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -14,12 +15,13 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from lmforge.api.contract import StageName, StageSpec  # noqa: E402
-from lmforge.trainer.context import StageContext  # noqa: E402
-from lmforge.trainer.progress import ProgressReporter  # noqa: E402
+from lmforge.api.contract import ProgressRecord, StageName, StageSpec, parse_record
+from lmforge.trainer.context import StageContext
+from lmforge.trainer.progress import ProgressReporter
 
 NOUNS = ["cat", "dog", "bird", "fish", "tree", "river", "stone", "cloud", "apple", "lamp"]
 ADJS = ["red", "small", "quiet", "bright", "green", "old", "happy", "cold"]
+GOOD, BAD = ADJS[:4], ADJS[4:]
 
 
 @pytest.fixture(scope="session")
@@ -48,13 +50,15 @@ def sft_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
 
 
 def preference_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """Chosen answers repeat the asked noun; rejected ones name another: learnable from tokens."""
+    """Chosen answers name the asked noun with a warm adjective; rejected ones another noun with a
+    cold one: learnable from the answer's tokens alone."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        a, b = rng.choice(ADJS), rng.choice(NOUNS)
+        b = rng.choice(NOUNS)
         other = rng.choice([x for x in NOUNS if x != b])
-        out.append({"prompt": f"name the {b}", "chosen": f"the {a} {b} .", "rejected": f"the {a} {other} ."})
+        out.append({"prompt": f"name the {b}", "chosen": f"the {rng.choice(GOOD)} {b} .",
+                    "rejected": f"the {rng.choice(BAD)} {other} ."})
     return out
 
 
@@ -67,8 +71,15 @@ def make_ctx(root: Path, job_spec: dict[str, Any], *, name: str = "job", base_di
         store=str(root / "store"), output=f"runs/{name}", run_id=f"{name}-1",
         inputs=inputs or {}, base_dir=str(base_dir) if base_dir else None,
     )
-    reporter = ProgressReporter(StageName.ALIGN, spec.run_id, None, stream=open(os.devnull, "w"))
+    reporter = ProgressReporter(StageName.ALIGN, spec.run_id, None, stream=io.StringIO(), line_interval=0)
     return StageContext.from_spec(spec, reporter)
+
+
+def records(ctx: StageContext) -> list[ProgressRecord]:
+    """The progress records the stage printed."""
+    stream = ctx.reporter.stream
+    assert isinstance(stream, io.StringIO)
+    return [r for r in map(parse_record, stream.getvalue().splitlines()) if r is not None]
 
 
 RunStage = Callable[..., tuple[StageContext, dict[str, str]]]

@@ -1,0 +1,7 @@
+"""A rule-based reward for the PPO test (imported by `module:function`)."""
+
+
+def letter_a(prompt: str, completion: str) -> float:
+    """Fraction of the completion's non-space characters that are 'a': dense, easy to raise."""
+    chars = completion.replace(" ", "")
+    return sum(c == "a" for c in chars) / max(1, len(chars))
