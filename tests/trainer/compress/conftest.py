@@ -9,7 +9,8 @@ from trainer.compress.world import World, make_world
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> World:
-    return make_world(tmp_path_factory.mktemp("compress"))
+    root = tmp_path_factory.getbasetemp() / "release-world"  # built once per session, shared
+    return make_world(root)
 
 
 @pytest.fixture(autouse=True)

