@@ -295,6 +295,9 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
         settings.batching.batch_window = 0.02  # latency apply→Job: don't sit on events
         settings.watching.server_timeout = 300
         settings.persistence.finalizer = "lmforge.io/store-cleanup"
+        # kopf retries a refused cluster-scope listing (CRDs, namespaces: not granted in namespaced
+        # mode) nine times over ~60 s before falling back; a few short tries are enough.
+        settings.networking.error_backoffs = [0.2, 0.5, 1.0]
         ctl.indices = {k: v for k, v in kwargs.items() if k.startswith("lmforge_")}
         ctl.queue.start()
 
