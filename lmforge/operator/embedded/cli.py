@@ -165,7 +165,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         loss, _ = figures(st)
         message = st.endpoint if st.endpoint and phase == "Serving" else ready_message(st)
         t.add_row(k, phase, percent, loss, st.key_metric or "", age(state.resources[k].created), message)
-    Console().print(t)
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)  # a pipe: one line per resource, not wrapped columns
+    console.print(t)
     if not active:
         print(f"(no `lmforge run` is active on {state.store})")
     return 0

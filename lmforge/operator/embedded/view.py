@@ -91,7 +91,9 @@ class LiveView:
     """A live table on a terminal; on a pipe, event lines as they come and the table at the end."""
 
     def __init__(self, console: Console | None = None) -> None:
-        self.console = console or Console(stderr=False)
+        self.console = console or Console()
+        if not self.console.is_terminal and console is None:
+            self.console = Console(width=200)  # a pipe or a file: keep one line per resource
         self._live: Live | None = None
         self._state: RunnerState | None = None
 

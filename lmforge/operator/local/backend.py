@@ -123,6 +123,15 @@ class LocalBackend:
             entry.attempt.stop()
             entry.attempt.close()
 
+    def knows(self, name: str) -> bool:
+        """Whether this backend started (or queued) the run."""
+        with self._lock:
+            return name in self._runs
+
+    def stage_of(self, name: str) -> StageName:
+        with self._lock:
+            return self._runs[name].run.stage
+
     def observe(self, name: str, stage: StageName, prefix: str) -> ObservedRun | None:
         """What is known of a run: our process, else its `result.json` in the store, else nothing."""
         with self._lock:
@@ -136,6 +145,8 @@ class LocalBackend:
             return ObservedRun(name=name, run_id=result.run_id, state=RunState.SUCCEEDED, stage=stage,
                                attempts=0, result=result)
         with self._lock:
+            if entry.attempt is not None:  # still exiting (or other workers still busy): not done yet
+                result = None
             state = RunState.SUCCEEDED if result is not None and stage is not StageName.SERVE else entry.state
             return ObservedRun(name=name, run_id=entry.run.run_id, state=state, stage=stage,
                                attempts=max(entry.attempts, 1), message=entry.message,

@@ -9,6 +9,7 @@ run report plots loss curves from it).
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -20,6 +21,15 @@ from pathlib import Path
 from typing import IO
 
 from lmforge.api.contract import ERROR_PREFIX, EXIT_INVALID_SPEC, ProgressRecord, RecordType, parse_record
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM if the runner dies (even by SIGKILL), so no stage is
+    left running unwatched. Linux only (prctl PR_SET_PDEATHSIG); elsewhere a no-op."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
 
 
 @dataclass(frozen=True)
@@ -63,7 +73,7 @@ class Attempt:
             proc = subprocess.Popen(
                 cmd.argv, env={**os.environ, **cmd.env}, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                start_new_session=True, errors="replace",
+                start_new_session=True, errors="replace", preexec_fn=_die_with_parent,
             )
             self.procs.append(proc)
             for stream, is_err in ((proc.stdout, False), (proc.stderr, True)):
