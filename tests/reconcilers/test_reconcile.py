@@ -227,3 +227,11 @@ def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run()
     assert unserved.status.run_id == served.status.run_id and unserved.status.artifacts == {"model": "cm"}
     ready = unserved.status.condition("Ready")
     assert ready is not None and ready.status.value == "True" and "--no-serve" in ready.message
+
+
+def test_serving_publishes_under_its_own_prefix_so_the_compressed_model_result_stays() -> None:
+    case = Case("prefixes", RELEASE,
+                inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)})
+    (_, compress, compress_out), (_, serve, serve_out) = expected_runs(_observed(case))
+    assert (compress, serve) == (StageName.COMPRESS, StageName.SERVE)
+    assert serve_out == f"{compress_out}/serve" and compress_out.startswith("modelreleases/r/")

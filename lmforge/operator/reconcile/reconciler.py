@@ -16,7 +16,7 @@ from lmforge.api.kinds import Resource, references
 from lmforge.api.meta import ConditionType, Phase, Progress, Reason, now_rfc3339
 from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.conditions import is_false, is_true, set_condition
-from lmforge.operator.reconcile.runs import output_prefix, run_id, run_name, stage_run
+from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
 from lmforge.operator.reconcile.types import Decision, Event, Observed, ObservedRun, RunState, StageRun
 
 POLL_SECONDS = 10.0
@@ -64,7 +64,7 @@ def expected_runs(obs: Observed) -> list[tuple[str, StageName, str]]:
     if waiting or failed:
         return []
     rid = run_id(obs.resource, resolved)
-    return [(run_name(obs.resource, s, rid), s, output_prefix(obs.resource, rid))
+    return [(run_name(obs.resource, s, rid), s, stage_output(obs.resource, s, rid))
             for s in STAGES_OF_KIND[obs.resource.kind]]
 
 

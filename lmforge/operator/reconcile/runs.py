@@ -33,6 +33,13 @@ def output_prefix(resource: Resource, rid: str) -> str:
     return f"{KINDS[resource.kind].plural}/{resource.metadata.name}/{rid}"
 
 
+def stage_output(resource: Resource, stage: StageName, rid: str) -> str:
+    """Where one stage of a run publishes: the run's prefix, or `<prefix>/serve` for serving, so the
+    server's `result.json` (its endpoint) never overwrites the compress stage's (the model)."""
+    prefix = output_prefix(resource, rid)
+    return f"{prefix}/{stage.value}" if stage is StageName.SERVE else prefix
+
+
 def run_name(resource: Resource, stage: StageName, rid: str) -> str:
     """Child object name: `<name>-<stage>-<hash6>`, truncated to keep pod hostnames ≤ 63."""
     suffix = f"-{stage.value}-{rid.rsplit('-', 1)[-1][:6]}"
@@ -63,7 +70,8 @@ def stage_run(
     workers = resource.spec.workers if isinstance(resource, Dataset) else 1
     manifest: dict[str, Any] = resource.model_dump(mode="json", by_alias=True, exclude_none=True,
                                                    exclude={"status"})
-    spec = StageSpec(stage=stage, resource=manifest, store=store, output=output_prefix(resource, rid), run_id=rid,
+    spec = StageSpec(stage=stage, resource=manifest, store=store, output=stage_output(resource, stage, rid),
+                     run_id=rid,
                      inputs=inputs, worker=Worker(index=0, count=workers), base_dir=base_dir)
     long_running = stage is StageName.SERVE
     port = replicas = None
