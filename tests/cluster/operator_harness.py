@@ -119,7 +119,7 @@ def get(cp: ControlPlane, path: str) -> Any:
 
 
 def resource(cp: ControlPlane, ns: str, plural: str, name: str) -> dict[str, Any] | None:
-    return get(cp, f"{GROUP_PATH}/namespaces/{ns}/{plural}/{name}")  # type: ignore[no-any-return]
+    return get(cp, f"{GROUP_PATH}/namespaces/{ns}/{plural}/{name}")
 
 
 def condition(obj: dict[str, Any] | None, type_: str) -> dict[str, Any] | None:
