@@ -74,7 +74,7 @@ def test_stage_subprocess_end_to_end_with_a_failing_gate(tiny_model: Path, tmp_p
     assert record["metrics"]["safety.jailbreak_refusal_rate"] == results["tasks"]["safety"]["jailbreak_refusal_rate"]
     assert record["artifacts"]["results"].endswith("evalsuite/tiny-eval/results")
     progress = [json.loads(line.split(" ", 1)[1]) for line in proc.stdout.splitlines() if line.startswith("@@lmforge")]
-    assert progress[-2]["step"] == progress[-2]["total"] == 12 + 5 + 4 + 1 and progress[-2]["unit"] == "item"
+    assert progress[-2]["step"] == progress[-2]["total"] == 60 + 5 + 4 + 1 and progress[-2]["unit"] == "item"
 
 
 def test_bad_row_fails_before_the_model_loads_naming_task_row_field(tmp_path: Path) -> None:
