@@ -27,6 +27,9 @@ from lmforge.trainer.dataset.readers import Document
 from lmforge.trainer.dataset.sourcing import OptOutList
 from lmforge.trainer.dataset.toxicity import ToxicityScorer
 
+SIGNATURE_BATCH = 128
+"""Documents per batched MinHash computation (bounds the (shingles, num_perm) work array to ~20 MB)."""
+
 STEPS = ("read", "opt_out", "decode", "clean", "quality", "toxicity", "language", "pii", "decontamination")
 """Worker steps in order; the merge adds `exact_dedup` and `near_dedup`."""
 
@@ -146,6 +149,13 @@ def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None,
     out = WorkerOutput()
     start = time.monotonic()
     seen = read_bytes = 0
+    pending: list[str] = []  # kept texts whose signatures are computed as one batch
+
+    def flush() -> None:
+        if hasher is not None and pending:
+            sig_file.write(hasher.signatures(pending).tobytes())
+        pending.clear()
+
     for doc in docs:
         seen += 1
         read_bytes += doc.nbytes
@@ -156,11 +166,13 @@ def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None,
             out.exact.append(exact_hash(text))
             out.sources.append(source_ids[doc.source])
             out.nbytes.append(len(text.encode("utf-8")))
-            if hasher is not None:
-                sig_file.write(hasher.signature(text).tobytes())
+            pending.append(text)
+            if len(pending) >= SIGNATURE_BATCH:
+                flush()
             write_doc(key, doc.source, text)
         if seen % 1000 == 0:
             progress(seen, read_bytes, time.monotonic() - start)
+    flush()
     progress(seen, read_bytes, time.monotonic() - start)
     return out
 

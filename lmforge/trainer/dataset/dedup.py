@@ -73,13 +73,13 @@ class MinHasher:
         cache = self._word_hash
         if len(cache) > 2_000_000:  # bound memory on corpora with huge vocabularies
             cache.clear()
-        out = []
-        for w in normalize(text).split():
-            h = cache.get(w)
-            if h is None:
-                h = cache[w] = zlib.crc32(w.encode())
-            out.append(h)
-        return np.array(out, dtype=np.uint64)
+        words = normalize(text).split()
+        hashes = [cache.get(w) for w in words]
+        if None in hashes:
+            for i, w in enumerate(words):
+                if hashes[i] is None:
+                    hashes[i] = cache[w] = zlib.crc32(w.encode())
+        return np.array(hashes, dtype=np.uint64)
 
     def shingles(self, text: str) -> np.ndarray:
         """32-bit hashes of the document's word k-grams (a shorter document is one shingle): (m,)."""
@@ -91,11 +91,27 @@ class MinHasher:
         mixed = (windows * self._weights[:k]).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
         return (mixed >> np.uint64(32)).astype(np.uint32)
 
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), num_perm) uint32: exactly `signature` of each text, computed for the batch at
+        once -- datasketch's affine32 update (MurmurHash3 finalizer, then h·a + b mod 2³²) applied to
+        all shingles of the batch in one array operation and reduced per document."""
+        from datasketch.minhash import _fmix
+
+        if not texts:
+            return np.zeros((0, self.spec.num_perm), dtype=np.uint32)
+        parts = [self.shingles(t) for t in texts]  # each (m_i,) uint32
+        lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+        hv = _fmix(np.concatenate(parts).reshape(-1, 1), 32)  # (M, 1) uint32
+        a, b = self.permutations  # (P,) uint32 each
+        phv = hv * a + b  # (M, P) uint32, wrapping mod 2^32
+        return np.minimum.reduceat(phv, offsets, axis=0)  # (B, P)
+
     def signature(self, text: str) -> np.ndarray:
-        """(num_perm,) uint32 MinHash signature."""
+        """(num_perm,) uint32 MinHash signature (datasketch's MinHash, one document)."""
         m = self._MinHash(self.spec.num_perm, hashfunc=_identity, permutations=self.permutations,
                           scheme="affine32")
-        m.update_batch(self.shingles(text))
+        m.update_batch(self.shingles(text).tolist())
         return np.asarray(m.hashvalues, dtype=np.uint32)
 
 

@@ -11,8 +11,8 @@ from collections import Counter
 
 from lmforge.api.dataset import QualityFilter
 
-_WORD = re.compile(r"\S+")
-_ALPHA = re.compile(r"[^\W\d_]")
+# A whitespace-delimited word with no letter in it (digits, symbols, punctuation only).
+_NO_LETTER_WORD = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")
 _BULLETS = ("•", "-", "*", "·", "‣", "◦", "–")
 
 
@@ -27,20 +27,22 @@ def _top_ngram_fraction(words: list[str], n: int) -> float:
     """Characters covered by the most frequent word n-gram, over all word characters."""
     if len(words) < n:
         return 0.0
-    grams = Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
+    grams = Counter(zip(*(words[i:] for i in range(n)), strict=False))
     gram, count = grams.most_common(1)[0]
     if count < 2:
         return 0.0
-    total = sum(len(w) for w in words)
-    return count * sum(len(w) for w in gram) / max(total, 1)
+    total = sum(map(len, words))
+    return count * sum(map(len, gram)) / max(total, 1)
 
 
 def _duplicate_ngram_fraction(words: list[str], n: int) -> float:
     """Characters of words inside word n-grams that occur more than once, over all word characters."""
     if len(words) < n:
         return 0.0
-    grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+    grams = list(zip(*(words[i:] for i in range(n)), strict=False))
     counts = Counter(grams)
+    if len(counts) == len(grams):  # the common case: no n-gram repeats
+        return 0.0
     covered = [False] * len(words)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
@@ -52,13 +54,13 @@ def _duplicate_ngram_fraction(words: list[str], n: int) -> float:
 
 def check(text: str, spec: QualityFilter) -> str | None:
     """The first failed rule's name, or None when the document passes."""
-    words = _WORD.findall(text)
+    words = text.split()
     n = len(words)
     if n < spec.min_words:
         return "min_words"
     if n > spec.max_words:
         return "max_words"
-    mean_len = sum(len(w) for w in words) / n if n else 0.0
+    mean_len = sum(map(len, words)) / n if n else 0.0
     if not spec.min_mean_word_length <= mean_len <= spec.max_mean_word_length:
         return "mean_word_length"
     symbols = text.count("#") + text.count("...") + text.count("…")
@@ -72,14 +74,14 @@ def check(text: str, spec: QualityFilter) -> str | None:
         ellipses = sum(1 for ln in lines if ln.rstrip().endswith(("...", "…")))
         if ellipses / len(lines) > spec.max_ellipsis_line_ratio:
             return "ellipsis_lines"
-    if n and sum(1 for w in words if _ALPHA.search(w)) / n < spec.min_alpha_word_ratio:
+    if n and (n - len(_NO_LETTER_WORD.findall(text))) / n < spec.min_alpha_word_ratio:
         return "alpha_words"
     if _duplicate_fraction(lines) > spec.max_duplicate_line_fraction:
         return "duplicate_lines"
     paragraphs = [p.strip() for p in re.split(r"\n\s*\n", text) if p.strip()]
     if _duplicate_fraction(paragraphs) > spec.max_duplicate_paragraph_fraction:
         return "duplicate_paragraphs"
-    lowered = [w.lower() for w in words]
+    lowered = text.lower().split()
     if _top_ngram_fraction(lowered, 2) > spec.max_top_ngram_fraction:
         return "top_ngram"
     if _duplicate_ngram_fraction(lowered, 5) > spec.max_duplicate_ngram_fraction:

@@ -69,10 +69,12 @@ def test_near_dedup_respects_alive_mask_and_explicit_bands() -> None:
     assert result.drop.tolist() == [False] * 21 + [True]
 
 
-def test_signatures_are_identical_across_instances() -> None:
-    text = _docs(1)[0]
+def test_signatures_are_identical_across_instances_and_batching() -> None:
+    texts = [*_docs(5), "two words", ""]
     a, b = MinHasher(NearDedup()), MinHasher(NearDedup())
-    assert np.array_equal(a.signature(text), b.signature(text))
+    assert np.array_equal(a.signature(texts[0]), b.signature(texts[0]))
+    batch = a.signatures(texts)  # the vectorised path equals datasketch's MinHash document by document
+    assert batch.shape == (7, 112) and np.array_equal(batch, np.stack([b.signature(t) for t in texts]))
 
 
 def test_decontamination_drops_overlapping_documents() -> None:
