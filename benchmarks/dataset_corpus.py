@@ -87,8 +87,8 @@ def generate(out: Path, megabytes: float, files: int = 8, dup_fraction: float = 
                 line = json.dumps({"id": str(doc_id), "text": docs[doc_id]}) + "\n"
                 total += len(line)
                 fh.write(line)
-    return {"documents": len(docs), "bytes": total, "pairs": pairs, "mean_jaccard": float(np.mean(sims)),
-            "min_jaccard": float(np.min(sims)), "files": files}
+    return {"documents": len(docs), "bytes": total, "pairs": pairs, "mean_jaccard": float(np.mean(sims or [0])),
+            "min_jaccard": float(np.min(sims or [0])), "files": files}
 
 
 def f1(removed: set[int], pairs: list[tuple[int, int]]) -> dict[str, float]:

@@ -124,3 +124,12 @@ def test_shards_round_trip_to_the_token_stream(tmp_path: Path) -> None:
                      shard_sequences=50, fingerprint="fp", scratch=tmp_path / "scratch")
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store" / "shards").glob("*.bin")}
     assert before == after and set(files) == set(before)
+
+
+def test_mixing_weights_repeat_documents_deterministically() -> None:
+    from lmforge.trainer.dataset.build import repeats
+
+    draws = [repeats(2.5, 7, key) for key in range(4000)]
+    assert set(draws) == {2, 3} and abs(np.mean(draws) - 2.5) < 0.05
+    assert draws == [repeats(2.5, 7, key) for key in range(4000)]
+    assert abs(np.mean([repeats(0.25, 7, key) for key in range(4000)]) - 0.25) < 0.03

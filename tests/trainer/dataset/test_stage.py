@@ -183,3 +183,15 @@ def test_s3_store_and_sources_with_decontamination(tmp_path: Path, s3_server: An
     assert dropped["opt_out"]["documents"] > 0 and dropped["decontamination"]["documents"] > 0
     keys = {o["Key"] for o in client.list_objects_v2(Bucket=bucket, Prefix="store/runs/ds/shards/")["Contents"]}
     assert "store/runs/ds/shards/MANIFEST.json" in keys and "store/runs/ds/shards/index.json" in keys
+
+
+def test_worker_zero_times_out_clearly_when_a_worker_never_commits(tmp_path: Path) -> None:
+    _split_corpus(TINY_CORPUS, tmp_path / "data", files=2, lines=100)
+    res = dataset_resource({**SMALL, "workers": 2, "sources": [
+        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0"}]})
+    spec = write_stage_spec(tmp_path / "spec.json", res, tmp_path / "store", base_dir=tmp_path, workers=2)
+    proc = run_stage(spec, tmp_path / "work", index=0, extra={"LMFORGE_DATASET_WAIT_S": "1"})
+    assert proc.returncode == 1  # retryable: the other worker may still come
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("lmforge: error: timed out") and "worker-1" in last
+    assert read_manifest(LocalStore(tmp_path / "store" / "runs" / "ds"), "work/worker-0") is not None
