@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = replace(settings, namespaces=())
     registry = kopf.OperatorRegistry()
     register(registry, settings)
-    metrics.serve(settings.metrics_port)
+    metrics.serve(settings.metrics_port, settings.metrics_addr)
     asyncio.run(kopf.operator(
         registry=registry, standalone=True, clusterwide=not settings.namespaces,
         namespaces=list(settings.namespaces), liveness_endpoint=args.liveness or None,

@@ -94,7 +94,7 @@ class ResourceMetrics:
         return {(s.labels["kind"], s.labels["phase"]) for m in RESOURCES.collect() for s in m.samples}
 
 
-def serve(port: int) -> None:
+def serve(port: int, addr: str = "0.0.0.0") -> None:
     """Start the /metrics endpoint on a background thread (0 disables it)."""
     if port:
-        start_http_server(port, registry=REGISTRY)
+        start_http_server(port, addr=addr, registry=REGISTRY)

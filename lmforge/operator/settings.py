@@ -38,6 +38,8 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces (cluster mode)."""
     metrics_port: int = 8080
+    metrics_addr: str = "0.0.0.0"
+    """Address the /metrics endpoint binds (a pod's own IP space; tests use 127.0.0.1)."""
     """Prometheus metrics port; 0 disables the endpoint."""
     workers: int = 8
     """Reconciles running at once (each mostly waits on the API server and the store)."""
@@ -69,6 +71,7 @@ class Settings:
             s3_endpoint=e.get("LMFORGE_S3_ENDPOINT") or e.get("AWS_ENDPOINT_URL") or None,
             namespaces=tuple(n.strip() for n in namespaces),
             metrics_port=int(e.get("LMFORGE_METRICS_PORT") or 8080),
+            metrics_addr=e.get("LMFORGE_METRICS_ADDR") or "0.0.0.0",
             workers=max(1, int(e.get("LMFORGE_WORKERS") or 8)),
             master_port=int(e.get("LMFORGE_MASTER_PORT") or 29500),
             default_tolerations=tuple(tolerations),

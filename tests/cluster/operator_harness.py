@@ -32,7 +32,7 @@ def ensure_crds(cp: ControlPlane) -> None:
     """Apply crds/ once per control plane and wait until every CRD is Established."""
     if cp.server in _crds_applied:
         return
-    cp.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
+    cp.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
     cp.kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
     _crds_applied.add(cp.server)
 
