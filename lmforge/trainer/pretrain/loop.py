@@ -28,7 +28,8 @@ def micro_loss(engine: Any, input_ids: np.ndarray, labels: np.ndarray) -> Any:
     """Mean next-token cross-entropy of one micro-batch (a 0-d tensor with its graph)."""
     import torch
 
-    out = engine(input_ids=torch.from_numpy(input_ids), labels=torch.from_numpy(labels))
+    device = engine.device
+    out = engine(input_ids=torch.from_numpy(input_ids).to(device), labels=torch.from_numpy(labels).to(device))
     return out.loss
 
 
