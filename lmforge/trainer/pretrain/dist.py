@@ -16,8 +16,6 @@ from typing import Any, TypeVar
 
 T = TypeVar("T")
 
-_TORCHRUN_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
-
 
 @dataclass(frozen=True)
 class World:
@@ -127,8 +125,3 @@ def all_sum(values: list[float], world: World) -> list[float]:
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.tolist()]
 
-
-def clear_torchrun_env() -> None:
-    """Forget an inherited torchrun environment (a child process that must start its own world)."""
-    for key in _TORCHRUN_VARS:
-        os.environ.pop(key, None)
