@@ -1,6 +1,6 @@
 """Tokenize + pack + write shards (ours) against bare `tokenizers` `encode_batch` on the same text.
 
-Both use the same byte-level BPE (4,096 ids) and batches of 1,024 documents; ours adds EOS, packs
+Both use the same byte-level BPE (4,096 ids) and batches of 1,024 documents (best of 3 runs each); ours adds EOS, packs
 into uint16 rows of 256 tokens, writes the raw packed file, then the shuffled shard files with their
 hashes into a local store. Goal: ≥ 0.9× the bare encode throughput.
 
@@ -40,17 +40,21 @@ def main() -> None:
         tok_dir = train(texts[:2000], TokenizerSpec(vocab_size=4096), root / "tok")
         tok = Tokenizer.from_file(str(tok_dir / "tokenizer.json"))
 
-        start = time.monotonic()
-        tokens = 0
-        for i in range(0, len(texts), BATCH):
-            tokens += sum(len(e.ids) for e in tok.encode_batch_fast(texts[i:i + BATCH], add_special_tokens=False))
-        bare = time.monotonic() - start
+        bare = ours = float("inf")
+        for rep in range(3):  # alternate and keep the best of three: the machine is shared and noisy
+            start = time.monotonic()
+            tokens = 0
+            for i in range(0, len(texts), BATCH):
+                batch = tok.encode_batch_fast(texts[i:i + BATCH], add_special_tokens=False)
+                tokens += sum(len(e.ids) for e in batch)
+            bare = min(bare, time.monotonic() - start)
 
-        start = time.monotonic()
-        stats = tokenize_and_pack(((i, "s", t) for i, t in enumerate(texts)), tok, root / "packed.bin", 256, 4096, 1)
-        write_all_shards(LocalStore(root / "store"), root / "packed.bin", stats.rows, 256, 4096, 0.01, 1234, 8192,
-                         "bench", root / "scratch")
-        ours = time.monotonic() - start
+            start = time.monotonic()
+            stats = tokenize_and_pack(((i, "s", t) for i, t in enumerate(texts)), tok, root / "packed.bin", 256,
+                                      4096, 1)
+            write_all_shards(LocalStore(root / "store"), root / "packed.bin", stats.rows, 256, 4096, 0.01, 1234,
+                             8192, f"bench-{rep}", root / "scratch")
+            ours = min(ours, time.monotonic() - start)
         print(f"text: {mb:.1f} MB, {len(texts)} documents, {tokens} tokens")
         print(f"bare encode_batch_fast: {mb / bare:.2f} MB/s, {tokens / bare / 1e6:.2f} M tokens/s ({bare:.1f} s)")
         print(f"lmforge tokenize+pack+write shards: {mb / ours:.2f} MB/s, {stats.tokens / ours / 1e6:.2f} M tokens/s "

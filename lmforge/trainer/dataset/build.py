@@ -64,31 +64,47 @@ class PackStats:
 def tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out_path: Path, seq_length: int,
                       vocab_size: int, eos_id: int, progress: Callable[[int], None] | None = None) -> PackStats:
     """Tokenize in batches (parallel inside `encode_batch`), append EOS, pack into rows of L in a raw
-    file; returns the counts."""
+    file; returns the counts. The next batch is encoded in a background thread (the Rust side releases
+    the GIL) while the current one is packed and the next texts are read, so packing and reading hide
+    behind tokenization."""
+    from concurrent.futures import Future, ThreadPoolExecutor
+
     stats = PackStats()
     start = time.monotonic()
-    with open(out_path, "wb") as f:
-        packer = Packer(f, seq_length, dtype_for(vocab_size), eos_id)
-        batch: list[tuple[str, str]] = []
 
-        def flush() -> None:
-            encodings = tokenizer.encode_batch_fast([t for _, t in batch], add_special_tokens=False)
-            ids = [e.ids for e in encodings]
+    def encode(batch: list[tuple[str, str]]) -> tuple[list[str], list[list[int]]]:
+        encodings = tokenizer.encode_batch_fast([t for _, t in batch], add_special_tokens=False)
+        return [src for src, _ in batch], [e.ids for e in encodings]
+
+    with open(out_path, "wb") as f, ThreadPoolExecutor(max_workers=1) as pool:
+        packer = Packer(f, seq_length, dtype_for(vocab_size), eos_id)
+        in_flight: Future[tuple[list[str], list[list[int]]]] | None = None
+
+        def pack(done: Future[tuple[list[str], list[list[int]]]]) -> None:
+            sources, ids = done.result()
             packer.add(ids)
-            for (source, _), one in zip(batch, ids, strict=True):
+            for source, one in zip(sources, ids, strict=True):
                 stats.tokens_by_source[source] = stats.tokens_by_source.get(source, 0) + len(one) + 1
-            stats.documents += len(batch)
-            batch.clear()
+            stats.documents += len(ids)
             if progress:
                 progress(stats.documents)
 
+        batch: list[tuple[str, str]] = []
         for _key, source, text in docs:
             batch.append((source, text))
             stats.bytes += len(text.encode("utf-8"))
             if len(batch) >= BATCH:
-                flush()
+                submitted = pool.submit(encode, batch)
+                if in_flight is not None:
+                    pack(in_flight)
+                in_flight, batch = submitted, []
         if batch:
-            flush()
+            submitted = pool.submit(encode, batch)
+            if in_flight is not None:
+                pack(in_flight)
+            in_flight = submitted
+        if in_flight is not None:
+            pack(in_flight)
     stats.rows, stats.tokens, stats.tail = packer.rows, packer.tokens, packer.tail
     stats.seconds = time.monotonic() - start
     return stats
