@@ -95,7 +95,8 @@ def test_tiny_pipeline_from_text_to_a_served_model(tmp_path: Path) -> None:
             answer = json.loads(resp.read())["choices"][0]["message"]["content"]
         assert isinstance(answer, str) and answer.strip()
     finally:
-        os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: stops the server
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: stops the server
         code = proc.wait(timeout=120)
     assert code == 0
     before = starts(store)
@@ -116,7 +117,8 @@ def test_run_killed_during_pretraining_resumes_from_its_checkpoint(tmp_path: Pat
     try:
         latest = eventually(checkpoint, timeout=900)
     finally:
-        os.kill(proc.pid, signal.SIGKILL)  # a crash, not a clean stop
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)  # a crash, not a clean stop
         proc.wait()
     records = next((store / ".lmforge-state" / "records").glob("tiny-base-pretrain-*.jsonl"))
     steps_before = [json.loads(x)["step"] for x in records.read_text().splitlines()]
