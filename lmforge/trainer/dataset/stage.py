@@ -14,11 +14,19 @@ import hashlib
 import json
 import os
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lmforge.api.dataset import Dataset, DatasetSpec
-from lmforge.store import MANIFEST_NAME, ArtifactManifest, ArtifactWriter, is_complete, read_manifest
+from lmforge.store import (
+    MANIFEST_NAME,
+    ArtifactManifest,
+    ArtifactWriter,
+    FileEntry,
+    is_complete,
+    read_manifest,
+)
 from lmforge.trainer.artifacts import fetch, publish
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.dataset import card as card_mod
@@ -179,16 +187,12 @@ def run(ctx: StageContext) -> dict[str, str]:
     return artifacts
 
 
-def _entry(data: bytes) -> Any:
-    from lmforge.store import FileEntry
-
+def _entry(data: bytes) -> FileEntry:
     return FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
 
 
-def _commit_manifest(ctx: StageContext, prefix: str, files: dict[str, Any], metadata: dict[str, Any]) -> None:
+def _commit_manifest(ctx: StageContext, prefix: str, files: dict[str, FileEntry], metadata: dict[str, Any]) -> None:
     """Write the manifest of an artifact whose files were uploaded one by one (shards resume per file)."""
-    from datetime import UTC, datetime
-
     ordered = dict(sorted(files.items()))
     manifest = ArtifactManifest(kind="dataset-shards", created=datetime.now(UTC), files=ordered,
                                 total_size=sum(e.size for e in ordered.values()), metadata=metadata)
