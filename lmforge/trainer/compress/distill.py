@@ -77,10 +77,11 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
         opt.step()
         sched.step()
+        value = float(loss.detach())
         if step >= cfg.max_steps * 0.9:
-            tail.append(float(loss))
+            tail.append(value)
         if on_step:
-            on_step(step + 1, float(loss))
+            on_step(step + 1, value)
     val_nll = nll_per_token(student, shards.rows("validation", EVAL_ROWS))
     student.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)
