@@ -134,14 +134,8 @@ def run_in_process(spec: StageSpec) -> Run:
     reporter = ProgressReporter(spec.stage, spec.run_id, None, stream=buf, line_interval=0.0)
     ctx = StageContext.from_spec(spec, reporter=reporter)
     ctx.reporter.output = ctx.output
-    try:
-        artifacts = run(ctx)
-    finally:
-        records = [r for line in buf.getvalue().splitlines()
-                   if line.startswith(RECORD_PREFIX) and (r := ProgressRecord.model_validate_json(
-                       line[len(RECORD_PREFIX):])) is not None]
-        run_in_process.last_records = records  # type: ignore[attr-defined]
-    return Run(artifacts, ctx.extra, records)
+    artifacts = run(ctx)
+    return Run(artifacts, ctx.extra, records_of(buf.getvalue()))
 
 
 def run_subprocess(spec: StageSpec, tmp: Path, *, nproc: int = 1, timeout: float = 240) -> subprocess.CompletedProcess[str]:
