@@ -103,8 +103,7 @@ class Training(ApiModel):
     seed: int = Field(default=1234, ge=0)
     """Seed of initialisation and data order."""
     max_bad_steps: int = Field(default=5, ge=0)
-    """Consecutive NaN/Inf-loss micro-batches skipped (each dropped before its backward pass, so the
-    weights never see it) before the job stops with a clear reason, keeping the last good checkpoint."""
+    """Consecutive NaN/Inf-loss micro-batches skipped (never backpropagated) before the job stops."""
     compile: bool = False
     """Use `torch.compile` (faster steps after a slow first one)."""
 
