@@ -5,8 +5,9 @@ on the same chats, one process, bf16 autocast on the CPU. The baseline is what a
 by hand: `SFTTrainer` on prompt/completion rows (completion-only loss). Ours is the whole stage:
 reading and validating rows, tokenizing with assistant masks, checkpoints to the store, publishing.
 Goal: ours ≥ 0.95× the baseline's samples/s (timed over the training loop; setup reported apart).
+Both use the same settings (notably activation checkpointing off: trl turns it on by default).
 
-    ~/.cache/lmforge/venv/bin/python benchmarks/align_sft_throughput.py [--steps 40]
+    ~/.cache/lmforge/venv/bin/python benchmarks/align_sft_throughput.py [--steps 200]
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]
 
 from support.tiny import make_model, sentences  # noqa: E402
 
-BATCH, MAX_LEN = 8, 128
+BATCH, MAX_LEN, EVERY = 8, 128, 100
+"""Rows per step, token limit, checkpoint interval (both sides save; ours also uploads to the store)."""
 
 
 def rows(n: int) -> list[dict[str, object]]:
@@ -43,7 +45,8 @@ def baseline(model_dir: Path, data: list[dict[str, object]], steps: int, out: Pa
     ds = Dataset.from_list([{"prompt": [r["messages"][0]], "completion": [r["messages"][1]]}  # type: ignore[index]
                             for r in data])
     config = SFTConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, learning_rate=1e-3,
-                       bf16=True, use_cpu=True, report_to="none", save_strategy="no", logging_steps=1,
+                       bf16=True, use_cpu=True, report_to="none", save_strategy="steps", save_steps=EVERY, logging_steps=1,
+                       activation_checkpointing=False, warmup_steps=0.03, lr_scheduler_type="cosine",
                        disable_tqdm=True, max_length=MAX_LEN, dataloader_num_workers=0, dataloader_pin_memory=False)
     trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(model_dir), args=config, train_dataset=ds,
                          processing_class=tok)
@@ -58,12 +61,13 @@ def ours(model_dir: Path, data: list[dict[str, object]], steps: int, tmp: Path) 
     from lmforge.trainer.context import StageContext
     from lmforge.trainer.progress import ProgressReporter
 
+    tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     os.environ["LMFORGE_WORK_DIR"] = str(tmp / "work")
     job = {"modelRef": {"uri": str(model_dir)}, "method": "sft", "data": {"uri": str(tmp / "sft.jsonl"),
                                                                           "validationFraction": 0},
            "training": {"maxSteps": steps, "microBatchSize": BATCH, "lr": 1e-3, "maxLength": MAX_LEN},
-           "checkpoint": {"everySteps": steps}}
+           "checkpoint": {"everySteps": EVERY}}
     spec = StageSpec(stage=StageName.ALIGN, store=str(tmp / "store"), output="runs/sft", run_id="bench",
                      resource={"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob",
                                "metadata": {"name": "bench"}, "spec": job})
@@ -78,7 +82,7 @@ def ours(model_dir: Path, data: list[dict[str, object]], steps: int, tmp: Path) 
         out = original(self, *a, **k)
         measured["sps"] = out.metrics["train_samples_per_second"]
         return out
-    Trainer.train = timed  # type: ignore[method-assign,assignment]
+    Trainer.train = timed  # type: ignore[method-assign]
     run(ctx)
     Trainer.train = original  # type: ignore[method-assign]
     return measured["sps"], time.perf_counter() - start
@@ -86,19 +90,25 @@ def ours(model_dir: Path, data: list[dict[str, object]], steps: int, tmp: Path) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_dir = make_model(tmp / "base", hidden=256, layers=4, heads=8)
         data = rows(BATCH * args.steps)
         baseline(model_dir, data[:BATCH * 4], 4, tmp / "warm")  # warm caches/kernels once for both
-        base_sps = baseline(model_dir, data, args.steps, tmp / "bare")
-        our_sps, total = ours(model_dir, data, args.steps, tmp)
-        print(f"bare trl SFTTrainer: {base_sps:.1f} samples/s")
-        print(f"lmforge align sft:   {our_sps:.1f} samples/s (whole stage incl. setup and publish: {total:.1f} s)")
-        print(f"ratio ours/baseline: {our_sps / base_sps:.2f}x (goal >= 0.95x)")
-
+        # Interleaved rounds, best of each: the machine is shared and load drifts within a minute.
+        base_runs, our_runs, totals = [], [], []
+        for i in range(args.rounds):
+            base_runs.append(baseline(model_dir, data, args.steps, tmp / f"bare-{i}"))
+            sps, total = ours(model_dir, data, args.steps, tmp / f"ours-{i}")
+            our_runs.append(sps)
+            totals.append(total)
+        print(f"bare trl SFTTrainer: {max(base_runs):.1f} samples/s (rounds: {', '.join(f'{x:.1f}' for x in base_runs)})")
+        print(f"lmforge align sft:   {max(our_runs):.1f} samples/s (rounds: {', '.join(f'{x:.1f}' for x in our_runs)}; "
+              f"whole stage incl. setup and publish: {min(totals):.1f} s)")
+        print(f"ratio ours/baseline: {max(our_runs) / max(base_runs):.2f}x (goal >= 0.95x)")
 
 if __name__ == "__main__":
     main()

@@ -9,6 +9,7 @@ clipped policy loss + clipped value loss over micro-batches. With LoRA the refer
 adapters disabled; otherwise a frozen copy.
 
 Checkpoints hold the trainable parameters, the value head, the optimizer and the step (`state.pt`).
+The loop runs in one process (one GPU or the CPU); the stage refuses a multi-process PPO launch.
 """
 
 from __future__ import annotations

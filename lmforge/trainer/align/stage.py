@@ -8,6 +8,7 @@ is published when) and the result carries the metrics.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from lmforge.api.alignment import AdapterType, AlignmentJob, AlignmentMethod
@@ -85,6 +86,8 @@ def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train:
 
     spec = job.spec
     assert spec.ppo is not None
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise InvalidInput("method ppo runs in one process (one GPU or the CPU): set topology to 1 node × ≤1 GPU")
     if spec.ppo.reward_function is not None:
         scorer = ppo.function_scorer(ppo.reward_function(spec.ppo.reward_function))
     else:
