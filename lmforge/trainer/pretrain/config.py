@@ -81,10 +81,6 @@ def deepspeed_config(spec: PretrainJobSpec, shape: RunShape) -> dict[str, Any]:
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
     }
-    if t.precision is Precision.BF16 and ds.zero_stage == 0:
-        # Stage 0 with bf16 would use DeepSpeed's BF16_Optimizer, which needs ZeRO's fp32 master
-        # copies anyway; accumulate gradients in fp32 as ZeRO-1 does.
-        config["data_types"] = {"grad_accum_dtype": "fp32"}
     if ds.extra_config is not None:
         config = _merge(config, ds.extra_config.model_dump())
     return config
