@@ -75,7 +75,9 @@ class Adapter(ApiModel):
     )
     """Module names (suffixes) that get adapters; a name matching no module is an error."""
     output: AdapterOutput = AdapterOutput.MERGED
-    """Publish the adapter alone, or the base model with the adapter merged in."""
+    """`merged` publishes the `model` artifact with the adapter merged in; `adapter` publishes only the
+    `adapter` artifact (peft format, naming the base model), and no `model`, so later stages never take
+    the untouched base for the trained model."""
 
 
 class SftOptions(ApiModel):
