@@ -1,6 +1,7 @@
 """Peak RSS of LoRA-SFT against full SFT on the same model and data, each in its own process.
 
-A ~40M-parameter Llama (hidden 512, 8 layers, vocab 8k) trains for a few steps through the align
+A ~100M-parameter Llama (hidden 1024, 8 layers; big enough that weights, gradients and AdamW state
+outweigh the ~1 GB the Python ML stack itself occupies) trains for a few steps through the align
 stage, once with every weight trainable (AdamW keeps two fp32 moments per weight, plus gradients)
 and once with LoRA r=16 on the attention and MLP projections. Each run is a fresh subprocess whose
 own `ru_maxrss` is printed as it exits, so the figures are the processes' true peaks.
@@ -56,8 +57,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        tok = make_tokenizer(tmp / "tok", 8192, sentences(20000))
-        model_dir = make_model(tmp / "base", hidden=512, layers=8, heads=16, tokenizer_dir=tok)
+        tok = make_tokenizer(tmp / "tok", 512)
+        model_dir = make_model(tmp / "base", hidden=1024, layers=8, heads=32, tokenizer_dir=tok)
         qs = sentences(200, seed=4)
         rows = [{"prompt": qs[i], "response": qs[i + 1]} for i in range(0, 200, 2)]
         (tmp / "sft.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
