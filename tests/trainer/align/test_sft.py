@@ -118,3 +118,11 @@ def test_qlora_without_gpu_fails_clearly(run_stage: RunStage, tiny_model: Path, 
     with pytest.raises(InvalidInput, match="qlora needs a CUDA GPU"):
         run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
                    "adapter": {"type": "qlora"}, "topology": {"gpusPerNode": 1}})
+
+
+def test_packed_sft_trains(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
+    ctx, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                                "sft": {"packing": True}, "training": {**TRAINING, "maxSteps": 10}})
+    metrics = ctx.extra["metrics"]
+    assert metrics["loss"] < metrics["first_loss"] and set(artifacts) == {"model"}
