@@ -49,7 +49,7 @@ def build(out: Path) -> dict[str, int]:
     rng = random.Random(6)
     qa = questions(facts)
     sft = []
-    for table, country, q, a in qa:
+    for _table, _country, q, a in qa:
         chat = [{"role": "user", "content": q}, {"role": "assistant", "content": a}]
         if rng.random() < 0.3:
             chat.insert(0, {"role": "system", "content": rng.choice(SYSTEMS)})
