@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import traceback
 from collections.abc import Sequence
@@ -53,7 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         ctx = StageContext.from_spec(spec)
         reporter = ctx.reporter
-        if spec.worker.index == 0:
+        if spec.worker.index == 0 and os.environ.get("RANK", "0") == "0":
+            # Under torchrun every rank shares worker index 0; only rank 0 may bind the port.
             start_metrics_server()
         run = load(spec.stage)
         artifacts = run(ctx)
