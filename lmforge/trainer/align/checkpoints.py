@@ -39,19 +39,26 @@ class CheckpointStore:
         key = f"{PREFIX}/{name}"
         return key if read_manifest(self.output, key) is not None else None
 
-    def restore(self, dest: Path) -> tuple[Path, int] | None:
-        """Download the latest checkpoint into `dest/<name>`; returns (dir, step) or None."""
+    def restore(self, dest: Path, *, download: bool = True) -> tuple[Path, int] | None:
+        """Download the latest checkpoint into `dest/<name>`; returns (dir, step) or None.
+
+        With `download=False` only the (dir, step) it would use is returned: under torchrun the
+        node's first process downloads into the shared work folder and the others wait for it,
+        instead of every rank deleting and rewriting the same files at once.
+        """
         key = self.latest()
         if key is None:
             return None
         manifest = read_manifest(self.output, key)
         assert manifest is not None
-        local = dest / f"checkpoint-{int(manifest.metadata['step'])}"
-        if local.exists():
-            shutil.rmtree(local)
-        download_artifact(self.output, key, local)
-        (local / "MANIFEST.json").unlink(missing_ok=True)
-        return local, int(manifest.metadata["step"])
+        step = int(manifest.metadata["step"])
+        local = dest / f"checkpoint-{step}"
+        if download:
+            if local.exists():
+                shutil.rmtree(local)
+            download_artifact(self.output, key, local)
+            (local / "MANIFEST.json").unlink(missing_ok=True)
+        return local, step
 
     def save(self, local_dir: Path, step: int) -> str | None:
         """Upload `local_dir` as the checkpoint of `step`, move `latest` to it, prune old ones."""

@@ -4,6 +4,10 @@ reports progress and mirrors checkpoints to the store, and the train-with-resume
 The trainers write checkpoints to a local directory as usual; `on_save` uploads each one (rank 0) with
 `CheckpointStore`, and a restarted run downloads the latest back and passes it to
 `trainer.train(resume_from_checkpoint=…)`, which restores weights, optimizer, scheduler and RNG.
+
+Under torchrun every rank of a node shares the work folder: each rank writes its own RNG file into
+the local checkpoint, so all ranks meet at a barrier before rank 0 uploads it, and on a resume the
+node's first process downloads the checkpoint while the others wait at a barrier.
 """
 
 from __future__ import annotations
@@ -119,10 +123,28 @@ class StageCallback(TrainerCallback):
             self.ctx.reporter.progress(state.global_step, state.max_steps, metrics=dict(self.metrics))
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        # Every rank has written its rng_state_<rank>.pth into the folder once all are here.
+        _barrier(args)
         if state.is_world_process_zero:
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if local.is_dir():
                 self.checkpoints.save(local, state.global_step)
+
+
+def _barrier(args: Any) -> None:
+    """Wait for every rank (a no-op in one process)."""
+    if args.world_size > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def restore(checkpoints: CheckpointStore, out_dir: Path, args: Any) -> tuple[Path, int] | None:
+    """The latest checkpoint in `out_dir`: the node's first process downloads it, the others wait."""
+    first = args.local_process_index == 0
+    found = checkpoints.restore(out_dir) if first else None
+    _barrier(args)
+    return found if first else checkpoints.restore(out_dir, download=False)
 
 
 def train(trainer: Any, ctx: StageContext, spec: AlignmentJobSpec, out_dir: Path) -> StageCallback:
@@ -131,7 +153,7 @@ def train(trainer: Any, ctx: StageContext, spec: AlignmentJobSpec, out_dir: Path
     callback = StageCallback(ctx, checkpoints)
     trainer.add_callback(callback)
     trainer.remove_callback(PrinterCallback)  # our progress records already carry the logs
-    resume = checkpoints.restore(out_dir) if spec.checkpoint.resume else None
+    resume = restore(checkpoints, out_dir, trainer.args) if spec.checkpoint.resume else None
     if resume is not None:
         ctx.extra["resumed_from_step"] = resume[1]
         print(f"resuming from checkpoint at step {resume[1]}", flush=True)
