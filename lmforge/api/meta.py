@@ -146,6 +146,9 @@ class Reason(StrEnum):
 
     WAITING_FOR_INPUT = "WaitingForInput"
     """A referenced resource is not Ready yet."""
+    WAITING_FOR_SECRET = "WaitingForSecret"
+    """A Secret the stage's pods need (credentials, API key) does not exist yet, or lacks the key;
+    the message names it and the field that refers to it. Looked for again with backoff."""
     INPUT_FAILED = "InputFailed"
     """A referenced resource failed; the message names it."""
     INVALID_SPEC = "InvalidSpec"

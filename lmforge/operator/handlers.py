@@ -20,6 +20,7 @@ import logging
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 import kopf
@@ -32,10 +33,19 @@ from lmforge.api.validation import parse_resource
 from lmforge.operator.kube import Owner, build_children, observe_child
 from lmforge.operator.kube.client import ApiError, KubeClient
 from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
-from lmforge.operator.kube.observe import pod_failure_reason, with_store
+from lmforge.operator.kube.observe import pods_worth_a_look, with_store
 from lmforge.operator.kube.serving import endpoint
+from lmforge.operator.lookups import Lookups
 from lmforge.operator.metrics import RECONCILE_SECONDS, RECONCILES, ResourceMetrics
-from lmforge.operator.reconcile import Decision, Event, InputState, Observed, ObservedRun, RunState, reconcile
+from lmforge.operator.reconcile import (
+    Decision,
+    Event,
+    InputState,
+    Observed,
+    ObservedRun,
+    RunState,
+    reconcile,
+)
 from lmforge.operator.reconcile.reconciler import expected_runs
 from lmforge.operator.settings import Settings
 from lmforge.operator.workqueue import WorkQueue
@@ -54,7 +64,7 @@ def _slim(body: Any) -> dict[str, Any]:
     meta = body.get("metadata", {})
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
             "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "labels",
-                                                   "annotations", "deletionTimestamp") if meta.get(k) is not None},
+                                                   "annotations", "deletionTimestamp", "creationTimestamp") if meta.get(k) is not None},
             "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
 
 
@@ -88,7 +98,8 @@ class Controller:
         self.written: dict[Key, tuple[Any, dict[str, Any]]] = {}
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.applied: dict[tuple[str, str, str], str] = {}
-        self.failure_reasons: dict[tuple[str, str], str] = {}
+        self.lookups = Lookups(client, settings)
+        self.secret_waits: dict[Key, int] = {}
         self.metrics = ResourceMetrics()
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers)
 
@@ -122,6 +133,7 @@ class Controller:
             self.refs.pop(key, None)
             self.written.pop(key, None)
             self.seen.pop(key, None)
+            self.secret_waits.pop(key, None)
             self.metrics.forget(*key)
             return
         if self.written.get(key) != (meta.get("generation"), status):
@@ -193,33 +205,34 @@ class Controller:
         port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
         url = endpoint(self._owner(body), port)
         runs: dict[str, ObservedRun] = {}
-        for child in self.children(key):
+        children = self.children(key)
+        now = datetime.now(UTC)
+        for child in children:
             seen = observe_child(child, url)
+            if seen is not None and pods_worth_a_look(child, seen, now):
+                seen = await self.lookups.explain_waiting(ns, seen)
             if seen is not None:
                 runs[seen.name] = seen
         for run_name, stage, prefix in expected_runs(obs):
             result, progress = await asyncio.to_thread(read_records, self.store, prefix)
             merged = with_store(runs.get(run_name), run_name, stage, result, progress)
             if merged is not None and merged.state is RunState.FAILED and merged.retryable:
-                merged = await self._explain_failure(ns, merged)
+                merged = await self.lookups.explain_failure(ns, merged)
             if merged is not None:
                 runs[run_name] = merged
-        obs = Observed(**{**obs.__dict__, "runs": runs})
-        return reconcile(obs)
-
-    async def _explain_failure(self, ns: str, run: ObservedRun) -> ObservedRun:
-        """Add the stage's own error line (pod termination message) to a failed Job's message."""
-        cached = self.failure_reasons.get((ns, run.name))
-        if cached is None:
-            try:
-                pods = await self.client.list("v1", "Pod", ns, f"batch.kubernetes.io/job-name={run.name}")
-            except ApiError as exc:
-                log.warning("cannot read pods of %s/%s: %s", ns, run.name, exc)
-                return run
-            cached = self.failure_reasons[(ns, run.name)] = pod_failure_reason(pods) or ""
-        if not cached:
-            return run
-        return replace(run, message=f"{cached} (after {run.attempts} attempt(s); {run.message})")
+        obs = replace(obs, runs=runs)
+        decision = reconcile(obs)
+        existing = {c["metadata"]["name"] for c in children}
+        absent = {}
+        for run in decision.runs:
+            if run.name not in existing and (gaps := await self.lookups.missing_secrets(ns, run)):
+                absent[run.name] = gaps
+        if not absent:
+            self.secret_waits.pop(key, None)
+            return decision
+        waits = self.secret_waits.get(key, 0)
+        self.secret_waits[key] = waits + 1
+        return reconcile(replace(obs, missing_secrets=absent, secret_waits=waits))
 
     def _owner(self, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]

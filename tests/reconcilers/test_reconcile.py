@@ -12,7 +12,7 @@ from lmforge.api.contract import ProgressRecord, RecordType, StageName
 from lmforge.api.kinds import Resource
 from lmforge.api.meta import Condition, ConditionStatus, Phase, Status
 from lmforge.operator.reconcile import InputState, Observed, ObservedRun, RunState, reconcile
-from lmforge.operator.reconcile.reconciler import expected_runs
+from lmforge.operator.reconcile.reconciler import expected_runs, secret_backoff
 
 STORE = "s3://bucket/lmforge"
 NOW = "2026-11-29T00:00:00Z"
@@ -60,6 +60,8 @@ class Case:
     runs: dict[str, ObservedRun] = field(default_factory=dict)  # keyed by stage value, renamed below
     status: Status = field(default_factory=Status)
     invalid: str | None = None
+    missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # missing Secrets by stage value
+    secret_waits: int = 0
     # expectations
     phase: Phase = Phase.PENDING
     ready: str = "False"
@@ -78,7 +80,9 @@ def _observed(case: Case) -> Observed:
     for stage, run in case.runs.items():
         name = names.get(stage, stage)
         runs[name] = ObservedRun(**{**run.__dict__, "name": name})
-    return Observed(**{**base.__dict__, "runs": runs})
+    missing = {names.get(stage, stage): gaps for stage, gaps in case.missing.items()}
+    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing,
+                       "secret_waits": case.secret_waits})
 
 
 def _run(stage: StageName, state: RunState, **kw: Any) -> ObservedRun:
@@ -138,6 +142,29 @@ CASES = [
                "serve": _run(StageName.SERVE, RunState.READY, endpoint="http://r:8000/v1")},
          phase=Phase.SERVING, ready="True", reason="Serving", run_stages=["serve"],
          extra={"endpoint": "http://r:8000/v1"}),
+    Case("missing-s3-secret-holds-back-the-job", DATASET,
+         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+         phase=Phase.WAITING, reason="WaitingForSecret",
+         message_has="dataset stage waits for Secret own-s3 (spec.compute.s3CredentialsSecret)",
+         extra={"requeue": 1.0}),
+    Case("secret-retries-back-off", DATASET, missing={"dataset": ("key token in Secret hf (x)",)}, secret_waits=3,
+         phase=Phase.WAITING, reason="WaitingForSecret", message_has="key token in Secret hf",
+         extra={"requeue": 8.0}),
+    Case("missing-secret-does-not-hold-back-a-created-job", DATASET,
+         runs={"dataset": _run(StageName.DATASET, RunState.PENDING)},
+         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+         phase=Phase.PENDING, reason="Pending", run_stages=["dataset"]),
+    Case("serve-waits-for-its-api-key-secret", RELEASE,
+         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
+         missing={"serve": ("Secret api (spec.serving.apiKeySecret) to exist",)},
+         phase=Phase.WAITING, reason="WaitingForSecret", message_has="serve stage waits for Secret api"),
+    Case("stuck-pod-reason-is-relayed", DATASET,
+         runs={"dataset": _run(StageName.DATASET, RunState.PENDING,
+                               message="pod d-0: container trainer: ImagePullBackOff: back-off pulling")},
+         phase=Phase.PENDING, reason="Pending", message_has="ImagePullBackOff: back-off pulling",
+         run_stages=["dataset"]),
 ]
 
 
@@ -165,6 +192,56 @@ def test_reconcile(case: Case) -> None:
         assert gate is not None and gate.status.value == case.extra["gate"]
     if "endpoint" in case.extra:
         assert status.endpoint == case.extra["endpoint"]
+    if "requeue" in case.extra:
+        assert decision.requeue_after == case.extra["requeue"]
+
+
+def test_secret_backoff_doubles_up_to_a_minute() -> None:
+    assert [secret_backoff(n) for n in (0, 1, 2, 5, 6, 100)] == [1.0, 2.0, 4.0, 32.0, 60.0, 60.0]
+
+
+def test_waiting_for_a_secret_posts_one_event_not_one_per_look() -> None:
+    case = next(c for c in CASES if c.name == "missing-s3-secret-holds-back-the-job")
+    first = reconcile(_observed(case), now=NOW)
+    again = reconcile(Observed(**{**_observed(case).__dict__, "status": first.status}), now=NOW)
+    assert [e.reason for e in first.events] == ["WaitingForSecret"] and first.events[0].type == "Warning"
+    assert again.events == [] and again.status == first.status
+
+
+def test_older_release_keeps_serving_while_the_new_one_waits_for_a_secret() -> None:
+    case = next(c for c in CASES if c.name == "serve-waits-for-its-api-key-secret")
+    old = ObservedRun("r-serve-old000", "r-old", RunState.READY, StageName.SERVE, endpoint="http://old/v1")
+    obs = _observed(case)
+    decision = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}}), now=NOW)
+    ready = decision.status.condition("Ready")
+    assert ready is not None and ready.status.value == "True" and ready.reason == "WaitingForSecret"
+    assert old.name not in decision.delete and decision.runs == []
+
+
+def _first(resource: Resource, inputs: dict[str, InputState], runs: dict[str, ObservedRun] | None = None) -> Any:
+    return reconcile(_observed(Case("x", resource, inputs=inputs, runs=runs or {})), now=NOW).runs[0]
+
+
+def test_api_keys_become_secret_env_of_the_stage_that_reads_them() -> None:
+    key = {"name": "api", "key": "token"}
+    release = _res("ModelRelease", "r", {"modelRef": {"uri": "s3://b/m"}, "serving": {"apiKeySecret": key}})
+    compressed = {"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
+                                   result=_result(StageName.COMPRESS, {"model": "cm"}))}
+    compress, serve = _first(release, {}), _first(release, {}, compressed)
+    assert compress.secret_env == {} and serve.stage is StageName.SERVE
+    assert {k: v.model_dump() for k, v in serve.secret_env.items()} == {"LMFORGE_API_KEY": key}
+
+    tasks = [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}]
+    by_url = _res("EvalSuite", "e", {"endpoint": {"url": "http://x/v1", "apiKeySecret": key}, "tasks": tasks})
+    assert {k: v.model_dump() for k, v in _first(by_url, {}).secret_env.items()} == \
+        {"LMFORGE_ENDPOINT_API_KEY": key}
+    by_release = _res("EvalSuite", "e", {"endpoint": {"releaseRef": {"name": "r"}}, "tasks": tasks})
+    serving = _ready("ModelRelease", "r")
+    serving = InputState("ModelRelease", "r", True, serving.status, {"serving": {"apiKeySecret": key}})
+    assert {k: v.model_dump() for k, v in _first(by_release, {"ModelRelease/r": serving}).secret_env.items()} == \
+        {"LMFORGE_ENDPOINT_API_KEY": key}
+    no_key = InputState("ModelRelease", "r", True, serving.status, {"serving": {}})
+    assert _first(by_release, {"ModelRelease/r": no_key}).secret_env == {}
 
 
 def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:

@@ -46,6 +46,11 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["list"]
+# A stage waits (condition WaitingForSecret) until the Secrets its pods mount exist: read one by name.
+# Never list or watch: the operator must not be able to enumerate Secrets.
+- apiGroups: [""]
+  resources: ["secrets"]
+  verbs: ["get"]
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]

@@ -143,6 +143,11 @@ class KubeClient:
         return await self.request("PATCH", path, {"status": status}, content_type="application/merge-patch+json",
                                   ok_missing=True)
 
+    async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """One object, or None when it does not exist."""
+        found = await self.request("GET", path_of(api_version, kind, namespace, name), ok_missing=True)
+        return found if isinstance(found, dict) else None
+
     async def list(self, api_version: str, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         body = await self.request("GET", path_of(api_version, kind, namespace), params={"labelSelector": selector})
         return list(body.get("items") or [])

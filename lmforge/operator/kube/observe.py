@@ -4,6 +4,7 @@ store says (`result.json`, `progress.json`). No client here; the handlers feed i
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import datetime
 from typing import Any
 
 from lmforge.api.contract import ERROR_PREFIX, EXIT_INVALID_SPEC, ProgressRecord, StageName
@@ -114,3 +115,47 @@ def with_store(run: ObservedRun | None, name: str, stage: StageName, result: Pro
         return replace(run, state=RunState.FAILED, retryable=False,
                        message="the stage exited 0 but wrote no result.json (stage contract broken)")
     return replace(run, stage=run.stage or stage, result=result, progress=progress)
+
+
+STUCK_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff",
+                           "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "RunContainerError"})
+"""Container waiting reasons that will not clear by themselves (unlike ContainerCreating)."""
+PODS_LOOK_AFTER_SECONDS = 5.0
+"""Look at a not-yet-running child's pods only once it is this old: a healthy pod is usually
+running by then, so the common case costs no pod LIST at all."""
+
+
+def pods_worth_a_look(child: dict[str, Any], run: ObservedRun, now: datetime) -> bool:
+    """Whether a PENDING run's pods may explain why nothing runs: its Job has pods (`active`) or its
+    Deployment wants replicas, none is ready, and the child is older than `PODS_LOOK_AFTER_SECONDS`."""
+    if run.state is not RunState.PENDING or (child.get("spec") or {}).get("suspend"):
+        return False
+    created = (child.get("metadata") or {}).get("creationTimestamp")
+    if not created:
+        return False
+    age = (now - datetime.fromisoformat(str(created).replace("Z", "+00:00"))).total_seconds()
+    if age < PODS_LOOK_AFTER_SECONDS:
+        return False
+    status = child.get("status") or {}
+    if child.get("kind") == "Job":
+        return int(status.get("active") or 0) > 0
+    return True
+
+
+def pod_waiting_reason(pods: list[dict[str, Any]]) -> str | None:
+    """Why a run's pods do not run: the first unschedulable pod's scheduler message, or the first
+    container stuck in a waiting reason that does not clear by itself (`STUCK_REASONS`)."""
+    for pod in sorted(pods, key=lambda p: p["metadata"].get("name", "")):
+        name = pod["metadata"].get("name", "?")
+        status = pod.get("status") or {}
+        if status.get("phase") not in (None, "Pending", "Running"):
+            continue
+        for cond in status.get("conditions") or []:
+            if cond.get("type") == "PodScheduled" and cond.get("status") == "False":
+                return f"pod {name}: {cond.get('reason') or 'Unschedulable'}: {cond.get('message', '')}".rstrip(": ")
+        for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+            waiting = (cs.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in STUCK_REASONS:
+                detail = f": {waiting['message']}" if waiting.get("message") else ""
+                return f"pod {name}: container {cs.get('name')}: {waiting['reason']}{detail}"
+    return None

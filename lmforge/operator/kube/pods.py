@@ -54,7 +54,7 @@ def env(run: StageRun, settings: Settings) -> list[dict[str, Any]]:
         items["AWS_ENDPOINT_URL"] = {"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint}
     for name, value in {**settings.extra_env, **run.compute.env}.items():
         items[name] = {"name": name, "value": value}
-    for name, ref in run.compute.secret_env.items():
+    for name, ref in {**run.compute.secret_env, **run.secret_env}.items():
         items[name] = {"name": name, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": ref.key}}}
     items["LMFORGE_RUN"] = {"name": "LMFORGE_RUN", "value": run.name}
     return [items[k] for k in sorted(items)]

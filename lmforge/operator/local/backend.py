@@ -272,7 +272,7 @@ class LocalBackend:
     def _env(self, run: StageRun) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         env.update(run.compute.env)
-        for name, ref in run.compute.secret_env.items():  # Secrets come from our own environment
+        for name, ref in {**run.compute.secret_env, **run.secret_env}.items():  # Secrets: from our own env
             value = os.environ.get(ref.key, os.environ.get(ref.name))
             if value is not None:
                 env[name] = value

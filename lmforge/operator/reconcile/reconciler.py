@@ -21,6 +21,15 @@ from lmforge.operator.reconcile.types import Decision, Event, Observed, Observed
 
 POLL_SECONDS = 10.0
 """Re-look at a running resource this often to relay progress from the store."""
+SECRET_RETRY_SECONDS = (1.0, 60.0)
+"""First and longest wait before looking for a missing Secret again (doubling in between):
+Secrets cannot be watched (the operator may `get` them, never list them), so it polls."""
+
+
+def secret_backoff(waits: int) -> float:
+    """Seconds until the next look for a missing Secret, after `waits` looks that found it missing."""
+    first, longest = SECRET_RETRY_SECONDS
+    return min(longest, first * 2 ** min(waits, 16))
 
 
 def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifacts], list[str], list[str]]:
@@ -204,6 +213,20 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
     return b.decision()
 
 
+def _waits_for_secrets(b: _Builder, run: StageRun, seen: ObservedRun | None, ready: bool = False) -> bool:
+    """Hold back a run that does not exist yet while a Secret its pods need is missing: a pod
+    created now would only sit in CreateContainerConfigError. True when it must wait. `ready`:
+    what Ready says meanwhile (True while an older release keeps serving)."""
+    missing = b.obs.missing_secrets.get(run.name) if seen is None else None
+    if not missing:
+        return False
+    message = f"{run.stage.value} stage waits for " + "; ".join(missing)
+    b.cond(ConditionType.READY, ready, Reason.WAITING_FOR_SECRET, message)
+    b.phase(Phase.WAITING, Reason.WAITING_FOR_SECRET, message, warning=True)
+    b.requeue = secret_backoff(b.obs.secret_waits)
+    return True
+
+
 def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
     """Drive a run-to-completion stage; True once it has succeeded (result written)."""
     if seen is not None and seen.result is not None:
@@ -224,6 +247,8 @@ def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
         b.cond(ConditionType.SUCCEEDED, False, Reason.STAGE_FAILED, message)
         b.cond(ConditionType.READY, False, Reason.STAGE_FAILED, message)
         b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
+        return False
+    if _waits_for_secrets(b, run, seen):
         return False
     b.runs.append(run)
     b.status.started_at = b.status.started_at or b.now
@@ -272,6 +297,8 @@ def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, I
         message = f"serve failed: {seen.message or 'no reason given'}"
         b.cond(ConditionType.READY, bool(serving_old), Reason.STAGE_FAILED, message)
         b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
+        return
+    if _waits_for_secrets(b, serve, seen, ready=bool(serving_old)):  # an older release keeps serving
         return
     b.runs.append(serve)
     if seen is not None and seen.state is RunState.READY:

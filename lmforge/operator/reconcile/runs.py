@@ -9,7 +9,9 @@ from typing import Any
 from lmforge.api.alignment import AlignmentJob
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec, Worker
 from lmforge.api.dataset import Dataset
+from lmforge.api.evalsuite import EvalSuite
 from lmforge.api.kinds import KINDS, Resource
+from lmforge.api.meta import SecretKeyRef
 from lmforge.api.pretrain import PretrainJob
 from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.types import StageRun
@@ -57,6 +59,32 @@ def _topology(resource: Resource) -> tuple[int, int, int]:
     return 1, 1, 0
 
 
+SERVING_API_KEY_ENV = "LMFORGE_API_KEY"
+"""Where the serve stage reads `spec.serving.apiKeySecret`."""
+ENDPOINT_API_KEY_ENV = "LMFORGE_ENDPOINT_API_KEY"
+"""Where the evaluate stage reads the evaluated endpoint's API key."""
+
+
+def stage_secret_env(resource: Resource, stage: StageName,
+                     inputs: dict[str, InputArtifacts]) -> dict[str, SecretKeyRef]:
+    """The API keys a stage reads from the environment, as Secret references.
+
+    An EvalSuite evaluating a release's endpoint (`endpoint.releaseRef`) without its own
+    `apiKeySecret` uses the release's `serving.apiKeySecret`: the key the server demands."""
+    if isinstance(resource, ModelRelease) and stage is StageName.SERVE and resource.spec.serving.api_key_secret:
+        return {SERVING_API_KEY_ENV: resource.spec.serving.api_key_secret}
+    if isinstance(resource, EvalSuite) and stage is StageName.EVALUATE and resource.spec.endpoint is not None:
+        endpoint = resource.spec.endpoint
+        if endpoint.api_key_secret is not None:
+            return {ENDPOINT_API_KEY_ENV: endpoint.api_key_secret}
+        if endpoint.release_ref is not None:
+            release = inputs.get(f"ModelRelease/{endpoint.release_ref.name}")
+            ref = ((release.spec or {}).get("serving") or {}).get("apiKeySecret") if release else None
+            if ref:
+                return {ENDPOINT_API_KEY_ENV: SecretKeyRef.model_validate(ref)}
+    return {}
+
+
 def stage_run(
     resource: Resource,
     stage: StageName,
@@ -84,4 +112,5 @@ def stage_run(
         nproc_per_node=nproc if stage in (StageName.PRETRAIN, StageName.ALIGN) else 1,
         gpus_per_node=gpus, workers=workers, long_running=long_running, port=port,
         replicas=replicas if replicas is not None else 1,
+        secret_env=stage_secret_env(resource, stage, inputs),
     )

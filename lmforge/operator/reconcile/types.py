@@ -8,7 +8,7 @@ from typing import Any
 
 from lmforge.api.contract import ProgressRecord, StageName, StageSpec
 from lmforge.api.kinds import Resource
-from lmforge.api.meta import Status
+from lmforge.api.meta import SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
 
 
@@ -54,6 +54,9 @@ class StageRun:
     """Serving port."""
     replicas: int = 1
     """Serving replicas."""
+    secret_env: dict[str, SecretKeyRef] = field(default_factory=dict)
+    """Environment the stage reads from Secrets beyond `compute.secretEnv`: the serving API key
+    (`LMFORGE_API_KEY`) and an evaluated endpoint's key (`LMFORGE_ENDPOINT_API_KEY`)."""
 
     @property
     def resource_key(self) -> str:
@@ -119,6 +122,11 @@ class Observed:
     """Why the spec failed model validation (field path and message)."""
     base_dir: str | None = None
     """Directory the manifest came from (embedded runner), for relative paths."""
+    missing_secrets: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Run name → the Secrets its pods need that the backend could not find, each described with the
+    field that names it. Only runs not created yet are checked (a created pod reports its own)."""
+    secret_waits: int = 0
+    """How many looks in a row already found a Secret missing (drives the retry backoff)."""
     serving_allowed: bool = True
     """False when the runner was told not to serve (`lmforge run --no-serve`): a release then ends
     Succeeded once compressed, without changing its spec (so its run id, and its outputs, stay)."""

@@ -1,0 +1,78 @@
+"""The few reads beyond the caches, each done only when it can change a decision: whether the
+Secrets a new run mounts exist (GET by name: Secrets are never listed or watched), why a pending
+run's pods do not run, and why a failed Job failed (pod LISTs by label)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+
+from lmforge.operator.kube.client import ApiError, KubeClient
+from lmforge.operator.kube.meta import RUN_LABEL
+from lmforge.operator.kube.observe import pod_failure_reason, pod_waiting_reason
+from lmforge.operator.kube.secrets import missing, secret_needs
+from lmforge.operator.reconcile import ObservedRun, StageRun
+from lmforge.operator.settings import Settings
+
+log = logging.getLogger("lmforge.operator")
+SECRET_TTL_SECONDS = 30.0
+"""How long a Secret seen to exist is taken as existing without another GET (many runs share one)."""
+
+
+class Lookups:
+    """Reads through the operator's client, with the small caches that keep them rare."""
+
+    def __init__(self, client: KubeClient, settings: Settings) -> None:
+        self.client = client
+        self.settings = settings
+        self._secrets_seen: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
+        """(namespace, Secret) → (when seen, its key names). Present ones only: absence is re-checked."""
+        self._failure_reasons: dict[tuple[str, str], str] = {}
+        """(namespace, run) → the failed pod's reason; a failed Job does not change any more."""
+
+    async def missing_secrets(self, ns: str, run: StageRun) -> tuple[str, ...]:
+        """What of the Secrets `run` mounts is missing (GET by name; present ones are cached)."""
+        needs = secret_needs(run, self.settings)
+        found: dict[str, frozenset[str] | None] = {}
+        for name in dict.fromkeys(n.name for n in needs):
+            cached = self._secrets_seen.get((ns, name))
+            if cached is not None and time.monotonic() - cached[0] < SECRET_TTL_SECONDS:
+                found[name] = cached[1]
+                continue
+            try:
+                secret = await self.client.get("v1", "Secret", ns, name)
+            except ApiError as exc:  # e.g. a Role without `get secrets`: do not block on a guess
+                log.warning("cannot check Secret %s/%s: %s", ns, name, exc)
+                continue
+            if secret is None:
+                found[name] = None
+                continue
+            keys = frozenset((secret.get("data") or {}).keys())  # names only; values are never kept
+            self._secrets_seen[(ns, name)] = (time.monotonic(), keys)
+            found[name] = keys
+        return missing(needs, found)
+
+    async def explain_waiting(self, ns: str, run: ObservedRun) -> ObservedRun:
+        """Relay why a run's pods do not run (unschedulable, image pull, missing Secret/ConfigMap)."""
+        try:
+            pods = await self.client.list("v1", "Pod", ns, f"{RUN_LABEL}={run.name}")
+        except ApiError as exc:
+            log.warning("cannot read pods of %s/%s: %s", ns, run.name, exc)
+            return run
+        reason = pod_waiting_reason(pods)
+        return replace(run, message=reason) if reason else run
+
+    async def explain_failure(self, ns: str, run: ObservedRun) -> ObservedRun:
+        """Add the stage's own error line (pod termination message) to a failed Job's message."""
+        cached = self._failure_reasons.get((ns, run.name))
+        if cached is None:
+            try:
+                pods = await self.client.list("v1", "Pod", ns, f"batch.kubernetes.io/job-name={run.name}")
+            except ApiError as exc:
+                log.warning("cannot read pods of %s/%s: %s", ns, run.name, exc)
+                return run
+            cached = self._failure_reasons[(ns, run.name)] = pod_failure_reason(pods) or ""
+        if not cached:
+            return run
+        return replace(run, message=f"{cached} (after {run.attempts} attempt(s); {run.message})")
