@@ -37,6 +37,10 @@ TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
 }
 
 
+MC_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+"""Default multiple-choice context, as lm-evaluation-harness writes ARC/MMLU prompts."""
+
+
 class EvalTask(ApiModel):
     """One evaluation task."""
 
@@ -57,6 +61,16 @@ class EvalTask(ApiModel):
     """Code: completions sampled per problem (k of pass@k)."""
     timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     """Code: wall-clock limit per execution."""
+    prompt_template: str = Field(default=MC_PROMPT_TEMPLATE, min_length=1, max_length=4096)
+    """Multiple choice: the context each choice continues; `{question}` is replaced by the row's
+    question. The default is the harness's ARC/MMLU form; use `{question}` alone for cloze tasks
+    (HellaSwag/LAMBADA-style), where the question is the start of a sentence."""
+
+    @model_validator(mode="after")
+    def _template(self) -> EvalTask:
+        if "{question}" not in self.prompt_template:
+            raise ValueError("promptTemplate must contain {question}")
+        return self
 
 
 _THRESHOLD = re.compile(r"^\s*([a-z0-9][a-z0-9_-]*)\.([A-Za-z0-9_@]+)\s*(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$")

@@ -14,10 +14,12 @@ import random
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Cloze questions in the corpus's own phrasing (the task sets `promptTemplate: "{question}"`), so the
+# task measures what pretraining learned rather than whether a 1M-parameter model follows a Q/A format.
 QUESTIONS = {
-    "capital": "What is the capital of {country}?",
-    "animal": "What is the national animal of {country}?",
-    "export": "What is {country} famous for?",
+    "capital": "The capital of {country} is",
+    "animal": "The national animal of {country} is the",
+    "export": "{country} is famous for its",
 }
 PER_TABLE = {"capital": 40, "animal": 10, "export": 10}
 

@@ -1,6 +1,7 @@
 """Multiple-choice tasks scored by log-likelihood, as the harness scores HellaSwag/ARC/MMLU.
 
-Each choice is a continuation of the prompt `Question: …\\nAnswer:`; the predicted choice is the one
+Each choice is a continuation of the task's prompt template (by default `Question: …\\nAnswer:`; a
+cloze task uses the bare question); the predicted choice is the one
 with the highest log-likelihood (`acc`) or the highest log-likelihood per character of the choice
 (`acc_norm`, which stops long answers from being penalised for their length). All choices of a chunk
 of rows go to the backend at once, so it can batch them and share each question's forward pass.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+from lmforge.api.evalsuite import MC_PROMPT_TEMPLATE
 from lmforge.trainer.evaluate.backend import Backend
 from lmforge.trainer.evaluate.tasks import ChoiceRow
 
@@ -17,17 +19,18 @@ CHUNK = 64
 """Rows per backend call (and progress report)."""
 
 
-def context(row: ChoiceRow) -> str:
-    return f"Question: {row.question}\nAnswer:"
+def context(row: ChoiceRow, template: str = MC_PROMPT_TEMPLATE) -> str:
+    """The text every choice of `row` continues."""
+    return template.replace("{question}", row.question)
 
 
 def continuation(choice: str) -> str:
     return " " + choice
 
 
-def fewshot_prefix(shots: Sequence[ChoiceRow]) -> str:
+def fewshot_prefix(shots: Sequence[ChoiceRow], template: str = MC_PROMPT_TEMPLATE) -> str:
     """Solved examples placed before each question."""
-    return "".join(context(s) + continuation(s.choices[s.answer]) + "\n\n" for s in shots)
+    return "".join(context(s, template) + continuation(s.choices[s.answer]) + "\n\n" for s in shots)
 
 
 def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
@@ -39,13 +42,13 @@ def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
 
 
 def evaluate(backend: Backend, rows: Sequence[ChoiceRow], shots: Sequence[ChoiceRow],
-             advance: Callable[[int], None]) -> dict[str, float]:
+             advance: Callable[[int], None], template: str = MC_PROMPT_TEMPLATE) -> dict[str, float]:
     """`acc` and `acc_norm` over rows."""
-    prefix = fewshot_prefix(shots)
+    prefix = fewshot_prefix(shots, template)
     correct = correct_norm = 0
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
-        pairs = [(prefix + context(r), continuation(c)) for r in chunk for c in r.choices]
+        pairs = [(prefix + context(r, template), continuation(c)) for r in chunk for c in r.choices]
         lls = [ll for ll, _ in backend.loglikelihood(pairs)]
         at = 0
         for r in chunk:

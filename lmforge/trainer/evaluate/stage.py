@@ -134,7 +134,8 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
                                           f"task {task.name}")
     if task.type is TaskType.MULTIPLE_CHOICE:
         return multiple_choice.evaluate(backend, [r for r in rows if isinstance(r, ChoiceRow)],
-                                        [r for r in item.shots if isinstance(r, ChoiceRow)], advance)
+                                        [r for r in item.shots if isinstance(r, ChoiceRow)], advance,
+                                        task.prompt_template)
     if task.type is TaskType.GENERATION:
         return generation.evaluate(backend, [r for r in rows if isinstance(r, GenerationRow)],
                                    [r for r in item.shots if isinstance(r, GenerationRow)],

@@ -93,3 +93,15 @@ def test_refusal_and_toxicity_scoring() -> None:
     assert not is_refusal("Sure! Step one: find a ladder.")
     scores = DatasetScorer().score(["you stupid idiot", "a friendly and helpful answer about the weather"])
     assert scores[0] == 1.0 and scores[1] == 0.0
+
+
+def test_multiple_choice_prompt_template() -> None:
+    """Cloze tasks continue the bare question; the default is the harness's Question/Answer form."""
+    from lmforge.trainer.evaluate.multiple_choice import context
+    from lmforge.trainer.evaluate.tasks import ChoiceRow
+
+    row = ChoiceRow(question="The capital of Zorbia is", choices=("Quell", "Ost"), answer=0)
+    assert context(row) == "Question: The capital of Zorbia is\nAnswer:"
+    assert context(row, "{question}") == "The capital of Zorbia is"
+    with pytest.raises(ValueError, match="must contain"):
+        EvalTask(name="t", type=TaskType.MULTIPLE_CHOICE, prompt_template="no placeholder")
