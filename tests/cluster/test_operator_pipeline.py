@@ -44,6 +44,10 @@ def _run_stage(cp: ControlPlane, op: Any, ns: str, selector: str, stage: StageNa
 def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str) -> None:
     cp, ns = control_plane, namespace
     with running_operator(cp, ns) as op:
+        # The example's PretrainJob names the store credentials Secret; without it, it would wait
+        # (WaitingForSecret, see test_operator_secrets.py). Create it, as a user must.
+        cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lmforge-s3"},
+                  "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}, namespace=ns)
         cp.kubectl("apply", f"--namespace={ns}", "-f", str(REPO / "examples/cluster/pipeline.yaml"))
 
         # Dataset: an Indexed Job of 16 workers; nothing downstream starts meanwhile.
