@@ -23,6 +23,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.cluster.controlplane import ControlPlane, build, eventually  # noqa: E402
 from tests.cluster.operator_harness import running_operator  # noqa: E402
+from tests.support.prometheus import free_port  # noqa: E402
 
 
 def dataset(name: str) -> dict[str, Any]:
@@ -64,6 +65,33 @@ def pct(values: list[float], q: float) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
 
 
+def histograms(port: int) -> dict[str, dict[str, float]]:
+    """Where the operator's time went, from its own /metrics: per histogram the count, the mean and
+    the upper bound of the bucket holding the 99th percentile (seconds)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out: dict[str, dict[str, float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name not in ("lmforge_workqueue_wait_seconds", "lmforge_reconcile_duration_seconds"):
+            continue
+        buckets: dict[float, float] = {}
+        total = count = 0.0
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                buckets[le] = buckets.get(le, 0.0) + sample.value
+            elif sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+        p99 = next((le for le, n in sorted(buckets.items()) if n >= 0.99 * count), float("inf"))
+        out[family.name] = {"count": count, "mean_s": round(total / max(count, 1), 4), "p99_le_s": p99}
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -85,27 +113,32 @@ def main() -> int:
                                f"/apis/batch/v1/namespaces/{base_ns}/jobs", f"/api/v1/namespaces/{base_ns}/pods", n,
                                lambda pod: (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"))
         ns = cp.create_namespace("bench-operator")
-        with running_operator(cp, ns) as op:
+        port = free_port()
+        with running_operator(cp, ns, env={"LMFORGE_METRICS_PORT": str(port),
+                                           "LMFORGE_METRICS_ADDR": "127.0.0.1"}) as op:
             time.sleep(3)  # let the operator finish starting (its start is not what we measure)
             ours = parent_to_child(cp, ns, [dataset(f"d{i:04d}") for i in range(n)],
                                    f"/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets",
                                    f"/apis/batch/v1/namespaces/{ns}/jobs", n,
                                    lambda job: (job["metadata"].get("labels") or {}).get("lmforge.io/dataset"))
+            spent = histograms(port)
             assert op.proc is not None
             rss_ns = cp.create_namespace("bench-rss")
-        with running_operator(cp, rss_ns) as op2:
-            time.sleep(3)
-            m = args.rss_resources
-            for start in range(0, m, 250):
-                cp.apply(*[dataset(f"r{i:04d}") for i in range(start, min(m, start + 250))], namespace=rss_ns)
+        rss = float("nan")
+        if args.rss_resources:  # 0 skips the RSS half (e.g. while profiling latency)
+            with running_operator(cp, rss_ns) as op2:
+                time.sleep(3)
+                m = args.rss_resources
+                for start in range(0, m, 250):
+                    cp.apply(*[dataset(f"r{i:04d}") for i in range(start, min(m, start + 250))], namespace=rss_ns)
 
-            def settled() -> bool:
-                items = cp.kubectl_json("get", "datasets", f"--namespace={rss_ns}", timeout=120)["items"]
-                return len(items) == m and all((i.get("status") or {}).get("phase") for i in items)
+                def settled() -> bool:
+                    items = cp.kubectl_json("get", "datasets", f"--namespace={rss_ns}", timeout=120)["items"]
+                    return len(items) == m and all((i.get("status") or {}).get("phase") for i in items)
 
-            eventually(settled, timeout=600, interval=2, what=f"{m} resources reconciled", abort=op2.dead)
-            assert op2.proc is not None
-            rss = peak_rss_mb(op2.proc.pid)
+                eventually(settled, timeout=600, interval=2, what=f"{m} resources reconciled", abort=op2.dead)
+                assert op2.proc is not None
+                rss = peak_rss_mb(op2.proc.pid)
         result = {
             "resources": n,
             "operator_apply_to_job_p50_s": round(pct(ours, 50), 3),
@@ -113,6 +146,8 @@ def main() -> int:
             "baseline_job_controller_job_to_pod_p50_s": round(pct(base, 50), 3),
             "baseline_job_controller_job_to_pod_p99_s": round(pct(base, 99), 3),
             "ratio_p99_operator_over_baseline": round(pct(ours, 99) / max(pct(base, 99), 1e-3), 2),
+            "operator_queue_wait": spent.get("lmforge_workqueue_wait_seconds"),
+            "operator_reconcile": spent.get("lmforge_reconcile_duration_seconds"),
             "rss_resources": args.rss_resources,
             "operator_peak_rss_mb": round(rss, 1),
         }

@@ -36,7 +36,7 @@ from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
 from lmforge.operator.kube.observe import pods_worth_a_look, with_store
 from lmforge.operator.kube.serving import endpoint
 from lmforge.operator.lookups import Lookups
-from lmforge.operator.metrics import RECONCILE_SECONDS, RECONCILES, ResourceMetrics
+from lmforge.operator.metrics import QUEUE_WAIT_SECONDS, RECONCILE_SECONDS, RECONCILES, ResourceMetrics
 from lmforge.operator.reconcile import (
     Decision,
     Event,
@@ -101,7 +101,8 @@ class Controller:
         self.lookups = Lookups(client, settings)
         self.secret_waits: dict[Key, int] = {}
         self.metrics = ResourceMetrics()
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers)
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers,
+                                               on_wait=QUEUE_WAIT_SECONDS.observe)
 
     # ------------------------------------------------------------------ cache reads
 

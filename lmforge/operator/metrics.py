@@ -19,6 +19,10 @@ RECONCILES = Counter("lmforge_reconciles", "Reconciles by kind and outcome (ok, 
                      ["kind", "outcome"], registry=REGISTRY)
 RECONCILE_SECONDS = Histogram("lmforge_reconcile_duration_seconds", "Wall time of one reconcile.", ["kind"],
                               buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
+QUEUE_WAIT_SECONDS = Histogram("lmforge_workqueue_wait_seconds",
+                               "Time a resource waited in the work queue before its reconcile started.",
+                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                               registry=REGISTRY)
 RESOURCES = Gauge("lmforge_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
 JOB_SECONDS = Histogram("lmforge_stage_duration_seconds", "Start to finish of a resource's stage run.",
                         ["kind", "outcome"], buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600, 7 * 86400),

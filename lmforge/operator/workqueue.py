@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -21,10 +22,14 @@ class WorkQueue(Generic[K]):
     """`add`/`add_after` from anywhere on the loop; `workers` tasks run `handle(key)`."""
 
     def __init__(self, handle: Callable[[K], Awaitable[float | None]], workers: int,
-                 base_backoff: float = 0.5, max_backoff: float = 60.0) -> None:
+                 base_backoff: float = 0.5, max_backoff: float = 60.0,
+                 on_wait: Callable[[float], None] | None = None) -> None:
         self._handle = handle
+        self._on_wait = on_wait
+        """Told how long each key sat queued before a worker took it (seconds; a metric)."""
         self._queue: asyncio.Queue[K] = asyncio.Queue()
-        self._queued: set[K] = set()
+        self._queued: dict[K, float] = {}
+        """Queued keys → when they were queued (monotonic)."""
         self._active: set[K] = set()
         self._dirty: set[K] = set()
         self._timers: dict[K, asyncio.TimerHandle] = {}
@@ -51,7 +56,7 @@ class WorkQueue(Generic[K]):
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._queued:
-            self._queued.add(key)
+            self._queued[key] = time.monotonic()
             self._queue.put_nowait(key)
 
     def add_after(self, key: K, delay: float) -> None:
@@ -74,7 +79,9 @@ class WorkQueue(Generic[K]):
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
-            self._queued.discard(key)
+            since = self._queued.pop(key, None)
+            if since is not None and self._on_wait is not None:
+                self._on_wait(time.monotonic() - since)
             self._active.add(key)
             try:
                 requeue = await self._handle(key)

@@ -1,0 +1,46 @@
+"""The operator's work queue: keys de-duplicated while queued, one reconcile per key at a time, a
+key touched during its reconcile queued once more, and the queue wait reported (a metric)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from lmforge.operator.workqueue import WorkQueue
+
+
+def test_dedup_serialises_and_reports_waits() -> None:
+    async def scenario() -> tuple[list[str], list[float], int]:
+        calls: list[str] = []
+        waits: list[float] = []
+        gate = asyncio.Event()
+        running: set[str] = set()
+        overlap = 0
+
+        async def handle(key: str) -> float | None:
+            nonlocal overlap
+            overlap += key in running
+            running.add(key)
+            calls.append(key)
+            if key == "a" and calls.count("a") == 1:
+                await gate.wait()  # held while "a" is touched again
+            running.discard(key)
+            return None
+
+        queue: WorkQueue[str] = WorkQueue(handle, workers=4, on_wait=waits.append)
+        queue.start()
+        for key in ("a", "b", "b", "c"):
+            queue.add(key)
+        while calls.count("a") < 1 or "c" not in calls:
+            await asyncio.sleep(0.001)
+        queue.add("a")  # during a's reconcile: deferred, not run alongside
+        queue.add("a")
+        gate.set()
+        while calls.count("a") < 2:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        await queue.stop()
+        return calls, waits, overlap
+
+    calls, waits, overlap = asyncio.run(scenario())
+    assert sorted(calls) == ["a", "a", "b", "c"] and overlap == 0
+    assert len(waits) == 4 and all(w >= 0 for w in waits)
