@@ -7,6 +7,12 @@ and once with LoRA r=16 on the attention and MLP projections. Each run is a fres
 own `ru_maxrss` is printed as it exits, so the figures are the processes' true peaks.
 Goal: LoRA peak RSS ≤ 0.6× full.
 
+Where the peaks come from (the runs use the default bf16 precision): full SFT peaks in training (fp32
+weights, gradients, two AdamW moments, autocast's cached bf16 weight copies). LoRA trains on a bf16
+copy of the frozen base (no fp32 weights, no per-matmul bf16 casts kept for backward); its peak is
+either loading (the fp32 file's pages plus the bf16 copy) or the merged export, which reloads the
+fp32 base after the trainer's memory is released and merges the adapter into it.
+
     ~/.cache/lmforge/venv/bin/python benchmarks/align_lora_memory.py
 """
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lmforge.api.alignment import AlignmentJob, AlignmentJobSpec
+from lmforge.api.alignment import AdapterType, AlignmentJob, AlignmentJobSpec
 from lmforge.api.training import Precision
 from lmforge.store import open_store, read_manifest
 from lmforge.trainer.artifacts import fetch, split_uri
@@ -100,22 +100,43 @@ def check_precision(spec: AlignmentJobSpec) -> None:
         raise InvalidInput("spec.training.precision: fp16 needs a GPU; use bf16 or fp32 on the CPU")
 
 
-def load_model(path: Path, spec: AlignmentJobSpec, *, reward_head: bool = False) -> Any:
+def frozen_in_bf16(spec: AlignmentJobSpec) -> bool:
+    """Whether a LoRA base is loaded in bf16 under a bf16 run on the CPU.
+
+    Frozen weights need no fp32 master copy: the trainer's autocast computes in bf16 anyway, and with
+    fp32 weights every frozen matmul also keeps a bf16 cast of its weight for the backward pass, so the
+    base costs 4 + 2 bytes a weight instead of 2. The LoRA matrices stay fp32 (peft upcasts adapters)
+    and a merged output is merged into the base reloaded at its stored precision (`lora.merge_into`).
+    """
+    return spec.training.precision is Precision.BF16 and spec.adapter.type is AdapterType.LORA and not on_gpu(spec)
+
+
+def load_model(path: Path, spec: AlignmentJobSpec, *, reward_head: bool = False, autocast: bool = True,
+               stored_precision: bool = False) -> Any:
     """The base as a causal LM (or, for a reward model, a one-label sequence classifier), 4-bit
-    quantised for QLoRA. Weights stay fp32 on the CPU; bf16 comes from autocast in the trainer."""
+    quantised for QLoRA.
+
+    Trained weights stay at the stored precision (fp32) on the CPU, bf16 coming from the trainer's
+    autocast; a frozen LoRA base under bf16 is loaded in bf16 when the caller trains under autocast
+    (`frozen_in_bf16`; our PPO loop does not). `stored_precision` loads the weights as saved.
+    """
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from lmforge.trainer.align.lora import quantization_config
 
     kwargs: dict[str, Any] = {}
-    if on_gpu(spec) and spec.training.precision is Precision.BF16:
+    bf16 = on_gpu(spec) and spec.training.precision is Precision.BF16
+    if not stored_precision and (bf16 or (autocast and frozen_in_bf16(spec))):
         kwargs["dtype"] = torch.bfloat16
-    quant = quantization_config(spec)
+    quant = quantization_config(spec) if not stored_precision else None
     if quant is not None:
         kwargs["quantization_config"] = quant
     if reward_head:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, **kwargs)
+        head = getattr(model, "score", None)
+        if "dtype" in kwargs and not on_gpu(spec) and head is not None:
+            head.to(torch.float32)  # the new head trains fully (modules_to_save): fp32 under AdamW
     else:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     if model.config.pad_token_id is None and model.config.eos_token_id is not None:

@@ -8,6 +8,9 @@ full-precision LoRA.
 
 from __future__ import annotations
 
+import gc
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lmforge.api.alignment import AdapterType, AlignmentJobSpec
@@ -75,3 +78,30 @@ def wrap(model: Any, spec: AlignmentJobSpec, task_type: str = "CAUSAL_LM") -> An
     if spec.adapter.type is AdapterType.QLORA:
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=spec.training.gradient_checkpointing)
     return get_peft_model(model, lora_config(spec, task_type))
+
+
+def reattach(base: Callable[[], Any], adapter_dir: Path) -> Any:
+    """A saved adapter on a fresh copy of its base (`base()` loads it at the stored precision), so that
+    merging adds the LoRA update to the original weights rather than to their bf16 rounding (a bf16
+    weight has 8 significant bits: a small update would partly round away). The caller has already
+    dropped the trained model; it sits in reference cycles with the trainer, hence the collection
+    before the base is loaded again."""
+    from peft import PeftModel
+
+    gc.collect()
+    release_freed_memory()
+    return PeftModel.from_pretrained(base(), adapter_dir)
+
+
+def release_freed_memory() -> None:
+    """Hand memory the allocator keeps after the training objects are freed back to the OS (glibc
+    keeps freed heap pages mapped; `malloc_trim` returns them), so the next model's pages do not add
+    to a peak made of garbage. A no-op where the C library has no `malloc_trim`."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)

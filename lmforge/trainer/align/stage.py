@@ -11,12 +11,19 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from lmforge.api.alignment import AdapterType, AlignmentJob, AlignmentMethod
+from lmforge.api.alignment import AdapterOutput, AdapterType, AlignmentJob, AlignmentMethod
 from lmforge.trainer.align import hf
-from lmforge.trainer.align.base import BaseModel, check_precision, load_model, load_tokenizer, resolve_base
+from lmforge.trainer.align.base import (
+    BaseModel,
+    check_precision,
+    frozen_in_bf16,
+    load_model,
+    load_tokenizer,
+    resolve_base,
+)
 from lmforge.trainer.align.data import Example, load_rows, split
 from lmforge.trainer.align.export import export
-from lmforge.trainer.align.lora import require_qlora_runtime, wrap
+from lmforge.trainer.align.lora import reattach, require_qlora_runtime, wrap
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
 
@@ -101,7 +108,7 @@ def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train:
         rm = AutoModelForSequenceClassification.from_pretrained(rpath, num_labels=1)
         rtok = load_tok(rpath, spec)
         scorer = ppo.model_scorer(rm, rtok, rtok.chat_template)
-    policy = wrap(load_model(base.path, spec), spec)
+    policy = wrap(load_model(base.path, spec, autocast=False), spec)  # our loop has no autocast
     loop = ppo.PpoLoop(spec, policy, tok, tok.chat_template, train + val, scorer)
     checkpoints = CheckpointStore(ctx.output, spec.checkpoint.keep_last, publish=hf.is_main())
     metrics = ppo.train(ctx, loop, checkpoints, ctx.work_dir / "ppo")
@@ -117,6 +124,12 @@ METHODS = {
     AlignmentMethod.IPO: _preference,
     AlignmentMethod.PPO: _ppo,
 }
+
+
+def _merges_reloaded_base(job: AlignmentJob) -> bool:
+    """A merged output of a LoRA trained on a bf16 copy of the base (all methods but our PPO loop)."""
+    spec = job.spec
+    return frozen_in_bf16(spec) and spec.method is not AlignmentMethod.PPO and spec.adapter.output is AdapterOutput.MERGED
 
 
 def run(ctx: StageContext) -> dict[str, str]:
@@ -146,4 +159,10 @@ def run(ctx: StageContext) -> dict[str, str]:
     if not hf.is_main():
         ctx.extra["result"] = "rank 0 reports"
         return {}
+    if _merges_reloaded_base(job):
+        adapter_dir = ctx.work_dir / "trained-adapter"
+        model.save_pretrained(adapter_dir)
+        del model  # the bf16 training base goes before the stored-precision one is loaded
+        reward = spec.method is AlignmentMethod.REWARD
+        model = reattach(lambda: load_model(base.path, spec, reward_head=reward, stored_precision=True), adapter_dir)
     return export(ctx, job, model, tok, base, data_uri, metrics)

@@ -126,3 +126,24 @@ def test_packed_sft_trains(run_stage: RunStage, tiny_model: Path, tmp_path: Path
                                 "sft": {"packing": True}, "training": {**TRAINING, "maxSteps": 10}})
     metrics = ctx.extra["metrics"]
     assert metrics["loss"] < metrics["first_loss"] and set(artifacts) == {"model"}
+
+
+def test_bf16_lora_merges_into_the_stored_base(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+    """Under bf16 the frozen base trains as a bf16 copy; the merged model is still the fp32 base plus the
+    update: untouched weights bit-identical to the base, adapted ones moved."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(32))
+    adapter = {"type": "lora", "r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}
+    ctx, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                                "adapter": adapter, "training": {**TRAINING, "maxSteps": 8, "precision": "bf16"}})
+    assert ctx.extra["metrics"]["loss"] < ctx.extra["metrics"]["first_loss"]
+    base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(Path(artifacts["model"].removeprefix("file://"))).state_dict()
+    assert all(t.dtype == torch.float32 for t in merged.values())
+    for name, weight in base.items():
+        if "q_proj" in name or "v_proj" in name:
+            assert not torch.equal(merged[name], weight), name
+        else:
+            assert torch.equal(merged[name], weight), name
