@@ -22,10 +22,12 @@ class QuantMethod(StrEnum):
     INT4 = "int4"
     """INT4 weight-only (W4A16), symmetric, per `groupSize` weights, round-to-nearest."""
     INT4_GPTQ = "int4-gptq"
-    """INT4 weight-only, GPTQ. Refused by the compress stage for now: it needs llm-compressor, whose
-    compressed-tensors pin conflicts with vLLM 0.32's; use `int4`."""
+    """INT4 weight-only (W4A16, same format as `int4`), GPTQ: rounding errors compensated column by
+    column with each layer's input statistics from the calibration rows."""
     INT4_AWQ = "int4-awq"
-    """INT4 weight-only, AWQ-style. Refused for now, as `int4-gptq`."""
+    """INT4 weight-only (W4A16, same format as `int4`), AWQ-style: input channels scaled by their mean
+    calibration activation (inverse folded into the preceding RMSNorm/Linear), then round-to-nearest.
+    Llama/Mistral/Qwen2/Qwen3 architectures."""
 
 
 class Quantization(ApiModel):
@@ -36,8 +38,8 @@ class Quantization(ApiModel):
     group_size: int = Field(default=128, ge=8, le=4096)
     """Weights per quantization group (INT4); every quantized layer's input width must be a multiple."""
     calibration_samples: int = Field(default=64, ge=1, le=65536)
-    """Sequences from the calibration Dataset's validation split (held-out rows the before/after
-    perplexity is measured on; the round-to-nearest schemes need no activation statistics)."""
+    """Sequences from the calibration Dataset's validation split: the held-out rows the before/after
+    perplexity is measured on, and GPTQ/AWQ's calibration activations (round-to-nearest schemes need none)."""
     calibration_dataset_ref: LocalRef | None = None
     """Dataset for calibration; default the model's training Dataset."""
     max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)

@@ -4,9 +4,10 @@ compressed-tensors (the format library vLLM itself reads these checkpoints with,
 0.17.0) attaches a scheme to each Linear, holds the scales, packs the weights and writes the
 `quantization_config` into config.json. What is ours: choosing the scheme, computing round-to-nearest
 scales from each weight's own min/max (weights-only schemes need no activation statistics, and W8A8
-quantizes activations dynamically per token), and knowing which schemes vLLM's CPU build can run.
-llm-compressor (GPTQ/AWQ) is not used: every release of it pins a compressed-tensors other than
-vLLM 0.32's.
+quantizes activations dynamically per token), GPTQ's error-compensated INT4 weights (`gptq.py`) and
+AWQ's activation-aware scaling before rounding (`awq.py`), both from calibration activations, and
+knowing which schemes vLLM's CPU build can run. llm-compressor is not used: every release of it pins a
+compressed-tensors other than vLLM 0.32's.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from lmforge.api.release import QuantMethod
+from lmforge.trainer.compress import awq, gptq
 from lmforge.trainer.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -42,15 +46,12 @@ SCHEMES: dict[QuantMethod, Scheme] = {
                         "8-bit weight-only; serve it on a GPU, or use w8a8 or int4 on the CPU"),
     QuantMethod.W8A8: Scheme("W8A8", grouped=False, vllm_cpu_reason=None),
     QuantMethod.INT4: Scheme("W4A16", grouped=True, vllm_cpu_reason=None),
+    QuantMethod.INT4_GPTQ: Scheme("W4A16", grouped=True, vllm_cpu_reason=None),
+    QuantMethod.INT4_AWQ: Scheme("W4A16", grouped=True, vllm_cpu_reason=None),
 }
 
 
 def scheme_for(method: QuantMethod) -> Scheme:
-    if method in (QuantMethod.INT4_GPTQ, QuantMethod.INT4_AWQ):
-        raise InvalidInput(
-            f"compression.quantization.method {method.value!r} is not available: GPTQ/AWQ need llm-compressor, "
-            "which pins a compressed-tensors version vLLM 0.32 cannot load beside; use 'int4' "
-            "(round-to-nearest, same checkpoint format)")
     return SCHEMES[method]
 
 
@@ -71,11 +72,14 @@ def check_group_size(model: torch.nn.Module, group_size: int) -> None:
             "divisor of its hidden and intermediate sizes")
 
 
-def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int) -> object:
+def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int, calibration: np.ndarray,
+             ) -> object:
     """Quantize `model` in place; returns the `ModelCompressor` that writes its config on save.
 
     Round-to-nearest: each weight row (or group of `group_size` weights) gets the symmetric scale
-    max|w| / (2^(bits-1) - 1) of its own values, (out, 1) or (out, in / group_size).
+    max|w| / (2^bits / 2 - 0.5) of its own values, (out, 1) or (out, in / group_size). GPTQ instead
+    rounds column by column, compensating the error with the input statistics of the `calibration`
+    rows (N, L) of token ids; AWQ rescales input channels by those statistics, then rounds to nearest.
     """
     import torch
     from compressed_tensors.compressors import ModelCompressor
@@ -97,13 +101,25 @@ def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int) -> ob
     else:
         scheme.weights.strategy = QuantizationStrategy.CHANNEL
         scheme.weights.group_size = None
+    # Activation statistics from the unquantized model, before the quantization wrappers are attached.
+    if method == QuantMethod.INT4_AWQ:
+        awq.apply_scales(model, calibration, scheme.weights)  # then the round-to-nearest below
+    hs = gptq.hessians(model, _targets(model), calibration) if method == QuantMethod.INT4_GPTQ else {}
     config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=SKIP,
                                 quantization_status=QuantizationStatus.INITIALIZED)
     apply_quantization_config(model, config)
     with torch.no_grad():
-        for _, layer in _targets(model):
+        for name, layer in _targets(model):
             module: Any = layer
             args = module.quantization_scheme.weights
+            if name in hs:  # GPTQ: the weight becomes its own dequantized grid values
+                w_q, scale = gptq.quantize_weight(module.weight, hs.pop(name), args, module.weight_scale.dtype)
+                module.weight.copy_(w_q.to(module.weight.dtype))
+                module.weight_scale.copy_(scale.to(module.weight_scale.dtype))
+                if hasattr(module, "weight_zero_point"):
+                    module.weight_zero_point.zero_()  # symmetric
+                module.quantization_status = QuantizationStatus.FROZEN
+                continue
             w = module.weight.float()  # (out, in)
             if args.strategy == QuantizationStrategy.GROUP:
                 w = w.reshape(w.shape[0], -1, args.group_size)  # (out, in / g, g)

@@ -115,7 +115,7 @@ def run(ctx: StageContext) -> dict[str, str]:
             done += 1
         if q.method != QuantMethod.NONE:
             ctx.reporter.progress(done, total, message=f"quantizing ({q.method.value})", force=True)
-            compressor = quantize.quantize(model, q.method, q.group_size)
+            compressor = quantize.quantize(model, q.method, q.group_size, rows)
             done += 1
         out = ctx.work_dir / "model"
         shutil.rmtree(out, ignore_errors=True)

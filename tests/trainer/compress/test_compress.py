@@ -10,11 +10,15 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from lmforge.store import read_manifest
 from lmforge.trainer.artifacts import fetch, split_uri
+from lmforge.trainer.compress.data import Shards
+from lmforge.trainer.compress.report import nll_per_token
 from lmforge.trainer.errors import InvalidInput
 from trainer.compress.world import World
 
@@ -71,15 +75,47 @@ def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(worl
     assert set(ctx.extra["metrics"]) == {"size_ratio", "perplexity_before", "perplexity_after", "perplexity_increase"}
 
 
+def _held_out_scores(model_dir: Path, rows: np.ndarray, reference: Any | None = None) -> tuple[float, float, Any]:
+    """(NLL per token, KL(reference ‖ model) per token, log-probs (N, L, V)) on `rows`."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    with torch.no_grad():
+        logp = torch.log_softmax(model(input_ids=torch.from_numpy(rows)).logits, -1)  # (N, L, V)
+    kl = 0.0 if reference is None else float((reference.exp() * (reference - logp)).sum(-1).mean())
+    return nll_per_token(model, rows), kl, logp
+
+
 @pytest.mark.slow
-def test_int4_loads_and_generates_in_vllm(world: World, tmp_path: Path) -> None:
-    arts, _ = world.compress("i4", {"quantization": {"method": "int4", "groupSize": 32, "maxPerplexityIncrease": 0.5}})
-    rep = _report(arts)
-    assert rep["ratio"] < 0.4 and rep["vllm_cpu"] is True
+def test_int4_gptq_and_awq_beat_round_to_nearest_on_held_out_rows_and_generate_in_vllm(
+        world: World, tmp_path: Path) -> None:
+    # GPTQ/AWQ calibrate on the first 24 validation rows; all are scored on the 24 they never saw. This
+    # teacher sits at its grammar's entropy floor, so INT4 costs little perplexity even with groups of 32
+    # (measured: RTN +0.023%, GPTQ +0.004%, AWQ +0.007%); the KL to the unquantized model shows the gap
+    # plainly (RTN 2.2e-5, GPTQ 1.0e-6, AWQ 1.7e-5 nats/token).
+    calib = 24
+    q = {"groupSize": 32, "calibrationSamples": calib, "maxPerplexityIncrease": 2}
+    rtn, _ = world.compress("i4", {"quantization": {"method": "int4", **q}})
+    gq, _ = world.compress("i4-gptq", {"quantization": {"method": "int4-gptq", **q}})
+    aw, _ = world.compress("i4-awq", {"quantization": {"method": "int4-awq", **q}})
+    held_out = Shards(world.shards_dir).rows("validation")[calib:]
+    assert len(held_out) >= 16
+    full, _, ref = _held_out_scores(world.teacher_dir, held_out)
+    nll, kl = {}, {}
+    for name, arts in (("rtn", rtn), ("gptq", gq), ("awq", aw)):
+        nll[name], kl[name], _ = _held_out_scores(fetch(arts["model"]), held_out, ref)
+    assert full < nll["gptq"] < nll["rtn"] and full < nll["awq"] < nll["rtn"], (full, nll)
+    assert kl["gptq"] < 0.2 * kl["rtn"] and kl["awq"] < kl["rtn"], kl
+    assert _report(aw)["method"] == "int4-awq"
+    rep = _report(gq)
+    assert rep["method"] == "int4-gptq" and rep["ratio"] < 0.4 and rep["vllm_cpu"] is True
+    config = json.loads((fetch(gq["model"]) / "config.json").read_text())["quantization_config"]
+    assert config["config_groups"]["group_0"]["weights"]["group_size"] == 32
     script = tmp_path / "gen.py"
     script.write_text(VLLM_SCRIPT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    done = subprocess.run([sys.executable, str(script), str(fetch(arts["model"]))], capture_output=True, text=True,
+    done = subprocess.run([sys.executable, str(script), str(fetch(gq["model"]))], capture_output=True, text=True,
                           timeout=400, env=env)
     assert "GENERATED 4" in done.stdout, done.stderr[-3000:]
 
@@ -121,6 +157,6 @@ def test_group_size_larger_than_the_layers_is_refused(world: World) -> None:
         world.compress("bad-group", {"quantization": {"method": "int4", "groupSize": 256}})
 
 
-def test_gptq_is_refused_with_the_reason(world: World) -> None:
-    with pytest.raises(InvalidInput, match=r"int4-gptq.*use 'int4'"):
-        world.compress("gptq", {"quantization": {"method": "int4-gptq"}})
+def test_calibrated_int4_is_refused_on_a_model_too_small_for_its_group_size(world: World) -> None:
+    with pytest.raises(InvalidInput, match="groupSize 256 does not divide"):
+        world.compress("bad-group-gptq", {"quantization": {"method": "int4-gptq", "groupSize": 256}})
