@@ -99,6 +99,8 @@ class Controller:
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.applied: dict[tuple[str, str, str], str] = {}
         self.lookups = Lookups(client, settings)
+        self._posting: set[asyncio.Task[None]] = set()
+        """Events being posted (references kept so the tasks are not garbage-collected)."""
         self.secret_waits: dict[Key, int] = {}
         self.metrics = ResourceMetrics()
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers,
@@ -148,8 +150,8 @@ class Controller:
     def on_child_event(self, body: Any) -> None:
         labels = body.get("metadata", {}).get("labels") or {}
         owner = owner_of(labels)
-        if owner is not None:
-            self.queue.add((body["metadata"].get("namespace", ""), KIND_OF_LOWER[owner[0]], owner[1]))
+        if owner is not None:  # routine: a child's status moved; new resources' first reconciles go first
+            self.queue.add((body["metadata"].get("namespace", ""), KIND_OF_LOWER[owner[0]], owner[1]), urgent=False)
 
     # ------------------------------------------------------------------ reconcile
 
@@ -266,8 +268,10 @@ class Controller:
             await self.client.patch_status(API_VERSION, kind, ns, name, patch)
         self.written[key] = (body["metadata"].get("generation"), new)
         self.metrics.observe(ns, kind, name, decision.status)
-        for event in decision.events:
-            await self._post_event(owner, body, event)
+        for event in decision.events:  # off the worker: an Event never delays the next resource's Job
+            task = asyncio.create_task(self._post_event(owner, body, event))
+            self._posting.add(task)
+            task.add_done_callback(self._posting.discard)
 
     async def _delete_run(self, ns: str, run_name: str) -> None:
         for api_version, kind, name in (("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
@@ -292,6 +296,11 @@ class Controller:
             await self.client.create(obj)
         except ApiError as exc:  # an Event is a courtesy; never fail a reconcile for it
             log.warning("cannot post event %s on %s/%s: %s", event.reason, owner.namespace, owner.name, exc)
+
+    async def flush_events(self, timeout: float = 5.0) -> None:
+        """Let Events still being posted finish (on shutdown), for at most `timeout` seconds."""
+        if self._posting:
+            await asyncio.wait(set(self._posting), timeout=timeout)
 
     async def cleanup_store(self, kind: str, name: str) -> None:
         """Delete everything a resource published (only with store clean-up configured)."""
@@ -322,6 +331,7 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
     @kopf.on.cleanup(registry=registry)
     async def _cleanup(**_: Any) -> None:
         await ctl.queue.stop()
+        await ctl.flush_events()
         await ctl.client.close()
 
     for info in KINDS.values():

@@ -4,11 +4,16 @@ Why: kopf calls a handler per watch event, but a resource must be reconciled as 
 time, however many events (its own, its children's, its inputs') arrive meanwhile. Keys are
 de-duplicated while queued; a key that changes while being reconciled is queued again when that
 reconcile ends; delayed re-adds implement `requeue_after` and per-key exponential backoff on errors.
+
+Two lanes: an *urgent* add (a resource created or changed, an input that became Ready: work that
+creates children) goes before the *routine* ones (a child's status moved, a progress poll, a retry),
+so 200 resources applied at once get their Jobs before anyone re-reads the Jobs already made.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Hashable
@@ -27,11 +32,15 @@ class WorkQueue(Generic[K]):
         self._handle = handle
         self._on_wait = on_wait
         """Told how long each key sat queued before a worker took it (seconds; a metric)."""
-        self._queue: asyncio.Queue[K] = asyncio.Queue()
-        self._queued: dict[K, float] = {}
-        """Queued keys → when they were queued (monotonic)."""
+        self._queue: asyncio.PriorityQueue[tuple[int, int, K]] = asyncio.PriorityQueue()
+        """(lane: 0 urgent, 1 routine; arrival order; key). A key promoted to urgent leaves a stale
+        routine entry behind, skipped when popped."""
+        self._seq = itertools.count()
+        self._queued: dict[K, tuple[float, int]] = {}
+        """Queued keys → (when queued, monotonic; lane)."""
         self._active: set[K] = set()
-        self._dirty: set[K] = set()
+        self._dirty: dict[K, bool] = {}
+        """Keys touched during their reconcile → whether any of those touches was urgent."""
         self._timers: dict[K, asyncio.TimerHandle] = {}
         self._failures: dict[K, int] = {}
         self._workers = workers
@@ -48,16 +57,21 @@ class WorkQueue(Generic[K]):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def add(self, key: K) -> None:
-        """Queue `key` now (no-op if already queued; deferred if being reconciled)."""
+    def add(self, key: K, urgent: bool = True) -> None:
+        """Queue `key` now (no-op if already queued in the same or a faster lane; deferred if being
+        reconciled)."""
         timer = self._timers.pop(key, None)
         if timer is not None:
             timer.cancel()
+        lane = 0 if urgent else 1
         if key in self._active:
-            self._dirty.add(key)
-        elif key not in self._queued:
-            self._queued[key] = time.monotonic()
-            self._queue.put_nowait(key)
+            self._dirty[key] = self._dirty.get(key, False) or urgent
+            return
+        queued = self._queued.get(key)
+        if queued is not None and queued[1] <= lane:
+            return
+        self._queued[key] = (queued[0] if queued else time.monotonic(), lane)
+        self._queue.put_nowait((lane, next(self._seq), key))
 
     def add_after(self, key: K, delay: float) -> None:
         """Queue `key` after `delay` seconds unless an earlier add already is pending."""
@@ -71,17 +85,20 @@ class WorkQueue(Generic[K]):
 
     def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
-        self.add(key)
+        self.add(key, urgent=False)
 
     def __len__(self) -> int:
         return len(self._queued) + len(self._active)
 
     async def _work(self) -> None:
         while True:
-            key = await self._queue.get()
-            since = self._queued.pop(key, None)
-            if since is not None and self._on_wait is not None:
-                self._on_wait(time.monotonic() - since)
+            lane, _, key = await self._queue.get()
+            queued = self._queued.get(key)
+            if queued is None or queued[1] != lane:
+                continue  # stale: the key was promoted to the urgent lane, or already taken
+            del self._queued[key]
+            if self._on_wait is not None:
+                self._on_wait(time.monotonic() - queued[0])
             self._active.add(key)
             try:
                 requeue = await self._handle(key)
@@ -95,7 +112,6 @@ class WorkQueue(Generic[K]):
             finally:
                 self._active.discard(key)
             if key in self._dirty:
-                self._dirty.discard(key)
-                self.add(key)
+                self.add(key, urgent=self._dirty.pop(key))
             elif requeue is not None:
                 self.add_after(key, requeue)

@@ -44,3 +44,34 @@ def test_dedup_serialises_and_reports_waits() -> None:
     calls, waits, overlap = asyncio.run(scenario())
     assert sorted(calls) == ["a", "a", "b", "c"] and overlap == 0
     assert len(waits) == 4 and all(w >= 0 for w in waits)
+
+
+def test_urgent_keys_go_before_routine_ones_and_a_routine_key_can_be_promoted() -> None:
+    async def scenario() -> list[str]:
+        calls: list[str] = []
+        gate = asyncio.Event()
+
+        async def handle(key: str) -> float | None:
+            calls.append(key)
+            if key == "first":
+                await gate.wait()  # the only worker is busy while the others queue up
+            return None
+
+        queue: WorkQueue[str] = WorkQueue(handle, workers=1)
+        queue.start()
+        queue.add("first")
+        while not calls:
+            await asyncio.sleep(0.001)
+        queue.add("child-moved", urgent=False)
+        queue.add("new-resource")
+        queue.add("poll", urgent=False)
+        queue.add("poll")  # promoted: runs once, in the urgent lane
+        queue.add("new-resource", urgent=False)  # already urgent: stays so, not queued twice
+        gate.set()
+        while len(calls) < 4:
+            await asyncio.sleep(0.001)
+        await asyncio.sleep(0.01)
+        await queue.stop()
+        return calls
+
+    assert asyncio.run(scenario()) == ["first", "new-resource", "poll", "child-moved"]

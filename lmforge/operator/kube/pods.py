@@ -23,9 +23,14 @@ def config_map_name(run: StageRun) -> str:
     return f"{run.name}-spec"
 
 
+_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+"""libyaml's emitter when PyYAML has it: the same text as the pure-Python one at ~1/10 of the CPU
+(that emitter was ~80 % of a reconcile's CPU, and the operator shares the cores with the API server)."""
+
+
 def spec_yaml(run: StageRun) -> str:
     """The StageSpec as the stage reads it (worker index comes from JOB_COMPLETION_INDEX)."""
-    return yaml.safe_dump(run.spec.wire(), sort_keys=True)
+    return yaml.dump(run.spec.wire(), Dumper=_DUMPER, sort_keys=True, allow_unicode=False)
 
 
 def _quantities(values: dict[str, Any]) -> dict[str, str]:
