@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from typing import Any
 
 import yaml
@@ -30,7 +32,14 @@ _DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 def spec_yaml(run: StageRun) -> str:
     """The StageSpec as the stage reads it (worker index comes from JOB_COMPLETION_INDEX)."""
-    return yaml.dump(run.spec.wire(), Dumper=_DUMPER, sort_keys=True, allow_unicode=False)
+    return _yaml_of(json.dumps(run.spec.wire(), sort_keys=True))
+
+
+@functools.lru_cache(maxsize=256)
+def _yaml_of(spec_json: str) -> str:
+    """YAML of a spec, memoised on its JSON (C-encoded, ~20x cheaper than emitting YAML): every
+    routine reconcile of a running resource rebuilds its children to compare their hashes."""
+    return yaml.dump(json.loads(spec_json), Dumper=_DUMPER, sort_keys=True, allow_unicode=False)
 
 
 def _quantities(values: dict[str, Any]) -> dict[str, str]:
