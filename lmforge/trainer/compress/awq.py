@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmforge.trainer.compress.data import forward_with_input_hooks
 from lmforge.trainer.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -32,7 +33,6 @@ GRID = [i / 10 for i in range(11)]
 """Exponents α tried."""
 MAX_TOKENS = 4096
 """Calibration tokens kept per group (a fixed random subset), bounding memory on large models."""
-CALIB_BATCH = 8
 
 
 def _groups(layer: Any, gqa: bool) -> list[tuple[torch.nn.Module, list[torch.nn.Linear]]]:
@@ -91,15 +91,7 @@ def apply_scales(model: torch.nn.Module, rows: np.ndarray, args: Any) -> dict[st
     def keep(mod: torch.nn.Module, args_in: tuple[torch.Tensor, ...]) -> None:
         inputs[mod].append(args_in[0].detach().reshape(-1, args_in[0].shape[-1]).float())  # (tokens, in)
 
-    handles = [m.register_forward_pre_hook(keep) for m in inputs]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(rows), CALIB_BATCH):
-                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_input_hooks(model, [(m, keep) for m in inputs], rows)
     gen = torch.Generator().manual_seed(0)
     chosen: dict[str, float] = {}
     with torch.no_grad():

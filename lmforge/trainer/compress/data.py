@@ -8,11 +8,39 @@ Format (`lmforge-shards-v1`): `index.json` = {"dtype", "seq_length", "train": [{
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from lmforge.trainer.errors import InvalidInput
+
+if TYPE_CHECKING:
+    import torch
+
+CALIB_BATCH = 8
+"""Calibration rows per forward pass."""
+
+
+def forward_with_input_hooks(
+    model: torch.nn.Module,
+    hooks: list[tuple[torch.nn.Module, Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]]],
+    rows: np.ndarray,
+) -> None:
+    """Run the calibration rows (N, L) of token ids through `model` with a forward pre-hook on each
+    module, so GPTQ and AWQ see every quantized layer's inputs; the hooks are always removed."""
+    import torch
+
+    handles = [module.register_forward_pre_hook(fn) for module, fn in hooks]
+    try:
+        model.eval()
+        with torch.no_grad():
+            for start in range(0, len(rows), CALIB_BATCH):
+                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]))
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class Shards:

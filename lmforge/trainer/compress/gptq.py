@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from lmforge.trainer.compress.data import forward_with_input_hooks
 from lmforge.trainer.errors import StageError
 
 if TYPE_CHECKING:
@@ -32,8 +33,6 @@ DAMP = 0.01
 """Dampening added to H's diagonal, as a fraction of its mean (the paper's default)."""
 BLOCK = 128
 """Columns per lazy-batch block (rounded to a multiple of the group size)."""
-CALIB_BATCH = 8
-"""Calibration rows per forward pass."""
 
 
 def hessians(model: torch.nn.Module, layers: list[tuple[str, torch.nn.Linear]], rows: np.ndarray,
@@ -51,15 +50,7 @@ def hessians(model: torch.nn.Module, layers: list[tuple[str, torch.nn.Linear]], 
             count[name] += x.shape[0]
         return add
 
-    handles = [m.register_forward_pre_hook(hook(n)) for n, m in layers]
-    try:
-        model.eval()
-        with torch.no_grad():
-            for start in range(0, len(rows), CALIB_BATCH):
-                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]))
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_input_hooks(model, [(m, hook(n)) for n, m in layers], rows)
     return {n: acc[n] * (2.0 / max(count[n], 1)) for n in acc}
 
 
