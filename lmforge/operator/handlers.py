@@ -96,6 +96,10 @@ class Controller:
         self.indices: dict[str, Any] = {}
         self.refs: dict[Key, set[Key]] = {}
         self.written: dict[Key, tuple[Any, dict[str, Any]]] = {}
+        self.unseen: dict[Key, tuple[str | None, dict[str, Any]]] = {}
+        """Status we patched onto the body with this resourceVersion, until the watch brings it back.
+        A child's event can queue the next reconcile before our own patch reaches the index; deciding
+        from the stale status would redo the transition and post its Event twice."""
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.applied: dict[tuple[str, str, str], str] = {}
         self.lookups = Lookups(client, settings)
@@ -135,6 +139,7 @@ class Controller:
                 self.queue.add(dep)
             self.refs.pop(key, None)
             self.written.pop(key, None)
+            self.unseen.pop(key, None)
             self.seen.pop(key, None)
             self.secret_waits.pop(key, None)
             self.metrics.forget(*key)
@@ -159,6 +164,12 @@ class Controller:
         body = self.body(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
+        pending = self.unseen.get(key)
+        if pending is not None:
+            if pending[0] == body["metadata"].get("resourceVersion"):
+                body = {**body, "status": pending[1]}  # our last patch has not come back yet
+            else:
+                del self.unseen[key]
         started = time.perf_counter()
         kind = key[1]
         outcome = "ok"
@@ -266,6 +277,7 @@ class Controller:
         if new != current:
             patch: dict[str, Any] = {**{k: None for k in current if k not in new}, **new}
             await self.client.patch_status(API_VERSION, kind, ns, name, patch)
+            self.unseen[key] = (body["metadata"].get("resourceVersion"), new)
         self.written[key] = (body["metadata"].get("generation"), new)
         self.metrics.observe(ns, kind, name, decision.status)
         for event in decision.events:  # off the worker: an Event never delays the next resource's Job
