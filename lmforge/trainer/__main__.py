@@ -80,5 +80,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(message, EXIT_FAILED)
 
 
+def _exit(code: int) -> None:
+    """Leave. A torchrun rank other than 0 has nothing left to write once `main` returns, and its
+    interpreter shutdown (C++ destructors of gloo/DeepSpeed threads) occasionally aborts, which torchrun
+    reports as the whole stage failing; such a rank skips that shutdown."""
+    if os.environ.get("RANK", "0") != "0" and "TORCHELASTIC_RUN_ID" in os.environ:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    _exit(main())

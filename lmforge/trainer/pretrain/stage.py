@@ -22,7 +22,7 @@ from lmforge.trainer.pretrain import export
 from lmforge.trainer.pretrain.checkpoint import Checkpoints
 from lmforge.trainer.pretrain.config import RunShape, deepspeed_config, run_shape
 from lmforge.trainer.pretrain.data import BatchStream, validation_batches
-from lmforge.trainer.pretrain.dist import World, process_group
+from lmforge.trainer.pretrain.dist import World, barrier, process_group
 from lmforge.trainer.pretrain.inputs import (
     DatasetInput,
     InitModel,
@@ -111,7 +111,11 @@ def run(ctx: StageContext) -> dict[str, str]:
     spec = ctx.resource.spec
     with process_group(_uses_gpu(spec)) as world:
         _quiet_other_ranks(ctx, world)
-        return _train(ctx, spec, world)
+        artifacts = _train(ctx, spec, world)
+        # Other ranks wait for rank 0's export and publish: a rank that tore down its gloo group while
+        # rank 0 still used it aborted now and then ("terminate called without an active exception").
+        barrier(world)
+        return artifacts
 
 
 def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, str]:
