@@ -6,7 +6,10 @@ Ours is the real stage (`python -m lmforge.trainer dataset`, N processes), timed
 (global dedup) is committed; the tokenizer/shard steps that follow are measured by
 `dataset_tokenize.py`, so the processes are stopped there.
 
-Usage: python benchmarks/dataset_curation.py [--mb 200] [--threshold 0.6]
+The generated corpus is cached under `~/.cache/lmforge/bench/corpus-<mb>mb` (generation of 200 MB
+takes minutes); `--no-cache` regenerates it in the temporary directory.
+
+Usage: python benchmarks/dataset_curation.py [--mb 200] [--threshold 0.6] [--workers 1 2] [--no-cache]
 """
 
 from __future__ import annotations
@@ -120,30 +123,51 @@ def run_datatrove(data: Path, work: Path, workers: int) -> tuple[float, set[int]
     return seconds, removed
 
 
+CACHE = Path.home() / ".cache" / "lmforge" / "bench"
+
+
+def corpus_at(data: Path, mb: float) -> dict:
+    """The generated corpus in `data`, reusing one cached there with its planted pairs (corpus.json)."""
+    meta = data / "corpus.json"
+    if meta.is_file():
+        corpus = json.loads(meta.read_text())
+        corpus["pairs"] = [tuple(p) for p in corpus["pairs"]]
+        return corpus
+    corpus = generate(data, mb)
+    meta.write_text(json.dumps(corpus))
+    return corpus
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--mb", type=float, default=200)
     ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("--workers", type=int, nargs="*", default=[1, 2], help="our worker counts (none: datatrove only)")
+    ap.add_argument("--no-cache", action="store_true", help="generate the corpus afresh in the temporary directory")
+    ap.add_argument("--skip-datatrove", action="store_true", help="only ours (for profiling runs; no ratio)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         t = time.monotonic()
-        corpus = generate(root / "data", args.mb)
+        data = root / "data" if args.no_cache else CACHE / f"corpus-{args.mb:g}mb"
+        corpus = corpus_at(data, args.mb)
         mb = corpus["bytes"] / 1e6  # type: ignore[operator]
         pairs = corpus["pairs"]
         print(f"corpus: {mb:.1f} MB, {corpus['documents']} documents, {len(pairs)} planted near-dup pairs "  # type: ignore[arg-type]
               f"(5-gram Jaccard mean {corpus['mean_jaccard']:.2f}, min {corpus['min_jaccard']:.2f}); "
               f"generated in {time.monotonic() - t:.0f} s", flush=True)
         rows = []
-        for workers in (1, 2):
+        for workers in args.workers:
             (root / f"ours{workers}").mkdir()
-            seconds, removed, stats = run_ours(root / "data", root / f"ours{workers}", workers, args.threshold)
+            seconds, removed, stats = run_ours(data, root / f"ours{workers}", workers, args.threshold)
             score = f1(removed, pairs)  # type: ignore[arg-type]
             rows.append((f"lmforge ({workers} worker{'s' if workers > 1 else ''})", seconds, score))
             print(f"{rows[-1][0]}: {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 {score['f1']:.3f} "
                   f"(P {score['precision']:.3f}, R {score['recall']:.3f}); exact removed {stats['exact_removed']}, "
                   f"near removed {stats['near_removed']}, LSH {stats['bands']}×{stats['rows']}", flush=True)
-        seconds, removed = run_datatrove(root / "data", root / "datatrove", 2)
+        if args.skip_datatrove:
+            return
+        seconds, removed = run_datatrove(data, root / "datatrove", 2)
         score = f1(removed, pairs)  # type: ignore[arg-type]
         print(f"datatrove MinHash (2 workers, 14×8): {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 "
               f"{score['f1']:.3f} (P {score['precision']:.3f}, R {score['recall']:.3f})", flush=True)

@@ -9,9 +9,15 @@ by reason), so that summed over workers they add up: for every source,
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from multiprocessing.pool import AsyncResult
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -20,15 +26,12 @@ from lmforge.api.dataset import DatasetSpec, PiiType
 from lmforge.trainer.dataset import quality
 from lmforge.trainer.dataset.clean import Cleaner
 from lmforge.trainer.dataset.decontam import Decontaminator
-from lmforge.trainer.dataset.dedup import MinHasher, exact_hash
+from lmforge.trainer.dataset.dedup import MinHasher, hash_normalized, normalized_words
 from lmforge.trainer.dataset.language import identify
 from lmforge.trainer.dataset.pii import Redactor
 from lmforge.trainer.dataset.readers import Document
 from lmforge.trainer.dataset.sourcing import OptOutList
 from lmforge.trainer.dataset.toxicity import ToxicityScorer
-
-SIGNATURE_BATCH = 128
-"""Documents per batched MinHash computation (bounds the (shingles, num_perm) work array to ~20 MB)."""
 
 STEPS = ("read", "opt_out", "decode", "clean", "quality", "toxicity", "language", "pii", "decontamination")
 """Worker steps in order; the merge adds `exact_dedup` and `near_dedup`."""
@@ -85,6 +88,13 @@ class Curator:
         self.redactor = Redactor(list(spec.pii.types)) if spec.pii.enabled else Redactor([])
         self.decontaminator = decontaminator
         self.counts: dict[str, SourceCounts] = {s.name: SourceCounts() for s in spec.sources}
+        self.last_size = 0  # UTF-8 bytes of the last kept text
+
+    def reset_counts(self) -> None:
+        """Zero every counter (documents, PII redactions, boilerplate lines)."""
+        self.counts = {name: SourceCounts() for name in self.counts}
+        self.redactor.counts.clear()
+        self.cleaner.lines_removed = 0
 
     def __call__(self, doc: Document) -> str | None:
         """The cleaned, redacted text, or None when the document is dropped (and counted)."""
@@ -127,6 +137,7 @@ class Curator:
             c.drop("decontamination", size)
             return None
         c.passed("decontamination", size)
+        self.last_size = size
         return text
 
 
@@ -140,46 +151,152 @@ class WorkerOutput:
     nbytes: list[int] = field(default_factory=list)
 
 
-def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int],
-           write_doc: Callable[[int, str, str], None], sig_file: BinaryIO,
-           progress: Callable[[int, int, float], None]) -> WorkerOutput:
-    """Run `curator` over `docs`; kept ones go to `write_doc(key, source, text)`, their signatures
-    to `sig_file` as raw uint32 rows of num_perm. `progress(docs, bytes, elapsed_s)` is called every
-    1,000 documents."""
-    out = WorkerOutput()
-    start = time.monotonic()
-    seen = read_bytes = 0
-    pending: list[str] = []  # kept texts whose signatures are computed as one batch
+@dataclass
+class ChunkResult:
+    """One chunk of documents curated: the kept ones' arrays, their JSON lines as one zstd frame,
+    their signatures, and the counts of the chunk alone (summed by the caller)."""
 
-    def flush() -> None:
-        if hasher is not None and pending:
-            sig_file.write(hasher.signatures(pending).tobytes())
-        pending.clear()
+    keys: list[int]
+    exact: list[int]
+    sources: list[int]
+    nbytes: list[int]
+    docs_zst: bytes  # one zstd frame of {"k", "s", "t"} JSON lines
+    sigs: bytes  # raw uint32 rows of num_perm
+    seen: int
+    read_bytes: int
+    counts: dict[str, dict[str, Any]]  # SourceCounts.wire() per source
+    pii: dict[str, int]
+    lines_removed: int
 
+
+def curate_chunk(docs: list[Document], curator: Curator, hasher: MinHasher | None,
+                 source_ids: dict[str, int]) -> ChunkResult:
+    """Curate one chunk; the curator's counters are reset afterwards, so the result holds this chunk's
+    counts only (the same whether chunks run in this process or in a pool)."""
+    import zstandard
+
+    keys: list[int] = []
+    exact: list[int] = []
+    sources: list[int] = []
+    nbytes: list[int] = []
+    words: list[list[str]] = []
+    lines: list[bytes] = []
+    read_bytes = 0
     for doc in docs:
-        seen += 1
         read_bytes += doc.nbytes
         text = curator(doc)
-        if text is not None:
-            key = doc_key(doc.file_index, doc.row)
-            out.keys.append(key)
-            out.exact.append(exact_hash(text))
-            out.sources.append(source_ids[doc.source])
-            out.nbytes.append(len(text.encode("utf-8")))
-            pending.append(text)
-            if len(pending) >= SIGNATURE_BATCH:
-                flush()
-            write_doc(key, doc.source, text)
-        if seen % 1000 == 0:
-            progress(seen, read_bytes, time.monotonic() - start)
-    flush()
-    progress(seen, read_bytes, time.monotonic() - start)
-    return out
+        if text is None:
+            continue
+        key = doc_key(doc.file_index, doc.row)
+        doc_words = normalized_words(text)
+        keys.append(key)
+        exact.append(hash_normalized(" ".join(doc_words)))
+        sources.append(source_ids[doc.source])
+        nbytes.append(curator.last_size)
+        words.append(doc_words)
+        lines.append(json.dumps({"k": key, "s": doc.source, "t": text}, ensure_ascii=False).encode())
+    sigs = hasher.signatures_of_words(words).tobytes() if hasher is not None and words else b""
+    docs_zst = zstandard.ZstdCompressor(level=3).compress(b"\n".join(lines) + b"\n") if lines else b""
+    result = ChunkResult(keys, exact, sources, nbytes, docs_zst, sigs, len(docs), read_bytes,
+                         {name: c.wire() for name, c in curator.counts.items()}, dict(curator.redactor.counts),
+                         curator.cleaner.lines_removed)
+    curator.reset_counts()
+    return result
 
 
-def pii_counts(curator: Curator) -> dict[str, int]:
+CHUNK = 256
+"""Documents per chunk (~0.5 MB of text): the unit handed to a pool process."""
+
+_POOL_STATE: tuple[Curator, MinHasher | None, dict[str, int]] | None = None
+
+
+def _pool_init(curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int]) -> None:
+    """Pool process start-up (forked: the arguments are inherited, not pickled). The process dies
+    with its parent, so a killed worker leaves no orphans behind."""
+    global _POOL_STATE
+    _POOL_STATE = (curator, hasher, source_ids)
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        if os.getppid() == 1:  # the parent died before prctl took effect
+            os._exit(1)
+
+
+def _pool_chunk(docs: list[Document]) -> ChunkResult:
+    assert _POOL_STATE is not None
+    return curate_chunk(docs, *_POOL_STATE)
+
+
+def _chunks(docs: Iterable[Document]) -> Iterator[list[Document]]:
+    chunk: list[Document] = []
+    for doc in docs:
+        chunk.append(doc)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+@dataclass
+class Totals:
+    """Counts summed over chunks."""
+
+    counts: dict[str, SourceCounts] = field(default_factory=dict)
+    pii: Counter[str] = field(default_factory=Counter)
+    lines_removed: int = 0
+
+
+def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int],
+           docs_file: BinaryIO, sig_file: BinaryIO, progress: Callable[[int, int, float], None],
+           processes: int = 1) -> tuple[WorkerOutput, Totals]:
+    """Run `curator` over `docs` in chunks, in this process or in a pool of `processes` forked ones
+    (output identical either way: results are written in read order). Kept documents go to
+    `docs_file` as zstd frames of JSON lines, their signatures to `sig_file` as raw uint32 rows of
+    num_perm. `progress(docs, bytes, elapsed_s)` is called after every chunk."""
+    out = WorkerOutput()
+    totals = Totals(counts={name: SourceCounts() for name in curator.counts})
+    start = time.monotonic()
+    seen = read_bytes = 0
+
+    def take(r: ChunkResult) -> None:
+        nonlocal seen, read_bytes
+        out.keys += r.keys
+        out.exact += r.exact
+        out.sources += r.sources
+        out.nbytes += r.nbytes
+        docs_file.write(r.docs_zst)
+        sig_file.write(r.sigs)
+        add_counts(totals.counts, r.counts)
+        totals.pii.update(r.pii)
+        totals.lines_removed += r.lines_removed
+        seen += r.seen
+        read_bytes += r.read_bytes
+        progress(seen, read_bytes, time.monotonic() - start)
+
+    if processes <= 1:
+        for chunk in _chunks(docs):
+            take(curate_chunk(chunk, curator, hasher, source_ids))
+        return out, totals
+    import multiprocessing
+
+    # Forked, so the curator (word lists, opt-out and decontamination indexes) is shared, not pickled.
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(processes, initializer=_pool_init, initargs=(curator, hasher, source_ids)) as pool:
+        pending: deque[AsyncResult[ChunkResult]] = deque()
+        for chunk in _chunks(docs):
+            pending.append(pool.apply_async(_pool_chunk, (chunk,)))
+            if len(pending) > 2 * processes:  # bounded read-ahead: memory stays at a few chunks
+                take(pending.popleft().get())
+        while pending:
+            take(pending.popleft().get())
+    return out, totals
+
+
+def pii_counts(counts: Counter[str]) -> dict[str, int]:
     """Redactions per PII type (every type listed, zero included)."""
-    return {t.value: int(curator.redactor.counts.get(t.value, 0)) for t in PiiType}
+    return {t.value: int(counts.get(t.value, 0)) for t in PiiType}
 
 
 def as_arrays(out: WorkerOutput) -> dict[str, np.ndarray]:

@@ -27,14 +27,24 @@ _PUNCT = re.compile(r"[^\w\s]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 64-bit golden-ratio multiplier (Fibonacci hashing)
 
 
+def normalized_words(text: str) -> list[str]:
+    """The words of `normalize(text)` (lower-case, punctuation removed), without joining them."""
+    return _PUNCT.sub(" ", text.lower()).split()
+
+
 def normalize(text: str) -> str:
     """Lower-case, punctuation removed, whitespace collapsed: what 'the same text' means."""
-    return " ".join(_PUNCT.sub(" ", text.lower()).split())
+    return " ".join(normalized_words(text))
+
+
+def hash_normalized(norm: str) -> int:
+    """`exact_hash` of a text whose `normalize` is `norm`."""
+    return int.from_bytes(hashlib.blake2b(norm.encode(), digest_size=8).digest(), "little")
 
 
 def exact_hash(text: str) -> int:
     """64-bit hash of the normalised text (collisions ~n²/2⁶⁵: negligible)."""
-    return int.from_bytes(hashlib.blake2b(normalize(text).encode(), digest_size=8).digest(), "little")
+    return hash_normalized(normalize(text))
 
 
 def lsh_params(spec: NearDedup) -> tuple[int, int]:
@@ -69,40 +79,63 @@ class MinHasher:
         # Per-position multipliers that turn k word hashes into one n-gram hash: (k,) uint64.
         self._weights = (np.arange(1, self.k + 1, dtype=np.uint64) * _MIX) | np.uint64(1)
 
-    def _words(self, text: str) -> np.ndarray:
+    def _word_hashes(self, words: list[str]) -> np.ndarray:
+        """crc32 of each word, through a cache (most words repeat): (len(words),) uint64."""
         cache = self._word_hash
         if len(cache) > 2_000_000:  # bound memory on corpora with huge vocabularies
             cache.clear()
-        words = normalize(text).split()
-        hashes = [cache.get(w) for w in words]
-        if None in hashes:
-            for i, w in enumerate(words):
-                if hashes[i] is None:
-                    hashes[i] = cache[w] = zlib.crc32(w.encode())
-        return np.array(hashes, dtype=np.uint64)
+        try:
+            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
+        except KeyError:
+            for w in set(words).difference(cache):
+                cache[w] = zlib.crc32(w.encode())
+            return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
-    def shingles(self, text: str) -> np.ndarray:
-        """32-bit hashes of the document's word k-grams (a shorter document is one shingle): (m,)."""
-        words = self._words(text)
-        if len(words) == 0:
-            return np.zeros(1, dtype=np.uint32)
-        k = min(self.k, len(words))
-        windows = np.lib.stride_tricks.sliding_window_view(words, k)  # (m, k)
+    def _mix(self, words: np.ndarray, k: int) -> np.ndarray:
+        """32-bit hashes of the k-word windows of `words` (m,) uint64: (m - k + 1,) uint32."""
+        windows = np.lib.stride_tricks.sliding_window_view(words, k)  # (m - k + 1, k)
         mixed = (windows * self._weights[:k]).sum(axis=1, dtype=np.uint64)  # wraps mod 2^64
         return (mixed >> np.uint64(32)).astype(np.uint32)
 
+    def shingles(self, text: str) -> np.ndarray:
+        """32-bit hashes of the document's word k-grams (a shorter document is one shingle): (m,)."""
+        words = self._word_hashes(normalized_words(text))
+        if len(words) == 0:
+            return np.zeros(1, dtype=np.uint32)
+        return self._mix(words, min(self.k, len(words)))
+
     def signatures(self, texts: list[str]) -> np.ndarray:
         """(len(texts), num_perm) uint32: exactly `signature` of each text, computed for the batch at
-        once -- datasketch's affine32 update (MurmurHash3 finalizer, then h·a + b mod 2³²) applied to
-        all shingles of the batch in one array operation and reduced per document."""
+        once."""
+        return self.signatures_of_words([normalized_words(t) for t in texts])
+
+    def signatures_of_words(self, docs: list[list[str]]) -> np.ndarray:
+        """`signatures` from each text's `normalized_words`: the shingles of the whole batch are hashed
+        as one array (windows crossing a document boundary are masked out), then datasketch's affine32
+        update (MurmurHash3 finalizer, then h·a + b mod 2³²) is applied to all of them in one array
+        operation and reduced per document."""
         from datasketch.minhash import _fmix
 
-        if not texts:
+        if not docs:
             return np.zeros((0, self.spec.num_perm), dtype=np.uint32)
-        parts = [self.shingles(t) for t in texts]  # each (m_i,) uint32
-        lengths = np.fromiter((len(p) for p in parts), dtype=np.int64, count=len(parts))
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-        hv = _fmix(np.concatenate(parts).reshape(-1, 1), 32)  # (M, 1) uint32
+        k = self.k
+        lengths = np.fromiter((len(d) for d in docs), dtype=np.int64, count=len(docs))  # words per doc
+        words = self._word_hashes([w for d in docs for w in d])  # (W,) uint64, all docs back to back
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])  # first word of each doc
+        counts = np.maximum(lengths - k + 1, 1)  # shingles per doc (a short or empty doc has one)
+        if len(words) >= k:
+            mixed = self._mix(words, k)  # (W - k + 1,) every window, boundary-crossing ones included
+            # Window start positions of every document's own windows, concatenated: (Σ counts,)
+            pos = np.repeat(starts, counts) + np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+            shingles = mixed[np.minimum(pos, len(mixed) - 1)]
+        else:
+            shingles = np.zeros(int(counts.sum()), dtype=np.uint32)
+        offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])  # first shingle of each doc
+        for i in np.flatnonzero(lengths < k).tolist():  # rare: fewer words than k (or none)
+            n = int(lengths[i])
+            w = words[starts[i]:starts[i] + n]
+            shingles[offsets[i]] = self._mix(w, n)[0] if n else 0
+        hv = _fmix(shingles.reshape(-1, 1), 32)  # (M, 1) uint32
         a, b = self.permutations  # (P,) uint32 each
         phv = hv * a + b  # (M, P) uint32, wrapping mod 2^32
         return np.minimum.reduceat(phv, offsets, axis=0)  # (B, P)

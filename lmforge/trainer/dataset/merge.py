@@ -116,7 +116,7 @@ def _worker_docs(path: Path, keep: np.ndarray) -> Iterator[tuple[int, str, str]]
     import zstandard
 
     with open(path / DOCS, "rb") as raw:
-        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw))
+        reader = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True))
         for i, line in enumerate(reader):
             if keep[i]:
                 row = json.loads(line)

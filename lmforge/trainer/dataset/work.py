@@ -5,6 +5,7 @@ restart reuses it, and the card assembled from them."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -43,11 +44,36 @@ def _curator(ctx: StageContext, spec: DatasetSpec) -> Curator:
     return Curator(spec, optout, reader("toxicity.wordList"), decon)
 
 
+PROCESSES_ENV = "LMFORGE_DATASET_PROCESSES"
+"""Curation processes per worker; default: this process's CPU share (see `curation_processes`)."""
+
+
+def _cgroup_cpus() -> float | None:
+    """The container's CPU limit (cgroup v2 `cpu.max`), or None when unlimited or unknown."""
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        return None
+    return None if quota == "max" else int(quota) / int(period)
+
+
+def curation_processes() -> int:
+    """How many processes curate this worker's documents: `LMFORGE_DATASET_PROCESSES` if set, else
+    `OMP_NUM_THREADS` (the embedded runner sets it to the cores divided among the stage's local
+    processes), else the cores this process may use (affinity, capped by a cgroup CPU limit: one
+    pod per worker in a cluster)."""
+    for name in (PROCESSES_ENV, "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpus()
+    return max(1, min(cores, int(limit)) if limit is not None else cores)
+
+
 def run_worker(ctx: StageContext, spec: DatasetSpec, files: list[InputFile], fingerprint: str) -> dict[str, float]:
     """Curate this worker's files into `work/worker-<i>/` (skipped if already committed); returns the
     worker's throughput metrics."""
-    import zstandard
-
     key = f"work/worker-{ctx.spec.worker.index}"
     if _committed(ctx, key, fingerprint):
         ctx.reporter.progress(0, message=f"{key} already committed; skipping", unit="doc")
@@ -68,23 +94,18 @@ def run_worker(ctx: StageContext, spec: DatasetSpec, files: list[InputFile], fin
         for f in files:
             yield from read_file(f, ctx.work_dir / "downloads")
 
-    with open(out / DOCS, "wb") as raw, open(out / SIGS, "wb") as sig_file:
-        writer = zstandard.ZstdCompressor(level=3).stream_writer(raw)
-
-        def write_doc(k: int, source: str, text: str) -> None:
-            writer.write(json.dumps({"k": k, "s": source, "t": text}, ensure_ascii=False).encode() + b"\n")
-
-        result = curate(documents(), curator, hasher, source_ids, write_doc, sig_file, progress)
-        writer.flush(zstandard.FLUSH_FRAME)
+    processes = curation_processes()
+    with open(out / DOCS, "wb") as docs_file, open(out / SIGS, "wb") as sig_file:
+        result, totals = curate(documents(), curator, hasher, source_ids, docs_file, sig_file, progress, processes)
     for name, array in as_arrays(result).items():
         np.save(out / f"{name}.npy", array)
     seconds = time.monotonic() - start
-    counts = {name: c.wire() for name, c in curator.counts.items()}
-    read_docs = sum(c.steps.get("read", [0, 0])[0] for c in curator.counts.values())
-    read_bytes = sum(c.steps.get("read", [0, 0])[1] for c in curator.counts.values())
+    counts = {name: c.wire() for name, c in totals.counts.items()}
+    read_docs = sum(c.steps.get("read", [0, 0])[0] for c in totals.counts.values())
+    read_bytes = sum(c.steps.get("read", [0, 0])[1] for c in totals.counts.values())
     stats = {"worker": ctx.spec.worker.index, "files": [f.location for f in files], "counts": counts,
-             "pii": pii_counts(curator), "boilerplate_lines": curator.cleaner.lines_removed,
-             "seconds": seconds, "documents": read_docs, "bytes": read_bytes,
+             "pii": pii_counts(totals.pii), "boilerplate_lines": totals.lines_removed,
+             "seconds": seconds, "processes": processes, "documents": read_docs, "bytes": read_bytes,
              "settings": {"optOut": curator.optout.settings(),
                           "toxicity": curator.toxicity.settings() if curator.toxicity else None,
                           "decontamination": curator.decontaminator.settings() if curator.decontaminator else None}}
