@@ -33,6 +33,7 @@ from lmforge.trainer.pretrain.inputs import (
 from lmforge.trainer.pretrain.loop import LoopSettings, LoopState, TrainLoop
 from lmforge.trainer.pretrain.metrics import Throughput, device_peak_flops
 from lmforge.trainer.pretrain.schedule import lr_multiplier
+from lmforge.trainer.pretrain.speed import adamw, choose_attention
 
 
 def _set_threads(spec: PretrainJobSpec, world: World) -> None:
@@ -137,13 +138,14 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
     arch = architecture_of(model.config)
     params = parameter_count(model)
     _check_fits(spec, params, shape, arch.hidden_size, arch.num_layers, world)
+    choose_attention(model, seq, _uses_gpu(spec))
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ds_config = deepspeed_config(spec, shape)
     if world.is_main:
         print("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True), flush=True)
-    optimizer = torch.optim.AdamW(_param_groups(model, spec.optimizer.weight_decay), lr=spec.optimizer.lr,
-                                  betas=(spec.optimizer.beta1, spec.optimizer.beta2), eps=spec.optimizer.eps)
+    optimizer = adamw(_param_groups(model, spec.optimizer.weight_decay), spec.optimizer.lr,
+                      (spec.optimizer.beta1, spec.optimizer.beta2), spec.optimizer.eps)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(spec.optimizer, shape.total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
                                            config=ds_config)
