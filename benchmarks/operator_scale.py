@@ -14,7 +14,9 @@ import argparse
 import json
 import statistics
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -37,28 +39,62 @@ def plain_job(name: str) -> dict[str, Any]:
                 {"name": "c", "image": "x"}]}}}}  # not suspended: the Job controller makes its pod
 
 
+class Watcher:
+    """Arrival time (`time.time()`, this process) of each object's first ADDED event on a watch of
+    `path`, keyed by `key_of(obj)`. A watch, not polling: an event arrives within milliseconds of
+    the write, and it adds no LIST load to the API server the operator is measured against.
+    creationTimestamps are second-resolution and so cannot time sub-second reactions."""
+
+    def __init__(self, cp: ControlPlane, path: str, key_of: Any) -> None:
+        status, body = cp.request("GET", path, timeout=30)
+        assert status == 200, body
+        self.seen: dict[str, float] = {}
+        self._key_of = key_of
+        url = f"{cp.server}{path}?watch=1&timeoutSeconds=600&resourceVersion={body['metadata']['resourceVersion']}"
+        req = urllib.request.Request(url)
+        req.add_header("Authorization", f"Bearer {cp.admin_token}")
+        self._resp = urllib.request.urlopen(req, timeout=600, context=cp.ssl_context())
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._resp:
+                now = time.time()
+                event = json.loads(line)
+                if event.get("type") == "ADDED":
+                    key = self._key_of(event["object"])
+                    if key:
+                        self.seen.setdefault(key, now)
+        except (OSError, ValueError, AttributeError):
+            pass  # closed by close()
+
+    def close(self) -> None:
+        self._resp.close()
+
+
 def parent_to_child(cp: ControlPlane, ns: str, objs: list[dict[str, Any]], parents: str, children: str,
                     n: int, parent_of: Any) -> list[float]:
-    """Seconds from each parent's first sighting to its child's, polling both lists every ~50 ms
-    while `kubectl apply` creates the parents (all at once, as a user would)."""
-    parent_seen: dict[str, float] = {}
-    child_seen: dict[str, float] = {}
-    import threading
+    """Seconds from each parent's arrival on a watch to its child's, while `kubectl apply` creates
+    the parents (all at once, as a user would)."""
+    parent_w = Watcher(cp, parents, lambda obj: obj["metadata"]["name"])
+    child_w = Watcher(cp, children, parent_of)
+    try:
+        cp.apply(*objs, namespace=ns)
+        eventually(lambda: len(child_w.seen) >= n, timeout=300, interval=0.2, what=f"{n} children")
+    finally:
+        parent_w.close()
+        child_w.close()
+    return sorted(child_w.seen[k] - parent_w.seen[k] for k in child_w.seen if k in parent_w.seen)
 
-    applier = threading.Thread(target=cp.apply, args=objs, kwargs={"namespace": ns})
-    applier.start()
-    deadline = time.time() + 300
-    while len(child_seen) < n and time.time() < deadline:
-        for path, seen in ((parents, parent_seen), (children, child_seen)):
-            status, body = cp.request("GET", f"{path}?resourceVersion=0", timeout=30)
-            now = time.time()
-            for item in body.get("items", []) if status == 200 else []:
-                key = item["metadata"]["name"] if seen is parent_seen else parent_of(item)
-                if key:
-                    seen.setdefault(key, now)
-        time.sleep(0.05)
-    applier.join()
-    return sorted(child_seen[k] - parent_seen[k] for k in child_seen if k in parent_seen)
+
+def warm_up(cp: ControlPlane, op: Any, ns: str) -> None:
+    """Wait until the operator watches and acts: one resource's Job exists. Its start (imports,
+    initial LISTs: seconds on 2 busy cores) is not what we measure; a fixed sleep may be too short
+    and would turn the first applies into one initial-LIST burst."""
+    cp.apply(dataset("warm-up"), namespace=ns)
+    eventually(lambda: cp.kubectl_json("get", "jobs", f"--namespace={ns}")["items"], timeout=120,
+               what="the operator's first Job", abort=op.dead)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -103,20 +139,21 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--resources", type=int, default=200)
     parser.add_argument("--rss-resources", type=int, default=1000)
+    parser.add_argument("--skip-baseline", action="store_true", help="profiling only: no baseline figures")
     args = parser.parse_args()
     n = args.resources
     cp = ControlPlane(bin_dir=build())
     cp.start()
     try:
         base_ns = cp.create_namespace("bench-baseline")
-        base = parent_to_child(cp, base_ns, [plain_job(f"j{i:04d}") for i in range(n)],
+        base = [float("nan")] if args.skip_baseline else parent_to_child(cp, base_ns, [plain_job(f"j{i:04d}") for i in range(n)],
                                f"/apis/batch/v1/namespaces/{base_ns}/jobs", f"/api/v1/namespaces/{base_ns}/pods", n,
                                lambda pod: (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"))
         ns = cp.create_namespace("bench-operator")
         port = free_port()
         with running_operator(cp, ns, env={"LMFORGE_METRICS_PORT": str(port),
                                            "LMFORGE_METRICS_ADDR": "127.0.0.1"}) as op:
-            time.sleep(3)  # let the operator finish starting (its start is not what we measure)
+            warm_up(cp, op, ns)
             ours = parent_to_child(cp, ns, [dataset(f"d{i:04d}") for i in range(n)],
                                    f"/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets",
                                    f"/apis/batch/v1/namespaces/{ns}/jobs", n,

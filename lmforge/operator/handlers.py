@@ -256,19 +256,15 @@ class Controller:
     async def _act(self, key: Key, body: dict[str, Any], resource: Resource | None, decision: Decision) -> None:
         ns, kind, name = key
         owner = self._owner(body)
-        existing = {(c["kind"], c["metadata"]["name"]) for c in self.children(key)}
-        for run in decision.runs:
-            for obj in build_children(run, owner, self.settings):
-                ident = (ns, obj["kind"], obj["metadata"]["name"])
-                digest = obj["metadata"]["annotations"][SPEC_HASH]
-                if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
-                    continue  # Jobs are immutable and may be un-suspended by Kueue: create once
-                if self.applied.get(ident) == digest:
-                    continue
-                await self.client.apply(obj)
-                self.applied[ident] = digest
+        created = await self._apply_children(key, owner, decision)
         for run_name in decision.delete:
             await self._delete_run(ns, run_name)
+        if created and self.queue.urgent_waiting():
+            # Other resources still wait for their first Jobs: this status patch and its Events
+            # would compete with their writes on the API server. Leave them to a routine-lane
+            # reconcile (the decision is made again from the then-current view, so nothing is lost).
+            self.queue.add(key, urgent=False)
+            return
         new = decision.status.wire()
         try:
             current = Status.model_validate(body.get("status") or {}).wire()
@@ -284,6 +280,30 @@ class Controller:
             task = asyncio.create_task(self._post_event(owner, body, event))
             self._posting.add(task)
             task.add_done_callback(self._posting.discard)
+
+    async def _apply_children(self, key: Key, owner: Owner, decision: Decision) -> bool:
+        """Server-side-apply what `decision.runs` need and is missing or changed; True if a Job or
+        Deployment was written. A run's objects go in one concurrent round (one round trip before
+        the Job exists, not three): a pod that starts before its ConfigMap is merely retried by the
+        kubelet. Only a Volcano PodGroup goes first: its scheduler must find it before the pods."""
+        ns = key[0]
+        existing = {(c["kind"], c["metadata"]["name"]) for c in self.children(key)}
+        created = False
+        for run in decision.runs:
+            todo: list[dict[str, Any]] = []
+            for obj in build_children(run, owner, self.settings):
+                ident = (ns, obj["kind"], obj["metadata"]["name"])
+                if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
+                    continue  # Jobs are immutable and may be un-suspended by Kueue: create once
+                if self.applied.get(ident) != obj["metadata"]["annotations"][SPEC_HASH]:
+                    todo.append(obj)
+            first = [o for o in todo if o["kind"] == "PodGroup"]
+            for batch in (first, [o for o in todo if o["kind"] != "PodGroup"]):
+                await asyncio.gather(*(self.client.apply(o) for o in batch))
+                for obj in batch:
+                    self.applied[(ns, obj["kind"], obj["metadata"]["name"])] = obj["metadata"]["annotations"][SPEC_HASH]
+            created = created or any(o["kind"] in ("Job", "Deployment") for o in todo)
+        return created
 
     async def _delete_run(self, ns: str, run_name: str) -> None:
         for api_version, kind, name in (("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),

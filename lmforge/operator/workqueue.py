@@ -87,6 +87,10 @@ class WorkQueue(Generic[K]):
         self._timers.pop(key, None)
         self.add(key, urgent=False)
 
+    def urgent_waiting(self) -> bool:
+        """Whether an urgent key is queued (work that creates children is waiting for a worker)."""
+        return any(lane == 0 for _, lane in self._queued.values())
+
     def __len__(self) -> int:
         return len(self._queued) + len(self._active)
 

@@ -1,6 +1,8 @@
 """What the operator says while a stage cannot start, on the real control plane: a missing Secret
-holds the stage back with `WaitingForSecret` until it is created; a pod the scheduler cannot place
-is relayed into the Ready condition. The operator runs with the chart's RBAC (it may `get` a
+holds the stage back with `WaitingForSecret` until it is created; a pod the scheduler cannot place,
+an image that cannot be pulled and a Secret gone after the Job was made are relayed into the Ready
+condition (kwok plays the kubelet's waiting reasons, see stages/pod-image-pull-backoff.yaml and
+stages/pod-config-error.yaml). The operator runs with the chart's RBAC (it may `get` a
 Secret by name, never list them)."""
 
 from __future__ import annotations
@@ -57,3 +59,31 @@ def test_unschedulable_pod_is_relayed_into_the_condition(control_plane: ControlP
         wait_job(cp, op, ns, "lmforge.io/dataset=nowhere")
         cond = ready_with(cp, op, ns, "nowhere", ("Pending",), "Unschedulable")
         assert "node(s) didn't match" in cond["message"] and cond["message"].startswith("pod nowhere-dataset-"), cond
+
+
+def test_stuck_containers_are_relayed_into_the_condition(control_plane: ControlPlane, namespace: str) -> None:
+    cp, ns = control_plane, namespace
+    with running_operator(cp, ns) as op:
+        # The Secret exists when the operator checks it, so the Job is made; it is then deleted, as
+        # kwok's config-error stage (a Secret named kwok-missing-*) reports to the Ready condition.
+        cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "kwok-missing-hf"},
+                  "stringData": {"token": "t"}}, namespace=ns)
+        cp.apply(dataset("no-image", {"image": "lmforge/trainer:missing"}),
+                 dataset("revoked", {"secretEnv": {"HF_TOKEN": {"name": "kwok-missing-hf", "key": "token"}}}),
+                 namespace=ns)
+        wait_job(cp, op, ns, "lmforge.io/dataset=revoked")
+        cp.kubectl("delete", "secret", "kwok-missing-hf", f"--namespace={ns}")
+        wait_job(cp, op, ns, "lmforge.io/dataset=no-image")
+
+        pull = ready_with(cp, op, ns, "no-image", ("Pending",), "ImagePullBackOff")
+        assert pull["status"] == "False" and pull["message"].startswith("pod no-image-dataset-"), pull
+        assert 'container trainer: ImagePullBackOff: Back-off pulling image "lmforge/trainer:missing"' \
+            in pull["message"], pull
+        config = ready_with(cp, op, ns, "revoked", ("Pending",), "CreateContainerConfigError")
+        assert config["status"] == "False", config
+        assert 'container trainer: CreateContainerConfigError: secret "kwok-missing-hf" not found' \
+            in config["message"], config
+        for name in ("no-image", "revoked"):  # the stages held the pods back: nothing ran
+            assert resource(cp, ns, "datasets", name)["status"]["phase"] == "Pending"  # type: ignore[index]
+            pods = cp.pods(ns, f"lmforge.io/dataset={name}")
+            assert [p["status"]["phase"] for p in pods] == ["Pending"], pods
