@@ -2,7 +2,8 @@
 exact + MinHash/LSH dedup, 1 and 2 workers) against datatrove's MinHash dedup pipeline (signatures,
 buckets, clusters, filter; 14 buckets × 8 hashes, 2 local workers) on the same generated corpus.
 
-Ours is the real stage (`python -m lmforge.trainer dataset`, N processes), timed until its merge
+Ours is the real stage (`python -m lmforge.trainer dataset`, N worker processes, each curating with
+cores / N processes as under `lmforge run`), timed until its merge
 (global dedup) is committed; the tokenizer/shard steps that follow are measured by
 `dataset_tokenize.py`, so the processes are stopped there.
 
@@ -44,7 +45,11 @@ def run_ours(data: Path, work: Path, workers: int, threshold: float) -> tuple[fl
     spec = {"stage": "dataset", "resource": resource, "store": str(store), "output": "b", "runId": "b",
             "worker": {"index": 0, "count": workers}}
     (work / "spec.json").write_text(json.dumps(spec))
-    env = {**os.environ, "LMFORGE_WORK_DIR": str(work / "w"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    # As the embedded runner (`lmforge run`) does: the cores are shared among the worker processes,
+    # and each worker curates with that many processes (OMP_NUM_THREADS, see work.curation_processes).
+    threads = max(1, len(os.sched_getaffinity(0)) // workers)
+    env = {**os.environ, "LMFORGE_WORK_DIR": str(work / "w"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": str(threads)}
     start = time.monotonic()
     procs = [subprocess.Popen([sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(work / "spec.json")],
                               env={**env, "LMFORGE_WORKER_INDEX": str(i)}, stdout=subprocess.DEVNULL,

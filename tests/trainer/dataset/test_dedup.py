@@ -133,3 +133,45 @@ def test_mixing_weights_repeat_documents_deterministically() -> None:
     assert set(draws) == {2, 3} and abs(np.mean(draws) - 2.5) < 0.05
     assert draws == [repeats(2.5, 7, key) for key in range(4000)]
     assert abs(np.mean([repeats(0.25, 7, key) for key in range(4000)]) - 0.25) < 0.03
+
+
+def test_curation_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
+    """Chunks curated by forked pool processes give the same bytes, arrays and counts as in-process."""
+    import io
+
+    import zstandard
+
+    from lmforge.api.dataset import DatasetSpec
+    from lmforge.trainer.dataset import curate as curate_mod
+    from lmforge.trainer.dataset.curate import Curator, curate
+    from lmforge.trainer.dataset.readers import Document
+    from lmforge.trainer.dataset.sourcing import OptOutList
+
+    rng = random.Random(3)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu".split()
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))) + f" mail{i}@x.example.com"
+             for i in range(300)]
+    texts += texts[:40]  # exact duplicates
+    spec = DatasetSpec.model_validate({"sources": [{"name": "s", "uri": "x", "license": "CC0-1.0"}],
+                                       "quality": {"minWords": 5}})
+    outputs = []
+    for processes in (1, 2):
+        curator = Curator(spec, OptOutList.from_spec(spec.opt_out, lambda _: ""), lambda _: "", None)
+        docs = (Document(t, None, "s", 0, i, len(t)) for i, t in enumerate(texts))
+        docs_file, sig_file = io.BytesIO(), io.BytesIO()
+        seen: list[int] = []
+        old, curate_mod.CHUNK = curate_mod.CHUNK, 32  # several chunks in flight
+        try:
+            out, totals = curate(docs, curator, MinHasher(spec.dedup.near), {"s": 0}, docs_file, sig_file,
+                                 lambda n, _b, _s, seen=seen: seen.append(n), processes)
+        finally:
+            curate_mod.CHUNK = old
+        lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
+            io.BytesIO(docs_file.getvalue()), read_across_frames=True)).read().splitlines()
+        outputs.append((out, totals, lines, sig_file.getvalue(), seen))
+    (a, ta, la, sa, pa), (b, tb, lb, sb, pb) = outputs
+    assert a == b and la == lb and sa == sb and pa == pb and pa[-1] == len(texts)
+    assert len(la) == len(a.keys) and len(sa) == len(a.keys) * spec.dedup.near.num_perm * 4
+    assert {n: c.wire() for n, c in ta.counts.items()} == {n: c.wire() for n, c in tb.counts.items()}
+    assert ta.pii == tb.pii and ta.pii["email"] == len(a.keys) > 0
+    assert ta.counts["s"].steps["read"][0] == len(texts)
