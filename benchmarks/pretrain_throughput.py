@@ -54,9 +54,10 @@ def make_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     return root / "tokenizer", shards
 
 
-def ours(root: Path, steps: int, compile_: bool) -> float:
-    """tokens/s of the stage's own loop (windowed, first step excluded), via the real stage."""
-    from lmforge.api.contract import InputArtifacts, StageName, StageSpec
+def ours(root: Path, steps: int, compile_: bool, nproc: int = 1) -> float:
+    """tokens/s of the stage's own loop (windowed, first step excluded), via the real stage: in this
+    process, or under torchrun with `nproc` processes of cores / nproc threads."""
+    from lmforge.api.contract import InputArtifacts, StageName, StageSpec, distributed_command, parse_record
     from lmforge.store import ArtifactWriter, LocalStore
     from lmforge.trainer.context import StageContext
     from lmforge.trainer.pretrain.stage import run
@@ -77,9 +78,23 @@ def ours(root: Path, steps: int, compile_: bool) -> float:
                                       "compile": compile_},
                          "optimizer": {"warmupSteps": 2}, "checkpoint": {"everySteps": 10**6},
                          "validation": {"everySteps": 10**6, "batches": 1}}}
-    out = f"run-{int(compile_)}"
+    out = f"run-{int(compile_)}-{nproc}"
     spec = StageSpec(stage=StageName.PRETRAIN, resource=resource, store=store.uri, output=out, run_id=out,
                      inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts=arts)})
+    if nproc > 1:
+        spec_file = root / f"{out}.json"
+        spec_file.write_text(spec.model_dump_json(by_alias=True))
+        cmd = distributed_command(StageName.PRETRAIN, str(spec_file), nproc_per_node=nproc,
+                                  master_port=29600 + int(compile_), python=sys.executable)
+        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // nproc)),
+               "PYTHONPATH": str(REPO)}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
+        for line in proc.stdout.splitlines():
+            record = parse_record(line)
+            if record is not None and record.metrics and "tokens_per_second" in record.metrics \
+                    and record.type.value == "result":
+                return float(record.metrics["tokens_per_second"])
+        raise RuntimeError(f"lmforge {nproc}-process run failed:\n{proc.stderr[-2000:]}")
     ctx = StageContext.from_spec(spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO()))
     run(ctx)
     return float(ctx.extra["metrics"]["tokens_per_second"])
@@ -132,7 +147,7 @@ def hf_trainer(root: Path, steps: int, precision: str, nproc: int) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=30)
-    parser.add_argument("--ddp", action="store_true", help="also run Trainer with 2 processes")
+    parser.add_argument("--ddp", action="store_true", help="also run Trainer and ours with 2 processes")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant of ours")
     args = parser.parse_args()
     import torch
@@ -151,9 +166,11 @@ def main() -> None:
             results[f"HF Trainer {precision} 1 process"] = hf_trainer(root, args.steps + WARMUP, precision, 1)
             if args.ddp:
                 results[f"HF Trainer {precision} 2 processes"] = hf_trainer(root, args.steps + WARMUP, precision, 2)
-        results["lmforge bf16 1 process"] = ours(root, args.steps, compile_=False)
-        if not args.no_compile:
-            results["lmforge bf16 1 process + torch.compile"] = ours(root, args.steps, compile_=True)
+        for compile_ in (False,) if args.no_compile else (False, True):
+            suffix = " + torch.compile" if compile_ else ""
+            if args.ddp:
+                results[f"lmforge bf16 2 processes{suffix}"] = ours(root, args.steps, compile_, nproc=2)
+            results[f"lmforge bf16 1 process{suffix}"] = ours(root, args.steps, compile_)
     ceiling = measured_matmul_flops(Precision.BF16, seconds=1.0)
     arch = Architecture(num_layers=LAYERS, hidden_size=HIDDEN, num_heads=HEADS, head_dim=32,
                         intermediate_size=3 * HIDDEN, tie_embeddings=True)

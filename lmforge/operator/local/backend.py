@@ -33,6 +33,7 @@ from lmforge.api.contract import (
     record_from_json,
     stage_command,
 )
+from lmforge.operator.local.layout import LayoutProbe
 from lmforge.operator.local.process import Attempt, Command
 from lmforge.operator.reconcile.types import ObservedRun, RunState, StageRun
 from lmforge.store import Store, StoreError
@@ -92,6 +93,8 @@ class LocalBackend:
         self.cwd = cwd
         self.backoff = backoff
         self._runs: dict[str, _Run] = {}
+        self.layouts = LayoutProbe(state_dir, python, cwd)
+        """Measured processes x threads for CPU PretrainJobs that leave `compute` unset."""
         self._lock = threading.RLock()
         self._closed = False
 
@@ -259,6 +262,9 @@ class LocalBackend:
         env = self._env(run)
         procs = max(1, min(run.nproc_per_node * run.nodes, self.cores))
         threads = run.compute.threads or max(1, self.cores // max(procs, run.workers if run.workers > 1 else 1))
+        if self._measured_layout(run):
+            layout = self.layouts.layout(self.cores)
+            procs, threads = layout.processes, layout.threads
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if procs > 1:
             argv = distributed_command(run.stage, spec_file, nproc_per_node=procs, master_port=free_port(),
@@ -268,6 +274,13 @@ class LocalBackend:
         if run.workers > 1:
             return [Command(argv, {**env, "LMFORGE_WORKER_INDEX": str(i)}, f"w{i}") for i in range(run.workers)]
         return [Command(argv, env)]
+
+    @staticmethod
+    def _measured_layout(run: StageRun) -> bool:
+        """A single-node CPU PretrainJob that names neither processes nor threads gets the layout this
+        machine measured fastest (see `layout`), not an assumed one."""
+        return (run.stage is StageName.PRETRAIN and run.gpus_per_node == 0 and run.nodes == 1
+                and run.compute.processes is None and run.compute.threads is None)
 
     def _env(self, run: StageRun) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}

@@ -1,0 +1,93 @@
+"""The measured processes × threads layout the embedded runner gives a CPU PretrainJob by default.
+
+How to split the cores between data-parallel processes and intra-op threads depends on the machine
+(cores, caches, memory bandwidth, gloo's all-reduce cost), so the runner does not assume one process
+per core: once per state directory it runs the trainer's probe (`python -m
+lmforge.trainer.pretrain.layout`, ~20 s on 2 cores, a real data-parallel step of a small Llama per
+candidate layout) and keeps its answer in `<state dir>/layout.json`. A probe that fails or times out
+leaves the old default, one process with every core as a thread; so does a single core.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+PROBE_MODULE = "lmforge.trainer.pretrain.layout"
+PROBE_TIMEOUT = 300.0
+"""Seconds the probe may take (it measures each layout ~3 s after importing torch)."""
+PROBE_SECONDS = 3.0
+"""Timed seconds per candidate layout, after warm-up."""
+MULTI_PROCESS_MARGIN = 1.05
+"""A layout with more processes must be this much faster to be chosen: each process holds its own
+weights and pays its own start-up (imports, compilation), which the probe's steady state leaves out."""
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Layout:
+    processes: int
+    threads: int
+    source: str
+    """"measured" (from the probe) or "default" (one process, every core a thread)."""
+
+
+def choose(cores: int, tokens_per_second: dict[str, float]) -> Layout:
+    """The fastest of the probe's `{"PxT": tokens/s}`, fewer processes winning within the margin."""
+    best = Layout(1, cores, "default")
+    best_rate = 0.0
+    for key, rate in sorted(tokens_per_second.items(), key=lambda kv: int(kv[0].split("x")[0])):
+        processes, threads = (int(v) for v in key.split("x"))
+        if processes * threads != cores:
+            continue
+        margin = MULTI_PROCESS_MARGIN if processes > best.processes and best_rate > 0 else 1.0
+        if rate > best_rate * margin:
+            best, best_rate = Layout(processes, threads, "measured"), rate
+    return best
+
+
+class LayoutProbe:
+    """Runs the probe at most once per state directory and remembers its answer."""
+
+    def __init__(self, state_dir: Path, python: str, cwd: Path | None = None) -> None:
+        self.path = state_dir / "layout.json"
+        self.python = python
+        self.cwd = cwd
+        self._lock = threading.Lock()
+        self._cached: dict[int, Layout] = {}
+
+    def layout(self, cores: int) -> Layout:
+        """The layout for `cores` cores: from `layout.json`, else measured now (blocking), else default."""
+        if cores <= 1:
+            return Layout(1, 1, "default")
+        with self._lock:
+            if cores not in self._cached:
+                self._cached[cores] = self._read(cores) or self._measure(cores)
+            return self._cached[cores]
+
+    def _read(self, cores: int) -> Layout | None:
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+            if int(data["cores"]) != cores:
+                return None
+            return choose(cores, {str(k): float(v) for k, v in data["tokens_per_second"].items()})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    def _measure(self, cores: int) -> Layout:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        argv = [self.python, "-m", PROBE_MODULE, "--cores", str(cores), "--seconds", str(PROBE_SECONDS),
+                "--out", str(self.path)]
+        env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        try:
+            subprocess.run(argv, cwd=self.cwd, env=env, capture_output=True, timeout=PROBE_TIMEOUT, check=True)
+        except (OSError, subprocess.SubprocessError) as exc:
+            log.warning("layout probe failed (%s); using 1 process x %d threads", exc, cores)
+            return Layout(1, cores, "default")
+        return self._read(cores) or Layout(1, cores, "default")

@@ -1,0 +1,60 @@
+"""The embedded runner's processes x threads default for CPU PretrainJobs: measured once per state
+directory by the trainer's probe, read back from `layout.json`, the old default when probing fails."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from lmforge.operator.local import LocalBackend
+from lmforge.operator.local.layout import Layout, LayoutProbe, choose
+from lmforge.store import open_store
+
+from .helpers import pretrain, run_of
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_choose_takes_the_fastest_and_needs_a_margin_for_more_processes() -> None:
+    assert choose(2, {"1x2": 10_000.0, "2x1": 12_000.0}) == Layout(2, 1, "measured")
+    assert choose(2, {"1x2": 10_000.0, "2x1": 10_200.0}) == Layout(1, 2, "measured")  # within 5%
+    assert choose(4, {"1x4": 9_000.0, "2x2": 8_000.0, "4x1": 9_600.0}) == Layout(4, 1, "measured")
+    assert choose(4, {"1x2": 9_000.0}) == Layout(1, 4, "default")  # measured for other cores
+
+
+def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Path) -> None:
+    (tmp_path / "layout.json").write_text(json.dumps(
+        {"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}}))
+    backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python="py")
+    [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
+    assert cmd.argv[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd.argv
+    assert cmd.env["OMP_NUM_THREADS"] == "1"
+    [single] = backend.commands(run_of(pretrain("pinned", processes=1), str(tmp_path)), "s.json")
+    assert single.argv == ["py", "-m", "lmforge.trainer", "pretrain", "--spec", "s.json"]
+    assert single.env["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_failed_probe_leaves_one_process_with_every_core(tmp_path: Path) -> None:
+    backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python=str(tmp_path / "no-python"))
+    [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
+    assert cmd.argv[1:3] == ["-m", "lmforge.trainer"] and cmd.env["OMP_NUM_THREADS"] == "2"
+    assert backend.layouts.layout(2) == Layout(1, 2, "default")
+    assert not (tmp_path / "layout.json").exists()
+    assert LayoutProbe(tmp_path, "unused").layout(1) == Layout(1, 1, "default")
+
+
+@pytest.mark.ml
+@pytest.mark.slow
+def test_probe_measures_every_layout_with_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real probe: one data-parallel step loop per layout, the winner cached for the next call."""
+    monkeypatch.setattr("lmforge.operator.local.layout.PROBE_SECONDS", 0.5)
+    probe = LayoutProbe(tmp_path, sys.executable, cwd=REPO)
+    layout = probe.layout(2)
+    data = json.loads((tmp_path / "layout.json").read_text())
+    rates = data["tokens_per_second"]
+    assert set(rates) == {"1x2", "2x1"} and all(r > 100 for r in rates.values())
+    assert layout == choose(2, rates) and layout.source == "measured"
+    assert LayoutProbe(tmp_path, "/nonexistent").layout(2) == layout  # read back, not re-measured
