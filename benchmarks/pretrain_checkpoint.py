@@ -6,9 +6,10 @@ variance), then times
   ours: `Checkpoints.save` (DeepSpeed's local save, SHA-256 of every file, upload, manifest, `latest`)
         and `Checkpoints.resume` (download, hash verification, DeepSpeed load);
   raw:  boto3 `upload_file` / `download_file` of the same files to the same server.
+One untimed round of each warms the server up; then `--rounds` alternating rounds, medians printed.
 Prints the time of each, the bandwidth, and raw time / our time (goal ≥ 0.8: at least 80% of raw).
 
-    python benchmarks/pretrain_checkpoint.py [--hidden 384 --layers 6]
+    python benchmarks/pretrain_checkpoint.py [--hidden 384 --layers 6 --rounds 3]
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=384)
     parser.add_argument("--layers", type=int, default=6)
     parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--rounds", type=int, default=3, help="timed rounds of each (medians are printed)")
     args = parser.parse_args()
 
     import deepspeed
@@ -59,38 +62,59 @@ def main() -> None:
 
         store = open_store(f"s3://{server.bucket}/ours")
         ckpts = Checkpoints(store, root / "local", world, keep_last=2)
-        t0 = time.perf_counter()
-        assert ckpts.save(engine, 1, {"step": 1}, {})
-        save_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        assert ckpts.resume(engine) is not None
-        load_s = time.perf_counter() - t0
-
         raw_dir = root / "raw"
-        t0 = time.perf_counter()
         engine.save_checkpoint(str(raw_dir), tag="t", save_latest=False)
-        ser_s = time.perf_counter() - t0  # DeepSpeed serialisation to local disk alone
-        t0 = time.perf_counter()
-        engine.load_checkpoint(str(raw_dir), tag="t")
-        deser_s = time.perf_counter() - t0
         files = sorted(p for p in (raw_dir / "t").iterdir() if p.is_file())
         size = sum(p.stat().st_size for p in files)
         client = server.client()
-        t0 = time.perf_counter()
-        for p in files:
-            client.upload_file(str(p), server.bucket, f"raw/{p.name}")
-        up_s = time.perf_counter() - t0
         down = root / "down"
         down.mkdir()
+
+        def ours(step: int) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            assert ckpts.save(engine, step, {"step": step}, {})
+            save_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            assert ckpts.resume(engine) is not None
+            return save_s, time.perf_counter() - t0
+
+        def raw(step: int) -> tuple[float, float]:
+            t0 = time.perf_counter()
+            for p in files:
+                client.upload_file(str(p), server.bucket, f"raw/{step}/{p.name}")
+            up_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for p in files:
+                client.download_file(server.bucket, f"raw/{step}/{p.name}", str(down / p.name))
+            return up_s, time.perf_counter() - t0
+
+        # One untimed round of each first: SeaweedFS allocates its volumes on the first writes, which
+        # would otherwise be charged to whichever side runs first. Then alternate, and take medians.
+        ours(1)
+        raw(1)
+        timings: dict[str, list[tuple[float, float]]] = {"ours": [], "raw": []}
+        for r in range(args.rounds):
+            first, second = (ours, raw) if r % 2 == 0 else (raw, ours)
+            for fn in (first, second):
+                timings["ours" if fn is ours else "raw"].append(fn(r + 2))
+        save_s, load_s = (statistics.median(t[i] for t in timings["ours"]) for i in (0, 1))
+        up_s, down_s = (statistics.median(t[i] for t in timings["raw"]) for i in (0, 1))
+
         t0 = time.perf_counter()
-        for p in files:
-            client.download_file(server.bucket, f"raw/{p.name}", str(down / p.name))
-        down_s = time.perf_counter() - t0
+        engine.save_checkpoint(str(root / "ser"), tag="t", save_latest=False)
+        ser_s = time.perf_counter() - t0  # DeepSpeed serialisation to local disk alone
+        t0 = time.perf_counter()
+        engine.load_checkpoint(str(root / "ser"), tag="t")
+        deser_s = time.perf_counter() - t0
         shutil.rmtree(root, ignore_errors=True)
 
     mb = size / 1e6
-    print(f"checkpoint: {mb:.0f} MB in {len(files)} files ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M "
-          "parameters, ZeRO-1 bf16)")
+    params = sum(p.numel() for p in model.parameters()) / 1e6
+    print(f"checkpoint: {mb:.0f} MB in {len(files)} files ({params:.1f}M parameters, ZeRO-1 bf16); "
+          f"medians of {args.rounds} alternating rounds")
+    for i, ((s_o, l_o), (s_r, l_r)) in enumerate(zip(timings["ours"], timings["raw"], strict=True)):
+        print(f"  round {i + 1}: ours {s_o:.2f}+{l_o:.2f} s, boto3 {s_r:.2f}+{l_r:.2f} s, "
+              f"save+load ratio {(s_r + l_r) / (s_o + l_o):.2f}x")
     print(f"ours  save {save_s:6.2f} s ({mb / save_s:6.0f} MB/s)   load {load_s:6.2f} s ({mb / load_s:6.0f} MB/s)")
     print(f"boto3 put  {up_s:6.2f} s ({mb / up_s:6.0f} MB/s)   get  {down_s:6.2f} s ({mb / down_s:6.0f} MB/s)")
     print(f"ratio raw/ours: save {up_s / save_s:.2f}x, load {down_s / load_s:.2f}x, "

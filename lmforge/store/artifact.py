@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from lmforge.store.base import TMP_MARKER, Store
 from lmforge.store.errors import ArtifactCorrupt, ArtifactIncomplete, ArtifactNotFound, StoreError
+from lmforge.store.hashing import sha256_file
 from lmforge.store.local import LocalStore
 from lmforge.store.uri import join_key, normalize_key
 
@@ -35,16 +37,6 @@ __all__ = [
 
 MANIFEST_NAME = "MANIFEST.json"
 SCHEMA_VERSION = 1
-_CHUNK = 4 * 1024 * 1024
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a local file, read in chunks so multi-GB checkpoints do not fill memory."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class FileEntry(BaseModel):
@@ -97,13 +89,14 @@ class ArtifactWriter:
         return rel
 
     def add_file(self, rel: str, path: Path) -> FileEntry:
-        """Upload a local file as ``rel``; it is hashed locally first, so it must not change meanwhile."""
+        """Upload a local file as ``rel``; it is hashed as it is read for the upload, so the manifest
+        describes exactly the bytes sent."""
         rel = self._check_rel(rel)
         path = Path(path)
         if not path.is_file():
             raise StoreError(f"cannot add {path} to {self.uri}: not a file")
-        entry = FileEntry(size=path.stat().st_size, sha256=sha256_file(path))
-        self.store.put_file(rel, path)
+        size, digest = self.store.put_file_hashed(rel, path)
+        entry = FileEntry(size=size, sha256=digest)
         self._files[rel] = entry
         return entry
 
@@ -215,6 +208,31 @@ def is_complete(store: Store, prefix: str) -> bool:
     return all(present.get(rel) == entry.size for rel, entry in manifest.files.items())
 
 
+_DOWNLOAD_WORKERS = 4
+
+
+def _download_file(src: Store, rel: str, entry: FileEntry, dest: Path, verify: bool) -> None:
+    """One file of :func:`download_artifact`: skipped if already there intact, else fetched (hashed as
+    it streams in when verifying) and checked against the manifest."""
+    if dest.is_file() and dest.stat().st_size == entry.size and sha256_file(dest) == entry.sha256:
+        return
+    try:
+        if not verify:
+            src.get_file(rel, dest)
+            return
+        size, digest = src.get_file_hashed(rel, dest)  # no second read of the file
+    except ArtifactNotFound:
+        raise ArtifactCorrupt(
+            f"artifact {src.uri} is damaged: {rel} is listed in {MANIFEST_NAME} but missing"
+        ) from None
+    if size != entry.size or digest != entry.sha256:
+        dest.unlink(missing_ok=True)
+        raise ArtifactCorrupt(
+            f"artifact {src.uri} is corrupt: {rel} has size {size} and sha256 {digest[:12]}..., "
+            f"manifest says size {entry.size} and sha256 {entry.sha256[:12]}..."
+        )
+
+
 def download_artifact(store: Store, prefix: str, dest_dir: Path, verify: bool = True) -> ArtifactManifest:
     """Download a complete artifact into ``dest_dir`` and return its manifest.
 
@@ -229,24 +247,11 @@ def download_artifact(store: Store, prefix: str, dest_dir: Path, verify: bool = 
         raise ArtifactIncomplete(f"artifact {src.uri} is incomplete or absent: no {MANIFEST_NAME}")
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    for rel, entry in manifest.files.items():
-        dest = dest_dir / rel
-        if dest.is_file() and dest.stat().st_size == entry.size and sha256_file(dest) == entry.sha256:
-            continue
-        try:
-            src.get_file(rel, dest)
-        except ArtifactNotFound:
-            raise ArtifactCorrupt(
-                f"artifact {src.uri} is damaged: {rel} is listed in {MANIFEST_NAME} but missing"
-            ) from None
-        if verify:
-            size = dest.stat().st_size
-            digest = sha256_file(dest)
-            if size != entry.size or digest != entry.sha256:
-                dest.unlink(missing_ok=True)
-                raise ArtifactCorrupt(
-                    f"artifact {src.uri} is corrupt: {rel} has size {size} and sha256 {digest[:12]}..., "
-                    f"manifest says size {entry.size} and sha256 {entry.sha256[:12]}..."
-                )
+    # Files download concurrently: one file's hashing and disk writes overlap another's transfer.
+    with ThreadPoolExecutor(max_workers=_DOWNLOAD_WORKERS) as pool:
+        jobs = [pool.submit(_download_file, src, rel, entry, dest_dir / rel, verify)
+                for rel, entry in manifest.files.items()]
+        for job in jobs:
+            job.result()  # the first failure in manifest order, after every transfer has ended
     LocalStore(dest_dir).put_bytes(MANIFEST_NAME, manifest.model_dump_json(indent=2).encode() + b"\n")
     return manifest

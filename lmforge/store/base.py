@@ -13,6 +13,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 
 from lmforge.store.errors import StoreError
+from lmforge.store.hashing import sha256_file
 from lmforge.store.uri import join_key, normalize_key, normalize_prefix
 
 __all__ = ["TMP_MARKER", "Store", "StoreError", "under_prefix"]
@@ -52,6 +53,18 @@ class Store(ABC):
     @abstractmethod
     def get_file(self, key: str, path: Path) -> None:
         """Download to ``path`` via a temporary file and a rename, so ``path`` is never half-written."""
+
+    def put_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
+        """:meth:`put_file`, returning (size in bytes, hex SHA-256) of what was uploaded. Backends that
+        can hash the bytes while they stream override this to save the extra read pass."""
+        self.put_file(key, path)
+        return Path(path).stat().st_size, sha256_file(Path(path))
+
+    def get_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
+        """:meth:`get_file`, returning (size in bytes, hex SHA-256) of what was downloaded (see
+        :meth:`put_file_hashed`)."""
+        self.get_file(key, path)
+        return Path(path).stat().st_size, sha256_file(Path(path))
 
     @abstractmethod
     def exists(self, key: str) -> bool:

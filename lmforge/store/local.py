@@ -8,6 +8,7 @@ POSIX filesystems, so a crash never leaves a truncated object under its final na
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import shutil
 import uuid
@@ -37,6 +38,21 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+_CHUNK = 4 * 1024 * 1024
+
+
+def _copy_hashed(src: Path, dest: Path) -> tuple[int, str]:
+    """Copy `src` to `dest`, returning (size, hex SHA-256) from the same single read."""
+    h = hashlib.sha256()
+    size = 0
+    with open(src, "rb") as fin, open(dest, "wb") as fout:
+        while chunk := fin.read(_CHUNK):
+            h.update(chunk)
+            fout.write(chunk)
+            size += len(chunk)
+    return size, h.hexdigest()
 
 
 class LocalStore(Store):
@@ -87,6 +103,30 @@ class LocalStore(Store):
             raise ArtifactNotFound(f"not found: {self.url(key)}") from None
         except OSError as e:
             raise StoreError(f"cannot download {self.url(key)} to {path}: {e.strerror or e}") from e
+
+    def put_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
+        dest = self._path(key)
+        try:
+            with atomic_write_path(dest) as tmp:
+                result = _copy_hashed(Path(path), tmp)
+        except FileNotFoundError:
+            raise StoreError(f"cannot upload {path} to {self.url(key)}: local file not found") from None
+        except OSError as e:
+            raise StoreError(f"cannot write {self.url(key)}: {e.strerror or e}") from e
+        return result
+
+    def get_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
+        src = self._path(key)
+        if not src.is_file():
+            raise ArtifactNotFound(f"not found: {self.url(key)}")
+        try:
+            with atomic_write_path(Path(path)) as tmp:
+                result = _copy_hashed(src, tmp)
+        except FileNotFoundError:
+            raise ArtifactNotFound(f"not found: {self.url(key)}") from None
+        except OSError as e:
+            raise StoreError(f"cannot download {self.url(key)} to {path}: {e.strerror or e}") from e
+        return result
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

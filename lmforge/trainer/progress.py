@@ -68,6 +68,7 @@ class ProgressReporter:
         self._last_store = 0.0
         self._last_line = 0.0
         self._start = time.monotonic()
+        self._base_step = 0
         self._labels = {"stage": stage.value, "run_id": run_id}
 
     def _emit(self, record: ProgressRecord, force: bool) -> None:
@@ -95,6 +96,12 @@ class ProgressReporter:
         for name, value in record.metrics.items():
             metric.labels(name=name, **self._labels).set(value)
 
+    def count_from(self, step: int) -> None:
+        """Measure the rate (and so the ETA) from now and `step` on: a stage resumed at step N has done
+        only the steps after N itself, so counting from 0 would promise a far too early finish."""
+        self._start = time.monotonic()
+        self._base_step = step
+
     def progress(
         self,
         step: int,
@@ -108,8 +115,9 @@ class ProgressReporter:
         """Report that `step` of `total` units are done."""
         eta = None
         elapsed = time.monotonic() - self._start
-        if total and step > 0 and step <= total:
-            eta = elapsed / step * (total - step)
+        done = step - self._base_step  # units this process did since count_from (all, by default)
+        if total and done > 0 and step <= total:
+            eta = elapsed / done * (total - step)
         record = ProgressRecord(
             stage=self.stage, run_id=self.run_id, step=step, total=total, unit=unit,
             metrics=dict(metrics or {}), message=message, eta_seconds=eta, worker=self.worker,

@@ -9,7 +9,10 @@ Order of a save, which is what makes a crash at any point harmless:
 4. rank 0 replaces `latest` (a single small object, atomic on every store);
 5. checkpoints older than the last K are deleted.
 A resume reads `latest`, downloads and verifies that checkpoint, and lets DeepSpeed restore model,
-optimizer and LR scheduler; the data position and step come back in the client state.
+optimizer and LR scheduler; the data position and step come back in the client state. If that
+checkpoint is damaged (files missing or not matching the manifest's sizes and SHA-256, no manifest,
+an unreadable pointer), it warns and falls back to the newest older complete one among the last K —
+losing N more steps beats failing every retry — and `latest` only moves again on the next save.
 """
 
 from __future__ import annotations
@@ -40,6 +43,10 @@ _STEP_DIR = re.compile(rf"^{PREFIX}/(step-(\d+))/")
 
 def tag(step: int) -> str:
     return f"step-{step}"
+
+
+def _warn(message: str) -> None:
+    print(f"lmforge: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -80,12 +87,43 @@ class Checkpoints:
             return None
         return pointer
 
-    def resume(self, engine: Any) -> dict[str, Any] | None:
-        """Restore the latest checkpoint into `engine` (collective); returns its client state or None."""
-        pointer = broadcast(self.latest() if self.world.is_main else None, self.world)
+    def candidates(self) -> list[str]:
+        """Checkpoints to try, best first: the one `latest` names, then older ones, newest first.
+        Steps newer than `latest` are never complete saves (the pointer moves after the manifest)."""
+        try:
+            pointer = self.latest()
+        except (StoreError, ValueError) as exc:  # an unreadable pointer: fall back on the listing
+            _warn(f"checkpoint pointer {self.output.url(LATEST_KEY)} is unreadable ({exc})")
+            pointer = {}
+        steps = sorted({int(m.group(2)) for k in self.output.list(PREFIX) if (m := _STEP_DIR.match(k))},
+                       reverse=True)
         if pointer is None:
-            return None
-        name = pointer["tag"]
+            return []
+        if not pointer:
+            return [tag(s) for s in steps]
+        named = str(pointer.get("tag", ""))
+        newest = int(pointer.get("step", steps[0] if steps else 0))
+        return [named, *(tag(s) for s in steps if s < newest)]
+
+    def resume(self, engine: Any) -> dict[str, Any] | None:
+        """Restore the newest usable checkpoint into `engine` (collective); returns its client state
+        (with `resumed_from` and `skipped`, the damaged checkpoints passed over) or None."""
+        names = broadcast(self.candidates() if self.world.is_main else [], self.world)
+        skipped: list[str] = []
+        for name in names:
+            if self._fetch(name):
+                state = self._restore(engine, name)
+                state["skipped"] = skipped
+                return state
+            skipped.append(name)
+        if names:
+            raise StoreError(f"no usable checkpoint under {self.output.url(PREFIX)}: "
+                             f"{', '.join(names)} are all damaged")
+        return None
+
+    def _fetch(self, name: str) -> bool:
+        """Download and verify checkpoint `name` on every node (collective); False if any node found
+        it damaged."""
         local = self.local_root / name
         ok = True
         if self.world.is_node_main:
@@ -93,10 +131,17 @@ class Checkpoints:
                 shutil.rmtree(local, ignore_errors=True)
                 download_artifact(self.output, f"{PREFIX}/{name}", local, verify=True)
             except StoreError as exc:
-                print(f"lmforge: checkpoint {name} unusable: {exc}", file=sys.stderr, flush=True)
+                shutil.rmtree(local, ignore_errors=True)
                 ok = False
-        if not all(gather(ok, self.world)):
-            raise StoreError(f"checkpoint {self.output.url(PREFIX + '/' + name)} could not be restored")
+                _warn(f"checkpoint {name} is damaged and is skipped: {exc}")
+        if all(gather(ok, self.world)):
+            return True
+        if self.world.is_main:
+            _warn(f"checkpoint {name} cannot be restored; falling back to an older checkpoint")
+        return False
+
+    def _restore(self, engine: Any, name: str) -> dict[str, Any]:
+        local = self.local_root / name
         _, client_state = engine.load_checkpoint(str(self.local_root), tag=name, load_optimizer_states=True,
                                                  load_lr_scheduler_states=True)
         if client_state is None:

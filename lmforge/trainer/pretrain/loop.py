@@ -4,6 +4,10 @@ A micro-batch whose loss is NaN/Inf on any rank is skipped before its backward p
 touches the weights or the optimizer state) and the next one is drawn instead; after more than
 `training.maxBadSteps` consecutive skips the job stops with a clear reason, and `latest` still names
 the last good checkpoint.
+
+A stop request (SIGTERM/SIGINT, see `preempt`) is agreed across ranks after every optimizer step; the
+loop then saves a checkpoint at that step (unless it just did) and fails with a retryable error, so
+the retried job resumes there instead of at the last `checkpoint.everySteps` multiple.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from lmforge.trainer.pretrain.config import RunShape
 from lmforge.trainer.pretrain.data import BatchStream
 from lmforge.trainer.pretrain.dist import World, all_sum, any_true
 from lmforge.trainer.pretrain.metrics import Throughput
+from lmforge.trainer.pretrain.preempt import StopRequest
 from lmforge.trainer.progress import ProgressReporter
 
 
@@ -56,10 +61,11 @@ class TrainLoop:
 
     def __init__(self, engine: Any, stream: BatchStream, val: list[tuple[np.ndarray, np.ndarray]],
                  shape: RunShape, settings: LoopSettings, checkpoints: Checkpoints, world: World,
-                 reporter: ProgressReporter | None, throughput: Throughput) -> None:
+                 reporter: ProgressReporter | None, throughput: Throughput, stop: StopRequest | None = None) -> None:
         self.engine, self.stream, self.val = engine, stream, val
         self.shape, self.settings, self.checkpoints = shape, settings, checkpoints
         self.world, self.reporter, self.throughput = world, reporter, throughput
+        self.stop = stop
 
     def _finite_micro_loss(self, step: int, bad: list[int]) -> Any:
         """The next micro-batch's loss, skipping non-finite ones (agreed across ranks)."""
@@ -107,6 +113,8 @@ class TrainLoop:
         s = self.settings
         bad = [0]
         self.throughput.start(state.step)
+        if self.reporter is not None:
+            self.reporter.count_from(state.step)  # ETA from this process's own steps, not from step 0
         started = time.monotonic()
         while state.step < s.total_steps:
             losses = []
@@ -138,11 +146,34 @@ class TrainLoop:
             state.metrics = metrics
             if self.reporter is not None:
                 self.reporter.progress(state.step, s.total_steps, metrics=metrics, unit="step")
-            if state.step % s.checkpoint_every == 0 or last:
+            saved = state.step % s.checkpoint_every == 0 or last
+            if saved:
                 # A failed upload is not fatal: `latest` keeps naming the previous checkpoint and the
                 # next save tries again (at the end, the exported model is what matters).
-                if self.checkpoints.save(self.engine, state.step, self._client_state(state.step),
-                                         s.checkpoint_files):
-                    state.last_checkpoint = state.step
+                self._save(state)
+            if self.stop is not None and not last and any_true(self.stop.requested, self.world):
+                self._stop_now(state, already_saved=saved)
         state.metrics["train_seconds"] = time.monotonic() - started
         return state
+
+    def _save(self, state: LoopState) -> None:
+        if self.checkpoints.save(self.engine, state.step, self._client_state(state.step),
+                                 self.settings.checkpoint_files):
+            state.last_checkpoint = state.step
+
+    def _stop_now(self, state: LoopState, already_saved: bool) -> None:
+        """Checkpoint this step (collectively) and leave with a retryable error."""
+        assert self.stop is not None
+        if not already_saved:
+            self._save(state)
+        why = f"stopped by {self.stop.name()} after step {state.step} of {self.settings.total_steps}"
+        if state.last_checkpoint == state.step:
+            where = f"saved checkpoint step-{state.step}; a retry resumes from it"
+        else:
+            last = self.checkpoints.latest() if self.world.is_main else None
+            where = (f"the checkpoint could not be saved; a retry resumes from {last['tag']}" if last
+                     else "no checkpoint could be saved; a retry starts over")
+        if self.reporter is not None:
+            self.reporter.progress(state.step, self.settings.total_steps, metrics=state.metrics,
+                                   message=f"{why}; {where}", force=True)
+        raise StageError(f"{why}; {where}", retryable=True)

@@ -32,6 +32,7 @@ from lmforge.trainer.pretrain.inputs import (
 )
 from lmforge.trainer.pretrain.loop import LoopSettings, LoopState, TrainLoop
 from lmforge.trainer.pretrain.metrics import Throughput, device_peak_flops
+from lmforge.trainer.pretrain.preempt import StopRequest, stop_on_signals
 from lmforge.trainer.pretrain.schedule import lr_multiplier
 from lmforge.trainer.pretrain.speed import adamw, choose_attention
 
@@ -161,8 +162,10 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
     if resumed is not None:
         state.step = int(resumed["step"])
         stream.restore(resumed["data"])
+        skipped = resumed.get("skipped") or []
+        note = f" ({', '.join(skipped)} damaged, skipped)" if skipped else ""
         ctx.reporter.progress(state.step, shape.total_steps, force=True,
-                              message=f"resumed from checkpoint step-{state.step}")
+                              message=f"resumed from checkpoint step-{state.step}{note}")
     peak, peak_source = device_peak_flops(spec.training.precision, spec.metrics.peak_flops_per_device)
     flops_per_token = arch.flops_per_token(data.index.vocab_size, seq)
     throughput = Throughput(shape.tokens_per_step, flops_per_token, peak * world.size)
@@ -171,9 +174,10 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
     settings = LoopSettings(shape.total_steps, spec.validation.every_steps, spec.checkpoint.every_steps,
                             spec.training.max_bad_steps,
                             {"ds_config.json": json.dumps(ds_config, indent=2).encode()})
-    loop = TrainLoop(engine, stream, val, shape, settings, checkpoints, world,
-                     ctx.reporter if world.is_main else None, throughput)
-    state = loop.run(state)
+    with stop_on_signals(StopRequest()) as stop:  # SIGTERM/SIGINT: checkpoint, then a retryable exit
+        loop = TrainLoop(engine, stream, val, shape, settings, checkpoints, world,
+                         ctx.reporter if world.is_main else None, throughput, stop)
+        state = loop.run(state)
     ctx.extra["losses"] = state.losses
     ctx.extra["resumed_from"] = int(resumed["step"]) if resumed else None
     state.metrics.update(parameters=float(params), steps=float(state.step), peak_flops=peak)
