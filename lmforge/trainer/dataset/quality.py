@@ -39,10 +39,10 @@ def _duplicate_ngram_fraction(words: list[str], n: int) -> float:
     """Characters of words inside word n-grams that occur more than once, over all word characters."""
     if len(words) < n:
         return 0.0
-    grams = list(zip(*(words[i:] for i in range(n)), strict=False))
-    counts = Counter(grams)
-    if len(counts) == len(grams):  # the common case: no n-gram repeats
+    counts = Counter(zip(*(words[i:] for i in range(n)), strict=False))
+    if len(counts) == len(words) - n + 1:  # the common case: no n-gram repeats
         return 0.0
+    grams = list(zip(*(words[i:] for i in range(n)), strict=False))
     covered = [False] * len(words)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:

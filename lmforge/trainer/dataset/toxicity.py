@@ -50,7 +50,7 @@ class ToxicityScorer:
         words = _WORD.findall(text.lower())
         if not words:
             return 0.0
-        return sum(1 for w in words if w in self.words) / len(words)
+        return sum(map(self.words.__contains__, words)) / len(words)
 
     def toxic(self, text: str) -> bool:
         return self.score(text) > self.spec.threshold
