@@ -67,11 +67,16 @@ def test_urgent_keys_go_before_routine_ones_and_a_routine_key_can_be_promoted() 
         queue.add("poll", urgent=False)
         queue.add("poll")  # promoted: runs once, in the urgent lane
         queue.add("new-resource", urgent=False)  # already urgent: stays so, not queued twice
+        waiting_before = queue.urgent_waiting()  # the operator defers status patches meanwhile
         gate.set()
+        while len(calls) < 3:
+            await asyncio.sleep(0.001)
+        waiting_routine_only = queue.urgent_waiting()  # only "child-moved" (routine) may be left
         while len(calls) < 4:
             await asyncio.sleep(0.001)
         await asyncio.sleep(0.01)
         await queue.stop()
+        assert waiting_before and not waiting_routine_only
         return calls
 
     assert asyncio.run(scenario()) == ["first", "new-resource", "poll", "child-moved"]
