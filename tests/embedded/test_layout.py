@@ -1,5 +1,5 @@
-"""The embedded runner's processes x threads default for CPU PretrainJobs: measured once per state
-directory by the trainer's probe, read back from `layout.json`, the old default when probing fails."""
+"""The embedded runner's processes x threads default for CPU PretrainJobs: measured once per machine
+by the trainer's probe, read back from the user's cache, the old default when probing fails."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from lmforge.operator.local import LocalBackend
-from lmforge.operator.local.layout import Layout, LayoutProbe, choose
+from lmforge.operator.local.layout import Layout, LayoutProbe, choose, machine_cache_file
 from lmforge.store import open_store
 
 from .helpers import pretrain, run_of
@@ -25,8 +25,22 @@ def test_choose_takes_the_fastest_and_needs_a_margin_for_more_processes() -> Non
     assert choose(4, {"1x2": 9_000.0}) == Layout(1, 4, "default")  # measured for other cores
 
 
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own lmforge cache, so the machine's cached answer plays no part."""
+    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def test_the_answer_is_kept_per_machine_in_the_users_cache(_cache: Path) -> None:
+    path = machine_cache_file()
+    assert path.parent == _cache and path.name.startswith("layout-") and path.name.endswith(".json")
+    assert machine_cache_file() == path  # stable: every state directory on this machine shares it
+
+
 def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Path) -> None:
-    (tmp_path / "layout.json").write_text(json.dumps(
+    machine_cache_file().parent.mkdir(parents=True)
+    machine_cache_file().write_text(json.dumps(
         {"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}}))
     backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python="py")
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
@@ -42,7 +56,7 @@ def test_a_failed_probe_leaves_one_process_with_every_core(tmp_path: Path) -> No
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
     assert cmd.argv[1:3] == ["-m", "lmforge.trainer"] and cmd.env["OMP_NUM_THREADS"] == "2"
     assert backend.layouts.layout(2) == Layout(1, 2, "default")
-    assert not (tmp_path / "layout.json").exists()
+    assert not machine_cache_file().exists()
     assert LayoutProbe(tmp_path, "unused").layout(1) == Layout(1, 1, "default")
 
 

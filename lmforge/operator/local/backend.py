@@ -33,7 +33,7 @@ from lmforge.api.contract import (
     record_from_json,
     stage_command,
 )
-from lmforge.operator.local.layout import LayoutProbe
+from lmforge.operator.local.layout import LayoutProbe, machine_cache_file
 from lmforge.operator.local.process import Attempt, Command
 from lmforge.operator.reconcile.types import ObservedRun, RunState, StageRun
 from lmforge.store import Store, StoreError
@@ -93,7 +93,8 @@ class LocalBackend:
         self.cwd = cwd
         self.backoff = backoff
         self._runs: dict[str, _Run] = {}
-        self.layouts = LayoutProbe(state_dir, python, cwd)
+        cache = machine_cache_file()
+        self.layouts = LayoutProbe(cache.parent, python, cwd, name=cache.name)
         """Measured processes x threads for CPU PretrainJobs that leave `compute` unset."""
         self._lock = threading.RLock()
         self._closed = False
