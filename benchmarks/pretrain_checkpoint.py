@@ -3,8 +3,9 @@
 Starts a SeaweedFS S3 server (tests/support/seaweed.py), builds a DeepSpeed ZeRO-1 bf16 engine for a
 ~14M-parameter Llama (checkpoint ≈ 16 bytes/parameter: bf16 weights + fp32 master, momentum and
 variance), then times
-  ours: `Checkpoints.save` (DeepSpeed's local save, SHA-256 of every file, upload, manifest, `latest`)
-        and `Checkpoints.resume` (download, hash verification, DeepSpeed load);
+  ours: `Checkpoints.save` (DeepSpeed's local save, upload of the files in parallel with their SHA-256
+        computed on the upload stream, manifest, `latest`, pruning) and `Checkpoints.resume` (pointer,
+        download with the SHA-256 verified on the stream, DeepSpeed load);
   raw:  boto3 `upload_file` / `download_file` of the same files to the same server.
 One untimed round of each warms the server up; then `--rounds` alternating rounds, medians printed.
 Prints the time of each, the bandwidth, and raw time / our time (goal ≥ 0.8: at least 80% of raw).

@@ -108,8 +108,10 @@ class ArtifactWriter:
         self._files[rel] = entry
         return entry
 
-    def add_dir(self, local_dir: Path, rel_prefix: str = "") -> list[str]:
-        """Upload every regular file below ``local_dir`` under ``rel_prefix``, in sorted key order.
+    def add_dir(self, local_dir: Path, rel_prefix: str = "", workers: int = 1) -> list[str]:
+        """Upload every regular file below ``local_dir`` under ``rel_prefix``, in sorted key order, or
+        ``workers`` files at a time (one file's reading and hashing then overlaps another's transfer;
+        the first failure is raised once every started upload has ended).
 
         Temporary files of interrupted local writes are skipped, and so is a ``MANIFEST.json`` at the
         top of ``local_dir`` (re-publishing a downloaded artifact must not upload its old manifest).
@@ -127,11 +129,15 @@ class ArtifactWriter:
                 if rel_local == MANIFEST_NAME and not rel_prefix.strip("/"):
                     continue
                 found.append((join_key(rel_prefix, rel_local), path))
-        added: list[str] = []
-        for rel, path in sorted(found):
-            self.add_file(rel, path)
-            added.append(rel)
-        return added
+        found.sort()
+        if workers <= 1:
+            for rel, path in found:
+                self.add_file(rel, path)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                for job in [pool.submit(self.add_file, rel, path) for rel, path in found]:
+                    job.result()
+        return [rel for rel, _ in found]
 
     @property
     def files(self) -> dict[str, FileEntry]:

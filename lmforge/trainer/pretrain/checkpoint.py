@@ -38,6 +38,8 @@ KIND = "pretrain-checkpoint"
 UPLOAD_ATTEMPTS = 4
 UPLOAD_BACKOFF_S = 2.0
 """Upload retries of one checkpoint (on top of botocore's own per-request retries): waits of 2, 4, 8 s."""
+UPLOAD_WORKERS = 4
+"""Files uploaded at once: sequential uploads left the server idle while each file was read and hashed."""
 _STEP_DIR = re.compile(rf"^{PREFIX}/(step-(\d+))/")
 
 
@@ -195,7 +197,7 @@ class Checkpoints:
         for attempt in range(self.attempts):
             try:
                 writer = ArtifactWriter(self.output, f"{PREFIX}/{name}")
-                writer.add_dir(local)
+                writer.add_dir(local, workers=UPLOAD_WORKERS)
                 return writer.files
             except StoreError as exc:
                 wait = self.backoff_s * 2**attempt
