@@ -66,6 +66,12 @@ class Cleaner:
                 kept.append(line)
             text = "\n".join(kept)
         if self.spec.collapse_whitespace:
-            text = _EDGE_SPACES.sub("\n", _SPACES.sub(" ", text))
-            text = _BLANK_LINES.sub("\n\n", text)
+            # Substring pre-checks (C speed) skip the regex scans that would change nothing; in ASCII
+            # text the only horizontal spaces the patterns know are " " and "\t".
+            if not text.isascii() or "  " in text or "\t" in text:
+                text = _SPACES.sub(" ", text)
+            if " \n" in text or "\n " in text:
+                text = _EDGE_SPACES.sub("\n", text)
+            if "\n\n\n" in text:
+                text = _BLANK_LINES.sub("\n\n", text)
         return text.strip()

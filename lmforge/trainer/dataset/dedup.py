@@ -25,6 +25,7 @@ from lmforge.api.dataset import NearDedup
 
 _PUNCT = re.compile(r"[^\w\s]+")
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 64-bit golden-ratio multiplier (Fibonacci hashing)
+_BLOCK = 2048  # shingles per (shingles × num_perm) product block: 2048 × 112 × 4 B ≈ 0.9 MB
 
 
 def normalized_words(text: str) -> list[str]:
@@ -135,10 +136,30 @@ class MinHasher:
             n = int(lengths[i])
             w = words[starts[i]:starts[i] + n]
             shingles[offsets[i]] = self._mix(w, n)[0] if n else 0
-        hv = _fmix(shingles.reshape(-1, 1), 32)  # (M, 1) uint32
+        hv = _fmix(shingles, 32)  # (M,) uint32
+        return self._reduce(hv, offsets, counts)
+
+    def _reduce(self, hv: np.ndarray, offsets: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Per document, the minimum over its shingles of h·a + b mod 2³² for every permutation:
+        (B, P) uint32. The (shingles × P) products are formed a group of whole documents at a time
+        (about `_BLOCK` shingles, ~1 MB: cache-resident), which is about twice as fast as one
+        chunk-sized array."""
         a, b = self.permutations  # (P,) uint32 each
-        phv = hv * a + b  # (M, P) uint32, wrapping mod 2^32
-        return np.minimum.reduceat(phv, offsets, axis=0)  # (B, P)
+        n = len(offsets)
+        out = np.empty((n, len(a)), dtype=np.uint32)
+        ends = offsets + counts  # (B,) one past each document's last shingle
+        buf = np.empty((max(_BLOCK, int(counts.max())), len(a)), dtype=np.uint32)
+        i = 0
+        while i < n:
+            start = int(offsets[i])
+            j = max(int(np.searchsorted(ends, start + _BLOCK, side="right")), i + 1)  # docs i..j-1
+            end = int(ends[j - 1])
+            phv = buf[:end - start]  # (m, P)
+            np.multiply(hv[start:end, None], a, out=phv)  # wraps mod 2^32
+            np.add(phv, b, out=phv)
+            out[i:j] = np.minimum.reduceat(phv, offsets[i:j] - start, axis=0)
+            i = j
+        return out
 
     def signature(self, text: str) -> np.ndarray:
         """(num_perm,) uint32 MinHash signature (datasketch's MinHash, one document)."""

@@ -14,6 +14,18 @@ from lmforge.api.dataset import QualityFilter
 # A whitespace-delimited word with no letter in it (digits, symbols, punctuation only).
 _NO_LETTER_WORD = re.compile(r"(?<!\S)(?:(?![^\W\d_])\S)+(?!\S)")
 _BULLETS = ("•", "-", "*", "·", "‣", "◦", "–")
+# For ASCII text: keep letters and whitespace (the separators 0x1c-0x1f, whitespace to `str.split` but
+# not to `bytes.split`, become spaces); a word keeps a byte iff it has a letter.
+_ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
+_NOT_LETTER_OR_SPACE = bytes(c for c in range(256) if not (chr(c).isascii() and chr(c).isalpha()) and c not in _ASCII_SPACE)
+_SEPARATORS_TO_SPACE = bytes(32 if 0x1c <= c <= 0x1f else c for c in range(256))
+
+
+def _letter_words(text: str) -> int:
+    """Whitespace-delimited words with at least one letter (`n - len(_NO_LETTER_WORD.findall(text))`)."""
+    if text.isascii():
+        return len(text.encode("ascii").translate(_SEPARATORS_TO_SPACE, _NOT_LETTER_OR_SPACE).split())
+    return len(text.split()) - len(_NO_LETTER_WORD.findall(text))
 
 
 def _duplicate_fraction(items: list[str]) -> float:
@@ -74,7 +86,7 @@ def check(text: str, spec: QualityFilter) -> str | None:
         ellipses = sum(1 for ln in lines if ln.rstrip().endswith(("...", "…")))
         if ellipses / len(lines) > spec.max_ellipsis_line_ratio:
             return "ellipsis_lines"
-    if n and (n - len(_NO_LETTER_WORD.findall(text))) / n < spec.min_alpha_word_ratio:
+    if n and _letter_words(text) / n < spec.min_alpha_word_ratio:
         return "alpha_words"
     if _duplicate_fraction(lines) > spec.max_duplicate_line_fraction:
         return "duplicate_lines"

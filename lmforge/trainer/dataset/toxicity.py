@@ -15,6 +15,8 @@ from lmforge.api.dataset import ToxicityFilter
 from lmforge.trainer.errors import InvalidInput
 
 _WORD = re.compile(r"[a-z]+(?:'[a-z]+)?")
+# ASCII letters lower-cased, every other byte a space: the split gives the text's maximal letter runs.
+_LETTER_RUNS = bytes(c | 0x20 if (65 <= c <= 90 or 97 <= c <= 122) else 32 for c in range(256))
 
 
 def parse_word_list(text: str) -> frozenset[str]:
@@ -43,10 +45,17 @@ class ToxicityScorer:
             self.words = parse_word_list(read_text(spec.word_list))
         else:
             self.words = builtin_words()
+        self._bytes_words = frozenset(w.encode() for w in self.words if w.isascii())
+        self._runs_precheck = all(w.isascii() and w.isalpha() for w in self.words)
 
     def score(self, text: str) -> float:
         if self.classifier is not None:
             return float(self.classifier(text))
+        if self._runs_precheck and text.isascii() and self._bytes_words.isdisjoint(
+                text.encode("ascii").translate(_LETTER_RUNS).split()):
+            # Every pure-letter `_WORD` match is a maximal letter run, and the list has only pure-letter
+            # words, so no run on the list means no hit: the score is 0 without tokenizing.
+            return 0.0
         words = _WORD.findall(text.lower())
         if not words:
             return 0.0
