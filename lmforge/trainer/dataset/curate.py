@@ -26,7 +26,7 @@ from lmforge.api.dataset import DatasetSpec, PiiType
 from lmforge.trainer.dataset import quality
 from lmforge.trainer.dataset.clean import Cleaner
 from lmforge.trainer.dataset.decontam import Decontaminator
-from lmforge.trainer.dataset.dedup import MinHasher, hash_normalized, normalized_words
+from lmforge.trainer.dataset.dedup import MinHasher, hash_tokens, normalized_tokens
 from lmforge.trainer.dataset.language import identify
 from lmforge.trainer.dataset.pii import Redactor
 from lmforge.trainer.dataset.readers import Document
@@ -179,7 +179,7 @@ def curate_chunk(docs: list[Document], curator: Curator, hasher: MinHasher | Non
     exact: list[int] = []
     sources: list[int] = []
     nbytes: list[int] = []
-    words: list[list[str]] = []
+    words: list[list[str] | list[bytes]] = []  # normalized tokens per kept document
     lines: list[bytes] = []
     read_bytes = 0
     for doc in docs:
@@ -188,9 +188,9 @@ def curate_chunk(docs: list[Document], curator: Curator, hasher: MinHasher | Non
         if text is None:
             continue
         key = doc_key(doc.file_index, doc.row)
-        doc_words = normalized_words(text)
+        doc_words = normalized_tokens(text)
         keys.append(key)
-        exact.append(hash_normalized(" ".join(doc_words)))
+        exact.append(hash_tokens(doc_words))
         sources.append(source_ids[doc.source])
         nbytes.append(curator.last_size)
         words.append(doc_words)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,30 @@ _BLOCK = 2048  # shingles per (shingles × num_perm) product block: 2048 × 112 
 def normalized_words(text: str) -> list[str]:
     """The words of `normalize(text)` (lower-case, punctuation removed), without joining them."""
     return _PUNCT.sub(" ", text.lower()).split()
+
+
+# ASCII: letters lower-cased, \w and whitespace kept (0x1c-0x1f, whitespace to `str.split` only, become
+# spaces), everything else (the punctuation `_PUNCT` removes) a space.
+_NORMALIZE_ASCII = bytes(
+    32 if 0x1c <= c <= 0x1f else c | 0x20 if 65 <= c <= 90
+    else c if (c < 128 and (chr(c).isalnum() or c == 95 or chr(c).isspace())) else 32
+    for c in range(256))
+
+
+def normalized_tokens(text: str) -> list[str] | list[bytes]:
+    """`normalized_words(text)`, as UTF-8 bytes for ASCII text (one byte translation and split, no
+    regular expression: the common case) and as str otherwise; `hash_tokens` and the MinHasher accept
+    either and give the same results for both."""
+    if text.isascii():
+        return text.encode("ascii").translate(_NORMALIZE_ASCII).split()
+    return normalized_words(text)
+
+
+def hash_tokens(words: list[str] | list[bytes]) -> int:
+    """`hash_normalized(" ".join(words))` for `normalized_tokens` output."""
+    if words and isinstance(words[0], bytes):
+        return int.from_bytes(hashlib.blake2b(b" ".join(words), digest_size=8).digest(), "little")
+    return hash_normalized(" ".join(words))  # type: ignore[arg-type]
 
 
 def normalize(text: str) -> str:
@@ -76,12 +101,13 @@ class MinHasher:
         self.spec = spec
         self.k = spec.shingle_size
         self.permutations = MinHash(spec.num_perm, seed=seed, scheme="affine32").permutations
-        self._word_hash: dict[str, int] = {}
+        self._word_hash: dict[str | bytes, int] = {}
         # Per-position multipliers that turn k word hashes into one n-gram hash: (k,) uint64.
         self._weights = (np.arange(1, self.k + 1, dtype=np.uint64) * _MIX) | np.uint64(1)
 
-    def _word_hashes(self, words: list[str]) -> np.ndarray:
-        """crc32 of each word, through a cache (most words repeat): (len(words),) uint64."""
+    def _word_hashes(self, words: Sequence[str | bytes]) -> np.ndarray:
+        """crc32 of each word's UTF-8 (str or bytes words), through a cache (most words repeat):
+        (len(words),) uint64."""
         cache = self._word_hash
         if len(cache) > 2_000_000:  # bound memory on corpora with huge vocabularies
             cache.clear()
@@ -89,7 +115,7 @@ class MinHasher:
             return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
         except KeyError:
             for w in set(words).difference(cache):
-                cache[w] = zlib.crc32(w.encode())
+                cache[w] = zlib.crc32(w if isinstance(w, bytes) else w.encode())
             return np.fromiter(map(cache.__getitem__, words), dtype=np.uint64, count=len(words))
 
     def _mix(self, words: np.ndarray, k: int) -> np.ndarray:
@@ -110,7 +136,7 @@ class MinHasher:
         once."""
         return self.signatures_of_words([normalized_words(t) for t in texts])
 
-    def signatures_of_words(self, docs: list[list[str]]) -> np.ndarray:
+    def signatures_of_words(self, docs: Sequence[Sequence[str | bytes]]) -> np.ndarray:
         """`signatures` from each text's `normalized_words`: the shingles of the whole batch are hashed
         as one array (windows crossing a document boundary are masked out), then datasketch's affine32
         update (MurmurHash3 finalizer, then h·a + b mod 2³²) is applied to all of them in one array

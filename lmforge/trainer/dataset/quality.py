@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from operator import mul
 
 from lmforge.api.dataset import QualityFilter
 
@@ -47,14 +48,22 @@ def _top_ngram_fraction(words: list[str], n: int) -> float:
     return count * sum(map(len, gram)) / max(total, 1)
 
 
+def _top_bigram_bound(words: list[str]) -> float:
+    """An upper bound of `_top_ngram_fraction(words, 2)` from word counts alone (cheaper: no tuples):
+    a bigram (a, b) seen k times has k ≤ count(a), count(b), so k·(len a + len b) ≤ 2·max count(w)·len(w)."""
+    counts = Counter(words)
+    top = max(map(mul, counts.values(), map(len, counts)), default=0)
+    return 2 * top / max(sum(map(len, words)), 1)
+
+
 def _duplicate_ngram_fraction(words: list[str], n: int) -> float:
     """Characters of words inside word n-grams that occur more than once, over all word characters."""
     if len(words) < n:
         return 0.0
-    counts = Counter(zip(*(words[i:] for i in range(n)), strict=False))
-    if len(counts) == len(words) - n + 1:  # the common case: no n-gram repeats
-        return 0.0
     grams = list(zip(*(words[i:] for i in range(n)), strict=False))
+    if len(set(grams)) == len(grams):  # the common case: no n-gram repeats (a set is cheaper than a Counter)
+        return 0.0
+    counts = Counter(grams)
     covered = [False] * len(words)
     for i, gram in enumerate(grams):
         if counts[gram] > 1:
@@ -94,7 +103,8 @@ def check(text: str, spec: QualityFilter) -> str | None:
     if _duplicate_fraction(paragraphs) > spec.max_duplicate_paragraph_fraction:
         return "duplicate_paragraphs"
     lowered = text.lower().split()
-    if _top_ngram_fraction(lowered, 2) > spec.max_top_ngram_fraction:
+    limit = spec.max_top_ngram_fraction
+    if _top_bigram_bound(lowered) > limit and _top_ngram_fraction(lowered, 2) > limit:
         return "top_ngram"
     if _duplicate_ngram_fraction(lowered, 5) > spec.max_duplicate_ngram_fraction:
         return "duplicate_ngrams"

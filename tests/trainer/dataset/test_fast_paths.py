@@ -3,6 +3,7 @@ products) give exactly what the plain regular expressions / datasketch give, on 
 
 from __future__ import annotations
 
+import io
 import random
 import re
 
@@ -11,6 +12,7 @@ import numpy as np
 from lmforge.api.dataset import Cleaning, NearDedup, ToxicityFilter
 from lmforge.trainer.dataset import dedup, pii, quality
 from lmforge.trainer.dataset.clean import _BLANK_LINES, _EDGE_SPACES, _SPACES, Cleaner
+from lmforge.trainer.dataset.shards import Packer, dtype_for
 from lmforge.trainer.dataset.toxicity import _WORD, ToxicityScorer
 
 # Pieces chosen to hit every branch: separators that are whitespace to str but not to bytes, digits
@@ -67,3 +69,36 @@ def test_blocked_signatures_match_datasketch_across_block_boundaries() -> None:
     texts = [" ".join(rng.choice(vocab) for _ in range(n)) for n in lengths]
     a, b = dedup.MinHasher(NearDedup()), dedup.MinHasher(NearDedup())
     assert np.array_equal(a.signatures(texts), np.stack([b.signature(t) for t in texts]))
+
+
+def test_packer_matches_naive_concatenation() -> None:
+    rng = random.Random(5)
+    docs = [[rng.randrange(60000) for _ in range(rng.choice([0, 1, 5, 300]))] for _ in range(200)]
+    buf = io.BytesIO()
+    packer = Packer(buf, 16, dtype_for(60000), eos_id=7)
+    for start in range(0, len(docs), 64):
+        packer.add(docs[start:start + 64])
+    packer.add([])
+    stream = [t for d in docs for t in (*d, 7)]
+    full = len(stream) // 16 * 16
+    assert np.frombuffer(buf.getvalue(), dtype="<u2").tolist() == stream[:full]
+    assert (packer.rows, packer.tokens, packer.tail) == (full // 16, len(stream), len(stream) - full)
+
+
+def test_top_bigram_bound_is_an_upper_bound() -> None:
+    rng = random.Random(6)
+    for _ in range(2000):
+        words = [rng.choice(["a", "bb", "ccc", "the", "of", "x" * rng.randint(1, 9)]) for _ in range(rng.randint(0, 30))]
+        assert quality._top_ngram_fraction(words, 2) <= quality._top_bigram_bound(words)
+
+
+def test_normalized_tokens_match_the_regex_normalisation() -> None:
+    hasher = dedup.MinHasher(NearDedup())
+    texts = _texts(2000, seed=7)
+    for text in texts:
+        tokens = dedup.normalized_tokens(text)
+        assert [t if isinstance(t, str) else t.decode() for t in tokens] == dedup.normalized_words(text), repr(text)
+        assert dedup.hash_tokens(tokens) == dedup.exact_hash(text)
+    # bytes and str tokens in one batch give datasketch's signatures (the word-hash cache holds both)
+    assert np.array_equal(hasher.signatures_of_words([dedup.normalized_tokens(t) for t in texts[:300]]),
+                          np.stack([dedup.MinHasher(NearDedup()).signature(t) for t in texts[:300]]))
