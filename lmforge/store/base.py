@@ -9,11 +9,12 @@ directory and S3 by changing one URI. Keys are relative POSIX paths below the st
 
 from __future__ import annotations
 
+import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from lmforge.store.errors import StoreError
-from lmforge.store.hashing import sha256_file
+from lmforge.store.hashing import Readable, sha256_file
 from lmforge.store.uri import join_key, normalize_key, normalize_prefix
 
 __all__ = ["TMP_MARKER", "Store", "StoreError", "under_prefix"]
@@ -59,6 +60,21 @@ class Store(ABC):
         can hash the bytes while they stream override this to save the extra read pass."""
         self.put_file(key, path)
         return Path(path).stat().st_size, sha256_file(Path(path))
+
+    #: Whether :meth:`put_stream_hashed` sends the bytes as they are produced (S3 multipart). Where it
+    #: does not, a writer gains nothing by streaming and keeps its write-a-file-then-upload path.
+    streams_uploads: bool = False
+
+    def put_stream_hashed(self, key: str, stream: Readable) -> tuple[int, str]:
+        """Upload everything read from ``stream`` (until EOF) as ``key``, returning (size, hex SHA-256)
+        of what was read. This default spools to a temporary file first; backends that can upload a
+        stream of unknown length as it is read override it (and set :attr:`streams_uploads`)."""
+        with tempfile.TemporaryDirectory(prefix="lmforge-spool-") as tmp:
+            path = Path(tmp) / "data"
+            with open(path, "wb") as f:
+                while chunk := stream.read(4 * 1024 * 1024):
+                    f.write(chunk)
+            return self.put_file_hashed(key, path)
 
     def get_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
         """:meth:`get_file`, returning (size in bytes, hex SHA-256) of what was downloaded (see

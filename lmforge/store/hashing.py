@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import IO
+from typing import IO, Protocol
 
-__all__ = ["HashingReader", "HashingWriter", "sha256_file"]
+__all__ = ["HashingReader", "HashingWriter", "Readable", "sha256_file"]
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -28,6 +28,13 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+class Readable(Protocol):
+    """What an upload reads from: a file, or a pipe fed by another thread (one that returns exactly
+    ``n`` bytes per read until the end)."""
+
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
 class HashingReader:
     """A read-only, deliberately non-seekable view of a file that hashes what is read through it.
 
@@ -35,7 +42,7 @@ class HashingReader:
     while still uploading the parts concurrently.
     """
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: Readable) -> None:
         self._f = f
         self._hash = hashlib.sha256()
         self.size = 0

@@ -27,7 +27,7 @@ from botocore.config import Config
 
 from lmforge.store.base import TMP_MARKER, Store
 from lmforge.store.errors import ArtifactNotFound, StoreError
-from lmforge.store.hashing import HashingReader, HashingWriter
+from lmforge.store.hashing import HashingReader, HashingWriter, Readable
 
 __all__ = ["S3Store", "make_s3_client", "s3_endpoint_from_env"]
 
@@ -224,6 +224,18 @@ class S3Store(Store):
             raise StoreError(f"cannot upload {path} to {self.url(key)}: local file not found")
         with self._errors("write", self.url(key)), open(path, "rb") as f:
             reader = HashingReader(f)
+            self.client.upload_fileobj(reader, self.bucket, full, Config=TRANSFER_CONFIG)
+        return reader.size, reader.hexdigest()
+
+    streams_uploads = True
+
+    def put_stream_hashed(self, key: str, stream: Readable) -> tuple[int, str]:
+        """Multipart upload of a stream of unknown length, hashed as read: s3transfer reads it in
+        order, one part at a time, while its workers send earlier parts. ``stream.read(n)`` must
+        return ``n`` bytes until the end (a short read ends the upload)."""
+        full = self._full(key)
+        with self._errors("write", self.url(key)):
+            reader = HashingReader(stream)
             self.client.upload_fileobj(reader, self.bucket, full, Config=TRANSFER_CONFIG)
         return reader.size, reader.hexdigest()
 

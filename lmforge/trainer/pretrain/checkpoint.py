@@ -2,9 +2,12 @@
 pointer, with automatic resume.
 
 Order of a save, which is what makes a crash at any point harmless:
-1. every rank writes its DeepSpeed files (and its RNG state) into a local directory;
-2. each node's local rank 0 uploads that node's files (retried with backoff);
-3. rank 0 writes the artifact's MANIFEST.json (the union of all nodes' files), only if all uploads
+1. on a store that streams uploads (S3), every rank serialises its DeepSpeed files straight into
+   multipart uploads, so serialisation and transfer overlap (`streaming.py`); if any of those uploads
+   fails, or on a local store, DeepSpeed writes the files into a local directory instead;
+2. each node's local rank 0 uploads what is in that node's local directory (RNG states, DeepSpeed's
+   recovery script, extra files, or everything after a fallback), retried with backoff;
+3. rank 0 writes the artifact's MANIFEST.json (the union of all ranks' files), only if all uploads
    succeeded — before that the prefix is ignored by every reader;
 4. rank 0 replaces `latest` (a single small object, atomic on every store);
 5. checkpoints older than the last K are deleted.
@@ -170,17 +173,27 @@ class Checkpoints:
         if self.world.is_node_main:
             shutil.rmtree(local, ignore_errors=True)
         barrier(self.world)
-        engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state, save_latest=False)
+        if self.world.is_main:
+            self.output.delete_prefix(f"{PREFIX}/{name}")  # leftovers of a crashed attempt
+        barrier(self.world)
+        streamed = self._save_streaming(engine, name, client_state) if self.output.streams_uploads else None
+        if streamed is None:  # a local store, or a streamed upload failed somewhere: the local path
+            if self.world.is_node_main:
+                shutil.rmtree(local, ignore_errors=True)
+            barrier(self.world)
+            engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state,
+                                   save_latest=False)
         torch.save(_rng_state(), local / f"rng-rank{self.world.rank}.pt")
         if self.world.is_main:
             for rel, data in files.items():
                 (local / rel).write_bytes(data)
-            self.output.delete_prefix(f"{PREFIX}/{name}")  # leftovers of a crashed attempt
         barrier(self.world)
         entries: dict[str, FileEntry] | None = {}
         if self.world.is_node_main:
-            entries = self._upload(name, local)
+            entries = self._upload(name, local)  # whatever is local: all files, or the small ones
         uploaded = gather(entries, self.world)
+        if streamed is not None:
+            uploaded.append(streamed)
         committed = False
         if self.world.is_main and all(e is not None for e in uploaded):
             merged: dict[str, FileEntry] = {}
@@ -191,6 +204,31 @@ class Checkpoints:
         if self.world.is_node_main:
             shutil.rmtree(local, ignore_errors=True)
         return broadcast(committed, self.world)
+
+    def _save_streaming(self, engine: Any, name: str, client_state: dict[str, Any]) -> dict[str, FileEntry] | None:
+        """DeepSpeed's save with its big files serialised straight into uploads (collective; see
+        :mod:`lmforge.trainer.pretrain.streaming`). The manifest entries of all ranks' streamed files,
+        or None on every rank if any rank's upload failed (nothing is committed from a partial one)."""
+        from lmforge.trainer.pretrain.streaming import StreamingCheckpointEngine
+
+        inner = engine.checkpoint_engine
+        streaming = StreamingCheckpointEngine(inner, self.output.child(f"{PREFIX}/{name}"),
+                                              self.local_root / name, workers=UPLOAD_WORKERS)
+        engine.checkpoint_engine = streaming
+        try:
+            engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state, save_latest=False)
+        finally:
+            engine.checkpoint_engine = inner
+            entries = streaming.finish()
+        streamed = gather(entries, self.world)
+        if not all(e is not None for e in streamed):
+            if self.world.is_main:
+                _warn(f"checkpoint {name}: a streamed upload failed; saving locally and uploading instead")
+            return None
+        merged: dict[str, FileEntry] = {}
+        for e in streamed:
+            merged.update(e or {})
+        return merged
 
     def _upload(self, name: str, local: Path) -> dict[str, FileEntry] | None:
         """This node's files → the store, retried with exponential backoff; None if it kept failing."""
