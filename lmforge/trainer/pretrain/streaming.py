@@ -16,6 +16,7 @@ every upload has finished and succeeded.
 
 from __future__ import annotations
 
+import collections
 import queue
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -42,7 +43,8 @@ class ChunkPipe:
 
     def __init__(self) -> None:
         self._q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=QUEUED_CHUNKS)
-        self._buf = bytearray()
+        self._parts: collections.deque[bytes] = collections.deque()  # received, not yet read
+        self._have = 0  # bytes in _parts
         self._eof = False
         self._aborted = threading.Event()  # the reader gave up: writes are discarded
 
@@ -73,18 +75,29 @@ class ChunkPipe:
     # -- reader side (the upload thread) ------------------------------------------------------------
 
     def read(self, n: int = -1) -> bytes:
-        while not self._eof and (n < 0 or len(self._buf) < n):
+        while not self._eof and (n < 0 or self._have < n):
             item = self._q.get()
             if item is None:
                 self._eof = True
             elif isinstance(item, BaseException):
                 raise StoreError(f"checkpoint serialisation failed: {item}") from item
             else:
-                self._buf += item
-        size = len(self._buf) if n < 0 else min(n, len(self._buf))
-        out = bytes(self._buf[:size])
-        del self._buf[:size]
-        return out
+                self._parts.append(item)
+                self._have += len(item)
+        size = self._have if n < 0 else min(n, self._have)
+        if self._parts and len(self._parts[0]) == size:  # a whole chunk: handed over without a copy
+            self._have -= size
+            return self._parts.popleft()
+        out, got = [], 0
+        while got < size:
+            part = self._parts.popleft()
+            if got + len(part) > size:  # split the last chunk; its tail stays for the next read
+                self._parts.appendleft(part[size - got:])
+                part = part[:size - got]
+            out.append(part)
+            got += len(part)
+        self._have -= size
+        return b"".join(out)
 
     def readable(self) -> bool:
         return True
