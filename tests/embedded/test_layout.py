@@ -33,14 +33,15 @@ def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_answer_is_kept_per_machine_in_the_users_cache(_cache: Path) -> None:
-    path = machine_cache_file()
+    path = machine_cache_file("py")
     assert path.parent == _cache and path.name.startswith("layout-") and path.name.endswith(".json")
-    assert machine_cache_file() == path  # stable: every state directory on this machine shares it
+    assert machine_cache_file("py") == path  # stable: every state directory on this machine shares it
+    assert machine_cache_file("/other/venv/bin/python") != path  # another environment measures anew
 
 
 def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Path) -> None:
-    machine_cache_file().parent.mkdir(parents=True)
-    machine_cache_file().write_text(json.dumps(
+    machine_cache_file("py").parent.mkdir(parents=True)
+    machine_cache_file("py").write_text(json.dumps(
         {"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}}))
     backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python="py")
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
@@ -56,7 +57,7 @@ def test_a_failed_probe_leaves_one_process_with_every_core(tmp_path: Path) -> No
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
     assert cmd.argv[1:3] == ["-m", "lmforge.trainer"] and cmd.env["OMP_NUM_THREADS"] == "2"
     assert backend.layouts.layout(2) == Layout(1, 2, "default")
-    assert not machine_cache_file().exists()
+    assert not machine_cache_file(str(tmp_path / "no-python")).exists()
     assert LayoutProbe(tmp_path, "unused").layout(1) == Layout(1, 1, "default")
 
 

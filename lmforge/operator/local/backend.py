@@ -93,7 +93,7 @@ class LocalBackend:
         self.cwd = cwd
         self.backoff = backoff
         self._runs: dict[str, _Run] = {}
-        cache = machine_cache_file()
+        cache = machine_cache_file(python)
         self.layouts = LayoutProbe(cache.parent, python, cwd, name=cache.name)
         """Measured processes x threads for CPU PretrainJobs that leave `compute` unset."""
         self._lock = threading.RLock()

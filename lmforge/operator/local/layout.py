@@ -4,8 +4,9 @@ How to split the cores between data-parallel processes and intra-op threads depe
 (cores, caches, memory bandwidth, gloo's all-reduce cost), so the runner does not assume one process
 per core: once per machine it runs the trainer's probe (`python -m lmforge.trainer.pretrain.layout`,
 ~20 s on 2 cores, a real data-parallel step of a small Llama per candidate layout) and keeps its answer
-in the user's cache (`$LMFORGE_CACHE`, default `~/.cache/lmforge`), in a file named after the CPU model
-and core count, so a new state directory (every new project, every test) does not pay the probe again.
+in the user's cache (`$LMFORGE_CACHE`, default `~/.cache/lmforge`), in a file named after the CPU model,
+the core count and the Python that runs the stages (another environment may carry another torch), so a
+new state directory (every new project, every test) does not pay the probe again.
 A probe that fails or times out leaves the old default, one process with every core as a thread; so
 does a single core.
 """
@@ -55,15 +56,16 @@ def choose(cores: int, tokens_per_second: dict[str, float]) -> Layout:
     return best
 
 
-def machine_cache_file() -> Path:
-    """Where this machine's probe answer is kept: the user's lmforge cache, keyed by CPU model and cores."""
+def machine_cache_file(python: str) -> Path:
+    """Where this machine's probe answer for `python` is kept: the user's lmforge cache, keyed by CPU
+    model, cores and interpreter."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
         model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
                       if line.startswith("model name")), "unknown")
     except OSError:
         model = "unknown"
-    key = hashlib.sha256(f"{model}|{os.cpu_count()}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{model}|{os.cpu_count()}|{python}".encode()).hexdigest()[:12]
     root = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
     return root / f"layout-{key}.json"
 
