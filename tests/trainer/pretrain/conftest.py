@@ -10,6 +10,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,17 @@ def publish_dataset(store: Store, name: str, tmp: Path, tokenizer_dir: Path, **s
 @pytest.fixture(scope="session")
 def tiny_tokenizer(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tokenizer(tmp_path_factory.mktemp("tok") / "tokenizer", vocab_size=300)
+
+
+@contextmanager
+def module_world(tmp: Path, tokenizer: Path) -> Iterator[World]:
+    """A world that lives as long as a module-scoped fixture (its own cache and work dir, offline)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("LMFORGE_CACHE", str(tmp / "cache"))
+        mp.setenv("LMFORGE_WORK_DIR", str(tmp / "work"))
+        store = LocalStore(tmp / "store")
+        yield World(store, f"file://{tmp / 'store'}", publish_dataset(store, "tiny-corpus", tmp, tokenizer), tmp)
 
 
 @pytest.fixture

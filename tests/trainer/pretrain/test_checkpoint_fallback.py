@@ -20,7 +20,7 @@ from lmforge.trainer.pretrain import checkpoint as ckpt_mod
 from lmforge.trainer.pretrain.dist import World as Ranks
 from lmforge.trainer.progress import ProgressReporter
 
-from .conftest import World, pretrain_resource, publish_dataset, run_in_process, stage_spec
+from .conftest import World, module_world, pretrain_resource, run_in_process, stage_spec
 
 pytestmark = pytest.mark.ml
 
@@ -43,13 +43,7 @@ class FakeClock:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Iterator[World]:
     """A 10-step run: complete checkpoints step-5 and step-10, `latest` → step-10."""
-    tmp = tmp_path_factory.mktemp("fallback")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("LMFORGE_CACHE", str(tmp / "cache"))
-        mp.setenv("LMFORGE_WORK_DIR", str(tmp / "work"))
-        store = LocalStore(tmp / "store")
-        w = World(store, f"file://{tmp / 'store'}", publish_dataset(store, "tiny-corpus", tmp, tiny_tokenizer), tmp)
+    with module_world(tmp_path_factory.mktemp("fallback"), tiny_tokenizer) as w:
         run_in_process(stage_spec(w, RESOURCE))
         yield w
 

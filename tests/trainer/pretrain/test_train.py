@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from lmforge.api.contract import InputArtifacts
-from lmforge.store import LocalStore, read_manifest
+from lmforge.store import read_manifest
 from lmforge.trainer.errors import InvalidInput, StageError
 from lmforge.trainer.pretrain import checkpoint as ckpt_mod
 from lmforge.trainer.pretrain import loop as loop_mod
 
-from .conftest import Run, World, pretrain_resource, publish_dataset, run_in_process, stage_spec
+from .conftest import Run, World, module_world, pretrain_resource, publish_dataset, run_in_process, stage_spec
 
 pytestmark = pytest.mark.ml
 
@@ -31,13 +31,7 @@ class Crash(BaseException):
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) -> Iterator[tuple[World, Run]]:
     """One uninterrupted 30-step run that several tests inspect."""
-    tmp = tmp_path_factory.mktemp("reference")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HF_HUB_OFFLINE", "1")
-        mp.setenv("LMFORGE_CACHE", str(tmp / "cache"))
-        mp.setenv("LMFORGE_WORK_DIR", str(tmp / "work"))
-        store = LocalStore(tmp / "store")
-        w = World(store, f"file://{tmp / 'store'}", publish_dataset(store, "tiny-corpus", tmp, tiny_tokenizer), tmp)
+    with module_world(tmp_path_factory.mktemp("reference"), tiny_tokenizer) as w:
         yield w, run_in_process(stage_spec(w, pretrain_resource()))
 
 
