@@ -9,12 +9,13 @@ directory and S3 by changing one URI. Keys are relative POSIX paths below the st
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
 
 from lmforge.store.errors import StoreError
-from lmforge.store.hashing import Readable, sha256_file
+from lmforge.store.hashing import CHUNK, Readable, sha256_file
 from lmforge.store.uri import join_key, normalize_key, normalize_prefix
 
 __all__ = ["TMP_MARKER", "Store", "StoreError", "under_prefix"]
@@ -72,8 +73,7 @@ class Store(ABC):
         with tempfile.TemporaryDirectory(prefix="lmforge-spool-") as tmp:
             path = Path(tmp) / "data"
             with open(path, "wb") as f:
-                while chunk := stream.read(4 * 1024 * 1024):
-                    f.write(chunk)
+                shutil.copyfileobj(stream, f, CHUNK)
             return self.put_file_hashed(key, path)
 
     def get_file_hashed(self, key: str, path: Path) -> tuple[int, str]:

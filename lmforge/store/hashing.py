@@ -14,16 +14,17 @@ import hashlib
 from pathlib import Path
 from typing import IO, Protocol
 
-__all__ = ["HashingReader", "HashingWriter", "Readable", "sha256_file"]
+__all__ = ["CHUNK", "HashingReader", "HashingWriter", "Readable", "sha256_file"]
 
-_CHUNK = 4 * 1024 * 1024
+CHUNK = 4 * 1024 * 1024
+"""Bytes per read when hashing or copying local files (bounded memory for multi-GB checkpoints)."""
 
 
 def sha256_file(path: Path) -> str:
     """Hex SHA-256 of a local file, read in chunks so multi-GB checkpoints do not fill memory."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
+        while chunk := f.read(CHUNK):
             h.update(chunk)
     return h.hexdigest()
 

@@ -8,7 +8,6 @@ POSIX filesystems, so a crash never leaves a truncated object under its final na
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import shutil
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 
 from lmforge.store.base import TMP_MARKER, Store
 from lmforge.store.errors import ArtifactNotFound, StoreError
+from lmforge.store.hashing import CHUNK, HashingReader
 
 __all__ = ["LocalStore", "atomic_write_path"]
 
@@ -40,19 +40,12 @@ def atomic_write_path(dest: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
-_CHUNK = 4 * 1024 * 1024
-
-
 def _copy_hashed(src: Path, dest: Path) -> tuple[int, str]:
     """Copy `src` to `dest`, returning (size, hex SHA-256) from the same single read."""
-    h = hashlib.sha256()
-    size = 0
     with open(src, "rb") as fin, open(dest, "wb") as fout:
-        while chunk := fin.read(_CHUNK):
-            h.update(chunk)
-            fout.write(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+        reader = HashingReader(fin)
+        shutil.copyfileobj(reader, fout, CHUNK)
+    return reader.size, reader.hexdigest()
 
 
 class LocalStore(Store):

@@ -219,13 +219,10 @@ class S3Store(Store):
     def put_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
         """Upload and hash in one read: the file is read in order (and hashed) by s3transfer's
         submission thread while its workers send the parts (see :mod:`lmforge.store.hashing`)."""
-        full = self._full(key)
         if not Path(path).is_file():
             raise StoreError(f"cannot upload {path} to {self.url(key)}: local file not found")
-        with self._errors("write", self.url(key)), open(path, "rb") as f:
-            reader = HashingReader(f)
-            self.client.upload_fileobj(reader, self.bucket, full, Config=TRANSFER_CONFIG)
-        return reader.size, reader.hexdigest()
+        with open(path, "rb") as f:
+            return self._upload_hashed(key, f)
 
     streams_uploads = True
 
@@ -233,10 +230,13 @@ class S3Store(Store):
         """Multipart upload of a stream of unknown length, hashed as read: s3transfer reads it in
         order, one part at a time, while its workers send earlier parts. ``stream.read(n)`` must
         return ``n`` bytes until the end (a short read ends the upload)."""
-        full = self._full(key)
+        return self._upload_hashed(key, stream)
+
+    def _upload_hashed(self, key: str, stream: Readable) -> tuple[int, str]:
+        """The upload both `put_file_hashed` and `put_stream_hashed` make: read in order and hashed."""
         with self._errors("write", self.url(key)):
             reader = HashingReader(stream)
-            self.client.upload_fileobj(reader, self.bucket, full, Config=TRANSFER_CONFIG)
+            self.client.upload_fileobj(reader, self.bucket, self._full(key), Config=TRANSFER_CONFIG)
         return reader.size, reader.hexdigest()
 
     def get_file_hashed(self, key: str, path: Path) -> tuple[int, str]:
