@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import queue
+import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -158,7 +159,8 @@ class StreamingCheckpointEngine:
             try:
                 size, digest = job.result()
             except Exception as exc:  # any failure means: fall back
-                print(f"lmforge: streamed checkpoint upload of {rel} failed: {exc}", flush=True)
+                print(f"lmforge: warning: streamed checkpoint upload of {rel} failed: {exc}", file=sys.stderr,
+                      flush=True)
                 entries = None
                 continue
             if entries is not None:
