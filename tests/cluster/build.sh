@@ -4,10 +4,13 @@
 # No distribution package ships kube-apiserver, and only package registries are reachable, so
 # everything is compiled from the Go module proxy with the machine's Go and cached OUTSIDE the
 # repository in ${LMFORGE_CACHE:-$HOME/.cache/lmforge}/k8s-<version>/bin/:
-#   kube-apiserver, kube-controller-manager, kube-scheduler  (k8s.io/kubernetes, one go build)
+#   kube-apiserver, kube-controller-manager, kube-scheduler,
+#   kubelet, kube-proxy                                       (k8s.io/kubernetes, one go build)
 #   etcd                                                      (go.etcd.io/etcd/server/v3)
 #   kwok                                                      (sigs.k8s.io/kwok/cmd/kwok)
 #   helm                                                      (helm.sh/helm/v3/cmd/helm)
+#   coredns                                                   (github.com/coredns/coredns)
+#   pause                                                     (tests/cluster/node/pause, the pod sandbox)
 # Each item is skipped when its binary is already cached, so a warm call takes a second.
 # Timings and peak RSS of every cold build are appended to <cache>/k8s-<version>/build-times.txt.
 #
@@ -19,7 +22,9 @@ K8S_VERSION="${K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${ETCD_VERSION:-v3.6.8}"
 KWOK_VERSION="${KWOK_VERSION:-v0.8.0}"
 HELM_VERSION="${HELM_VERSION:-v3.22.0}"
+COREDNS_VERSION="${COREDNS_VERSION:-v1.14.7}"
 
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 CACHE="${LMFORGE_CACHE:-$HOME/.cache/lmforge}"
 ROOT="$CACHE/k8s-$K8S_VERSION"
 BIN="$ROOT/bin"
@@ -67,14 +72,14 @@ run_timed() {
 have() { [ -x "$BIN/$1" ]; }
 
 build_kubernetes() {
-  if have kube-apiserver && have kube-controller-manager && have kube-scheduler; then
-    log "kube-apiserver/kube-controller-manager/kube-scheduler $K8S_VERSION: cached"; return
+  if have kube-apiserver && have kube-controller-manager && have kube-scheduler && have kubelet && have kube-proxy; then
+    log "kube-apiserver/kube-controller-manager/kube-scheduler/kubelet/kube-proxy $K8S_VERSION: cached"; return
   fi
   local minor="${K8S_VERSION#v1.}"; minor="${minor%%.*}"
   local staging_version="v0.${K8S_VERSION#v1.}"
   local dir="$SRC/kubernetes"
   mkdir -p "$dir"
-  log "building kube-apiserver, kube-controller-manager, kube-scheduler $K8S_VERSION (staging $staging_version)"
+  log "building kube-apiserver, kube-controller-manager, kube-scheduler, kubelet, kube-proxy $K8S_VERSION (staging $staging_version)"
   # Read the real list of staging modules from k8s.io/kubernetes' own go.mod: every
   # `k8s.io/<m> => ./staging/src/k8s.io/<m>` line needs a replace to the published v0.Y.Z.
   local kmod
@@ -100,11 +105,14 @@ build_kubernetes() {
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
     ld="$ld -X $p.gitTreeState=clean -X $p.buildDate=$date -X $p.gitCommit=module-proxy-$K8S_VERSION"
   done
-  (cd "$dir" && run_timed "kubernetes-$K8S_VERSION(apiserver+controller-manager+scheduler)" \
+  # kubelet and kube-proxy come from the same module: the real node of tests/cluster/node.py.
+  (cd "$dir" && run_timed "kubernetes-$K8S_VERSION(apiserver+controller-manager+scheduler+kubelet+kube-proxy)" \
     "$GO" build -p "$JOBS" -trimpath -ldflags "$ld" -o "$BIN/" \
       k8s.io/kubernetes/cmd/kube-apiserver \
       k8s.io/kubernetes/cmd/kube-controller-manager \
-      k8s.io/kubernetes/cmd/kube-scheduler)
+      k8s.io/kubernetes/cmd/kube-scheduler \
+      k8s.io/kubernetes/cmd/kubelet \
+      k8s.io/kubernetes/cmd/kube-proxy)
 }
 
 build_etcd() {
@@ -137,10 +145,24 @@ build_helm() {
     "$GO" install -p "$JOBS" -trimpath -ldflags "$ld" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION")
 }
 
+build_pause() {
+  # The pod sandbox ("pause") image cannot be pulled here: a static binary built from our own
+  # source, packed into an OCI archive by tests/cluster/node.py. Rebuilt when its source changes.
+  local src="$HERE/node/pause" sum
+  sum="$(sha256sum "$src/main.go" | cut -c1-16)"
+  if have pause && [ "$(cat "$BIN/pause.sum" 2>/dev/null)" = "$sum" ]; then log "pause: cached"; return; fi
+  log "building pause"
+  (cd "$src" && GOFLAGS="-buildvcs=false -mod=mod" run_timed "pause-$sum" \
+    "$GO" build -trimpath -ldflags "-s -w" -o "$BIN/pause" .)
+  echo "$sum" > "$BIN/pause.sum"
+}
+
 overall_start="$(date +%s)"
 build_etcd
 build_kubernetes
 build_install kwok "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
 build_helm
+build_install coredns "github.com/coredns/coredns@$COREDNS_VERSION"
+build_pause
 log "all binaries present in $BIN ($(( $(date +%s) - overall_start )) s this call)"
 echo "$BIN"

@@ -227,6 +227,11 @@ class ControlPlane:
     gpu_product: str = "H100-SXM"
     instance_type: str = "p5.48xlarge"
     start_timeout: float = 120.0
+    node_ip: str | None = None
+    """Set for a cluster with a real node (tests/cluster/node.py): the API server then listens on
+    this address (on a veth the node fixture made) instead of 127.0.0.1, so pods reach it through
+    the ``kubernetes`` Service, and it gets credentials to reach the kubelet."""
+    node_name: str = "lmf-node"
 
     workdir: Path = field(init=False)
     kubeconfig: Path = field(init=False)
@@ -317,17 +322,17 @@ class ControlPlane:
         """Ports, certificates, service-account key, token file and kubeconfigs."""
         for name in ("etcd", "etcd_peer", "apiserver", "controller_manager", "scheduler", "kwok"):
             self.ports[name] = free_port()
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.server = f"https://{self.host}:{self.ports['apiserver']}"
         pki = self.workdir / "pki"
         pki.mkdir()
         (self.workdir / "logs").mkdir()
         self._make_pki(pki)
 
         # One bearer token per identity; the apiserver's token-auth file maps them to users.
-        tokens = {
-            name: base64.b32encode(os.urandom(20)).decode().lower()
-            for name in ("admin", "controller-manager", "scheduler", "kwok")
-        }
+        identities = ["admin", "controller-manager", "scheduler", "kwok"]
+        if self.node_ip:
+            identities += ["kubelet", "kube-proxy", "coredns"]
+        tokens = {name: base64.b32encode(os.urandom(20)).decode().lower() for name in identities}
         self.admin_token = tokens["admin"]
         rows = [
             f'{tokens["admin"]},admin,uid-admin,"system:masters"',
@@ -336,10 +341,18 @@ class ControlPlane:
             # kwok writes node and pod status and deletes pods: it plays every kubelet.
             f'{tokens["kwok"]},kwok-controller,uid-kwok,"system:masters"',
         ]
+        if self.node_ip:
+            rows += [
+                # The Node authorizer and NodeRestriction admit a kubelet by this name and group.
+                f'{tokens["kubelet"]},system:node:{self.node_name},uid-kubelet,"system:nodes"',
+                # Bound by the bootstrap ClusterRoleBinding system:node-proxier.
+                f"{tokens['kube-proxy']},system:kube-proxy,uid-kube-proxy",
+                f"{tokens['coredns']},lmforge:coredns,uid-coredns",
+            ]
         (pki / "tokens.csv").write_text("\n".join(rows) + "\n")
         self.kubeconfig = self.workdir / "admin.kubeconfig"
         self._write_kubeconfig(self.kubeconfig, "admin", tokens["admin"])
-        for name in ("controller-manager", "scheduler", "kwok"):
+        for name in identities[1:]:
             self._write_kubeconfig(self.workdir / f"{name}.kubeconfig", name, tokens[name])
 
     def _make_pki(self, pki: Path) -> None:
@@ -381,6 +394,7 @@ class ControlPlane:
         )
         sans = ",".join(
             [
+                *([f"IP:{self.node_ip}"] if self.node_ip else []),
                 "IP:127.0.0.1",
                 "IP:10.96.0.1",
                 "DNS:localhost",
@@ -412,8 +426,38 @@ class ControlPlane:
             "-extfile",
             "apiserver.ext",
         )
+        if self.node_ip:
+            # The API server's client certificate for kubelets (logs, exec, port-forward), and the
+            # kubelet's serving certificate for the node address, both from the test CA.
+            self.sign_certificate("kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
+                                  "extendedKeyUsage=clientAuth")
+            self.sign_certificate("kubelet-serving", f"/O=system:nodes/CN=system:node:{self.node_name}",
+                                  f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:{self.node_ip},"
+                                  f"DNS:{self.node_name}")
         openssl("genrsa", "-out", "sa.key", "2048")
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
+
+    @property
+    def host(self) -> str:
+        """The address the API server listens on."""
+        return self.node_ip or "127.0.0.1"
+
+    def sign_certificate(self, name: str, subject: str, extensions: str) -> tuple[Path, Path]:
+        """A key and a certificate signed by the test CA: ``pki/<name>.key`` and ``.crt``."""
+        pki = self.workdir / "pki"
+
+        def openssl(*args: str) -> None:
+            subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True, timeout=60)
+
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject)
+        (pki / f"{name}.ext").write_text(
+            f"{extensions}\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n"
+        )
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "7",
+                "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+        return pki / f"{name}.key", pki / f"{name}.crt"
 
     def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
         """A kubeconfig with CA-verified TLS and a bearer token (JSON is valid YAML)."""
@@ -473,8 +517,8 @@ class ControlPlane:
             [
                 str(self.bin_dir / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.host}",
+                f"--advertise-address={self.host}",
                 f"--secure-port={self.ports['apiserver']}",
                 f"--cert-dir={self.workdir / 'apiserver-certs'}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -487,8 +531,7 @@ class ControlPlane:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 "--service-cluster-ip-range=10.96.0.0/16",
-                # The "kubernetes" Endpoints may not point at loopback; nothing in-cluster dials it.
-                "--endpoint-reconciler-type=none",
+                *self._node_flags(),
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -506,6 +549,19 @@ class ControlPlane:
                 == 200
             ),
         )
+
+    def _node_flags(self) -> list[str]:
+        pki = self.workdir / "pki"
+        if not self.node_ip:
+            # The "kubernetes" Endpoints may not point at loopback; nothing in-cluster dials it.
+            return ["--endpoint-reconciler-type=none"]
+        # Pods dial the "kubernetes" Service, whose endpoint is this address (lease reconciler).
+        return [
+            f"--kubelet-client-certificate={pki / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'kubelet-client.key'}",
+            f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
 
     def _start_controllers(self) -> None:
         pki = self.workdir / "pki"

@@ -1,0 +1,3 @@
+module lmforge.local/pause
+
+go 1.24
