@@ -57,8 +57,12 @@ class Prometheus:
 
 
 @contextmanager
-def prometheus(targets: dict[str, list[str]]) -> Iterator[Prometheus]:
-    """Start Prometheus with one scrape job per entry (`job name → host:port list`), on loopback."""
+def prometheus(targets: dict[str, list[str]], *, scrape_configs: str = "",
+               rule_files: list[Path] | None = None) -> Iterator[Prometheus]:
+    """Start Prometheus with one scrape job per entry (`job name → host:port list`), on loopback.
+
+    `scrape_configs` adds raw YAML jobs (indented as list items, e.g. Kubernetes service
+    discovery); `rule_files` are loaded as alerting/recording rules (evaluated every second)."""
     binary = shutil.which("prometheus") or "/usr/bin/prometheus"
     if not Path(binary).exists():
         raise RuntimeError("prometheus is not installed (scripts/setup.sh installs Debian's package)")
@@ -67,7 +71,11 @@ def prometheus(targets: dict[str, list[str]]) -> Iterator[Prometheus]:
         f"  - job_name: {name}\n    static_configs:\n      - targets: {json.dumps(addrs)}"
         for name, addrs in targets.items()
     )
-    (work / "prometheus.yml").write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n{jobs}\n")
+    rules = "".join(f"\n  - {json.dumps(str(r))}" for r in rule_files or [])
+    (work / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+        + (f"rule_files:{rules}\n" if rules else "")
+        + f"scrape_configs:\n{jobs}\n{scrape_configs}\n")
     port = free_port()
     log = work / "prometheus.log"
     with log.open("wb") as out:

@@ -248,8 +248,10 @@ def _stop(proc: subprocess.Popen[bytes], ports: dict[str, int]) -> None:
 
 
 @contextlib.contextmanager
-def start_seaweed(bucket: str = DEFAULT_BUCKET, attempts: int = 3) -> Iterator[SeaweedServer]:
+def start_seaweed(bucket: str = DEFAULT_BUCKET, attempts: int = 3, ip: str = "127.0.0.1") -> Iterator[SeaweedServer]:
     """Start ``weed mini`` in a temporary directory, yield it once S3 works, always clean up.
+
+    ``ip`` is the one address it listens on: loopback, or the real node's address for pods.
 
     Free ports are picked just before the start, so another process can grab one in between; a
     start that fails is retried with new ports.
@@ -272,8 +274,8 @@ def start_seaweed(bucket: str = DEFAULT_BUCKET, attempts: int = 3) -> Iterator[S
             weed,
             "mini",
             f"-dir={data}",
-            "-ip=127.0.0.1",
-            "-ip.bind=127.0.0.1",
+            f"-ip={ip}",
+            f"-ip.bind={ip}",
             *(f"-{name}.port={port}" for name, port in ports.items() if not name.endswith(".grpc")),
             *(f"-{name[:-5]}.port.grpc={port}" for name, port in ports.items() if name.endswith(".grpc")),
             "-s3.port.iceberg=0",
@@ -301,7 +303,7 @@ def start_seaweed(bucket: str = DEFAULT_BUCKET, attempts: int = 3) -> Iterator[S
             preexec_fn=_die_with_parent,
         )
         server = SeaweedServer(
-            endpoint=f"http://127.0.0.1:{ports['s3']}",
+            endpoint=f"http://{ip}:{ports['s3']}",
             access_key=ACCESS_KEY,
             secret_key=SECRET_KEY,
             region=REGION,
