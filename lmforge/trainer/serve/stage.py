@@ -13,29 +13,16 @@ import math
 import os
 import signal
 import threading
-from pathlib import Path
 from types import FrameType
 
 from lmforge.api.release import ModelRelease
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput, StageError
 from lmforge.trainer.serve.launcher import VllmServer, check_servable, fetch_verified, server_command
+from lmforge.trainer.serve.prepare import adapter_uris, model_uri
 from lmforge.trainer.serve.smoke import smoke
 
 READY_TIMEOUT_S = float(os.environ.get("LMFORGE_SERVE_READY_TIMEOUT", "900"))
-
-
-def model_uri(ctx: StageContext, release: ModelRelease) -> str:
-    """The compress stage's `model`, passed as the input keyed by the release itself; else any input
-    that carries a `model` artifact."""
-    own = ctx.spec.inputs.get(f"ModelRelease/{release.metadata.name}")
-    if own is not None and "model" in own.artifacts:
-        return own.artifacts["model"]
-    for found in ctx.spec.inputs.values():
-        if "model" in found.artifacts:
-            return found.artifacts["model"]
-    raise InvalidInput(f"no model to serve: input ModelRelease/{release.metadata.name} (the compress "
-                       "stage's result) was not given")
 
 
 def api_key(release: ModelRelease) -> str | None:
@@ -57,14 +44,9 @@ def run(ctx: StageContext) -> dict[str, str]:
     serving, gpus = release.spec.serving, release.spec.gpus
     name = serving.served_model_name or release.metadata.name
     ctx.reporter.progress(0, 3, message="fetching and verifying the model", force=True)
-    model_dir = fetch_verified(model_uri(ctx, release))
+    model_dir = fetch_verified(model_uri(ctx.spec, release))
     check_servable(model_dir, gpus)
-    lora: dict[str, Path] = {}
-    for ref in serving.lora_adapters:
-        adapter = ctx.input("AlignmentJob", ref.name).artifacts.get("adapter")
-        if adapter is None:
-            raise InvalidInput(f"serving.loraAdapters: AlignmentJob/{ref.name} published no adapter")
-        lora[ref.name] = fetch_verified(adapter)
+    lora = {name: fetch_verified(uri) for name, uri in adapter_uris(ctx.spec, release).items()}
     env = {} if gpus else {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(serving.kv_cache_gib)))}
     server = VllmServer(server_command(model_dir, serving, name, gpus=gpus, lora=lora), serving.port, name,
                         env=env, api_key=api_key(release))
