@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 DEFAULT_TRAINER_IMAGE = "ghcr.io/lmforge/trainer:0.1.0"
+DEFAULT_SERVING_IMAGE = "docker.io/vllm/vllm-openai:v0.32.0"
+"""vLLM's official OpenAI-server image (GPU). CPU clusters use the Dockerfile's `serve` target."""
 
 
 def _bool(value: str | None, default: bool = False) -> bool:
@@ -29,6 +31,11 @@ class Settings:
     """Root URI of the artifact store (`s3://bucket/prefix` in a cluster; `file://` for tests)."""
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     """Image of the stage pods, unless a resource's `compute.image` overrides it."""
+    serving_image: str = DEFAULT_SERVING_IMAGE
+    """Image of the vLLM server container of serving pods (their init container uses the trainer's)."""
+    stage_metrics_port: int = 9400
+    """Port of a stage pod's Prometheus exporter, on the pod IP, when the resource names none
+    (a PretrainJob's `spec.metrics.port` wins); 0 switches the stage exporters off."""
     image_pull_policy: str = "IfNotPresent"
     """Pull policy of the stage containers."""
     s3_secret: str | None = None
@@ -38,9 +45,9 @@ class Settings:
     namespaces: tuple[str, ...] = ()
     """Namespaces to watch; empty means all namespaces (cluster mode)."""
     metrics_port: int = 8080
+    """Prometheus metrics port; 0 disables the endpoint."""
     metrics_addr: str = "0.0.0.0"
     """Address the /metrics endpoint binds (a pod's own IP space; tests use 127.0.0.1)."""
-    """Prometheus metrics port; 0 disables the endpoint."""
     workers: int = 8
     """Reconciles running at once (each mostly waits on the API server and the store)."""
     master_port: int = 29500
@@ -66,6 +73,8 @@ class Settings:
         return cls(
             store=e.get("LMFORGE_STORE") or cls.store,
             trainer_image=e.get("LMFORGE_TRAINER_IMAGE") or DEFAULT_TRAINER_IMAGE,
+            serving_image=e.get("LMFORGE_SERVING_IMAGE") or DEFAULT_SERVING_IMAGE,
+            stage_metrics_port=int(e.get("LMFORGE_STAGE_METRICS_PORT") or 9400),
             image_pull_policy=e.get("LMFORGE_IMAGE_PULL_POLICY") or "IfNotPresent",
             s3_secret=e.get("LMFORGE_S3_SECRET") or None,
             s3_endpoint=e.get("LMFORGE_S3_ENDPOINT") or e.get("AWS_ENDPOINT_URL") or None,

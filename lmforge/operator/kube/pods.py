@@ -97,10 +97,25 @@ def container(run: StageRun, settings: Settings, command: list[str], extra_env: 
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
     }
+    port = metrics_port(run, settings)
+    if port:
+        # The stage's exporter on the pod IP (rank 0 binds it); the chart's PodMonitor scrapes the
+        # container port named `metrics`.
+        c["env"] += [{"name": "LMFORGE_METRICS_PORT", "value": str(port)},
+                     {"name": "LMFORGE_METRICS_ADDR", "value": "0.0.0.0"}]
+        c["ports"] = [{"name": "metrics", "containerPort": port}]
     secret = s3_secret(run, settings)
     if secret:
         c["envFrom"] = [{"secretRef": {"name": secret}}]
     return c
+
+
+def metrics_port(run: StageRun, settings: Settings) -> int | None:
+    """The stage exporter's port: the resource's own, else the operator's default; none for serving
+    (vLLM serves its own /metrics on the API port)."""
+    if run.long_running or not settings.stage_metrics_port:
+        return None
+    return run.metrics_port or settings.stage_metrics_port
 
 
 def pod_spec(run: StageRun, settings: Settings, main: dict[str, Any], restart: str) -> dict[str, Any]:

@@ -113,4 +113,5 @@ def stage_run(
         gpus_per_node=gpus, workers=workers, long_running=long_running, port=port,
         replicas=replicas if replicas is not None else 1,
         secret_env=stage_secret_env(resource, stage, inputs),
+        metrics_port=resource.spec.metrics.port if isinstance(resource, PretrainJob) else None,
     )

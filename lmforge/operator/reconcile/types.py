@@ -54,6 +54,9 @@ class StageRun:
     """Serving port."""
     replicas: int = 1
     """Serving replicas."""
+    metrics_port: int | None = None
+    """The resource's own port for the stage's Prometheus exporter (PretrainJob `spec.metrics.port`);
+    None: the backend's default."""
     secret_env: dict[str, SecretKeyRef] = field(default_factory=dict)
     """Environment the stage reads from Secrets beyond `compute.secretEnv`: the serving API key
     (`LMFORGE_API_KEY`) and an evaluated endpoint's key (`LMFORGE_ENDPOINT_API_KEY`)."""
@@ -127,6 +130,9 @@ class Observed:
     field that names it. Only runs not created yet are checked (a created pod reports its own)."""
     secret_waits: int = 0
     """How many looks in a row already found a Secret missing (drives the retry backoff)."""
+    store_error: str | None = None
+    """Why the backend could not read the store (its records of the runs), or None: nothing is
+    decided from a store that cannot be read; the resource says so and is looked at again."""
     serving_allowed: bool = True
     """False when the runner was told not to serve (`lmforge run --no-serve`): a release then ends
     Succeeded once compressed, without changing its spec (so its run id, and its outputs, stay)."""
