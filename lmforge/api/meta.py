@@ -151,6 +151,9 @@ class Reason(StrEnum):
     the message names it and the field that refers to it. Looked for again with backoff."""
     INPUT_FAILED = "InputFailed"
     """A referenced resource failed; the message names it."""
+    STORE_UNAVAILABLE = "StoreUnavailable"
+    """The operator cannot read the artifact store (unreachable, or its credentials are missing or
+    wrong); Ready is Unknown, the message names the store URI, the error and the fix. Retried."""
     INVALID_SPEC = "InvalidSpec"
     """The spec passed the CRD schema but not the models; the message names the field."""
     PENDING = "Pending"

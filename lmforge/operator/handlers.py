@@ -52,7 +52,7 @@ from lmforge.operator.reconcile import (
 from lmforge.operator.reconcile.reconciler import expected_runs
 from lmforge.operator.settings import Settings
 from lmforge.operator.workqueue import WorkQueue
-from lmforge.store import ArtifactNotFound, Store, open_store
+from lmforge.store import ArtifactNotFound, Store, StoreError, open_store
 
 log = logging.getLogger("lmforge.operator")
 Key = tuple[str, str, str]
@@ -231,7 +231,11 @@ class Controller:
             if seen is not None:
                 runs[seen.name] = seen
         for run_name, stage, prefix in expected_runs(obs):
-            result, progress = await asyncio.to_thread(read_records, self.store, prefix)
+            try:
+                result, progress = await asyncio.to_thread(read_records, self.store, prefix)
+            except StoreError as exc:  # shown on the resource; one line per retry, no traceback
+                log.warning("%s/%s/%s: store %s unavailable: %s", ns, kind, name, self.settings.store, exc)
+                return reconcile(replace(obs, runs=runs, store_error=str(exc)))
             merged = with_store(runs.get(run_name), run_name, stage, result, progress)
             if merged is not None and merged.state is RunState.FAILED and merged.retryable:
                 merged = await self.lookups.explain_failure(ns, merged)

@@ -312,3 +312,18 @@ def test_serving_publishes_under_its_own_prefix_so_the_compressed_model_result_s
     (_, compress, compress_out), (_, serve, serve_out) = expected_runs(_observed(case))
     assert (compress, serve) == (StageName.COMPRESS, StageName.SERVE)
     assert serve_out == f"{compress_out}/serve" and compress_out.startswith("modelreleases/r/")
+
+
+def test_an_unreadable_store_shows_on_the_resource_with_one_warning_event() -> None:
+    """Store unreachable or its credentials missing: Ready=Unknown with the URI and the fix, a
+    Warning Event on the first look only, nothing created or deleted, looked at again later."""
+    obs = Observed(**{**_observed(CASES[4]).__dict__,
+                      "store_error": "cannot reach the S3 endpoint http://s3:8333 (connection refused)"})
+    first = reconcile(obs, now=NOW)
+    ready = first.status.condition("Ready")
+    assert ready is not None and ready.status.value == "Unknown" and ready.reason == "StoreUnavailable"
+    assert STORE in ready.message and "connection refused" in ready.message and "store.s3.secretName" in ready.message
+    assert first.runs == [] and first.delete == [] and first.requeue_after and first.requeue_after > 0
+    assert [(e.type, e.reason) for e in first.events] == [("Warning", "StoreUnavailable")]
+    again = reconcile(Observed(**{**obs.__dict__, "status": first.status}), now=NOW)
+    assert again.events == []

@@ -21,6 +21,8 @@ from lmforge.operator.reconcile.types import Decision, Event, Observed, Observed
 
 POLL_SECONDS = 10.0
 """Re-look at a running resource this often to relay progress from the store."""
+STORE_RETRY_SECONDS = 15.0
+"""Wait before reading an unavailable store again (each look logs one line, no traceback)."""
 SECRET_RETRY_SECONDS = (1.0, 60.0)
 """First and longest wait before looking for a missing Secret again (doubling in between):
 Secrets cannot be watched (the operator may `get` them, never list them), so it polls."""
@@ -164,6 +166,15 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         message = obs.invalid or "spec is invalid"
         b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
         b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
+        return b.decision()
+
+    if obs.store_error is not None:
+        message = (f"cannot read the artifact store {obs.store}: {obs.store_error}. Check that it is "
+                   "reachable from the operator and the stage pods and that its credentials Secret (the "
+                   "chart's store.s3.secretName) exists with valid keys; retrying")
+        b.cond(ConditionType.READY, None, Reason.STORE_UNAVAILABLE, message)
+        b.phase(Phase.WAITING, Reason.STORE_UNAVAILABLE, message, warning=True)
+        b.requeue = STORE_RETRY_SECONDS
         return b.decision()
 
     resolved, waiting, failed = _resolve(resource, obs)
