@@ -211,32 +211,76 @@ def _namespaces_differ(pid: int) -> str | None:
     return None
 
 
-def _dead(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return True
-    return state in ("Z", "X")
-
-
-def _kill(pid: int | None, proc: subprocess.Popen[bytes]) -> None:
-    """Kill the sandbox's PID-1 (the kernel then kills everything in its PID namespace) and the
-    launcher's process group, and wait until they are gone."""
-    for target in (pid, -proc.pid):
-        if target is not None:
-            try:
-                os.kill(target, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
+def _kill(pidfd: int | None, proc: subprocess.Popen[bytes]) -> None:
+    """Kill the sandbox's PID-1 (the kernel then kills everything in its PID namespace, `setsid()`
+    or not) and the launcher's process group, and wait until PID-1 is gone. Sandboxed, signals go
+    through a pidfd and to a group not yet reaped, so a recycled PID is never hit."""
+    if pidfd is not None:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.returncode is None or pidfd is None:  # unsandboxed, the program's children are in the group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
     proc.wait()
-    deadline = time.monotonic() + 10.0
-    while pid is not None and not _dead(pid) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    if pidfd is not None:
+        select.select([pidfd], [], [], 10.0)  # readable once it has exited
 
 
 def _read_all(fd: int, limit: int) -> bytes:
     os.lseek(fd, 0, os.SEEK_SET)
     return os.read(fd, limit)
+
+
+class _Fds:
+    """The file descriptors of one run, each closed exactly once."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self.open |= {r, w}
+        return r, w
+
+    def memfd(self, name: str, data: bytes = b"") -> int:
+        fd = os.memfd_create(name)
+        self.open.add(fd)
+        if data:
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def close(self, *fds: int | None) -> None:
+        for fd in fds:
+            if fd is not None and fd in self.open:
+                self.open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self.open))
+
+
+def _establish(proc: subprocess.Popen[bytes], info_r: int, fds: _Fds, out: int, cmd: str) -> int:
+    """A pidfd of the sandbox's PID-1 once its namespaces are checked from outside; else the sandbox
+    is killed (it is still waiting for its nonce: none of the program ran) and `SandboxUnavailable`."""
+    pid = _read_info(info_r, proc)
+    pidfd = why = None
+    if pid is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+            fds.open.add(pidfd)
+            why = _namespaces_differ(pid)
+        except OSError as exc:
+            why = f"cannot watch the sandbox's process: {exc.strerror}"
+    if pidfd is None or why is not None:
+        _kill(pidfd, proc)
+        said = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace").strip().splitlines()
+        raise SandboxUnavailable(why or f"{cmd} exited with status {proc.returncode}" + (f": {said[0]}" if said else ""))
+    return pidfd
 
 
 def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation = CodeIsolation.SANDBOX,
@@ -246,73 +290,57 @@ def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation
     nonce = secrets.token_hex(16).encode()
     python = interpreter()
     root = os.geteuid() == 0
-    nonce_r, nonce_w = os.pipe()
-    result_r, result_w = os.pipe()
-    out = os.memfd_create("sandbox-output")  # stdout+stderr in memory, capped by RLIMIT_FSIZE
-    rlimits = _rlimits(limits)
-    if isolation is CodeIsolation.NONE:
-        del rlimits["RLIMIT_NPROC"]  # it would count every process of the uid, not just the program's
-    harness = [python, "-I", "-B", "-c", _HARNESS, str(nonce_r), str(result_w), json.dumps(rlimits)]
-    opened = [nonce_r, nonce_w, result_r, result_w, out]
+    fds = _Fds()
     workdir: str | None = None
-    pid: int | None = None
-    fds: tuple[int, ...]
     try:
+        nonce_r, nonce_w = fds.pipe()
+        result_r, result_w = fds.pipe()
+        out = fds.memfd("sandbox-output")  # stdout+stderr in memory, capped by RLIMIT_FSIZE
+        rlimits = _rlimits(limits)
+        if isolation is CodeIsolation.NONE:
+            del rlimits["RLIMIT_NPROC"]  # it would count every process of the uid, not the program's
+        cmd = [python, "-I", "-B", "-c", _HARNESS, str(nonce_r), str(result_w), json.dumps(rlimits)]
+        child_fds = [nonce_r, result_w]
+        info_r = info_w = None
         if isolation is CodeIsolation.NONE:
             workdir = tempfile.mkdtemp(prefix="lmforge-unsandboxed-")
             Path(workdir, "program.py").write_text(source, encoding="utf-8")
             if root:
                 os.chown(workdir, NOBODY, NOBODY)
-            cmd, fds = harness, (nonce_r, result_w)
-            info_r = info_w = program_fd = -1
         else:
-            info_r, info_w = os.pipe()
-            program_fd = os.memfd_create("sandbox-program")
-            opened += [info_r, info_w, program_fd]
-            os.write(program_fd, source.encode("utf-8"))
-            os.lseek(program_fd, 0, os.SEEK_SET)
-            cmd = _bwrap_command(bwrap or bwrap_path(), python, limits, program_fd, info_w) + harness
-            fds = (nonce_r, result_w, program_fd, info_w)
+            info_r, info_w = fds.pipe()
+            program = fds.memfd("sandbox-program", source.encode("utf-8"))
+            cmd = _bwrap_command(bwrap or bwrap_path(), python, limits, program, info_w) + cmd
+            child_fds += [program, info_w]
         drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={}, cwd=workdir,
-                                    pass_fds=fds, start_new_session=True, **drop)  # type: ignore[call-overload]
+                                    pass_fds=child_fds, start_new_session=True, **drop)  # type: ignore[call-overload]
         except OSError as exc:
             if isolation is CodeIsolation.NONE:
                 raise
             raise SandboxUnavailable(f"cannot start {cmd[0]}: {exc.strerror}") from None
-        for fd in (nonce_r, result_w, info_w, program_fd):
-            if fd >= 0:
-                os.close(fd)
-                opened.remove(fd)
+        fds.close(*child_fds)
+        pidfd = None
         try:
-            if isolation is not CodeIsolation.NONE:
-                pid = _read_info(info_r, proc)
-                why = _namespaces_differ(pid) if pid is not None else None
-                if pid is None or why is not None:
-                    _kill(pid, proc)
-                    said = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace").strip().splitlines()
-                    raise SandboxUnavailable(why or f"{cmd[0]} exited with status {proc.returncode}"
-                                             + (f": {said[0]}" if said else ""))
-            os.write(nonce_w, nonce)
-            os.close(nonce_w)
-            opened.remove(nonce_w)
+            if info_r is not None:
+                pidfd = _establish(proc, info_r, fds, out, cmd[0])
+            os.write(nonce_w, nonce)  # the go-ahead: only now does the harness run the program
+            fds.close(nonce_w)
             try:
                 code: int | None = proc.wait(timeout=limits.wall_seconds)
                 status = "finished"
             except subprocess.TimeoutExpired:
                 code, status = None, "timeout"
         finally:
-            _kill(pid, proc)
+            _kill(pidfd, proc)
         reported = os.read(result_r, 4096) if select.select([result_r], [], [], 0)[0] else b""
         passed = status == "finished" and code == 0 and reported.splitlines()[-1:] == [nonce]
         output = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace")
-        label = "none" if isolation is CodeIsolation.NONE else "bubblewrap"
-        return Outcome(passed, "passed" if passed else status if status == "timeout" else "failed", code, output,
-                       label)
+        return Outcome(passed, "passed" if passed else "timeout" if status == "timeout" else "failed", code, output,
+                       "none" if isolation is CodeIsolation.NONE else "bubblewrap")
     finally:
-        for fd in opened:
-            os.close(fd)
+        fds.close_all()
         if workdir is not None:
             shutil.rmtree(workdir, ignore_errors=True)
 
