@@ -200,7 +200,8 @@ def _read_info(fd: int, proc: subprocess.Popen[bytes]) -> int | None:
 
 
 def _namespaces_differ(pid: int) -> str | None:
-    """Why the process `pid` is not isolated from this one (checked from outside), or None."""
+    """Why the process `pid` is not isolated from this one (checked from outside), or None: every
+    namespace in `NAMESPACES` must be new, and as root its host uid and gid must be nobody."""
     for ns in NAMESPACES:
         try:
             theirs, ours = os.readlink(f"/proc/{pid}/ns/{ns}"), os.readlink(f"/proc/self/ns/{ns}")
@@ -208,6 +209,14 @@ def _namespaces_differ(pid: int) -> str | None:
             return f"cannot inspect the sandbox's {ns} namespace: {exc.strerror}"
         if theirs == ours:
             return f"the sandbox shares the {ns} namespace with its parent"
+    if os.geteuid() == 0:  # it must also have left root on the host, not only inside its namespace
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError as exc:
+            return f"cannot inspect the sandbox's credentials: {exc.strerror}"
+        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))}
+        if any(int(i) != NOBODY for i in ids.get("Uid", ["0"]) + ids.get("Gid", ["0"])):
+            return f"the sandbox runs as uid/gid {ids} on the host, not {NOBODY}"
     return None
 
 

@@ -388,6 +388,31 @@ def test_without_a_working_sandbox_nothing_runs(caller: str, broken: str, traver
     assert unconfined.passed and unconfined.isolation == "none" and (outside / "ran").exists()
 
 
+FAKE_BWRAP = """#!/usr/bin/python3
+# Pretends to be bubblewrap: reports itself as the sandbox, then runs the command unconfined.
+import json, os, sys
+args = sys.argv[1:]
+fd = int(args[args.index("--info-fd") + 1])
+os.write(fd, json.dumps({"child-pid": os.getpid()}).encode())
+command = args[args.index("--") + 1:]
+os.execv(command[0], command)
+"""
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_a_launcher_that_only_claims_isolation_is_caught_from_outside(caller: str, traversable: None,
+                                                                      outside: Path) -> None:
+    fake = outside / "bin" / "bwrap"
+    fake.parent.mkdir()
+    fake.parent.chmod(0o755)
+    fake.write_text(FAKE_BWRAP)
+    fake.chmod(0o755)
+    program = f"open({str(outside / 'ran')!r}, 'w').write('x')"
+    with pytest.raises(SandboxUnavailable, match="shares the user namespace"):
+        run_as(caller, program, bwrap=str(fake))
+    assert not (outside / "ran").exists()  # it was held at the harness's gate and killed there
+
+
 def test_a_code_task_fails_closed_and_isolation_none_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(sandbox.BWRAP_ENV, "/bin/false")
     rows = [CodeRow("t", "def add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")]
