@@ -78,13 +78,18 @@ class SandboxUnavailable(StageError):
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one execution (bytes, seconds, counts)."""
+    """Resource limits of one execution (bytes, seconds, counts).
+
+    Memory is capped per process (RLIMIT_AS: no cgroup is writable for an unprivileged stage), so one
+    program holds at most `processes` × `memory_bytes` + 3 × `tmpfs_bytes` (4 GiB + 48 MiB by
+    default); `code.execute` runs at most one program per core, up to 4 at once.
+    """
 
     wall_seconds: float = 10.0
     cpu_seconds: int = 10
     memory_bytes: int = 512 << 20
     """RLIMIT_AS of each process."""
-    processes: int = 16
+    processes: int = 8
     """Processes and threads in the sandbox (RLIMIT_NPROC in its own user namespace)."""
     file_bytes: int = 16 << 20
     open_files: int = 64
