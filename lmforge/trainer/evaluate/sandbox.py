@@ -7,9 +7,10 @@ namespace) and with it (the parent first drops to uid/gid 65534, nobody). Inside
   processes (so `kill(-1, …)` reaches nothing outside), only a downed loopback device, and no
   nested user namespaces (`--disable-userns`);
 * a **root of read-only binds** of `/usr` (and `/lib*`, `/bin`, `/sbin` as on the host) plus the
-  interpreter's prefix — no `/etc`, `/home`, `/root`, `/work`, no host `/proc` (its own), no `/sys`;
-  the only writable places are three **size-capped tmpfs** mounts private to the run: its
-  directory `/sandbox`, `/tmp` and `/dev/shm`; nothing it writes reaches the host's disk;
+  interpreter's prefix — no `/etc`, `/home`, `/root`, `/work`, no `/proc` at all (not even its own:
+  nothing can read the harness's memory through it), no `/sys`; the only writable places are three
+  **size-capped tmpfs** mounts private to the run: its directory `/sandbox`, `/tmp` and `/dev/shm`;
+  nothing it writes reaches the host's disk;
 * an **empty environment** (`--clearenv`), a new session (no terminal to inject input into), and
   it dies with its parent; when its PID-1 exits the kernel kills every process it forked,
   `setsid()` or not;
@@ -24,13 +25,13 @@ fails, or the namespaces are not new, the program never runs and `SandboxUnavail
 (fail closed). `isolation: none` on a code task runs programs as plain child processes instead
 (the same harness and rlimits, none of the isolation), and results say so.
 
-A program passes only when the harness writes that nonce on its own result pipe after the
-program's last statement (the tests' `check(...)` call) returned: exit status means nothing, so
-`raise SystemExit(0)`, `os._exit(0)` or printing something score 0. The nonce is never in the
-program's source, argv, environment or files. The harness and the program share one interpreter,
-so a program that walks the harness's frames could still find it — the same class of trick as a
-return value whose `__eq__` is always true, which no in-process test harness can rule out; the
-sandbox bounds what such a program can do, not what it scores.
+A program passes only when the harness (`harness.py`) writes that nonce on its own result pipe
+after the program's last statement (the tests' `check(...)` call) returned: exit status means
+nothing, so `raise SystemExit(0)`, `os._exit(0)` or printing something score 0. The nonce is never in
+the program's source, argv, environment or files, and in the process it lives only where Python code
+cannot reach it (harness.py says how, and what is left: hand-crafted bytecode reading memory). A
+return value whose `__eq__` is always true still fools the tests' own `assert`s — no harness of
+in-process tests rules that out; the sandbox bounds what such a program can do, not what it scores.
 """
 
 from __future__ import annotations
@@ -110,35 +111,8 @@ class Outcome:
     """`bubblewrap` (namespaces checked by the parent) or `none`."""
 
 
-# Runs in the sandbox's interpreter before any of the program (argv: nonce fd, result fd, rlimits).
-# It waits for the nonce (the parent's go-ahead), sets the rlimits, runs the program, and writes the
-# nonce on the result pipe only if the program's last statement returned.
-_HARNESS = r'''
-import json, os, resource, sys, traceback
-def _main():
-    nonce_fd, result_fd, rlimits = int(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])
-    os.set_inheritable(result_fd, False)
-    nonce = b""
-    while chunk := os.read(nonce_fd, 64):
-        nonce += chunk
-    os.close(nonce_fd)
-    if not nonce:
-        os._exit(125)
-    for name, value in rlimits.items():
-        resource.setrlimit(getattr(resource, name), (value, value))
-    with open("program.py", encoding="utf-8") as f:
-        code = compile(f.read(), "program.py", "exec")
-    del sys.argv[1:]
-    try:
-        exec(code, {"__name__": "__main__", "__file__": "program.py", "__builtins__": __builtins__})
-        sys.stdout.flush(); sys.stderr.flush()
-    except BaseException:
-        traceback.print_exc()
-        os._exit(1)
-    os.write(result_fd, nonce + b"\n")
-    os._exit(0)
-_main()
-'''
+_HARNESS = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8")
+"""The in-sandbox side (see harness.py), run with `-c`: nothing of LMForge is readable in the sandbox."""
 
 
 def interpreter() -> str:
@@ -173,7 +147,7 @@ def _bwrap_command(bwrap: str, python: str, limits: Limits, program_fd: int, inf
         "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK,
         "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
         *_root_binds(python),
-        "--proc", "/proc", "--dev", "/dev",
+        "--dev", "/dev",
         "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm",
         "--size", size, "--tmpfs", WORK, "--perms", "0644", "--file", str(program_fd), f"{WORK}/program.py",
         "--remount-ro", "/", "--chdir", WORK, "--info-fd", str(info_fd), "--",

@@ -357,6 +357,73 @@ FORGERIES = {
     "kill_harness": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
     "correct": "    return a + b\n",
 }
+_CLAIM = ("    import os\n    for secret in found:\n        for fd in range(3, 64):\n            try:\n"
+          "                os.write(fd, bytes(secret) + b'\\n')\n            except Exception:\n"
+          "                pass\n    os._exit(0)\n")
+NONCE_THEFTS = {  # each looks for the nonce (32 hex bytes) and writes whatever it found on every fd
+    "frame_walk": "    import sys\n    found, f = [], sys._getframe()\n    while f is not None:\n"
+                  "        found += [v for v in f.f_locals.values() if isinstance(v, bytes)]\n"
+                  "        found += [v for v in f.f_globals.values() if isinstance(v, bytes)]\n"
+                  "        f = f.f_back\n" + _CLAIM,
+    "closures": "    import sys, types\n    found = []\n    for m in list(sys.modules.values()):\n"
+                "        for v in list(getattr(m, '__dict__', {}).values()):\n"
+                "            cells = getattr(v, '__closure__', None)\n"
+                "            for c in cells if isinstance(cells, tuple) else ():\n"
+                "                try:\n                    found.append(c.cell_contents)\n"
+                "                except ValueError:\n                    pass\n"
+                "    found = [v for v in found if isinstance(v, bytes)]\n" + _CLAIM,
+    "gc_walk": "    import gc\n    found = [o for o in gc.get_objects() if isinstance(o, bytes)]\n" + _CLAIM,
+    "other_threads": "    import sys\n    found = [v for f in sys._current_frames().values() for v in f.f_locals.values()]\n"
+                     + _CLAIM,
+    "tracer": "    import sys, threading\n    found = []\n"
+              "    sys.settrace(lambda fr, ev, arg: found.extend(fr.f_locals.values()))\n"
+              "    sys.audit('lmforge.finished')\n" + _CLAIM,
+    "own_hook": "    import sys\n    found = []\n    sys.addaudithook(lambda e, a: found.append(e))\n" + _CLAIM,
+    "ctypes_memory": "    import ctypes\n    found = [ctypes.string_at(id(0), 64)]\n" + _CLAIM,
+    "proc_mem": "    found = [open('/proc/self/mem', 'rb').read(1)]\n" + _CLAIM,
+    "signal_frame": "    import signal\n    found = []\n"
+                    "    signal.signal(signal.SIGALRM, lambda n, fr: found.extend(fr.f_locals.values()))\n" + _CLAIM,
+    "fake_events": "    import sys\n    sys.audit('lmforge.started')\n    sys.audit('lmforge.finished')\n    found = []\n"
+                   + _CLAIM,
+    "rerun_harness": "    import sys\n    main = sys.modules['__main__']\n    found = []\n"
+                     "    main._program(compile('pass', 'x', 'exec'), [], lambda: None)\n" + _CLAIM,
+}
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_stealing_the_nonce_scores_zero(caller: str, traversable: None) -> None:
+    rows = {name: CodeRow(name, "def add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
+            for name in NONCE_THEFTS}
+    outcomes = {name: run_as(caller, code.program(row, NONCE_THEFTS[name])) for name, row in rows.items()}
+    assert {name for name, o in outcomes.items() if o.passed} == set(), {n: o.output[-300:] for n, o in outcomes.items()}
+    assert outcomes["frame_walk"].returncode == 0  # it got as far as claiming, with nothing to claim
+
+
+ORDINARY = """
+import asyncio, collections, dataclasses, enum, logging, threading, typing
+from typing import List, TypeVar
+T = TypeVar("T")
+Point = collections.namedtuple("Point", "x y")
+Colour = enum.Enum("Colour", "red green")
+@dataclasses.dataclass
+class Box:
+    items: List[int]
+logging.getLogger("x").warning("a warning is fine")
+async def twice(v: int) -> int:
+    return 2 * v
+def check(candidate):
+    assert candidate(Point(1, 2)) == 3
+    assert asyncio.run(twice(2)) == 4 and Box([1]).items == [1] and Colour.red.value == 1
+    t = threading.Thread(target=lambda: None)
+    t.start(); t.join()
+check(lambda p: p.x + p.y)
+"""
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_ordinary_programs_still_pass(caller: str, traversable: None) -> None:
+    outcome = run_as(caller, ORDINARY)
+    assert outcome.passed, outcome.output
 
 
 @pytest.mark.parametrize("caller", CALLERS)
