@@ -3,6 +3,15 @@ user (uid 65534 via `setpriv`), each asserting from outside that the harm did no
 
 Where it matters a control runs the same program with `isolation: none` and shows the harm does
 happen there, so a passing test is not a vacuous one.
+
+What stops each: the parent's environment and other processes' `/proc/*/environ` — `--clearenv`
+and no `/proc`; files created, renamed, linked or copied outside (also through `sh`, `os.system`,
+ctypes) — a root of read-only binds with no host directory but `/usr`; loopback connections — a new
+network namespace; `kill(-1, 9)` — a new PID namespace; a fork bomb — RLIMIT_NPROC counted in the
+run's own user namespace; a memory bomb — RLIMIT_AS, measured from outside; filling `/tmp` and
+`/dev/shm` — private size-capped tmpfs; a `setsid()` grandchild — killing the namespace's PID-1
+(through a pidfd); `SystemExit(0)`, `os._exit(0)`, fake nonces, stealing the nonce — the harness's
+verdict hook (harness.py); a missing, failing or lying launcher — the parent's checks.
 """
 
 from __future__ import annotations
@@ -397,6 +406,30 @@ def test_stealing_the_nonce_scores_zero(caller: str, traversable: None) -> None:
     outcomes = {name: run_as(caller, code.program(row, NONCE_THEFTS[name])) for name, row in rows.items()}
     assert {name for name, o in outcomes.items() if o.passed} == set(), {n: o.output[-300:] for n, o in outcomes.items()}
     assert outcomes["frame_walk"].returncode == 0  # it got as far as claiming, with nothing to claim
+
+
+READ_HARNESS_MEMORY = r'''
+import os, subprocess
+child = """
+import ctypes, os, sys
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+libc = ctypes.CDLL(None, use_errno=True)
+buf = ctypes.create_string_buffer(16)
+local, remote = iovec(ctypes.cast(buf, ctypes.c_void_p), 16), iovec(0x10000, 16)
+n = libc.process_vm_readv(int(sys.argv[1]), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+print("readv", n, os.strerror(ctypes.get_errno()))
+"""
+print(subprocess.run(["/usr/bin/python3", "-c", child, str(os.getpid())], capture_output=True, text=True).stdout)
+'''
+
+
+@pytest.mark.parametrize("caller", CALLERS)
+def test_a_fresh_process_cannot_read_the_harness_memory(caller: str, traversable: None) -> None:
+    # A new interpreter has none of the harness's audit hooks; the harness is non-dumpable, so the
+    # kernel refuses before looking at the address (EFAULT would mean it was allowed to try).
+    outcome = run_as(caller, READ_HARNESS_MEMORY)
+    assert "readv -1 Operation not permitted" in outcome.output, outcome.output
 
 
 ORDINARY = """
