@@ -99,6 +99,11 @@ def _program(code: object, ok: list[bool], release: object, audit: object = sys.
 
         traceback.print_exc()
     finally:
+        for stream in (sys.stdout, sys.stderr):  # the main thread leaves with os._exit: flush here
+            try:
+                stream.flush()
+            except BaseException:
+                pass
         release()  # type: ignore[operator]
 
 
