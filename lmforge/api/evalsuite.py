@@ -32,9 +32,21 @@ TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
     TaskType.PERPLEXITY: ("perplexity", "nll"),
     TaskType.MULTIPLE_CHOICE: ("acc", "acc_norm"),
     TaskType.GENERATION: ("exact_match", "f1"),
-    TaskType.CODE: ("pass@1", "pass@k"),
+    TaskType.CODE: ("pass@1", "pass@k", "sandboxed"),
     TaskType.SAFETY: ("refusal_rate", "toxicity_rate"),
 }
+
+
+class CodeIsolation(StrEnum):
+    """How a code task runs model-written programs."""
+
+    SANDBOX = "sandbox"
+    """In a bubblewrap sandbox whose namespaces the evaluator checks before each program runs; if it
+    cannot be established the task fails (reason: the sandbox could not isolate programs)."""
+    NONE = "none"
+    """As plain child processes with rlimits only: the program can read and write whatever the
+    evaluator's user can, reach the network and the credentials of the stage. Only for trusted
+    completions; results record it (metric `sandboxed` = 0)."""
 
 
 MC_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
@@ -61,6 +73,9 @@ class EvalTask(ApiModel):
     """Code: completions sampled per problem (k of pass@k)."""
     timeout_seconds: float = Field(default=10.0, gt=0, le=600)
     """Code: wall-clock limit per execution."""
+    isolation: CodeIsolation = CodeIsolation.SANDBOX
+    """Code: how programs are confined. `sandbox` (default) fails the task when the sandbox cannot
+    be established; `none` runs them unconfined and must be chosen explicitly."""
     prompt_template: str = Field(default=MC_PROMPT_TEMPLATE, min_length=1, max_length=4096)
     """Multiple choice: the context each choice continues; `{question}` is replaced by the row's
     question. The default is the harness's ARC/MMLU form; use `{question}` alone for cloze tasks
@@ -70,6 +85,8 @@ class EvalTask(ApiModel):
     def _template(self) -> EvalTask:
         if "{question}" not in self.prompt_template:
             raise ValueError("promptTemplate must contain {question}")
+        if self.isolation is not CodeIsolation.SANDBOX and self.type is not TaskType.CODE:
+            raise ValueError("isolation applies only to code tasks")
         return self
 
 

@@ -50,6 +50,7 @@ from lmforge.operator.reconcile import (
     reconcile,
 )
 from lmforge.operator.reconcile.reconciler import expected_runs
+from lmforge.operator.reconcile.runs import resource_prefix
 from lmforge.operator.settings import Settings
 from lmforge.operator.workqueue import WorkQueue
 from lmforge.store import ArtifactNotFound, Store, StoreError, open_store
@@ -341,10 +342,11 @@ class Controller:
         if self._posting:
             await asyncio.wait(set(self._posting), timeout=timeout)
 
-    async def cleanup_store(self, kind: str, name: str) -> None:
-        """Delete everything a resource published (only with store clean-up configured)."""
-        count = await asyncio.to_thread(self.store.delete_prefix, f"{KINDS[kind].plural}/{name}")
-        log.info("deleted %d store objects of %s/%s", count, kind, name)
+    async def cleanup_store(self, kind: str, namespace: str | None, name: str) -> None:
+        """Delete everything a resource published (only with store clean-up configured); a resource
+        of the same name in another namespace keeps its artifacts."""
+        count = await asyncio.to_thread(self.store.delete_prefix, resource_prefix(kind, namespace, name))
+        log.info("deleted %d store objects of %s %s/%s", count, kind, namespace, name)
 
 
 def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
@@ -403,8 +405,8 @@ def _register_kind(registry: kopf.OperatorRegistry, ctl: Controller, kind: str, 
     kopf.index(GROUP, VERSION, plural, id=f"lmforge_{plural}", registry=registry)(_index)
     kopf.on.event(GROUP, VERSION, plural, id=f"lmforge_event_{plural}", registry=registry)(_event)
     if cleanup:
-        async def _delete(name: str, **_: Any) -> None:
-            await ctl.cleanup_store(kind, name)
+        async def _delete(name: str, namespace: str | None, **_: Any) -> None:
+            await ctl.cleanup_store(kind, namespace, name)
 
         kopf.on.delete(GROUP, VERSION, plural, id=f"lmforge_delete_{plural}", registry=registry)(_delete)
 

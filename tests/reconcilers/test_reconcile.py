@@ -251,7 +251,7 @@ def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
     assert first == again
     assert (first.nodes, first.nproc_per_node, first.gpus_per_node) == (4, 8, 8)
     assert first.spec.inputs["Dataset/d"].artifacts["shards"] == f"{STORE}/s"
-    assert first.spec.output == f"pretrainjobs/p/{first.run_id}"
+    assert first.spec.output == f"pretrainjobs/default/p/{first.run_id}"
     assert len(first.name) <= 52 and first.name.startswith("p-pretrain-")
 
 
@@ -311,7 +311,7 @@ def test_serving_publishes_under_its_own_prefix_so_the_compressed_model_result_s
                 inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)})
     (_, compress, compress_out), (_, serve, serve_out) = expected_runs(_observed(case))
     assert (compress, serve) == (StageName.COMPRESS, StageName.SERVE)
-    assert serve_out == f"{compress_out}/serve" and compress_out.startswith("modelreleases/r/")
+    assert serve_out == f"{compress_out}/serve" and compress_out.startswith("modelreleases/default/r/")
 
 
 def test_an_unreadable_store_shows_on_the_resource_with_one_warning_event() -> None:

@@ -17,6 +17,8 @@ from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.types import StageRun
 
 _MAX_NAME = 52
+DEFAULT_NAMESPACE = "default"
+"""The namespace of a resource whose manifest names none (the embedded runner's)."""
 
 
 def run_id(resource: Resource, inputs: dict[str, InputArtifacts]) -> str:
@@ -30,9 +32,17 @@ def run_id(resource: Resource, inputs: dict[str, InputArtifacts]) -> str:
     return f"{resource.metadata.name}-{digest}"
 
 
+def resource_prefix(kind: str, namespace: str | None, name: str) -> str:
+    """Everything one resource publishes, relative to the store root: `<plural>/<namespace>/<name>`.
+
+    The namespace is part of it so that resources of the same kind, name and spec in two namespaces
+    never share a run's output, adopt each other's `result.json`, or delete each other's artifacts."""
+    return f"{KINDS[kind].plural}/{namespace or DEFAULT_NAMESPACE}/{name}"
+
+
 def output_prefix(resource: Resource, rid: str) -> str:
-    """Where a run publishes, relative to the store root: `<plural>/<name>/<run id>`."""
-    return f"{KINDS[resource.kind].plural}/{resource.metadata.name}/{rid}"
+    """Where a run publishes, relative to the store root: `<plural>/<namespace>/<name>/<run id>`."""
+    return f"{resource_prefix(resource.kind, resource.metadata.namespace, resource.metadata.name)}/{rid}"
 
 
 def stage_output(resource: Resource, stage: StageName, rid: str) -> str:

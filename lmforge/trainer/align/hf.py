@@ -13,6 +13,7 @@ node's first process downloads the checkpoint while the others wait at a barrier
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from lmforge.api.training import Precision
 from lmforge.trainer.align.base import on_gpu
 from lmforge.trainer.align.checkpoints import CheckpointStore
 from lmforge.trainer.context import StageContext
+from lmforge.trainer.safe_load import weights_only_loads
 
 METRIC_NAMES = {
     "loss": "loss",
@@ -157,5 +159,8 @@ def train(trainer: Any, ctx: StageContext, spec: AlignmentJobSpec, out_dir: Path
     if resume is not None:
         ctx.extra["resumed_from_step"] = resume[1]
         print(f"resuming from checkpoint at step {resume[1]}", flush=True)
-    trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
+    # Transformers loads its own files weights-only; under DeepSpeed (GPU) `load_checkpoint` asks
+    # torch.load for pickle, which `weights_only_loads` overrides.
+    with weights_only_loads(f"checkpoint {resume[0].name}") if resume else nullcontext():
+        trainer.train(resume_from_checkpoint=str(resume[0]) if resume else None)
     return callback

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lmforge.api.alignment import AlignmentJobSpec, PpoOptions
+from lmforge.trainer import safe_load
 from lmforge.trainer.align.checkpoints import CheckpointStore
 from lmforge.trainer.align.data import Example
 from lmforge.trainer.chat import encode_chat, generation_prompt_ids
@@ -231,7 +232,7 @@ def train(ctx: StageContext, loop: PpoLoop, checkpoints: CheckpointStore, out_di
     """Run the loop to the end, resuming from and saving to the store."""
     restored = checkpoints.restore(out_dir) if loop.spec.checkpoint.resume else None
     if restored is not None:
-        loop.load(torch.load(restored[0] / "state.pt", weights_only=False))
+        loop.load(safe_load.load(restored[0] / "state.pt"))  # weights-only: the store is not trusted code
         ctx.extra["resumed_from_step"] = loop.step
         print(f"resuming from checkpoint at step {loop.step}", flush=True)
     total, every = loop.total_steps(), loop.spec.checkpoint.every_steps

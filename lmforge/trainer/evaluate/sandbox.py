@@ -1,181 +1,347 @@
-"""Run untrusted Python (model-written code) so that it cannot harm the host.
+"""Run untrusted Python (model-written code) so that it cannot harm the host, or refuse to run it.
 
-Each program runs in its own temporary directory through a small launcher process that, before it
-`exec`s the interpreter:
+Each program runs under bubblewrap (`bwrap`), which works without root (an unprivileged user
+namespace) and with it (the parent first drops to uid/gid 65534, nobody). Inside, the program has:
 
-* moves into new **network, PID and IPC namespaces** (`unshare(2)`; as root directly, otherwise
-  inside a new user namespace): the program sees only a downed loopback device, cannot see or
-  signal host processes, and every process it forks dies when it does (it is PID 1 there);
-* as root, **drops to uid/gid 65534** (nobody), so files outside its directory that are not
-  world-writable cannot be changed or deleted; without root a Python audit hook refuses writes,
-  deletions and sockets outside the directory instead (weaker: native code can bypass it);
-* sets **rlimits**: CPU seconds, address space, processes (bounds a fork bomb), file size, open
-  files, no core dumps; and asks the kernel to kill it if the launcher dies.
+* new **user, PID, network, IPC, UTS, mount and cgroup namespaces**: it sees only its own
+  processes (so `kill(-1, …)` reaches nothing outside), only a downed loopback device, and no
+  nested user namespaces (`--disable-userns`);
+* a **root of read-only binds** of `/usr` (and `/lib*`, `/bin`, `/sbin` as on the host) plus the
+  interpreter's prefix — no `/etc`, `/home`, `/root`, `/work`, no `/proc` at all (not even its own:
+  nothing can read the harness's memory through it), no `/sys`; the only writable places are three
+  **size-capped tmpfs** mounts private to the run: its directory `/sandbox`, `/tmp` and `/dev/shm`;
+  nothing it writes reaches the host's disk;
+* an **empty environment** (`--clearenv`), a new session (no terminal to inject input into), and
+  it dies with its parent; when its PID-1 exits the kernel kills every process it forked,
+  `setsid()` or not;
+* **rlimits** set by the harness before the program's first line: CPU seconds, address space (the
+  memory cap, per process), processes (counted per sandbox: its user namespace is new), file size,
+  open files, no core dumps.
 
-The host side enforces a wall-clock timeout by killing the whole process group, and always deletes
-the directory. The environment is emptied, so no credentials leak into the program. Only the
-standard library is available (the interpreter is `LMFORGE_SANDBOX_PYTHON`, default the system
-`python3`, which nobody can execute even when the venv is in root's home).
+Isolation is checked by the parent, never reported by the child: before the harness may run the
+program it waits for a per-run nonce on a pipe, and the parent sends it only after it has compared
+the sandbox's namespaces (`/proc/<pid>/ns/*`) with its own from outside. If bubblewrap is missing,
+fails, or the namespaces are not new, the program never runs and `SandboxUnavailable` says why
+(fail closed). `isolation: none` on a code task runs programs as plain child processes instead
+(the same harness and rlimits, none of the isolation), and results say so.
+
+A program passes only when the harness (`harness.py`) writes that nonce on its own result pipe
+after the program's last statement (the tests' `check(...)` call) returned: exit status means
+nothing, so `raise SystemExit(0)`, `os._exit(0)` or printing something score 0. The nonce is never in
+the program's source, argv, environment or files, and in the process it lives only where Python code
+cannot reach it (harness.py says how, and what is left: hand-crafted bytecode reading memory). A
+return value whose `__eq__` is always true still fools the tests' own `assert`s — no harness of
+in-process tests rules that out; the sandbox bounds what such a program can do, not what it scores.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import secrets
+import select
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lmforge.api.evalsuite import CodeIsolation
+from lmforge.trainer.errors import StageError
 
 NOBODY = 65534
 OUTPUT_LIMIT = 4096
 """Characters of stdout/stderr kept in an outcome."""
+BWRAP_ENV = "LMFORGE_BWRAP"
+"""Path of the bubblewrap binary (default: `bwrap` on PATH, then `/usr/bin/bwrap`)."""
+PYTHON_ENV = "LMFORGE_SANDBOX_PYTHON"
+"""The interpreter that runs programs (default the system `python3`)."""
+WORK = "/sandbox"
+"""The program's directory inside the sandbox."""
+NAMESPACES = ("user", "pid", "net", "ipc", "uts", "mnt")
+"""Namespaces the parent requires to differ from its own before a program may run."""
+SETUP_SECONDS = 10.0
+"""How long bubblewrap may take to report its child (not counted in the program's wall time)."""
+
+
+class SandboxUnavailable(StageError):
+    """The sandbox could not be established, so no program ran; retrying the pod cannot help."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(f"the code sandbox could not isolate programs ({why}); nothing was run. "
+                         "Install bubblewrap and allow unprivileged user namespaces, or set "
+                         "isolation: none on the task to run model-written code unsandboxed", retryable=False)
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Resource limits of one execution."""
+    """Resource limits of one execution (bytes, seconds, counts).
+
+    Memory is capped per process (RLIMIT_AS: no cgroup is writable for an unprivileged stage), so one
+    program holds at most `processes` × `memory_bytes` + 3 × `tmpfs_bytes` (4 GiB + 48 MiB by
+    default); `code.execute` runs at most one program per core, up to 4 at once.
+    """
 
     wall_seconds: float = 10.0
     cpu_seconds: int = 10
-    memory_bytes: int = 1 << 30
-    processes: int = 16
+    memory_bytes: int = 512 << 20
+    """RLIMIT_AS of each process."""
+    processes: int = 8
+    """Processes and threads in the sandbox (RLIMIT_NPROC in its own user namespace)."""
     file_bytes: int = 16 << 20
     open_files: int = 64
+    tmpfs_bytes: int = 16 << 20
+    """Size of each private tmpfs: the work dir, `/tmp` and `/dev/shm`."""
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How a program ended: `passed` only on exit status 0 within the limits."""
+    """How a program ended: `passed` only when the harness wrote the run's nonce after the tests."""
 
     passed: bool
     status: str
-    """`passed`, `failed` (non-zero exit or killed by a limit), `timeout`."""
+    """`passed`, `failed` (an exception, an exit before the end, a limit), `timeout`."""
     returncode: int | None
     output: str
     isolation: str
-    """What confined it, e.g. `netns,pidns,ipcns,uid=65534,rlimits`."""
+    """`bubblewrap` (namespaces checked by the parent) or `none`."""
 
 
-# The launcher runs as a fresh single-threaded interpreter (so fork/unshare are safe), configured by
-# one JSON argument. It is passed with -c so that it needs no readable file on disk.
-_LAUNCHER = r'''
-import ctypes, json, os, resource, signal, sys
-cfg = json.loads(sys.argv[1])
-libc = ctypes.CDLL(None, use_errno=True)
-NEWNET, NEWPID, NEWIPC, NEWUSER = 0x40000000, 0x20000000, 0x08000000, 0x10000000
-root = os.geteuid() == 0
-notes = []
-flags = NEWNET | NEWPID | NEWIPC | (0 if root else NEWUSER)
-if libc.unshare(flags) == 0:
-    notes += ["netns", "pidns", "ipcns"] + ([] if root else ["userns"])
-pid = os.fork()
-if pid:
-    _, status = os.waitpid(pid, 0)
-    os._exit(os.waitstatus_to_exitcode(status) % 256 if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))
-if root:
-    os.setgroups([]); os.setgid(cfg["uid"]); os.setuid(cfg["uid"])
-    notes.append("uid=%d" % cfg["uid"])
-else:
-    notes.append("audit-hook")
-libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG, after the uid change (which clears it)
-for name, value in cfg["rlimits"].items():
-    resource.setrlimit(getattr(resource, name), (value, value))
-notes.append("rlimits")
-with open(os.path.join(cfg["dir"], "isolation.txt"), "w") as f:
-    f.write(",".join(notes))
-os.chdir(cfg["dir"])
-os.execve(cfg["python"], [cfg["python"], "-I", "-B", cfg["program"]], cfg["env"])
-'''
-
-# Without root the program guards itself (see the module docstring); prepended to the program.
-_HOOK = r'''
-def __lmforge_guard():
-    import os, sys
-    home = os.path.realpath(os.getcwd())
-    def inside(path):
-        try:
-            p = os.path.realpath(os.fsdecode(path)) if not isinstance(path, int) else home
-        except Exception:
-            return False
-        return p == home or p.startswith(home + os.sep)
-    def hook(event, args):
-        if event.startswith("socket.") and event not in ("socket.gethostname",):
-            raise PermissionError("network access is disabled in the sandbox")
-        if event == "open" and args[1] not in (None, "r", "rb", "rt") and not inside(args[0]):
-            raise PermissionError("writing outside the sandbox directory")
-        if event in ("os.remove", "os.rmdir", "os.rename", "os.truncate", "shutil.rmtree", "os.chmod",
-                     "os.chown", "os.link", "os.symlink", "os.utime") and not inside(args[0]):
-            raise PermissionError("changing files outside the sandbox directory")
-    sys.addaudithook(hook)
-__lmforge_guard()
-del __lmforge_guard
-'''
+_HARNESS = (Path(__file__).with_name("harness.py")).read_text(encoding="utf-8")
+"""The in-sandbox side (see harness.py), run with `-c`: nothing of LMForge is readable in the sandbox."""
 
 
 def interpreter() -> str:
-    """The Python that runs programs: one every uid can execute."""
-    chosen = os.environ.get("LMFORGE_SANDBOX_PYTHON") or shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
-    return chosen or sys.executable
+    """The Python that runs programs: one every uid can execute, outside any home directory."""
+    chosen = os.environ.get(PYTHON_ENV) or shutil.which("python3", path="/usr/local/bin:/usr/bin:/bin")
+    return os.path.realpath(chosen or sys.executable)
 
 
-def _user_tasks(uid: int) -> int:
-    """Processes+threads this uid runs now (RLIMIT_NPROC counts them all for a non-root uid)."""
-    count = 0
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
+def bwrap_path() -> str:
+    return os.environ.get(BWRAP_ENV) or shutil.which("bwrap") or "/usr/bin/bwrap"
+
+
+def _root_binds(python: str) -> list[str]:
+    """A minimal read-only root: /usr, the top-level links or dirs into it, the interpreter's prefix."""
+    args = ["--ro-bind", "/usr", "/usr"]
+    for top in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
+        if os.path.islink(top):
+            args += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            args += ["--ro-bind", top, top]
+    prefix = os.path.dirname(os.path.dirname(python))
+    if prefix not in ("/", "/usr") and not prefix.startswith("/usr/"):
+        args += ["--ro-bind", prefix, prefix]
+    return args
+
+
+def _bwrap_command(bwrap: str, python: str, limits: Limits, program_fd: int, info_fd: int) -> list[str]:
+    size = str(limits.tmpfs_bytes)
+    return [
+        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
+        "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
+        "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK,
+        "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
+        *_root_binds(python),
+        "--dev", "/dev",
+        "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm",
+        "--size", size, "--tmpfs", WORK, "--perms", "0644", "--file", str(program_fd), f"{WORK}/program.py",
+        "--remount-ro", "/", "--chdir", WORK, "--info-fd", str(info_fd), "--",
+    ]
+
+
+def _rlimits(limits: Limits) -> dict[str, int]:
+    return {"RLIMIT_CPU": limits.cpu_seconds, "RLIMIT_AS": limits.memory_bytes, "RLIMIT_NPROC": limits.processes,
+            "RLIMIT_FSIZE": limits.file_bytes, "RLIMIT_NOFILE": limits.open_files, "RLIMIT_CORE": 0}
+
+
+def _read_info(fd: int, proc: subprocess.Popen[bytes]) -> int | None:
+    """The sandbox's PID-1 (host PID) from bubblewrap's `--info-fd` JSON, or None if it gave none."""
+    data, deadline = b"", time.monotonic() + SETUP_SECONDS
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], 0.1)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                break
+            data += chunk
             try:
-                status = (entry / "status").read_text()
-            except OSError:
+                return int(json.loads(data)["child-pid"])
+            except (ValueError, KeyError, TypeError):
                 continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if int(fields.get("Uid", "-1").split()[0]) == uid:
-                count += int(fields.get("Threads", "1"))
-    return count
+        elif proc.poll() is not None:
+            break
+    return None
 
 
-def run_program(source: str, limits: Limits = Limits()) -> Outcome:
-    """Run `source` as a Python program under the sandbox and report how it ended."""
+def _namespaces_differ(pid: int) -> str | None:
+    """Why the process `pid` is not isolated from this one (checked from outside), or None: every
+    namespace in `NAMESPACES` must be new, and as root its host uid and gid must be nobody."""
+    for ns in NAMESPACES:
+        try:
+            theirs, ours = os.readlink(f"/proc/{pid}/ns/{ns}"), os.readlink(f"/proc/self/ns/{ns}")
+        except OSError as exc:
+            return f"cannot inspect the sandbox's {ns} namespace: {exc.strerror}"
+        if theirs == ours:
+            return f"the sandbox shares the {ns} namespace with its parent"
+    if os.geteuid() == 0:  # it must also have left root on the host, not only inside its namespace
+        try:
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError as exc:
+            return f"cannot inspect the sandbox's credentials: {exc.strerror}"
+        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))}
+        if any(int(i) != NOBODY for i in ids.get("Uid", ["0"]) + ids.get("Gid", ["0"])):
+            return f"the sandbox runs as uid/gid {ids} on the host, not {NOBODY}"
+    return None
+
+
+def _kill(pidfd: int | None, proc: subprocess.Popen[bytes]) -> None:
+    """Kill the sandbox's PID-1 (the kernel then kills everything in its PID namespace, `setsid()`
+    or not) and the launcher's process group, and wait until PID-1 is gone. Sandboxed, signals go
+    through a pidfd and to a group not yet reaped, so a recycled PID is never hit."""
+    if pidfd is not None:
+        try:
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if proc.returncode is None or pidfd is None:  # unsandboxed, the program's children are in the group
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc.wait()
+    if pidfd is not None:
+        select.select([pidfd], [], [], 10.0)  # readable once it has exited
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    return os.read(fd, limit)
+
+
+class _Fds:
+    """The file descriptors of one run, each closed exactly once."""
+
+    def __init__(self) -> None:
+        self.open: set[int] = set()
+
+    def pipe(self) -> tuple[int, int]:
+        r, w = os.pipe()
+        self.open |= {r, w}
+        return r, w
+
+    def memfd(self, name: str, data: bytes = b"") -> int:
+        fd = os.memfd_create(name)
+        self.open.add(fd)
+        if data:
+            os.write(fd, data)
+            os.lseek(fd, 0, os.SEEK_SET)
+        return fd
+
+    def close(self, *fds: int | None) -> None:
+        for fd in fds:
+            if fd is not None and fd in self.open:
+                self.open.discard(fd)
+                os.close(fd)
+
+    def close_all(self) -> None:
+        self.close(*list(self.open))
+
+
+def _establish(proc: subprocess.Popen[bytes], info_r: int, fds: _Fds, out: int, cmd: str) -> int:
+    """A pidfd of the sandbox's PID-1 once its namespaces are checked from outside; else the sandbox
+    is killed (it is still waiting for its nonce: none of the program ran) and `SandboxUnavailable`."""
+    pid = _read_info(info_r, proc)
+    pidfd = why = None
+    if pid is not None:
+        try:
+            pidfd = os.pidfd_open(pid)
+            fds.open.add(pidfd)
+            why = _namespaces_differ(pid)
+        except OSError as exc:
+            why = f"cannot watch the sandbox's process: {exc.strerror}"
+    if pidfd is None or why is not None:
+        _kill(pidfd, proc)
+        said = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace").strip().splitlines()
+        raise SandboxUnavailable(why or f"{cmd} exited with status {proc.returncode}" + (f": {said[0]}" if said else ""))
+    return pidfd
+
+
+def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation = CodeIsolation.SANDBOX,
+                *, bwrap: str | None = None) -> Outcome:
+    """Run `source` as a Python program and report how it ended; `SandboxUnavailable` if the sandbox
+    cannot be established (with `isolation` SANDBOX nothing runs unsandboxed)."""
+    nonce = secrets.token_hex(16).encode()
+    python = interpreter()
     root = os.geteuid() == 0
-    workdir = Path(tempfile.mkdtemp(prefix="lmforge-sandbox-"))
+    fds = _Fds()
+    workdir: str | None = None
     try:
-        program = workdir / "program.py"
-        program.write_text(source if root else _HOOK + source, encoding="utf-8")
-        if root:
-            os.chown(workdir, NOBODY, NOBODY)
-            os.chown(program, NOBODY, NOBODY)
-        nproc = limits.processes if root else _user_tasks(os.getuid()) + limits.processes
-        cfg = {
-            "dir": str(workdir), "program": str(program), "python": interpreter(), "uid": NOBODY,
-            "env": {"PATH": "/usr/bin:/bin", "HOME": str(workdir), "TMPDIR": str(workdir), "LANG": "C.UTF-8"},
-            "rlimits": {"RLIMIT_CPU": limits.cpu_seconds, "RLIMIT_AS": limits.memory_bytes,
-                        "RLIMIT_NPROC": nproc, "RLIMIT_FSIZE": limits.file_bytes,
-                        "RLIMIT_NOFILE": limits.open_files, "RLIMIT_CORE": 0},
-        }
-        out_path = workdir / "output.txt"
-        with open(out_path, "wb") as out:
-            proc = subprocess.Popen([sys.executable, "-I", "-S", "-c", _LAUNCHER, json.dumps(cfg)],
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                    env={}, start_new_session=True, close_fds=True)
+        nonce_r, nonce_w = fds.pipe()
+        result_r, result_w = fds.pipe()
+        out = fds.memfd("sandbox-output")  # stdout+stderr in memory, capped by RLIMIT_FSIZE
+        rlimits = _rlimits(limits)
+        if isolation is CodeIsolation.NONE:
+            del rlimits["RLIMIT_NPROC"]  # it would count every process of the uid, not the program's
+        cmd = [python, "-I", "-B", "-c", _HARNESS, str(nonce_r), str(result_w), json.dumps(rlimits)]
+        child_fds = [nonce_r, result_w]
+        info_r = info_w = None
+        if isolation is CodeIsolation.NONE:
+            workdir = tempfile.mkdtemp(prefix="lmforge-unsandboxed-")
+            Path(workdir, "program.py").write_text(source, encoding="utf-8")
+            if root:
+                os.chown(workdir, NOBODY, NOBODY)
+        else:
+            info_r, info_w = fds.pipe()
+            program = fds.memfd("sandbox-program", source.encode("utf-8"))
+            cmd = _bwrap_command(bwrap or bwrap_path(), python, limits, program, info_w) + cmd
+            child_fds += [program, info_w]
+        drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
+        try:
+            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={}, cwd=workdir,
+                                    pass_fds=child_fds, start_new_session=True, **drop)  # type: ignore[call-overload]
+        except OSError as exc:
+            if isolation is CodeIsolation.NONE:
+                raise
+            raise SandboxUnavailable(f"cannot start {cmd[0]}: {exc.strerror}") from None
+        fds.close(*child_fds)
+        pidfd = None
+        try:
+            if info_r is not None:
+                pidfd = _establish(proc, info_r, fds, out, cmd[0])
+            os.write(nonce_w, nonce)  # the go-ahead: only now does the harness run the program
+            fds.close(nonce_w)
             try:
                 code: int | None = proc.wait(timeout=limits.wall_seconds)
-                status = "passed" if code == 0 else "failed"
+                status = "finished"
             except subprocess.TimeoutExpired:
                 code, status = None, "timeout"
-            finally:
-                # Kills the launcher and whatever stayed in its group; the program (PID 1 of its
-                # namespace, with a parent-death signal) takes every process it forked with it.
-                try:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                proc.wait()
-        output = out_path.read_bytes()[:OUTPUT_LIMIT].decode("utf-8", "replace")
-        iso = workdir / "isolation.txt"
-        isolation = iso.read_text() if iso.exists() else "none"
-        return Outcome(status == "passed", status, code, output, isolation)
+        finally:
+            _kill(pidfd, proc)
+        reported = os.read(result_r, 4096) if select.select([result_r], [], [], 0)[0] else b""
+        passed = status == "finished" and code == 0 and reported.splitlines()[-1:] == [nonce]
+        output = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace")
+        return Outcome(passed, "passed" if passed else "timeout" if status == "timeout" else "failed", code, output,
+                       "none" if isolation is CodeIsolation.NONE else "bubblewrap")
     finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+        fds.close_all()
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+@functools.lru_cache(maxsize=8)
+def _probed(bwrap: str, python: str) -> bool:
+    outcome = run_program("pass", Limits(wall_seconds=SETUP_SECONDS), bwrap=bwrap)
+    if not outcome.passed:
+        raise SandboxUnavailable(f"a trivial program did not pass in it: {outcome.output.strip()[:200]!r}")
+    return True
+
+
+def probe(bwrap: str | None = None) -> None:
+    """Check once per process (per bubblewrap and interpreter) that the sandbox can be established,
+    so a task fails before any model time is spent; `SandboxUnavailable` if not."""
+    _probed(bwrap or bwrap_path(), interpreter())

@@ -142,7 +142,7 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
                                    task.max_new_tokens, seed, advance)
     if task.type is TaskType.CODE:
         return code.evaluate(backend, [r for r in rows if isinstance(r, CodeRow)], task.samples,
-                             task.max_new_tokens, task.timeout_seconds, seed, advance)
+                             task.max_new_tokens, task.timeout_seconds, seed, advance, task.isolation)
     return safety.evaluate(backend, [r for r in rows if isinstance(r, SafetyRow)], task.max_new_tokens, seed,
                            advance)
 

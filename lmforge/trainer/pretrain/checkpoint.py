@@ -12,7 +12,8 @@ Order of a save, which is what makes a crash at any point harmless:
 4. rank 0 replaces `latest` (a single small object, atomic on every store);
 5. checkpoints older than the last K are deleted.
 A resume reads `latest`, downloads and verifies that checkpoint, and lets DeepSpeed restore model,
-optimizer and LR scheduler; the data position and step come back in the client state. If that
+optimizer and LR scheduler — every file loaded weights-only (`lmforge.trainer.safe_load`: a file
+that would need pickle to run code is refused, so store write access is not code execution); the data position and step come back in the client state. If that
 checkpoint is damaged (files missing or not matching the manifest's sizes and SHA-256, no manifest,
 an unreadable pointer), it warns and falls back to the newest older complete one among the last K —
 losing N more steps beats failing every retry — and `latest` only moves again on the next save.
@@ -33,7 +34,9 @@ from typing import Any
 from lmforge.store import MANIFEST_NAME, ArtifactManifest, ArtifactWriter, FileEntry, Store, download_artifact
 from lmforge.store.artifact import SCHEMA_VERSION
 from lmforge.store.errors import ArtifactNotFound, StoreError
+from lmforge.trainer import safe_load
 from lmforge.trainer.pretrain.dist import World, barrier, broadcast, gather
+from lmforge.trainer.safe_load import weights_only_loads
 
 PREFIX = "checkpoints"
 LATEST_KEY = f"{PREFIX}/latest"
@@ -147,15 +150,14 @@ class Checkpoints:
 
     def _restore(self, engine: Any, name: str) -> dict[str, Any]:
         local = self.local_root / name
-        _, client_state = engine.load_checkpoint(str(self.local_root), tag=name, load_optimizer_states=True,
-                                                 load_lr_scheduler_states=True)
+        with weights_only_loads(f"checkpoint {name}"):  # DeepSpeed asks torch.load for pickle itself
+            _, client_state = engine.load_checkpoint(str(self.local_root), tag=name, load_optimizer_states=True,
+                                                     load_lr_scheduler_states=True)
         if client_state is None:
             raise StoreError(f"DeepSpeed could not load checkpoint {name}")
         rng = local / f"rng-rank{self.world.rank}.pt"
         if rng.is_file():
-            import torch
-
-            _set_rng_state(torch.load(rng, weights_only=False))
+            _set_rng_state(safe_load.load(rng))
         barrier(self.world)
         if self.world.is_node_main:
             shutil.rmtree(local, ignore_errors=True)

@@ -68,6 +68,7 @@ def test_stage_subprocess_end_to_end_with_a_failing_gate(tiny_model: Path, tmp_p
     assert results["passed"] is False
     assert [t["passed"] for t in results["thresholds"]] == [True, True, False]
     assert results["tasks"]["code"]["pass@1"] == 0.0  # a random model writes no working code
+    assert results["tasks"]["code"]["sandboxed"] == 1.0
     record = json.loads((out / "result.json").read_text())
     assert record["metrics"]["gate_passed"] == 0.0
     assert record["metrics"]["facts.acc"] == results["tasks"]["facts"]["acc"]
@@ -135,3 +136,22 @@ def test_unready_model_and_unproduced_metric_are_clear_errors(
                                       "thresholds": ["code.pass@10 >= 0.5"]})
     with pytest.raises(InvalidInput, match=r"task code produced no metric 'pass@10'"):
         _run_in_process(spec, tmp_path, monkeypatch)
+
+
+def test_code_fails_closed_without_a_sandbox_and_isolation_none_shows_in_the_results(
+        tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmforge.trainer.evaluate.sandbox import BWRAP_ENV, SandboxUnavailable
+
+    code_rows = tmp_path / "code.jsonl"
+    code_rows.write_text(json.dumps({"task_id": "add", "prompt": "def add(a, b):\n", "entry_point": "add",
+                                     "test": "def check(f):\n    assert f(1, 2) == 3\n"}) + "\n")
+    monkeypatch.setenv(BWRAP_ENV, "/bin/false")
+    task = {"name": "code", "type": "code", "dataUri": str(code_rows), "maxNewTokens": 8, "timeoutSeconds": 5}
+    with pytest.raises(SandboxUnavailable, match=r"could not isolate programs \(/bin/false exited with status 1\)"):
+        _run_in_process(_spec(tmp_path / "store", {"modelRef": {"uri": str(tiny_model)}, "tasks": [task]}),
+                        tmp_path, monkeypatch)
+    unconfined = {**task, "isolation": "none"}
+    ctx, _ = _run_in_process(_spec(tmp_path / "store", {"modelRef": {"uri": str(tiny_model)}, "tasks": [unconfined]}),
+                             tmp_path, monkeypatch)
+    results = json.loads((tmp_path / "store" / "evalsuite" / "tiny-eval" / "results" / "results.json").read_text())
+    assert results["tasks"]["code"]["sandboxed"] == 0.0 and ctx.extra["metrics"]["code.sandboxed"] == 0.0
