@@ -9,12 +9,14 @@ reads the release's own `model` artifact.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lmforge.api.release import ModelRelease, PruneMethod, QuantMethod
-from lmforge.store import open_store, read_manifest
+from lmforge.store import MANIFEST_NAME, open_store, read_manifest
+from lmforge.trainer import turns
 from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.compress import distill as distil_mod
 from lmforge.trainer.compress import prune, quantize
@@ -64,6 +66,35 @@ def copy_side_files(src: Path, dst: Path) -> None:
     for p in src.iterdir():
         if p.is_file() and not any(p.match(g) for g in WEIGHT_FILES):
             shutil.copy2(p, dst / p.name)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def with_stops(source: Path, out: Path) -> Path:
+    """The uncompressed model to publish: `source` itself, or a copy of it (weights hard-linked
+    where possible) whose generation config adds the stop tokens of its chat template when the
+    source's misses one — an uploaded model's own files are never edited."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):  # no tokenizer beside the weights: nothing to stop at
+        return source
+    if not turns.needs_update(source, tokenizer):
+        return source
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    config = out / turns.GENERATION_CONFIG
+    config.unlink(missing_ok=True)  # a hard link: writing through it would edit the source's
+    if (source / turns.GENERATION_CONFIG).is_file():
+        shutil.copy2(source / turns.GENERATION_CONFIG, config)
+    turns.write_generation_config(out, tokenizer)
+    return out
 
 
 def run(ctx: StageContext) -> dict[str, str]:
@@ -121,12 +152,15 @@ def run(ctx: StageContext) -> dict[str, str]:
         shutil.rmtree(out, ignore_errors=True)
         copy_side_files(current, out)
         quantize.save(model, compressor, out)
+        turns.write_generation_config(out)
         del model
         ctx.reporter.progress(done, total, message="scoring the compressed model", force=True)
         report.perplexity_after = perplexity(out, rows)
         report.size_after_bytes = dir_size(out)
         report.check()
         write_card(out, release, uri, report)
+    else:
+        out = with_stops(source, ctx.work_dir / "model")
     report_dir = ctx.work_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
