@@ -20,6 +20,7 @@ from lmforge.trainer import turns
 from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.compress import distill as distil_mod
 from lmforge.trainer.compress import prune, quantize
+from lmforge.trainer.compress.calibration import calibration_rows
 from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import CompressionReport, dir_size, perplexity
 from lmforge.trainer.context import StageContext
@@ -44,20 +45,6 @@ def model_metadata(uri: str) -> dict[str, Any]:
     root, leaf = split_uri(uri)
     manifest = read_manifest(open_store(root), leaf)
     return dict(manifest.metadata) if manifest else {}
-
-
-def eval_shards(ctx: StageContext, release: ModelRelease, meta: dict[str, Any]) -> Shards | None:
-    """The Dataset held-out rows come from: the calibration Dataset, else the one the model was trained
-    on (its manifest's `dataset.shards`), else the distillation Dataset."""
-    comp = release.spec.compression
-    uri: str | None = None
-    if comp.quantization.calibration_dataset_ref is not None:
-        uri = ctx.input("Dataset", comp.quantization.calibration_dataset_ref.name).artifacts.get("shards")
-    elif isinstance(meta.get("dataset"), dict) and meta["dataset"].get("shards"):
-        uri = meta["dataset"]["shards"]
-    elif comp.distillation is not None:
-        uri = ctx.input("Dataset", comp.distillation.dataset_ref.name).artifacts.get("shards")
-    return Shards(fetch(uri)) if uri else None
 
 
 def copy_side_files(src: Path, dst: Path) -> None:
@@ -119,11 +106,7 @@ def run(ctx: StageContext) -> dict[str, str]:
         if q.method != QuantMethod.NONE:
             scheme = quantize.scheme_for(q.method)  # refuse unavailable methods before any work
             report.vllm_cpu, report.vllm_cpu_reason = scheme.vllm_cpu_reason is None, scheme.vllm_cpu_reason
-        shards = eval_shards(ctx, release, meta)
-        if shards is None:
-            raise InvalidInput("no held-out data to measure the compression on: set "
-                               "compression.quantization.calibrationDatasetRef (the model's manifest names no Dataset)")
-        rows = shards.rows("validation", q.calibration_samples)
+        rows = calibration_rows(ctx, release, meta, source, uri)
         total = len(steps) + 2
         ctx.reporter.progress(0, total, message="scoring the input model", force=True)
         current, done = source, 1
