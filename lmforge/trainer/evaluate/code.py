@@ -10,7 +10,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from lmforge.trainer.evaluate.backend import Backend, GenerationRequest
 from lmforge.trainer.evaluate.sandbox import Limits, Outcome, run_program
-from lmforge.trainer.evaluate.tasks import CodeRow
+from lmforge.trainer.evaluate.stats import ItemScores
+from lmforge.trainer.evaluate.tasks import CodeRow, row_ids
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 """A completion ends where the function body does (HumanEval's stop sequences)."""
@@ -39,7 +40,7 @@ def execute(sources: Sequence[str], limits: Limits) -> list[Outcome]:
 
 
 def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_tokens: int,
-             timeout_seconds: float, seed: int, advance: Callable[[int], None]) -> dict[str, float]:
+             timeout_seconds: float, seed: int, advance: Callable[[int], None]) -> dict[str, ItemScores]:
     """`pass@1`, `pass@<samples>` and `pass@k` (= pass@samples), averaged over problems."""
     temperature = SAMPLE_TEMPERATURE if samples > 1 else 0.0
     limits = Limits(wall_seconds=timeout_seconds, cpu_seconds=max(1, math.ceil(timeout_seconds)))
@@ -53,7 +54,9 @@ def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_to
         for i in range(len(chunk)):
             correct.append(sum(o.passed for o in outcomes[i * samples:(i + 1) * samples]))
         advance(len(chunk))
-    metrics = {"pass@1": sum(pass_at_k(samples, c, 1) for c in correct) / len(rows)}
-    metrics[f"pass@{samples}"] = sum(pass_at_k(samples, c, samples) for c in correct) / len(rows)
+    ids = row_ids(rows)
+    # pass@1 of one sample and pass@n of n samples are 0/1 per problem; pass@1 of n > 1 is a fraction
+    metrics = {"pass@1": ItemScores([pass_at_k(samples, c, 1) for c in correct], binary=samples == 1, ids=ids)}
+    metrics[f"pass@{samples}"] = ItemScores([pass_at_k(samples, c, samples) for c in correct], binary=True, ids=ids)
     metrics["pass@k"] = metrics[f"pass@{samples}"]
     return metrics

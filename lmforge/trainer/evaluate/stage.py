@@ -18,8 +18,9 @@ from lmforge.store import StoreError, open_store, read_manifest
 from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
-from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety
+from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety, stats
 from lmforge.trainer.evaluate.backend import Backend
+from lmforge.trainer.evaluate.stats import ItemScores
 from lmforge.trainer.evaluate.tasks import (
     ChoiceRow,
     CodeRow,
@@ -121,7 +122,7 @@ def open_backend(ctx: StageContext, spec: EvalSuiteSpec) -> Backend:
     return HFBackend(local, spec.batch_size)
 
 
-def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[str, float]:
+def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[str, ItemScores]:
     task, rows = item.task, item.rows
     if item.shards_uri is not None:
         from lmforge.trainer.evaluate.hf import HFBackend
@@ -162,25 +163,50 @@ def run(ctx: StageContext) -> dict[str, str]:
         total = max(total, done)
         ctx.reporter.progress(done, total, unit="item", metrics=gates.flatten(tasks))
 
+    scores: dict[str, dict[str, ItemScores]] = {}
     for item in planned:
         if item.shards_uri is not None:
             total += item.task.limit or 0
-        tasks[item.task.name] = run_task(item, backend, spec.seed, advance)
+        scores[item.task.name] = run_task(item, backend, spec.seed, advance)
+        tasks[item.task.name] = {m: s.value() for m, s in scores[item.task.name].items()}
         ctx.reporter.progress(done, total, unit="item", metrics=gates.flatten(tasks),
                               message=f"task {item.task.name} done", force=True)
 
-    outcome = gates.evaluate(spec.parsed_thresholds(), tasks)
+    intervals = {t: {m: stats.interval(s) for m, s in ms.items()} for t, ms in scores.items()}
+    flat, flat_items, flat_intervals = gates.flatten(tasks), gates.flatten(scores), gates.flatten(intervals)
+    baseline = load_baseline(ctx, spec)
+    thresholds = spec.parsed_thresholds()
+    outcome = gates.evaluate(thresholds, tasks, baseline, flat_items, flat_intervals)
     passed = all(r.passed for r in outcome)
-    flat = gates.flatten(tasks)
-    results: dict[str, Any] = {"model": backend.description, "tasks": tasks,
-                               "thresholds": [r.as_dict() for r in outcome], "passed": passed}
-    if spec.baseline_ref is not None:
-        base = ctx.input("EvalSuite", spec.baseline_ref.name)
-        results["baseline"] = {"name": base.name, "deltas": gates.deltas(flat, base.metrics)}
+    results: dict[str, Any] = {
+        "model": backend.description, "tasks": tasks, "thresholds": [r.as_dict() for r in outcome],
+        "passed": passed,
+        "intervals": {t: {m: i.to_json() for m, i in ms.items()} for t, ms in intervals.items()},
+        "items": {t: {m: s.to_json() for m, s in ms.items()} for t, ms in scores.items()}}
+    if baseline is not None:
+        results["baseline"] = {"name": baseline.name, "deltas": gates.deltas(flat, baseline.metrics),
+                               "comparisons": gates.comparisons(flat, flat_items, flat_intervals, baseline)}
+    published = {**flat, **gates.baseline_values(thresholds, baseline)}
     out_dir = ctx.work_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     uri = publish(ctx, ArtifactName.RESULTS.value, Path(out_dir), "eval-results",
-                  {"passed": passed, "metrics": flat})
-    ctx.extra["metrics"] = {**flat, "gate_passed": 1.0 if passed else 0.0}
+                  {"passed": passed, "metrics": published})
+    ctx.extra["metrics"] = {**published, "gate_passed": 1.0 if passed else 0.0}
     return {ArtifactName.RESULTS.value: uri}
+
+
+def load_baseline(ctx: StageContext, spec: EvalSuiteSpec) -> gates.Baseline | None:
+    """The `baselineRef` suite's metrics, with its per-item scores and intervals when its results.json
+    has them (one written before they existed compares unpaired, from the metrics alone)."""
+    if spec.baseline_ref is None:
+        return None
+    base = ctx.input("EvalSuite", spec.baseline_ref.name)
+    results: dict[str, Any] | None = None
+    uri = base.artifacts.get(ArtifactName.RESULTS.value)
+    if uri is not None:
+        try:
+            results = json.loads((fetch(uri) / RESULTS_FILE).read_text())
+        except (StoreError, OSError, ValueError):
+            results = None
+    return gates.Baseline.from_results(base.name, dict(base.metrics), results)

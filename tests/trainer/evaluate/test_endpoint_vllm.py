@@ -45,7 +45,7 @@ def test_log_likelihoods_and_accuracy_match_the_local_model(vllm_url: str, hf_ba
     assert [g for _, g in remote] == [g for _, g in local]
     noop = lambda n: None  # noqa: E731
     assert multiple_choice.evaluate(endpoint, _facts(), [], noop) == multiple_choice.evaluate(
-        hf_backend, _facts(), [], noop)
+        hf_backend, _facts(), [], noop)  # the same item by item
 
 
 def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_backend: Any) -> None:
@@ -57,14 +57,14 @@ def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_
     with torch.no_grad():
         logprobs = hf_backend.model(torch.tensor([ids])).logits.log_softmax(-1)[0]
     nll = -sum(float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids)))  # the first token has no context
-    remote_nll, count = endpoint.text_nll([text])
+    [(remote_nll, count)] = endpoint.text_nll([text])
     assert count == len(ids) - 1 and remote_nll == pytest.approx(nll, rel=1e-3)
     prompts = ["the red cat", "the old dog sees", "a bird"]
     from lmforge.trainer.evaluate.backend import GenerationRequest
 
     local = hf_backend.generate([GenerationRequest(p, 6, ("\n",)) for p in prompts], 0)
     rows = [GenerationRow(p, (answer,)) for p, answer in zip(prompts, local, strict=True)]
-    assert generation.evaluate(endpoint, rows, [], 6, 0, lambda n: None)["exact_match"] == 1.0
+    assert generation.evaluate(endpoint, rows, [], 6, 0, lambda n: None)["exact_match"].value() == 1.0
 
 
 def test_stage_against_the_endpoint(vllm_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
