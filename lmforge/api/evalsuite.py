@@ -26,7 +26,7 @@ class TaskType(StrEnum):
     CODE = "code"
     """HumanEval-style rows `prompt`, `test`, `entry_point`, executed in a sandbox: `pass@k`."""
     SAFETY = "safety"
-    """Adversarial prompts by category: `refusal_rate`, `toxicity_rate`, per-category rates."""
+    """Adversarial prompts by category: `refusal_rate`, `toxicity_rate`, `unsafe_rate`, per-category rates."""
 
 
 TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
@@ -34,12 +34,28 @@ TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MULTIPLE_CHOICE: ("acc", "acc_norm"),
     TaskType.GENERATION: ("exact_match", "f1"),
     TaskType.CODE: ("pass@1", "pass@k"),
-    TaskType.SAFETY: ("refusal_rate", "toxicity_rate"),
+    TaskType.SAFETY: ("refusal_rate", "toxicity_rate", "unsafe_rate"),
 }
 
 
 MC_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 """Default multiple-choice context, as lm-evaluation-harness writes ARC/MMLU prompts."""
+
+
+class SafetyClassifier(ApiModel):
+    """A Hugging Face sequence-classification model that judges each (prompt, response) exchange,
+    shown to it as `User: <prompt>\nAssistant: <response>` — in the spirit of Llama Guard's safe/unsafe
+    verdicts, as a classifier rather than a generator."""
+
+    model_ref: ModelRef
+    """The classifier: an AlignmentJob/other resource's `model`, or a `uri` of a Hugging Face directory."""
+    unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"], min_length=1)
+    """Labels (the model's `config.id2label`, compared case-insensitively) that mean unsafe;
+    P(unsafe) is the summed probability of these. A one-logit model's sigmoid is P(unsafe)."""
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """P(unsafe) at or above which a response counts as unsafe."""
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    """Exchanges classified per forward pass."""
 
 
 class EvalTask(ApiModel):
@@ -66,11 +82,17 @@ class EvalTask(ApiModel):
     """Multiple choice: the context each choice continues; `{question}` is replaced by the row's
     question. The default is the harness's ARC/MMLU form; use `{question}` alone for cloze tasks
     (HellaSwag/LAMBADA-style), where the question is the start of a sentence."""
+    classifier: SafetyClassifier | None = None
+    """Safety: a classifier model judging each response (`unsafe_rate`, `<category>_unsafe_rate`).
+    Without it a response that does not refuse counts as unsafe compliance (the refusal regex, a
+    cheap fallback that cannot tell a harmless answer from a harmful one)."""
 
     @model_validator(mode="after")
     def _template(self) -> EvalTask:
         if "{question}" not in self.prompt_template:
             raise ValueError("promptTemplate must contain {question}")
+        if self.classifier is not None and self.type is not TaskType.SAFETY:
+            raise ValueError(f"classifier applies to safety tasks, not {self.type.value}")
         return self
 
 

@@ -42,6 +42,8 @@ class Planned:
     rows: list[Row] = field(default_factory=list)
     shots: list[Row] = field(default_factory=list)
     shards_uri: str | None = None
+    classifier_dir: Path | None = None
+    """Safety: the local copy of the task's classifier model."""
 
     @property
     def items(self) -> int:
@@ -59,6 +61,28 @@ def model_uri(ctx: StageContext, spec: EvalSuiteSpec) -> str:
     if found is None:
         raise InvalidInput(f"spec.modelRef: {ref.kind.value}/{ref.name} has no model artifact (is it Ready?)")
     return found
+
+
+def classifier_dir(ctx: StageContext, task: EvalTask) -> Path | None:
+    """The local directory of a safety task's classifier model (fetched before anything runs)."""
+    if task.classifier is None:
+        return None
+    ref, where = task.classifier.model_ref, f"task {task.name}: classifier.modelRef"
+    if ref.uri is not None:
+        uri, need_manifest = ctx.resolve(ref.uri), False
+    else:
+        assert ref.kind is not None and ref.name is not None
+        found = ctx.input(ref.kind.value, ref.name).artifacts.get(ArtifactName.MODEL.value)
+        if found is None:
+            raise InvalidInput(f"{where}: {ref.kind.value}/{ref.name} has no model artifact (is it Ready?)")
+        uri, need_manifest = found, True
+    try:
+        local = fetch(uri, require_manifest=need_manifest)
+    except StoreError as exc:
+        raise InvalidInput(f"{where}: {uri} is not readable: {exc}") from None
+    if not (local / "config.json").exists():
+        raise InvalidInput(f"{where}: {uri} is not a Hugging Face model directory (no config.json)")
+    return local
 
 
 def dataset_shards(uri: str, task: EvalTask) -> str:
@@ -94,7 +118,7 @@ def plan(ctx: StageContext, spec: EvalSuiteSpec) -> list[Planned]:
             rows = list(safety.select([r for r in rows if isinstance(r, SafetyRow)], task.limit))
         else:
             rows = rows[:task.limit]
-        planned.append(Planned(task, rows, shots))
+        planned.append(Planned(task, rows, shots, classifier_dir=classifier_dir(ctx, task)))
     return planned
 
 
@@ -144,8 +168,14 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
     if task.type is TaskType.CODE:
         return code.evaluate(backend, [r for r in rows if isinstance(r, CodeRow)], task.samples,
                              task.max_new_tokens, task.timeout_seconds, seed, advance)
+    judge, unsafe_at = None, 0.5
+    if task.classifier is not None and item.classifier_dir is not None:
+        from lmforge.trainer.evaluate.judge import ClassifierJudge
+
+        judge = ClassifierJudge(item.classifier_dir, task.classifier.unsafe_labels, task.classifier.batch_size)
+        unsafe_at = task.classifier.threshold
     return safety.evaluate(backend, [r for r in rows if isinstance(r, SafetyRow)], task.max_new_tokens, seed,
-                           advance)
+                           advance, judge=judge, unsafe_at=unsafe_at)
 
 
 def run(ctx: StageContext) -> dict[str, str]:
