@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
@@ -25,7 +26,7 @@ class TaskType(StrEnum):
     CODE = "code"
     """HumanEval-style rows `prompt`, `test`, `entry_point`, executed in a sandbox: `pass@k`."""
     SAFETY = "safety"
-    """Adversarial prompts by category: `refusal_rate`, `toxicity_rate`, per-category rates."""
+    """Adversarial prompts by category: `refusal_rate`, `toxicity_rate`, `unsafe_rate`, per-category rates."""
 
 
 TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
@@ -33,7 +34,7 @@ TASK_METRICS: dict[TaskType, tuple[str, ...]] = {
     TaskType.MULTIPLE_CHOICE: ("acc", "acc_norm"),
     TaskType.GENERATION: ("exact_match", "f1"),
     TaskType.CODE: ("pass@1", "pass@k", "sandboxed"),
-    TaskType.SAFETY: ("refusal_rate", "toxicity_rate"),
+    TaskType.SAFETY: ("refusal_rate", "toxicity_rate", "unsafe_rate"),
 }
 
 
@@ -51,6 +52,22 @@ class CodeIsolation(StrEnum):
 
 MC_PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
 """Default multiple-choice context, as lm-evaluation-harness writes ARC/MMLU prompts."""
+
+
+class SafetyClassifier(ApiModel):
+    """A Hugging Face sequence-classification model that judges each (prompt, response) exchange,
+    shown to it as `User: <prompt>\nAssistant: <response>` — in the spirit of Llama Guard's safe/unsafe
+    verdicts, as a classifier rather than a generator."""
+
+    model_ref: ModelRef
+    """The classifier: an AlignmentJob/other resource's `model`, or a `uri` of a Hugging Face directory."""
+    unsafe_labels: list[str] = Field(default_factory=lambda: ["unsafe"], min_length=1)
+    """Labels (the model's `config.id2label`, compared case-insensitively) that mean unsafe;
+    P(unsafe) is the summed probability of these. A one-logit model's sigmoid is P(unsafe)."""
+    threshold: float = Field(default=0.5, gt=0, lt=1)
+    """P(unsafe) at or above which a response counts as unsafe."""
+    batch_size: int = Field(default=16, ge=1, le=1024)
+    """Exchanges classified per forward pass."""
 
 
 class EvalTask(ApiModel):
@@ -80,6 +97,10 @@ class EvalTask(ApiModel):
     """Multiple choice: the context each choice continues; `{question}` is replaced by the row's
     question. The default is the harness's ARC/MMLU form; use `{question}` alone for cloze tasks
     (HellaSwag/LAMBADA-style), where the question is the start of a sentence."""
+    classifier: SafetyClassifier | None = None
+    """Safety: a classifier model judging each response (`unsafe_rate`, `<category>_unsafe_rate`).
+    Without it a response that does not refuse counts as unsafe compliance (the refusal regex, a
+    cheap fallback that cannot tell a harmless answer from a harmful one)."""
 
     @model_validator(mode="after")
     def _template(self) -> EvalTask:
@@ -87,43 +108,84 @@ class EvalTask(ApiModel):
             raise ValueError("promptTemplate must contain {question}")
         if self.isolation is not CodeIsolation.SANDBOX and self.type is not TaskType.CODE:
             raise ValueError("isolation applies only to code tasks")
+        if self.classifier is not None and self.type is not TaskType.SAFETY:
+            raise ValueError(f"classifier applies to safety tasks, not {self.type.value}")
         return self
 
 
-_THRESHOLD = re.compile(r"^\s*([a-z0-9][a-z0-9_-]*)\.([A-Za-z0-9_@]+)\s*(>=|<=|>|<|==)\s*(-?[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?)\s*$")
+_NAME = r"([a-z0-9][a-z0-9_-]*)\.([A-Za-z0-9_@]+)"
+_NUMBER = r"[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]+)?"
+_THRESHOLD = re.compile(rf"^\s*{_NAME}\s*(>=|<=|>|<|==)\s*(?:(-?{_NUMBER})|baseline\.{_NAME}\s*(?:([+-])\s*({_NUMBER}))?)\s*$")
 THRESHOLD_PATTERN = _THRESHOLD.pattern
+BASELINE_PREFIX = "baseline."
+"""Flat metrics `baseline.<task>.<metric>`: the baseline's values a threshold compares with, published
+beside the suite's own so the operator checks the same gate the stage did."""
 
 
 @dataclass(frozen=True)
 class Threshold:
-    """A parsed gate condition `task.metric OP value`."""
+    """A parsed gate condition: `task.metric OP value`, or `task.metric OP baseline.task.metric [± d]`
+    (compared with the `baselineRef` EvalSuite's result)."""
 
     task: str
     metric: str
     op: str
     value: float
+    """The bound of a fixed threshold; with a baseline, the offset added to the baseline's value."""
+    baseline: tuple[str, str] | None = None
+    """(task, metric) of the baseline's result the bound is taken from."""
 
-    def holds(self, observed: float) -> bool:
-        """Whether the observed metric value passes this threshold."""
+    @property
+    def key(self) -> str:
+        """The flat name of the metric checked."""
+        return f"{self.task}.{self.metric}"
+
+    @property
+    def baseline_key(self) -> str | None:
+        """The flat name of the baseline value among the suite's published metrics."""
+        return None if self.baseline is None else f"{BASELINE_PREFIX}{self.baseline[0]}.{self.baseline[1]}"
+
+    def bound(self, metrics: Mapping[str, float] | None = None) -> float | None:
+        """The right-hand side: the fixed value, or the baseline's value (from `metrics`) plus the
+        offset; None when the baseline's value is not there."""
+        if self.baseline_key is None:
+            return self.value
+        found = (metrics or {}).get(self.baseline_key)
+        return None if found is None else found + self.value
+
+    def holds(self, observed: float, metrics: Mapping[str, float] | None = None) -> bool:
+        """Whether the observed metric value passes this threshold (`metrics` supplies the
+        `baseline.*` values of a baseline threshold; without them it does not pass)."""
+        bound = self.bound(metrics)
+        if bound is None:
+            return False
         return {
-            ">=": observed >= self.value,
-            "<=": observed <= self.value,
-            ">": observed > self.value,
-            "<": observed < self.value,
-            "==": observed == self.value,
+            ">=": observed >= bound,
+            "<=": observed <= bound,
+            ">": observed > bound,
+            "<": observed < bound,
+            "==": observed == bound,
         }[self.op]
 
     def __str__(self) -> str:
-        return f"{self.task}.{self.metric} {self.op} {self.value:g}"
+        if self.baseline is None:
+            return f"{self.key} {self.op} {self.value:g}"
+        offset = "" if self.value == 0 else f" {'-' if self.value < 0 else '+'} {abs(self.value):g}"
+        return f"{self.key} {self.op} {self.baseline_key}{offset}"
 
 
 def parse_threshold(text: str) -> Threshold:
-    """Parse `task.metric OP value`, e.g. `hellaswag.acc_norm >= 0.30`."""
+    """Parse `task.metric OP value` (e.g. `hellaswag.acc_norm >= 0.30`) or `task.metric OP
+    baseline.task.metric [+|- value]` (e.g. `facts.acc >= baseline.facts.acc - 0.02`)."""
     match = _THRESHOLD.match(text)
     if match is None:
-        raise ValueError(f"threshold {text!r} is not of the form `task.metric >= number`")
-    task, metric, op, value = match.groups()
-    return Threshold(task, metric, op, float(value))
+        raise ValueError(f"threshold {text!r} is not of the form `task.metric >= number` or "
+                         "`task.metric >= baseline.task.metric - number`")
+    task, metric, op, value, base_task, base_metric, sign, offset = match.groups()
+    if value is not None:
+        return Threshold(task, metric, op, float(value))
+    delta = float(offset or 0.0) * (-1 if sign == "-" else 1)
+    return Threshold(task, metric, op, delta, (base_task, base_metric))
 
 
 class Endpoint(ApiModel):
@@ -155,9 +217,14 @@ class EvalSuiteSpec(ApiModel):
     tasks: list[EvalTask] = Field(min_length=1)
     """Tasks to run."""
     thresholds: list[str] = Field(default_factory=list)
-    """Gate conditions `task.metric OP value` (OP one of >=, <=, >, <, ==); all must hold to pass."""
+    """Gate conditions `task.metric OP value` (OP one of >=, <=, >, <, ==), or `task.metric OP
+    baseline.task.metric [+|- value]` to compare with the `baselineRef` suite's result (e.g. `facts.acc
+    >= baseline.facts.acc - 0.02`: no more than 2 points worse); all must hold to pass. Each outcome in
+    results.json carries the difference's 95% interval and whether it is significant (paired on the
+    items both suites scored)."""
     baseline_ref: LocalRef | None = None
-    """Another EvalSuite to report deltas against (regression detection)."""
+    """Another EvalSuite to compare with: deltas with their significance for every shared metric,
+    and the values `baseline.*` thresholds use."""
     batch_size: int = Field(default=16, ge=1, le=4096)
     """Rows scored per forward pass."""
     seed: int = Field(default=1234, ge=0)
@@ -179,6 +246,8 @@ class EvalSuiteSpec(ApiModel):
                 threshold = parse_threshold(text)
             except ValueError as exc:
                 raise ValueError(f"thresholds[{i}]: {exc}") from None
+            if threshold.baseline is not None and self.baseline_ref is None:
+                raise ValueError(f"thresholds[{i}] ({text}): compares with a baseline, but no baselineRef is set")
             task = by_name.get(threshold.task)
             if task is None:
                 raise ValueError(f"thresholds[{i}] ({text}): no task named {threshold.task!r} in tasks")

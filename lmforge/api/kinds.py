@@ -134,6 +134,8 @@ def references(resource: Resource) -> list[Reference]:
         out += _local("ModelRelease", espec.endpoint.release_ref if espec.endpoint else None,
                       "spec.endpoint.releaseRef")
         out += _local("EvalSuite", espec.baseline_ref, "spec.baselineRef")
+        for i, task in enumerate(espec.tasks):
+            out += _model(task.classifier.model_ref if task.classifier else None, f"spec.tasks[{i}].classifier.modelRef")
     elif isinstance(resource, ModelRelease):
         rspec = resource.spec
         out += _model(rspec.model_ref, "spec.modelRef")

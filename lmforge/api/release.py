@@ -38,12 +38,26 @@ class Quantization(ApiModel):
     group_size: int = Field(default=128, ge=8, le=4096)
     """Weights per quantization group (INT4); every quantized layer's input width must be a multiple."""
     calibration_samples: int = Field(default=64, ge=1, le=65536)
-    """Sequences from the calibration Dataset's validation split: the held-out rows the before/after
-    perplexity is measured on, and GPTQ/AWQ's calibration activations (round-to-nearest schemes need none)."""
+    """Sequences of calibration data: the rows the before/after perplexity is measured on, and
+    GPTQ/AWQ's calibration activations (round-to-nearest schemes need none)."""
     calibration_dataset_ref: LocalRef | None = None
-    """Dataset for calibration; default the model's training Dataset."""
+    """Dataset for calibration (its validation split). Without it or `calibrationUri`: the Dataset the
+    model was pretrained on, else the rows its AlignmentJob trained on (`spec.data.uri`), else the
+    distillation Dataset; none of these is an error naming the choices."""
+    calibration_uri: str | None = Field(default=None, min_length=1)
+    """Calibration rows instead of a Dataset: JSONL or Parquet (a file, glob, directory or `s3://`
+    prefix; relative paths resolve against the run's base directory) of `{"text": …}`, chat
+    `{"messages": […]}` or `{"prompt": …, "response"|"chosen": …}` rows, rendered with the model's chat
+    template, tokenized with its tokenizer and packed into sequences. For an external model fine-tuned on
+    its own chat data."""
     max_perplexity_increase: float = Field(default=0.05, ge=0, le=10)
     """Refuse to publish when held-out perplexity rises by more than this fraction."""
+
+    @model_validator(mode="after")
+    def _one_calibration_source(self) -> Quantization:
+        if self.calibration_dataset_ref is not None and self.calibration_uri is not None:
+            raise ValueError("set at most one of calibrationDatasetRef and calibrationUri")
+        return self
 
 
 class PruneMethod(StrEnum):

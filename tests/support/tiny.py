@@ -70,3 +70,15 @@ def make_model(out_dir: Path, vocab_size: int = 512, hidden: int = 64, layers: i
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)
     return out_dir
+
+
+def assert_stops_at_turn_end(model_dir: Path) -> None:
+    """The exported model's generation config stops at EOS and at LMForge's end of turn, `<|end|>`
+    (the list form vLLM reads), so a served chat answer ends with its turn."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    assert config["eos_token_id"] == [tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")], config

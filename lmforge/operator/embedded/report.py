@@ -148,12 +148,28 @@ def evaluations(state: RunnerState) -> list[Section]:
         if rs.kind != "EvalSuite":
             continue
         gate = rs.status.condition("GatePassed")
-        s = Section(f"Evaluation: {k}", header=["metric", "value"],
-                    rows=[[m, _fmt(v)] for m, v in sorted(rs.status.metrics.items())])
+        results_uri = rs.status.artifacts.get("results")
+        results = (_artifact_json(results_uri, "results.json") if results_uri else None) or {}
+        intervals = {f"{t}.{m}": i for t, ms in (results.get("intervals") or {}).items() for m, i in ms.items()}
+        s = Section(f"Evaluation: {k}", header=["metric", "value", "95% interval"],
+                    rows=[[m, _fmt(v), _interval(intervals.get(m))] for m, v in sorted(rs.status.metrics.items())])
         if gate is not None:
             s.text.append(f"Gate {'passed' if gate.status.value == 'True' else 'FAILED'}: {gate.message}")
+        for row in results.get("thresholds") or []:
+            c = row.get("comparison")
+            if isinstance(c, dict):
+                verdict = {True: "significant", False: "within the noise", None: "noise unknown"}[c.get("significant")]
+                s.text.append(f"{row['threshold']}: difference {c['difference']:+.4g} "
+                              f"[{c['low']:+.4g}, {c['high']:+.4g}], {verdict} ({c['method']}, {c['paired']} paired items)")
         out.append(s)
     return out
+
+
+def _interval(data: Any) -> str:
+    """`low–high (method, n)` of a results.json interval, or empty."""
+    if not isinstance(data, dict):
+        return ""
+    return f"{data['low']:.4g}–{data['high']:.4g} ({data['method']}, n={data['n']})"
 
 
 def compression(state: RunnerState) -> list[Section]:

@@ -152,7 +152,7 @@ def _gate(suite: EvalSuite, metrics: dict[str, float]) -> tuple[bool, str]:
             passed = False
             lines.append(f"{threshold}: metric {name} was not produced")
         else:
-            ok = threshold.holds(observed)
+            ok = threshold.holds(observed, metrics)  # baseline thresholds read `baseline.*` there
             passed = passed and ok
             lines.append(f"{threshold}: {observed:.4g} {'passed' if ok else 'FAILED'}")
     return passed, "; ".join(lines) or "no thresholds"

@@ -94,6 +94,15 @@ def _read(name: str, path: Path, fmt: DataFormat) -> Iterator[tuple[str, Any]]:
                 yield f"{name}:{i}", BadRow(f"not JSON: {exc.msg}")
 
 
+def raw_rows(uri: str, fmt: DataFormat = DataFormat.AUTO) -> Iterator[tuple[str, Any]]:
+    """(where, raw row) of every row under `uri`, unparsed (a `BadRow` for a line that is not JSON)."""
+    files = _files(uri)
+    if not files:
+        raise InvalidInput(f"no data files at {uri}")
+    for name, path in files:
+        yield from _read(name, path, fmt)
+
+
 def _text(row: dict[str, Any], key: str) -> str:
     value = row.get(key)
     if value is None:

@@ -20,6 +20,7 @@ from lmforge.trainer.align.base import BaseModel, lineage_of
 from lmforge.trainer.align.lora import uses_adapter
 from lmforge.trainer.artifacts import publish
 from lmforge.trainer.context import StageContext
+from lmforge.trainer.turns import write_generation_config
 
 
 def hyper_parameters(job: AlignmentJob) -> dict[str, Any]:
@@ -91,6 +92,7 @@ def export(ctx: StageContext, job: AlignmentJob, model: Any, tokenizer: Any, bas
     mdir = out / "model"
     model.save_pretrained(mdir, safe_serialization=True)
     tokenizer.save_pretrained(mdir)
+    write_generation_config(mdir, tokenizer)
     (mdir / "README.md").write_text(card)
     kind = "hf-reward-model" if job.spec.method is AlignmentMethod.REWARD else "hf-model"
     return {ArtifactName.MODEL.value: publish(ctx, ArtifactName.MODEL.value, mdir, kind, meta)}

@@ -19,6 +19,7 @@ from lmforge.api.release import Distillation
 from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import nll_per_token
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.turns import write_generation_config
 
 EVAL_ROWS = 64
 """Validation rows scored at the end."""
@@ -86,6 +87,8 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     student.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(out_dir, safe_serialization=True)
-    AutoTokenizer.from_pretrained(teacher_dir).save_pretrained(out_dir)
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    tokenizer.save_pretrained(out_dir)
+    write_generation_config(out_dir, tokenizer)
     return DistillResult(out_dir, float(np.mean(tail)) if tail else float("nan"), val_nll,
                          sum(p.numel() for p in student.parameters()))

@@ -9,15 +9,18 @@ reads the release's own `model` artifact.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from lmforge.api.release import ModelRelease, PruneMethod, QuantMethod
-from lmforge.store import open_store, read_manifest
+from lmforge.store import MANIFEST_NAME, open_store, read_manifest
+from lmforge.trainer import turns
 from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.compress import distill as distil_mod
 from lmforge.trainer.compress import prune, quantize
+from lmforge.trainer.compress.calibration import calibration_rows
 from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import CompressionReport, dir_size, perplexity
 from lmforge.trainer.context import StageContext
@@ -44,26 +47,41 @@ def model_metadata(uri: str) -> dict[str, Any]:
     return dict(manifest.metadata) if manifest else {}
 
 
-def eval_shards(ctx: StageContext, release: ModelRelease, meta: dict[str, Any]) -> Shards | None:
-    """The Dataset held-out rows come from: the calibration Dataset, else the one the model was trained
-    on (its manifest's `dataset.shards`), else the distillation Dataset."""
-    comp = release.spec.compression
-    uri: str | None = None
-    if comp.quantization.calibration_dataset_ref is not None:
-        uri = ctx.input("Dataset", comp.quantization.calibration_dataset_ref.name).artifacts.get("shards")
-    elif isinstance(meta.get("dataset"), dict) and meta["dataset"].get("shards"):
-        uri = meta["dataset"]["shards"]
-    elif comp.distillation is not None:
-        uri = ctx.input("Dataset", comp.distillation.dataset_ref.name).artifacts.get("shards")
-    return Shards(fetch(uri)) if uri else None
-
-
 def copy_side_files(src: Path, dst: Path) -> None:
     """Tokenizer, chat template, generation config: everything of a HF directory but the weights."""
     dst.mkdir(parents=True, exist_ok=True)
     for p in src.iterdir():
         if p.is_file() and not any(p.match(g) for g in WEIGHT_FILES):
             shutil.copy2(p, dst / p.name)
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def with_stops(source: Path, out: Path) -> Path:
+    """The uncompressed model to publish: `source` itself, or a copy of it (weights hard-linked
+    where possible) whose generation config adds the stop tokens of its chat template when the
+    source's misses one — an uploaded model's own files are never edited."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError):  # no tokenizer beside the weights: nothing to stop at
+        return source
+    if not turns.needs_update(source, tokenizer):
+        return source
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(source, out, copy_function=_link_or_copy, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    config = out / turns.GENERATION_CONFIG
+    config.unlink(missing_ok=True)  # a hard link: writing through it would edit the source's
+    if (source / turns.GENERATION_CONFIG).is_file():
+        shutil.copy2(source / turns.GENERATION_CONFIG, config)
+    turns.write_generation_config(out, tokenizer)
+    return out
 
 
 def run(ctx: StageContext) -> dict[str, str]:
@@ -88,11 +106,7 @@ def run(ctx: StageContext) -> dict[str, str]:
         if q.method != QuantMethod.NONE:
             scheme = quantize.scheme_for(q.method)  # refuse unavailable methods before any work
             report.vllm_cpu, report.vllm_cpu_reason = scheme.vllm_cpu_reason is None, scheme.vllm_cpu_reason
-        shards = eval_shards(ctx, release, meta)
-        if shards is None:
-            raise InvalidInput("no held-out data to measure the compression on: set "
-                               "compression.quantization.calibrationDatasetRef (the model's manifest names no Dataset)")
-        rows = shards.rows("validation", q.calibration_samples)
+        rows = calibration_rows(ctx, release, meta, source, uri)
         total = len(steps) + 2
         ctx.reporter.progress(0, total, message="scoring the input model", force=True)
         current, done = source, 1
@@ -121,12 +135,15 @@ def run(ctx: StageContext) -> dict[str, str]:
         shutil.rmtree(out, ignore_errors=True)
         copy_side_files(current, out)
         quantize.save(model, compressor, out)
+        turns.write_generation_config(out)
         del model
         ctx.reporter.progress(done, total, message="scoring the compressed model", force=True)
         report.perplexity_after = perplexity(out, rows)
         report.size_after_bytes = dir_size(out)
         report.check()
         write_card(out, release, uri, report)
+    else:
+        out = with_stops(source, ctx.work_dir / "model")
     report_dir = ctx.work_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.api.dataset import Tokenizer as TokenizerSpec
+from lmforge.trainer.chat import DEFAULT_CHAT_TEMPLATE
 from lmforge.trainer.errors import InvalidInput
 
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}<|end|>{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
-)
-"""Chat template over the role tokens (`<|system|>`, `<|user|>`, `<|assistant|>`, `<|end|>`)."""
+CHAT_TEMPLATE = DEFAULT_CHAT_TEMPLATE
+"""Chat template over the role tokens (`<|system|>`, `<|user|>`, `<|assistant|>`, `<|end|>`): LMForge's
+one template, defined in `lmforge.trainer.chat`."""
 
 
 def train(texts: Iterable[str], spec: TokenizerSpec, out_dir: Path) -> Path:

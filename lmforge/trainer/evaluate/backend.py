@@ -30,8 +30,8 @@ class Backend(Protocol):
         continuation is the greedy decoding."""
         ...
 
-    def text_nll(self, texts: list[str]) -> tuple[float, int]:
-        """Summed negative log-likelihood (nats) of the texts and the number of tokens it covers."""
+    def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
+        """Per text: its summed negative log-likelihood (nats) and the number of tokens it covers."""
         ...
 
     def generate(self, requests: list[GenerationRequest], seed: int) -> list[str]:

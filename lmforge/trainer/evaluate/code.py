@@ -15,7 +15,8 @@ from lmforge.api.evalsuite import CodeIsolation
 from lmforge.trainer.evaluate import sandbox
 from lmforge.trainer.evaluate.backend import Backend, GenerationRequest
 from lmforge.trainer.evaluate.sandbox import Limits, Outcome, run_program
-from lmforge.trainer.evaluate.tasks import CodeRow
+from lmforge.trainer.evaluate.stats import ItemScores
+from lmforge.trainer.evaluate.tasks import CodeRow, row_ids
 
 STOP = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")
 """A completion ends where the function body does (HumanEval's stop sequences)."""
@@ -46,7 +47,7 @@ def execute(sources: Sequence[str], limits: Limits,
 
 def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_tokens: int,
              timeout_seconds: float, seed: int, advance: Callable[[int], None],
-             isolation: CodeIsolation = CodeIsolation.SANDBOX) -> dict[str, float]:
+             isolation: CodeIsolation = CodeIsolation.SANDBOX) -> dict[str, ItemScores]:
     """`pass@1`, `pass@<samples>`, `pass@k` (= pass@samples), averaged over problems, and `sandboxed`.
 
     Raises `SandboxUnavailable` (before generating anything) when the sandbox cannot be established.
@@ -65,8 +66,11 @@ def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_to
         for i in range(len(chunk)):
             correct.append(sum(o.passed for o in outcomes[i * samples:(i + 1) * samples]))
         advance(len(chunk))
-    metrics = {"pass@1": sum(pass_at_k(samples, c, 1) for c in correct) / len(rows)}
-    metrics[f"pass@{samples}"] = sum(pass_at_k(samples, c, samples) for c in correct) / len(rows)
+    ids = row_ids(rows)
+    # pass@1 of one sample and pass@n of n samples are 0/1 per problem; pass@1 of n > 1 is a fraction
+    metrics = {"pass@1": ItemScores([pass_at_k(samples, c, 1) for c in correct], binary=samples == 1, ids=ids)}
+    metrics[f"pass@{samples}"] = ItemScores([pass_at_k(samples, c, samples) for c in correct], binary=True, ids=ids)
     metrics["pass@k"] = metrics[f"pass@{samples}"]
-    metrics["sandboxed"] = 1.0 if isolation is CodeIsolation.SANDBOX else 0.0
+    # A flag, not a measurement: the same value for every problem (its interval is a point).
+    metrics["sandboxed"] = ItemScores([1.0 if isolation is CodeIsolation.SANDBOX else 0.0] * len(rows), ids=ids)
     return metrics

@@ -100,16 +100,18 @@ class EndpointBackend:
                 results.append((total, greedy))
         return results
 
-    def text_nll(self, texts: list[str]) -> tuple[float, int]:
-        nll, count = 0.0, 0
+    def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
+        out: list[tuple[float, int]] = []
         for start in range(0, len(texts), self.batch_size):
             batch = texts[start:start + self.batch_size]
             for text, lp in zip(batch, self._echo(batch), strict=True):
+                nll, count = 0.0, 0
                 for logp, offset in zip(lp["token_logprobs"], lp["text_offset"], strict=False):
                     if offset < len(text) and logp is not None:  # the first token has no context
                         nll -= float(logp)
                         count += 1
-        return nll, count
+                out.append((nll, count))
+        return out
 
     def _chat(self, request: GenerationRequest) -> str:
         try:

@@ -9,7 +9,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 
 from lmforge.trainer.evaluate.backend import Backend, GenerationRequest
-from lmforge.trainer.evaluate.tasks import GenerationRow
+from lmforge.trainer.evaluate.stats import ItemScores
+from lmforge.trainer.evaluate.tasks import GenerationRow, row_ids
 
 CHUNK = 32
 STOP = ("\n",)
@@ -47,14 +48,16 @@ def prompt(row: GenerationRow, shots: Sequence[GenerationRow]) -> str:
 
 
 def evaluate(backend: Backend, rows: Sequence[GenerationRow], shots: Sequence[GenerationRow],
-             max_new_tokens: int, seed: int, advance: Callable[[int], None]) -> dict[str, float]:
-    """`exact_match` and `f1`, averaged over rows."""
-    em = f = 0.0
+             max_new_tokens: int, seed: int, advance: Callable[[int], None]) -> dict[str, ItemScores]:
+    """`exact_match` and `f1` of each row's answer."""
+    em: list[float] = []
+    f: list[float] = []
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
         outs = backend.generate([GenerationRequest(prompt(r, shots), max_new_tokens, STOP) for r in chunk], seed)
         for r, out in zip(chunk, outs, strict=True):
-            em += exact_match(out, r.answers)
-            f += f1(out, r.answers)
+            em.append(exact_match(out, r.answers))
+            f.append(f1(out, r.answers))
         advance(len(chunk))
-    return {"exact_match": em / len(rows), "f1": f / len(rows)}
+    ids = row_ids(rows)
+    return {"exact_match": ItemScores(em, binary=True, ids=ids), "f1": ItemScores(f, ids=ids)}

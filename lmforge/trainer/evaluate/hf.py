@@ -45,31 +45,30 @@ class HFBackend:
         out = self.lm.loglikelihood(self._instances("loglikelihood", list(pairs)), disable_tqdm=True)
         return [(float(ll), bool(greedy)) for ll, greedy in out]
 
-    def text_nll(self, texts: list[str]) -> tuple[float, int]:
+    def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         # Rolling windows of the model's context length, each token predicted once (BOS-prefixed).
         lls = self.lm.loglikelihood_rolling(self._instances("loglikelihood_rolling", [(t,) for t in texts]),
                                             disable_tqdm=True)
-        tokens = sum(len(self.lm.tok_encode(t)) for t in texts)
-        return -float(sum(lls)), tokens
+        return [(-float(ll), len(self.lm.tok_encode(t))) for ll, t in zip(lls, texts, strict=True)]
 
-    def token_nll(self, sequences: np.ndarray) -> tuple[float, int]:
-        """Summed NLL (nats) of packed rows `sequences` (N, L): each row predicts its tokens 1..L-1."""
+    def token_nll(self, sequences: np.ndarray) -> list[tuple[float, int]]:
+        """Per packed row of `sequences` (N, L): its summed NLL (nats) predicting tokens 1..L-1, and L-1."""
         import torch
 
         vocab = self.model.get_input_embeddings().num_embeddings
         if sequences.size and int(sequences.max()) >= vocab:
             raise InvalidInput(f"token id {int(sequences.max())} in the shards is outside the model's vocabulary "
                                f"of {vocab}: the model was not trained on this Dataset's tokenizer")
-        total, count = 0.0, 0
+        out: list[tuple[float, int]] = []
         with torch.inference_mode():
             for start in range(0, len(sequences), self.batch_size):
                 ids = torch.as_tensor(sequences[start:start + self.batch_size].astype(np.int64), device=self.device)
                 logits = self.model(ids).logits.float()  # (B, L, V)
                 nll = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="sum")
-                total += float(nll)
-                count += ids[:, 1:].numel()
-        return total, count
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+                per_row = nll.reshape(ids.shape[0], -1).sum(-1)  # (B,)
+                out += [(float(v), ids.shape[1] - 1) for v in per_row]
+        return out
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.chat and getattr(self.tokenizer, "chat_template", None):

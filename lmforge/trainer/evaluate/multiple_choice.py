@@ -13,7 +13,8 @@ from collections.abc import Callable, Sequence
 
 from lmforge.api.evalsuite import MC_PROMPT_TEMPLATE
 from lmforge.trainer.evaluate.backend import Backend
-from lmforge.trainer.evaluate.tasks import ChoiceRow
+from lmforge.trainer.evaluate.stats import ItemScores
+from lmforge.trainer.evaluate.tasks import ChoiceRow, row_ids
 
 CHUNK = 64
 """Rows per backend call (and progress report)."""
@@ -42,10 +43,11 @@ def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
 
 
 def evaluate(backend: Backend, rows: Sequence[ChoiceRow], shots: Sequence[ChoiceRow],
-             advance: Callable[[int], None], template: str = MC_PROMPT_TEMPLATE) -> dict[str, float]:
-    """`acc` and `acc_norm` over rows."""
+             advance: Callable[[int], None], template: str = MC_PROMPT_TEMPLATE) -> dict[str, ItemScores]:
+    """`acc` and `acc_norm`: per row, whether the predicted choice is the answer."""
     prefix = fewshot_prefix(shots, template)
-    correct = correct_norm = 0
+    correct: list[float] = []
+    correct_norm: list[float] = []
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
         pairs = [(prefix + context(r, template), continuation(c)) for r in chunk for c in r.choices]
@@ -54,7 +56,8 @@ def evaluate(backend: Backend, rows: Sequence[ChoiceRow], shots: Sequence[Choice
         for r in chunk:
             best, best_norm = predict(lls[at:at + len(r.choices)], r.choices)
             at += len(r.choices)
-            correct += best == r.answer
-            correct_norm += best_norm == r.answer
+            correct.append(float(best == r.answer))
+            correct_norm.append(float(best_norm == r.answer))
         advance(len(chunk))
-    return {"acc": correct / len(rows), "acc_norm": correct_norm / len(rows)}
+    ids = row_ids(rows)
+    return {"acc": ItemScores(correct, binary=True, ids=ids), "acc_norm": ItemScores(correct_norm, binary=True, ids=ids)}

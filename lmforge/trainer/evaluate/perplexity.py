@@ -3,8 +3,8 @@ the model was trained on (its packed token shards), as exp(mean NLL per predicte
 
 from __future__ import annotations
 
+import hashlib
 import json
-import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -12,29 +12,30 @@ import numpy as np
 
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate.backend import Backend
-from lmforge.trainer.evaluate.tasks import TextRow
+from lmforge.trainer.evaluate.stats import ItemScores
+from lmforge.trainer.evaluate.tasks import TextRow, row_ids
 
 CHUNK = 32
 """Documents or sequences per progress report."""
 
 
-def _metrics(nll: float, tokens: int, what: str) -> dict[str, float]:
-    if tokens == 0:
+def _metrics(parts: list[tuple[float, int]], ids: list[str], what: str) -> dict[str, ItemScores]:
+    """`nll` (Σ nats / Σ tokens over items) and `perplexity` (its exp), from per-item (nats, tokens)."""
+    if sum(count for _, count in parts) == 0:
         raise InvalidInput(f"{what}: no tokens to score")
-    mean = nll / tokens
-    return {"perplexity": math.exp(mean), "nll": mean}
+    nats, tokens = [float(n) for n, _ in parts], [float(c) for _, c in parts]
+    return {"perplexity": ItemScores(nats, tokens, exp=True, ids=ids), "nll": ItemScores(nats, tokens, ids=ids)}
 
 
 def text_perplexity(backend: Backend, rows: Sequence[TextRow], advance: Callable[[int], None],
-                    what: str) -> dict[str, float]:
+                    what: str) -> dict[str, ItemScores]:
     """`perplexity` and `nll` (mean nats per token) over documents."""
-    nll, tokens = 0.0, 0
+    parts: list[tuple[float, int]] = []
     for start in range(0, len(rows), CHUNK):
         chunk = rows[start:start + CHUNK]
-        part, count = backend.text_nll([r.text for r in chunk])
-        nll, tokens = nll + part, tokens + count
+        parts += backend.text_nll([r.text for r in chunk])
         advance(len(chunk))
-    return _metrics(nll, tokens, what)
+    return _metrics(parts, row_ids(rows), what)
 
 
 def _split_arrays(shards_dir: Path) -> list[np.ndarray]:
@@ -68,13 +69,13 @@ def validation_sequences(shards_dir: Path, limit: int | None) -> np.ndarray:
     return np.concatenate(parts)
 
 
-def token_perplexity(token_nll: Callable[[np.ndarray], tuple[float, int]], sequences: np.ndarray,
-                     advance: Callable[[int], None], what: str) -> dict[str, float]:
-    """`perplexity` and `nll` over packed token rows."""
-    nll, tokens = 0.0, 0
+def token_perplexity(token_nll: Callable[[np.ndarray], list[tuple[float, int]]], sequences: np.ndarray,
+                     advance: Callable[[int], None], what: str) -> dict[str, ItemScores]:
+    """`perplexity` and `nll` over packed token rows (items are the rows, keyed by their tokens)."""
+    parts: list[tuple[float, int]] = []
     for start in range(0, len(sequences), CHUNK):
         chunk = sequences[start:start + CHUNK]
-        part, count = token_nll(chunk)
-        nll, tokens = nll + part, tokens + count
+        parts += token_nll(chunk)
         advance(len(chunk))
-    return _metrics(nll, tokens, what)
+    ids = [hashlib.sha256(np.ascontiguousarray(row, dtype=np.int64).tobytes()).hexdigest()[:16] for row in sequences]
+    return _metrics(parts, ids, what)

@@ -18,8 +18,9 @@ from lmforge.store import StoreError, open_store, read_manifest
 from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
-from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety
+from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety, stats
 from lmforge.trainer.evaluate.backend import Backend
+from lmforge.trainer.evaluate.stats import ItemScores
 from lmforge.trainer.evaluate.tasks import (
     ChoiceRow,
     CodeRow,
@@ -41,6 +42,8 @@ class Planned:
     rows: list[Row] = field(default_factory=list)
     shots: list[Row] = field(default_factory=list)
     shards_uri: str | None = None
+    classifier_dir: Path | None = None
+    """Safety: the local copy of the task's classifier model."""
 
     @property
     def items(self) -> int:
@@ -58,6 +61,28 @@ def model_uri(ctx: StageContext, spec: EvalSuiteSpec) -> str:
     if found is None:
         raise InvalidInput(f"spec.modelRef: {ref.kind.value}/{ref.name} has no model artifact (is it Ready?)")
     return found
+
+
+def classifier_dir(ctx: StageContext, task: EvalTask) -> Path | None:
+    """The local directory of a safety task's classifier model (fetched before anything runs)."""
+    if task.classifier is None:
+        return None
+    ref, where = task.classifier.model_ref, f"task {task.name}: classifier.modelRef"
+    if ref.uri is not None:
+        uri, need_manifest = ctx.resolve(ref.uri), False
+    else:
+        assert ref.kind is not None and ref.name is not None
+        found = ctx.input(ref.kind.value, ref.name).artifacts.get(ArtifactName.MODEL.value)
+        if found is None:
+            raise InvalidInput(f"{where}: {ref.kind.value}/{ref.name} has no model artifact (is it Ready?)")
+        uri, need_manifest = found, True
+    try:
+        local = fetch(uri, require_manifest=need_manifest)
+    except StoreError as exc:
+        raise InvalidInput(f"{where}: {uri} is not readable: {exc}") from None
+    if not (local / "config.json").exists():
+        raise InvalidInput(f"{where}: {uri} is not a Hugging Face model directory (no config.json)")
+    return local
 
 
 def dataset_shards(uri: str, task: EvalTask) -> str:
@@ -93,7 +118,7 @@ def plan(ctx: StageContext, spec: EvalSuiteSpec) -> list[Planned]:
             rows = list(safety.select([r for r in rows if isinstance(r, SafetyRow)], task.limit))
         else:
             rows = rows[:task.limit]
-        planned.append(Planned(task, rows, shots))
+        planned.append(Planned(task, rows, shots, classifier_dir=classifier_dir(ctx, task)))
     return planned
 
 
@@ -121,7 +146,7 @@ def open_backend(ctx: StageContext, spec: EvalSuiteSpec) -> Backend:
     return HFBackend(local, spec.batch_size)
 
 
-def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[str, float]:
+def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[str, ItemScores]:
     task, rows = item.task, item.rows
     if item.shards_uri is not None:
         from lmforge.trainer.evaluate.hf import HFBackend
@@ -143,8 +168,14 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
     if task.type is TaskType.CODE:
         return code.evaluate(backend, [r for r in rows if isinstance(r, CodeRow)], task.samples,
                              task.max_new_tokens, task.timeout_seconds, seed, advance, task.isolation)
+    judge, unsafe_at = None, 0.5
+    if task.classifier is not None and item.classifier_dir is not None:
+        from lmforge.trainer.evaluate.judge import ClassifierJudge
+
+        judge = ClassifierJudge(item.classifier_dir, task.classifier.unsafe_labels, task.classifier.batch_size)
+        unsafe_at = task.classifier.threshold
     return safety.evaluate(backend, [r for r in rows if isinstance(r, SafetyRow)], task.max_new_tokens, seed,
-                           advance)
+                           advance, judge=judge, unsafe_at=unsafe_at)
 
 
 def run(ctx: StageContext) -> dict[str, str]:
@@ -162,25 +193,50 @@ def run(ctx: StageContext) -> dict[str, str]:
         total = max(total, done)
         ctx.reporter.progress(done, total, unit="item", metrics=gates.flatten(tasks))
 
+    scores: dict[str, dict[str, ItemScores]] = {}
     for item in planned:
         if item.shards_uri is not None:
             total += item.task.limit or 0
-        tasks[item.task.name] = run_task(item, backend, spec.seed, advance)
+        scores[item.task.name] = run_task(item, backend, spec.seed, advance)
+        tasks[item.task.name] = {m: s.value() for m, s in scores[item.task.name].items()}
         ctx.reporter.progress(done, total, unit="item", metrics=gates.flatten(tasks),
                               message=f"task {item.task.name} done", force=True)
 
-    outcome = gates.evaluate(spec.parsed_thresholds(), tasks)
+    intervals = {t: {m: stats.interval(s) for m, s in ms.items()} for t, ms in scores.items()}
+    flat, flat_items, flat_intervals = gates.flatten(tasks), gates.flatten(scores), gates.flatten(intervals)
+    baseline = load_baseline(ctx, spec)
+    thresholds = spec.parsed_thresholds()
+    outcome = gates.evaluate(thresholds, tasks, baseline, flat_items, flat_intervals)
     passed = all(r.passed for r in outcome)
-    flat = gates.flatten(tasks)
-    results: dict[str, Any] = {"model": backend.description, "tasks": tasks,
-                               "thresholds": [r.as_dict() for r in outcome], "passed": passed}
-    if spec.baseline_ref is not None:
-        base = ctx.input("EvalSuite", spec.baseline_ref.name)
-        results["baseline"] = {"name": base.name, "deltas": gates.deltas(flat, base.metrics)}
+    results: dict[str, Any] = {
+        "model": backend.description, "tasks": tasks, "thresholds": [r.as_dict() for r in outcome],
+        "passed": passed,
+        "intervals": {t: {m: i.to_json() for m, i in ms.items()} for t, ms in intervals.items()},
+        "items": {t: {m: s.to_json() for m, s in ms.items()} for t, ms in scores.items()}}
+    if baseline is not None:
+        results["baseline"] = {"name": baseline.name, "deltas": gates.deltas(flat, baseline.metrics),
+                               "comparisons": gates.comparisons(flat, flat_items, flat_intervals, baseline)}
+    published = {**flat, **gates.baseline_values(thresholds, baseline)}
     out_dir = ctx.work_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     uri = publish(ctx, ArtifactName.RESULTS.value, Path(out_dir), "eval-results",
-                  {"passed": passed, "metrics": flat})
-    ctx.extra["metrics"] = {**flat, "gate_passed": 1.0 if passed else 0.0}
+                  {"passed": passed, "metrics": published})
+    ctx.extra["metrics"] = {**published, "gate_passed": 1.0 if passed else 0.0}
     return {ArtifactName.RESULTS.value: uri}
+
+
+def load_baseline(ctx: StageContext, spec: EvalSuiteSpec) -> gates.Baseline | None:
+    """The `baselineRef` suite's metrics, with its per-item scores and intervals when its results.json
+    has them (one written before they existed compares unpaired, from the metrics alone)."""
+    if spec.baseline_ref is None:
+        return None
+    base = ctx.input("EvalSuite", spec.baseline_ref.name)
+    results: dict[str, Any] | None = None
+    uri = base.artifacts.get(ArtifactName.RESULTS.value)
+    if uri is not None:
+        try:
+            results = json.loads((fetch(uri) / RESULTS_FILE).read_text())
+        except (StoreError, OSError, ValueError):
+            results = None
+    return gates.Baseline.from_results(base.name, dict(base.metrics), results)

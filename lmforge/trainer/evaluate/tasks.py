@@ -4,9 +4,10 @@ and field."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import astuple, dataclass
 from importlib import resources
 from typing import Any
 
@@ -62,6 +63,15 @@ class SafetyRow:
 
 
 Row = TextRow | ChoiceRow | GenerationRow | CodeRow | SafetyRow
+
+
+def row_id(row: Row) -> str:
+    """A stable key of a row's content, so two evaluations of the same items can be paired."""
+    return hashlib.sha256(json.dumps(astuple(row)).encode()).hexdigest()[:16]
+
+
+def row_ids(rows: Sequence[Row]) -> list[str]:
+    return [row_id(r) for r in rows]
 
 
 class RowError(InvalidInput):

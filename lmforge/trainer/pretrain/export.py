@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.store import MANIFEST_NAME
+from lmforge.trainer.turns import write_generation_config
 
 TRAINING_FILE = "lmforge_training.json"
 """The generated DeepSpeed config and the job's spec, kept beside the weights for reproducibility."""
@@ -50,18 +51,15 @@ def state_dict_for_export(engine: Any, zero_stage: int) -> dict[str, Any] | None
 
 
 def save_hf(module: Any, state_dict: dict[str, Any], tokenizer_dir: Path, out: Path) -> None:
-    """Weights + config + generation config + tokenizer files into `out`."""
-    from transformers import GenerationConfig
-
+    """Weights + config + tokenizer files + a generation config that stops at EOS and at the end of
+    a chat turn into `out`."""
     out.mkdir(parents=True, exist_ok=True)
     module.config.use_cache = True
     module.save_pretrained(out, state_dict=state_dict, safe_serialization=True)
-    cfg = module.config
-    GenerationConfig(bos_token_id=cfg.bos_token_id, eos_token_id=cfg.eos_token_id,
-                     pad_token_id=cfg.pad_token_id).save_pretrained(out)
     for f in sorted(tokenizer_dir.iterdir()):
         if f.is_file() and f.name != MANIFEST_NAME:
             shutil.copy2(f, out / f.name)
+    write_generation_config(out)
 
 
 def _table(rows: dict[str, Any]) -> str:

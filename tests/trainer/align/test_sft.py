@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.tiny import assert_stops_at_turn_end
 
 from lmforge.store import open_store, read_manifest
 from lmforge.trainer.errors import InvalidInput
@@ -76,6 +77,7 @@ def test_full_sft_lowers_assistant_loss(run_stage: RunStage, tiny_model: Path, t
     from transformers import AutoTokenizer
 
     assert "<|assistant|>" in AutoTokenizer.from_pretrained(model_dir).chat_template
+    assert_stops_at_turn_end(model_dir)
     steps = [r.step for r in records(ctx) if r.total == 30]
     assert steps[-1] == 30 and steps == sorted(steps)
     assert ctx.output.get_bytes("checkpoints/latest") == b"step-00000030"

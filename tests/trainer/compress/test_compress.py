@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from support.tiny import assert_stops_at_turn_end
 
 from lmforge.store import read_manifest
 from lmforge.trainer.artifacts import fetch, split_uri
@@ -61,6 +62,10 @@ def test_without_compression_the_model_is_republished_unchanged(world: World) ->
     assert meta["lineage"] == ["Dataset/tiny", world.teacher.artifacts["model"]]
     assert meta["dataset"]["shards"] == world.dataset.artifacts["shards"]
     assert _report(arts)["method"] == "none" and ctx.extra["metrics"]["size_ratio"] == 1.0
+    # the teacher's own generation config stops only at EOS: the published copy adds `<|end|>`,
+    # the source directory is left as it was
+    assert_stops_at_turn_end(out)
+    assert json.loads((world.teacher_dir / "generation_config.json").read_text())["eos_token_id"] == 1
 
 
 def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(world: World) -> None:
@@ -126,6 +131,7 @@ def test_w8a8_loads_in_transformers(world: World) -> None:
     rep = _report(arts)
     assert rep["vllm_cpu"] is True and rep["ratio"] <= 0.55 and rep["passed"]
     assert len(_generates_in_transformers(fetch(arts["model"]))) == 4
+    assert_stops_at_turn_end(fetch(arts["model"]))
 
 
 @pytest.mark.parametrize("method, expected", [("magnitude", 0.6), ("2:4", 0.5)])

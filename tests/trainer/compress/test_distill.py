@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+from support.tiny import assert_stops_at_turn_end
 
 from lmforge.api.pretrain import Architecture
 from lmforge.api.release import Distillation
@@ -34,6 +35,8 @@ def test_student_from_teacher_beats_hard_labels_alone(world: World, tmp_path: Pa
     baseline = distill(world.teacher_dir, cfg, Shards(world.shards_dir), tmp_path / "baseline")
     assert kd["parameters"] == baseline.parameters
     assert kd["val_nll"] < baseline.val_nll, (kd, baseline)
+    assert_stops_at_turn_end(baseline.student_dir)
+    assert_stops_at_turn_end(fetch(arts["model"]))
     student = json.loads((fetch(arts["model"]) / "config.json").read_text())
     arch = Architecture.model_validate(STUDENT)
     assert (student["num_hidden_layers"], student["hidden_size"]) == (arch.num_layers, arch.hidden_size)

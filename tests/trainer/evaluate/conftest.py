@@ -41,7 +41,7 @@ class ScriptedBackend:
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         raise NotImplementedError
 
-    def text_nll(self, texts: list[str]) -> tuple[float, int]:
+    def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         raise NotImplementedError
 
     def generate(self, requests: list[GenerationRequest], seed: int) -> list[str]:

@@ -5,18 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.vllm import free_port, vllm_server
 
 from lmforge.api.contract import StageSpec
 from lmforge.trainer.context import StageContext
@@ -31,41 +25,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.ml]
 FACTS = Path(__file__).resolve().parents[3] / "examples" / "tiny" / "data" / "facts_mc.jsonl"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def vllm_url(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = _free_port()
-    log = tmp_path_factory.mktemp("vllm") / "server.log"
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(tiny_model),
-             "--served-model-name", "tiny", "--port", str(port), "--host", "127.0.0.1", "--dtype", "float32",
-             "--max-model-len", "256", "--enforce-eager"], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            assert proc.poll() is None, f"vLLM exited: {log.read_text()[-3000:]}"
-            assert time.monotonic() < deadline, f"vLLM not ready: {log.read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "/v1/models", timeout=2):
-                    break
-            except OSError:
-                time.sleep(0.5)
+    with vllm_server(tiny_model, tmp_path_factory.mktemp("vllm") / "server.log") as url:
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def _facts() -> list[ChoiceRow]:
@@ -82,7 +45,7 @@ def test_log_likelihoods_and_accuracy_match_the_local_model(vllm_url: str, hf_ba
     assert [g for _, g in remote] == [g for _, g in local]
     noop = lambda n: None  # noqa: E731
     assert multiple_choice.evaluate(endpoint, _facts(), [], noop) == multiple_choice.evaluate(
-        hf_backend, _facts(), [], noop)
+        hf_backend, _facts(), [], noop)  # the same item by item
 
 
 def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_backend: Any) -> None:
@@ -94,14 +57,14 @@ def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_
     with torch.no_grad():
         logprobs = hf_backend.model(torch.tensor([ids])).logits.log_softmax(-1)[0]
     nll = -sum(float(logprobs[i - 1, ids[i]]) for i in range(1, len(ids)))  # the first token has no context
-    remote_nll, count = endpoint.text_nll([text])
+    [(remote_nll, count)] = endpoint.text_nll([text])
     assert count == len(ids) - 1 and remote_nll == pytest.approx(nll, rel=1e-3)
     prompts = ["the red cat", "the old dog sees", "a bird"]
     from lmforge.trainer.evaluate.backend import GenerationRequest
 
     local = hf_backend.generate([GenerationRequest(p, 6, ("\n",)) for p in prompts], 0)
     rows = [GenerationRow(p, (answer,)) for p, answer in zip(prompts, local, strict=True)]
-    assert generation.evaluate(endpoint, rows, [], 6, 0, lambda n: None)["exact_match"] == 1.0
+    assert generation.evaluate(endpoint, rows, [], 6, 0, lambda n: None)["exact_match"].value() == 1.0
 
 
 def test_stage_against_the_endpoint(vllm_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -125,4 +88,4 @@ def test_stage_against_the_endpoint(vllm_url: str, tmp_path: Path, monkeypatch: 
 
 def test_unreachable_endpoint_is_a_clear_error() -> None:
     with pytest.raises(StageError, match=r"endpoint http://127.0.0.1:\d+/v1 is unreachable"):
-        EndpointBackend(f"http://127.0.0.1:{_free_port()}", timeout=5)
+        EndpointBackend(f"http://127.0.0.1:{free_port()}", timeout=5)

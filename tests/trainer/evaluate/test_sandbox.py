@@ -61,7 +61,7 @@ def test_hostile_completions_fail_and_the_host_is_untouched(tmp_path: Path) -> N
     started = time.monotonic()
     metrics = code.evaluate(backend, rows, samples=1, max_new_tokens=64, timeout_seconds=3.0, seed=0,
                             advance=done.append)
-    assert metrics["pass@1"] == pytest.approx(1 / len(rows))  # only `correct` passes
+    assert metrics["pass@1"].value() == pytest.approx(1 / len(rows))  # only `correct` passes
     assert sum(done) == len(rows)
     assert time.monotonic() - started < 30
     assert victim.read_text() == "keep me"

@@ -46,8 +46,8 @@ def test_multiple_choice_accuracy_matches_a_reference_with_a_known_answer_patter
         rows.append(ChoiceRow(q, choices, answer))
     done: list[int] = []
     metrics = multiple_choice.evaluate(hf_backend, rows, [], done.append)
-    assert metrics["acc"] == 0.75
-    assert metrics["acc_norm"] == expect_norm / len(rows)
+    assert metrics["acc"].value() == 0.75
+    assert metrics["acc_norm"].value() == expect_norm / len(rows)
     assert sum(done) == len(rows)
 
 
@@ -66,8 +66,8 @@ def test_text_perplexity_is_exp_of_mean_nll(hf_backend: Any) -> None:
         nll -= sum(float(logprobs[i, ids[i]]) for i in range(len(ids)))
         count += len(ids)
     metrics = perplexity.text_perplexity(hf_backend, [TextRow(t) for t in texts], lambda n: None, "t")
-    assert metrics["nll"] == pytest.approx(nll / count, rel=1e-5)
-    assert metrics["perplexity"] == pytest.approx(math.exp(nll / count), rel=1e-5)
+    assert metrics["nll"].value() == pytest.approx(nll / count, rel=1e-5)
+    assert metrics["perplexity"].value() == pytest.approx(math.exp(nll / count), rel=1e-5)
 
 
 def test_shard_perplexity_is_exp_of_mean_nll(hf_backend: Any, tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_shard_perplexity_is_exp_of_mean_nll(hf_backend: Any, tmp_path: Path) ->
         logprobs = hf_backend.model(ids).logits.log_softmax(-1)  # (9, 16, V)
     nll = -float(logprobs[:, :-1].gather(-1, ids[:, 1:, None]).sum())
     metrics = perplexity.token_perplexity(hf_backend.token_nll, sequences, lambda n: None, "t")
-    assert metrics["perplexity"] == pytest.approx(math.exp(nll / (9 * 15)), rel=1e-5)
+    assert metrics["perplexity"].value() == pytest.approx(math.exp(nll / (9 * 15)), rel=1e-5)
 
 
 def test_generation_exact_match_against_the_models_own_greedy_answers(hf_backend: Any) -> None:
@@ -106,5 +106,5 @@ def test_generation_exact_match_against_the_models_own_greedy_answers(hf_backend
         greedy = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
         rows.append(GenerationRow(p, (greedy if i % 2 == 0 else "zzz qqq",)))
     metrics = generation.evaluate(hf_backend, rows, [], max_new_tokens=4, seed=0, advance=lambda n: None)
-    assert metrics["exact_match"] == 0.5
-    assert metrics["f1"] >= 0.5
+    assert metrics["exact_match"].value() == 0.5
+    assert metrics["f1"].value() >= 0.5

@@ -111,7 +111,8 @@ def test_dataset_validation_split_perplexity_and_baseline_deltas(
               "EvalSuite/before": {"kind": "EvalSuite", "name": "before", "metrics": {"heldout.perplexity": 100.0}}}
     spec = _spec(tmp_path / "store", {"modelRef": {"kind": "PretrainJob", "name": "tiny"},
                                       "tasks": [{"name": "heldout", "type": "perplexity", "limit": 4}],
-                                      "thresholds": ["heldout.perplexity <= 100000"],
+                                      "thresholds": ["heldout.perplexity <= 100000",
+                                                     "heldout.perplexity <= baseline.heldout.perplexity + 5000"],
                                       "baselineRef": {"name": "before"}}, inputs)
     ctx, artifacts = _run_in_process(spec, tmp_path, monkeypatch)
     results = json.loads((tmp_path / "store" / "evalsuite" / "tiny-eval" / "results" / "results.json").read_text())
@@ -119,6 +120,14 @@ def test_dataset_validation_split_perplexity_and_baseline_deltas(
     assert 50 < ppl < 2000  # a random model over a few hundred tokens
     assert results["baseline"]["deltas"]["heldout.perplexity"] == pytest.approx(ppl - 100.0)
     assert ctx.extra["metrics"]["gate_passed"] == 1.0 and results["passed"] is True
+    # every metric has its interval (bootstrap over the 4 sequences); the per-item scores are kept
+    interval = results["intervals"]["heldout"]["perplexity"]
+    assert interval["method"] == "bootstrap" and interval["n"] == 4 and interval["low"] <= ppl <= interval["high"]
+    assert len(results["items"]["heldout"]["nll"]["values"]) == 4
+    # the baseline threshold's bound and the baseline value the operator re-checks it with
+    gate = results["thresholds"][1]
+    assert gate["passed"] and gate["bound"] == 5100.0 and gate["comparison"]["method"] == "none"
+    assert ctx.extra["metrics"]["baseline.heldout.perplexity"] == 100.0
     assert artifacts == {"results": ctx.uri("results")}
 
 

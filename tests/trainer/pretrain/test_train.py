@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.tiny import assert_stops_at_turn_end
 
 from lmforge.api.contract import InputArtifacts
 from lmforge.store import read_manifest
@@ -65,6 +66,7 @@ def test_export_loads_back_in_transformers_and_generates(reference: tuple[World,
     assert "DeepSpeed" not in card and json.loads((path / "lmforge_training.json").read_text())["deepspeed"]
     tok = AutoTokenizer.from_pretrained(path)
     assert tok.chat_template
+    assert_stops_at_turn_end(path)
     model = AutoModelForCausalLM.from_pretrained(path)
     ids = tok("the red cat", return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
