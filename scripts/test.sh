@@ -8,7 +8,7 @@ cd "$here"
 cache="${LMFORGE_CACHE:-$HOME/.cache/lmforge}"
 venv="${LMFORGE_VENV:-$cache/venv}"
 t0=$SECONDS
-"$here/scripts/setup.sh"
+LMFORGE_SETUP_CLUSTER=1 "$here/scripts/setup.sh"
 export PATH="$venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" DO_NOT_TRACK=1 VLLM_NO_USAGE_STATS=1
