@@ -1,0 +1,344 @@
+"""The cluster path for real: `helm install` with the images built here, `kubectl apply` of the tiny
+pipeline (data in S3), `kubectl wait` until everything is Ready, a chat completion through the
+release's Service (ClusterIP, through kube-proxy), `kubectl logs` of every stage pod, Prometheus
+scraping a running trainer pod and the operator through Kubernetes service discovery, and a
+changed release taking over with no failed request."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cluster.controlplane import eventually
+from cluster.node import NODE_IP
+from support.prometheus import Prometheus, prometheus
+from support.seaweed import SeaweedServer, start_seaweed
+
+from .conftest import REPO, NodeCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.ml]
+
+CHART = REPO / "charts" / "lmforge"
+TINY = REPO / "tests" / "embedded" / "tiny-ci"
+DATA = REPO / "examples" / "tiny" / "data"
+BUCKET = "lmforge"
+KINDS = ("datasets", "pretrainjobs", "alignmentjobs", "evalsuites", "modelreleases")
+STAGE_POD_METRICS = """  - job_name: stage-pods
+    kubernetes_sd_configs:
+      - role: pod
+        api_server: {server}
+        namespaces: {{names: [{ns}]}}
+        authorization: {{credentials: {token}}}
+        tls_config: {{ca_file: {ca}}}
+    authorization: {{credentials: {token}}}
+    relabel_configs:
+      # What the chart's PodMonitor selects: LMForge's stage pods and the operator, port "metrics".
+      - source_labels: [__meta_kubernetes_pod_container_port_name]
+        regex: metrics
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+        regex: lmforge
+        action: keep
+      - source_labels: [__meta_kubernetes_pod_name]
+        target_label: pod
+"""
+
+
+@pytest.fixture(scope="module")
+def pod_s3(node_cluster: NodeCluster) -> Iterator[SeaweedServer]:
+    """SeaweedFS on the node address, where pods reach it."""
+    with start_seaweed(bucket=BUCKET, ip=NODE_IP) as s3:
+        yield s3
+
+
+@pytest.fixture(scope="module")
+def installed(node_cluster: NodeCluster, pod_s3: SeaweedServer,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """A namespace with the chart installed in it and the tiny manifests (data in S3): the
+    pipeline test applies them all; the multi-node test reuses its Dataset."""
+    ns = node_cluster.cp.create_namespace(f"e2e-{uuid.uuid4().hex[:6]}")
+    try:
+        install(node_cluster, ns, pod_s3)
+        yield ns, manifests(tmp_path_factory.mktemp("tiny"), pod_s3)
+    finally:
+        node_cluster.cp.delete_namespace(ns)
+
+
+def install(nc: NodeCluster, ns: str, s3: SeaweedServer) -> None:
+    """The S3 Secret, then `helm install` with the images built here, watching `ns` only."""
+    nc.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lmforge-s3"},
+                 "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                                "AWS_DEFAULT_REGION": s3.region}}, namespace=ns)
+    repo, tag = nc.images["operator"].rsplit(":", 1)
+    stage_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                 "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1"}
+    nc.cp.helm("install", "lmf", str(CHART), f"--namespace={ns}", "--wait", "--timeout=5m",
+               f"--set=image.repository={repo}", f"--set=image.tag={tag}", "--set=image.pullPolicy=Never",
+               f"--set=trainer.image={nc.images['trainer']}", "--set=trainer.pullPolicy=Never",
+               f"--set=serving.image={nc.images['serve']}",
+               f"--set=store.uri=s3://{BUCKET}/store", f"--set=store.s3.endpoint={s3.endpoint}",
+               "--set=store.s3.secretName=lmforge-s3", "--set=rbac.namespaced=true",
+               f"--set=watchNamespaces={{{ns}}}", "--set=pollSeconds=2",
+               f"--set-json=trainer.env={json.dumps(stage_env)}", timeout=400)
+
+
+def manifests(tmp: Path, s3: SeaweedServer) -> Path:
+    """The CI variant of examples/tiny with its data uploaded to S3 and read from there."""
+    client = s3.client()
+    for path in DATA.iterdir():
+        if path.is_file():
+            client.upload_file(str(path), BUCKET, f"inputs/tiny/{path.name}")
+    out = tmp / "tiny"
+    out.mkdir()
+    for path in sorted(TINY.glob("*.yaml")):
+        text = path.read_text().replace("../../../examples/tiny/data/", f"s3://{BUCKET}/inputs/tiny/")
+        (out / path.name).write_text(text)
+    return out
+
+
+def resources(nc: NodeCluster, ns: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = nc.cp.kubectl_json("get", ",".join(KINDS), "-n", ns)["items"]
+    return items
+
+
+def ready(obj: dict[str, Any]) -> dict[str, Any] | None:
+    conds = (obj.get("status") or {}).get("conditions") or []
+    return next((c for c in conds if c["type"] == "Ready"), None)
+
+
+def wait_all_ready(nc: NodeCluster, ns: str, timeout: float) -> None:
+    """Until every resource is Ready=True; fails at once when one has failed (with its reason)."""
+
+    def check() -> bool:
+        items = resources(nc, ns)
+        for obj in items:
+            cond = ready(obj)
+            if cond and cond["status"] == "False" and cond.get("reason") in ("StageFailed", "InputFailed", "InvalidSpec", "GateFailed"):
+                pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} failed: {cond}\n{pod_logs(nc, ns)}")
+        return len(items) == 6 and all((ready(o) or {}).get("status") == "True" for o in items)
+
+    try:
+        eventually(check, timeout=timeout, interval=3, what="the tiny pipeline Ready", abort=nc.node.dead_component)
+    except TimeoutError:
+        summary = [(o["kind"], o["metadata"]["name"], ready(o)) for o in resources(nc, ns)]
+        raise AssertionError(f"not Ready in {timeout:.0f} s: {summary}\n{pod_logs(nc, ns)}") from None
+
+
+def pod_logs(nc: NodeCluster, ns: str) -> str:
+    out = []
+    for pod in nc.cp.kubectl_json("get", "pods", "-n", ns)["items"]:
+        name = pod["metadata"]["name"]
+        for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
+            log = nc.cp.kubectl("logs", name, "-c", c["name"], "-n", ns, "--tail=15", check=False)
+            out.append(f"--- {name}/{c['name']} ({pod['status'].get('phase')})\n{log.stdout}{log.stderr}")
+    return "\n".join(out)[-12000:]
+
+
+def chat(url: str, question: str, timeout: float = 60) -> dict[str, Any]:
+    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": question}],
+                       "max_tokens": 12, "temperature": 0}).encode()
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
+                                 headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=timeout) as resp:
+        answer: dict[str, Any] = json.load(resp)
+    return answer
+
+
+class Traffic:
+    """A client loop against the release's Service, counting failed requests (bounded in time)."""
+
+    def __init__(self, url: str, limit_s: float = 900) -> None:
+        self.url, self.limit_s = url, limit_s
+        self.ok = self.failed = 0
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(60)
+
+    def _loop(self) -> None:
+        end = time.monotonic() + self.limit_s
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                if chat(self.url, "What is the capital of Sumakria?", timeout=30)["choices"]:
+                    self.ok += 1
+            except (urllib.error.URLError, OSError, ValueError) as exc:
+                self.failed += 1
+                self.errors.append(repr(exc))
+            self._stop.wait(0.2)
+
+
+def serving_deployments(nc: NodeCluster, ns: str) -> list[str]:
+    items = nc.cp.kubectl_json("get", "deployments", "-n", ns, "-l", "lmforge.io/component=serve")["items"]
+    return sorted(d["metadata"]["name"] for d in items)
+
+
+def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
+        node_cluster: NodeCluster, installed: tuple[str, Path]) -> None:
+    nc, cp = node_cluster, node_cluster.cp
+    ns, tiny = installed
+    started = time.monotonic()
+    scrape = STAGE_POD_METRICS.format(server=cp.server, ns=ns, token=cp.admin_token,
+                                      ca=cp.workdir / "pki" / "ca.crt")
+    with prometheus({}, scrape_configs=scrape) as prom:
+        cp.kubectl("apply", "-n", ns, "-f", str(tiny))
+        seen: dict[str, float] = {}
+        pretrain_metrics = threading.Thread(target=_watch_trainer_metrics, args=(prom, seen), daemon=True)
+        pretrain_metrics.start()
+        wait_all_ready(nc, ns, timeout=1800)
+        pipeline_s = time.monotonic() - started
+        for kind in KINDS:
+            cp.kubectl("wait", "--for=condition=Ready", kind, "--all", "-n", ns, "--timeout=30s")
+        # The operator's own metrics, through the same discovery.
+        assert prom.eventually('lmforge_resource_ready{kind="ModelRelease"} == 1', timeout=60)
+        pretrain_metrics.join(5)
+    assert seen.get("step", 0) >= 1, f"Prometheus never scraped the running trainer pod: {seen}"
+    assert seen.get("loss", 0) > 0 and seen.get("tokens_per_second", 0) > 0 and "mfu" in seen, seen
+
+    # Every stage pod's log is there for `kubectl logs`, with the stage's records.
+    jobs = cp.kubectl_json("get", "jobs", "-n", ns, "-l", "app.kubernetes.io/managed-by=lmforge-operator")["items"]
+    stages = {j["metadata"]["labels"].get("lmforge.io/run", "").split("-")[-2] for j in jobs}
+    assert {"dataset", "pretrain", "align", "evaluate", "compress"} <= stages, stages
+    for job in jobs:
+        log = cp.kubectl("logs", f"job/{job['metadata']['name']}", "-n", ns).stdout
+        assert "@@lmforge " in log, (job["metadata"]["name"], log[-2000:])
+
+    # A chat completion through the release's Service: ClusterIP, routed by kube-proxy.
+    svc = cp.kubectl_json("get", "service", "tiny-release", "-n", ns)
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    answer = chat(url, "What is the capital of Sumakria?")
+    assert answer["choices"][0]["message"]["content"].strip(), answer
+    release = cp.kubectl_json("get", "modelrelease", "tiny-release", "-n", ns)
+    assert release["status"]["endpoint"].startswith(f"http://tiny-release.{ns}.svc:"), release["status"]
+    [old] = serving_deployments(nc, ns)
+
+    # A changed release: the new Deployment takes over while a client keeps asking.
+    switch_started = time.monotonic()
+    with Traffic(url) as traffic:
+        cp.kubectl("patch", "modelrelease", "tiny-release", "-n", ns, "--type=merge",
+                   "-p", json.dumps({"spec": {"serving": {"maxModelLen": 120}}}))
+
+        def switched() -> bool:
+            deps = serving_deployments(nc, ns)
+            obj = cp.kubectl_json("get", "modelrelease", "tiny-release", "-n", ns)
+            return len(deps) == 1 and deps[0] != old and (ready(obj) or {}).get("status") == "True"
+
+        eventually(switched, timeout=900, interval=2, what="the new release serving alone")
+        # Requests keep flowing a little after the old pods went away.
+        time.sleep(3)
+    switch_s = time.monotonic() - switch_started
+    assert traffic.ok > 10, (traffic.ok, traffic.errors[:5])
+    assert traffic.failed == 0, f"{traffic.failed} failed requests during the switch: {traffic.errors[:5]}"
+    print(f"\npipeline Ready in {pipeline_s:.0f} s; switch in {switch_s:.0f} s with {traffic.ok} requests, 0 failed")
+
+
+def _watch_trainer_metrics(prom: Prometheus, seen: dict[str, float]) -> None:
+    """Record what Prometheus scraped from the pretrain pod while it ran (it exits when done)."""
+    end = time.monotonic() + 1800
+    while time.monotonic() < end and not ("step" in seen and "mfu" in seen and "loss" in seen):
+        try:
+            for sample in prom.query('lmforge_stage_step{stage="pretrain"}'):
+                seen["step"] = max(seen.get("step", 0), float(sample["value"][1]))
+            for sample in prom.query('lmforge_stage_metric{stage="pretrain"}'):
+                seen[sample["metric"]["name"]] = float(sample["value"][1])
+        except OSError:
+            pass
+        time.sleep(0.5)
+
+
+MULTINODE = """apiVersion: lmforge.io/v1alpha1
+kind: PretrainJob
+metadata:
+  name: tiny-2nodes
+spec:
+  datasetRef:
+    name: tiny-corpus
+  model: {numLayers: 2, hiddenSize: 128, numHeads: 4, numKvHeads: 2, headDim: 32, tieEmbeddings: true}
+  training: {maxSteps: 120, microBatchSize: 8, precision: bf16}
+  optimizer: {lr: 0.003, minLr: 0.0003, warmupSteps: 6}
+  deepspeed: {zeroStage: 1}
+  checkpoint: {everySteps: 10, keepLast: 3}
+  validation: {everySteps: 1000, batches: 1}
+  topology: {nodes: 2}
+  compute: {processes: 1, threads: 1}
+"""
+
+
+def records(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line.split("@@lmforge ", 1)[1]) for line in log.splitlines() if "@@lmforge " in line]
+
+
+def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_deleted(
+        node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer) -> None:
+    """Two real pods find each other through the headless Service's DNS name, train with DeepSpeed
+    over gloo and checkpoint to S3; deleting one mid-run restarts the Job, which resumes from the
+    last complete checkpoint at its step."""
+    cp, (ns, tiny) = node_cluster.cp, installed
+    cp.kubectl("apply", "-n", ns, "-f", str(tiny / "01-dataset.yaml"))  # no-op when the pipeline ran
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=MULTINODE)
+    selector = "lmforge.io/pretrainjob=tiny-2nodes"
+
+    def job() -> dict[str, Any] | None:
+        items = cp.kubectl_json("get", "jobs", "-n", ns, "-l", selector)["items"]
+        return items[0] if items else None
+
+    made = eventually(job, timeout=600, interval=2, what="the two-node Job")
+    assert made["spec"]["completions"] == 2 and made["spec"]["completionMode"] == "Indexed"
+    name = made["metadata"]["name"]
+    svc = cp.kubectl_json("get", "service", name, "-n", ns)
+    assert svc["spec"]["clusterIP"] == "None"
+    prefix = None
+
+    def checkpointed() -> int | None:
+        nonlocal prefix
+        obj = cp.kubectl_json("get", "pretrainjob", "tiny-2nodes", "-n", ns)
+        rid = (obj.get("status") or {}).get("runId")
+        if not rid:
+            return None
+        prefix = f"store/pretrainjobs/tiny-2nodes/{rid}"
+        try:
+            body = pod_s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/checkpoints/latest")["Body"].read()
+        except Exception:
+            return None
+        step = int(json.loads(body)["step"])
+        return step if step >= 20 else None
+
+    step_before = eventually(checkpointed, timeout=900, interval=1, what="a checkpoint of the two-node run")
+    pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}, [p["status"] for p in pods]
+    victim = next(p["metadata"]["name"] for p in pods
+                  if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "1")
+    cp.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+
+    def done() -> dict[str, Any] | None:
+        obj = cp.kubectl_json("get", "pretrainjob", "tiny-2nodes", "-n", ns)
+        cond = ready(obj)
+        if cond and cond["status"] == "False" and cond["reason"] in ("StageFailed", "InvalidSpec"):
+            pytest.fail(f"two-node run failed: {cond}\n{pod_logs(node_cluster, ns)}")
+        return obj if cond and cond["status"] == "True" else None
+
+    final = eventually(done, timeout=1200, interval=3, what="the two-node run finished")
+    assert final["status"]["metrics"]["steps"] == 120 or final["status"]["metrics"].get("step") == 120, final["status"]
+    # The retried rank 0 says where it resumed: at or after the checkpoint seen before the kill.
+    pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    resumed = []
+    for pod in pods:
+        log = cp.kubectl("logs", pod["metadata"]["name"], "-n", ns, check=False).stdout
+        resumed += [r["message"] for r in records(log) if "resumed from checkpoint" in (r.get("message") or "")]
+    assert resumed, "no pod resumed from a checkpoint after the deletion"
+    steps = [int(m.split("step-")[1].split()[0].rstrip(",;:")) for m in resumed]
+    assert max(steps) >= step_before, (steps, step_before)
