@@ -30,7 +30,11 @@ def _ready(cp: ControlPlane, ns: str, plural: str, name: str, op: Any, reason: s
         cond = condition(obj, "Ready")
         return obj if cond and cond["status"] == "True" and cond["reason"] == reason else None
 
-    return eventually(check, timeout=60, what=f"{plural}/{name} Ready ({reason})", abort=op.dead)
+    try:
+        return eventually(check, timeout=60, what=f"{plural}/{name} Ready ({reason})", abort=op.dead)
+    except TimeoutError as exc:  # say where it stands instead
+        status = (resource(cp, ns, plural, name) or {}).get("status")
+        raise AssertionError(f"{exc}; status: {status}; operator log: {op.tail()}") from None
 
 
 def _run_stage(cp: ControlPlane, op: Any, ns: str, selector: str, stage: StageName, artifacts: dict[str, str],

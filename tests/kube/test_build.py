@@ -182,12 +182,16 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
                                 "/models/vllm.yaml"]
     assert c["command"][c["command"].index("--host") + 1] == "0.0.0.0"
     assert c["command"][c["command"].index("--port") + 1] == str(c["ports"][0]["containerPort"])
-    assert {"name": "models", "mountPath": "/models", "readOnly": True} in c["volumeMounts"]
+    assert [m for m in c["volumeMounts"] if m["name"] == "models"] == [
+        {"name": "models", "mountPath": "/models", "readOnly": True}]
+    assert len({m["mountPath"] for m in c["volumeMounts"]}) == len(c["volumeMounts"])
     assert {"name": "models", "emptyDir": {}} in pod["volumes"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/health", "port": "http"}
     startup = c["startupProbe"]["periodSeconds"] * c["startupProbe"]["failureThreshold"]
     assert dep["spec"]["progressDeadlineSeconds"] > startup
+    drain = c["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert 0 < drain < pod["terminationGracePeriodSeconds"]
     assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
     assert "LMFORGE_METRICS_PORT" not in {e["name"] for e in c["env"]}
     assert svc["metadata"]["name"] == "chat-1b" and RUN_LABEL not in svc["metadata"]["labels"]

@@ -32,6 +32,8 @@ STARTUP_SECONDS = 1800
 """Longest time a replica may take to load the model after its init container before it is restarted."""
 DOWNLOAD_SECONDS = 3600
 """Budget for the init container's download, counted into the Deployment's progress deadline."""
+DRAIN_SECONDS = 10
+"""How long a replica being replaced keeps serving after it leaves the Service's endpoints."""
 MODEL_DIR = "/models"
 SERVER_CONTAINER = "vllm"
 VLLM_CONFIG = f"{MODEL_DIR}/{VLLM_CONFIG_FILE}"
@@ -66,8 +68,11 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
         "startupProbe": {**probe, "periodSeconds": 10, "failureThreshold": STARTUP_SECONDS // 10},
         "readinessProbe": {**probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**probe, "periodSeconds": 15, "failureThreshold": 4},
+        # A replica being replaced keeps answering while its endpoint leaves every kube-proxy (and
+        # load balancer): no request is sent to a server that already stopped listening.
+        "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
         "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
-                         *(m for m in stage["volumeMounts"] if m["name"] != "spec")],
+                         *(m for m in stage["volumeMounts"] if m["name"] not in ("spec", "models"))],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": stage["securityContext"],
     }
@@ -86,6 +91,7 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
     fetch.pop("resources", None)  # a download needs no GPU; requests of an init container add up
     spec = pod_spec(run, settings, server, "Always")
     spec["initContainers"] = [fetch]
+    spec["terminationGracePeriodSeconds"] = DRAIN_SECONDS + 30  # drain, then vLLM's own shutdown
     spec["volumes"].append({"name": "models", "emptyDir": {}})
     meta = metadata(owner, run.name, run.name, "serve")
     selector = {owner.kind_label: owner.name, RUN_LABEL: run.name}
