@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from cluster.controlplane import eventually
 from cluster.node import NODE_IP
+from support.argocd import health
 from support.prometheus import Prometheus, prometheus
 from support.seaweed import SeaweedServer, start_seaweed
 
@@ -203,6 +204,9 @@ def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
         pipeline_s = time.monotonic() - started
         for kind in KINDS:
             cp.kubectl("wait", "--for=condition=Ready", kind, "--all", "-n", ns, "--timeout=30s")
+        # What GitOps users see: the chart's Argo CD health check on the live objects.
+        assert {(o["kind"], o["metadata"]["name"]): health(o)[0] for o in resources(nc, ns)} == {
+            (o["kind"], o["metadata"]["name"]): "Healthy" for o in resources(nc, ns)}
         # The operator's own metrics, through the same discovery.
         assert prom.eventually('lmforge_resource_ready{kind="ModelRelease"} == 1', timeout=60)
         pretrain_metrics.join(5)
