@@ -7,9 +7,11 @@
 #   2. buildah (Debian's) builds the Dockerfile's targets operator, trainer and serve with
 #      BASE_IMAGE set to it, reusing its layer cache (dependencies change only with pyproject and
 #      scripts/constraints.txt; a code change rebuilds only the last layer);
-#   3. each image is written once as a docker-archive under the cache, keyed by its inputs, for
-#      tests/cluster/node.py to import into the node's containerd.
-# Prints one line per target: "<target> <image name> <archive path>".
+#   3. each image is tagged with a hash of its inputs (lmforge.local/<target>:<key>) and kept in
+#      buildah's storage only: tests/cluster/node.py streams it into the node's containerd (no
+#      archive on disk: the trainer and serve images are ~6-7 GB each). Older tags of a target are
+#      removed once its new image exists.
+# Prints one line per target: "<target> <image name>".
 #
 # Usage: tests/cluster/images.sh [TARGET...]     (default: operator trainer serve)
 set -euo pipefail
@@ -58,18 +60,17 @@ if [ -f /etc/ssl/certs/ca-certificates.crt ]; then
 fi
 for target in "${targets[@]}"; do
   name="lmforge.local/$target:$key"
-  archive="$cache/$target-$key.tar"
-  if [ ! -s "$archive" ]; then
+  if ! buildah inspect --type image "$name" >/dev/null 2>&1; then
     t0=$SECONDS
     log "building $name"
     buildah bud --quiet --layers --isolation=chroot --target "$target" --build-arg "BASE_IMAGE=$base" \
       "${ca_args[@]}" -t "$name" -f "$here/Dockerfile" "$here" >"$cache/build-$target.log" 2>&1 \
       || { tail -40 "$cache/build-$target.log" >&2; exit 1; }
-    rm -f "$cache/$target-"*.tar
-    buildah push --quiet "$name" "docker-archive:$archive.part:$name" >/dev/null
-    mv "$archive.part" "$archive"
-    log "$name in $((SECONDS - t0)) s ($(du -h "$archive" | cut -f1))"
+    log "$name in $((SECONDS - t0)) s"
     echo "$(date -u +%FT%TZ) $target $key: $((SECONDS - t0)) s" >> "$cache/build-times.txt"
+    for old in $(buildah images --format '{{.Name}}:{{.Tag}}' | grep "^lmforge.local/$target:" | grep -v ":$key\$"); do
+      buildah rmi "$old" >/dev/null 2>&1 || true
+    done
   fi
-  echo "$target $name $archive"
+  echo "$target $name"
 done

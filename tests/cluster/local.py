@@ -36,17 +36,13 @@ class NodeCluster:
     """Dockerfile target -> image name in the node's containerd (`lmforge.local/<target>:<key>`)."""
 
 
-def build_images(*targets: str) -> dict[str, tuple[str, Path]]:
-    """tests/cluster/images.sh: target -> (image name, docker-archive); cached by their inputs."""
+def build_images(*targets: str) -> dict[str, str]:
+    """tests/cluster/images.sh: target -> image name in buildah's storage; cached by their inputs."""
     proc = subprocess.run(["bash", str(IMAGES_SH), *targets], capture_output=True, text=True,
                           timeout=3600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"images.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    out: dict[str, tuple[str, Path]] = {}
-    for line in proc.stdout.splitlines():
-        target, name, archive = line.split()
-        out[target] = (name, Path(archive))
-    return out
+    return dict(line.split() for line in proc.stdout.splitlines())
 
 
 @contextlib.contextmanager
@@ -61,9 +57,9 @@ def local_cluster() -> Iterator[NodeCluster]:
         node.prepare_host()  # the node address first: the API server listens on it
         cp.start()
         node.start()
-        for name, archive in images.values():
-            node.import_image(name, archive)
-        yield NodeCluster(cp, node, {t: name for t, (name, _) in images.items()})
+        for name in images.values():
+            node.import_image(name)
+        yield NodeCluster(cp, node, images)
     finally:
         if node is not None:
             node.stop()

@@ -441,16 +441,34 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 out[parts[0]] = parts[2]
         return out
 
-    def import_image(self, name: str, archive: bytes | Path) -> None:
-        """``ctr images import`` unless containerd already has ``name`` (the store is cached)."""
+    def import_image(self, name: str, archive: bytes | None = None) -> None:
+        """Put ``name`` into containerd unless it is there already (the store is cached): from an
+        OCI archive in memory, or streamed from buildah's storage (no multi-GB file on disk).
+        The unpacked layers' blobs are then dropped, as the CRI's ``discard_unpacked_layers`` does
+        for pulls: containers start from the snapshots, and the blobs would double the disk used."""
         if name in self.images():
             return
-        if isinstance(archive, Path):
-            self.ctr("images", "import", "--all-platforms", str(archive), timeout=1800)
-        else:
+        if archive is not None:
             self.ctr("images", "import", "--all-platforms", "-", input=archive, timeout=600)
-        if name not in self.images():
+        else:
+            push = subprocess.Popen(["buildah", "push", "--quiet", name, f"docker-archive:/dev/stdout:{name}"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            imp = subprocess.run(["ctr", f"--address={self.socket}", "--namespace=k8s.io", "images", "import",
+                                  "--all-platforms", "-"], stdin=push.stdout, capture_output=True, timeout=1800,
+                                 check=False)
+            assert push.stdout is not None and push.stderr is not None
+            push.stdout.close()
+            push_err = push.stderr.read().decode(errors="replace")
+            if push.wait(60) != 0 or imp.returncode != 0:
+                raise ControlPlaneError(f"importing {name}: buildah push: {push_err[-1500:]} "
+                                        f"ctr import: {imp.stderr.decode(errors='replace')[-1500:]}")
+        digest = self.images().get(name)
+        if digest is None:
             raise ControlPlaneError(f"importing {name}: containerd does not list it afterwards")
+        manifest = json.loads(self.ctr("content", "get", digest))
+        for layer in manifest.get("layers", []):
+            run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "content", "rm", layer["digest"],
+                check=False)
 
     # ------------------------------------------------------------------ kubelet
 
