@@ -12,8 +12,8 @@ from support.tiny import assert_stops_at_turn_end
 from lmforge.api.pretrain import Architecture
 from lmforge.api.release import Distillation
 from lmforge.trainer.artifacts import fetch
-from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.distill import distill
+from lmforge.trainer.shards import Shards
 from trainer.compress.world import World
 
 pytestmark = pytest.mark.ml
