@@ -11,12 +11,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.waiting import eventually
 
 from lmforge.api.contract import RESULT_KEY, parse_record, record_from_json
 from lmforge.store import open_store
 
 from .conftest import sft_rows, write_jsonl
-from .test_cli_resume import eventually, stage_spec
+from .test_cli_resume import stage_spec
 
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
@@ -52,7 +53,8 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
     output = open_store(str(tmp_path / "store")).child("runs/sft")
     first = torchrun(spec, tmp_path)
     try:
-        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, 120, "a checkpoint")
+        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=120,
+                   what="a checkpoint")
         assert first.poll() is None, first.communicate()[1][-3000:]
     finally:
         kill_tree(first)
