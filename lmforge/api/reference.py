@@ -98,6 +98,10 @@ def _model_section(model: type[BaseModel]) -> list[str]:
         wire = field.alias or name
         lines.append(f"| `{wire}` | {_type(field.annotation)} | {_default(field)} | {_bounds(field)} | "
                      f"{_cell(field.description)} |")
+    rules = model.__dict__.get("rules", ())
+    if rules:
+        lines += ["", "Rules (checked by the model and, as CEL, by the API server at apply):", ""]
+        lines += [f"- {r.message}" + (f" (`{r.field}`)" if r.field else "") for r in rules]
     return [*lines, ""]
 
 
