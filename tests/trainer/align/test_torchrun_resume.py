@@ -15,6 +15,7 @@ from support.waiting import eventually
 
 from lmforge.api.contract import RESULT_KEY, parse_record, record_from_json
 from lmforge.store import open_store
+from lmforge.trainer.checkpoints import CheckpointLog
 
 from .conftest import sft_rows, write_jsonl
 from .test_cli_resume import stage_spec
@@ -60,8 +61,10 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
         kill_tree(first)
         first.communicate()
     assert not output.exists(RESULT_KEY)
-    killed_at = int(output.get_bytes("checkpoints/latest").decode().removeprefix("step-"))
-    ckpt = f"checkpoints/step-{killed_at:08d}"
+    pointer = CheckpointLog(output, 2).pointer()
+    assert pointer is not None
+    killed_at = int(pointer["step"])
+    ckpt = f"checkpoints/{pointer['tag']}"
     # Both ranks' RNG states made it into the checkpoint (rank 0 uploads after the barrier).
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {k.rsplit("/", 1)[-1] for k in output.list(ckpt)}
 
@@ -75,7 +78,7 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
     published = {k.rsplit("/", 1)[0] for k in output.list("")
                  if k.endswith("MANIFEST.json") and not k.startswith("checkpoints/")}
     assert published == {"model"}  # one model artifact (checkpoints live under checkpoints/)
-    assert output.get_bytes("checkpoints/latest") == b"step-00000060"
+    assert (CheckpointLog(output, 2).pointer() or {}).get("tag") == "step-60"
     records = [r for r in map(parse_record, stdout.splitlines()) if r is not None]
     steps = [r.step for r in records if r.step]
     assert steps and min(steps) > killed_at and max(steps) == 60  # the second run did not start over
