@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import subprocess
 import sys
@@ -46,12 +45,13 @@ def make_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     data = np.random.default_rng(0).integers(3, VOCAB, size=(rows, SEQ), dtype=np.uint16)
     data[:64].tofile(shards / "val-00000.bin")
     data[64:].tofile(shards / "train-00000.bin")
-    (shards / "index.json").write_text(json.dumps({
-        "format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": SEQ, "vocab_size": VOCAB,
-        "bos_id": 0, "eos_id": 1, "pad_id": 2, "seed": 0,
-        "train": [{"file": "train-00000.bin", "sequences": rows - 64}],
-        "validation": [{"file": "val-00000.bin", "sequences": 64}],
-        "tokens": {"train": (rows - 64) * SEQ, "validation": 64 * SEQ}}))
+    from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
+
+    (shards / INDEX).write_bytes(ShardIndex(
+        format=FORMAT, dtype="uint16", seq_length=SEQ, vocab_size=VOCAB, bos_id=0, eos_id=1, pad_id=2, seed=0,
+        train=[ShardEntry(file="train-00000.bin", sequences=rows - 64)],
+        validation=[ShardEntry(file="val-00000.bin", sequences=64)],
+        tokens={"train": (rows - 64) * SEQ, "validation": 64 * SEQ}).to_bytes())
     return root / "tokenizer", shards
 
 

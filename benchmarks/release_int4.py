@@ -54,15 +54,15 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from lmforge.trainer.artifacts import fetch
-    from lmforge.trainer.compress.data import Shards
     from lmforge.trainer.compress.report import nll_per_token
     from lmforge.trainer.compress.stage import run
     from lmforge.trainer.context import StageContext
+    from lmforge.trainer.shards import Shards
 
     root = Path(tempfile.mkdtemp(prefix="release-int4-"))
     os.environ["LMFORGE_WORK_DIR"] = str(root / "work")
     world = make_world(root / "world")
-    unseen = Shards(world.shards_dir).rows("validation")[CALIBRATION_ROWS:]
+    unseen = Shards(world.shards_dir).validation.head()[CALIBRATION_ROWS:]
     outliers = with_outlier_channels(world.teacher_dir, root / "outliers")
 
     def score(model_dir: Path) -> tuple[float, torch.Tensor]:

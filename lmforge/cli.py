@@ -15,6 +15,8 @@ from lmforge import __version__
 
 CRD_DIRS = (Path("crds"), Path("charts/lmforge/crds"))
 """Where `lmforge crds` writes by default: the repository's crds/ and the Helm chart's copy."""
+API_DOC = Path("docs/api.md")
+"""The API reference `lmforge crds` writes beside them (generated from the same models)."""
 
 
 def _dump_yaml(obj: object) -> str:
@@ -22,7 +24,7 @@ def _dump_yaml(obj: object) -> str:
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
-    """Write (or check) the generated CRDs."""
+    """Write (or check) the generated CRDs and the API reference."""
     from lmforge.api.crd import all_crds
 
     generated = {name: _dump_yaml(obj) for name, obj in all_crds().items()}
@@ -30,7 +32,8 @@ def cmd_crds(args: argparse.Namespace) -> int:
         sys.stdout.write("---\n".join(generated.values()))
         return 0
     outs = [Path(o) for o in args.out] if args.out else [d for d in CRD_DIRS if d.parent.is_dir()]
-    failed = False
+    docs = Path(args.docs) if args.docs else (API_DOC if not args.out and API_DOC.parent.is_dir() else None)
+    failed = _api_doc(docs, args.check) if docs is not None else False
     for out in outs:
         if args.check:
             failed |= _check_crds(out, generated)
@@ -40,6 +43,21 @@ def cmd_crds(args: argparse.Namespace) -> int:
             (out / name).write_text(text, encoding="utf-8")
             print(out / name)
     return 1 if failed else 0
+
+
+def _api_doc(path: Path, check: bool) -> bool:
+    """Write docs/api.md from the models, or with `check` report whether it drifted (True if so)."""
+    from lmforge.api.reference import api_reference
+
+    text = api_reference()
+    if not check:
+        path.write_text(text, encoding="utf-8")
+        print(path)
+        return False
+    if not path.exists() or path.read_text(encoding="utf-8") != text:
+        print(f"{path}: differs from the models; run `lmforge crds`", file=sys.stderr)
+        return True
+    return False
 
 
 def _check_crds(out: Path, generated: dict[str, str]) -> bool:
@@ -90,10 +108,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from the models",
-                       description="Generate the CRDs from lmforge.api into a directory (default ./crds).")
+    p = sub.add_parser("crds", help="write the CustomResourceDefinitions and docs/api.md generated from the models",
+                       description="Generate the CRDs from lmforge.api into a directory (default ./crds) and "
+                                   "the API reference docs/api.md.")
     p.add_argument("--out", action="append", metavar="DIR",
                    help="directory to write into; repeatable (default: crds/ and charts/lmforge/crds/)")
+    p.add_argument("--docs", metavar="FILE",
+                   help="API reference to write or check (default: docs/api.md, unless --out is given)")
     p.add_argument("--check", action="store_true", help="exit 1 if the files there differ from the models")
     p.add_argument("--stdout", action="store_true", help="print them as one multi-document YAML instead")
     p.set_defaults(func=cmd_crds)

@@ -100,13 +100,15 @@ def _from_manifest(path: Path) -> tuple[Architecture, dict[str, Any]]:
             ds = Dataset.model_validate(d).spec
             found.update(vocab=ds.tokenizer.vocab_size, seq=ds.seq_length)
     seq = found.get("seq", job.model.max_position_embeddings or 2048)
+    # One process per GPU, one per pod on the CPU: the world size ZeRO partitions over and the
+    # global batch is multiplied by, whichever of `tokens` or `maxSteps` sets the duration.
+    world = job.topology.nodes * max(job.topology.gpus_per_node, 1)
+    found["gpus"] = world
     if job.training.tokens is not None:
         found["tokens"] = job.training.tokens
     elif job.training.max_steps is not None:
-        nodes, gpus = job.topology.nodes, max(job.topology.gpus_per_node, 1)
         found["tokens"] = (job.training.max_steps * job.training.micro_batch_size
-                           * job.training.gradient_accumulation_steps * nodes * gpus * seq)
-        found["gpus"] = nodes * gpus
+                           * job.training.gradient_accumulation_steps * world * seq)
     found["seq"] = seq
     return job.model, found
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
 from lmforge.api.training import Checkpointing, DeepSpeed, Precision, Topology
 
@@ -99,6 +99,11 @@ class PreferenceOptions(ApiModel):
 class PpoOptions(ApiModel):
     """PPO options."""
 
+    rules = (
+        Rule('has(self.rewardModelRef) != has(self.rewardFunction)',
+             'set exactly one of rewardModelRef or rewardFunction', 'rewardModelRef'),
+    )
+
     reward_model_ref: LocalRef | None = None
     """An AlignmentJob with `method: reward` whose model scores rollouts."""
     reward_function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
@@ -147,6 +152,15 @@ class AlignmentTraining(ApiModel):
 
 class AlignmentJobSpec(ApiModel):
     """Base model, method, data and training settings."""
+
+    rules = (
+        Rule("(self.method == 'ppo') == has(self.ppo)",
+             'the `ppo` options are needed by, and only for, method ppo', 'ppo'),
+        Rule("!has(self.adapter) || self.adapter.type != 'qlora' || (has(self.topology) && self.topology.gpusPerNode > 0)",
+             'adapter.type qlora needs a GPU (topology.gpusPerNode > 0)', 'adapter.type'),
+        Rule("self.method != 'reward' || !has(self.adapter) || self.adapter.type == 'none' || self.adapter.output == 'merged'",
+             'a reward model is published merged: adapter.output must be merged for method reward', 'adapter.output'),
+    )
 
     model_ref: ModelRef
     """The base model."""

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, LocalRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
 
 DEFAULT_ALLOWED_LICENSES = [
@@ -42,7 +42,7 @@ class Source(ApiModel):
     """JSONL/Parquet: the field holding the document URL, used by the opt-out list."""
     domain: str | None = None
     """Domain all documents of this source come from, used by the opt-out list."""
-    license: str = Field(min_length=1)
+    license: str = Field(min_length=1, max_length=64)
     """SPDX identifier (or `public-domain`) of the licence the source is used under."""
     weight: float = Field(default=1.0, gt=0, le=100)
     """Mixing weight: documents are up- or down-sampled by this factor (1.0 keeps each once)."""
@@ -51,11 +51,11 @@ class Source(ApiModel):
 class OptOut(ApiModel):
     """Creators' opt-outs, applied before anything else."""
 
-    domains: list[str] = Field(default_factory=list)
+    domains: list[str] = Field(default_factory=list, max_length=100_000)
     """Domains whose documents are dropped (subdomains included)."""
-    urls: list[str] = Field(default_factory=list)
+    urls: list[str] = Field(default_factory=list, max_length=100_000)
     """URL prefixes whose documents are dropped."""
-    files: list[str] = Field(default_factory=list)
+    files: list[str] = Field(default_factory=list, max_length=1024)
     """Opt-out list files (one domain or URL prefix per line, `#` comments, robots-style
     `Disallow:` lines accepted), local paths or S3 URIs."""
 
@@ -71,12 +71,19 @@ class Cleaning(ApiModel):
     """Collapse runs of spaces and blank lines."""
     remove_boilerplate: bool = True
     """Drop boilerplate lines (cookie banners, 'all rights reserved', navigation crumbs…)."""
-    boilerplate_patterns: list[str] = Field(default_factory=list)
+    boilerplate_patterns: list[str] = Field(default_factory=list, max_length=1024)
     """Extra regular expressions; a line matching one is dropped."""
 
 
 class QualityFilter(ApiModel):
     """Gopher/C4-style heuristics; a document failing any is dropped and counted by rule."""
+
+    rules = (
+        Rule('self.minWords <= self.maxWords',
+             'minWords must not exceed maxWords', 'minWords'),
+        Rule('self.minMeanWordLength <= self.maxMeanWordLength',
+             'minMeanWordLength must not exceed maxMeanWordLength', 'minMeanWordLength'),
+    )
 
     enabled: bool = True
     """Apply the quality filter."""
@@ -159,6 +166,13 @@ class PiiRedaction(ApiModel):
 class NearDedup(ApiModel):
     """MinHash + LSH near-duplicate removal, global across workers."""
 
+    rules = (
+        Rule('has(self.bands) == has(self.rows)',
+             'set both `bands` and `rows`, or neither', 'bands'),
+        Rule('!has(self.bands) || !has(self.rows) || self.bands * self.rows == self.numPerm',
+             'bands × rows must equal numPerm', 'bands'),
+    )
+
     enabled: bool = True
     """Remove near-duplicates."""
     shingle_size: int = Field(default=5, ge=1, le=32)
@@ -184,9 +198,9 @@ class NearDedup(ApiModel):
 class Decontamination(ApiModel):
     """Drop training documents sharing long n-grams with evaluation data."""
 
-    eval_suite_refs: list[LocalRef] = Field(default_factory=list)
+    eval_suite_refs: list[LocalRef] = Field(default_factory=list, max_length=64)
     """EvalSuites whose task data is protected."""
-    uris: list[str] = Field(default_factory=list)
+    uris: list[str] = Field(default_factory=list, max_length=1024)
     """Extra evaluation files (JSONL/text) to protect."""
     ngram: int = Field(default=13, ge=4, le=64)
     """Word n-gram length that counts as overlap."""
@@ -210,9 +224,9 @@ class Tokenizer(ApiModel):
     """Vocabulary size, including the 256 byte symbols and the special tokens."""
     min_frequency: int = Field(default=2, ge=1)
     """Fewest occurrences of a pair to merge."""
-    special_tokens: list[str] = Field(
+    special_tokens: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
         default_factory=lambda: ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>",
-                                 "<|end|>"]
+                                 "<|end|>"], max_length=4096
     )
     """Special tokens: BOS, EOS, PAD, then chat-role markers used by alignment's chat template."""
     from_uri: str | None = None
@@ -224,9 +238,19 @@ class Tokenizer(ApiModel):
 class DatasetSpec(ApiModel):
     """What to read, how to curate it, and how to tokenize and pack it."""
 
-    sources: list[Source] = Field(min_length=1)
+    rules = (
+        Rule('self.sources.all(s, self.sources.exists_one(t, t.name == s.name))',
+             'source names must be unique', 'sources'),
+        Rule('self.sources.all(s, s.license in self.allowedLicenses)',
+             "every source's license must be in allowedLicenses", 'sources'),
+        Rule('!has(self.tokenizer) || has(self.tokenizer.fromUri) || self.tokenizer.vocabSize >= size(self.tokenizer.specialTokens) + 257',
+             'tokenizer.vocabSize must hold the byte alphabet plus the special tokens', 'tokenizer.vocabSize'),
+    )
+
+    sources: list[Source] = Field(min_length=1, max_length=256)
     """Inputs, each with its licence."""
-    allowed_licenses: list[str] = Field(default_factory=lambda: list(DEFAULT_ALLOWED_LICENSES))
+    allowed_licenses: list[Annotated[str, Field(max_length=64)]] = Field(
+        default=list(DEFAULT_ALLOWED_LICENSES), max_length=256)  # a plain default, so the CRD carries it too
     """Licences a source may carry; a source with another licence is rejected."""
     opt_out: OptOut = Field(default_factory=OptOut)
     """Opt-out lists, applied first."""

@@ -6,11 +6,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
 
 
@@ -72,6 +72,11 @@ class SafetyClassifier(ApiModel):
 
 class EvalTask(ApiModel):
     """One evaluation task."""
+
+    rules = (
+        Rule("!has(self.promptTemplate) || self.promptTemplate.contains('{question}')",
+             'promptTemplate must contain {question}', 'promptTemplate'),
+    )
 
     name: str = Field(min_length=1, max_length=63, pattern=r"^[a-z0-9][a-z0-9_-]*$")
     """Task name; metrics are addressed as `<name>.<metric>`."""
@@ -191,6 +196,11 @@ def parse_threshold(text: str) -> Threshold:
 class Endpoint(ApiModel):
     """An OpenAI-compatible endpoint to evaluate instead of a model artifact."""
 
+    rules = (
+        Rule('has(self.url) != has(self.releaseRef)',
+             'set exactly one of url or releaseRef', 'url'),
+    )
+
     url: str | None = Field(default=None, pattern=r"^https?://")
     """Base URL, e.g. `http://tiny-release:8000/v1`."""
     release_ref: LocalRef | None = None
@@ -210,13 +220,20 @@ class Endpoint(ApiModel):
 class EvalSuiteSpec(ApiModel):
     """Which model, which tasks, and what must hold to pass."""
 
+    rules = (
+        Rule('has(self.modelRef) != has(self.endpoint)',
+             'set exactly one of modelRef or endpoint', 'modelRef'),
+        Rule('self.tasks.all(t, self.tasks.exists_one(u, u.name == t.name))',
+             'task names must be unique', 'tasks'),
+    )
+
     model_ref: ModelRef | None = None
     """The model to evaluate."""
     endpoint: Endpoint | None = None
     """Evaluate a served endpoint instead of an artifact."""
-    tasks: list[EvalTask] = Field(min_length=1)
+    tasks: list[EvalTask] = Field(min_length=1, max_length=64)
     """Tasks to run."""
-    thresholds: list[str] = Field(default_factory=list)
+    thresholds: list[Annotated[str, Field(max_length=256)]] = Field(default_factory=list, max_length=256)
     """Gate conditions `task.metric OP value` (OP one of >=, <=, >, <, ==), or `task.metric OP
     baseline.task.metric [+|- value]` to compare with the `baselineRef` suite's result (e.g. `facts.acc
     >= baseline.facts.acc - 0.02`: no more than 2 points worse); all must hold to pass. Each outcome in

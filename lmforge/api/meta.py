@@ -8,9 +8,10 @@ Every field is documented by the docstring under it; those docstrings become the
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic.alias_generators import to_camel
@@ -22,11 +23,41 @@ API_VERSION = f"{GROUP}/{VERSION}"
 _DNS1123 = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+@dataclass(frozen=True)
+class Rule:
+    """A cross-field rule of a model, declared once beside its validator: the model's validator
+    enforces it in Python (with the values in its message), and the CRD carries `cel` as an
+    `x-kubernetes-validations` entry, so the API server rejects the same spec at `kubectl apply`.
+
+    `cel` sees the object the rule is declared on as `self`, with wire names and the schema's
+    defaults applied; optional fields are tested with `has()`. `field` is the wire path, relative to
+    that object, of the field the rule names (the CRD's `fieldPath`; "" for the object itself).
+    """
+
+    cel: str
+    message: str
+    field: str = ""
+
+    def validation(self) -> dict[str, str]:
+        """The rule as one `x-kubernetes-validations` entry."""
+        out = {"rule": self.cel, "message": self.message}
+        if self.field:
+            out["fieldPath"] = f".{self.field}"
+        return out
+
+
+def _cel_schema(schema: dict[str, Any], cls: type[Any]) -> None:
+    """pydantic `json_schema_extra`: a model's `rules` become its schema's `x-kubernetes-validations`."""
+    rules: tuple[Rule, ...] = cls.__dict__.get("rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [r.validation() for r in rules]
+
+
 class ApiModel(BaseModel):
     """Base for every wire object: camelCase aliases, strict about unknown fields.
 
     `extra="forbid"` is what makes a typo such as `seqLenght` an error naming the field instead
-    of a silently ignored setting.
+    of a silently ignored setting. A model's cross-field rules are listed in `rules` (see `Rule`).
     """
 
     model_config = ConfigDict(
@@ -35,7 +66,11 @@ class ApiModel(BaseModel):
         extra="forbid",
         use_attribute_docstrings=True,
         validate_assignment=False,
+        json_schema_extra=_cel_schema,
     )
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+    """Cross-field rules checked by this model's validator, also enforced by the API server as CEL."""
 
     def wire(self) -> dict[str, Any]:
         """The object as it travels over the wire (camelCase, no unset optional fields)."""
@@ -97,6 +132,13 @@ class ModelKind(StrEnum):
 class ModelRef(ApiModel):
     """Where a model comes from: another resource's output, or a Hugging Face-format directory in
     the artifact store (for example an open checkpoint a user uploaded)."""
+
+    rules = (
+        Rule('has(self.name) != has(self.uri)',
+             'set exactly one of `name` (with `kind`) or `uri`', 'name'),
+        Rule('!has(self.name) || has(self.kind)',
+             '`kind` is required with `name`', 'kind'),
+    )
 
     kind: ModelKind | None = None
     """Kind of the referenced resource; required with `name`."""

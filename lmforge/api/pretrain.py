@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
 from lmforge.api.training import Checkpointing, DeepSpeed, Optimizer, Precision, Topology
 
@@ -19,6 +19,13 @@ class ModelFamily(StrEnum):
 class Architecture(ApiModel):
     """A Llama-style decoder (RMSNorm, rotary embeddings, SwiGLU, optional grouped-query attention);
     the exported model is a plain Hugging Face `LlamaForCausalLM`."""
+
+    rules = (
+        Rule('has(self.headDim) || self.hiddenSize % self.numHeads == 0',
+             'hiddenSize must be divisible by numHeads, or set headDim', 'hiddenSize'),
+        Rule('!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0',
+             'numHeads must be a multiple of numKvHeads', 'numHeads'),
+    )
 
     family: ModelFamily = ModelFamily.LLAMA
     """Architecture family."""
@@ -86,6 +93,11 @@ class Architecture(ApiModel):
 class Training(ApiModel):
     """Batch, length and duration of training."""
 
+    rules = (
+        Rule('has(self.maxSteps) != has(self.tokens)',
+             'set exactly one of maxSteps or tokens', 'maxSteps'),
+    )
+
     max_steps: int | None = Field(default=None, ge=1)
     """Optimizer steps to train; or set `tokens`."""
     tokens: int | None = Field(default=None, ge=1)
@@ -144,6 +156,13 @@ class PretrainMetrics(ApiModel):
 
 class PretrainJobSpec(ApiModel):
     """What to train, on what, and how."""
+
+    rules = (
+        Rule('!has(self.replay) || has(self.initFrom)',
+             'replay is for continual pretraining: set initFrom too', 'replay'),
+        Rule("!has(self.training) || self.training.precision != 'fp16' || (has(self.topology) && self.topology.gpusPerNode > 0)",
+             'training.precision fp16 needs GPUs (topology.gpusPerNode > 0)', 'training.precision'),
+    )
 
     dataset_ref: LocalRef
     """The Dataset whose shards and tokenizer are used."""

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, SecretKeyRef, Status
+from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, SecretKeyRef, Status
 from lmforge.api.pretrain import Architecture
 from lmforge.api.scheduling import Compute
 
@@ -143,6 +143,11 @@ class Serving(ApiModel):
 
 class ModelReleaseSpec(ApiModel):
     """What to release, how to compress it, and how to serve it."""
+
+    rules = (
+        Rule('!has(self.serving) || self.serving.tensorParallelSize <= (self.gpus > 1 ? self.gpus : 1)',
+             'serving.tensorParallelSize must not exceed gpus', 'serving.tensorParallelSize'),
+    )
 
     model_ref: ModelRef
     """The model to release."""

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import Field, model_validator
 
-from lmforge.api.meta import ApiModel, FreeForm
+from lmforge.api.meta import ApiModel, FreeForm, Rule
 
 
 class Precision(StrEnum):
@@ -24,6 +24,11 @@ class LRSchedule(StrEnum):
 
 class Optimizer(ApiModel):
     """AdamW with warm-up then decay to a floor."""
+
+    rules = (
+        Rule('self.minLr <= self.lr',
+             'minLr must not exceed lr', 'minLr'),
+    )
 
     lr: float = Field(default=3e-4, gt=0, le=1)
     """Peak learning rate."""
@@ -56,6 +61,13 @@ class OffloadDevice(StrEnum):
 
 class DeepSpeed(ApiModel):
     """DeepSpeed engine settings; the generated config is published with the job's artifacts."""
+
+    rules = (
+        Rule("self.offloadParams == 'none' || self.zeroStage == 3",
+             'offloadParams needs zeroStage 3', 'offloadParams'),
+        Rule("self.offloadOptimizer == 'none' || self.zeroStage >= 1",
+             'offloadOptimizer needs zeroStage ≥ 1', 'offloadOptimizer'),
+    )
 
     zero_stage: int = Field(default=1, ge=0, le=3)
     """ZeRO stage: 0 off, 1 optimizer state, 2 + gradients, 3 + parameters partitioned."""

@@ -74,6 +74,7 @@ class ArtifactWriter:
         self.store = store.child(prefix) if prefix.strip("/") else store
         self.uri = self.store.uri
         self._files: dict[str, FileEntry] = {}
+        self._earlier: set[str] = set()  # rel names of add_uploaded, checked to be there at commit
         self._committed = False
         if clear_existing:
             self.store.delete_prefix("")
@@ -106,6 +107,14 @@ class ArtifactWriter:
         entry = FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
         self.store.put_bytes(rel, data)
         self._files[rel] = entry
+        return entry
+
+    def add_uploaded(self, rel: str, entry: FileEntry) -> FileEntry:
+        """List a file uploaded earlier under the prefix by a writer that resumes file by file (the
+        Dataset's shards) and recorded its size and hash then; ``commit`` checks it is there."""
+        rel = self._check_rel(rel)
+        self._files[rel] = entry
+        self._earlier.add(rel)
         return entry
 
     def add_dir(self, local_dir: Path, rel_prefix: str = "", workers: int = 1) -> list[str]:
@@ -149,6 +158,10 @@ class ArtifactWriter:
         if self._committed:
             raise StoreError(f"artifact {self.uri} is already committed")
         files = dict(sorted(self._files.items()))
+        present = self.store.sizes("") if self._earlier else {}
+        wrong = [rel for rel in sorted(self._earlier) if present.get(rel) != files[rel].size]
+        if wrong:
+            raise ArtifactIncomplete(f"artifact {self.uri}: {', '.join(wrong[:3])} missing or of another size")
         manifest = ArtifactManifest(
             schema_version=SCHEMA_VERSION,
             kind=kind,

@@ -5,10 +5,11 @@ and the S3 store."""
 from __future__ import annotations
 
 import json
-import time
+import subprocess
 from typing import Any
 
 import pytest
+from support.waiting import consistently
 
 from lmforge.api.contract import StageName
 
@@ -66,16 +67,29 @@ def test_spec_the_models_reject_is_invalid_spec_without_retry_storm(control_plan
                                                                      namespace: str) -> None:
     cp, ns = control_plane, namespace
     with running_operator(cp, ns) as op:
-        bad = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": "too-parallel"},
-               "spec": {"modelRef": {"uri": "s3://b/m"}, "gpus": 1, "serving": {"tensorParallelSize": 4}}}
-        cp.apply(bad, namespace=ns)  # the CRD schema lets it through; the model's cross-field check does not
-        cond = _reason(cp, ns, "modelreleases", "too-parallel", "InvalidSpec", op)
-        assert cond["status"] == "False" and "tensorParallelSize" in cond["message"], cond
-        before = resource(cp, ns, "modelreleases", "too-parallel")["metadata"]["resourceVersion"]  # type: ignore[index]
-        time.sleep(3)  # a retry storm would rewrite the status within this window
-        after = resource(cp, ns, "modelreleases", "too-parallel")["metadata"]["resourceVersion"]  # type: ignore[index]
-        assert before == after
-        assert jobs(cp, ns, "lmforge.io/modelrelease") == []
+        # A cross-field rule with a CEL twin is refused by the API server itself, naming the field.
+        too_parallel = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease",
+                        "metadata": {"name": "too-parallel"},
+                        "spec": {"modelRef": {"uri": "s3://b/m"}, "gpus": 1, "serving": {"tensorParallelSize": 4}}}
+        with pytest.raises(subprocess.CalledProcessError) as refused:
+            cp.apply(too_parallel, namespace=ns)
+        assert "spec.serving.tensorParallelSize" in str(refused.value.stderr), refused.value.stderr
+        # One CEL cannot express (thresholds are parsed text) gets through; the model's check does not.
+        bad = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "no-such-task"},
+               "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "ppl", "type": "perplexity"}],
+                        "thresholds": ["nope.perplexity <= 10"]}}
+        cp.apply(bad, namespace=ns)
+        cond = _reason(cp, ns, "evalsuites", "no-such-task", "InvalidSpec", op)
+        assert cond["status"] == "False" and "thresholds[0]" in cond["message"], cond
+
+        def version() -> str:
+            return str(resource(cp, ns, "evalsuites", "no-such-task")["metadata"]["resourceVersion"])  # type: ignore[index]
+
+        before = version()
+        # A retry storm would rewrite the status within seconds; watch the whole window, fail on the first write.
+        consistently(lambda: version() == before, duration=3, interval=0.2,
+                     what="the InvalidSpec status staying unwritten")
+        assert jobs(cp, ns, "lmforge.io/evalsuite") == []
 
 
 def test_operator_identity_is_limited_to_its_role(control_plane: ControlPlane, namespace: str) -> None:

@@ -4,10 +4,8 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from lmforge.api import KINDS
 from lmforge.api.contract import STAGES_OF_KIND
@@ -15,7 +13,6 @@ from lmforge.api.kinds import Resource
 from lmforge.operator.reconcile.runs import run_id, stage_run
 from lmforge.operator.reconcile.types import StageRun
 
-T = TypeVar("T")
 SCRIPT = Path(__file__).with_name("stagescript.py")
 
 
@@ -41,17 +38,3 @@ def pretrain(name: str, behaviour: str = "ok", **compute: Any) -> Resource:
 def run_of(res: Resource, store: str, stage_index: int = 0) -> StageRun:
     rid = run_id(res, {})
     return stage_run(res, STAGES_OF_KIND[res.kind][stage_index], rid, store, {}, None)
-
-
-def eventually(fn: Callable[[], T | None], timeout: float = 30.0, tick: Callable[[], None] | None = None) -> T:
-    """Poll `fn` until it returns something truthy (calling `tick` first each time)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if tick is not None:
-            tick()
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last value {value!r})")
-        time.sleep(0.05)

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.waiting import eventually
 
 from lmforge.api.contract import StageName
 from lmforge.operator.local import LocalBackend
@@ -14,7 +15,7 @@ from lmforge.operator.local.backend import free_port
 from lmforge.operator.reconcile.types import ObservedRun, RunState, StageRun
 from lmforge.store import open_store
 
-from .helpers import eventually, pretrain, resource, run_of, wrapper_python
+from .helpers import pretrain, resource, run_of, wrapper_python
 
 
 @pytest.fixture

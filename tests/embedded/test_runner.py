@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.waiting import eventually
 
 from lmforge.api.meta import Phase
 from lmforge.api.validation import dependency_order, validate_paths
@@ -21,7 +22,7 @@ from lmforge.operator.local import LocalBackend
 from lmforge.operator.local.backend import free_port
 from lmforge.store import open_store
 
-from .helpers import eventually, wrapper_python
+from .helpers import wrapper_python
 
 
 def _doc(kind: str, name: str, spec: dict[str, object], behaviour: str = "ok") -> dict[str, object]:

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.waiting import eventually
 
 from lmforge.operator.local.backend import free_port
 from lmforge.store import open_store
-
-from .helpers import eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.ml]
 

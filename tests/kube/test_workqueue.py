@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 
+from support.waiting import until
+
 from lmforge.operator.workqueue import WorkQueue
 
 
@@ -30,14 +32,11 @@ def test_dedup_serialises_and_reports_waits() -> None:
         queue.start()
         for key in ("a", "b", "b", "c"):
             queue.add(key)
-        while calls.count("a") < 1 or "c" not in calls:
-            await asyncio.sleep(0.001)
+        await until(lambda: "a" in calls and "c" in calls, what="a (held) and c started")
         queue.add("a")  # during a's reconcile: deferred, not run alongside
         queue.add("a")
         gate.set()
-        while calls.count("a") < 2:
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0.01)
+        await until(lambda: len(queue) == 0, what="the queue drained")  # nothing queued or running: no 3rd a
         await queue.stop()
         return calls, waits, overlap
 
@@ -60,8 +59,7 @@ def test_urgent_keys_go_before_routine_ones_and_a_routine_key_can_be_promoted() 
         queue: WorkQueue[str] = WorkQueue(handle, workers=1)
         queue.start()
         queue.add("first")
-        while not calls:
-            await asyncio.sleep(0.001)
+        await until(lambda: calls, what="the first key taken")
         queue.add("child-moved", urgent=False)
         queue.add("new-resource")
         queue.add("poll", urgent=False)
@@ -69,12 +67,9 @@ def test_urgent_keys_go_before_routine_ones_and_a_routine_key_can_be_promoted() 
         queue.add("new-resource", urgent=False)  # already urgent: stays so, not queued twice
         waiting_before = queue.urgent_waiting()  # the operator defers status patches meanwhile
         gate.set()
-        while len(calls) < 3:
-            await asyncio.sleep(0.001)
+        await until(lambda: len(calls) >= 3, what="three keys taken")
         waiting_routine_only = queue.urgent_waiting()  # only "child-moved" (routine) may be left
-        while len(calls) < 4:
-            await asyncio.sleep(0.001)
-        await asyncio.sleep(0.01)
+        await until(lambda: len(queue) == 0, what="the queue drained")
         await queue.stop()
         assert waiting_before and not waiting_routine_only
         return calls

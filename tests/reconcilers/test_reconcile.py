@@ -168,6 +168,12 @@ CASES = [
 ]
 
 
+def _case(name: str) -> Case:
+    """A table case by its name (the list's order carries no meaning)."""
+    (case,) = [c for c in CASES if c.name == name]
+    return case
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_reconcile(case: Case) -> None:
     decision = reconcile(_observed(case), now=NOW)
@@ -201,7 +207,7 @@ def test_secret_backoff_doubles_up_to_a_minute() -> None:
 
 
 def test_waiting_for_a_secret_posts_one_event_not_one_per_look() -> None:
-    case = next(c for c in CASES if c.name == "missing-s3-secret-holds-back-the-job")
+    case = _case("missing-s3-secret-holds-back-the-job")
     first = reconcile(_observed(case), now=NOW)
     again = reconcile(Observed(**{**_observed(case).__dict__, "status": first.status}), now=NOW)
     assert [e.reason for e in first.events] == ["WaitingForSecret"] and first.events[0].type == "Warning"
@@ -209,7 +215,7 @@ def test_waiting_for_a_secret_posts_one_event_not_one_per_look() -> None:
 
 
 def test_older_release_keeps_serving_while_the_new_one_waits_for_a_secret() -> None:
-    case = next(c for c in CASES if c.name == "serve-waits-for-its-api-key-secret")
+    case = _case("serve-waits-for-its-api-key-secret")
     old = ObservedRun("r-serve-old000", "r-old", RunState.READY, StageName.SERVE, endpoint="http://old/v1")
     obs = _observed(case)
     decision = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}}), now=NOW)
@@ -245,7 +251,7 @@ def test_api_keys_become_secret_env_of_the_stage_that_reads_them() -> None:
 
 
 def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
-    case = CASES[4]
+    case = _case("starts-pretrain-when-dataset-ready")
     first = reconcile(_observed(case), now=NOW).runs[0]
     again = reconcile(_observed(case), now=NOW).runs[0]
     assert first == again
@@ -256,7 +262,7 @@ def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
 
 
 def test_changed_spec_is_a_new_run_and_the_old_one_is_deleted() -> None:
-    case = CASES[4]
+    case = _case("starts-pretrain-when-dataset-ready")
     old = reconcile(_observed(case), now=NOW).runs[0]
     changed = _res("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 20}})
     obs = _observed(Case("x", changed, inputs=case.inputs))
@@ -273,7 +279,7 @@ def test_dataset_workers_become_indexed_workers() -> None:
 
 
 def test_unchanged_status_keeps_transition_times() -> None:
-    case = CASES[1]
+    case = _case("waits-for-missing-dataset")
     first = reconcile(_observed(case), now=NOW).status
     second = reconcile(Observed(**{**_observed(case).__dict__, "status": first}), now="2030-01-01T00:00:00Z")
     assert second.status == first
@@ -281,7 +287,7 @@ def test_unchanged_status_keeps_transition_times() -> None:
 
 
 def test_old_release_keeps_serving_until_new_is_ready() -> None:
-    case = CASES[12]
+    case = _case("release-serves-after-gate")
     old = ObservedRun("r-serve-old000", "r-old", RunState.READY, StageName.SERVE, endpoint="http://old/v1")
     obs = _observed(case)
     obs = Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}})

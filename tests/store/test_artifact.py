@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -16,6 +17,7 @@ from lmforge.store import (
     ArtifactCorrupt,
     ArtifactIncomplete,
     ArtifactWriter,
+    FileEntry,
     Store,
     StoreError,
     download_artifact,
@@ -148,6 +150,22 @@ def test_writer_rules(store: Store) -> None:
         w.add_bytes("b", b"2")
     with pytest.raises(StoreError, match="committed"):
         w.commit("x", {})
+
+
+def test_files_uploaded_earlier_are_listed_only_if_they_are_there(store: Store) -> None:
+    # A writer that resumes file by file (the Dataset's shards) uploads some files in an earlier run.
+    store.put_bytes("s/train-0.bin", b"rows")
+    entry = FileEntry(size=4, sha256=hashlib.sha256(b"rows").hexdigest())
+    w = ArtifactWriter(store, "s")
+    w.add_uploaded("train-0.bin", entry)
+    w.add_bytes("index.json", b"{}")
+    assert w.commit("shards").files["train-0.bin"] == entry
+    assert is_complete(store, "s")
+    w = ArtifactWriter(store, "s")
+    w.add_uploaded("train-1.bin", entry)  # never uploaded
+    with pytest.raises(ArtifactIncomplete, match=r"train-1\.bin"):
+        w.commit("shards")
+    assert read_manifest(store, "s") is None
 
 
 def test_republish_hides_old_manifest(store: Store) -> None:

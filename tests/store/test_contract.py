@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from lmforge.store import ArtifactNotFound, Store, StoreError
+from lmforge.store import ArtifactNotFound, S3Store, Store, StoreError
 
 
 def test_bytes_round_trip(store: Store) -> None:
@@ -82,6 +84,24 @@ def test_invalid_keys_rejected(store: Store) -> None:
 
 
 def test_many_keys_paginate(store: Store) -> None:
-    for i in range(30):
-        store.put_bytes(f"many/{i:03d}", b"x")
-    assert store.list("many") == [f"many/{i:03d}" for i in range(30)]
+    # S3 lists and deletes at most 1,000 keys per call: 1,100 keys need two pages and two batches.
+    keys = [f"many/{i:04d}" for i in range(1100)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda k: store.put_bytes(k, b"x"), keys))
+    pages: list[int] = []
+
+    def count(**kwargs: Any) -> None:
+        pages.append(len(kwargs["parsed"].get("Contents", [])))
+
+    if isinstance(store, S3Store):
+        store.client.meta.events.register("after-call.s3.ListObjectsV2", count)
+    try:
+        assert store.list("many") == keys
+        assert len(store.sizes("many")) == 1100
+    finally:
+        if isinstance(store, S3Store):
+            store.client.meta.events.unregister("after-call.s3.ListObjectsV2", count)
+    if isinstance(store, S3Store):
+        assert pages == [1000, 100, 1000, 100]  # the listing really crossed a page boundary, twice
+    assert store.delete_prefix("many") == 1100
+    assert store.list("many") == []

@@ -1,76 +1,72 @@
-"""Checkpoints in the store with an atomic `latest` pointer, as in pretraining.
-
-Each checkpoint is an artifact `checkpoints/step-NNNNNNNN` (manifest written last); only after its
-manifest is committed does `checkpoints/latest` (one object PUT, atomic on every backend) name it, so a
-run killed mid-upload resumes from the previous complete checkpoint. Older checkpoints beyond
-`keepLast` are deleted after the pointer moves.
+"""Alignment's checkpoints: a Trainer's (or PPO's) local `checkpoint-<N>` directory saved and brought
+back through the shared protocol of `lmforge.trainer.checkpoints`, as in pretraining — `latest` moves
+only after the manifest, never backwards; a damaged latest is skipped for the newest older complete
+one; the last `keepLast` are kept.
 """
 
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
-from lmforge.store import ArtifactNotFound, ArtifactWriter, Store, download_artifact, read_manifest
+from lmforge.store import MANIFEST_NAME, Store
+from lmforge.store.errors import StoreError
+from lmforge.trainer.checkpoints import PREFIX, CheckpointLog
 
-PREFIX = "checkpoints"
-LATEST = f"{PREFIX}/latest"
-
-
-def _name(step: int) -> str:
-    return f"step-{step:08d}"
+KIND = "alignment-checkpoint"
+RESTORED = "restored.json"
+"""Left in the restore folder by the process that downloaded, naming what it restored, so the
+node's other processes (`download=False`) use the same checkpoint after a fallback."""
 
 
 class CheckpointStore:
-    """Uploads local checkpoint directories and brings the latest one back for a resume."""
+    """Uploads local checkpoint directories and brings the newest usable one back for a resume."""
 
     def __init__(self, output: Store, keep_last: int, publish: bool = True) -> None:
-        self.output = output
-        self.keep_last = keep_last
+        self.log = CheckpointLog(output, keep_last)
         self.publish = publish
         """Only rank 0 writes to the store."""
 
     def latest(self) -> str | None:
-        """Key of the latest complete checkpoint, or None."""
-        try:
-            name = self.output.get_bytes(LATEST).decode().strip()
-        except ArtifactNotFound:
-            return None
-        key = f"{PREFIX}/{name}"
-        return key if read_manifest(self.output, key) is not None else None
+        """Key of the checkpoint a resume would try first, or None."""
+        names = self.log.candidates()
+        return f"{PREFIX}/{names[0]}" if names else None
 
     def restore(self, dest: Path, *, download: bool = True) -> tuple[Path, int] | None:
-        """Download the latest checkpoint into `dest/<name>`; returns (dir, step) or None.
+        """Download the newest usable checkpoint into `dest/checkpoint-<step>`; returns (dir, step) or
+        None. Damaged checkpoints are skipped (with a warning); if every one is, a StoreError.
 
-        With `download=False` only the (dir, step) it would use is returned: under torchrun the
-        node's first process downloads into the shared work folder and the others wait for it,
-        instead of every rank deleting and rewriting the same files at once.
+        With `download=False` only the (dir, step) the downloading process chose is returned: under
+        torchrun the node's first process downloads into the shared work folder and the others wait
+        for it, instead of every rank deleting and rewriting the same files at once.
         """
-        key = self.latest()
-        if key is None:
-            return None
-        manifest = read_manifest(self.output, key)
-        assert manifest is not None
-        step = int(manifest.metadata["step"])
-        local = dest / f"checkpoint-{step}"
-        if download:
-            if local.exists():
-                shutil.rmtree(local)
-            download_artifact(self.output, key, local)
-            (local / "MANIFEST.json").unlink(missing_ok=True)
-        return local, step
+        if not download:
+            marker = dest / RESTORED
+            if not marker.is_file():
+                return None
+            found = json.loads(marker.read_text())
+            return Path(found["dir"]), int(found["step"])
+        names = self.log.candidates()
+        (dest / RESTORED).unlink(missing_ok=True)
+        for name in names:
+            step = self.log.step_of(name)
+            local = dest / f"checkpoint-{step}"
+            if self.log.fetch(name, local):
+                (local / MANIFEST_NAME).unlink(missing_ok=True)  # a Trainer folder, not an artifact
+                dest.mkdir(parents=True, exist_ok=True)
+                (dest / RESTORED).write_text(json.dumps({"dir": str(local), "step": step}))
+                return local, step
+        if names:
+            raise StoreError(f"no usable checkpoint under {self.log.output.url(PREFIX)}: "
+                             f"{', '.join(names)} are all damaged")
+        return None
 
     def save(self, local_dir: Path, step: int) -> str | None:
         """Upload `local_dir` as the checkpoint of `step`, move `latest` to it, prune old ones."""
         if not self.publish:
             return None
-        key = f"{PREFIX}/{_name(step)}"
-        writer = ArtifactWriter(self.output, key, clear_existing=True)
+        writer = self.log.begin(step)
         writer.add_dir(local_dir)
-        writer.commit("checkpoint", {"step": step})
-        self.output.put_bytes(LATEST, _name(step).encode())
-        steps = sorted({k.split("/")[1] for k in self.output.list(PREFIX) if k.count("/") >= 2})
-        for old in steps[: max(0, len(steps) - self.keep_last)]:
-            if old != _name(step):
-                self.output.delete_prefix(f"{PREFIX}/{old}")
-        return key
+        if not self.log.commit(step, KIND, writer=writer):
+            return None
+        return writer.uri

@@ -24,9 +24,9 @@ import numpy as np
 from lmforge.api.alignment import AlignmentMethod
 from lmforge.api.release import ModelRelease
 from lmforge.trainer.artifacts import fetch
-from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.shards import Shards
 
 PACK_LENGTH = 256
 """Tokens per packed calibration sequence."""
@@ -115,4 +115,4 @@ def calibration_rows(ctx: StageContext, release: ModelRelease, meta: dict[str, A
 def _shards(uri: str | None, limit: int) -> np.ndarray:
     if uri is None:
         raise InvalidInput("the calibration Dataset published no shards")
-    return Shards(fetch(uri)).rows("validation", limit)
+    return Shards(fetch(uri)).validation.head(limit)

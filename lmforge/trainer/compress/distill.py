@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.api.release import Distillation
-from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import nll_per_token
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.shards import Shards
 from lmforge.trainer.turns import write_generation_config
 
 EVAL_ROWS = 64
@@ -50,7 +50,7 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
                           bos_token_id=teacher.config.bos_token_id, eos_token_id=teacher.config.eos_token_id,
                           pad_token_id=teacher.config.pad_token_id)
     student = build_model(config, seed)
-    if shards.train_count() == 0:
+    if len(shards.train) == 0:
         raise InvalidInput("compression.distillation.datasetRef: the Dataset has no train rows")
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.max_steps // 20)
@@ -61,7 +61,7 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     tail: list[float] = []
     student.train()
     for step in range(cfg.max_steps):
-        ids = torch.from_numpy(shards.train_batch(rng, cfg.micro_batch_size))  # (B, L)
+        ids = torch.from_numpy(shards.train.sample(rng, cfg.micro_batch_size))  # (B, L)
         if int(ids.max()) >= vocab:
             raise InvalidInput(f"token id {int(ids.max())} is outside the teacher's vocabulary ({vocab}): "
                                "distillation.datasetRef must use the teacher's tokenizer")
@@ -83,7 +83,7 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
             tail.append(value)
         if on_step:
             on_step(step + 1, value)
-    val_nll = nll_per_token(student, shards.rows("validation", EVAL_ROWS))
+    val_nll = nll_per_token(student, shards.validation.head(EVAL_ROWS))
     student.config.use_cache = True
     out_dir.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(out_dir, safe_serialization=True)

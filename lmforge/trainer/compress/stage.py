@@ -21,10 +21,10 @@ from lmforge.trainer.artifacts import fetch, publish, split_uri
 from lmforge.trainer.compress import distill as distil_mod
 from lmforge.trainer.compress import prune, quantize
 from lmforge.trainer.compress.calibration import calibration_rows
-from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import CompressionReport, dir_size, perplexity
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.shards import Shards
 
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "config.json", "MANIFEST.json")
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.store import ArtifactNotFound, FileEntry, Store
-from lmforge.trainer.dataset.shards import Packer, dtype_for, plan_shards, write_shard
+from lmforge.trainer.shards import Packer, ShardEntry, dtype_for, plan_shards, write_shard
 
 BATCH = 1024  # documents per encode_batch call
 
@@ -115,13 +115,13 @@ def tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out_
 
 def write_all_shards(output: Store, packed_path: Path, rows: int, seq_length: int, vocab_size: int,
                      validation_fraction: float, seed: int, shard_sequences: int, fingerprint: str,
-                     scratch: Path) -> tuple[dict[str, list[dict[str, Any]]], dict[str, FileEntry]]:
+                     scratch: Path) -> tuple[dict[str, list[ShardEntry]], dict[str, FileEntry]]:
     """Write (or skip, when already done under `fingerprint`) every shard into `shards/`; returns the
     index entries per split and the manifest entries."""
     dtype = dtype_for(vocab_size)
     packed = np.memmap(packed_path, dtype=dtype, mode="r").reshape(rows, seq_length) if rows else \
         np.zeros((0, seq_length), dtype=dtype)
-    index: dict[str, list[dict[str, Any]]] = {"train": [], "validation": []}
+    index: dict[str, list[ShardEntry]] = {"train": [], "validation": []}
     files: dict[str, FileEntry] = {}
     scratch.mkdir(parents=True, exist_ok=True)
     for split, name, part in plan_shards(rows, validation_fraction, seed, shard_sequences):
@@ -142,6 +142,6 @@ def write_all_shards(output: Store, packed_path: Path, rows: int, seq_length: in
             local.unlink()
             entry = {"file": name, "sequences": sequences, "sha256": sha, "size": size, "fingerprint": fingerprint}
             output.put_bytes(marker_key, json.dumps(entry).encode())
-        index[split].append({"file": name, "sequences": entry["sequences"], "sha256": entry["sha256"]})
+        index[split].append(ShardEntry(file=name, sequences=entry["sequences"], sha256=entry["sha256"]))
         files[name] = FileEntry(size=entry["size"], sha256=entry["sha256"])
     return index, files

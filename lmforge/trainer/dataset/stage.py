@@ -14,16 +14,13 @@ import hashlib
 import json
 import os
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from lmforge.api.dataset import Dataset, DatasetSpec
 from lmforge.store import (
     MANIFEST_NAME,
-    ArtifactManifest,
     ArtifactWriter,
-    FileEntry,
     is_complete,
     read_manifest,
 )
@@ -33,10 +30,10 @@ from lmforge.trainer.dataset import card as card_mod
 from lmforge.trainer.dataset.build import tokenize_and_pack, training_sample, weighted, write_all_shards
 from lmforge.trainer.dataset.merge import kept_documents
 from lmforge.trainer.dataset.readers import InputFile, list_files
-from lmforge.trainer.dataset.shards import FORMAT, INDEX, dtype_for
 from lmforge.trainer.dataset.tokenizer import load_existing, special_ids, train
 from lmforge.trainer.dataset.work import MergeStore, run_worker
 from lmforge.trainer.errors import StageError
+from lmforge.trainer.shards import FORMAT, INDEX, ShardIndex, dtype_for
 
 WAIT_ENV = "LMFORGE_DATASET_WAIT_S"
 """Seconds worker 0 waits for the other workers' slices (default 6 hours)."""
@@ -154,13 +151,13 @@ def run(ctx: StageContext) -> dict[str, str]:
     split_index, files_written = write_all_shards(
         ctx.output, ctx.work_dir / "packed.bin", packed["rows"], spec.seq_length, ids["vocab_size"],
         spec.validation_fraction, spec.seed, spec.shard_sequences, shard_fp, ctx.work_dir / "shards")
-    train_seqs = sum(e["sequences"] for e in split_index["train"])
-    val_seqs = sum(e["sequences"] for e in split_index["validation"])
-    index = {"format": FORMAT, "dtype": dtype_for(ids["vocab_size"]).name, "seq_length": spec.seq_length,
-             "vocab_size": ids["vocab_size"], "bos_id": ids["bos_id"], "eos_id": ids["eos_id"],
-             "pad_id": ids["pad_id"], "train": split_index["train"], "validation": split_index["validation"],
-             "tokens": {"train": train_seqs * spec.seq_length, "validation": val_seqs * spec.seq_length},
-             "packed_tokens": packed["tokens"], "dropped_tail_tokens": packed["tail"], "seed": spec.seed}
+    train_seqs = sum(e.sequences for e in split_index["train"])
+    val_seqs = sum(e.sequences for e in split_index["validation"])
+    index = ShardIndex(format=FORMAT, dtype=dtype_for(ids["vocab_size"]).name, seq_length=spec.seq_length,
+                       vocab_size=ids["vocab_size"], bos_id=ids["bos_id"], eos_id=ids["eos_id"],
+                       pad_id=ids["pad_id"], train=split_index["train"], validation=split_index["validation"],
+                       tokens={"train": train_seqs * spec.seq_length, "validation": val_seqs * spec.seq_length},
+                       packed_tokens=packed["tokens"], dropped_tail_tokens=packed["tail"], seed=spec.seed)
     elapsed = max(time.monotonic() - started, 1e-9)
     card = merged.card(resource.metadata.name, spec, packed, index, ids, tok_dir)
     card_dir = ctx.work_dir / "card"
@@ -169,10 +166,12 @@ def run(ctx: StageContext) -> dict[str, str]:
         "tokenizer": publish(ctx, "tokenizer", tok_dir, "tokenizer", {"vocabSize": ids["vocab_size"]}),
         "card": publish(ctx, "card", card_dir, "dataset-card", {"documents": merged.kept_documents}),
     }
-    index_bytes = json.dumps(index, indent=2).encode() + b"\n"
-    ctx.output.put_bytes(f"shards/{INDEX}", index_bytes)
-    files_written[INDEX] = _entry(index_bytes)
-    _commit_manifest(ctx, "shards", files_written, {"trainSequences": train_seqs, "validationSequences": val_seqs})
+    # The shards were uploaded one by one (resumable); the index goes last, then the manifest.
+    writer = ArtifactWriter(ctx.output, "shards")
+    for name, entry in files_written.items():
+        writer.add_uploaded(name, entry)
+    writer.add_bytes(INDEX, index.to_bytes())
+    writer.commit("dataset-shards", {"trainSequences": train_seqs, "validationSequences": val_seqs})
     artifacts["shards"] = ctx.uri("shards")
     read_docs, read_bytes = merged.read_totals()
     metrics: dict[str, float] = {
@@ -186,14 +185,3 @@ def run(ctx: StageContext) -> dict[str, str]:
     ctx.reporter.progress(merged.kept_documents, merged.kept_documents, unit="doc", metrics=metrics, force=True)
     return artifacts
 
-
-def _entry(data: bytes) -> FileEntry:
-    return FileEntry(size=len(data), sha256=hashlib.sha256(data).hexdigest())
-
-
-def _commit_manifest(ctx: StageContext, prefix: str, files: dict[str, FileEntry], metadata: dict[str, Any]) -> None:
-    """Write the manifest of an artifact whose files were uploaded one by one (shards resume per file)."""
-    ordered = dict(sorted(files.items()))
-    manifest = ArtifactManifest(kind="dataset-shards", created=datetime.now(UTC), files=ordered,
-                                total_size=sum(e.size for e in ordered.values()), metadata=metadata)
-    ctx.output.put_bytes(f"{prefix}/{MANIFEST_NAME}", manifest.model_dump_json(indent=2).encode() + b"\n")

@@ -25,6 +25,7 @@ from lmforge.trainer.dataset.dedup import MinHasher
 from lmforge.trainer.dataset.merge import DOCS, SIGS, STATS, merge
 from lmforge.trainer.dataset.readers import InputFile, read_file, read_text
 from lmforge.trainer.dataset.sourcing import OptOutList
+from lmforge.trainer.shards import ShardIndex
 
 
 def _committed(ctx: StageContext, key: str, fingerprint: str) -> bool:
@@ -180,7 +181,7 @@ class MergeStore:
                 out[reason] = out.get(reason, 0) + docs
         return out
 
-    def card(self, name: str, spec: DatasetSpec, packed: dict[str, Any], index: dict[str, Any],
+    def card(self, name: str, spec: DatasetSpec, packed: dict[str, Any], index: ShardIndex,
              ids: dict[str, int], tok_dir: Path) -> dict[str, Any]:
         """card.json's content."""
         s = self.stats
@@ -188,8 +189,8 @@ class MergeStore:
                                {x.name: x.uri for x in spec.sources}, {x.name: x.weight for x in spec.sources})
         read_docs, read_bytes = self.read_totals()
         near = spec.dedup.near
-        train_seqs = sum(e["sequences"] for e in index["train"])
-        val_seqs = sum(e["sequences"] for e in index["validation"])
+        train_seqs = sum(e.sequences for e in index.train)
+        val_seqs = sum(e.sequences for e in index.validation)
         return {
             "name": name,
             "summary": (f"{read_docs} documents ({read_bytes} bytes) read from {len(spec.sources)} source(s); "
@@ -212,7 +213,7 @@ class MergeStore:
                           "fromUri": spec.tokenizer.from_uri,
                           "trainBytes": min(spec.tokenizer.train_bytes, self.kept_bytes),
                           "files": sorted(p.name for p in tok_dir.iterdir() if p.is_file())},
-            "shards": {"format": index["format"], "dtype": index["dtype"], "seqLength": spec.seq_length,
+            "shards": {"format": index.format, "dtype": index.dtype, "seqLength": spec.seq_length,
                        "trainSequences": train_seqs, "validationSequences": val_seqs, "seed": spec.seed,
                        "tokens": packed["tokens"], "droppedTailTokens": packed["tail"],
                        "validationFraction": spec.validation_fraction},

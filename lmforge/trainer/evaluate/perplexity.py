@@ -4,7 +4,6 @@ the model was trained on (its packed token shards), as exp(mean NLL per predicte
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate.backend import Backend
 from lmforge.trainer.evaluate.stats import ItemScores
 from lmforge.trainer.evaluate.tasks import TextRow, row_ids
+from lmforge.trainer.shards import Shards
 
 CHUNK = 32
 """Documents or sequences per progress report."""
@@ -38,35 +38,9 @@ def text_perplexity(backend: Backend, rows: Sequence[TextRow], advance: Callable
     return _metrics(parts, row_ids(rows), what)
 
 
-def _split_arrays(shards_dir: Path) -> list[np.ndarray]:
-    """The validation split's memory-mapped (sequences, L) arrays: through the Dataset stage's
-    `ShardReader` when this build has it, else straight from `index.json`'s documented format."""
-    try:
-        from lmforge.trainer.dataset.shards import ShardReader
-    except ImportError:
-        index = json.loads((shards_dir / "index.json").read_text())
-        dtype, seq = np.dtype(index["dtype"]), int(index["seq_length"])
-        return [np.memmap(shards_dir / e["file"], dtype=dtype, mode="r").reshape(-1, seq)
-                for e in index["validation"]]
-    return list(ShardReader(shards_dir).validation.arrays)
-
-
 def validation_sequences(shards_dir: Path, limit: int | None) -> np.ndarray:
-    """Up to `limit` of the Dataset's validation rows, (N, seq_length)."""
-    try:
-        arrays = _split_arrays(shards_dir)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise InvalidInput(f"shards {shards_dir}: unreadable: {exc}") from None
-    parts: list[np.ndarray] = []
-    have = 0
-    for rows in arrays:
-        parts.append(np.asarray(rows[: None if limit is None else limit - have]))
-        have += len(parts[-1])
-        if limit is not None and have >= limit:
-            break
-    if have == 0:
-        raise InvalidInput(f"shards {shards_dir}: the Dataset has no validation split")
-    return np.concatenate(parts)
+    """Up to `limit` of the Dataset's validation rows, (N, seq_length) int64."""
+    return Shards(shards_dir).validation.head(limit)
 
 
 def token_perplexity(token_nll: Callable[[np.ndarray], list[tuple[float, int]]], sequences: np.ndarray,

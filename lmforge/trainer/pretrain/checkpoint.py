@@ -1,5 +1,5 @@
-"""Checkpoints in the artifact store: `checkpoints/step-<N>/` artifacts plus a `checkpoints/latest`
-pointer, with automatic resume.
+"""Pretraining's checkpoints: DeepSpeed's save and load on every rank around the shared protocol of
+`lmforge.trainer.checkpoints` (`checkpoints/step-<N>/` artifacts plus a `checkpoints/latest` pointer).
 
 Order of a save, which is what makes a crash at any point harmless:
 1. on a store that streams uploads (S3), every rank serialises its DeepSpeed files straight into
@@ -9,8 +9,8 @@ Order of a save, which is what makes a crash at any point harmless:
    recovery script, extra files, or everything after a fallback), retried with backoff;
 3. rank 0 writes the artifact's MANIFEST.json (the union of all ranks' files), only if all uploads
    succeeded — before that the prefix is ignored by every reader;
-4. rank 0 replaces `latest` (a single small object, atomic on every store);
-5. checkpoints older than the last K are deleted.
+4. rank 0 replaces `latest` (a single small object, atomic on every store), never with an older step;
+5. checkpoints older than the last K are deleted (never newer ones).
 A resume reads `latest`, downloads and verifies that checkpoint, and lets DeepSpeed restore model,
 optimizer and LR scheduler — every file loaded weights-only (`lmforge.trainer.safe_load`: a file
 that would need pickle to run code is refused, so store write access is not code execution); the data position and step come back in the client state. If that
@@ -21,40 +21,28 @@ losing N more steps beats failing every retry — and `latest` only moves again 
 
 from __future__ import annotations
 
-import json
 import random
-import re
 import shutil
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from lmforge.store import MANIFEST_NAME, ArtifactManifest, ArtifactWriter, FileEntry, Store, download_artifact
-from lmforge.store.artifact import SCHEMA_VERSION
-from lmforge.store.errors import ArtifactNotFound, StoreError
+from lmforge.store import ArtifactWriter, FileEntry, Store
+from lmforge.store.errors import StoreError
 from lmforge.trainer import safe_load
+from lmforge.trainer.checkpoints import LATEST_KEY, PREFIX, CheckpointLog, tag, warn
 from lmforge.trainer.pretrain.dist import World, barrier, broadcast, gather
 from lmforge.trainer.safe_load import weights_only_loads
 
-PREFIX = "checkpoints"
-LATEST_KEY = f"{PREFIX}/latest"
+__all__ = ["LATEST_KEY", "PREFIX", "Checkpoints", "tag"]
+
 KIND = "pretrain-checkpoint"
 UPLOAD_ATTEMPTS = 4
 UPLOAD_BACKOFF_S = 2.0
 """Upload retries of one checkpoint (on top of botocore's own per-request retries): waits of 2, 4, 8 s."""
 UPLOAD_WORKERS = 4
 """Files uploaded at once: sequential uploads left the server idle while each file was read and hashed."""
-_STEP_DIR = re.compile(rf"^{PREFIX}/(step-(\d+))/")
-
-
-def tag(step: int) -> str:
-    return f"step-{step}"
-
-
-def _warn(message: str) -> None:
-    print(f"lmforge: warning: {message}", file=sys.stderr, flush=True)
 
 
 def _rng_state() -> dict[str, Any]:
@@ -84,34 +72,18 @@ class Checkpoints:
         self.keep_last = keep_last
         self.attempts = attempts or UPLOAD_ATTEMPTS
         self.backoff_s = UPLOAD_BACKOFF_S if backoff_s is None else backoff_s
+        self.log = CheckpointLog(output, keep_last)
+        """The store side: pointer, verification, fallback, keep-K (shared with alignment)."""
 
     # -- reading ------------------------------------------------------------------------------------
 
     def latest(self) -> dict[str, Any] | None:
         """The `latest` pointer, or None when this job has no complete checkpoint."""
-        try:
-            pointer: dict[str, Any] = json.loads(self.output.get_bytes(LATEST_KEY))
-        except ArtifactNotFound:
-            return None
-        return pointer
+        return self.log.pointer()
 
     def candidates(self) -> list[str]:
-        """Checkpoints to try, best first: the one `latest` names, then older ones, newest first.
-        Steps newer than `latest` are never complete saves (the pointer moves after the manifest)."""
-        try:
-            pointer = self.latest()
-        except (StoreError, ValueError) as exc:  # an unreadable pointer: fall back on the listing
-            _warn(f"checkpoint pointer {self.output.url(LATEST_KEY)} is unreadable ({exc})")
-            pointer = {}
-        steps = sorted({int(m.group(2)) for k in self.output.list(PREFIX) if (m := _STEP_DIR.match(k))},
-                       reverse=True)
-        if pointer is None:
-            return []
-        if not pointer:
-            return [tag(s) for s in steps]
-        named = str(pointer.get("tag", ""))
-        newest = int(pointer.get("step", steps[0] if steps else 0))
-        return [named, *(tag(s) for s in steps if s < newest)]
+        """Checkpoints to try, best first (see `CheckpointLog.candidates`)."""
+        return self.log.candidates()
 
     def resume(self, engine: Any) -> dict[str, Any] | None:
         """Restore the newest usable checkpoint into `engine` (collective); returns its client state
@@ -132,20 +104,11 @@ class Checkpoints:
     def _fetch(self, name: str) -> bool:
         """Download and verify checkpoint `name` on every node (collective); False if any node found
         it damaged."""
-        local = self.local_root / name
-        ok = True
-        if self.world.is_node_main:
-            try:
-                shutil.rmtree(local, ignore_errors=True)
-                download_artifact(self.output, f"{PREFIX}/{name}", local, verify=True)
-            except StoreError as exc:
-                shutil.rmtree(local, ignore_errors=True)
-                ok = False
-                _warn(f"checkpoint {name} is damaged and is skipped: {exc}")
+        ok = self.log.fetch(name, self.local_root / name) if self.world.is_node_main else True
         if all(gather(ok, self.world)):
             return True
         if self.world.is_main:
-            _warn(f"checkpoint {name} cannot be restored; falling back to an older checkpoint")
+            warn(f"checkpoint {name} cannot be restored; falling back to an older checkpoint")
         return False
 
     def _restore(self, engine: Any, name: str) -> dict[str, Any]:
@@ -225,7 +188,7 @@ class Checkpoints:
         streamed = gather(entries, self.world)
         if not all(e is not None for e in streamed):
             if self.world.is_main:
-                _warn(f"checkpoint {name}: a streamed upload failed; saving locally and uploading instead")
+                warn(f"checkpoint {name}: a streamed upload failed; saving locally and uploading instead")
             return None
         merged: dict[str, FileEntry] = {}
         for e in streamed:
@@ -248,29 +211,10 @@ class Checkpoints:
         return None
 
     def _commit(self, name: str, step: int, files: dict[str, FileEntry]) -> bool:
-        """Manifest, then `latest`, then pruning: the pointer only ever names a complete checkpoint."""
-        key = f"{PREFIX}/{name}"
-        manifest = ArtifactManifest(schema_version=SCHEMA_VERSION, kind=KIND, created=datetime.now(UTC),
-                                    files=dict(sorted(files.items())), total_size=sum(f.size for f in files.values()),
-                                    metadata={"step": step})
-        try:
-            self.output.child(key).put_bytes(MANIFEST_NAME, manifest.model_dump_json(indent=2).encode() + b"\n")
-            pointer = {"tag": name, "step": step, "key": key, "time": datetime.now(UTC).isoformat()}
-            self.output.put_bytes(LATEST_KEY, json.dumps(pointer).encode())
-        except StoreError as exc:
-            print(f"lmforge: checkpoint {name} not committed: {exc}", file=sys.stderr, flush=True)
-            return False
-        self.prune(step)
-        return True
+        """Manifest (through ArtifactWriter, listing every rank's files), then `latest`, then pruning:
+        the pointer only ever names a complete checkpoint."""
+        return self.log.commit(step, KIND, files)
 
     def prune(self, newest: int) -> None:
-        """Delete all but the last `keep_last` checkpoints (never the one `latest` names)."""
-        steps = sorted({int(m.group(2)) for k in self.output.list(PREFIX) if (m := _STEP_DIR.match(k))})
-        keep = {s for s in steps if s <= newest}
-        keep = set(sorted(keep)[-self.keep_last:]) | {newest}
-        for s in steps:
-            if s not in keep:
-                try:
-                    self.output.delete_prefix(f"{PREFIX}/{tag(s)}")
-                except StoreError as exc:  # garbage left behind is harmless; the next save retries
-                    print(f"lmforge: could not delete checkpoint {tag(s)}: {exc}", file=sys.stderr)
+        """Delete all but the last `keep_last` checkpoints (never `newest`, never a newer one)."""
+        self.log.prune(newest)

@@ -1,4 +1,5 @@
-"""Token rows from the Dataset stage's memory-mapped shards, in a deterministic, resumable order.
+"""Token rows from the Dataset stage's memory-mapped shards (`lmforge.trainer.shards`), in a
+deterministic, resumable order.
 
 The order is a pure function of (seed, position): position p in the endless stream is row
 `perm(seed, p // n)[p % n]`, one fresh permutation per epoch. Every rank walks the same stream and
@@ -8,91 +9,10 @@ source — saved in the checkpoint, a resumed run continues with exactly the row
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
-
 import numpy as np
 
 from lmforge.trainer.errors import InvalidInput
-
-SHARD_FORMAT = "lmforge-shards-v1"
-_DTYPES = {"uint16": np.uint16, "uint32": np.uint32}
-
-
-@dataclass
-class ShardIndex:
-    """`index.json` of a shards artifact."""
-
-    root: Path
-    dtype: Any
-    seq_length: int
-    vocab_size: int
-    bos_id: int | None
-    eos_id: int | None
-    pad_id: int | None
-    splits: dict[str, list[str]]
-    tokens: dict[str, int]
-
-    @classmethod
-    def load(cls, root: Path) -> ShardIndex:
-        path = root / "index.json"
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise InvalidInput(f"shards: cannot read {path}: {exc}") from None
-        if raw.get("format") != SHARD_FORMAT:
-            raise InvalidInput(f"shards: {path} has format {raw.get('format')!r}, expected {SHARD_FORMAT!r}")
-        if raw.get("dtype") not in _DTYPES:
-            raise InvalidInput(f"shards: {path}: dtype {raw.get('dtype')!r} is not uint16 or uint32")
-        return cls(
-            root=root,
-            dtype=_DTYPES[raw["dtype"]],
-            seq_length=int(raw["seq_length"]),
-            vocab_size=int(raw["vocab_size"]),
-            bos_id=raw.get("bos_id"),
-            eos_id=raw.get("eos_id"),
-            pad_id=raw.get("pad_id"),
-            splits={s: [e["file"] for e in raw.get(s, [])] for s in ("train", "validation")},
-            tokens={k: int(v) for k, v in (raw.get("tokens") or {}).items()},
-        )
-
-    def rows(self, split: str) -> TokenRows:
-        """All rows of a split, as one indexable view over the shard files (no copy)."""
-        arrays = []
-        for name in self.splits.get(split, []):
-            flat = np.memmap(self.root / name, dtype=self.dtype, mode="r")
-            if flat.size % self.seq_length:
-                raise InvalidInput(f"shards: {name} holds {flat.size} tokens, not a multiple of "
-                                   f"seq_length {self.seq_length}")
-            arrays.append(flat.reshape(-1, self.seq_length))
-        return TokenRows(arrays, self.seq_length)
-
-    def max_token_id(self, split: str, limit_rows: int = 4096) -> int:
-        """Largest token id in the first rows of each shard (a cheap tokenizer/vocab consistency check)."""
-        rows = self.rows(split)
-        return max((int(a[:limit_rows].max()) for a in rows.arrays if a.size), default=-1)
-
-
-class TokenRows:
-    """Rows of several shard files addressed by one global row index; shape of a row: (seq_length,)."""
-
-    def __init__(self, arrays: list[np.ndarray], seq_length: int) -> None:
-        self.arrays = arrays
-        self.seq_length = seq_length
-        self.offsets = np.cumsum([0] + [len(a) for a in arrays])
-
-    def __len__(self) -> int:
-        return int(self.offsets[-1])
-
-    def take(self, indices: np.ndarray) -> np.ndarray:
-        """Rows at `indices` → int64 array of shape (len(indices), seq_length)."""
-        out = np.empty((len(indices), self.seq_length), dtype=np.int64)
-        shard = np.searchsorted(self.offsets, indices, side="right") - 1
-        for i, (s, idx) in enumerate(zip(shard, indices, strict=True)):
-            out[i] = self.arrays[s][idx - self.offsets[s]]
-        return out
+from lmforge.trainer.shards import TokenRows
 
 
 class StreamSampler:

@@ -15,8 +15,8 @@ from lmforge.store import StoreError
 from lmforge.trainer.artifacts import fetch
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
-from lmforge.trainer.pretrain.data import ShardIndex
 from lmforge.trainer.pretrain.dist import World, barrier
+from lmforge.trainer.shards import ShardIndex, Shards
 
 
 @dataclass
@@ -25,9 +25,13 @@ class DatasetInput:
     info: InputArtifacts
     shards_uri: str
     tokenizer_uri: str
-    index: ShardIndex
+    shards: Shards
     tokenizer_dir: Path
     card_sha256: str | None
+
+    @property
+    def index(self) -> ShardIndex:
+        return self.shards.index
 
 
 @dataclass
@@ -71,16 +75,17 @@ def load_dataset(ctx: StageContext, name: str, world: World) -> DatasetInput:
     barrier(world)
     shards = _fetch(shards_uri, f"Dataset/{name} shards")
     tok_dir = _fetch(tok_uri, f"Dataset/{name} tokenizer")
-    index = ShardIndex.load(shards)
+    opened = Shards(shards)
+    index = opened.index
     vocab = tokenizer_vocab_size(tok_dir)
     if vocab != index.vocab_size:
         raise InvalidInput(f"Dataset/{name}: its tokenizer has {vocab} tokens but index.json says vocab_size "
                            f"{index.vocab_size}; the shards were not made with this tokenizer")
-    top = max(index.max_token_id("train"), index.max_token_id("validation"))
+    top = max(opened.train.max_token_id(), opened.validation.max_token_id())
     if top >= vocab:
         raise InvalidInput(f"Dataset/{name}: shards contain token id {top}, outside the tokenizer's "
                            f"{vocab} tokens")
-    return DatasetInput(name, info, shards_uri, tok_uri, index, tok_dir,
+    return DatasetInput(name, info, shards_uri, tok_uri, opened, tok_dir,
                         _card_sha256(info) if world.is_main else None)
 
 

@@ -154,8 +154,8 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
         engine.compile()
 
     checkpoints = Checkpoints(ctx.output, ctx.work_dir / "checkpoints", world, spec.checkpoint.keep_last)
-    stream = BatchStream(data.index.rows("train"), spec.training.seed, shape.micro_batch, world.rank, world.size,
-                         data.index.pad_id, replay.index.rows("train") if replay else None,
+    stream = BatchStream(data.shards.train, spec.training.seed, shape.micro_batch, world.rank, world.size,
+                         data.index.pad_id, replay.shards.train if replay else None,
                          spec.replay.fraction if spec.replay else 0.0)
     state = LoopState()
     resumed = checkpoints.resume(engine) if spec.checkpoint.resume else None
@@ -169,7 +169,7 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
     peak, peak_source = device_peak_flops(spec.training.precision, spec.metrics.peak_flops_per_device)
     flops_per_token = arch.flops_per_token(data.index.vocab_size, seq)
     throughput = Throughput(shape.tokens_per_step, flops_per_token, peak * world.size)
-    val = validation_batches(data.index.rows("validation"), shape.micro_batch, spec.validation.batches,
+    val = validation_batches(data.shards.validation, shape.micro_batch, spec.validation.batches,
                              world.rank, world.size, data.index.pad_id)
     settings = LoopSettings(shape.total_steps, spec.validation.every_steps, spec.checkpoint.every_steps,
                             spec.training.max_bad_steps,

@@ -11,12 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
+from support.waiting import eventually
 
 from lmforge.api.contract import RESULT_KEY, parse_record, record_from_json
 from lmforge.store import open_store
+from lmforge.trainer.checkpoints import CheckpointLog
 
 from .conftest import sft_rows, write_jsonl
-from .test_cli_resume import eventually, stage_spec
+from .test_cli_resume import stage_spec
 
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
@@ -52,14 +54,17 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
     output = open_store(str(tmp_path / "store")).child("runs/sft")
     first = torchrun(spec, tmp_path)
     try:
-        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, 120, "a checkpoint")
+        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=120,
+                   what="a checkpoint")
         assert first.poll() is None, first.communicate()[1][-3000:]
     finally:
         kill_tree(first)
         first.communicate()
     assert not output.exists(RESULT_KEY)
-    killed_at = int(output.get_bytes("checkpoints/latest").decode().removeprefix("step-"))
-    ckpt = f"checkpoints/step-{killed_at:08d}"
+    pointer = CheckpointLog(output, 2).pointer()
+    assert pointer is not None
+    killed_at = int(pointer["step"])
+    ckpt = f"checkpoints/{pointer['tag']}"
     # Both ranks' RNG states made it into the checkpoint (rank 0 uploads after the barrier).
     assert {"rng_state_0.pth", "rng_state_1.pth"} <= {k.rsplit("/", 1)[-1] for k in output.list(ckpt)}
 
@@ -73,7 +78,7 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
     published = {k.rsplit("/", 1)[0] for k in output.list("")
                  if k.endswith("MANIFEST.json") and not k.startswith("checkpoints/")}
     assert published == {"model"}  # one model artifact (checkpoints live under checkpoints/)
-    assert output.get_bytes("checkpoints/latest") == b"step-00000060"
+    assert (CheckpointLog(output, 2).pointer() or {}).get("tag") == "step-60"
     records = [r for r in map(parse_record, stdout.splitlines()) if r is not None]
     steps = [r.step for r in records if r.step]
     assert steps and min(steps) > killed_at and max(steps) == 60  # the second run did not start over

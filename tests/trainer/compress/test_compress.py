@@ -18,9 +18,9 @@ from support.tiny import assert_stops_at_turn_end
 
 from lmforge.store import read_manifest
 from lmforge.trainer.artifacts import fetch, split_uri
-from lmforge.trainer.compress.data import Shards
 from lmforge.trainer.compress.report import nll_per_token
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.shards import Shards
 from trainer.compress.world import World
 
 pytestmark = pytest.mark.ml
@@ -104,7 +104,7 @@ def test_int4_gptq_and_awq_beat_round_to_nearest_on_held_out_rows_and_generate_i
     rtn, _ = world.compress("i4", {"quantization": {"method": "int4", **q}})
     gq, _ = world.compress("i4-gptq", {"quantization": {"method": "int4-gptq", **q}})
     aw, _ = world.compress("i4-awq", {"quantization": {"method": "int4-awq", **q}})
-    held_out = Shards(world.shards_dir).rows("validation")[calib:]
+    held_out = Shards(world.shards_dir).validation.head()[calib:]
     assert len(held_out) >= 16
     full, _, ref = _held_out_scores(world.teacher_dir, held_out)
     nll, kl = {}, {}

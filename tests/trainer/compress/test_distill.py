@@ -11,9 +11,10 @@ from support.tiny import assert_stops_at_turn_end
 
 from lmforge.api.pretrain import Architecture
 from lmforge.api.release import Distillation
-from lmforge.trainer.artifacts import fetch
-from lmforge.trainer.compress.data import Shards
+from lmforge.store import open_store, read_manifest
+from lmforge.trainer.artifacts import fetch, split_uri
 from lmforge.trainer.compress.distill import distill
+from lmforge.trainer.shards import Shards
 from trainer.compress.world import World
 
 pytestmark = pytest.mark.ml
@@ -41,4 +42,10 @@ def test_student_from_teacher_beats_hard_labels_alone(world: World, tmp_path: Pa
     arch = Architecture.model_validate(STUDENT)
     assert (student["num_hidden_layers"], student["hidden_size"]) == (arch.num_layers, arch.hidden_size)
     assert report["perplexity_teacher"] < report["perplexity_before"]  # the smaller student is worse
-    assert "student" in (fetch(arts["model"]) / "README.md").read_text().lower() or report["method"].startswith("distil")
+    # Published as a distilled model, with the teacher in its lineage and the method on its card.
+    assert report["method"].split("+")[0] == f"distil:{arch.num_layers}x{arch.hidden_size}"
+    assert f"- compression: `{report['method']}`" in (fetch(arts["model"]) / "README.md").read_text()
+    root, leaf = split_uri(arts["model"])
+    manifest = read_manifest(open_store(root), leaf)
+    assert manifest is not None
+    assert manifest.metadata["lineage"] == [*world.teacher.lineage, world.teacher.artifacts["model"]]

@@ -4,7 +4,6 @@ compress and serve tests."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from support.tiny import make_model, make_tokenizer, sentences
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec
 from lmforge.store import ArtifactWriter, LocalStore
 from lmforge.trainer.context import StageContext
+from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 SEQ = 32
 TEACHER_STEPS = 80
@@ -30,13 +30,12 @@ def write_shards(out: Path, tokenizer_dir: Path, n_sentences: int = 1500, val_ro
         ids += tok(text)["input_ids"] + [tok.eos_token_id]
     rows = np.asarray(ids[: len(ids) // SEQ * SEQ], dtype=np.uint16).reshape(-1, SEQ)
     out.mkdir(parents=True, exist_ok=True)
-    index: dict[str, Any] = {"format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": SEQ,
-                             "vocab_size": len(tok), "train": [], "validation": []}
+    index = ShardIndex(format=FORMAT, dtype="uint16", seq_length=SEQ, vocab_size=len(tok))
     for split, name, data in (("validation", "val-00000.bin", rows[:val_rows]),
                               ("train", "train-00000.bin", rows[val_rows:])):
         data.tofile(out / name)
-        index[split].append({"file": name, "sequences": len(data)})
-    (out / "index.json").write_text(json.dumps(index))
+        index.split(split).append(ShardEntry(file=name, sequences=len(data)))
+    (out / INDEX).write_bytes(index.to_bytes())
     return out
 
 
@@ -45,7 +44,7 @@ def train_teacher(model_dir: Path, shards: Path, steps: int = TEACHER_STEPS) -> 
     import torch
     from transformers import AutoModelForCausalLM
 
-    from lmforge.trainer.compress.data import Shards
+    from lmforge.trainer.shards import Shards
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -53,7 +52,7 @@ def train_teacher(model_dir: Path, shards: Path, steps: int = TEACHER_STEPS) -> 
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     model.train()
     for _ in range(steps):
-        ids = torch.from_numpy(data.train_batch(rng, 16))
+        ids = torch.from_numpy(data.train.sample(rng, 16))
         loss = model(input_ids=ids, labels=ids).loss
         opt.zero_grad()
         loss.backward()

@@ -12,7 +12,7 @@ from lmforge.store import LocalStore
 from lmforge.trainer.dataset.build import tokenize_and_pack, write_all_shards
 from lmforge.trainer.dataset.decontam import build as build_decontam
 from lmforge.trainer.dataset.dedup import MinHasher, exact_duplicates, exact_hash, lsh_params, near_duplicates
-from lmforge.trainer.dataset.shards import ShardReader, row_order
+from lmforge.trainer.shards import FORMAT, ShardIndex, Shards, row_order
 
 _WORDS = [f"w{i}" for i in range(3000)]
 
@@ -104,20 +104,19 @@ def test_shards_round_trip_to_the_token_stream(tmp_path: Path) -> None:
     store = LocalStore(tmp_path / "store")
     index, files = write_all_shards(store, tmp_path / "packed.bin", stats.rows, 16, tok.get_vocab_size(), 0.1,
                                     seed=3, shard_sequences=50, fingerprint="fp", scratch=tmp_path / "scratch")
-    import json
-
-    (tmp_path / "store" / "shards" / "index.json").write_text(json.dumps({
-        "format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": 16, "vocab_size": tok.get_vocab_size(),
-        "bos_id": 0, "eos_id": 1, "pad_id": 2, **index}))
-    reader = ShardReader(tmp_path / "store" / "shards")
+    built = ShardIndex(format=FORMAT, dtype="uint16", seq_length=16, vocab_size=tok.get_vocab_size(), bos_id=0,
+                       eos_id=1, pad_id=2, **index)
+    (tmp_path / "store" / "shards" / "index.json").write_bytes(built.to_bytes())
+    reader = Shards(tmp_path / "store" / "shards")
     reader.verify()
-    assert len(reader.validation) == round(stats.rows * 0.1) and len(reader) + len(reader.validation) == stats.rows
-    assert all(e["sequences"] <= 50 for e in index["train"])
+    assert len(reader.validation) == round(stats.rows * 0.1)
+    assert len(reader.train) + len(reader.validation) == stats.rows
+    assert all(e.sequences <= 50 for e in index["train"])
     rows = np.stack([*reader.validation, *reader.train])  # permuted order
     unshuffled = np.empty_like(rows)
     unshuffled[row_order(stats.rows, 3)] = rows
     assert np.array_equal(unshuffled.reshape(-1), expected[: stats.rows * 16])
-    assert np.array_equal(reader[-1], reader.train[len(reader) - 1])
+    assert np.array_equal(reader.train[-1], reader.train[len(reader.train) - 1])
     # A second call with the same fingerprint rewrites nothing.
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store" / "shards").glob("*.bin")}
     write_all_shards(store, tmp_path / "packed.bin", stats.rows, 16, tok.get_vocab_size(), 0.1, seed=3,

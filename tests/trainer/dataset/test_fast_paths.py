@@ -12,8 +12,8 @@ import numpy as np
 from lmforge.api.dataset import Cleaning, NearDedup, ToxicityFilter
 from lmforge.trainer.dataset import dedup, pii, quality
 from lmforge.trainer.dataset.clean import _BLANK_LINES, _EDGE_SPACES, _SPACES, Cleaner
-from lmforge.trainer.dataset.shards import Packer, dtype_for
 from lmforge.trainer.dataset.toxicity import _WORD, ToxicityScorer
+from lmforge.trainer.shards import Packer, dtype_for
 
 # Pieces chosen to hit every branch: separators that are whitespace to str but not to bytes, digits
 # next to dots, apostrophes, secret prefixes, list words in other case, and some non-ASCII.

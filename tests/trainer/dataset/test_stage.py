@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from lmforge.store import LocalStore, is_complete, read_manifest
-from lmforge.trainer.dataset.shards import ShardReader
+from lmforge.trainer.shards import Shards
 
 from .helpers import TINY, TINY_CORPUS, dataset_resource, run_stage, start_stage, write_stage_spec
 
@@ -58,18 +58,18 @@ def test_tiny_example_end_to_end(tmp_path: Path) -> None:
     _check_card_adds_up(card)
     assert card["pii"]["redactions"]["email"] > 0 and card["pii"]["redactions"]["phone"] > 0
     assert card["sources"][0]["license"] == "CC0-1.0" and (out / "card" / "card.md").read_text().startswith("# ")
-    reader = ShardReader(out / "shards")
+    reader = Shards(out / "shards")
     reader.verify()
-    assert reader.index["dtype"] == "uint16" and reader.seq_length == 128
-    assert len(reader) == m["train_sequences"] and len(reader.validation) == m["validation_sequences"]
+    assert reader.index.dtype == "uint16" and reader.seq_length == 128
+    assert len(reader.train) == m["train_sequences"] and len(reader.validation) == m["validation_sequences"]
     assert card["sources"][0]["kept"]["tokens"] == m["tokens"]
 
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(out / "tokenizer")
     assert (tok.bos_token, tok.eos_token, tok.pad_token) == ("<|bos|>", "<|eos|>", "<|pad|>")
-    assert tok.eos_token_id == reader.eos_id and len(tok) == 1024
-    text = tok.decode(np.concatenate([reader[i] for i in range(len(reader))]).tolist())
+    assert tok.eos_token_id == reader.index.eos_id and len(tok) == 1024
+    text = tok.decode(np.concatenate(list(reader.train)).tolist())
     assert "The capital of" in text and "@mail.example.com" not in text and "<EMAIL>" in text
     assert "idiot" not in text.split()
     assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
@@ -137,7 +137,7 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path: Path) -> Non
     assert again.returncode == 0, again.stderr[-3000:]
     assert {p.name: p.stat().st_mtime_ns for p in shards if p != victim} == mtimes
     assert json.loads((out / "shards" / "index.json").read_text())["train"][1]["sha256"] == digest
-    ShardReader(out / "shards").verify()
+    Shards(out / "shards").verify()
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -12,6 +12,7 @@ import pytest
 
 from lmforge.trainer.evaluate import generation, multiple_choice, perplexity
 from lmforge.trainer.evaluate.tasks import ChoiceRow, GenerationRow, TextRow
+from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 pytestmark = pytest.mark.ml
 
@@ -71,7 +72,6 @@ def test_text_perplexity_is_exp_of_mean_nll(hf_backend: Any) -> None:
 
 
 def test_shard_perplexity_is_exp_of_mean_nll(hf_backend: Any, tmp_path: Path) -> None:
-    import json
 
     import torch
 
@@ -79,10 +79,9 @@ def test_shard_perplexity_is_exp_of_mean_nll(hf_backend: Any, tmp_path: Path) ->
     rows = rng.integers(0, len(hf_backend.tokenizer), size=(10, 16)).astype(np.uint16)
     rows[:6].tofile(tmp_path / "val-0.bin")
     rows[6:].tofile(tmp_path / "val-1.bin")
-    (tmp_path / "index.json").write_text(json.dumps({
-        "format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": 16, "vocab_size": 512, "eos_id": 1,
-        "train": [], "validation": [{"file": "val-0.bin", "sequences": 6, "sha256": ""},
-                                    {"file": "val-1.bin", "sequences": 4, "sha256": ""}]}))
+    (tmp_path / INDEX).write_bytes(ShardIndex(
+        format=FORMAT, dtype="uint16", seq_length=16, vocab_size=512, eos_id=1,
+        validation=[ShardEntry(file="val-0.bin", sequences=6), ShardEntry(file="val-1.bin", sequences=4)]).to_bytes())
     sequences = perplexity.validation_sequences(tmp_path, limit=9)
     assert sequences.shape == (9, 16)
     with torch.no_grad():

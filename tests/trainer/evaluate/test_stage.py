@@ -19,6 +19,7 @@ from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate import stage
 from lmforge.trainer.progress import ProgressReporter
+from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 pytestmark = pytest.mark.ml
 
@@ -99,9 +100,8 @@ def test_dataset_validation_split_perplexity_and_baseline_deltas(
     rows = np.random.default_rng(1).integers(0, 200, size=(6, 32)).astype(np.uint16)
     shards = ArtifactWriter(store, "dataset/tiny/shards")
     shards.add_bytes("val-0.bin", rows.tobytes())
-    shards.add_bytes("index.json", json.dumps({
-        "format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": 32, "vocab_size": 512, "eos_id": 1,
-        "train": [], "validation": [{"file": "val-0.bin", "sequences": 6, "sha256": ""}]}).encode())
+    shards.add_bytes(INDEX, ShardIndex(format=FORMAT, dtype="uint16", seq_length=32, vocab_size=512, eos_id=1,
+                                       validation=[ShardEntry(file="val-0.bin", sequences=6)]).to_bytes())
     shards.commit("shards")
     model = ArtifactWriter(store, "pretrain/tiny/model")
     model.add_dir(tiny_model)

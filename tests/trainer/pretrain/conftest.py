@@ -1,5 +1,5 @@
 """Fixtures for the PretrainJob tests: a tiny Dataset published in the stage's input format (shards
-written with numpy exactly as `lmforge-shards-v1` specifies, a BPE tokenizer, a card), and helpers
+written with numpy and `lmforge.trainer.shards.ShardIndex`, a BPE tokenizer, a card), and helpers
 that build a stage spec and run the stage in-process or as `python -m lmforge.trainer pretrain`."""
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from support.tiny import make_tokenizer, sentences
 
 from lmforge.api.contract import RECORD_PREFIX, InputArtifacts, ProgressRecord, StageName, StageSpec
 from lmforge.store import ArtifactWriter, LocalStore, Store
+from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 SEQ = 32
 REPO = Path(__file__).resolve().parents[3]
@@ -39,18 +40,15 @@ def write_shards(out: Path, tokenizer_dir: Path, *, seq: int = SEQ, n_sentences:
     rows = np.asarray(ids[: len(ids) // seq * seq], dtype=np.uint16).reshape(-1, seq)
     out.mkdir(parents=True, exist_ok=True)
     splits = {"validation": rows[:val_rows], "train": rows[val_rows:]}
-    index: dict[str, Any] = {
-        "format": "lmforge-shards-v1", "dtype": "uint16", "seq_length": seq,
-        "vocab_size": vocab_size or len(tok), "bos_id": tok.bos_token_id, "eos_id": tok.eos_token_id,
-        "pad_id": tok.pad_token_id, "train": [], "validation": [],
-        "tokens": {k: int(v.size) for k, v in splits.items()}, "seed": seed,
-    }
+    index = ShardIndex(format=FORMAT, dtype="uint16", seq_length=seq, vocab_size=vocab_size or len(tok),
+                       bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
+                       tokens={k: int(v.size) for k, v in splits.items()}, seed=seed)
     for split, data in splits.items():
         name = f"{'val' if split == 'validation' else 'train'}-00000.bin"
         data.tofile(out / name)
-        index[split].append({"file": name, "sequences": len(data),
-                             "sha256": hashlib.sha256((out / name).read_bytes()).hexdigest()})
-    (out / "index.json").write_text(json.dumps(index))
+        index.split(split).append(ShardEntry(file=name, sequences=len(data),
+                                             sha256=hashlib.sha256((out / name).read_bytes()).hexdigest()))
+    (out / INDEX).write_bytes(index.to_bytes())
     return out
 
 

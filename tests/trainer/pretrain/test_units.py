@@ -11,14 +11,9 @@ from lmforge.api.pretrain import Architecture, PretrainJobSpec
 from lmforge.api.training import LRSchedule, Optimizer
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.pretrain.config import deepspeed_config, run_shape
-from lmforge.trainer.pretrain.data import (
-    BatchStream,
-    ShardIndex,
-    StreamSampler,
-    TokenRows,
-    validation_batches,
-)
+from lmforge.trainer.pretrain.data import BatchStream, StreamSampler, validation_batches
 from lmforge.trainer.pretrain.schedule import lr_multiplier
+from lmforge.trainer.shards import ShardIndex, Shards, TokenRows
 
 from .conftest import write_shards
 
@@ -73,9 +68,9 @@ def test_validation_batches_are_equal_in_number_on_every_rank() -> None:
 
 
 def test_shard_index_reads_the_dataset_format(tmp_path: Path, tiny_tokenizer: Path) -> None:
-    index = ShardIndex.load(write_shards(tmp_path / "s", tiny_tokenizer, n_sentences=200, val_rows=4))
-    assert index.seq_length == 32 and len(index.rows("validation")) == 4
-    assert index.max_token_id("train") < index.vocab_size
+    shards = Shards(write_shards(tmp_path / "s", tiny_tokenizer, n_sentences=200, val_rows=4))
+    assert shards.seq_length == 32 and len(shards.validation) == 4
+    assert shards.train.max_token_id() < shards.index.vocab_size
     (tmp_path / "s" / "index.json").write_text('{"format": "other"}')
     with pytest.raises(InvalidInput, match="format"):
         ShardIndex.load(tmp_path / "s")

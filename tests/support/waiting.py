@@ -1,0 +1,71 @@
+"""Waiting in tests: `eventually` (poll until true, with a deadline) and `consistently` (poll for a
+while, failing the moment it turns false) — Gomega's pair, so no test proves anything with a bare sleep.
+
+tests/cluster/controlplane.py keeps its own `eventually` (it also takes `abort` for dead control-plane
+components and raises its own error types); everything else waits through these two.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.05,
+               what: str = "condition", tick: Callable[[], None] | None = None,
+               ignoring: tuple[type[BaseException], ...] = ()) -> T:
+    """Poll `check` (after `tick`, if given) until it returns something truthy, and return that.
+
+    Exceptions of the `ignoring` types count as "not yet" (a server still starting); any other
+    propagates at once. Past `timeout` seconds an AssertionError names `what` and the last value.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        if tick is not None:
+            tick()
+        try:
+            value = check()
+        except ignoring as exc:
+            last = exc
+        else:
+            if value:
+                return value
+            last = value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+        time.sleep(interval)
+
+
+def consistently(check: Callable[[], object], *, duration: float, interval: float = 0.1,
+                 what: str = "condition") -> None:
+    """Poll `check` for `duration` seconds; fail the first time it is falsy (a negative, proven by
+    watching the whole window rather than looking once after a sleep)."""
+    deadline = time.monotonic() + duration
+    polls = 0
+    while True:
+        value = check()
+        polls += 1
+        if not value:
+            raise AssertionError(f"{what} stopped holding after {polls} checks (got {value!r})")
+        if time.monotonic() >= deadline:
+            return
+        time.sleep(interval)
+
+
+async def until(check: Callable[[], object], *, timeout: float = 5.0, what: str = "condition") -> None:
+    """`eventually` for code on an asyncio loop: yield to the loop until `check()` is truthy, failing
+    after `timeout` seconds instead of spinning forever."""
+    import asyncio
+
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.001)
+
+    try:
+        await asyncio.wait_for(poll(), timeout)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout:g} s waiting for {what}") from None
