@@ -217,6 +217,10 @@ class Dedup(ApiModel):
     """Evaluation-set decontamination."""
 
 
+DEFAULT_SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>")
+"""BOS, EOS, PAD, then the chat-role markers of alignment's chat template."""
+
+
 class Tokenizer(ApiModel):
     """Byte-level BPE trained on the cleaned corpus, or an existing tokenizer."""
 
@@ -225,8 +229,7 @@ class Tokenizer(ApiModel):
     min_frequency: int = Field(default=2, ge=1)
     """Fewest occurrences of a pair to merge."""
     special_tokens: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        default_factory=lambda: ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>",
-                                 "<|end|>"], max_length=4096
+        default_factory=lambda: list(DEFAULT_SPECIAL_TOKENS), max_length=4096
     )
     """Special tokens: BOS, EOS, PAD, then chat-role markers used by alignment's chat template."""
     from_uri: str | None = None
@@ -243,7 +246,9 @@ class DatasetSpec(ApiModel):
              'source names must be unique', 'sources'),
         Rule('self.sources.all(s, s.license in self.allowedLicenses)',
              "every source's license must be in allowedLicenses", 'sources'),
-        Rule('!has(self.tokenizer) || has(self.tokenizer.fromUri) || self.tokenizer.vocabSize >= size(self.tokenizer.specialTokens) + 257',
+        # specialTokens' default is not in the schema (a list default), so CEL counts it itself.
+        Rule('!has(self.tokenizer) || has(self.tokenizer.fromUri) || self.tokenizer.vocabSize >= '
+             f'(has(self.tokenizer.specialTokens) ? size(self.tokenizer.specialTokens) : {len(DEFAULT_SPECIAL_TOKENS)}) + 257',
              'tokenizer.vocabSize must hold the byte alphabet plus the special tokens', 'tokenizer.vocabSize'),
     )
 

