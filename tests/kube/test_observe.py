@@ -118,3 +118,16 @@ def test_pod_failure_reason_prefers_the_stage_error_line() -> None:
 def test_owner_from_labels() -> None:
     assert owner_of({"lmforge.io/run": "x", "lmforge.io/pretrainjob": "base"}) == ("pretrainjob", "base")
     assert owner_of({"app": "x"}) is None
+
+
+def test_an_oom_killed_pod_says_so_with_its_memory_limit() -> None:
+    pod = {"metadata": {"creationTimestamp": "t"},
+           "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "160Mi"}}}]},
+           "status": {"phase": "Failed", "containerStatuses": [
+               {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
+                                                            "message": "some log line"}}}]}}
+    reason = pod_failure_reason([pod])
+    assert reason is not None and reason.startswith("OOMKilled") and "160Mi" in reason
+    assert "spec.compute.resources.limits.memory" in reason
+    unlimited = {**pod, "spec": {"containers": [{"name": "trainer"}]}}
+    assert "no limit set" in (pod_failure_reason([unlimited]) or "")

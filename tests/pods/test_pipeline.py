@@ -346,3 +346,45 @@ def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_delet
     assert resumed, "no pod resumed from a checkpoint after the deletion"
     steps = [int(m.split("step-")[1].split()[0].rstrip(",;:")) for m in resumed]
     assert max(steps) >= step_before, (steps, step_before)
+
+
+def _dataset(name: str, uri: str, compute: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
+                       "spec": {"sources": [{"name": "c", "uri": uri, "license": "CC0-1.0"}],
+                                "tokenizer": {"vocabSize": 1024}, "seqLength": 128, "compute": compute}})
+
+
+def _failed(cp: Any, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", name, "-n", ns))
+        return cond if cond and cond["status"] == "False" and cond["reason"] == "StageFailed" else None
+
+    found: dict[str, Any] = eventually(check, timeout=timeout, interval=2, what=f"dataset {name} StageFailed")
+    return found
+
+
+def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed: tuple[str, Path]) -> None:
+    """An OOM-killed container names the limit; a stage exiting 2 (invalid input) fails at once,
+    not retried; an image that cannot be pulled is relayed while the pod waits."""
+    cp, (ns, _) = node_cluster.cp, installed
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "oom", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+        {"backoffLimit": 0, "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}}))
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "no-input", f"s3://{BUCKET}/inputs/none-*.jsonl", {"backoffLimit": 3}))
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "no-image", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl", {"image": "lmforge.local/absent:1"}))
+
+    oom = _failed(cp, ns, "oom")
+    assert "OOMKilled" in oom["message"] and "48Mi" in oom["message"], oom
+    invalid = _failed(cp, ns, "no-input")
+    assert "matches no file" in invalid["message"], invalid
+    [job] = cp.kubectl_json("get", "jobs", "-n", ns, "-l", "lmforge.io/dataset=no-input")["items"]
+    assert job["status"].get("failed") == 1, job["status"]  # exit 2: the pod failure policy, no retry
+
+    def pull_waiting() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "no-image", "-n", ns))
+        return cond if cond and "ErrImageNeverPull" in cond.get("message", "") else None
+
+    cond = eventually(pull_waiting, timeout=120, interval=2, what="the unpullable image relayed")
+    assert cond["status"] == "False" and "lmforge.local/absent:1" in cond["message"], cond

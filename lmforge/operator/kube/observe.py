@@ -89,8 +89,15 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     failed.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
     for pod in reversed(failed):
+        limits = {c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
+                  for c in (pod.get("spec") or {}).get("containers") or []}
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
+            if term.get("reason") == "OOMKilled":
+                limit = limits.get(cs.get("name"))
+                bound = f"its memory limit {limit}" if limit else "the node's memory (no limit set)"
+                return (f"OOMKilled: container {cs.get('name')} ran out of {bound}; raise "
+                        "spec.compute.resources.limits.memory (and requests) or shrink the batch")
             message = str(term.get("message") or "")
             lines = [ln for ln in message.splitlines() if ln.startswith(ERROR_PREFIX)]
             if lines:
@@ -117,7 +124,7 @@ def with_store(run: ObservedRun | None, name: str, stage: StageName, result: Pro
     return replace(run, stage=run.stage or stage, result=result, progress=progress)
 
 
-STUCK_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff",
+STUCK_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImageNeverPull",
                            "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "RunContainerError"})
 """Container waiting reasons that will not clear by themselves (unlike ContainerCreating)."""
 PODS_LOOK_AFTER_SECONDS = 5.0
