@@ -1,6 +1,6 @@
 """Pretraining throughput: the PretrainJob stage vs Hugging Face `Trainer`, same model, data and batch.
 
-Model: the 5.3M-parameter Llama of FACTS.md (hidden 256, 4 layers, 8 heads × 32, vocab 4096), seq 256,
+Model: the 5.3M-parameter Llama of docs/facts.md (hidden 256, 4 layers, 8 heads × 32, vocab 4096), seq 256,
 micro-batch 8, random tokens. Ours runs the real stage (DeepSpeed ZeRO-1 engine, bf16, eager attention
 and fused AdamW on CPU, one process with all cores as threads; with and without torch.compile); the
 baseline is `Trainer` in fp32 and bf16 on one process. With --ddp both also run as two processes of
