@@ -105,6 +105,14 @@ class Compute(ApiModel):
     """Embedded runner: torch threads per process; default is cores / processes."""
     backoff_limit: int = Field(default=3, ge=0, le=100)
     """How many times a failed attempt is retried (each retry resumes from the last checkpoint)."""
+    scratch_size: str = Field(default="50Gi", pattern=_QUANTITY)
+    """Size limit of the pod's writable scratch space (`/tmp`: downloads, caches; the root file system
+    is read-only). A pod that writes more is evicted and retried."""
+    termination_grace_seconds: int = Field(default=300, ge=10, le=3600)
+    """Seconds a stopped pod (preemption, drain) gets between SIGTERM and SIGKILL: a training stage
+    saves a checkpoint of its current step in that time."""
+    active_deadline_seconds: int | None = Field(default=None, ge=60)
+    """Longest a stage run may take in all, retries included (the Job's `activeDeadlineSeconds`)."""
     env: dict[str, str] = Field(default_factory=dict)
     """Extra environment variables for the stage processes."""
     secret_env: dict[str, SecretKeyRef] = Field(default_factory=dict)

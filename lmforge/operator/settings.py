@@ -60,6 +60,8 @@ class Settings:
     """UID of the stage containers (the Dockerfile's non-root user)."""
     poll_seconds: float = 10.0
     """Longest wait between two looks at a running resource (progress relay)."""
+    default_resources: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Requests/limits of stage containers whose spec sets none (`{"requests": {...}, "limits": {...}}`)."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every stage container (e.g. HF_HUB_OFFLINE)."""
 
@@ -88,4 +90,6 @@ class Settings:
             run_as_user=int(e.get("LMFORGE_RUN_AS_USER") or 1000),
             poll_seconds=float(e.get("LMFORGE_POLL_SECONDS") or 10.0),
             extra_env={str(k): str(v) for k, v in extra.items()},
+            default_resources={str(k): {str(n): str(q) for n, q in v.items()}
+                               for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()},
         )

@@ -198,3 +198,54 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     tmpl_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(tmpl_labels[k] == v for k, v in svc["spec"]["selector"].items())
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def _eval_pod(tasks: list[dict[str, Any]], compute: dict[str, Any] | None = None) -> dict[str, Any]:
+    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
+           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": tasks, "compute": compute or {}}}
+    res = parse(doc)
+    job = next(o for o in build_children(first_run(res), owner(res), SETTINGS) if o["kind"] == "Job")
+    return dict(job)
+
+
+def test_stage_pods_are_hardened() -> None:
+    """RuntimeDefault seccomp, read-only root with sized writable emptyDirs, no API token, non-root
+    without capabilities, a grace period long enough to save a checkpoint, optional deadline."""
+    job = _eval_pod([{"name": "p", "type": "perplexity"}],
+                    {"scratchSize": "7Gi", "terminationGraceSeconds": 600, "activeDeadlineSeconds": 7200})
+    pod = job["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
+    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                    "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "7Gi"}
+    assert volumes["dshm"]["emptyDir"]["sizeLimit"]
+    assert {m["mountPath"] for m in c["volumeMounts"] if not m.get("readOnly")} == {"/tmp", "/dev/shm"}
+    assert pod["terminationGracePeriodSeconds"] == 600 and job["spec"]["activeDeadlineSeconds"] == 7200
+
+
+def test_only_a_pod_running_model_written_code_leaves_seccomp_for_its_sandbox() -> None:
+    code = [{"name": "c", "type": "code", "dataUri": "s3://b/code.jsonl"}]
+    pod = _eval_pod(code)["spec"]["template"]["spec"]
+    assert pod["securityContext"]["seccompProfile"] == {"type": "Unconfined"}  # bwrap: user namespaces
+    assert pod["automountServiceAccountToken"] is False
+    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    unsandboxed = _eval_pod([{**code[0], "isolation": "none"}])["spec"]["template"]["spec"]
+    assert unsandboxed["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_default_resources_apply_only_when_the_spec_sets_none() -> None:
+    settings = replace(SETTINGS, default_resources={"requests": {"cpu": "1", "memory": "4Gi"},
+                                                    "limits": {"memory": "16Gi"}})
+    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
+           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "p", "type": "perplexity"}]}}
+    res = parse(doc)
+    job = next(o for o in build_children(first_run(res), owner(res), settings) if o["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
+        "requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
+    own = parse({**doc, "spec": {**doc["spec"], "compute": {"resources": {"limits": {"memory": "2Gi"}}}}})
+    job = next(o for o in build_children(first_run(own), owner(own), settings) if o["kind"] == "Job")
+    assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "2Gi"}

@@ -1,8 +1,8 @@
 """The cluster path for real: `helm install` with the images built here, `kubectl apply` of the tiny
 pipeline (data in S3), `kubectl wait` until everything is Ready, a chat completion through the
 release's Service (ClusterIP, through kube-proxy), `kubectl logs` of every stage pod, Prometheus
-scraping a running trainer pod and the operator through Kubernetes service discovery, and a
-changed release taking over with no failed request."""
+scraping a running trainer pod and the operator, and a changed release taking over with no failed
+request."""
 
 from __future__ import annotations
 
@@ -32,25 +32,52 @@ TINY = REPO / "tests" / "embedded" / "tiny-ci"
 DATA = REPO / "examples" / "tiny" / "data"
 BUCKET = "lmforge"
 KINDS = ("datasets", "pretrainjobs", "alignmentjobs", "evalsuites", "modelreleases")
-STAGE_POD_METRICS = """  - job_name: stage-pods
-    kubernetes_sd_configs:
-      - role: pod
-        api_server: {server}
-        namespaces: {{names: [{ns}]}}
-        authorization: {{credentials: {token}}}
-        tls_config: {{ca_file: {ca}}}
-    authorization: {{credentials: {token}}}
-    relabel_configs:
-      # What the chart's PodMonitor selects: LMForge's stage pods and the operator, port "metrics".
-      - source_labels: [__meta_kubernetes_pod_container_port_name]
-        regex: metrics
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
-        regex: lmforge
-        action: keep
-      - source_labels: [__meta_kubernetes_pod_name]
-        target_label: pod
+STAGE_POD_METRICS = """  - job_name: lmforge-pods
+    file_sd_configs:
+      - files: [{path}]
+        refresh_interval: 1s
 """
+"""Debian's Prometheus is built without Kubernetes service discovery: `PodTargets` lists what the
+chart's PodMonitor selects (LMForge's pods, container port `metrics`) into a file_sd file."""
+
+
+class PodTargets:
+    """Keeps a Prometheus file_sd file listing the `metrics` ports of LMForge's pods in `ns` (the
+    stage pods and the operator), as the chart's PodMonitor and ServiceMonitor select them."""
+
+    def __init__(self, nc: NodeCluster, ns: str, path: Path) -> None:
+        self.nc, self.ns, self.path = nc, ns, path
+        self.path.write_text("[]")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> PodTargets:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        end = time.monotonic() + 3600
+        while not self._stop.is_set() and time.monotonic() < end:
+            try:
+                pods = self.nc.cp.kubectl_json("get", "pods", "-n", self.ns, "-l", "app.kubernetes.io/name=lmforge")
+            except Exception:
+                pods = {"items": []}
+            groups = []
+            for pod in pods["items"]:
+                ip = (pod.get("status") or {}).get("podIP")
+                for c in pod["spec"]["containers"]:
+                    for port in c.get("ports") or []:
+                        if ip and port.get("name") == "metrics":
+                            groups.append({"targets": [f"{ip}:{port['containerPort']}"],
+                                           "labels": {"pod": pod["metadata"]["name"]}})
+            tmp = self.path.with_suffix(".part")
+            tmp.write_text(json.dumps(groups))
+            tmp.replace(self.path)
+            self._stop.wait(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -193,9 +220,8 @@ def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
     nc, cp = node_cluster, node_cluster.cp
     ns, tiny = installed
     started = time.monotonic()
-    scrape = STAGE_POD_METRICS.format(server=cp.server, ns=ns, token=cp.admin_token,
-                                      ca=cp.workdir / "pki" / "ca.crt")
-    with prometheus({}, scrape_configs=scrape) as prom:
+    targets = Path(cp.workdir) / "pod-targets.json"
+    with PodTargets(nc, ns, targets), prometheus({}, scrape_configs=STAGE_POD_METRICS.format(path=targets)) as prom:
         cp.kubectl("apply", "-n", ns, "-f", str(tiny))
         seen: dict[str, float] = {}
         pretrain_metrics = threading.Thread(target=_watch_trainer_metrics, args=(prom, seen), daemon=True)

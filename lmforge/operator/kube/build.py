@@ -99,6 +99,8 @@ def job(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
     }
     if pods > 1:
         job_spec["completionMode"] = "Indexed"
+    if run.compute.active_deadline_seconds:
+        job_spec["activeDeadlineSeconds"] = run.compute.active_deadline_seconds
     if run.nodes > 1:
         spec["subdomain"] = run.name
     sched = run.compute.scheduling

@@ -46,11 +46,13 @@ def _quantities(values: dict[str, Any]) -> dict[str, str]:
     return {k.replace("ephemeral_storage", "ephemeral-storage"): str(v) for k, v in values.items() if v is not None}
 
 
-def resources(compute: Compute, gpus: int) -> dict[str, Any]:
-    """Requests/limits: CPU and memory from the spec; GPUs set equal in both (the device plugin
-    only honours limits, and requests must not differ from limits for extended resources)."""
-    requests = _quantities(compute.resources.requests.model_dump())
-    limits = _quantities(compute.resources.limits.model_dump())
+def resources(compute: Compute, gpus: int, defaults: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """Requests/limits: CPU and memory from the spec, else the operator's defaults (chart
+    `trainer.defaultResources`); GPUs set equal in both (the device plugin only honours limits, and
+    requests must not differ from limits for extended resources)."""
+    defaults = defaults or {}
+    requests = _quantities(compute.resources.requests.model_dump()) or dict(defaults.get("requests", {}))
+    limits = _quantities(compute.resources.limits.model_dump()) or dict(defaults.get("limits", {}))
     if gpus:
         requests[GPU] = limits[GPU] = str(gpus)
     out: dict[str, Any] = {}
@@ -88,14 +90,17 @@ def container(run: StageRun, settings: Settings, command: list[str], extra_env: 
         "imagePullPolicy": settings.image_pull_policy,
         "command": command,
         "env": extra_env + env(run, settings),
-        "resources": resources(run.compute, run.gpus_per_node),
+        "resources": resources(run.compute, run.gpus_per_node, settings.default_resources),
         "volumeMounts": [
             {"name": "spec", "mountPath": SPEC_DIR, "readOnly": True},
             {"name": "dshm", "mountPath": "/dev/shm"},
             {"name": "scratch", "mountPath": "/tmp"},
         ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+        # Writable only where the pod's emptyDirs are (/tmp, /dev/shm): the stages keep HOME, caches
+        # and downloads under /tmp.
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                            "readOnlyRootFilesystem": True, "runAsNonRoot": True},
     }
     port = metrics_port(run, settings)
     if port:
@@ -118,6 +123,13 @@ def metrics_port(run: StageRun, settings: Settings) -> int | None:
     return run.metrics_port or settings.stage_metrics_port
 
 
+def seccomp_profile(run: StageRun) -> str:
+    """RuntimeDefault, except for a pod that runs model-written code: its bubblewrap sandbox needs
+    user namespaces, which the runtime's default profile forbids. That pod keeps every other bound
+    (non-root, no capabilities, no privilege escalation, no API token, read-only root)."""
+    return "Unconfined" if run.user_namespaces else "RuntimeDefault"
+
+
 def pod_spec(run: StageRun, settings: Settings, main: dict[str, Any], restart: str) -> dict[str, Any]:
     """Pod spec: placement from `spec.compute`, the spec ConfigMap, a memory-backed /dev/shm."""
     compute = run.compute
@@ -127,12 +139,16 @@ def pod_spec(run: StageRun, settings: Settings, main: dict[str, Any], restart: s
         "restartPolicy": restart,
         "containers": [main],
         "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
-                            "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user},
+                            "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user,
+                            "seccompProfile": {"type": seccomp_profile(run)}},
+        # Stage pods never call the API server: no token to steal (also not from model-written code).
+        "automountServiceAccountToken": False,
+        "terminationGracePeriodSeconds": compute.termination_grace_seconds,
         "volumes": [
             {"name": "spec", "configMap": {"name": config_map_name(run)}},
             # NCCL and data-loader workers share tensors through /dev/shm; the default 64Mi is too small.
             {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": compute.shm_size}},
-            {"name": "scratch", "emptyDir": {}},
+            {"name": "scratch", "emptyDir": {"sizeLimit": compute.scratch_size}},
         ],
     }
     if tolerations:

@@ -9,7 +9,7 @@ from typing import Any
 from lmforge.api.alignment import AlignmentJob
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec, Worker
 from lmforge.api.dataset import Dataset
-from lmforge.api.evalsuite import EvalSuite
+from lmforge.api.evalsuite import CodeIsolation, EvalSuite, TaskType
 from lmforge.api.kinds import KINDS, Resource
 from lmforge.api.meta import SecretKeyRef
 from lmforge.api.pretrain import PretrainJob
@@ -124,4 +124,6 @@ def stage_run(
         replicas=replicas if replicas is not None else 1,
         secret_env=stage_secret_env(resource, stage, inputs),
         metrics_port=resource.spec.metrics.port if isinstance(resource, PretrainJob) else None,
+        user_namespaces=isinstance(resource, EvalSuite) and any(
+            t.type is TaskType.CODE and t.isolation is CodeIsolation.SANDBOX for t in resource.spec.tasks),
     )

@@ -54,6 +54,9 @@ class StageRun:
     """Serving port."""
     replicas: int = 1
     """Serving replicas."""
+    user_namespaces: bool = False
+    """The stage runs model-written code in a bubblewrap sandbox (an EvalSuite's code tasks), which
+    needs user namespaces in its pod."""
     metrics_port: int | None = None
     """The resource's own port for the stage's Prometheus exporter (PretrainJob `spec.metrics.port`);
     None: the backend's default."""
