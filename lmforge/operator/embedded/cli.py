@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import errno
 import json
+import os
 import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lmforge.api.release import Serving
 from lmforge.operator.embedded.state import DEFAULT_STORE, Locked, RunnerState, StateFile, state_dir_for
 from lmforge.operator.embedded.view import age, figures, ready_message
 
@@ -226,7 +228,14 @@ def cmd_chat(args: argparse.Namespace) -> int:
         print(f"error: {found} is not serving; run `lmforge run` on its manifests and keep it open",
               file=sys.stderr)
         return EXIT_FAILED
-    return chat(endpoint, max_tokens=args.max_tokens)
+    # The key the runner gave the server: $LMFORGE_API_KEY, or the variable named after the Secret's key.
+    serving = (state.resources[found].manifest.get("spec") or {}).get("serving") or {}
+    ref = Serving.model_validate(serving).api_key_secret
+    api_key = os.environ.get("LMFORGE_API_KEY") or (os.environ.get(ref.key) if ref is not None else None)
+    if ref is not None and not api_key:
+        print(f"error: {found} requires its API key: set ${ref.key} or $LMFORGE_API_KEY", file=sys.stderr)
+        return EXIT_FAILED
+    return chat(endpoint, max_tokens=args.max_tokens, api_key=api_key)
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
