@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -203,6 +204,22 @@ def lineage(state: RunnerState) -> Section:
     return s
 
 
+def tracking() -> list[Section]:
+    """Where the same runs' curves are: TensorBoard's event files and the MLflow server, when set
+    (the runner exports both to its stages)."""
+    s = Section("Tracking")
+    board = os.environ.get("LMFORGE_TENSORBOARD_DIR")
+    if board:
+        s.text.append(f"TensorBoard event files, one directory per run id: {Path(board).as_uri()} "
+                      f"(open with `tensorboard --logdir {board}`).")
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        s.text.append(f"MLflow: {uri} — one run per stage run, named after its run id, tagged with the "
+                      "resource's kind, name and namespace; a served ModelRelease is the `champion` version "
+                      "of its registered model.")
+    return [s] if s.text else []
+
+
 def render_markdown(title: str, sections: list[Section]) -> str:
     out = [f"# {title}", ""]
     for s in sections:
@@ -239,7 +256,7 @@ def write_report(state: RunnerState, state_file: StateFile) -> str:
     store = open_store(state.store)
     with tempfile.TemporaryDirectory() as tmp:
         sections = [overview(state), *dataset_cards(state), *training(state, state_file, store, Path(tmp)),
-                    *evaluations(state), *compression(state), lineage(state)]
+                    *evaluations(state), *compression(state), lineage(state), *tracking()]
     title = f"LMForge run report ({now_rfc3339()})"
     store.put_bytes("report.md", render_markdown(title, sections).encode())
     store.put_bytes("report.html", render_html(title, sections).encode())
