@@ -260,3 +260,18 @@ def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_p
     assert run["status"] == "FINISHED"
     assert [st for st, _ in run["metrics"]["loss"]] == list(range(1, 101))
     print(f"failures retried: {tracker.failures}", file=sys.stderr)
+
+
+def test_the_serving_init_container_registers_the_champion_in_the_cluster(
+        mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lmforge.trainer.serve.prepare import register
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.url)
+    inputs = {"ModelRelease/prod": InputArtifacts(kind="ModelRelease", name="prod",
+                                                  artifacts={"model": "s3://b/prod/model"})}
+    s = spec("ModelRelease", "prod", StageName.SERVE, "prod-ccc", tmp_path, inputs=inputs,
+             body={"modelRef": {"kind": "PretrainJob", "name": "tiny"}})
+    register(s)
+    versions = mlflow.query("model", name="prod")  # default name: the release's
+    assert [v["aliases"] for v in versions] == [["champion"]]
+    assert versions[0]["tags"]["lmforge.model_uri"] == "s3://b/prod/model"
