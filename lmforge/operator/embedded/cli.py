@@ -86,10 +86,9 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
 
     view: View = JsonView() if args.output == "json" else QuietView() if args.quiet else LiveView()
     tracking = tracking_env(args, state_file.dir)
-    os.environ.update(tracking)  # the stage processes inherit the runner's environment
     runner: Runner | None = None
     backend = LocalBackend(open_store(uri), state_file.dir, max_parallel=args.parallel,
-                           on_change=lambda: runner.wake.set() if runner else None)
+                           on_change=lambda: runner.wake.set() if runner else None, env=tracking)
     runner = Runner(ordered, uri, state_file, backend, RunOptions(serve=not args.no_serve),
                     on_pass=view.update, on_event=view.event)
     if note:
@@ -107,7 +106,7 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
     if outcome is Outcome.INTERRUPTED:
         view.say("interrupted: running stages were stopped; finished work is kept. `lmforge run` again resumes.")
         return EXIT_INTERRUPTED
-    _write_report(runner.state, state_file, view)
+    _write_report(runner.state, state_file, view, tracking)
     if outcome is Outcome.FAILED:
         for k in runner.state.order:
             rs = runner.state.resources[k]
@@ -138,11 +137,11 @@ def _served_name(rs: ResourceState) -> str:
     return ModelRelease.model_validate(rs.manifest).spec.serving.served_model_name or rs.name
 
 
-def _write_report(state: RunnerState, state_file: StateFile, view: View) -> None:
+def _write_report(state: RunnerState, state_file: StateFile, view: View, tracking: dict[str, str]) -> None:
     from lmforge.operator.embedded.report import write_report
 
     try:
-        where = write_report(state, state_file)
+        where = write_report(state, state_file, tracking)
         view.say(f"report: {where}")
     except Exception as exc:  # the report is a summary: never turn a finished run into a failure
         view.say(f"warning: could not write the report: {exc}", error=True)
