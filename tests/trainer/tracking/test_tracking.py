@@ -275,3 +275,16 @@ def test_the_serving_init_container_registers_the_champion_in_the_cluster(
     versions = mlflow.query("model", name="prod")  # default name: the release's
     assert [v["aliases"] for v in versions] == [["champion"]]
     assert versions[0]["tags"]["lmforge.model_uri"] == "s3://b/prod/model"
+
+
+def test_failures_are_a_prometheus_counter_when_the_stage_exports_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import REGISTRY
+
+    from lmforge.trainer import progress
+
+    monkeypatch.setattr(progress, "_EXPORTING", True)
+    labels = {"backend": "mlflow", "what": "request"}
+    before = REGISTRY.get_sample_value("lmforge_tracking_failures_total", labels) or 0.0
+    progress.count_tracking_failure("mlflow", "request")
+    progress.count_tracking_failure("mlflow", "request")
+    assert REGISTRY.get_sample_value("lmforge_tracking_failures_total", labels) == before + 2
