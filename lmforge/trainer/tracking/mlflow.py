@@ -108,6 +108,8 @@ class MlflowTracker:
                     self._backoff = 0.5
                 except TrackingError as exc:
                     self._failed(exc)
+                except Exception as exc:  # an unexpected answer must not end the sender (nor the stage)
+                    self._failed(TrackingError(f"{type(exc).__name__}: {exc}"))
             if stopping and (self._finished or time.monotonic() >= self._deadline):
                 return
             if stopping:
@@ -130,6 +132,7 @@ class MlflowTracker:
             if len(self._metrics) > QUEUE_SIZE:  # the server has been away for long: keep the newest
                 over = len(self._metrics) - QUEUE_SIZE
                 self.dropped += over
+                count_tracking_failure("mlflow", "dropped")
                 del self._metrics[:over]
             try:
                 item = self._queue.get_nowait()
