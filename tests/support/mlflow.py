@@ -4,7 +4,8 @@ in a temporary directory, on a free loopback port.
 MLflow is not in the shared venv (its pins of pyarrow/cachetools conflict with the trainer's), so the
 server runs from its own virtual environment: `$LMFORGE_MLFLOW_PYTHON`, else
 `~/.cache/lmforge/mlflow-server/bin/python` (`python3.11 -m venv ~/.cache/lmforge/mlflow-server &&
-~/.cache/lmforge/mlflow-server/bin/pip install mlflow==3.17.2`). Tests read back what was logged with
+~/.cache/lmforge/mlflow-server/bin/pip install -c scripts/mlflow-server-constraints.txt mlflow==3.17.2`).
+Tests read back what was logged with
 the real `MlflowClient`, run by that interpreter (`query` below), not with LMForge's own REST client.
 """
 
@@ -61,7 +62,9 @@ class MlflowServer:
                 [self.python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
                  "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1",
                  "--port", str(self.port), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work)
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work,
+                # no huey job consumers (7 processes of ~230 MB each): tracking needs none of them
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:  # eventually: /health answers
             try:
