@@ -5,8 +5,8 @@ MLflow is not in the shared venv (its pins of pyarrow/cachetools conflict with t
 server runs from its own virtual environment: `$LMFORGE_MLFLOW_PYTHON`, else
 `~/.cache/lmforge/mlflow-server/bin/python` (`python3.11 -m venv ~/.cache/lmforge/mlflow-server &&
 ~/.cache/lmforge/mlflow-server/bin/pip install -c scripts/mlflow-server-constraints.txt mlflow==3.17.2`).
-Tests read back what was logged with
-the real `MlflowClient`, run by that interpreter (`query` below), not with LMForge's own REST client.
+Tests read back what was logged with the real `MlflowClient`, run by that interpreter (`query` below),
+not with LMForge's own REST client.
 """
 
 from __future__ import annotations
