@@ -109,3 +109,12 @@ def test_namespaced_mode_needs_namespaces(bad: str) -> None:
     proc = subprocess.run([helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", f"--set={bad}"],
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
+
+
+def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
+    def env(*sets: str) -> dict[str, str]:
+        dep = next(d for d in render(*sets) if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env("tracking.uri=http://mlflow.mlflow:5000")["LMFORGE_TRACKING_URI"] == "http://mlflow.mlflow:5000"
+    assert "LMFORGE_TRACKING_URI" not in env()

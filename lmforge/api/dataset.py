@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from lmforge.api.meta import ApiModel, LocalRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
+from lmforge.api.tracking import Tracking
 
 DEFAULT_ALLOWED_LICENSES = [
     "CC0-1.0", "CC-BY-4.0", "CC-BY-SA-4.0", "ODC-BY-1.0", "PDDL-1.0", "MIT", "Apache-2.0",
@@ -285,6 +286,8 @@ class DatasetSpec(ApiModel):
     """Parallel workers: an Indexed Job's pods in the cluster, processes locally."""
     compute: Compute = Field(default_factory=Compute)
     """Pod resources and placement."""
+    tracking: Tracking = Field(default_factory=Tracking)
+    """Experiment tracking (MLflow experiment, tags, off)."""
 
     @model_validator(mode="after")
     def _checks(self) -> DatasetSpec:

@@ -12,6 +12,7 @@ from pydantic import Field, model_validator
 
 from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
+from lmforge.api.tracking import Tracking
 
 
 class TaskType(StrEnum):
@@ -248,6 +249,8 @@ class EvalSuiteSpec(ApiModel):
     """Seed for sampling."""
     compute: Compute = Field(default_factory=Compute)
     """Pod resources and placement."""
+    tracking: Tracking = Field(default_factory=Tracking)
+    """Experiment tracking (MLflow experiment, tags, off)."""
 
     @model_validator(mode="after")
     def _checks(self) -> EvalSuiteSpec:

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
+from lmforge.api.tracking import Tracking
 from lmforge.api.training import Checkpointing, DeepSpeed, Optimizer, Precision, Topology
 
 
@@ -188,6 +189,8 @@ class PretrainJobSpec(ApiModel):
     """Metrics."""
     compute: Compute = Field(default_factory=Compute)
     """Pod resources and placement."""
+    tracking: Tracking = Field(default_factory=Tracking)
+    """Experiment tracking (MLflow experiment, tags, off)."""
 
     @model_validator(mode="after")
     def _checks(self) -> PretrainJobSpec:

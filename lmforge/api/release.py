@@ -11,6 +11,7 @@ from pydantic import Field, model_validator
 from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, SecretKeyRef, Status
 from lmforge.api.pretrain import Architecture
 from lmforge.api.scheduling import Compute
+from lmforge.api.tracking import Tracking
 
 
 class QuantMethod(StrEnum):
@@ -161,6 +162,8 @@ class ModelReleaseSpec(ApiModel):
     """GPUs per serving replica (0 serves on the CPU build)."""
     compute: Compute = Field(default_factory=Compute)
     """Pod resources and placement."""
+    tracking: Tracking = Field(default_factory=Tracking)
+    """Experiment tracking (MLflow experiment, tags, off)."""
 
     @model_validator(mode="after")
     def _checks(self) -> ModelReleaseSpec:

@@ -62,6 +62,9 @@ class Settings:
     """Longest wait between two looks at a running resource (progress relay)."""
     default_resources: dict[str, dict[str, str]] = field(default_factory=dict)
     """Requests/limits of stage containers whose spec sets none (`{"requests": {...}, "limits": {...}}`)."""
+    tracking_uri: str | None = None
+    """MLflow tracking server given to the stage pods as `MLFLOW_TRACKING_URI` (the chart's `tracking.uri`);
+    a resource's `spec.tracking` picks the experiment or opts out."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every stage container (e.g. HF_HUB_OFFLINE)."""
 
@@ -89,6 +92,7 @@ class Settings:
             store_cleanup=_bool(e.get("LMFORGE_STORE_CLEANUP")),
             run_as_user=int(e.get("LMFORGE_RUN_AS_USER") or 1000),
             poll_seconds=float(e.get("LMFORGE_POLL_SECONDS") or 10.0),
+            tracking_uri=e.get("LMFORGE_TRACKING_URI") or None,
             extra_env={str(k): str(v) for k, v in extra.items()},
             default_resources={str(k): {str(n): str(q) for n, q in v.items()}
                                for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()},

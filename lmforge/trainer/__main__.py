@@ -24,6 +24,9 @@ from lmforge.trainer.errors import StageError
 from lmforge.trainer.progress import ProgressReporter, start_metrics_server
 from lmforge.trainer.registry import load
 
+TRACKING_FLUSH_S = float(os.environ.get("LMFORGE_TRACKING_FLUSH_SECONDS", "30"))
+"""Longest wait, once the stage is done, for tracking records still queued (then they are reported)."""
+
 
 def _fail(message: str, code: int) -> int:
     print(ERROR_PREFIX + " ".join(message.split()), file=sys.stderr, flush=True)
@@ -51,6 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if spec.stage.value != args.stage:
         return _fail(f"--spec {args.spec} is for stage {spec.stage.value!r}, not {args.stage!r}", EXIT_INVALID_SPEC)
     reporter: ProgressReporter | None = None
+
+    def close_tracking() -> None:
+        # Before the `lmforge: error:` line, which must stay the last line on stderr.
+        if reporter is not None and reporter.tracker is not None:
+            reporter.tracker.close(TRACKING_FLUSH_S)
+
     try:
         ctx = StageContext.from_spec(spec)
         reporter = ctx.reporter
@@ -61,22 +70,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         artifacts = run(ctx)
         if "result" not in ctx.extra:
             reporter.result(artifacts, ctx.extra.get("metrics"))
+        close_tracking()
         return EXIT_OK
     except StageError as exc:
         if reporter:
             reporter.error(str(exc), exc.retryable)
+        close_tracking()
         return _fail(str(exc), EXIT_FAILED if exc.retryable else EXIT_INVALID_SPEC)
     except StoreError as exc:
         if reporter:
             reporter.error(str(exc), True)
+        close_tracking()
         return _fail(f"store: {exc}", EXIT_FAILED)
     except KeyboardInterrupt:
+        close_tracking()
         return _fail("interrupted", 130)
     except Exception as exc:
         traceback.print_exc()
         message = f"{type(exc).__name__}: {exc}"
         if reporter:
             reporter.error(message, True)
+        close_tracking()
         return _fail(message, EXIT_FAILED)
 
 

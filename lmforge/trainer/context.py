@@ -53,6 +53,10 @@ class StageContext:
         store = open_store(spec.store)
         output = store.child(spec.output)
         reporter = reporter or ProgressReporter(spec.stage, spec.run_id, output, worker=spec.worker.index)
+        if reporter.tracker is None:
+            from lmforge.trainer.tracking import trackers_for
+
+            reporter.tracker = trackers_for(spec)
         work = Path(os.environ.get("LMFORGE_WORK_DIR") or _cache_root() / "work")
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec.output}")
         work_dir = work / safe / f"worker-{spec.worker.index}"

@@ -7,10 +7,13 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from lmforge.api.contract import PROGRESS_KEY, RESULT_KEY, ProgressRecord, RecordType, StageName
 from lmforge.store import Store
+
+if TYPE_CHECKING:
+    from lmforge.trainer.tracking import Tracker
 
 _GAUGES: dict[str, Any] = {}
 _EXPORTING = False
@@ -24,6 +27,28 @@ def _gauge(name: str, doc: str, labels: tuple[str, ...]) -> Any:
 
         _GAUGES[name] = Gauge(name, doc, labels)
     return _GAUGES[name]
+
+
+_FAILURES: dict[tuple[str, str], int] = {}
+"""Tracking failures of this process by (backend, what), kept whether or not metrics are exported."""
+
+
+def count_tracking_failure(backend: str, what: str) -> None:
+    """One failed (`request`) or dropped (`dropped`) tracking send: `lmforge_tracking_failures_total`."""
+    _FAILURES[backend, what] = _FAILURES.get((backend, what), 0) + 1
+    if _EXPORTING:
+        if "lmforge_tracking_failures_total" not in _GAUGES:
+            from prometheus_client import Counter
+
+            _GAUGES["lmforge_tracking_failures_total"] = Counter(
+                "lmforge_tracking_failures", "Experiment-tracking requests that failed or records dropped",
+                ("backend", "what"))
+        _GAUGES["lmforge_tracking_failures_total"].labels(backend=backend, what=what).inc()
+
+
+def tracking_failures() -> dict[tuple[str, str], int]:
+    """This process's tracking failures so far (for tests and the final report line)."""
+    return dict(_FAILURES)
 
 
 def start_metrics_server(port: int | None = None) -> int | None:
@@ -57,6 +82,7 @@ class ProgressReporter:
         stream: IO[str] | None = None,
         store_interval: float = 5.0,
         line_interval: float = 0.5,
+        tracker: Tracker | None = None,
     ) -> None:
         self.stage = stage
         self.run_id = run_id
@@ -70,8 +96,12 @@ class ProgressReporter:
         self._start = time.monotonic()
         self._base_step = 0
         self._labels = {"stage": stage.value, "run_id": run_id}
+        self.tracker = tracker
+        """Experiment tracking (`lmforge.trainer.tracking`): gets every record, unthrottled."""
 
     def _emit(self, record: ProgressRecord, force: bool) -> None:
+        if self.tracker is not None and self.worker == 0:
+            self.tracker.record(record)  # only enqueues: tracking never slows the stage
         now = time.monotonic()
         if force or now - self._last_line >= self.line_interval:
             self._last_line = now

@@ -13,6 +13,7 @@ from lmforge.api.scheduling import GangScheduler, Scheduling
 from lmforge.operator.kube import build_children
 from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH
 from lmforge.operator.reconcile import StageRun
+from lmforge.operator.settings import Settings
 
 from .conftest import SETTINGS, first_run, owner, parse, pipeline
 
@@ -152,6 +153,27 @@ def test_affinity_secret_env_and_image_override_pass_through() -> None:
     assert _env(container)["A"] == "1"
     assert _env(container)["HF_TOKEN"] == {"secretKeyRef": {"name": "hf", "key": "token"}}
     assert container["envFrom"] == [{"secretRef": {"name": "own"}}]
+
+
+def test_the_tracking_uri_reaches_every_stage_container_and_the_serving_init_container() -> None:
+    tracked = replace(SETTINGS, tracking_uri="http://mlflow.mlflow:5000")
+    run = first_run(PIPE["PretrainJob/base-1b"])
+    job = {o["kind"]: o for o in build_children(run, owner(PIPE["PretrainJob/base-1b"]), tracked)}["Job"]
+    assert _env(job["spec"]["template"]["spec"]["containers"][0])["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
+    untracked = {o["kind"]: o for o in build_children(run, owner(PIPE["PretrainJob/base-1b"]), SETTINGS)}["Job"]
+    assert "MLFLOW_TRACKING_URI" not in _env(untracked["spec"]["template"]["spec"]["containers"][0])
+    from lmforge.api.contract import ProgressRecord, RecordType
+    from lmforge.operator.reconcile.types import ObservedRun, RunState
+
+    rel = PIPE["ModelRelease/chat-1b"]
+    compress = first_run(rel)
+    done = ObservedRun(compress.name, compress.run_id, RunState.SUCCEEDED, StageName.COMPRESS, result=ProgressRecord(
+        type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}))
+    dep = build_children(first_run(rel, runs={compress.name: done}), owner(rel), tracked)[1]
+    init = dep["spec"]["template"]["spec"]["initContainers"][0]  # it registers the served version
+    assert _env(init)["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
+    assert Settings.from_env({"LMFORGE_TRACKING_URI": "http://m:5000"}).tracking_uri == "http://m:5000"
+    assert Settings.from_env({}).tracking_uri is None
 
 
 def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None:

@@ -63,6 +63,20 @@ def cmd_run(args: argparse.Namespace) -> int:
         state_file.release()
 
 
+def tracking_env(args: argparse.Namespace, state_dir: Path) -> dict[str, str]:
+    """The stages' tracking variables: `--tracking-uri` over `$MLFLOW_TRACKING_URI`, and TensorBoard
+    event files under `<store>/tensorboard` unless `$LMFORGE_TENSORBOARD_DIR` says elsewhere (or
+    `--no-tensorboard`)."""
+    out: dict[str, str] = {}
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        out["MLFLOW_TRACKING_URI"] = uri
+    if not args.no_tensorboard:
+        out["LMFORGE_TENSORBOARD_DIR"] = os.environ.get("LMFORGE_TENSORBOARD_DIR") or str(
+            (state_dir.parent / "tensorboard").resolve())
+    return out
+
+
 def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: StateFile,
                 uri: str, note: str | None) -> int:
     from lmforge.operator.embedded.runner import Outcome, Runner, RunOptions
@@ -71,14 +85,19 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
     from lmforge.store import open_store
 
     view: View = JsonView() if args.output == "json" else QuietView() if args.quiet else LiveView()
+    tracking = tracking_env(args, state_file.dir)
     runner: Runner | None = None
     backend = LocalBackend(open_store(uri), state_file.dir, max_parallel=args.parallel,
-                           on_change=lambda: runner.wake.set() if runner else None)
+                           on_change=lambda: runner.wake.set() if runner else None, env=tracking)
     runner = Runner(ordered, uri, state_file, backend, RunOptions(serve=not args.no_serve),
                     on_pass=view.update, on_event=view.event)
     if note:
         view.say(f"note: {note}")
     view.say(f"store: {uri}   logs: {state_file.dir / 'logs'}")
+    if tracking.get("MLFLOW_TRACKING_URI"):
+        view.say(f"tracking: MLflow at {tracking['MLFLOW_TRACKING_URI']}")
+    if tracking.get("LMFORGE_TENSORBOARD_DIR"):
+        view.say(f"tensorboard: tensorboard --logdir {tracking['LMFORGE_TENSORBOARD_DIR']}")
     view.start()
     try:
         outcome = runner.run()
@@ -87,7 +106,7 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
     if outcome is Outcome.INTERRUPTED:
         view.say("interrupted: running stages were stopped; finished work is kept. `lmforge run` again resumes.")
         return EXIT_INTERRUPTED
-    _write_report(runner.state, state_file, view)
+    _write_report(runner.state, state_file, view, tracking)
     if outcome is Outcome.FAILED:
         for k in runner.state.order:
             rs = runner.state.resources[k]
@@ -118,11 +137,11 @@ def _served_name(rs: ResourceState) -> str:
     return ModelRelease.model_validate(rs.manifest).spec.serving.served_model_name or rs.name
 
 
-def _write_report(state: RunnerState, state_file: StateFile, view: View) -> None:
+def _write_report(state: RunnerState, state_file: StateFile, view: View, tracking: dict[str, str]) -> None:
     from lmforge.operator.embedded.report import write_report
 
     try:
-        where = write_report(state, state_file)
+        where = write_report(state, state_file, tracking)
         view.say(f"report: {where}")
     except Exception as exc:  # the report is a summary: never turn a finished run into a failure
         view.say(f"warning: could not write the report: {exc}", error=True)
@@ -252,6 +271,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the final lines")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text",
                    help="json: one JSON object per line (status changes, events, messages)")
+    p.add_argument("--tracking-uri", metavar="URI", default=None,
+                   help="MLflow tracking server of every stage run (default: $MLFLOW_TRACKING_URI)")
+    p.add_argument("--no-tensorboard", action="store_true",
+                   help="do not write TensorBoard event files under <store>/tensorboard")
     p.add_argument("--parallel", type=int, default=1, metavar="N",
                    help="stages that may run at once (default 1: stages share the cores)")
     p.set_defaults(func=cmd_run)

@@ -12,6 +12,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,6 +204,22 @@ def lineage(state: RunnerState) -> Section:
     return s
 
 
+def tracking(env: Mapping[str, str]) -> list[Section]:
+    """Where the same runs' curves are: TensorBoard's event files and the MLflow server, when the
+    runner gave its stages either (`env`: the tracking variables it set)."""
+    s = Section("Tracking")
+    board = env.get("LMFORGE_TENSORBOARD_DIR")
+    if board:
+        s.text.append(f"TensorBoard event files, one directory per run id: {Path(board).as_uri()} "
+                      f"(open with `tensorboard --logdir {board}`).")
+    uri = env.get("MLFLOW_TRACKING_URI")
+    if uri:
+        s.text.append(f"MLflow: {uri} — one run per stage run, named after its run id, tagged with the "
+                      "resource's kind, name and namespace; a served ModelRelease is the `champion` version "
+                      "of its registered model.")
+    return [s] if s.text else []
+
+
 def render_markdown(title: str, sections: list[Section]) -> str:
     out = [f"# {title}", ""]
     for s in sections:
@@ -234,12 +251,12 @@ def render_html(title: str, sections: list[Section]) -> str:
     return "\n".join(out)
 
 
-def write_report(state: RunnerState, state_file: StateFile) -> str:
+def write_report(state: RunnerState, state_file: StateFile, tracking_env: Mapping[str, str] | None = None) -> str:
     """Write report.md, report.html and the plots into the store; returns the HTML's URI."""
     store = open_store(state.store)
     with tempfile.TemporaryDirectory() as tmp:
         sections = [overview(state), *dataset_cards(state), *training(state, state_file, store, Path(tmp)),
-                    *evaluations(state), *compression(state), lineage(state)]
+                    *evaluations(state), *compression(state), lineage(state), *tracking(tracking_env or {})]
     title = f"LMForge run report ({now_rfc3339()})"
     store.put_bytes("report.md", render_markdown(title, sections).encode())
     store.put_bytes("report.html", render_html(title, sections).encode())

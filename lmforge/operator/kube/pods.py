@@ -68,6 +68,8 @@ def env(run: StageRun, settings: Settings) -> list[dict[str, Any]]:
     items: dict[str, dict[str, Any]] = {}
     if settings.s3_endpoint:
         items["AWS_ENDPOINT_URL"] = {"name": "AWS_ENDPOINT_URL", "value": settings.s3_endpoint}
+    if settings.tracking_uri:
+        items["MLFLOW_TRACKING_URI"] = {"name": "MLFLOW_TRACKING_URI", "value": settings.tracking_uri}
     for name, value in {**settings.extra_env, **run.compute.env}.items():
         items[name] = {"name": name, "value": value}
     for name, ref in {**run.compute.secret_env, **run.secret_env}.items():

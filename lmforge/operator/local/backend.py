@@ -83,6 +83,7 @@ class LocalBackend:
         on_change: Callable[[], None] | None = None,
         cwd: Path | None = None,
         backoff: float = BACKOFF_SECONDS,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.store = store
         self.state_dir = state_dir
@@ -92,6 +93,8 @@ class LocalBackend:
         self.on_change = on_change or (lambda: None)
         self.cwd = cwd
         self.backoff = backoff
+        self.env = dict(env or {})
+        """Environment given to every stage (e.g. the tracking variables), under the resource's own."""
         self._runs: dict[str, _Run] = {}
         cache = machine_cache_file(python)
         self.layouts = LayoutProbe(cache.parent, python, cwd, name=cache.name)
@@ -284,7 +287,7 @@ class LocalBackend:
                 and run.compute.processes is None and run.compute.threads is None)
 
     def _env(self, run: StageRun) -> dict[str, str]:
-        env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
+        env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.env}
         env.update(run.compute.env)
         for name, ref in {**run.compute.secret_env, **run.secret_env}.items():  # Secrets: from our own env
             value = os.environ.get(ref.key, os.environ.get(ref.name))

@@ -23,9 +23,10 @@ DEFAULT_NAMESPACE = "default"
 
 def run_id(resource: Resource, inputs: dict[str, InputArtifacts]) -> str:
     """A stable identity for the work a spec asks for: the same spec on the same inputs is the same
-    run (so it is resumed or recognised as done, never redone); any change makes a new run."""
+    run (so it is resumed or recognised as done, never redone); any change makes a new run —
+    except to `spec.tracking`, which only says where the run is logged."""
     payload = {
-        "spec": resource.spec.model_dump(mode="json", by_alias=True),
+        "spec": resource.spec.model_dump(mode="json", by_alias=True, exclude={"tracking"}),
         "inputs": {k: sorted(v.artifacts.items()) for k, v in sorted(inputs.items())},
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]

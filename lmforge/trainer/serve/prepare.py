@@ -92,7 +92,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(ERROR_PREFIX + " ".join(str(exc).split()), file=sys.stderr, flush=True)
         return EXIT_FAILED
     print(f"model ready: {config}", flush=True)
+    register(spec)
     return EXIT_OK
+
+
+def register(spec: StageSpec) -> None:
+    """In the cluster no `serve` stage process runs, so the init container reports the serving model
+    to experiment tracking (registered version, `champion` alias) once it is in place. Never fails."""
+    from lmforge.api.contract import ProgressRecord, RecordType
+    from lmforge.trainer.tracking import trackers_for
+
+    trackers = trackers_for(spec)
+    release = ModelRelease.model_validate(spec.resource)
+    trackers.record(ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
+                                   artifacts={"model": model_uri(spec, release)}))
+    trackers.close(30.0)
 
 
 if __name__ == "__main__":
