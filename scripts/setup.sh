@@ -78,6 +78,20 @@ else
   log "dependencies up to date ($venv)"
 fi
 
+if [ "$cluster" = 1 ]; then
+  # The MLflow server the tracking tests start: its own venv (mlflow 3.17 pins pyarrow and cachetools
+  # below what the project's environment pins; stages talk to it over REST and need no mlflow).
+  mlflow_venv="$cache/mlflow-server"
+  mlflow_want="$(sha256sum "$here/scripts/mlflow-server-constraints.txt" | cut -d' ' -f1)"
+  if [ "$(cat "$mlflow_venv/.lmforge-deps" 2>/dev/null)" != "$mlflow_want" ]; then
+    log "installing the MLflow server for the tests ($mlflow_venv)"
+    [ -x "$mlflow_venv/bin/python" ] || python3.11 -m venv "$mlflow_venv"
+    PIP_CONSTRAINT= "$mlflow_venv/bin/python" -m pip install -q -c "$here/scripts/mlflow-server-constraints.txt" \
+      "mlflow==3.17.2"
+    echo "$mlflow_want" > "$mlflow_venv/.lmforge-deps"
+  fi
+fi
+
 if [ "$cluster" = 1 ] && [ "${LMFORGE_SETUP_SKIP_BUILDS:-0}" != 1 ]; then
   # The image builds mostly download and unpack wheels while the Go builds compile: run them side
   # by side (cold: ~15 min each alone on 2 cores).
