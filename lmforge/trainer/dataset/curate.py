@@ -210,7 +210,7 @@ CHUNK = 256
 _POOL_STATE: tuple[Curator, MinHasher | None, dict[str, int]] | None = None
 
 
-def _pool_init(curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int]) -> None:
+def _pool_init(curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int], parent: int) -> None:
     """Pool process start-up (forked: the arguments are inherited, not pickled). The process dies
     with its parent, so a killed worker leaves no orphans behind."""
     global _POOL_STATE
@@ -219,7 +219,10 @@ def _pool_init(curator: Curator, hasher: MinHasher | None, source_ids: dict[str,
         import ctypes
 
         ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the parent died before prctl took effect
+        # The parent died before prctl took effect. Compared with the parent's own pid, not with 1:
+        # in a container the stage itself is PID 1 (every worker exited at once, and the pool
+        # re-forked them forever, until the real-pod tests ran it).
+        if os.getppid() != parent:
             os._exit(1)
 
 
@@ -283,7 +286,7 @@ def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None,
 
     # Forked, so the curator (word lists, opt-out and decontamination indexes) is shared, not pickled.
     ctx = multiprocessing.get_context("fork")
-    with ctx.Pool(processes, initializer=_pool_init, initargs=(curator, hasher, source_ids)) as pool:
+    with ctx.Pool(processes, initializer=_pool_init, initargs=(curator, hasher, source_ids, os.getpid())) as pool:
         pending: deque[AsyncResult[ChunkResult]] = deque()
         for chunk in _chunks(docs):
             pending.append(pool.apply_async(_pool_chunk, (chunk,)))

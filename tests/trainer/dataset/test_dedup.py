@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from lmforge.api.dataset import Decontamination, NearDedup
 from lmforge.store import LocalStore
@@ -174,3 +179,29 @@ def test_curation_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
     assert {n: c.wire() for n, c in ta.counts.items()} == {n: c.wire() for n, c in tb.counts.items()}
     assert ta.pii == tb.pii and ta.pii["email"] == len(a.keys) > 0
     assert ta.counts["s"].steps["read"][0] == len(texts)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a new PID namespace needs root (CI runs as root)")
+def test_the_curation_pool_works_when_the_stage_is_pid_1(tmp_path: Path) -> None:
+    """In a container the stage is PID 1: its pool workers used to take that for an orphaned
+    parent and exit, and the pool re-forked them forever. Run as PID 1 of a new PID namespace."""
+    script = tmp_path / "pid1.py"
+    script.write_text(textwrap.dedent("""
+        import io, os
+        from lmforge.api.dataset import DatasetSpec
+        from lmforge.trainer.dataset.curate import Curator, curate
+        from lmforge.trainer.dataset.dedup import MinHasher
+        from lmforge.trainer.dataset.readers import Document
+        from lmforge.trainer.dataset.sourcing import OptOutList
+        assert os.getpid() == 1
+        spec = DatasetSpec.model_validate({"sources": [{"name": "s", "uri": "x", "license": "CC0-1.0"}]})
+        curator = Curator(spec, OptOutList.from_spec(spec.opt_out, lambda _: ""), lambda _: "", None)
+        docs = [Document(f"doc {i} " + "word " * 50, None, "s", 0, i, 300) for i in range(600)]
+        out, _ = curate(iter(docs), curator, MinHasher(spec.dedup.near), {"s": 0}, io.BytesIO(), io.BytesIO(),
+                        lambda *a: None, 2)
+        print("curated", len(out.keys))
+    """))
+    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+                          capture_output=True, text=True, timeout=120, check=False,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    assert proc.returncode == 0 and "curated" in proc.stdout, proc.stderr[-2000:]
