@@ -1,13 +1,13 @@
 """GRPO and RLOO on a toy arithmetic task with checkable answers (`<filler> : a + 1 =`).
 
-The tiny random model first gets a short SFT whose answers are random digits: it learns some of the
-answer format (a bare digit, then the end of the turn), none of the sums. GRPO with a format reward
-then has to raise the share of well-formed answers from the reward alone; the held-out prompts (random
-filler words, so strings the training never saw) are answered greedily before and after.
+The rewards are the checkable answer (a bare number equal to the sum) plus a dense term, the share of
+digits in the answer, starting from the tiny random model. What rises within a CPU-sized run is the
+dense term (a random model's rollouts hold few digits); the held-out prompts (random filler words, so
+strings the training never saw) are answered greedily before and after.
 
 Not here: learning the sums themselves from the answer reward. On this 2-layer, 64-wide model it did
-not move within a CPU-sized budget (40 steps x 64 rollouts, lr 1e-3 to 1e-2: flat at chance, or a
-collapse at the high rates); see docs/alignment.md.
+not move within a CPU-sized budget (40 steps x 64 rollouts after a format SFT, lr 1e-3 to 1e-2: flat
+at chance, or a collapse at the high rates); see docs/alignment.md.
 """
 
 from __future__ import annotations
@@ -36,77 +36,55 @@ def sums(n: int, seed: int) -> list[dict[str, Any]]:
     return out
 
 
-def random_answers(rows: list[dict[str, Any]], seed: int) -> list[dict[str, Any]]:
-    """SFT rows whose answers are random digits in 1..5: the format, not the sums."""
-    rng = random.Random(seed)
-    return [{"prompt": r["prompt"], "response": str(rng.randrange(1, 6))} for r in rows]
-
-
 def step_rewards(ctx: Any) -> list[float]:
     """The mean reward of each step's rollouts (the last record of a step wins)."""
     by_step = {r.step: r.metrics["mean_reward"] for r in records(ctx) if "mean_reward" in r.metrics}
     return [by_step[s] for s in sorted(by_step)]
 
 
-def sft_start(run_stage: RunStage, tiny_model: Path, tmp_path: Path, steps: int) -> Path:
-    data = write_jsonl(tmp_path / "format.jsonl", random_answers(sums(256, seed=1), seed=2))
-    _, artifacts = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data), "validationFraction": 0},
-         "training": {"maxSteps": steps, "microBatchSize": 16, "lr": 3e-3, "maxLength": 48, "precision": "fp32"}},
-        name=f"sft-{steps}")
-    return Path(artifacts["model"].removeprefix("file://"))
-
-
-@pytest.fixture
-def warm_start(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> Path:
-    """The answer format learnt (a bare digit, then the end of the turn)."""
-    return sft_start(run_stage, tiny_model, tmp_path, 100)
-
-
-@pytest.fixture
-def half_start(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> Path:
-    """The answer format half learnt: some rollouts are a bare digit, others not ('5#3', '21 bright')."""
-    return sft_start(run_stage, tiny_model, tmp_path, 25)
-
-
 REWARDS = [{"type": "answer", "extract": "regex", "pattern": r"^\s*(\d+)\s*$"},  # a bare number, and right
-           {"type": "format", "pattern": r"^\s*\d+\s*$", "weight": 0.2}]
+           {"type": "function", "function": "rewards:digit_share"}]
+"""The checkable answer plus a dense term (the share of digits in the answer) that a random model
+can climb: the answer term alone gives a tiny random model no signal to follow."""
 
 
-FORMAT = [{"type": "format", "pattern": r"^\s*\d+\s*$"}]
-"""Answer with a bare number: the warm-started model does a fraction of the time ('5#3', '21 bright')."""
+@pytest.fixture
+def reward_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
 
 
-def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, half_start: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("reward_module")
+def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sums.jsonl", sums(200, seed=3))
     ctx, _ = run_stage(
-        {"modelRef": {"uri": str(half_start)}, "method": "grpo", "data": {"uri": str(data), "validationFraction": 0.2},
-         "grpo": {"numGenerations": 8, "maxCompletionLength": 4, "rewards": FORMAT, "rollouts": "auto"},
-         "training": {"maxSteps": 40, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
+        {"modelRef": {"uri": str(tiny_model)}, "method": "grpo", "data": {"uri": str(data), "validationFraction": 0.2},
+         "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": "auto"},
+         "training": {"maxSteps": 30, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
         name="grpo")
     rewards = step_rewards(ctx)
-    print("rewards", [round(x, 2) for x in rewards], ctx.extra["metrics"])
-    assert len(rewards) == 40
-    early, late = sum(rewards[:8]) / 8, sum(rewards[-8:]) / 8
-    assert late > max(2 * early, early + 0.15), rewards
     metrics = ctx.extra["metrics"]
+    print("rewards", [round(x, 2) for x in rewards], metrics)
+    assert len(rewards) == 30
+    early, late = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
+    assert late > max(3 * early, early + 0.08), rewards
     # the held-out prompts (never trained on), answered greedily by the model that is exported
     assert metrics["eval_mean_reward"] > metrics["first_eval_mean_reward"] + 0.3, metrics
 
 
-def test_rloo_moves_reward_and_parameters(run_stage: RunStage, warm_start: Path, tmp_path: Path) -> None:
+@pytest.mark.usefixtures("reward_module")
+def test_rloo_moves_reward_and_parameters(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(tmp_path / "sums.jsonl", sums(64, seed=3))
     ctx, artifacts = run_stage(
-        {"modelRef": {"uri": str(warm_start)}, "method": "rloo", "data": {"uri": str(data), "validationFraction": 0},
-         "rloo": {"numGenerations": 4, "maxCompletionLength": 4, "rewards": [*REWARDS, *FORMAT], "beta": 0.05},
+        {"modelRef": {"uri": str(tiny_model)}, "method": "rloo", "data": {"uri": str(data), "validationFraction": 0},
+         "rloo": {"numGenerations": 4, "maxCompletionLength": 6, "rewards": REWARDS, "beta": 0.05},
          "training": {"maxSteps": 12, "microBatchSize": 16, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
         name="rloo")
     rewards = step_rewards(ctx)
     assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
-    before = AutoModelForCausalLM.from_pretrained(warm_start).state_dict()
+    before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     after = AutoModelForCausalLM.from_pretrained(artifacts["model"].removeprefix("file://")).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
