@@ -1,5 +1,9 @@
-"""`AlignmentJob`: SFT, reward model, PPO (RLHF) and DPO/IPO on a base model, fully or with
-LoRA/QLoRA adapters. Built on trl and peft; this is the declarative surface."""
+"""`AlignmentJob`: SFT, reward model, PPO (RLHF), DPO/IPO, KTO and group-relative RL (GRPO, RLOO) with
+verifiable rewards on a base model, fully or with LoRA/QLoRA adapters. Built on trl and peft; this is
+the declarative surface.
+
+ORPO and SimPO are not offered: trl 1.16 ships them only under `trl.experimental` (ORPOTrainer,
+CPOTrainer with `loss_type="simpo"`), whose API may change in any release; see docs/alignment.md."""
 
 from __future__ import annotations
 
@@ -27,6 +31,15 @@ class AlignmentMethod(StrEnum):
     """Direct preference optimisation on preference pairs."""
     IPO = "ipo"
     """DPO with the IPO loss."""
+    KTO = "kto"
+    """Kahneman–Tversky optimisation on unpaired rows (`prompt`, `completion`, `label: true|false`),
+    the shape thumbs-up/down feedback comes in."""
+    GRPO = "grpo"
+    """Group-relative policy optimisation: `grpo.numGenerations` completions per prompt, scored by
+    `grpo.rewards`, advantages normalised within each group; no value model."""
+    RLOO = "rloo"
+    """REINFORCE leave-one-out: like GRPO, each completion's baseline is the mean of the others in its
+    group; options under `rloo`."""
 
 
 class DataFormat(StrEnum):
@@ -37,7 +50,8 @@ class DataFormat(StrEnum):
 
 class AlignmentData(ApiModel):
     """Training rows: `prompt`/`response` or `messages` for SFT; `prompt`/`chosen`/`rejected` for
-    reward and DPO; `prompt` for PPO."""
+    reward and DPO; `prompt`/`completion`/`label` for KTO; `prompt` for PPO, GRPO and RLOO (plus the
+    columns rewards read, e.g. `answer`)."""
 
     uri: str = Field(min_length=1)
     """File, glob or S3 prefix of the rows."""
@@ -125,6 +139,104 @@ class PpoOptions(ApiModel):
         return self
 
 
+class RewardType(StrEnum):
+    """Kinds of reward for GRPO/RLOO."""
+
+    ANSWER = "answer"
+    """1 when the answer extracted from the completion equals the row's reference answer, else 0."""
+    FORMAT = "format"
+    """1 when the completion matches `pattern` (searched, `re.DOTALL`), else 0."""
+    FUNCTION = "function"
+    """`module:function(prompt, completion, **row) -> float`, the row's columns as keyword arguments."""
+    MODEL = "model"
+    """A reward model (an AlignmentJob with `method: reward`) scores prompt + completion."""
+
+
+class AnswerExtraction(StrEnum):
+    """Where the answer sits in a completion."""
+
+    LAST_NUMBER = "lastNumber"
+    """The last number in the text (`-3`, `1,024`, `2.5`)."""
+    BOXED = "boxed"
+    """The content of the last `\\boxed{…}`."""
+    REGEX = "regex"
+    """Group 1 (or the whole match) of the last match of `pattern`."""
+
+
+class Reward(ApiModel):
+    """One reward term; a completion's reward is the weighted sum of its terms."""
+
+    type: RewardType
+    """What scores the completion."""
+    weight: float = Field(default=1.0, ge=-100, le=100)
+    """Weight of this term in the sum."""
+    extract: AnswerExtraction = AnswerExtraction.LAST_NUMBER
+    """type answer: how the answer is taken out of the completion."""
+    pattern: str | None = Field(default=None, min_length=1, max_length=1000)
+    """type format: the regex the completion must match; type answer with extract regex: the regex
+    whose group 1 is the answer."""
+    answer_field: str = Field(default="answer", pattern=r"^[A-Za-z_]\w*$")
+    """type answer: the row column holding the reference answer."""
+    numeric: bool = True
+    """type answer: compare as numbers when both sides parse as numbers (`4.0` equals `4`), else as
+    whitespace-trimmed strings."""
+    function: str | None = Field(default=None, pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$")
+    """type function: `module:function`."""
+    model_ref: LocalRef | None = None
+    """type model: the AlignmentJob (method reward) whose `model` scores completions."""
+
+    @model_validator(mode="after")
+    def _fields(self) -> Reward:
+        import re
+
+        if self.pattern is not None:
+            try:
+                re.compile(self.pattern)
+            except re.error as exc:
+                raise ValueError(f"pattern is not a valid regex: {exc}") from None
+        needs = {RewardType.FORMAT: ("pattern", self.pattern), RewardType.FUNCTION: ("function", self.function),
+                 RewardType.MODEL: ("modelRef", self.model_ref)}
+        if self.type in needs and needs[self.type][1] is None:
+            raise ValueError(f"a reward of type {self.type.value} needs `{needs[self.type][0]}`")
+        if self.type is RewardType.ANSWER and self.extract is AnswerExtraction.REGEX and self.pattern is None:
+            raise ValueError("a reward of type answer with extract regex needs `pattern`")
+        if self.type is not RewardType.FUNCTION and self.function is not None:
+            raise ValueError(f"`function` is only for rewards of type function, not {self.type.value}")
+        if self.type is not RewardType.MODEL and self.model_ref is not None:
+            raise ValueError(f"`modelRef` is only for rewards of type model, not {self.type.value}")
+        return self
+
+
+class RolloutEngine(StrEnum):
+    """What generates the completions."""
+
+    AUTO = "auto"
+    """vLLM (colocated in the training process) when it is installed and the run is on a GPU, else
+    transformers' `generate` (with a warning in the log)."""
+    VLLM = "vllm"
+    """vLLM colocated; an error where it cannot run."""
+    GENERATE = "generate"
+    """transformers' `generate` in the training process."""
+
+
+class GroupRlOptions(ApiModel):
+    """GRPO / RLOO options: rollouts per prompt, rewards, KL."""
+
+    num_generations: int = Field(default=8, ge=2, le=256)
+    """Completions per prompt (the group); the rollout batch (`microBatchSize` × accumulation ×
+    processes) must be a multiple of it."""
+    max_completion_length: int = Field(default=256, ge=1, le=32768)
+    """Tokens generated per completion (it stops earlier at EOS or the end of the turn)."""
+    temperature: float = Field(default=1.0, gt=0, le=5)
+    """Sampling temperature of the rollouts."""
+    beta: float = Field(default=0.0, ge=0, le=10)
+    """KL coefficient to the reference model; 0 loads no reference model (trl's default since 2025)."""
+    rewards: list[Reward] = Field(min_length=1, max_length=16)
+    """Reward terms, summed with their weights."""
+    rollouts: RolloutEngine = RolloutEngine.AUTO
+    """What generates the completions."""
+
+
 class AlignmentTraining(ApiModel):
     """Duration, batch and optimizer."""
 
@@ -135,11 +247,11 @@ class AlignmentTraining(ApiModel):
     micro_batch_size: int = Field(default=4, ge=1)
     """Rows per process per forward pass."""
     gradient_accumulation_steps: int = Field(default=1, ge=1)
-    """Micro-batches per optimizer step."""
+    """Micro-batches per optimizer step (must be 1 for PPO)."""
     lr: float = Field(default=2e-5, gt=0, le=1)
     """Peak learning rate (LoRA usually wants ~1e-4)."""
     warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
-    """Fraction of steps spent warming up."""
+    """Fraction of optimizer steps spent warming up linearly (PPO too)."""
     max_length: int = Field(default=1024, ge=8)
     """Truncate rows to this many tokens; rows whose answer would be cut away entirely are counted
     and dropped."""
@@ -149,6 +261,17 @@ class AlignmentTraining(ApiModel):
     """Recompute activations to save memory."""
     seed: int = Field(default=1234, ge=0)
     """Seed."""
+
+
+class KtoOptions(ApiModel):
+    """KTO options."""
+
+    beta: float = Field(default=0.1, gt=0, le=10)
+    """Strength of the KL constraint to the reference model."""
+    desirable_weight: float = Field(default=1.0, gt=0, le=100)
+    """Loss weight of rows labelled true (raise it when they are the minority)."""
+    undesirable_weight: float = Field(default=1.0, gt=0, le=100)
+    """Loss weight of rows labelled false."""
 
 
 class AlignmentJobSpec(ApiModel):
@@ -180,6 +303,12 @@ class AlignmentJobSpec(ApiModel):
     """DPO/IPO options."""
     ppo: PpoOptions | None = None
     """PPO options (required for method ppo)."""
+    kto: KtoOptions = Field(default_factory=KtoOptions)
+    """KTO options (method kto)."""
+    grpo: GroupRlOptions | None = None
+    """GRPO options (required for method grpo)."""
+    rloo: GroupRlOptions | None = None
+    """RLOO options (required for method rloo)."""
     training: AlignmentTraining = Field(default_factory=AlignmentTraining)
     """Training settings."""
     deepspeed: DeepSpeed = Field(default_factory=lambda: DeepSpeed(zero_stage=0))
@@ -199,6 +328,14 @@ class AlignmentJobSpec(ApiModel):
             raise ValueError("method ppo needs the `ppo` options (rewardModelRef or rewardFunction)")
         if self.method is not AlignmentMethod.PPO and self.ppo is not None:
             raise ValueError(f"`ppo` options are only for method ppo, not {self.method.value}")
+        if self.method is AlignmentMethod.PPO:
+            self._ppo_checks()
+        for method, opts in ((AlignmentMethod.GRPO, self.grpo), (AlignmentMethod.RLOO, self.rloo)):
+            name = method.value
+            if self.method is method and opts is None:
+                raise ValueError(f"method {name} needs the `{name}` options (at least one reward)")
+            if self.method is not method and opts is not None:
+                raise ValueError(f"`{name}` options are only for method {name}, not {self.method.value}")
         if self.adapter.type is AdapterType.QLORA and self.topology.gpus_per_node == 0:
             raise ValueError(
                 "adapter.type qlora needs a GPU (4-bit bitsandbytes): set topology.gpusPerNode > 0, or use lora"
@@ -207,6 +344,18 @@ class AlignmentJobSpec(ApiModel):
                 and self.adapter.type is not AdapterType.NONE:
             raise ValueError("a reward model is published merged: adapter.output must be merged for method reward")
         return self
+
+
+    def _ppo_checks(self) -> None:
+        """Our PPO loop runs in one process without DeepSpeed and steps the optimizer once per
+        micro-batch; say so rather than ignore the settings."""
+        if self.deepspeed.zero_stage != 0:
+            raise ValueError("method ppo does not run under DeepSpeed: set deepspeed.zeroStage to 0")
+        if self.training.gradient_accumulation_steps != 1:
+            raise ValueError("method ppo steps the optimizer on every micro-batch: "
+                             "training.gradientAccumulationSteps must be 1 (raise training.microBatchSize instead)")
+        if self.topology.nodes > 1 or self.topology.gpus_per_node > 1:
+            raise ValueError("method ppo runs in one process: set topology to 1 node with at most 1 GPU")
 
 
 class AlignmentJob(ApiModel):

@@ -128,6 +128,10 @@ def references(resource: Resource) -> list[Reference]:
         out += _model(resource.spec.model_ref, "spec.modelRef")
         ppo = resource.spec.ppo
         out += _local("AlignmentJob", ppo.reward_model_ref if ppo else None, "spec.ppo.rewardModelRef")
+        for name in ("grpo", "rloo"):
+            group = getattr(resource.spec, name)
+            for i, reward in enumerate(group.rewards if group else []):
+                out += _local("AlignmentJob", reward.model_ref, f"spec.{name}.rewards[{i}].modelRef")
     elif isinstance(resource, EvalSuite):
         espec = resource.spec
         out += _model(espec.model_ref, "spec.modelRef")

@@ -151,7 +151,9 @@ def check_set(manifests: Sequence[Manifest]) -> list[Problem]:
 
 def _target_checks(m: Manifest, field: str, target: Resource) -> list[Problem]:
     here = key(m.resource)
-    if field == "spec.ppo.rewardModelRef" and isinstance(target, AlignmentJob) \
+    reward_ref = field == "spec.ppo.rewardModelRef" or (field.startswith(("spec.grpo.rewards", "spec.rloo.rewards"))
+                                                         and field.endswith(".modelRef"))
+    if reward_ref and isinstance(target, AlignmentJob) \
             and target.spec.method is not AlignmentMethod.REWARD:
         return [Problem(m.source, here, field,
                         f"{key(target)} trains method {target.spec.method.value}, not a reward model (method reward)")]

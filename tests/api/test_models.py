@@ -106,9 +106,19 @@ def _alignment(**spec: Any) -> dict[str, Any]:
         ({"modelRef": {"name": "b"}}, "`kind` is required"),
         ({"modelRef": {"kind": "PretrainJob", "name": "b", "uri": "s3://x"}}, "exactly one"),
         ({"method": "ppo", "ppo": {"klCoef": 0.1}}, "exactly one of rewardModelRef"),
+        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "deepspeed": {"zeroStage": 2}},
+         "method ppo does not run under DeepSpeed"),
+        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "training": {"gradientAccumulationSteps": 2}},
+         "training.gradientAccumulationSteps must be 1"),
+        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "topology": {"nodes": 2}}, "method ppo runs in one process"),
+        ({"method": "grpo"}, "method grpo needs the `grpo` options"),
+        ({"method": "grpo", "grpo": {"rewards": []}}, "at least 1 item"),
+        ({"method": "sft", "rloo": {"rewards": [{"type": "answer"}]}}, "`rloo` options are only for method rloo"),
+        ({"method": "grpo", "grpo": {"numGenerations": 1, "rewards": [{"type": "answer"}]}}, "greater than or equal to 2"),
     ],
     ids=["ppo-without-options", "qlora-on-cpu", "unknown-method", "ref-without-kind", "ref-and-uri",
-         "ppo-without-reward"],
+         "ppo-without-reward", "ppo-deepspeed", "ppo-accumulation", "ppo-multi-node", "grpo-without-options",
+         "grpo-without-rewards", "rloo-options-on-sft", "grpo-group-of-one"],
 )
 def test_alignment_rejects(spec: dict[str, Any], fragment: str) -> None:
     errors = _errors(AlignmentJob, _alignment(**spec))

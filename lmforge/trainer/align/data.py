@@ -6,7 +6,9 @@ Formats (one JSON object per row):
 * SFT: `{"messages": [{"role": "system"|"user"|"assistant", "content": str}, ...]}` with at least one
   assistant turn, or `{"prompt": str, "response": str}` (optionally `"system": str`).
 * reward / DPO / IPO: `{"prompt": str | messages, "chosen": str, "rejected": str}`.
-* PPO: `{"prompt": str | messages}`.
+* KTO: `{"prompt": str | messages, "completion": str, "label": true | false}` (unpaired feedback).
+* PPO, GRPO, RLOO: `{"prompt": str | messages}`; for GRPO/RLOO every other column is kept and handed to
+  the rewards (e.g. `answer` for an answer reward).
 
 A bad row is an `InvalidInput` naming the file, the 1-based row number and the field; with
 `skipBadRows` it is counted (and the first few reasons kept) and left out instead.
@@ -42,6 +44,12 @@ class Example:
     """For SFT the whole chat; otherwise the turns before the answer."""
     chosen: str | None = None
     rejected: str | None = None
+    completion: str | None = None
+    """KTO: the rated answer."""
+    label: bool | None = None
+    """KTO: whether the answer was desirable."""
+    columns: dict[str, Any] = field(default_factory=dict)
+    """GRPO/RLOO: the row's other columns, which rewards read."""
 
 
 @dataclass
@@ -153,6 +161,13 @@ def parse_row(row: Any, method: AlignmentMethod) -> Example:
         return Example([*_prompt(row), {"role": "assistant", "content": _text(row, "response")}])
     if method is AlignmentMethod.PPO:
         return Example(_prompt(row))
+    if method in (AlignmentMethod.GRPO, AlignmentMethod.RLOO):
+        return Example(_prompt(row), columns={k: v for k, v in row.items() if k not in ("prompt", "system")})
+    if method is AlignmentMethod.KTO:
+        label = row.get("label")
+        if not isinstance(label, bool):
+            raise BadRow("field 'label' must be true or false")
+        return Example(_prompt(row), completion=_text(row, "completion"), label=label)
     prompt = _prompt(row)
     return Example(prompt, chosen=_text(row, "chosen"), rejected=_text(row, "rejected"))
 

@@ -33,6 +33,11 @@ def hyper_parameters(job: AlignmentJob) -> dict[str, Any]:
         out["preference"] = s.preference.wire()
     if s.ppo is not None:
         out["ppo"] = s.ppo.wire()
+    if s.method is AlignmentMethod.KTO:
+        out["kto"] = s.kto.wire()
+    for name in ("grpo", "rloo"):
+        if getattr(s, name) is not None:
+            out[name] = getattr(s, name).wire()
     return out
 
 

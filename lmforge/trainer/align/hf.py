@@ -38,6 +38,10 @@ METRIC_NAMES = {
     "eval_accuracy": "eval_pairwise_accuracy",
     "eval_rewards/margins": "eval_reward_margin",
     "eval_rewards/accuracies": "eval_reward_accuracy",
+    "reward": "mean_reward",
+    "reward_std": "reward_std",
+    "kl": "kl",
+    "completions/mean_length": "completion_length",
     "grad_norm": "grad_norm",
     "learning_rate": "lr",
 }

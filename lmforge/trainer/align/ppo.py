@@ -8,8 +8,11 @@ per-token reward = −klCoef·(log π − log π_ref), plus the score on the las
 clipped policy loss + clipped value loss over micro-batches. With LoRA the reference is the base with
 adapters disabled; otherwise a frozen copy.
 
-Checkpoints hold the trainable parameters, the value head, the optimizer and the step (`state.pt`).
-The loop runs in one process (one GPU or the CPU); the stage refuses a multi-process PPO launch.
+Checkpoints hold the trainable parameters, the value head, the optimizer, the warm-up schedule and the
+step (`state.pt`). The loop runs in one process on the device it is given (CUDA when the spec asks for
+a GPU and torch sees one, else the CPU); the spec refuses multi-process topologies, DeepSpeed and
+gradient accumulation for PPO, and the stage refuses a multi-process launch. `warmupRatio` warms the
+learning rate up linearly over that fraction of all optimizer steps, then holds it.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ def model_scorer(reward_model: Any, tokenizer: Any, template: str) -> Scorer:
         rows = [encode_chat(tokenizer, [*ex.prompt, {"role": "assistant", "content": t}], template)[0]
                 for ex, t in zip(examples, texts, strict=True)]
         batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", padding_side="right")
-        return reward_model(**batch).logits[:, 0].float()
+        device = next(reward_model.parameters()).device
+        return reward_model(**{k: v.to(device) for k, v in batch.items()}).logits[:, 0].float()
     return score
 
 
@@ -90,7 +94,7 @@ def _logprobs_values(policy: Any, value_head: nn.Module | None, seq: torch.Tenso
 def _gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Advantages and returns [B, n] by generalised advantage estimation, γ = 1."""
     adv = torch.zeros_like(rewards)
-    last = torch.zeros(rewards.shape[0])
+    last = torch.zeros(rewards.shape[0], device=rewards.device)
     n = rewards.shape[1]
     for t in reversed(range(n)):
         nxt = values[:, t + 1] * mask[:, t + 1] if t + 1 < n else torch.zeros_like(last)
@@ -104,25 +108,32 @@ class PpoLoop:
     """State of one PPO run: policy, value head, reference, optimizer, prompts."""
 
     def __init__(self, spec: AlignmentJobSpec, policy: Any, tokenizer: Any, template: str,
-                 prompts: list[Example], scorer: Scorer) -> None:
+                 prompts: list[Example], scorer: Scorer, device: torch.device | str = "cpu") -> None:
         assert spec.ppo is not None
+        self.device = torch.device(device)
+        policy.to(self.device)
         self.spec, self.opts, self.policy, self.tok, self.scorer = spec, spec.ppo, policy, tokenizer, scorer
         self.prompts = [(ex, generation_prompt_ids(tokenizer, ex.prompt, template)) for ex in prompts]
         width = policy.config.hidden_size if hasattr(policy.config, "hidden_size") else policy.config.n_embd
         torch.manual_seed(spec.training.seed)
-        self.value_head = nn.Linear(width, 1)
+        self.value_head = nn.Linear(width, 1, device=self.device)
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.adapter = hasattr(policy, "disable_adapter")
         self.ref = None if self.adapter else copy.deepcopy(policy).eval().requires_grad_(False)
         params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optim = torch.optim.AdamW(params, lr=spec.training.lr)
+        warmup = math.ceil(spec.training.warmup_ratio * self.total_steps() * PPO_EPOCHS *
+                           math.ceil(self.opts.rollout_batch_size / spec.training.micro_batch_size))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.optim, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
         self.rng = random.Random(spec.training.seed)
         self.order: list[int] = []
         self.step = 0
         stops = {tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("<|end|>")}
         self.stops = {s for s in stops if isinstance(s, int) and s >= 0 and s != tokenizer.unk_token_id}
         self.autocast = spec.training.precision.value == "bf16"
+        self.stop_tensor = torch.tensor(sorted(self.stops), device=self.device)
 
     def total_steps(self) -> int:
         t = self.spec.training
@@ -138,7 +149,7 @@ class PpoLoop:
         return out
 
     def _amp(self) -> AbstractContextManager[Any]:
-        return torch.autocast("cpu", dtype=torch.bfloat16) if self.autocast else nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16) if self.autocast else nullcontext()
 
     def _ref_logp(self, seq: torch.Tensor, attn: torch.Tensor, n: int) -> torch.Tensor:
         if self.ref is not None:
@@ -152,6 +163,7 @@ class PpoLoop:
         batch = self._batch()
         self.policy.eval()
         enc = self.tok.pad({"input_ids": [ids for _, ids in batch]}, return_tensors="pt", padding_side="left")
+        enc = {k: v.to(self.device) for k, v in enc.items()}
         opts: PpoOptions = self.opts
         with self._amp():
             gen = self.policy.generate(**enc, max_new_tokens=opts.response_length, do_sample=True, top_k=0,
@@ -160,13 +172,13 @@ class PpoLoop:
         resp = gen[:, enc["input_ids"].shape[1]:]  # [B, n]
         n = resp.shape[1]
         # mask: 1 up to and including the first stop token
-        is_stop = torch.isin(resp, torch.tensor(sorted(self.stops))) if self.stops else torch.zeros_like(resp).bool()
+        is_stop = torch.isin(resp, self.stop_tensor) if self.stops else torch.zeros_like(resp).bool()
         after = (torch.cumsum(is_stop.long(), 1) - is_stop.long()) > 0
         mask = (~after).float()
         attn = torch.cat([enc["attention_mask"], mask.long()], 1)
         ids = [r[: int(m.sum())].tolist() for r, m in zip(resp, mask, strict=True)]
         texts = self.tok.batch_decode(ids, skip_special_tokens=True)
-        scores = self.scorer([ex for ex, _ in batch], texts, ids).float()  # [B]
+        scores = self.scorer([ex for ex, _ in batch], texts, ids).float().to(self.device)  # [B]
         with self._amp():
             logp, values = _logprobs_values(self.policy, self.value_head, gen, attn, n)
             ref_logp = self._ref_logp(gen, attn, n)
@@ -189,7 +201,7 @@ class PpoLoop:
         clip = self.opts.clip_range
         losses = []
         for _ in range(PPO_EPOCHS):
-            perm = torch.randperm(size)
+            perm = torch.randperm(size).to(self.device)
             for i in range(0, size, mb):
                 idx = perm[i:i + mb]
                 m = roll["mask"][idx]
@@ -208,11 +220,13 @@ class PpoLoop:
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_([p for g in self.optim.param_groups for p in g["params"]], 1.0)
                 self.optim.step()
+                self.sched.step()
                 losses.append(float(loss))
         return sum(losses) / len(losses)
 
     def state(self) -> dict[str, Any]:
         return {"step": self.step, "value_head": self.value_head.state_dict(), "optim": self.optim.state_dict(),
+                "sched": self.sched.state_dict(),
                 "policy": {k: v for k, v in self.policy.named_parameters() if v.requires_grad},
                 "rng": self.rng.getstate(), "order": self.order, "torch_rng": torch.get_rng_state()}
 
@@ -223,6 +237,8 @@ class PpoLoop:
                 params[k].copy_(v)
         self.value_head.load_state_dict(state["value_head"])
         self.optim.load_state_dict(state["optim"])
+        if "sched" in state:  # checkpoints written before the warm-up schedule have none
+            self.sched.load_state_dict(state["sched"])
         self.step, self.order = state["step"], state["order"]
         self.rng.setstate(state["rng"])
         torch.set_rng_state(state["torch_rng"])

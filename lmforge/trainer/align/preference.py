@@ -1,10 +1,12 @@
-"""Reward-model and DPO/IPO training on preference pairs, with trl's RewardTrainer and DPOTrainer.
+"""Reward-model, DPO/IPO and KTO training on preference data, with trl's RewardTrainer, DPOTrainer and
+KTOTrainer.
 
 The reward model is the base with a one-label sequence-classification head, trained on
 (prompt + chosen, prompt + rejected) rendered with the chat template; it reports pairwise accuracy on
 the held-out split. DPO gets conversational rows (prompt turns, one assistant turn each for chosen and
 rejected) so trl applies the same template; rows whose prompt alone fills `maxLength` would be dropped
-by trl without a word, so they are counted and removed here first.
+by trl without a word, so they are counted and removed here first. KTO takes unpaired rows (a prompt,
+one answer and whether it was desirable) in the same conversational shape.
 """
 
 from __future__ import annotations
@@ -53,6 +55,18 @@ def encode_dpo(examples: list[Example], tokenizer: Any, template: str, max_lengt
     return out
 
 
+def encode_kto(examples: list[Example], tokenizer: Any, template: str, max_length: int) -> Pairs:
+    """Conversational unpaired rows for KTOTrainer, less those whose prompt fills `max_length`."""
+    out = Pairs([], 0)
+    for ex in examples:
+        if len(generation_prompt_ids(tokenizer, ex.prompt, template)) >= max_length:
+            out.dropped += 1
+            continue
+        out.rows.append({"prompt": ex.prompt, "completion": [{"role": "assistant", "content": ex.completion}],
+                         "label": bool(ex.label)})
+    return out
+
+
 def build_reward_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None,
                          args: dict[str, Any]) -> Any:
     from datasets import Dataset
@@ -75,4 +89,19 @@ def build_dpo_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train:
                        dataset_num_proc=None)
     val_ds = Dataset.from_list(val.rows) if val and val.rows else None
     return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train.rows), eval_dataset=val_ds,
+                      processing_class=tokenizer)
+
+
+def build_kto_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None,
+                      args: dict[str, Any]) -> Any:
+    """KTOTrainer; with LoRA the reference is the base with adapters disabled (no second copy)."""
+    from datasets import Dataset
+    from trl import KTOConfig, KTOTrainer
+
+    kto = spec.kto
+    config = KTOConfig(**args, beta=kto.beta, desirable_weight=kto.desirable_weight,
+                       undesirable_weight=kto.undesirable_weight, max_length=spec.training.max_length,
+                       dataset_num_proc=None)
+    val_ds = Dataset.from_list(val.rows) if val and val.rows else None
+    return KTOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train.rows), eval_dataset=val_ds,
                       processing_class=tokenizer)

@@ -19,6 +19,7 @@ from lmforge.trainer.align.base import (
     frozen_in_bf16,
     load_model,
     load_tokenizer,
+    on_gpu,
     resolve_base,
 )
 from lmforge.trainer.align.data import Example, load_rows, split
@@ -58,7 +59,8 @@ def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any,
 
     spec = job.spec
     reward = spec.method is AlignmentMethod.REWARD
-    encoder = pref.encode_reward if reward else pref.encode_dpo
+    kto = spec.method is AlignmentMethod.KTO
+    encoder = pref.encode_reward if reward else pref.encode_kto if kto else pref.encode_dpo
     pairs = [encoder(x, tok, tok.chat_template, spec.training.max_length) for x in (train, val)]
     if not pairs[0].rows:
         raise InvalidInput(f"spec.training.maxLength: every prompt fills {spec.training.max_length} tokens")
@@ -66,11 +68,11 @@ def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any,
     model = wrap(model, spec, "SEQ_CLS" if reward else "CAUSAL_LM")
     out = ctx.work_dir / "trainer"
     args = hf.training_args(spec, out, bool(pairs[1].rows))
-    build = pref.build_reward_trainer if reward else pref.build_dpo_trainer
+    build = pref.build_reward_trainer if reward else pref.build_kto_trainer if kto else pref.build_dpo_trainer
     trainer = build(spec, model, tok, pairs[0], pairs[1], args)
     cb = hf.train(trainer, ctx, spec, out)
     metrics = dict(cb.metrics)
-    for name in ("loss", "reward_margin", "pairwise_accuracy"):
+    for name in ("loss", "reward_margin", "pairwise_accuracy", "kl"):
         if name in cb.first:
             metrics[f"first_{name}"] = cb.first[name]
     if pairs[1].rows:
@@ -84,32 +86,60 @@ def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any,
     return trainer.model, metrics
 
 
+def _load_reward_model(ctx: StageContext, spec: Any, name: str, field: str) -> tuple[Any, Any]:
+    """The `model` of the AlignmentJob `name` (method reward) as a one-label classifier, with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification
+
+    from lmforge.trainer.artifacts import fetch
+
+    found = ctx.input("AlignmentJob", name)
+    if "model" not in found.artifacts:
+        raise InvalidInput(f"{field}: AlignmentJob/{found.name} published no `model`")
+    rpath = fetch(found.artifacts["model"])
+    return AutoModelForSequenceClassification.from_pretrained(rpath, num_labels=1), load_tokenizer(rpath, spec)
+
+
+def _group_rl(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
+              val: list[Example]) -> tuple[Any, dict[str, float]]:
+    from lmforge.trainer.align import group_rl
+
+    spec = job.spec
+    _, opts = group_rl.options(spec)
+    funcs, reward_toks, weights = group_rl.reward_functions(
+        spec, opts, lambda ref, field: _load_reward_model(ctx, spec, ref.name, field))
+    model = wrap(load_model(base.path, spec), spec)
+    first = group_rl.heldout_reward(model, tok, val, funcs, weights, opts.max_completion_length)
+    out = ctx.work_dir / "trainer"
+    trainer = group_rl.build_trainer(spec, model, tok, train, hf.training_args(spec, out, False), funcs,
+                                     reward_toks, weights)
+    cb = hf.train(trainer, ctx, spec, out)
+    metrics = dict(cb.metrics)
+    if "mean_reward" in cb.first:
+        metrics["first_mean_reward"] = cb.first["mean_reward"]
+    final = group_rl.heldout_reward(trainer.model, tok, val, funcs, weights, opts.max_completion_length)
+    if first is not None and final is not None:
+        metrics["first_eval_mean_reward"], metrics["eval_mean_reward"] = first, final
+    return trainer.model, metrics
+
+
 def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
          val: list[Example]) -> tuple[Any, dict[str, float]]:
     from lmforge.trainer.align import ppo
-    from lmforge.trainer.align.base import load_tokenizer as load_tok
     from lmforge.trainer.align.checkpoints import CheckpointStore
-    from lmforge.trainer.artifacts import fetch
 
     spec = job.spec
     assert spec.ppo is not None
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise InvalidInput("method ppo runs in one process (one GPU or the CPU): set topology to 1 node × ≤1 GPU")
+    device = "cuda" if on_gpu(spec) else "cpu"
     if spec.ppo.reward_function is not None:
         scorer = ppo.function_scorer(ppo.reward_function(spec.ppo.reward_function))
     else:
         assert spec.ppo.reward_model_ref is not None
-        found = ctx.input("AlignmentJob", spec.ppo.reward_model_ref.name)
-        if "model" not in found.artifacts:
-            raise InvalidInput(f"spec.ppo.rewardModelRef: AlignmentJob/{found.name} published no `model`")
-        from transformers import AutoModelForSequenceClassification
-
-        rpath = fetch(found.artifacts["model"])
-        rm = AutoModelForSequenceClassification.from_pretrained(rpath, num_labels=1)
-        rtok = load_tok(rpath, spec)
-        scorer = ppo.model_scorer(rm, rtok, rtok.chat_template)
+        rm, rtok = _load_reward_model(ctx, spec, spec.ppo.reward_model_ref.name, "spec.ppo.rewardModelRef")
+        scorer = ppo.model_scorer(rm.to(device), rtok, rtok.chat_template)
     policy = wrap(load_model(base.path, spec, autocast=False), spec)  # our loop has no autocast
-    loop = ppo.PpoLoop(spec, policy, tok, tok.chat_template, train + val, scorer)
+    loop = ppo.PpoLoop(spec, policy, tok, tok.chat_template, train + val, scorer, device)
     checkpoints = CheckpointStore(ctx.output, spec.checkpoint.keep_last, publish=hf.is_main())
     metrics = ppo.train(ctx, loop, checkpoints, ctx.work_dir / "ppo")
     if "first_mean_reward" in ctx.extra:
@@ -123,6 +153,9 @@ METHODS = {
     AlignmentMethod.DPO: _preference,
     AlignmentMethod.IPO: _preference,
     AlignmentMethod.PPO: _ppo,
+    AlignmentMethod.KTO: _preference,
+    AlignmentMethod.GRPO: _group_rl,
+    AlignmentMethod.RLOO: _group_rl,
 }
 
 

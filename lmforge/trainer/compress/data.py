@@ -14,6 +14,18 @@ CALIB_BATCH = 8
 """Calibration rows per forward pass."""
 
 
+def default_device() -> str:
+    """Where the compression passes run: the GPU when torch sees one, else the CPU."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def device_of(model: torch.nn.Module) -> torch.device:
+    """The device of `model`'s first parameter (where its inputs must go)."""
+    return next(model.parameters()).device
+
+
 def forward_with_input_hooks(
     model: torch.nn.Module,
     hooks: list[tuple[torch.nn.Module, Callable[[torch.nn.Module, tuple[torch.Tensor, ...]], None]]],
@@ -24,11 +36,12 @@ def forward_with_input_hooks(
     import torch
 
     handles = [module.register_forward_pre_hook(fn) for module, fn in hooks]
+    device = device_of(model)
     try:
         model.eval()
         with torch.no_grad():
             for start in range(0, len(rows), CALIB_BATCH):
-                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]))
+                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]).to(device))
     finally:
         for handle in handles:
             handle.remove()

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from lmforge.api.release import Distillation
+from lmforge.trainer.compress.data import default_device
 from lmforge.trainer.compress.report import nll_per_token
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.shards import Shards
@@ -36,20 +37,23 @@ class DistillResult:
 
 
 def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path, *, seed: int = 0,
-            on_step: Callable[[int, float], object] | None = None) -> DistillResult:
-    """Train `cfg.student` from scratch against the teacher at `teacher_dir`; save it in HF format."""
+            on_step: Callable[[int, float], object] | None = None, device: str | None = None) -> DistillResult:
+    """Train `cfg.student` from scratch against the teacher at `teacher_dir` on `device` (default: the GPU
+    when torch sees one, else the CPU); save it in HF format. One process: the stage runs one."""
     import torch
     import torch.nn.functional as F
     from transformers import AutoTokenizer
 
     from lmforge.trainer.models import build_model, llama_config, load_model
 
-    teacher = load_model(str(teacher_dir)).eval()
+    where = torch.device(device or default_device())
+    teacher = load_model(str(teacher_dir)).eval().to(where)
     vocab = teacher.config.vocab_size
     config = llama_config(cfg.student, vocab_size=vocab, context_length=shards.seq_length,
                           bos_token_id=teacher.config.bos_token_id, eos_token_id=teacher.config.eos_token_id,
                           pad_token_id=teacher.config.pad_token_id)
     student = build_model(config, seed)
+    student.to(where)  # type: ignore[arg-type]  # transformers' stubs type `to` for dtypes only
     if len(shards.train) == 0:
         raise InvalidInput("compression.distillation.datasetRef: the Dataset has no train rows")
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
@@ -61,7 +65,7 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     tail: list[float] = []
     student.train()
     for step in range(cfg.max_steps):
-        ids = torch.from_numpy(shards.train.sample(rng, cfg.micro_batch_size))  # (B, L)
+        ids = torch.from_numpy(shards.train.sample(rng, cfg.micro_batch_size)).to(where)  # (B, L)
         if int(ids.max()) >= vocab:
             raise InvalidInput(f"token id {int(ids.max())} is outside the teacher's vocabulary ({vocab}): "
                                "distillation.datasetRef must use the teacher's tokenizer")
@@ -85,6 +89,7 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
             on_step(step + 1, value)
     val_nll = nll_per_token(student, shards.validation.head(EVAL_ROWS))
     student.config.use_cache = True
+    student.to("cpu")  # type: ignore[arg-type]
     out_dir.mkdir(parents=True, exist_ok=True)
     student.save_pretrained(out_dir, safe_serialization=True)
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)

@@ -40,7 +40,8 @@ def hessians(model: torch.nn.Module, layers: list[tuple[str, torch.nn.Linear]], 
     """2/n · XᵀX of each layer's inputs over the calibration rows (N, L) of token ids, (in, in) float32."""
     import torch
 
-    acc: dict[str, torch.Tensor] = {n: torch.zeros(m.in_features, m.in_features) for n, m in layers}
+    acc: dict[str, torch.Tensor] = {n: torch.zeros(m.in_features, m.in_features, device=m.weight.device)
+                                  for n, m in layers}
     count: dict[str, int] = dict.fromkeys(acc, 0)
 
     def hook(name: str) -> Any:
@@ -58,7 +59,7 @@ def _inverse_factor(h: torch.Tensor) -> torch.Tensor:
     """Upper Cholesky factor of the damped H⁻¹; the dampening grows until H is positive definite."""
     import torch
 
-    eye = torch.eye(h.shape[0], dtype=h.dtype)
+    eye = torch.eye(h.shape[0], dtype=h.dtype, device=h.device)
     mean_diag = float(h.diagonal().mean())
     for damp in (DAMP, 0.1, 1.0):
         chol, info = torch.linalg.cholesky_ex(h + damp * mean_diag * eye)

@@ -20,6 +20,7 @@ import numpy as np
 
 from lmforge.api.release import QuantMethod
 from lmforge.trainer.compress import awq, gptq
+from lmforge.trainer.compress.data import default_device
 from lmforge.trainer.errors import InvalidInput
 
 if TYPE_CHECKING:
@@ -101,6 +102,8 @@ def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int, calib
     else:
         scheme.weights.strategy = QuantizationStrategy.CHANNEL
         scheme.weights.group_size = None
+    # Calibration passes run on the GPU when there is one; the compressed model is saved from the CPU.
+    model.to(default_device())
     # Activation statistics from the unquantized model, before the quantization wrappers are attached.
     if method == QuantMethod.INT4_AWQ:
         awq.apply_scales(model, calibration, scheme.weights)  # then the round-to-nearest below
@@ -131,6 +134,7 @@ def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int, calib
             if hasattr(module, "weight_zero_point"):
                 module.weight_zero_point.copy_(zero.to(module.weight_zero_point.dtype))
             module.quantization_status = QuantizationStatus.FROZEN
+    model.to("cpu")
     compressor = ModelCompressor.from_pretrained_model(model)
     compressor.compress_model(model)
     return compressor

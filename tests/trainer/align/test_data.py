@@ -64,3 +64,15 @@ def test_split_is_seeded_and_keeps_every_row(tmp_path: Path) -> None:
     train, val = split(rows, 0.1, 7)
     assert len(train) == 36 and len(val) == 4
     assert split(rows, 0.1, 7)[1] == val
+
+
+def test_kto_row_needs_a_boolean_label(tmp_path: Path) -> None:
+    data = write_jsonl(tmp_path / "thumbs.jsonl", [{"prompt": "hi", "completion": "yo", "label": "yes"}])
+    with pytest.raises(InvalidInput, match=r"thumbs.jsonl:1: field 'label' must be true or false"):
+        load_rows(str(data), AlignmentMethod.KTO)
+
+
+def test_grpo_rows_keep_their_columns_for_the_rewards(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "1 + 1 =", "answer": "2", "tests": ["x"]}])
+    (ex,) = load_rows(str(path), AlignmentMethod.GRPO).examples
+    assert ex.prompt == [{"role": "user", "content": "1 + 1 ="}] and ex.columns == {"answer": "2", "tests": ["x"]}

@@ -87,3 +87,30 @@ def test_ppo_raises_mean_reward(run_stage: RunStage, tiny_model: Path, tmp_path:
     early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert late > 2 * early, rewards
     assert kls[0] == pytest.approx(0.0, abs=1e-3) and kls[-1] > 0  # the policy moved away from the reference
+
+
+def test_kto_learns_from_unpaired_thumbs(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+    """Each preference pair becomes two unpaired rows (chosen: label true, rejected: false), as
+    thumbs-up/down feedback arrives; the margin on held-out pairs must open."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    rows = []
+    for r in preference_rows(64):
+        rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
+                 {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
+    data = write_jsonl(tmp_path / "thumbs.jsonl", rows)
+    ctx, artifacts = run_stage(
+        {"modelRef": {"uri": str(tiny_model)}, "method": "kto", "data": {"uri": str(data), "validationFraction": 0},
+         "kto": {"beta": 0.1}, "adapter": {"type": "lora", "r": 8, "alpha": 16},
+         "training": {"maxSteps": 12, "microBatchSize": 8, "lr": 5e-3, "maxLength": 48, "precision": "fp32"}})
+    out = Path(artifacts["model"].removeprefix("file://"))
+    held = preference_rows(16, seed=5)
+    before, after = margin(tiny_model, held), margin(out, held)
+    assert after > before + 0.5, (before, after)
+    metrics = ctx.extra["metrics"]
+    assert metrics["loss"] < metrics["first_loss"], metrics
+    start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert any(not torch.equal(start[k], trained[k]) for k in start)
+
