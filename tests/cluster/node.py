@@ -67,6 +67,8 @@ SYSCTLS = (
     "net/bridge/bridge-nf-call-iptables",
 )
 CNI_BIN_DIRS = ("/usr/lib/cni", "/opt/cni/bin")
+WORKDIR_PREFIX = "lmforge-node-"
+SYSCTLS_FILE = "sysctls.json"
 
 
 def cache_dir() -> Path:
@@ -180,7 +182,8 @@ class RealNode:
         missing = requirements()
         if missing:
             raise ControlPlaneError(f"a real node needs: {', '.join(missing)}")
-        self.workdir = Path(tempfile.mkdtemp(prefix="lmforge-node-"))
+        sweep_stale()
+        self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
         self._started = True
         try:
@@ -265,13 +268,11 @@ class RealNode:
         for key in SYSCTLS:
             with contextlib.suppress(OSError):
                 self._sysctls[key] = Path("/proc/sys", key).read_text().strip()
+        # Also on disk: a runner killed before its tear-down is cleaned up by the next start.
+        (self.workdir / SYSCTLS_FILE).write_text(json.dumps(self._sysctls))
 
     def _restore_sysctls(self) -> None:
-        for key, value in self._sysctls.items():
-            path = Path("/proc/sys", key)
-            with contextlib.suppress(OSError):
-                if path.read_text().strip() != value:
-                    path.write_text(value + "\n")
+        restore_sysctls(self._sysctls)
 
     def _network_up(self) -> None:
         self._network_down()  # a previous run killed before its tear-down
@@ -317,8 +318,9 @@ class RealNode:
                 for knob in ("cpuset.cpus", "cpuset.mems"):
                     (path / knob).write_text((path.parent / knob).read_text())
 
-    def _cgroups_down(self) -> None:
-        for root in self._cgroup_dirs():
+    @staticmethod
+    def _cgroups_down() -> None:
+        for root in RealNode._cgroup_dirs():
             if not root.exists():
                 continue
             dirs = sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
@@ -642,6 +644,37 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
                 check=False, timeout=30)
             run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "containers", "delete", cid,
                 check=False, timeout=30)
+
+
+def restore_sysctls(saved: dict[str, str]) -> None:
+    for key, value in saved.items():
+        path = Path("/proc/sys", key)
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() != value:
+                path.write_text(value + "\n")
+
+
+def sweep_stale() -> None:
+    """Tear down what a node whose runner was SIGKILLed left behind (its children died with it,
+    through PR_SET_PDEATHSIG, but not its shims, mounts, cgroups, chains, links and sysctls)."""
+    for path in Path(tempfile.gettempdir()).glob(f"{WORKDIR_PREFIX}*"):
+        try:
+            os.kill(int((path / "owner.pid").read_text()), 0)
+            continue  # its runner is alive
+        except (OSError, ValueError):
+            pass
+        needle = str(path / "containerd.sock").encode()
+        for proc in Path("/proc").iterdir():
+            with contextlib.suppress(OSError, ValueError):
+                if proc.name.isdigit() and needle in (proc / "cmdline").read_bytes():
+                    os.kill(int(proc.name), signal.SIGKILL)
+        RealNode._unmount_under(path, cache_dir() / "containerd")
+        RealNode._cgroups_down()
+        RealNode._iptables_down()
+        RealNode._network_down()
+        with contextlib.suppress(OSError, ValueError):
+            restore_sysctls(json.loads((path / SYSCTLS_FILE).read_text()))
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def leftovers() -> list[str]:
