@@ -106,9 +106,11 @@ def test_ctrl_c_stops_the_running_stage_and_the_next_run_resumes_it(tmp_path: Pa
     h = Harness(tmp_path, write_pipeline(tmp_path / "m", pretrain="sleep"))
 
     def interrupt_once_training() -> None:
-        eventually(lambda: h.runner.state.resources["PretrainJob/p"].status.phase is Phase.RUNNING
-                   and h.runner.state.resources["PretrainJob/p"].status.progress, timeout=30)
-        _thread.interrupt_main()
+        try:
+            eventually(lambda: h.runner.state.resources["PretrainJob/p"].status.phase is Phase.RUNNING
+                       and h.runner.state.resources["PretrainJob/p"].status.progress, timeout=120)
+        finally:  # interrupt even when the wait timed out: the assertions below then fail, not hang
+            _thread.interrupt_main()
 
     threading.Thread(target=interrupt_once_training, daemon=True).start()
     assert h.runner.run() is Outcome.INTERRUPTED
