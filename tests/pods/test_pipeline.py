@@ -298,10 +298,10 @@ spec:
   datasetRef:
     name: tiny-corpus
   model: {numLayers: 2, hiddenSize: 128, numHeads: 4, numKvHeads: 2, headDim: 32, tieEmbeddings: true}
-  training: {maxSteps: 60, microBatchSize: 8, precision: bf16}
+  training: {maxSteps: 400, microBatchSize: 8, precision: bf16}
   optimizer: {lr: 0.003, minLr: 0.0003, warmupSteps: 6}
   deepspeed: {zeroStage: 1}
-  checkpoint: {everySteps: 10, keepLast: 3}
+  checkpoint: {everySteps: 25, keepLast: 3}
   validation: {everySteps: 1000, batches: 1}
   topology: {nodes: 2}
   compute: {processes: 1, threads: 1}
@@ -339,13 +339,13 @@ def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_delet
         rid = (obj.get("status") or {}).get("runId")
         if not rid:
             return None
-        prefix = f"store/pretrainjobs/tiny-2nodes/{rid}"
+        prefix = f"store/pretrainjobs/{ns}/tiny-2nodes/{rid}"  # run prefixes carry the namespace
         try:
             body = pod_s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/checkpoints/latest")["Body"].read()
         except Exception:
             return None
         step = int(json.loads(body)["step"])
-        return step if step >= 20 else None
+        return step if step >= 50 else None
 
     step_before = eventually(checkpointed, timeout=900, interval=1, what="a checkpoint of the two-node run")
     pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
@@ -362,8 +362,8 @@ def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_delet
         return obj if cond and cond["status"] == "True" else None
 
     final = eventually(done, timeout=1200, interval=3, what="the two-node run finished")
-    # 60 steps × (2 ranks × 8 sequences × 128 tokens): both ranks trained to the end.
-    assert final["status"]["metrics"]["tokens"] == 60 * 2 * 8 * 128, final["status"]
+    # 400 steps × (2 ranks × 8 sequences × 128 tokens): both ranks trained to the end.
+    assert final["status"]["metrics"]["tokens"] == 400 * 2 * 8 * 128, final["status"]
     # The retried rank 0 says where it resumed: at or after the checkpoint seen before the kill.
     pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
     resumed = []
