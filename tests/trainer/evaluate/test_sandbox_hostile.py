@@ -467,8 +467,8 @@ def test_exiting_early_with_success_scores_zero(caller: str, traversable: None) 
         backend = ScriptedBackend(lambda prompt: FORGERIES[prompt.split("\n")[0][2:]])
         metrics = code.evaluate(backend, rows, samples=1, max_new_tokens=64, timeout_seconds=5.0, seed=0,
                                 advance=lambda n: None)
-        assert metrics["pass@1"] == pytest.approx(1 / len(rows))  # only `correct`
-        assert metrics["sandboxed"] == 1.0
+        assert metrics["pass@1"].value() == pytest.approx(1 / len(rows))  # only `correct`
+        assert metrics["sandboxed"].value() == 1.0
     outcomes = {name: run_as(caller, code.program(row, FORGERIES[name])) for name, row in zip(FORGERIES, rows, strict=True)}
     assert {name for name, o in outcomes.items() if o.passed} == {"correct"}
     assert outcomes["system_exit"].returncode != 0 and outcomes["os_exit"].returncode == 0
@@ -521,7 +521,8 @@ def test_a_code_task_fails_closed_and_isolation_none_is_recorded(monkeypatch: py
         code.evaluate(backend, rows, 1, 64, 5.0, 0, lambda n: None)
     assert backend.requests == []  # it failed before spending any model time
     metrics = code.evaluate(backend, rows, 1, 64, 5.0, 0, lambda n: None, CodeIsolation.NONE)
-    assert metrics == {"pass@1": 1.0, "pass@k": 1.0, "sandboxed": 0.0}
+    assert {name: scores.value() for name, scores in metrics.items()} == {"pass@1": 1.0, "pass@k": 1.0,
+                                                                          "sandboxed": 0.0}
     task = EvalTask.model_validate({"name": "c", "type": "code", "dataUri": "x.jsonl", "isolation": "none"})
     assert task.isolation is CodeIsolation.NONE
     with pytest.raises(ValueError, match="isolation applies only to code tasks"):
