@@ -212,6 +212,25 @@ class Component:
         self.proc = None
 
 
+def components_logs(components: Iterable[Component], chars: int = 3000) -> str:
+    """The tail of each component's log, with whether it still runs (for failure messages)."""
+    parts = []
+    for comp in components:
+        status = comp.exited()
+        state = "running" if status is None else f"exited {status}"
+        parts.append(f"----- {comp.name} ({state}) {comp.log_path}\n{comp.log_tail(chars)}")
+    return "\n".join(parts)
+
+
+def first_dead(components: Iterable[Component]) -> str | None:
+    """Name and log tail of the first component that has exited, or None if all run."""
+    for comp in components:
+        status = comp.exited()
+        if status is not None:
+            return f"{comp.name} exited with {status}:\n{comp.log_tail()}"
+    return None
+
+
 @dataclass
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager + kube-scheduler + kwok on 127.0.0.1.
@@ -297,20 +316,11 @@ class ControlPlane:
 
     def logs(self, chars: int = 3000) -> str:
         """The tail of every component's log, for failure messages."""
-        parts = []
-        for comp in self.components:
-            status = comp.exited()
-            state = "running" if status is None else f"exited {status}"
-            parts.append(f"----- {comp.name} ({state}) {comp.log_path}\n{comp.log_tail(chars)}")
-        return "\n".join(parts)
+        return components_logs(self.components, chars)
 
     def dead_component(self) -> str | None:
         """Name and log tail of the first component that has exited, or None if all run."""
-        for comp in self.components:
-            status = comp.exited()
-            if status is not None:
-                return f"{comp.name} exited with {status}:\n{comp.log_tail()}"
-        return None
+        return first_dead(self.components)
 
     @staticmethod
     def _binaries() -> tuple[str, ...]:

@@ -43,7 +43,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .controlplane import Component, ControlPlane, ControlPlaneError, eventually, free_port
+from .controlplane import (
+    Component,
+    ControlPlane,
+    ControlPlaneError,
+    components_logs,
+    eventually,
+    first_dead,
+    free_port,
+)
 
 NODE_IP = os.environ.get("LMFORGE_NODE_IP", "10.201.0.1")
 VETH = ("lmfnode0", "lmfnode1")
@@ -235,19 +243,10 @@ class RealNode:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     def logs(self, chars: int = 3000) -> str:
-        parts = []
-        for comp in self.components:
-            status = comp.exited()
-            state = "running" if status is None else f"exited {status}"
-            parts.append(f"----- {comp.name} ({state}) {comp.log_path}\n{comp.log_tail(chars)}")
-        return "\n".join(parts)
+        return components_logs(self.components, chars)
 
     def dead_component(self) -> str | None:
-        for comp in self.components:
-            status = comp.exited()
-            if status is not None:
-                return f"{comp.name} exited with {status}:\n{comp.log_tail()}"
-        return None
+        return first_dead(self.components)
 
     def _spawn(self, name: str, argv: list[str]) -> Component:
         (self.workdir / "logs").mkdir(exist_ok=True)
