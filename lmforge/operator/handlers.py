@@ -238,7 +238,10 @@ class Controller:
                 log.warning("%s/%s/%s: store %s unavailable: %s", ns, kind, name, self.settings.store, exc)
                 return reconcile(replace(obs, runs=runs, store_error=str(exc)))
             merged = with_store(runs.get(run_name), run_name, stage, result, progress)
-            if merged is not None and merged.state is RunState.FAILED and merged.retryable:
+            seen_failed = (observed := runs.get(run_name)) is not None and observed.state is RunState.FAILED
+            if merged is not None and merged.state is RunState.FAILED and seen_failed:
+                # Whether retried or not (exit 2 stops at once), the stage's own error line is what
+                # the user needs; the Job's condition only says which rule ended it.
                 merged = await self.lookups.explain_failure(ns, merged)
             if merged is not None:
                 runs[run_name] = merged
