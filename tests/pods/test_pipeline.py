@@ -392,7 +392,8 @@ def _failed(cp: Any, ns: str, name: str, timeout: float = 300) -> dict[str, Any]
 
 def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed: tuple[str, Path]) -> None:
     """An OOM-killed container names the limit; a stage exiting 2 (invalid input) fails at once,
-    not retried; an image that cannot be pulled is relayed while the pod waits."""
+    not retried; an image that cannot be pulled is relayed while the pod waits; a missing Secret
+    holds the run back until it exists."""
     cp, (ns, _) = node_cluster.cp, installed
     cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
         "oom", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
@@ -415,3 +416,25 @@ def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed
 
     cond = eventually(pull_waiting, timeout=120, interval=2, what="the unpullable image relayed")
     assert cond["status"] == "False" and "lmforge.local/absent:1" in cond["message"], cond
+
+    # A Secret the stage needs is missing: the run waits (no pod stuck in CreateContainerConfigError),
+    # the condition names the Secret; once it exists, the stage runs in a real pod and completes.
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "needs-token", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+        {"secretEnv": {"HF_TOKEN": {"name": "late-token", "key": "token"}}}))
+
+    def secret_waiting() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))
+        return cond if cond and cond.get("reason") == "WaitingForSecret" else None
+
+    cond = eventually(secret_waiting, timeout=120, interval=2, what="the missing Secret relayed")
+    assert "late-token" in cond["message"], cond
+    assert not cp.kubectl_json("get", "pods", "-n", ns, "-l", "lmforge.io/dataset=needs-token")["items"]
+    cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late-token"},
+              "stringData": {"token": "t0ken"}}, namespace=ns)
+
+    def done() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))
+        return cond if cond and cond["status"] == "True" else None
+
+    eventually(done, timeout=420, interval=3, what="the dataset Ready once its Secret exists")
