@@ -118,3 +118,21 @@ def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
 
     assert env("tracking.uri=http://mlflow.mlflow:5000")["LMFORGE_TRACKING_URI"] == "http://mlflow.mlflow:5000"
     assert "LMFORGE_TRACKING_URI" not in env()
+
+
+def test_several_replicas_elect_a_leader_on_a_lease_only_they_may_write() -> None:
+    single = render()
+    dep = next(d for d in single if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader") for d in single)
+    docs = render("replicaCount=2")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LMFORGE_LEADER_ELECTION"]["value"] == "1"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader"))
+    assert role["metadata"]["namespace"] == "lmforge-system"
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": ["lmforge-operator"], "verbs": ["get", "update"]}]

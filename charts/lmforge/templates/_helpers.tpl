@@ -60,3 +60,8 @@ app.kubernetes.io/component: operator
   verbs: ["create", "patch", "delete"]
 {{- end }}
 {{- end -}}
+
+{{/* "true" when the replicas elect a leader: asked for, or needed because there are several. */}}
+{{- define "lmforge.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
+{{- end -}}
