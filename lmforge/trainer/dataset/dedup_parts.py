@@ -1,0 +1,387 @@
+"""The global dedup, partitioned across the Dataset's P workers, so that no process holds every
+signature (1 B documents × 112 × 4 B is ~450 GB).
+
+Worker p owns the exact hashes h with h mod P = p, the LSH buckets (band, key) with key mod P = p and
+the signature columns `Plan.columns(p)`. Each step writes one artifact per worker under `work/dedup/`
+in the run's store (committed with the merge's fingerprint, so a restart skips finished steps), and
+every worker waits for all P artifacts of a step before it starts the next:
+
+1. `route`   (worker i, its own slice): (exact hash, key, loc) of every document to its exact
+             partition; the slice's signatures cut into P column shards.
+2. `exact`   (partition p): its hashes sorted; every occurrence after the lowest key is an exact
+             duplicate; the dropped rows go back per slice.
+3. `bands`   (worker i): the band keys of its surviving documents, routed to the bucket partitions.
+4. `buckets` (partition p): its (band, key, document) records sorted; the first (lowest key) member
+             of each bucket paired with every other member -- exactly the candidates of the
+             single-process `dedup.near_duplicates`.
+5. `verify`  (partition p): for the pairs of every bucket partition, how many of p's signature
+             columns agree (the estimated Jaccard is a sum over columns, so it splits by column).
+6. `components` (worker 0): the agreement counts summed, the pairs at or above the threshold kept,
+             and their connected components taken (scipy's union-find); all but the lowest key of a
+             component are dropped -- the single-process rule, so the output is byte-identical
+             whatever P is.
+
+A document is addressed by `loc` = slice << 40 | row (where its row is) and ordered by its global
+`key` (file order, then row). Per process, steps 1-5 hold O(n / P) records; step 6 holds the verified
+pairs only (a few words per near-duplicate document).
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lmforge.api.dataset import DatasetSpec
+from lmforge.store import ArtifactWriter, Store, is_complete, read_manifest
+from lmforge.trainer.dataset.dedup import band_keys, lsh_params
+from lmforge.trainer.errors import StageError
+
+PREFIX = "work/dedup"
+LOC_SHIFT = 40  # loc = slice << 40 | row: up to 2^40 rows per slice, 2^23 slices
+ROW_MASK = np.int64((1 << LOC_SHIFT) - 1)
+CHUNK = 1 << 16  # documents (or pairs) handled at a time where a step streams
+STEPS = ("route", "exact", "bands", "buckets", "verify")
+"""The steps every worker runs, in order (worker 0 then runs `components`)."""
+
+Progress = Callable[[str], object]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the partitioned dedup needs of the spec, and how work is split among `parts` workers."""
+
+    parts: int
+    num_perm: int
+    bands: int
+    rows: int
+    threshold: float
+    exact: bool
+    near: bool
+
+    @classmethod
+    def from_spec(cls, spec: DatasetSpec, parts: int) -> Plan:
+        bands, rows = lsh_params(spec.dedup.near)
+        near = spec.dedup.near
+        return cls(parts, near.num_perm, bands, rows, near.threshold, spec.dedup.exact, near.enabled)
+
+    def columns(self, part: int) -> tuple[int, int]:
+        """[start, stop) of the signature columns partition `part` verifies (as even as can be)."""
+        q, r = divmod(self.num_perm, self.parts)
+        start = part * q + min(part, r)
+        return start, start + q + (1 if part < r else 0)
+
+
+def wait_for(store: Store, keys: dict[str, str], timeout: float, what: str, progress: Progress,
+             hint: str = "") -> None:
+    """Poll `store` until the artifact at every key of `keys` is complete with the fingerprint it maps
+    to; a `StageError` (retryable) names the missing ones after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    pending = dict(keys)
+    delay = 0.2
+    while True:
+        for key, fingerprint in sorted(pending.items()):
+            manifest = read_manifest(store, key)
+            if manifest and manifest.metadata.get("fingerprint") == fingerprint and is_complete(store, key):
+                del pending[key]
+        if not pending:
+            return
+        if time.monotonic() >= deadline:
+            missing = ", ".join(k.rsplit("/", 1)[-1] for k in sorted(pending))
+            raise StageError(f"timed out after {timeout:.0f} s waiting for {what} {missing}{hint}")
+        progress(f"waiting for {len(pending)} {what}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 5.0)
+
+
+Files = Iterator[tuple[str, np.ndarray | dict[str, np.ndarray]]]
+
+
+class Exchange:
+    """The steps' intermediate files, through the run's store: one artifact per (step, worker),
+    files fetched one at a time (a consumer reads only its partition of each producer)."""
+
+    def __init__(self, store: Store, fingerprint: str, scratch: Path, timeout: float,
+                 progress: Progress | None = None) -> None:
+        self.store = store
+        self.fingerprint = fingerprint
+        self.scratch = scratch
+        self.timeout = timeout
+        self.progress: Progress = progress or (lambda _message: None)
+
+    @staticmethod
+    def key(step: str, part: int) -> str:
+        return f"{PREFIX}/{step}-{part}"
+
+    def done(self, step: str, part: int) -> bool:
+        manifest = read_manifest(self.store, self.key(step, part))
+        return bool(manifest and manifest.metadata.get("fingerprint") == self.fingerprint
+                    and is_complete(self.store, self.key(step, part)))
+
+    def publish(self, step: str, part: int, files: Files, meta: dict[str, Any] | None = None) -> None:
+        """Write, upload and free each (name, array or dict of arrays) as it comes, then commit."""
+        local = self.scratch / f"{step}-{part}"
+        shutil.rmtree(local, ignore_errors=True)
+        local.mkdir(parents=True)
+        writer = ArtifactWriter(self.store, self.key(step, part), clear_existing=True)
+        for name, data in files:
+            path = local / name
+            if isinstance(data, dict):
+                np.savez(path, **data)  # type: ignore[arg-type]
+            else:
+                np.save(path, data)
+            writer.add_file(name, path)
+            path.unlink()
+            del data
+        writer.commit(f"dataset-dedup-{step}", {"fingerprint": self.fingerprint, **(meta or {})})
+        shutil.rmtree(local, ignore_errors=True)
+
+    def wait(self, step: str, parts: int) -> None:
+        keys = {self.key(step, p): self.fingerprint for p in range(parts)}
+        wait_for(self.store, keys, self.timeout, f"dedup step '{step}' of worker(s)", self.progress)
+
+    def fetch(self, key: str) -> Path:
+        """A local copy of the file at `key` (the caller deletes it)."""
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        path = self.scratch / ("in-" + key.replace("/", "_"))
+        self.store.get_file(key, path)
+        return path
+
+    def load(self, step: str, part: int, name: str) -> np.ndarray:
+        path = self.fetch(f"{self.key(step, part)}/{name}")
+        try:
+            return np.load(path)
+        finally:
+            path.unlink()
+
+    def load_dict(self, step: str, part: int, name: str) -> dict[str, np.ndarray]:
+        path = self.fetch(f"{self.key(step, part)}/{name}")
+        try:
+            with np.load(path) as z:
+                return {k: z[k] for k in z.files}
+        finally:
+            path.unlink()
+
+    def meta(self, step: str, part: int) -> dict[str, Any]:
+        manifest = read_manifest(self.store, self.key(step, part))
+        assert manifest is not None
+        return dict(manifest.metadata)
+
+    def concat(self, step: str, name: str, parts: int) -> dict[str, np.ndarray]:
+        """The dicts `name` of every worker's `step` artifact, field by field concatenated."""
+        loaded = [self.load_dict(step, p, name) for p in range(parts)]
+        return {k: np.concatenate([d[k] for d in loaded]) for k in loaded[0]}
+
+
+def _locs(part: int, n: int) -> np.ndarray:
+    return (np.int64(part) << np.int64(LOC_SHIFT)) | np.arange(n, dtype=np.int64)
+
+
+# ---- the steps; `slice_file(name)` gives a local copy of a file of this worker's slice -------------------
+
+def route(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
+    keys = np.load(slice_file("keys.npy"))
+    exact = np.load(slice_file("exact.npy"))
+    n = len(keys)
+    loc = _locs(me, n)
+
+    def files() -> Files:
+        part = (exact % np.uint64(plan.parts)).astype(np.int64)
+        for q in range(plan.parts):
+            mine = part == q
+            yield f"exact-{q}.npz", {"exact": exact[mine], "key": keys[mine], "loc": loc[mine]}
+        if plan.near:
+            sigs = _signatures(slice_file, n, plan.num_perm)
+            for q in range(plan.parts):
+                start, stop = plan.columns(q)
+                yield f"cols-{q}.npy", np.ascontiguousarray(sigs[:, start:stop])  # (n, width) uint32
+
+    x.publish("route", me, files(), {"documents": n})
+
+
+def _signatures(slice_file: Callable[[str], Path], n: int, num_perm: int) -> np.ndarray:
+    if n == 0:
+        return np.zeros((0, num_perm), dtype=np.uint32)
+    return np.memmap(slice_file("sigs.bin"), dtype=np.uint32, mode="r").reshape(n, num_perm)
+
+
+def exact_step(x: Exchange, plan: Plan, me: int) -> None:
+    recs = x.concat("route", f"exact-{me}.npz", plan.parts)
+    dropped = np.zeros(0, dtype=np.int64)
+    if plan.exact and len(recs["exact"]):
+        order = np.lexsort((recs["key"], recs["exact"]))  # by hash, then key: the first is kept
+        h = recs["exact"][order]
+        dup = np.zeros(len(h), dtype=bool)
+        dup[1:] = h[1:] == h[:-1]
+        dropped = recs["loc"][order][dup]
+    src = dropped >> np.int64(LOC_SHIFT)
+
+    def files() -> Files:
+        for i in range(plan.parts):
+            yield f"drop-{i}.npy", np.sort(dropped[src == i] & ROW_MASK)
+
+    x.publish("exact", me, files(), {"dropped": len(dropped)})
+
+
+def exact_dropped(x: Exchange, plan: Plan, worker: int) -> np.ndarray:
+    """Rows of slice `worker` that are exact duplicates (sorted)."""
+    return np.sort(np.concatenate([x.load("exact", q, f"drop-{worker}.npy") for q in range(plan.parts)]))
+
+
+def bands_step(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
+    keys = np.load(slice_file("keys.npy"))
+    n = len(keys)
+    alive = np.ones(n, dtype=bool)
+    alive[exact_dropped(x, plan, me)] = False
+    idx = np.flatnonzero(alive)
+    sigs = _signatures(slice_file, n, plan.num_perm)
+    out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(plan.parts)]
+    for start in range(0, len(idx), CHUNK):
+        rows = idx[start:start + CHUNK]
+        sig = np.asarray(sigs[rows])  # (c, num_perm)
+        loc = (np.int64(me) << np.int64(LOC_SHIFT)) | rows.astype(np.int64)
+        for band in range(plan.bands):
+            bkey = band_keys(sig[:, band * plan.rows:(band + 1) * plan.rows])
+            part = (bkey % np.uint64(plan.parts)).astype(np.int64)
+            for q in range(plan.parts):
+                mine = part == q
+                out[q].append({"band": np.full(int(mine.sum()), band, dtype=np.int32), "bkey": bkey[mine],
+                               "key": keys[rows[mine]], "loc": loc[mine]})
+
+    def files() -> Files:
+        empty: dict[str, np.ndarray] = {"band": np.zeros(0, np.int32), "bkey": np.zeros(0, np.uint64), "key": np.zeros(0, np.int64),
+                                        "loc": np.zeros(0, np.int64)}
+        for q in range(plan.parts):
+            parts = out[q] or [empty]
+            yield f"part-{q}.npz", {k: np.concatenate([p[k] for p in parts]) for k in empty}
+            out[q] = []
+
+    x.publish("bands", me, files())
+
+
+def buckets_step(x: Exchange, plan: Plan, me: int) -> None:
+    r = x.concat("bands", f"part-{me}.npz", plan.parts)
+    order = np.lexsort((r["key"], r["bkey"], r["band"]))  # per bucket, lowest key first
+    band, bkey = r["band"][order], r["bkey"][order]
+    starts = np.ones(len(order), dtype=bool)
+    starts[1:] = (band[1:] != band[:-1]) | (bkey[1:] != bkey[:-1])
+    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
+    members = np.flatnonzero(~starts)
+    a, b = order[first[members]], order[members]  # (bucket representative, other member) per candidate
+    candidates = len(members)
+    a_loc, b_loc = r["loc"][a], r["loc"][b]
+    # The same pair found in several bands is verified once (its estimate does not depend on the band).
+    uniq = np.lexsort((b_loc, a_loc))
+    keep = np.ones(len(uniq), dtype=bool)
+    keep[1:] = (a_loc[uniq][1:] != a_loc[uniq][:-1]) | (b_loc[uniq][1:] != b_loc[uniq][:-1])
+    sel = uniq[keep]
+    pairs = {"a_key": r["key"][a][sel], "a_loc": a_loc[sel], "b_key": r["key"][b][sel], "b_loc": b_loc[sel]}
+    del r, order, band, bkey
+    x.publish("buckets", me, iter([("pairs.npz", pairs)]), {"candidates": candidates, "pairs": len(sel)})
+
+
+def verify_step(x: Exchange, plan: Plan, me: int) -> None:
+    start, stop = plan.columns(me)
+    sizes = [int(x.meta("route", i)["documents"]) for i in range(plan.parts)]
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    cols = np.empty((int(offsets[-1]), stop - start), dtype=np.uint32)  # this partition's columns, all docs
+    for i in range(plan.parts):
+        if sizes[i]:
+            cols[offsets[i]:offsets[i + 1]] = x.load("route", i, f"cols-{me}.npy")
+
+    def rows(loc: np.ndarray) -> np.ndarray:
+        return offsets[loc >> np.int64(LOC_SHIFT)] + (loc & ROW_MASK)
+
+    def files() -> Files:
+        for q in range(plan.parts):
+            pairs = x.load_dict("buckets", q, "pairs.npz")
+            eq = np.zeros(len(pairs["a_loc"]), dtype=np.uint16)  # agreeing columns per pair (≤ 1024)
+            for s in range(0, len(eq), CHUNK):
+                ia, ib = rows(pairs["a_loc"][s:s + CHUNK]), rows(pairs["b_loc"][s:s + CHUNK])
+                eq[s:s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=np.uint16)
+            yield f"eq-{q}.npy", eq
+
+    x.publish("verify", me, files())
+
+
+@dataclass
+class Components:
+    """The near-duplicate outcome: dropped rows per slice and the card's statistics."""
+
+    dropped: list[np.ndarray]  # per slice: sorted rows
+    clusters: int
+    candidate_pairs: int
+    verified_pairs: int
+
+
+def components(x: Exchange, plan: Plan) -> Components:
+    """Step 6: the verified pairs' connected components; all but each component's lowest key go."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    empty = [np.zeros(0, dtype=np.int64) for _ in range(plan.parts)]
+    if not plan.near:
+        return Components(empty, 0, 0, 0)
+    a_keys, a_locs, b_keys, b_locs = [], [], [], []
+    candidates = 0
+    for q in range(plan.parts):
+        candidates += int(x.meta("buckets", q)["candidates"])
+        pairs = x.load_dict("buckets", q, "pairs.npz")
+        agree = np.zeros(len(pairs["a_loc"]), dtype=np.int64)
+        for c in range(plan.parts):
+            agree += x.load("verify", c, f"eq-{q}.npy")
+        # The same float comparison as near_duplicates' mean over the columns.
+        ok = agree.astype(np.float64) / plan.num_perm >= plan.threshold
+        a_keys.append(pairs["a_key"][ok])
+        a_locs.append(pairs["a_loc"][ok])
+        b_keys.append(pairs["b_key"][ok])
+        b_locs.append(pairs["b_loc"][ok])
+    keys = np.concatenate([*a_keys, *b_keys])
+    locs = np.concatenate([*a_locs, *b_locs])
+    verified = len(keys) // 2
+    if not verified:
+        return Components(empty, 0, candidates, 0)
+    node_keys, first_seen, node = np.unique(keys, return_index=True, return_inverse=True)  # ascending keys
+    m = len(node_keys)
+    graph = coo_matrix((np.ones(verified, dtype=np.int8), (node[:verified], node[verified:])), shape=(m, m))
+    count, label = connected_components(graph, directed=False)
+    _, root = np.unique(label, return_index=True)  # per component, its first node = its lowest key
+    drop = root[label] != np.arange(m)
+    dropped_locs = locs[first_seen][drop]
+    src = dropped_locs >> np.int64(LOC_SHIFT)
+    dropped = [np.sort(dropped_locs[src == i] & ROW_MASK) for i in range(plan.parts)]
+    return Components(dropped, int(count), candidates, verified)
+
+
+def run_partition(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
+    """Steps 1-5 for worker `me`, each skipped when already committed, with a barrier after each (the
+    last one for worker 0 only, which then runs `components` and deletes the intermediates)."""
+    steps: dict[str, Callable[[], None]] = {
+        "route": lambda: route(x, plan, me, slice_file),
+        "exact": lambda: exact_step(x, plan, me),
+        "bands": lambda: bands_step(x, plan, me, slice_file),
+        "buckets": lambda: buckets_step(x, plan, me),
+        "verify": lambda: verify_step(x, plan, me),
+    }
+    for step in STEPS:
+        if step in ("bands", "buckets", "verify") and not plan.near:
+            break
+        if not x.done(step, me):
+            x.progress(f"dedup step '{step}' (partition {me} of {plan.parts})")
+            steps[step]()
+        last = step == "verify" or (step == "exact" and not plan.near)
+        if me == 0 or not last:  # only worker 0 goes on (to `components`) after the last step
+            x.wait(step, plan.parts)
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set so far (Linux: ru_maxrss is in KiB)."""
+    import resource
+
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
+
