@@ -294,16 +294,18 @@ def verify_step(x: Exchange, plan: Plan, me: int) -> None:
         if sizes[i]:
             cols[offsets[i]:offsets[i + 1]] = x.load("route", i, f"cols-{me}.npy")
 
+    count_dtype = np.uint8 if stop - start <= 255 else np.uint16  # 1 B per pair from 5 workers on
+
     def rows(loc: np.ndarray) -> np.ndarray:
         return offsets[loc >> np.int64(LOC_SHIFT)] + (loc & ROW_MASK)
 
     def files() -> Files:
         for q in range(plan.parts):
             pairs = x.load_dict("buckets", q, "pairs.npz")
-            eq = np.zeros(len(pairs["a_loc"]), dtype=np.uint16)  # agreeing columns per pair (≤ 1024)
+            eq = np.zeros(len(pairs["a_loc"]), dtype=count_dtype)  # agreeing columns per pair
             for s in range(0, len(eq), CHUNK):
                 ia, ib = rows(pairs["a_loc"][s:s + CHUNK]), rows(pairs["b_loc"][s:s + CHUNK])
-                eq[s:s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=np.uint16)
+                eq[s:s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=count_dtype)
             yield f"eq-{q}.npy", eq
 
     x.publish("verify", me, files())
@@ -319,16 +321,34 @@ class Components:
     verified_pairs: int
 
 
-def components(x: Exchange, plan: Plan) -> Components:
-    """Step 6: the verified pairs' connected components; all but each component's lowest key go."""
+def _stars(key: np.ndarray, loc: np.ndarray, a: np.ndarray, b: np.ndarray
+           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Connected components of the graph with edges `key[a[i]]`-`key[b[i]]` over the nodes `key`
+    (unique, ascending; `loc` alongside): (key, loc, root key) per node, the root being the lowest key
+    of its component."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
+    m = len(key)
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(m, m))
+    _count, label = connected_components(graph, directed=False)
+    _, first = np.unique(label, return_index=True)  # per component, its first node = its lowest key
+    return key, loc, key[first[label]]
+
+
+def components(x: Exchange, plan: Plan) -> Components:
+    """Step 6: the verified pairs' connected components; all but each component's lowest key go.
+
+    The bucket partitions are taken one at a time and folded into a forest of stars (each node linked
+    to its component's lowest key), so memory holds the nodes seen so far plus one partition's pairs,
+    not every verified pair (a pair found in several bands may be verified in several partitions)."""
     empty = [np.zeros(0, dtype=np.int64) for _ in range(plan.parts)]
     if not plan.near:
         return Components(empty, 0, 0, 0)
-    a_keys, a_locs, b_keys, b_locs = [], [], [], []
-    candidates = 0
+    node_key = np.zeros(0, dtype=np.int64)  # (m,) ascending: every document in a verified pair so far
+    node_loc = np.zeros(0, dtype=np.int64)
+    root_key = np.zeros(0, dtype=np.int64)  # (m,) its component's lowest key
+    candidates = verified = 0
     for q in range(plan.parts):
         candidates += int(x.meta("buckets", q)["candidates"])
         pairs = x.load_dict("buckets", q, "pairs.npz")
@@ -337,25 +357,23 @@ def components(x: Exchange, plan: Plan) -> Components:
             agree += x.load("verify", c, f"eq-{q}.npy")
         # The same float comparison as near_duplicates' mean over the columns.
         ok = agree.astype(np.float64) / plan.num_perm >= plan.threshold
-        a_keys.append(pairs["a_key"][ok])
-        a_locs.append(pairs["a_loc"][ok])
-        b_keys.append(pairs["b_key"][ok])
-        b_locs.append(pairs["b_loc"][ok])
-    keys = np.concatenate([*a_keys, *b_keys])
-    locs = np.concatenate([*a_locs, *b_locs])
-    verified = len(keys) // 2
-    if not verified:
-        return Components(empty, 0, candidates, 0)
-    node_keys, first_seen, node = np.unique(keys, return_index=True, return_inverse=True)  # ascending keys
-    m = len(node_keys)
-    graph = coo_matrix((np.ones(verified, dtype=np.int8), (node[:verified], node[verified:])), shape=(m, m))
-    count, label = connected_components(graph, directed=False)
-    _, root = np.unique(label, return_index=True)  # per component, its first node = its lowest key
-    drop = root[label] != np.arange(m)
-    dropped_locs = locs[first_seen][drop]
+        if not ok.any():
+            continue
+        verified += int(ok.sum())
+        # Edges: this partition's verified pairs, plus each known node to its root (the stars so far).
+        root_loc = node_loc[np.searchsorted(node_key, root_key)]
+        ends_key = np.concatenate([pairs["a_key"][ok], node_key, pairs["b_key"][ok], root_key])
+        ends_loc = np.concatenate([pairs["a_loc"][ok], node_loc, pairs["b_loc"][ok], root_loc])
+        half = len(ends_key) // 2
+        node_key, first, inverse = np.unique(ends_key, return_index=True, return_inverse=True)
+        node_loc = ends_loc[first]
+        node_key, node_loc, root_key = _stars(node_key, node_loc, inverse[:half], inverse[half:])
+        del pairs, agree, ends_key, ends_loc
+    drop = root_key != node_key
+    dropped_locs = node_loc[drop]
     src = dropped_locs >> np.int64(LOC_SHIFT)
     dropped = [np.sort(dropped_locs[src == i] & ROW_MASK) for i in range(plan.parts)]
-    return Components(dropped, int(count), candidates, verified)
+    return Components(dropped, len(np.unique(root_key)), candidates, verified)
 
 
 def run_partition(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
@@ -380,8 +398,15 @@ def run_partition(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], 
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set so far (Linux: ru_maxrss is in KiB)."""
+    """This process's peak resident set so far: `VmHWM` of /proc/self/status on Linux (the high-water
+    mark of this program's own memory; `getrusage`'s ru_maxrss also counts the parent's RSS at fork,
+    which exec does not reset), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     import resource
 
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
-
+    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024  # KiB on Linux
