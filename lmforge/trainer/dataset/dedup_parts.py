@@ -99,7 +99,12 @@ def wait_for(store: Store, keys: dict[str, str], timeout: float, what: str, prog
         delay = min(delay * 1.5, 5.0)
 
 
-Files = Iterator[tuple[str, np.ndarray | dict[str, np.ndarray]]]
+Files = Iterator[tuple[str, np.ndarray | dict[str, np.ndarray] | Path]]
+"""(name, content) of a step's files: an array (.npy), a dict of arrays (.npz), or a file already
+written (a step that streams its output writes it under `Exchange.local(step, part)`)."""
+
+RECORD = np.dtype([("band", "<i4"), ("bkey", "<u8"), ("key", "<i8"), ("loc", "<i8")])
+"""One (band, bucket key, document) of step 3's output: 28 bytes, raw files of these records."""
 
 
 class Exchange:
@@ -123,15 +128,23 @@ class Exchange:
         return bool(manifest and manifest.metadata.get("fingerprint") == self.fingerprint
                     and is_complete(self.store, self.key(step, part)))
 
-    def publish(self, step: str, part: int, files: Files, meta: dict[str, Any] | None = None) -> None:
-        """Write, upload and free each (name, array or dict of arrays) as it comes, then commit."""
+    def local(self, step: str, part: int) -> Path:
+        """The local folder a step's files are written in before they are uploaded (made empty)."""
         local = self.scratch / f"{step}-{part}"
         shutil.rmtree(local, ignore_errors=True)
         local.mkdir(parents=True)
+        return local
+
+    def publish(self, step: str, part: int, files: Files, meta: dict[str, Any] | None = None) -> None:
+        """Write, upload and free each file as it comes, then commit."""
+        local = self.scratch / f"{step}-{part}"
+        local.mkdir(parents=True, exist_ok=True)
         writer = ArtifactWriter(self.store, self.key(step, part), clear_existing=True)
         for name, data in files:
             path = local / name
-            if isinstance(data, dict):
+            if isinstance(data, Path):
+                path = data
+            elif isinstance(data, dict):
                 np.savez(path, **data)  # type: ignore[arg-type]
             else:
                 np.save(path, data)
@@ -189,25 +202,60 @@ def route(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -
     exact = np.load(slice_file("exact.npy"))
     n = len(keys)
     loc = _locs(me, n)
+    local = x.local("route", me)
+    shards: list[Path] = []
+    if plan.near:
+        # The slice's signatures cut into P column shards in one streaming pass: (n, width) uint32 each.
+        shards = [local / f"cols-{q}.npy" for q in range(plan.parts)]
+        outs = [open(path, "wb") for path in shards]
+        try:
+            for q, out in enumerate(outs):
+                start, stop = plan.columns(q)
+                np.lib.format.write_array_header_1_0(
+                    out, {"descr": "<u4", "fortran_order": False, "shape": (n, stop - start)})
+            for sig in _signature_chunks(slice_file, n, plan.num_perm):
+                for q, out in enumerate(outs):
+                    start, stop = plan.columns(q)
+                    out.write(np.ascontiguousarray(sig[:, start:stop]).tobytes())
+        finally:
+            for out in outs:
+                out.close()
 
     def files() -> Files:
         part = (exact % np.uint64(plan.parts)).astype(np.int64)
         for q in range(plan.parts):
             mine = part == q
             yield f"exact-{q}.npz", {"exact": exact[mine], "key": keys[mine], "loc": loc[mine]}
-        if plan.near:
-            sigs = _signatures(slice_file, n, plan.num_perm)
-            for q in range(plan.parts):
-                start, stop = plan.columns(q)
-                yield f"cols-{q}.npy", np.ascontiguousarray(sigs[:, start:stop])  # (n, width) uint32
+        for path in shards:
+            yield path.name, path
 
     x.publish("route", me, files(), {"documents": n})
 
 
-def _signatures(slice_file: Callable[[str], Path], n: int, num_perm: int) -> np.ndarray:
+def _signature_chunks(slice_file: Callable[[str], Path], n: int, num_perm: int) -> Iterator[np.ndarray]:
+    """The slice's signatures, CHUNK rows at a time, read (not memory-mapped: a mapping's pages would
+    stay in the resident set): (<= CHUNK, num_perm) uint32."""
     if n == 0:
-        return np.zeros((0, num_perm), dtype=np.uint32)
-    return np.memmap(slice_file("sigs.bin"), dtype=np.uint32, mode="r").reshape(n, num_perm)
+        return
+    with open(slice_file("sigs.bin"), "rb") as f:
+        for start in range(0, n, CHUNK):
+            rows = min(CHUNK, n - start)
+            yield np.fromfile(f, dtype=np.uint32, count=rows * num_perm).reshape(rows, num_perm)
+
+
+def _read_into(path: Path, out: np.ndarray, header: bool) -> None:
+    """Read the file at `path` (a .npy when `header`, else raw) straight into `out`: no second copy."""
+    with open(path, "rb") as f:
+        if header:
+            version = np.lib.format.read_magic(f)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read_header(f)
+            if tuple(shape) != out.shape or dtype != out.dtype:
+                raise ValueError(f"{path}: {shape} {dtype}, expected {out.shape} {out.dtype}")
+        buf = out.reshape(-1).view(np.uint8)  # a view: `out` is a contiguous row range
+        if f.readinto(buf) != buf.nbytes:  # type: ignore[arg-type]
+            raise ValueError(f"{path}: shorter than {buf.nbytes} bytes")
 
 
 def exact_step(x: Exchange, plan: Plan, me: int) -> None:
@@ -238,50 +286,62 @@ def bands_step(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Pat
     n = len(keys)
     alive = np.ones(n, dtype=bool)
     alive[exact_dropped(x, plan, me)] = False
-    idx = np.flatnonzero(alive)
-    sigs = _signatures(slice_file, n, plan.num_perm)
-    out: list[list[dict[str, np.ndarray]]] = [[] for _ in range(plan.parts)]
-    for start in range(0, len(idx), CHUNK):
-        rows = idx[start:start + CHUNK]
-        sig = np.asarray(sigs[rows])  # (c, num_perm)
-        loc = (np.int64(me) << np.int64(LOC_SHIFT)) | rows.astype(np.int64)
-        for band in range(plan.bands):
-            bkey = band_keys(sig[:, band * plan.rows:(band + 1) * plan.rows])
-            part = (bkey % np.uint64(plan.parts)).astype(np.int64)
-            for q in range(plan.parts):
-                mine = part == q
-                out[q].append({"band": np.full(int(mine.sum()), band, dtype=np.int32), "bkey": bkey[mine],
-                               "key": keys[rows[mine]], "loc": loc[mine]})
-
-    def files() -> Files:
-        empty: dict[str, np.ndarray] = {"band": np.zeros(0, np.int32), "bkey": np.zeros(0, np.uint64), "key": np.zeros(0, np.int64),
-                                        "loc": np.zeros(0, np.int64)}
-        for q in range(plan.parts):
-            parts = out[q] or [empty]
-            yield f"part-{q}.npz", {k: np.concatenate([p[k] for p in parts]) for k in empty}
-            out[q] = []
-
-    x.publish("bands", me, files())
+    local = x.local("bands", me)
+    paths = [local / f"part-{q}.rec" for q in range(plan.parts)]
+    outs = [open(path, "wb") for path in paths]
+    try:
+        for c, chunk in enumerate(_signature_chunks(slice_file, n, plan.num_perm)):
+            rows = np.flatnonzero(alive[c * CHUNK:c * CHUNK + len(chunk)])
+            sig = chunk[rows]
+            rows += c * CHUNK
+            loc = (np.int64(me) << np.int64(LOC_SHIFT)) | rows.astype(np.int64)
+            for band in range(plan.bands):
+                bkey = band_keys(sig[:, band * plan.rows:(band + 1) * plan.rows])
+                part = (bkey % np.uint64(plan.parts)).astype(np.int64)
+                for q, out in enumerate(outs):
+                    mine = np.flatnonzero(part == q)
+                    rec = np.empty(len(mine), dtype=RECORD)
+                    rec["band"], rec["bkey"], rec["key"], rec["loc"] = band, bkey[mine], keys[rows[mine]], loc[mine]
+                    out.write(rec.tobytes())
+    finally:
+        for out in outs:
+            out.close()
+    x.publish("bands", me, ((path.name, path) for path in paths))
 
 
 def buckets_step(x: Exchange, plan: Plan, me: int) -> None:
-    r = x.concat("bands", f"part-{me}.npz", plan.parts)
-    order = np.lexsort((r["key"], r["bkey"], r["band"]))  # per bucket, lowest key first
-    band, bkey = r["band"][order], r["bkey"][order]
-    starts = np.ones(len(order), dtype=bool)
-    starts[1:] = (band[1:] != band[:-1]) | (bkey[1:] != bkey[:-1])
-    first = np.maximum.accumulate(np.where(starts, np.arange(len(order)), 0))
-    members = np.flatnonzero(~starts)
-    a, b = order[first[members]], order[members]  # (bucket representative, other member) per candidate
-    candidates = len(members)
-    a_loc, b_loc = r["loc"][a], r["loc"][b]
+    paths = [x.fetch(f"{x.key('bands', i)}/part-{me}.rec") for i in range(plan.parts)]
+    sizes = [path.stat().st_size // RECORD.itemsize for path in paths]
+    rec = np.empty(sum(sizes), dtype=RECORD)  # every record of this partition, every band
+    at = 0
+    for path, size in zip(paths, sizes, strict=True):
+        _read_into(path, rec[at:at + size], header=False)
+        path.unlink()
+        at += size
+    candidates = 0
+    found: list[tuple[np.ndarray, np.ndarray]] = []  # (representative, member) record indices per band
+    for band in range(plan.bands):  # bands are independent: one band's temporaries at a time
+        idx = np.flatnonzero(rec["band"] == band)
+        bkey = rec["bkey"][idx]
+        order = np.lexsort((rec["key"][idx], bkey))  # per bucket, lowest key first
+        bkey = bkey[order]
+        starts = np.ones(len(order), dtype=bool)
+        starts[1:] = bkey[1:] != bkey[:-1]
+        members = np.flatnonzero(~starts)
+        first = np.flatnonzero(starts)[np.cumsum(starts)[members] - 1]  # each member's bucket start
+        candidates += len(members)
+        found.append((idx[order[first]], idx[order[members]]))
+        del idx, bkey, order, starts
+    a = np.concatenate([f[0] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    b = np.concatenate([f[1] for f in found]) if found else np.zeros(0, dtype=np.int64)
+    a_loc, b_loc = rec["loc"][a], rec["loc"][b]
     # The same pair found in several bands is verified once (its estimate does not depend on the band).
     uniq = np.lexsort((b_loc, a_loc))
     keep = np.ones(len(uniq), dtype=bool)
     keep[1:] = (a_loc[uniq][1:] != a_loc[uniq][:-1]) | (b_loc[uniq][1:] != b_loc[uniq][:-1])
     sel = uniq[keep]
-    pairs = {"a_key": r["key"][a][sel], "a_loc": a_loc[sel], "b_key": r["key"][b][sel], "b_loc": b_loc[sel]}
-    del r, order, band, bkey
+    pairs = {"a_key": rec["key"][a[sel]], "a_loc": a_loc[sel], "b_key": rec["key"][b[sel]], "b_loc": b_loc[sel]}
+    del rec
     x.publish("buckets", me, iter([("pairs.npz", pairs)]), {"candidates": candidates, "pairs": len(sel)})
 
 
@@ -292,7 +352,9 @@ def verify_step(x: Exchange, plan: Plan, me: int) -> None:
     cols = np.empty((int(offsets[-1]), stop - start), dtype=np.uint32)  # this partition's columns, all docs
     for i in range(plan.parts):
         if sizes[i]:
-            cols[offsets[i]:offsets[i + 1]] = x.load("route", i, f"cols-{me}.npy")
+            path = x.fetch(f"{x.key('route', i)}/cols-{me}.npy")
+            _read_into(path, cols[offsets[i]:offsets[i + 1]], header=True)
+            path.unlink()
 
     count_dtype = np.uint8 if stop - start <= 255 else np.uint16  # 1 B per pair from 5 workers on
 
