@@ -16,14 +16,15 @@ every worker waits for all P artifacts of a step before it starts the next:
              single-process `dedup.near_duplicates`.
 5. `verify`  (partition p): for the pairs of every bucket partition, how many of p's signature
              columns agree (the estimated Jaccard is a sum over columns, so it splits by column).
-6. `components` (worker 0): the agreement counts summed, the pairs at or above the threshold kept,
-             and their connected components taken (scipy's union-find); all but the lowest key of a
-             component are dropped -- the single-process rule, so the output is byte-identical
-             whatever P is.
+6. `edges`   (partition p): its pairs' agreement counts summed over the P column shards; the pairs
+             at or above the threshold are the verified edges.
+7. `components` (worker 0): the connected components of the verified edges (scipy's union-find,
+             folded one partition at a time); all but the lowest key of a component are dropped --
+             the single-process rule, so the output is byte-identical whatever P is.
 
 A document is addressed by `loc` = slice << 40 | row (where its row is) and ordered by its global
-`key` (file order, then row). Per process, steps 1-5 hold O(n / P) records; step 6 holds the verified
-pairs only (a few words per near-duplicate document).
+`key` (file order, then row). Per process, steps 1-6 hold O(n / P) records; step 7 holds the
+documents in verified pairs only (a few words per near-duplicate document).
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ PREFIX = "work/dedup"
 LOC_SHIFT = 40  # loc = slice << 40 | row: up to 2^40 rows per slice, 2^23 slices
 ROW_MASK = np.int64((1 << LOC_SHIFT) - 1)
 CHUNK = 1 << 16  # documents (or pairs) handled at a time where a step streams
-STEPS = ("route", "exact", "bands", "buckets", "verify")
+STEPS = ("route", "exact", "bands", "buckets", "verify", "edges")
 """The steps every worker runs, in order (worker 0 then runs `components`)."""
 
 Progress = Callable[[str], object]
@@ -340,9 +341,10 @@ def buckets_step(x: Exchange, plan: Plan, me: int) -> None:
     keep = np.ones(len(uniq), dtype=bool)
     keep[1:] = (a_loc[uniq][1:] != a_loc[uniq][:-1]) | (b_loc[uniq][1:] != b_loc[uniq][:-1])
     sel = uniq[keep]
+    # One file per field: `verify` (every partition) fetches the locations only.
     pairs = {"a_key": rec["key"][a[sel]], "a_loc": a_loc[sel], "b_key": rec["key"][b[sel]], "b_loc": b_loc[sel]}
     del rec
-    x.publish("buckets", me, iter([("pairs.npz", pairs)]), {"candidates": candidates, "pairs": len(sel)})
+    x.publish("buckets", me, ((f"{k}.npy", v) for k, v in pairs.items()), {"candidates": candidates, "pairs": len(sel)})
 
 
 def verify_step(x: Exchange, plan: Plan, me: int) -> None:
@@ -363,14 +365,26 @@ def verify_step(x: Exchange, plan: Plan, me: int) -> None:
 
     def files() -> Files:
         for q in range(plan.parts):
-            pairs = x.load_dict("buckets", q, "pairs.npz")
-            eq = np.zeros(len(pairs["a_loc"]), dtype=count_dtype)  # agreeing columns per pair
+            a_loc, b_loc = x.load("buckets", q, "a_loc.npy"), x.load("buckets", q, "b_loc.npy")
+            eq = np.zeros(len(a_loc), dtype=count_dtype)  # agreeing columns per pair
             for s in range(0, len(eq), CHUNK):
-                ia, ib = rows(pairs["a_loc"][s:s + CHUNK]), rows(pairs["b_loc"][s:s + CHUNK])
+                ia, ib = rows(a_loc[s:s + CHUNK]), rows(b_loc[s:s + CHUNK])
                 eq[s:s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=count_dtype)
             yield f"eq-{q}.npy", eq
 
     x.publish("verify", me, files())
+
+
+def edges_step(x: Exchange, plan: Plan, me: int) -> None:
+    pairs = {k: x.load("buckets", me, f"{k}.npy") for k in ("a_key", "a_loc", "b_key", "b_loc")}
+    agree = np.zeros(len(pairs["a_loc"]), dtype=np.int64)
+    for c in range(plan.parts):
+        agree += x.load("verify", c, f"eq-{me}.npy")
+    # The same float comparison as near_duplicates' mean over the columns.
+    ok = agree.astype(np.float64) / plan.num_perm >= plan.threshold
+    edges = {k: v[ok] for k, v in pairs.items()}
+    meta = {"candidates": int(x.meta("buckets", me)["candidates"]), "verified": int(ok.sum())}
+    x.publish("edges", me, iter([("edges.npz", edges)]), meta)
 
 
 @dataclass
@@ -399,7 +413,7 @@ def _stars(key: np.ndarray, loc: np.ndarray, a: np.ndarray, b: np.ndarray
 
 
 def components(x: Exchange, plan: Plan) -> Components:
-    """Step 6: the verified pairs' connected components; all but each component's lowest key go.
+    """Step 7: the verified pairs' connected components; all but each component's lowest key go.
 
     The bucket partitions are taken one at a time and folded into a forest of stars (each node linked
     to its component's lowest key), so memory holds the nodes seen so far plus one partition's pairs,
@@ -412,25 +426,21 @@ def components(x: Exchange, plan: Plan) -> Components:
     root_key = np.zeros(0, dtype=np.int64)  # (m,) its component's lowest key
     candidates = verified = 0
     for q in range(plan.parts):
-        candidates += int(x.meta("buckets", q)["candidates"])
-        pairs = x.load_dict("buckets", q, "pairs.npz")
-        agree = np.zeros(len(pairs["a_loc"]), dtype=np.int64)
-        for c in range(plan.parts):
-            agree += x.load("verify", c, f"eq-{q}.npy")
-        # The same float comparison as near_duplicates' mean over the columns.
-        ok = agree.astype(np.float64) / plan.num_perm >= plan.threshold
-        if not ok.any():
+        meta = x.meta("edges", q)
+        candidates += int(meta["candidates"])
+        verified += int(meta["verified"])
+        if not meta["verified"]:
             continue
-        verified += int(ok.sum())
+        e = x.load_dict("edges", q, "edges.npz")
         # Edges: this partition's verified pairs, plus each known node to its root (the stars so far).
         root_loc = node_loc[np.searchsorted(node_key, root_key)]
-        ends_key = np.concatenate([pairs["a_key"][ok], node_key, pairs["b_key"][ok], root_key])
-        ends_loc = np.concatenate([pairs["a_loc"][ok], node_loc, pairs["b_loc"][ok], root_loc])
+        ends_key = np.concatenate([e["a_key"], node_key, e["b_key"], root_key])
+        ends_loc = np.concatenate([e["a_loc"], node_loc, e["b_loc"], root_loc])
         half = len(ends_key) // 2
         node_key, first, inverse = np.unique(ends_key, return_index=True, return_inverse=True)
         node_loc = ends_loc[first]
         node_key, node_loc, root_key = _stars(node_key, node_loc, inverse[:half], inverse[half:])
-        del pairs, agree, ends_key, ends_loc
+        del e, ends_key, ends_loc
     drop = root_key != node_key
     dropped_locs = node_loc[drop]
     src = dropped_locs >> np.int64(LOC_SHIFT)
@@ -439,7 +449,7 @@ def components(x: Exchange, plan: Plan) -> Components:
 
 
 def run_partition(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
-    """Steps 1-5 for worker `me`, each skipped when already committed, with a barrier after each (the
+    """Steps 1-6 for worker `me`, each skipped when already committed, with a barrier after each (the
     last one for worker 0 only, which then runs `components` and deletes the intermediates)."""
     steps: dict[str, Callable[[], None]] = {
         "route": lambda: route(x, plan, me, slice_file),
@@ -447,14 +457,15 @@ def run_partition(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], 
         "bands": lambda: bands_step(x, plan, me, slice_file),
         "buckets": lambda: buckets_step(x, plan, me),
         "verify": lambda: verify_step(x, plan, me),
+        "edges": lambda: edges_step(x, plan, me),
     }
     for step in STEPS:
-        if step in ("bands", "buckets", "verify") and not plan.near:
+        if step in ("bands", "buckets", "verify", "edges") and not plan.near:
             break
         if not x.done(step, me):
             x.progress(f"dedup step '{step}' (partition {me} of {plan.parts})")
             steps[step]()
-        last = step == "verify" or (step == "exact" and not plan.near)
+        last = step == "edges" or (step == "exact" and not plan.near)
         if me == 0 or not last:  # only worker 0 goes on (to `components`) after the last step
             x.wait(step, plan.parts)
 

@@ -68,7 +68,7 @@ def dedup_exchange(ctx: StageContext, fingerprint: str) -> Exchange:
 
 
 def run_dedup_partition(ctx: StageContext, spec: DatasetSpec, fingerprint: str) -> None:
-    """This worker's share of the global dedup (`dedup_parts` steps 1-5), reading its own slice's
+    """This worker's share of the global dedup (`dedup_parts` steps 1-6), reading its own slice's
     arrays and signatures back from the store (so a restarted or rescheduled worker can do it)."""
     x = dedup_exchange(ctx, fingerprint)
     shutil.rmtree(x.scratch, ignore_errors=True)

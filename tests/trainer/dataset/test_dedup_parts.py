@@ -12,7 +12,14 @@ import pytest
 from lmforge.api.dataset import NearDedup
 from lmforge.store import LocalStore
 from lmforge.trainer.dataset.dedup import MinHasher, exact_duplicates, exact_hash, lsh_params, near_duplicates
-from lmforge.trainer.dataset.dedup_parts import PREFIX, Exchange, Plan, components, exact_dropped, run_partition
+from lmforge.trainer.dataset.dedup_parts import (
+    PREFIX,
+    Exchange,
+    Plan,
+    components,
+    exact_dropped,
+    run_partition,
+)
 
 _WORDS = [f"w{i}" for i in range(3000)]
 FILES = 12
@@ -141,6 +148,6 @@ def test_a_missing_worker_times_out_with_its_name(tmp_path: Path) -> None:
     _write_slices(store, _corpus(), 2, NearDedup())
     plan = Plan(2, 112, 16, 7, 0.7, True, True)
     x = Exchange(store, "fp", tmp_path / "scratch", timeout=0.5)
-    with pytest.raises(StageError, match="dedup step 'route' of worker.*route-1"):
+    with pytest.raises(StageError, match=r"dedup step 'route' of worker.*route-1"):
         run_partition(x, plan, 0, lambda name: store.root / "work/worker-0" / name)
     assert x.done("route", 0) and not x.done("route", 1)
