@@ -106,10 +106,17 @@ def child_partition(store: Path, parts: int, me: int, result: Path) -> None:
     start = time.monotonic()
     s = LocalStore(store)
     plan = Plan(parts, NUM_PERM, BANDS, ROWS, THRESHOLD, True, True)
-    x = Exchange(s, "bench", store.parent / f"scratch-{me}", timeout=3600)
+    marks: list[tuple[float, str]] = []  # (seconds since start, step) at each step's start
+
+    def progress(message: str) -> None:
+        if message.startswith("dedup step"):
+            marks.append((time.monotonic() - start, message.split("'")[1]))
+
+    x = Exchange(s, "bench", store.parent / f"scratch-{me}", timeout=3600, progress=progress)
     run_partition(x, plan, me, lambda name: store / f"work/worker-{me}" / name)
     out: dict[str, object] = {}
     if me == 0:
+        marks.append((time.monotonic() - start, "components+merge"))
         near = components(x, plan)
         dirs = [store / f"work/worker-{i}" for i in range(parts)]
         r = merge(dirs, ["s"], lambda i: exact_dropped(x, plan, i), near, BANDS, ROWS)
@@ -118,7 +125,19 @@ def child_partition(store: Path, parts: int, me: int, result: Path) -> None:
                "kept": int(sum(int(k.sum()) for k in r.keep)), "near_keys": sorted(np.concatenate(near_keys).tolist())}
     from lmforge.trainer.dataset.dedup_parts import peak_rss_bytes
 
-    result.write_text(json.dumps({"rss": peak_rss_bytes(), "seconds": time.monotonic() - start, **out}))
+    end = time.monotonic() - start
+    steps = {name: round(t1 - t0, 2) for (t0, name), (t1, _) in zip(marks, [*marks[1:], (end, "")], strict=True)}
+    result.write_text(json.dumps({"rss": peak_rss_bytes(), "seconds": end, "steps": steps, **out}))
+
+
+def child_idle(result: Path) -> None:
+    """The interpreter with the modules a worker imports, and no data: the floor under every peak."""
+    import scipy.sparse.csgraph  # noqa: F401
+
+    import lmforge.trainer.dataset.dedup_parts
+    import lmforge.trainer.dataset.merge
+
+    result.write_text(json.dumps({"rss": lmforge.trainer.dataset.dedup_parts.peak_rss_bytes()}))
 
 
 def child_reference(corpus: Path, files: int, result: Path) -> None:
@@ -187,6 +206,8 @@ def main() -> None:
         role, *rest = sys.argv[2:]
         if role == "partition":
             child_partition(Path(rest[0]), int(rest[1]), int(rest[2]), Path(rest[3]))
+        elif role == "idle":
+            child_idle(Path(rest[0]))
         else:
             child_reference(Path(rest[0]), int(rest[1]), Path(rest[2]))
         return
@@ -207,6 +228,10 @@ def main() -> None:
             info = generate(tmp / f"corpus-{name}", docs, files, seed=parts)
             corpora[name] = (tmp / f"corpus-{name}", files)
             print(f"{name}: {info} in {files} files, {parts} worker(s)")
+        idle = _spawn(["--child", "idle", str(tmp / "idle.json")])
+        idle.wait()
+        print(f"idle worker process (interpreter + numpy + scipy + lmforge, no data): "
+              f"{json.loads((tmp / 'idle.json').read_text())['rss'] / 2**20:.0f} MB")
         refs = {name: run_reference(*corpora[name], tmp / f"ref-{name}") for name in cases}
         for name, ref in refs.items():
             print(f"reference (single process, all signatures) {name}: peak RSS {ref['rss'] / 2**20:.0f} MB, "
@@ -226,6 +251,7 @@ def main() -> None:
                 print(f"round {r + 1} {name:6s} ({parts} worker(s)): per-process peak RSS {each} MB (max {peak:.0f}), "
                       f"wall {max(x['seconds'] for x in res):.1f} s, F1 {f1(*corpora[name], w0['near_keys'])['f1']:.4f}, "
                       f"identical to the single-process rule: {same}")
+                print(f"  worker 0 seconds per step (barrier waits included): {w0['steps']}")
             ratios.append(peaks["scaled"][-1] / peaks["base"][-1])
             print(f"round {r + 1}: scaled / base per-process peak RSS = {ratios[-1]:.3f}")
         f_base = f1(*corpora["base"], refs["base"]["near_keys"])["f1"]
