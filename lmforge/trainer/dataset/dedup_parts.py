@@ -415,9 +415,10 @@ def _stars(key: np.ndarray, loc: np.ndarray, a: np.ndarray, b: np.ndarray
 def components(x: Exchange, plan: Plan) -> Components:
     """Step 7: the verified pairs' connected components; all but each component's lowest key go.
 
-    The bucket partitions are taken one at a time and folded into a forest of stars (each node linked
-    to its component's lowest key), so memory holds the nodes seen so far plus one partition's pairs,
-    not every verified pair (a pair found in several bands may be verified in several partitions)."""
+    The bucket partitions' edges are folded, a batch at a time, into a forest of stars (each node
+    linked to its component's lowest key), so memory holds the nodes seen so far plus a batch of
+    edges, not every verified pair (a pair found in several bands may be verified in several
+    partitions)."""
     empty = [np.zeros(0, dtype=np.int64) for _ in range(plan.parts)]
     if not plan.near:
         return Components(empty, 0, 0, 0)
@@ -425,22 +426,29 @@ def components(x: Exchange, plan: Plan) -> Components:
     node_loc = np.zeros(0, dtype=np.int64)
     root_key = np.zeros(0, dtype=np.int64)  # (m,) its component's lowest key
     candidates = verified = 0
+    buffered: list[dict[str, np.ndarray]] = []  # verified edges not yet folded in
     for q in range(plan.parts):
         meta = x.meta("edges", q)
         candidates += int(meta["candidates"])
         verified += int(meta["verified"])
-        if not meta["verified"]:
-            continue
-        e = x.load_dict("edges", q, "edges.npz")
-        # Edges: this partition's verified pairs, plus each known node to its root (the stars so far).
-        root_loc = node_loc[np.searchsorted(node_key, root_key)]
-        ends_key = np.concatenate([e["a_key"], node_key, e["b_key"], root_key])
-        ends_loc = np.concatenate([e["a_loc"], node_loc, e["b_loc"], root_loc])
-        half = len(ends_key) // 2
-        node_key, first, inverse = np.unique(ends_key, return_index=True, return_inverse=True)
-        node_loc = ends_loc[first]
-        node_key, node_loc, root_key = _stars(node_key, node_loc, inverse[:half], inverse[half:])
-        del e, ends_key, ends_loc
+        if meta["verified"]:
+            buffered.append(x.load_dict("edges", q, "edges.npz"))
+        pending = sum(len(e["a_key"]) for e in buffered)
+        # Fold when the buffer outgrows the stars (or at the end): memory stays within ~2x the nodes,
+        # and the nodes are re-sorted a few times, not once per partition.
+        if buffered and (pending >= len(node_key) or q == plan.parts - 1):
+            # Edges: the buffered verified pairs, plus each known node to its root (the stars so far).
+            root_loc = node_loc[np.searchsorted(node_key, root_key)]
+            ends_key = np.concatenate([*(e["a_key"] for e in buffered), node_key,
+                                       *(e["b_key"] for e in buffered), root_key])
+            ends_loc = np.concatenate([*(e["a_loc"] for e in buffered), node_loc,
+                                       *(e["b_loc"] for e in buffered), root_loc])
+            buffered = []
+            half = len(ends_key) // 2
+            node_key, first, inverse = np.unique(ends_key, return_index=True, return_inverse=True)
+            node_loc = ends_loc[first]
+            node_key, node_loc, root_key = _stars(node_key, node_loc, inverse[:half], inverse[half:])
+            del ends_key, ends_loc
     drop = root_key != node_key
     dropped_locs = node_loc[drop]
     src = dropped_locs >> np.int64(LOC_SHIFT)
