@@ -211,6 +211,11 @@ class ArtifactName(StrEnum):
     """EvalSuite: `results.json` (task → metric → value, thresholds and their outcome)."""
     REPORT = "report"
     """ModelRelease compress: before/after sizes and perplexities (`report.json`)."""
+    EVALUATED_MODEL = "evaluatedModel"
+    """EvalSuite: the URI of the model artifact its current run evaluates (another resource's
+    `model`, not an artifact of its own), written by the reconciler as soon as the run is decided, so
+    a release gated on its compressed candidate can tell a result about *that* candidate from a
+    stale one."""
 
 
 def distributed_command(

@@ -153,7 +153,11 @@ class ModelReleaseSpec(ApiModel):
     model_ref: ModelRef
     """The model to release."""
     eval_suite_ref: LocalRef | None = None
-    """An EvalSuite that must pass before the release deploys."""
+    """An EvalSuite whose gate must pass before the release serves. When that suite's `modelRef` is
+    this release, it evaluates the compressed candidate: the release compresses first, the suite
+    evaluates what will be served, and the gate applies to that result (condition GatePassed: Unknown
+    with GatePending while it runs). Any other suite (e.g. of the uncompressed model) must have
+    passed before compression starts."""
     compression: Compression = Field(default_factory=Compression)
     """Compression."""
     serving: Serving = Field(default_factory=Serving)

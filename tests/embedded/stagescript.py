@@ -51,6 +51,15 @@ def main(argv: list[str]) -> int:
         for step in range(1, 4):
             record(step, 3, loss=4.0 - step)
         return finish()
+    if behaviour == "scores":  # an evaluate stage: the metrics named by `test/metrics`, and what it evaluated
+        metrics = json.loads(spec.resource["metadata"]["annotations"]["test/metrics"])
+        evaluated = {k: v.artifacts.get("model", "") for k, v in spec.inputs.items()}
+        out.put_bytes("evaluated.json", json.dumps(evaluated).encode())
+        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
+                                artifacts={"results": out.url("results")}, metrics=metrics)
+        out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
+        print(result.line(), flush=True)
+        return 0
     if behaviour == "workers":
         out.put_bytes(f"worker-{worker}", b"done")
         return finish()

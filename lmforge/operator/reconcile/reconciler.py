@@ -10,14 +10,23 @@ operator's "restart duplicates nothing" are the same rule.
 
 from __future__ import annotations
 
-from lmforge.api.contract import STAGES_OF_KIND, InputArtifacts, ProgressRecord, StageName
+from lmforge.api.contract import STAGES_OF_KIND, ArtifactName, InputArtifacts, ProgressRecord, StageName
 from lmforge.api.evalsuite import EvalSuite
-from lmforge.api.kinds import Resource, references
+from lmforge.api.kinds import Reference, Resource, gate_edge, references
 from lmforge.api.meta import ConditionType, Phase, Progress, Reason, now_rfc3339
 from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.conditions import is_false, is_true, set_condition
+from lmforge.operator.reconcile.gate import Verdict, release_gate
 from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
-from lmforge.operator.reconcile.types import Decision, Event, Observed, ObservedRun, RunState, StageRun
+from lmforge.operator.reconcile.types import (
+    Decision,
+    Event,
+    InputState,
+    Observed,
+    ObservedRun,
+    RunState,
+    StageRun,
+)
 
 POLL_SECONDS = 10.0
 """Re-look at a running resource this often to relay progress from the store."""
@@ -45,6 +54,11 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
         if state is None or not state.exists:
             waiting.append(f"{key} ({ref.field}) does not exist yet")
             continue
+        if gate_edge(resource, ref, state.spec):
+            continue  # a suite evaluating this release's candidate: a gate after compression (gate.py)
+        if ref.candidate:
+            _resolve_candidate(ref, state, resolved, waiting, failed)
+            continue
         if not ref.needs_ready:
             resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, spec=state.spec)
             continue
@@ -61,6 +75,23 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
             resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts=artifacts,
                                            metrics=dict(st.metrics), lineage=list(st.lineage), spec=state.spec)
     return resolved, waiting, failed
+
+
+def _resolve_candidate(ref: Reference, state: InputState, resolved: dict[str, InputArtifacts],
+                       waiting: list[str], failed: list[str]) -> None:
+    """An EvalSuite's `modelRef` to a ModelRelease: its compressed model, as soon as it is published
+    (the release is not Ready before its gate passed, so Ready is not waited for)."""
+    key, st = state.key, state.status
+    model = st.artifacts.get(ArtifactName.MODEL.value) if st is not None else None
+    if model is not None:
+        resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts={ArtifactName.MODEL.value: model},
+                                       lineage=list(st.lineage) if st else [], spec=state.spec)
+    elif st is not None and st.phase is Phase.FAILED:
+        cond = st.condition(ConditionType.READY)
+        failed.append(f"{key} ({ref.field}) failed before publishing its compressed candidate: "
+                      f"{cond.message if cond else 'no reason given'}")
+    else:
+        waiting.append(f"{key} ({ref.field}) has not published its compressed candidate yet")
 
 
 def expected_runs(obs: Observed) -> list[tuple[str, StageName, str]]:
@@ -203,6 +234,8 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         b.status.completed_at = None
         b.status.endpoint = None if not isinstance(resource, ModelRelease) else b.status.endpoint
     b.status.lineage = _lineage(resolved)
+    if isinstance(resource, EvalSuite):
+        _record_evaluated_model(b, resource, resolved)
     stages = STAGES_OF_KIND[resource.kind]
     first = stage_run(resource, stages[0], rid, obs.store, resolved, obs.base_dir)
     current = {first.name}
@@ -222,6 +255,16 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
     if isinstance(resource, ModelRelease):
         _release(b, resource, rid, resolved, serving_old)
     return b.decision()
+
+
+def _record_evaluated_model(b: _Builder, suite: EvalSuite, resolved: dict[str, InputArtifacts]) -> None:
+    """Say which model artifact this run evaluates (from the moment it is decided), so that a release
+    gated on its candidate never takes a result about an earlier candidate for one about its own."""
+    ref = suite.spec.model_ref
+    found = resolved.get(f"{ref.kind.value}/{ref.name}") if ref is not None and ref.kind is not None else None
+    model = found.artifacts.get(ArtifactName.MODEL.value) if found is not None else None
+    if model is not None:
+        b.status.artifacts[ArtifactName.EVALUATED_MODEL.value] = model
 
 
 def _waits_for_secrets(b: _Builder, run: StageRun, seen: ObservedRun | None, ready: bool = False) -> bool:
@@ -280,19 +323,24 @@ def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
 
 def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts],
              serving_old: list[ObservedRun]) -> None:
-    """After compression: wait for the gate, then serve; keep an older release until the new is Ready."""
-    if release.spec.eval_suite_ref is not None:
-        key = f"EvalSuite/{release.spec.eval_suite_ref.name}"
-        suite = b.obs.inputs.get(key)
-        gate = suite.status.condition(ConditionType.GATE_PASSED.value) if suite and suite.status else None
-        if gate is None or gate.status.value != "True":
-            message = f"{key} gate did not pass: {gate.message if gate else 'no gate result'}"
-            b.cond(ConditionType.GATE_PASSED, False, Reason.GATE_FAILED, message)
-            b.cond(ConditionType.READY, bool(serving_old), Reason.GATE_FAILED, message)
-            b.phase(Phase.FAILED, Reason.GATE_FAILED, message, warning=True)
-            b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
+    """After compression: wait for the gate (see gate.py), then serve; keep an older release until
+    the new one is Ready."""
+    suite = b.obs.inputs.get(f"EvalSuite/{release.spec.eval_suite_ref.name}") if release.spec.eval_suite_ref else None
+    gate = release_gate(release, suite, b.status.artifacts.get(ArtifactName.MODEL.value))
+    if gate is not None and gate.verdict is not Verdict.PASSED:
+        b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
+        if gate.verdict is Verdict.PENDING:
+            b.cond(ConditionType.GATE_PASSED, None, gate.reason, gate.message)
+            b.cond(ConditionType.READY, bool(serving_old), gate.reason, gate.message)
+            b.phase(Phase.WAITING, gate.reason, gate.message)
+            b.requeue = POLL_SECONDS
             return
-        b.cond(ConditionType.GATE_PASSED, True, Reason.GATE_PASSED, f"{key}: {gate.message}")
+        b.cond(ConditionType.GATE_PASSED, False, gate.reason, gate.message)
+        b.cond(ConditionType.READY, bool(serving_old), gate.reason, gate.message)
+        b.phase(Phase.FAILED, gate.reason, gate.message, warning=True)
+        return
+    if gate is not None:
+        b.cond(ConditionType.GATE_PASSED, True, gate.reason, gate.message)
     if not release.spec.serving.enabled or not b.obs.serving_allowed:
         why = "serving disabled" if not release.spec.serving.enabled else "not served (--no-serve)"
         b.cond(ConditionType.READY, True, Reason.COMPLETED, f"compressed model published; {why}")
