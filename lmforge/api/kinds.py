@@ -158,6 +158,8 @@ def references(resource: Resource) -> list[Reference]:
         out += _local("Dataset", quant.calibration_dataset_ref, "spec.compression.quantization.calibrationDatasetRef")
         distil = rspec.compression.distillation
         out += _local("Dataset", distil.dataset_ref if distil else None, "spec.compression.distillation.datasetRef")
+        out += _local("EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef",
+                      needs_ready=False)
         for i, ref in enumerate(rspec.serving.lora_adapters):
             out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
     return out
@@ -170,6 +172,13 @@ def evaluates_candidate(suite_spec: Mapping[str, Any] | None, release: str) -> b
     ref = (suite_spec or {}).get("modelRef") or {}
     return isinstance(ref, Mapping) and ref.get("kind") == ModelKind.MODEL_RELEASE.value \
         and ref.get("name") == release
+
+
+def smoke_suite_of(release_spec: Mapping[str, Any] | None, suite: str) -> bool:
+    """Whether a ModelRelease (its spec in wire form) names EvalSuite `suite` as its smoke suite: that
+    suite then evaluates the release's *new* server during a switch (`status.rollout`)."""
+    ref = ((release_spec or {}).get("serving") or {}).get("smokeEvalSuiteRef") or {}
+    return isinstance(ref, Mapping) and ref.get("name") == suite
 
 
 def gate_edge(referrer: Resource, ref: Reference, target_spec: Mapping[str, Any] | None) -> bool:

@@ -166,6 +166,13 @@ def _target_checks(m: Manifest, field: str, target: Resource) -> list[Problem]:
                         f"{key(target)} evaluates this release's endpoint, which serves only once its gate "
                         f"has passed; to gate on what will be served, give that suite modelRef {{kind: "
                         f"ModelRelease, name: {name}}} (the compressed candidate) instead of endpoint.releaseRef")]
+    if field == "spec.serving.smokeEvalSuiteRef" and isinstance(target, EvalSuite):
+        endpoint = target.spec.endpoint
+        if endpoint is None or endpoint.release_ref is None or endpoint.release_ref.name != m.resource.metadata.name:
+            return [Problem(m.source, here, field,
+                            f"{key(target)} does not evaluate this release's endpoint; a smoke suite needs "
+                            f"endpoint.releaseRef {{name: {m.resource.metadata.name}}} (it is run against the "
+                            "new server before that takes over)")]
     if field.startswith("spec.serving.loraAdapters") and isinstance(m.resource, ModelRelease) \
             and isinstance(target, AlignmentJob):
         adapter = target.spec.adapter
