@@ -218,6 +218,14 @@ class Reason(StrEnum):
     """The serving Deployment is rolling out."""
     SERVING = "Serving"
     """The model answers on its endpoint."""
+    SMOKE_TESTING = "SmokeTesting"
+    """A changed release's new server is Ready beside the old one, which keeps serving, while the
+    `serving.smokeEvalSuiteRef` suite evaluates the new one; the message gives both URLs."""
+    PROMOTED = "Promoted"
+    """The new version passed its smoke evaluation and took over; the old server was stopped."""
+    ROLLED_BACK = "RolledBack"
+    """The new version failed its smoke evaluation: its server was stopped, the old one keeps serving
+    (Ready stays True); the message names the failed thresholds. Change the spec to try again."""
 
 
 class Phase(StrEnum):
@@ -267,6 +275,29 @@ class Progress(ApiModel):
     """When the last record arrived (RFC 3339)."""
 
 
+class RolloutState(StrEnum):
+    SMOKE_TESTING = "SmokeTesting"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+
+
+class Rollout(ApiModel):
+    """ModelRelease: the latest switch from the version serving to a new one (blue-green)."""
+
+    state: RolloutState
+    """Where the switch stands."""
+    stable: str
+    """Run id of the version that was serving when the switch began."""
+    stable_endpoint: str | None = None
+    """Its URL."""
+    candidate: str
+    """Run id of the new version."""
+    candidate_endpoint: str | None = None
+    """The new server's URL (beside the stable one until it takes over)."""
+    message: str = ""
+    """Why it stands there (the smoke suite's verdict)."""
+
+
 class Status(ApiModel):
     """Common status of every kind; written by the operator or the embedded runner only."""
 
@@ -294,6 +325,8 @@ class Status(ApiModel):
     """Upstream resources and artifacts this output was made from, nearest first (`Kind/name`)."""
     endpoint: str | None = None
     """ModelRelease: the OpenAI-compatible URL of the served model."""
+    rollout: Rollout | None = None
+    """ModelRelease: the latest switch between versions (see `serving.smokeEvalSuiteRef`)."""
     key_metric: str | None = None
     """The one figure the printer column shows (e.g. `loss=2.31`)."""
 
