@@ -107,6 +107,7 @@ class Controller:
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.applied: dict[tuple[str, str, str], str] = {}
         self.lookups = Lookups(client, settings)
+        self.allowlists = settings.allowlists()
         self._posting: set[asyncio.Task[None]] = set()
         """Events being posted (references kept so the tasks are not garbage-collected)."""
         self.secret_waits: dict[Key, int] = {}
@@ -219,7 +220,8 @@ class Controller:
         if resource is not None:
             self.refs[key] = {(ns, r.kind, r.name) for r in references(resource)}
         obs = Observed(resource=resource, kind=kind, name=name, generation=body["metadata"].get("generation"),
-                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid)
+                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid,
+                       allowlists=self.allowlists)
         port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
         url = endpoint(self._owner(body), port)
         runs: dict[str, ObservedRun] = {}

@@ -16,6 +16,7 @@ from lmforge.api.kinds import Resource, references
 from lmforge.api.meta import ConditionType, Phase, Progress, Reason, now_rfc3339
 from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.conditions import is_false, is_true, set_condition
+from lmforge.operator.reconcile.policy import violations
 from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
 from lmforge.operator.reconcile.types import Decision, Event, Observed, ObservedRun, RunState, StageRun
 
@@ -164,6 +165,12 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
     resource = obs.resource
     if resource is None:
         message = obs.invalid or "spec is invalid"
+        b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
+        b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
+        return b.decision()
+    forbidden = violations(resource, obs.allowlists)
+    if forbidden:  # checked before anything else: nothing of a forbidden spec is ever created
+        message = "; ".join(forbidden)
         b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
         b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
         return b.decision()
