@@ -1,0 +1,138 @@
+"""Tenancy on a real API server: the chart's ValidatingAdmissionPolicy rejects a resource naming an
+image, ServiceAccount or Secret its lists do not allow (with a message naming the field) and admits
+an allowed one; the chart's default RBAC gives the operator nothing outside its watched namespaces."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .controlplane import ControlPlane, eventually
+from .operator_harness import ensure_crds
+
+CHART = Path(__file__).resolve().parents[2] / "charts" / "lmforge"
+DATASETS = "/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets"
+
+
+def _render(cp: ControlPlane, namespace: str, *sets: str, show: tuple[str, ...]) -> list[dict[str, Any]]:
+    flags = [f"--set={s}" for s in sets] + [f"--show-only=templates/{t}" for t in show]
+    out = cp.helm("template", "lmf", str(CHART), f"--namespace={namespace}", "--kube-version=1.37.0", *flags).stdout
+    return [d for d in yaml.safe_load_all(out) if d]
+
+
+def _dataset(name: str, **compute: Any) -> dict[str, Any]:
+    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
+            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.txt", "license": "MIT"}], "compute": compute}}
+
+
+@pytest.fixture
+def policy(control_plane: ControlPlane, namespace: str) -> Iterator[list[dict[str, Any]]]:
+    """The chart's policy and binding for `namespace`, applied; removed afterwards (cluster-scoped)."""
+    ensure_crds(control_plane)
+    docs = _render(control_plane, namespace, "policy.allowedImages={registry.local/lmforge/*}",
+                   "policy.allowedSecrets={hf-*}", "policy.allowedServiceAccounts={trainer}",
+                   show=("admissionpolicy.yaml",))
+    assert {d["kind"] for d in docs} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
+    control_plane.apply(*docs)
+    try:
+        # The admission plugin picks a new policy (and binding) up within seconds: wait until it rejects.
+        eventually(lambda: control_plane.request("POST", DATASETS.format(ns=namespace),
+                                                 _dataset(f"p-{uuid.uuid4().hex[:6]}", image="evil/x:1"))[0] == 403,
+                   timeout=60, what="the admission policy to be active")
+        yield docs
+    finally:
+        for d in docs:
+            control_plane.kubectl("delete", d["kind"].lower(), d["metadata"]["name"], "--ignore-not-found")
+
+
+def test_admission_policy_rejects_a_forbidden_image_and_admits_an_allowed_one(
+        control_plane: ControlPlane, namespace: str, policy: list[dict[str, Any]]) -> None:
+    cp = control_plane
+    path = DATASETS.format(ns=namespace)
+
+    status, body = cp.request("POST", path, _dataset("forbidden", image="docker.io/evil/miner:1"))
+    assert status == 403 and body["code"] == 403 and body["reason"] == "Forbidden", body
+    assert "spec.compute.image: image 'docker.io/evil/miner:1' is not allowed" in body["message"], body
+    assert "policy.allowedImages" in body["message"]
+    # kubectl shows the same message to a user.
+    proc = cp.kubectl("apply", "-n", namespace, "-f", "-", check=False,
+                      input=yaml.safe_dump(_dataset("by-kubectl", image="docker.io/evil/miner:1")))
+    assert proc.returncode != 0 and "spec.compute.image" in proc.stderr and "not allowed" in proc.stderr
+
+    for name, compute in (("allowed-image", {"image": "registry.local/lmforge/trainer:2"}),
+                          ("default-image", {}),
+                          ("chart-trainer-image", {"image": "ghcr.io/lmforge/trainer:0.1.0"}),
+                          ("allowed-refs", {"serviceAccountName": "trainer", "s3CredentialsSecret": "lmforge-s3",
+                                            "secretEnv": {"HF_TOKEN": {"name": "hf-token", "key": "t"}}})):
+        status, created = cp.request("POST", path, _dataset(name, **compute))
+        assert status == 201, (name, created)
+
+    for compute, field in (({"serviceAccountName": "admin"}, "spec.compute.serviceAccountName"),
+                           ({"s3CredentialsSecret": "prod-db"}, "spec.compute.s3CredentialsSecret"),
+                           ({"secretEnv": {"X": {"name": "root-ca", "key": "k"}}}, "spec.compute.secretEnv")):
+        status, body = cp.request("POST", path, _dataset(f"bad-{uuid.uuid4().hex[:6]}", **compute))
+        assert status == 403 and body["message"].split("denied request: ", 1)[-1].startswith(field), body
+
+    # An update that introduces a forbidden image is rejected too.
+    status, body = cp.request("PATCH", f"{path}/allowed-image", {"spec": {"compute": {"image": "evil/x:1"}}},
+                              content_type="application/merge-patch+json")
+    assert status == 403 and "spec.compute.image" in body["message"], body
+
+
+def test_release_and_suite_api_key_secrets_are_checked(control_plane: ControlPlane, namespace: str,
+                                                       policy: list[dict[str, Any]]) -> None:
+    cp = control_plane
+    release = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": "r"},
+               "spec": {"modelRef": {"kind": "PretrainJob", "name": "p"},
+                        "serving": {"apiKeySecret": {"name": "someone-elses", "key": "k"}}}}
+    path = f"/apis/lmforge.io/v1alpha1/namespaces/{namespace}/modelreleases"
+    status, body = cp.request("POST", path, release)
+    assert status == 403 and "spec.serving.apiKeySecret.name: Secret 'someone-elses' is not allowed" in body["message"], body
+    release["spec"]["serving"]["apiKeySecret"]["name"] = "hf-serving-key"
+    status, body = cp.request("POST", path, release)
+    assert status == 201, body
+    suite = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
+             "spec": {"endpoint": {"url": "http://x:8000/v1", "apiKeySecret": {"name": "nope", "key": "k"}},
+                      "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}]}}
+    status, body = cp.request("POST", f"/apis/lmforge.io/v1alpha1/namespaces/{namespace}/evalsuites", suite)
+    assert status == 403 and "spec.endpoint.apiKeySecret.name" in body["message"], body
+
+
+def test_the_policy_binds_only_the_watched_namespaces(control_plane: ControlPlane, namespace: str,
+                                                      policy: list[dict[str, Any]]) -> None:
+    cp = control_plane
+    other = cp.create_namespace(f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        status, body = cp.request("POST", DATASETS.format(ns=other), _dataset("d", image="evil/x:1"))
+        assert status == 201, body  # another operator's (or nobody's) namespace: not this chart's business
+    finally:
+        cp.delete_namespace(other)
+
+
+def test_default_rbac_cannot_read_secrets_in_another_namespace(control_plane: ControlPlane, namespace: str) -> None:
+    cp = control_plane
+    docs = _render(cp, namespace, show=("rbac.yaml", "serviceaccount.yaml"))  # chart defaults
+    assert {d["kind"] for d in docs} == {"Role", "RoleBinding", "ServiceAccount"}
+    cp.apply(*docs, namespace=namespace)
+    sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
+    who = f"--as=system:serviceaccount:{namespace}:{sa}"
+    other = cp.create_namespace(f"t-{uuid.uuid4().hex[:8]}")
+    try:
+        def can(verb: str, what: str, ns: str) -> str:
+            proc = cp.kubectl("auth", "can-i", verb, what, who, f"--namespace={ns}", check=False)
+            return proc.stdout.strip()
+
+        eventually(lambda: can("get", "secrets", namespace) == "yes", timeout=30, what="the Role to take effect")
+        assert can("list", "secrets", namespace) == "no"  # by name only, even at home
+        assert can("get", "secrets", other) == "no"
+        assert can("create", "jobs.batch", other) == "no"
+        assert can("get", "pretrainjobs.lmforge.io", other) == "no"
+        assert can("create", "jobs.batch", namespace) == "yes"
+        assert cp.kubectl("auth", "can-i", "list", "namespaces", who, check=False).stdout.strip() == "no"
+    finally:
+        cp.delete_namespace(other)
