@@ -297,6 +297,26 @@ def test_old_release_keeps_serving_until_new_is_ready() -> None:
     assert ready is not None and ready.status.value == "True" and "previous release keeps serving" in ready.message
 
 
+@pytest.mark.parametrize("state", [RunState.RUNNING, RunState.PENDING])
+def test_old_release_momentarily_not_ready_is_kept_until_the_new_one_is_ready(state: RunState) -> None:
+    case = _case("release-serves-after-gate")
+    old = ObservedRun("r-serve-old000", "r-old", state, StageName.SERVE)  # e.g. its pod restarting
+    obs = _observed(case)
+    obs = Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}})
+    decision = reconcile(obs, now=NOW)
+    assert old.name not in decision.delete
+    ready = decision.status.condition("Ready")
+    assert ready is not None and ready.status.value == "False" and ready.reason == "Deploying"
+    assert "previous release keeps serving" not in ready.message  # it does not, right now
+    new = next(r for r in decision.runs if r.stage is StageName.SERVE)
+    served = ObservedRun(new.name, new.run_id, RunState.READY, StageName.SERVE, endpoint="http://r:8000/v1")
+    after = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old, new.name: served}}), now=NOW)
+    assert old.name in after.delete  # once the new one serves, the old one goes
+    failed = ObservedRun("r-serve-old000", "r-old", RunState.FAILED, StageName.SERVE)
+    gone = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: failed}}), now=NOW)
+    assert old.name in gone.delete  # a failed old server serves nothing: no reason to keep it
+
+
 def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run() -> None:
     case = Case("no-serve", RELEASE,
                 inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},

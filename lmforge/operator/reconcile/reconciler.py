@@ -215,8 +215,10 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
     current = {first.name}
     if isinstance(resource, ModelRelease):
         current.add(run_name(resource, StageName.SERVE, rid))
+    # An older release's server stays until the new one is Ready — also while its own Deployment is
+    # momentarily not Ready (a pod restarting, a node drained): deleting it then would leave nothing.
     serving_old = [o for o in obs.runs.values()
-                   if o.name not in current and o.stage is StageName.SERVE and o.state is RunState.READY]
+                   if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED]
     b.delete = sorted(o.name for o in obs.runs.values() if o.name not in current and o not in serving_old)
 
     done = _run_job(b, first, obs.runs.get(first.name))
@@ -288,6 +290,7 @@ def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
 def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts],
              serving_old: list[ObservedRun]) -> None:
     """After compression: wait for the gate, then serve; keep an older release until the new is Ready."""
+    old_ready = any(o.state is RunState.READY for o in serving_old)
     if release.spec.eval_suite_ref is not None:
         key = f"EvalSuite/{release.spec.eval_suite_ref.name}"
         suite = b.obs.inputs.get(key)
@@ -295,7 +298,7 @@ def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, I
         if gate is None or gate.status.value != "True":
             message = f"{key} gate did not pass: {gate.message if gate else 'no gate result'}"
             b.cond(ConditionType.GATE_PASSED, False, Reason.GATE_FAILED, message)
-            b.cond(ConditionType.READY, bool(serving_old), Reason.GATE_FAILED, message)
+            b.cond(ConditionType.READY, old_ready, Reason.GATE_FAILED, message)
             b.phase(Phase.FAILED, Reason.GATE_FAILED, message, warning=True)
             b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
             return
@@ -313,10 +316,10 @@ def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, I
     seen = b.obs.runs.get(serve.name)
     if seen is not None and seen.state is RunState.FAILED:
         message = f"serve failed: {seen.message or 'no reason given'}"
-        b.cond(ConditionType.READY, bool(serving_old), Reason.STAGE_FAILED, message)
+        b.cond(ConditionType.READY, old_ready, Reason.STAGE_FAILED, message)
         b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
         return
-    if _waits_for_secrets(b, serve, seen, ready=bool(serving_old)):  # an older release keeps serving
+    if _waits_for_secrets(b, serve, seen, ready=old_ready):  # an older release keeps serving
         return
     b.runs.append(serve)
     if seen is not None and seen.state is RunState.READY:
@@ -327,7 +330,7 @@ def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, I
         b.phase(Phase.SERVING, Reason.SERVING, f"serving at {endpoint}")
         b.requeue = None
         return
-    message = "deploying" + (" (previous release keeps serving)" if serving_old else "")
-    b.cond(ConditionType.READY, bool(serving_old), Reason.DEPLOYING, message)
+    message = "deploying" + (" (previous release keeps serving)" if old_ready else "")
+    b.cond(ConditionType.READY, old_ready, Reason.DEPLOYING, message)
     b.phase(Phase.RUNNING, Reason.DEPLOYING, message)
     b.requeue = POLL_SECONDS
