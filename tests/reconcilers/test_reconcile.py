@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -259,6 +260,23 @@ def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
     assert first.spec.inputs["Dataset/d"].artifacts["shards"] == f"{STORE}/s"
     assert first.spec.output == f"pretrainjobs/default/p/{first.run_id}"
     assert len(first.name) <= 52 and first.name.startswith("p-pretrain-")
+
+
+def test_long_names_sharing_a_prefix_never_collide() -> None:
+    spec = {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}
+    stem = "team-a-llama-7b-tokenized-corpus-2026-11-"  # 41 characters, more than a run name keeps
+    names = [stem + tail for tail in ("run-1", "run-2", "x" * (63 - len(stem)))]
+    runs = [reconcile(_observed(Case("x", _res("Dataset", n, spec))), now=NOW).runs[0] for n in names]
+    assert len({r.name for r in runs}) == len(runs), [r.name for r in runs]
+    assert len({r.run_id.rsplit("-", 1)[-1] for r in runs}) == 1  # same spec: only the names differ
+    dns_label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for run in runs:
+        assert len(run.name) <= 52 and dns_label.match(run.name), run.name
+        assert run.name.startswith(stem[:30]) and run.name.split("-")[-2] == "dataset"
+    again = reconcile(_observed(Case("x", _res("Dataset", names[0], spec))), now=NOW).runs[0]
+    assert again.name == runs[0].name  # stable
+    short = reconcile(_observed(Case("x", _res("Dataset", "d", spec))), now=NOW).runs[0]
+    assert short.name == f"d-dataset-{short.run_id.rsplit('-', 1)[-1][:6]}"  # names that fit are unchanged
 
 
 def test_changed_spec_is_a_new_run_and_the_old_one_is_deleted() -> None:
