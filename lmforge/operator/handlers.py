@@ -247,16 +247,24 @@ class Controller:
         obs = replace(obs, runs=runs)
         decision = reconcile(obs)
         existing = {c["metadata"]["name"] for c in children}
-        absent = {}
+        absent, foreign = {}, {}
+        owner = self._owner(body)
         for run in decision.runs:
-            if run.name not in existing and (gaps := await self.lookups.missing_secrets(ns, run)):
+            if run.name in existing:
+                continue
+            # A run not created yet: none of its objects may exist already unless they are ours.
+            unapplied = [o for o in build_children(run, owner, self.settings)
+                         if (ns, o["kind"], o["metadata"]["name"]) not in self.applied]
+            if clash := await self.lookups.foreign_objects(unapplied, owner.uid):
+                foreign[run.name] = clash
+            if gaps := await self.lookups.missing_secrets(ns, run):
                 absent[run.name] = gaps
-        if not absent:
+        if not absent and not foreign:
             self.secret_waits.pop(key, None)
             return decision
         waits = self.secret_waits.get(key, 0)
         self.secret_waits[key] = waits + 1
-        return reconcile(replace(obs, missing_secrets=absent, secret_waits=waits))
+        return reconcile(replace(obs, missing_secrets=absent, conflicts=foreign, secret_waits=waits))
 
     def _owner(self, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]

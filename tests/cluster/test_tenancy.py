@@ -1,6 +1,7 @@
 """Tenancy on a real API server: the chart's ValidatingAdmissionPolicy rejects a resource naming an
 image, ServiceAccount or Secret its lists do not allow (with a message naming the field) and admits
-an allowed one; the chart's default RBAC gives the operator nothing outside its watched namespaces."""
+an allowed one; the chart's default RBAC gives the operator nothing outside its watched namespaces;
+the operator never adopts an object it did not create."""
 
 from __future__ import annotations
 
@@ -12,8 +13,13 @@ from typing import Any
 import pytest
 import yaml
 
+from lmforge.api import KINDS
+from lmforge.api.meta import Status
+from lmforge.operator.reconcile import Observed
+from lmforge.operator.reconcile.reconciler import expected_runs
+
 from .controlplane import ControlPlane, eventually
-from .operator_harness import ensure_crds
+from .operator_harness import condition, ensure_crds, jobs, resource, running_operator, wait_job
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "lmforge"
 DATASETS = "/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets"
@@ -136,3 +142,34 @@ def test_default_rbac_cannot_read_secrets_in_another_namespace(control_plane: Co
         assert cp.kubectl("auth", "can-i", "list", "namespaces", who, check=False).stdout.strip() == "no"
     finally:
         cp.delete_namespace(other)
+
+
+def test_an_object_of_a_run_s_name_that_is_not_ours_is_never_adopted(control_plane: ControlPlane,
+                                                                     namespace: str) -> None:
+    """Server-side apply with force would take over a ConfigMap someone else made under the name a new
+    run needs (and garbage-collect it with the resource); the operator refuses and says so instead."""
+    cp, ns = control_plane, namespace
+    manifest = {**_dataset("squatted"), "metadata": {"name": "squatted", "namespace": ns}}
+    parsed = KINDS["Dataset"].model.model_validate(manifest)
+    [(run, _, _)] = expected_runs(Observed(resource=parsed, kind="Dataset", name="squatted", generation=1,
+                                           status=Status(), store="file:///x"))
+    theirs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{run}-spec"}, "data": {"mine": "yes"}}
+    cp.apply(theirs, namespace=ns)
+    with running_operator(cp, ns) as op:
+        cp.apply(_dataset("squatted"), namespace=ns)
+
+        def conflict() -> dict[str, Any] | None:
+            cond = condition(resource(cp, ns, "datasets", "squatted"), "Ready")
+            return cond if cond and cond["reason"] == "NameConflict" else None
+
+        cond = eventually(conflict, timeout=60, what="Ready reason NameConflict", abort=op.dead)
+        assert f"ConfigMap {run}-spec" in cond["message"] and "does not adopt" in cond["message"], cond
+        found = cp.kubectl_json("get", "configmap", f"{run}-spec", "-n", ns)
+        assert found["data"] == {"mine": "yes"} and not found["metadata"].get("ownerReferences")
+        assert jobs(cp, ns, "lmforge.io/dataset=squatted") == []
+        # Once it is gone, the run starts (the operator looks again with backoff).
+        cp.kubectl("delete", "configmap", f"{run}-spec", "-n", ns)
+        job = wait_job(cp, op, ns, "lmforge.io/dataset=squatted", timeout=60)
+        assert job["metadata"]["name"] == run
+        mine = cp.kubectl_json("get", "configmap", f"{run}-spec", "-n", ns)
+        assert mine["metadata"]["ownerReferences"][0]["kind"] == "Dataset"

@@ -62,6 +62,7 @@ class Case:
     status: Status = field(default_factory=Status)
     invalid: str | None = None
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # missing Secrets by stage value
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # foreign objects by stage value
     secret_waits: int = 0
     # expectations
     phase: Phase = Phase.PENDING
@@ -82,7 +83,8 @@ def _observed(case: Case) -> Observed:
         name = names.get(stage, stage)
         runs[name] = ObservedRun(**{**run.__dict__, "name": name})
     missing = {names.get(stage, stage): gaps for stage, gaps in case.missing.items()}
-    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing,
+    conflicts = {names.get(stage, stage): found for stage, found in case.conflicts.items()}
+    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing, "conflicts": conflicts,
                        "secret_waits": case.secret_waits})
 
 
@@ -151,6 +153,15 @@ CASES = [
     Case("secret-retries-back-off", DATASET, missing={"dataset": ("key token in Secret hf (x)",)}, secret_waits=3,
          phase=Phase.WAITING, reason="WaitingForSecret", message_has="key token in Secret hf",
          extra={"requeue": 8.0}),
+    Case("an-object-of-a-run-s-name-that-is-not-ours-is-never-adopted", DATASET,
+         conflicts={"dataset": ("ConfigMap d-dataset-x-spec",)},
+         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+         phase=Phase.FAILED, reason="NameConflict",
+         message_has="ConfigMap d-dataset-x-spec already exist(s) and is not this resource's",
+         extra={"requeue": 1.0}),
+    Case("a-created-run-is-not-held-back-by-a-conflict", DATASET,
+         runs={"dataset": _run(StageName.DATASET, RunState.RUNNING)},
+         conflicts={"dataset": ("Service x",)}, phase=Phase.RUNNING, reason="Running", run_stages=["dataset"]),
     Case("missing-secret-does-not-hold-back-a-created-job", DATASET,
          runs={"dataset": _run(StageName.DATASET, RunState.PENDING)},
          missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},

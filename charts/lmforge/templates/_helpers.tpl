@@ -86,6 +86,6 @@ prefix), plus the always-allowed values given as .always. */}}
 {{- if .Values.volcano.enabled }}
 - apiGroups: ["scheduling.volcano.sh"]
   resources: ["podgroups"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
 {{- end -}}
