@@ -149,3 +149,19 @@ def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
 
     assert env("tracking.uri=http://mlflow.mlflow:5000")["LMFORGE_TRACKING_URI"] == "http://mlflow.mlflow:5000"
     assert "LMFORGE_TRACKING_URI" not in env()
+
+
+def test_network_policies_are_on_by_default_with_the_rights_they_need() -> None:
+    def grants_and_env(*sets: str) -> tuple[set[str], dict[str, str]]:
+        docs = render(*sets)
+        role = next(d for d in docs if d["kind"] == "Role")
+        verbs = {v for rule in role["rules"] if "networkpolicies" in rule["resources"] for v in rule["verbs"]}
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return verbs, env
+
+    verbs, env = grants_and_env("networkPolicy.storeTo[0].ipBlock.cidr=10.0.5.0/24")
+    assert verbs == {"get", "create", "patch", "delete"} and env["LMFORGE_NETWORK_POLICIES"] == "true"
+    assert env["LMFORGE_NETWORK_STORE_PEERS"] == '[{"ipBlock":{"cidr":"10.0.5.0/24"}}]'
+    verbs, env = grants_and_env("networkPolicy.enabled=false")
+    assert verbs == set() and env["LMFORGE_NETWORK_POLICIES"] == "false"

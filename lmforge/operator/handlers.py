@@ -324,8 +324,11 @@ class Controller:
         return created
 
     async def _delete_run(self, ns: str, run_name: str) -> None:
-        for api_version, kind, name in (("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
-                                        ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")):
+        children = [("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
+                    ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")]
+        if self.settings.network_policies:  # only then is the operator allowed to touch them
+            children.append(("networking.k8s.io/v1", "NetworkPolicy", run_name))
+        for api_version, kind, name in children:
             if await self.client.delete(api_version, kind, ns, name):
                 log.info("deleted superseded %s %s/%s", kind, ns, name)
             self.applied.pop((ns, kind, name), None)

@@ -90,6 +90,10 @@ class Settings:
     network_policies: bool = False
     """Give every stage run a NetworkPolicy (see `kube/network.py`): egress to DNS, the store and its
     own pods only; serving pods accept traffic on their port only."""
+    network_extra_egress: tuple[dict[str, Any], ...] = ()
+    """Egress rules (NetworkPolicyEgressRule objects) added to every run's NetworkPolicy."""
+    network_store_peers: tuple[dict[str, Any], ...] = ()
+    """`to` peers of the store's egress rule (e.g. its ipBlock); empty: any address on its port."""
 
     def allowlists(self) -> Allowlists:
         """The lists the reconciler checks each resource against."""
@@ -127,6 +131,8 @@ class Settings:
             allowed_service_accounts=_patterns(e.get("LMFORGE_ALLOWED_SERVICE_ACCOUNTS")),
             allowed_secrets=_patterns(e.get("LMFORGE_ALLOWED_SECRETS")),
             network_policies=_bool(e.get("LMFORGE_NETWORK_POLICIES")),
+            network_extra_egress=tuple(json.loads(e.get("LMFORGE_NETWORK_EXTRA_EGRESS") or "[]")),
+            network_store_peers=tuple(json.loads(e.get("LMFORGE_NETWORK_STORE_PEERS") or "[]")),
             default_resources={str(k): {str(n): str(q) for n, q in v.items()}
                                for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()},
         )

@@ -173,3 +173,37 @@ def test_an_object_of_a_run_s_name_that_is_not_ours_is_never_adopted(control_pla
         assert job["metadata"]["name"] == run
         mine = cp.kubectl_json("get", "configmap", f"{run}-spec", "-n", ns)
         assert mine["metadata"]["ownerReferences"][0]["kind"] == "Dataset"
+
+
+def test_each_run_gets_its_network_policy_and_a_superseded_run_loses_it(control_plane: ControlPlane,
+                                                                        namespace: str) -> None:
+    """The API server accepts the NetworkPolicies the operator builds (schema, its RBAC), they select
+    the run's pods, and they go with their run. (This control plane has no CNI: nothing enforces them.)"""
+    cp, ns = control_plane, namespace
+    env = {"LMFORGE_NETWORK_POLICIES": "true", "LMFORGE_S3_ENDPOINT": "http://10.20.30.40:8333"}
+    with running_operator(cp, ns, env=env) as op:
+        cp.apply(_dataset("fenced"), namespace=ns)
+        job = wait_job(cp, op, ns, "lmforge.io/dataset=fenced")
+        run = job["metadata"]["name"]
+
+        def policy() -> dict[str, Any] | None:
+            proc = cp.kubectl("get", "networkpolicy", run, "-n", ns, "-o", "json", check=False)
+            return yaml.safe_load(proc.stdout) if proc.returncode == 0 else None
+
+        np = eventually(policy, timeout=30, what=f"NetworkPolicy {run}", abort=op.dead)
+        assert np["metadata"]["ownerReferences"][0]["kind"] == "Dataset"
+        assert np["spec"]["podSelector"]["matchLabels"] == {"lmforge.io/run": run}
+        assert sorted(np["spec"]["policyTypes"]) == ["Egress", "Ingress"]
+        store = [r for r in np["spec"]["egress"] if r.get("to") == [{"ipBlock": {"cidr": "10.20.30.40/32"}}]]
+        assert store and store[0]["ports"][0]["port"] == 8333
+        pods = eventually(lambda: cp.pods(ns, f"lmforge.io/run={run}"), timeout=30, what="the run's pods")
+        assert pods, "the policy's selector matches the run's pods"
+        # A new spec supersedes the run: its Job and its NetworkPolicy are deleted, the new run gets one.
+        changed = _dataset("fenced")
+        changed["spec"]["sources"][0]["uri"] = "s3://b/y.txt"
+        cp.apply(changed, namespace=ns)
+        new = eventually(lambda: [j for j in jobs(cp, ns, "lmforge.io/dataset=fenced")
+                                  if j["metadata"]["name"] != run], timeout=60, what="the new run's Job", abort=op.dead)
+        eventually(lambda: policy() is None, timeout=60, what=f"NetworkPolicy {run} deleted", abort=op.dead)
+        names = [n["metadata"]["name"] for n in cp.kubectl_json("get", "networkpolicies", "-n", ns)["items"]]
+        assert names == [new[0]["metadata"]["name"]]
