@@ -116,7 +116,7 @@ def test_network_policy(case: Case) -> None:
     extra = [r for r in egress[1:] if r != {"to": [_own(case.run)]}]
     if "extra-egress" in case.name:  # the chart's rules come last, after the run's own pods
         assert egress[-1] == case.egress[-1] and egress[-2] == {"to": [_own(case.run)]}
-        extra = extra[:-1] + [egress[-1]]
+        extra = [*extra[:-1], egress[-1]]
     assert extra == case.egress
     open_ports = [p["port"] for r in spec["ingress"] if "from" not in r for p in r["ports"]]
     assert open_ports == case.ingress_ports
