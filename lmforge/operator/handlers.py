@@ -255,9 +255,11 @@ class Controller:
             # A run not created yet: none of its objects may exist already unless they are ours.
             unapplied = [o for o in build_children(run, owner, self.settings)
                          if (ns, o["kind"], o["metadata"]["name"]) not in self.applied]
-            if clash := await self.lookups.foreign_objects(unapplied, owner.uid):
+            clash, gaps = await asyncio.gather(self.lookups.foreign_objects(unapplied, owner.uid),
+                                               self.lookups.missing_secrets(ns, run))  # one round trip
+            if clash:
                 foreign[run.name] = clash
-            if gaps := await self.lookups.missing_secrets(ns, run):
+            if gaps:
                 absent[run.name] = gaps
         if not absent and not foreign:
             self.secret_waits.pop(key, None)

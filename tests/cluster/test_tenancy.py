@@ -207,3 +207,22 @@ def test_each_run_gets_its_network_policy_and_a_superseded_run_loses_it(control_
         eventually(lambda: policy() is None, timeout=60, what=f"NetworkPolicy {run} deleted", abort=op.dead)
         names = [n["metadata"]["name"] for n in cp.kubectl_json("get", "networkpolicies", "-n", ns)["items"]]
         assert names == [new[0]["metadata"]["name"]]
+
+
+def test_the_operator_enforces_the_lists_without_the_admission_policy(control_plane: ControlPlane,
+                                                                      namespace: str) -> None:
+    """A cluster without the policy (or a resource admitted before it): the operator's own check, from
+    the same lists in its environment, refuses the resource and creates nothing of it."""
+    cp, ns = control_plane, namespace
+    env = {"LMFORGE_ALLOWED_IMAGES": '["registry.local/lmforge/*"]', "LMFORGE_ALLOWED_SECRETS": "[]"}
+    with running_operator(cp, ns, env=env) as op:
+        cp.apply(_dataset("smuggler", image="docker.io/evil/miner:1"), _dataset("honest"), namespace=ns)
+
+        def refused() -> dict[str, Any] | None:
+            cond = condition(resource(cp, ns, "datasets", "smuggler"), "Ready")
+            return cond if cond and cond["reason"] == "InvalidSpec" else None
+
+        cond = eventually(refused, timeout=60, what="Ready reason InvalidSpec", abort=op.dead)
+        assert cond["status"] == "False" and cond["message"].startswith("spec.compute.image: image "), cond
+        wait_job(cp, op, ns, "lmforge.io/dataset=honest")  # the allowed one runs...
+        assert jobs(cp, ns, "lmforge.io/dataset=smuggler") == []  # ...the forbidden one never did
