@@ -197,7 +197,12 @@ class Reason(StrEnum):
     """The operator cannot read the artifact store (unreachable, or its credentials are missing or
     wrong); Ready is Unknown, the message names the store URI, the error and the fix. Retried."""
     INVALID_SPEC = "InvalidSpec"
-    """The spec passed the CRD schema but not the models; the message names the field."""
+    """The spec passed the CRD schema but not the models, or names an image, ServiceAccount or
+    Secret the operator's allow-lists do not allow; the message names the field."""
+    NAME_CONFLICT = "NameConflict"
+    """An object a stage run needs (its Job, ConfigMap, Service...) already exists under that name and
+    is not this resource's (someone else's, or left by a deleted resource of the same name): LMForge
+    never adopts it. The message names it; the run starts once it is gone. Looked at again with backoff."""
     PENDING = "Pending"
     """Accepted; the stage has not started."""
     RUNNING = "Running"

@@ -76,9 +76,18 @@ def key_metric(resource: Resource, metrics: dict[str, float]) -> str | None:
 
 
 def waits_for_secrets(b: Builder, run: StageRun, seen: ObservedRun | None, ready: bool = False) -> bool:
-    """Hold back a run that does not exist yet while a Secret its pods need is missing: a pod
-    created now would only sit in CreateContainerConfigError. True when it must wait. `ready`:
+    """Hold back a run that does not exist yet while an object of one of its children's names is not
+    this resource's (applying over it would adopt it), or while a Secret its pods need is missing (a
+    pod created now would only sit in CreateContainerConfigError). True when it must wait. `ready`:
     what Ready says meanwhile (True while an older release keeps serving)."""
+    foreign = b.obs.conflicts.get(run.name) if seen is None else None
+    if foreign:
+        message = (f"{run.stage.value} stage cannot start: " + "; ".join(foreign) +
+                   " already exist(s) and is not this resource's; LMForge does not adopt it: delete or rename it")
+        b.cond(ConditionType.READY, ready, Reason.NAME_CONFLICT, message)
+        b.phase(Phase.FAILED, Reason.NAME_CONFLICT, message, warning=True)
+        b.requeue = secret_backoff(b.obs.secret_waits)
+        return True
     missing = b.obs.missing_secrets.get(run.name) if seen is None else None
     if not missing:
         return False

@@ -23,6 +23,7 @@ from lmforge.operator.reconcile.builder import (
     waits_for_secrets,
 )
 from lmforge.operator.reconcile.conditions import is_false, is_true
+from lmforge.operator.reconcile.policy import violations
 from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
 from lmforge.operator.reconcile.serving import old_keeps_serving, release_after_compression
 from lmforge.operator.reconcile.types import Decision, InputState, Observed, ObservedRun, RunState, StageRun
@@ -151,6 +152,12 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
         b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
         return b.decision()
+    forbidden = violations(resource, obs.allowlists)
+    if forbidden:  # checked before anything else: nothing of a forbidden spec is ever created
+        message = "; ".join(forbidden)
+        b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
+        b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
+        return b.decision()
 
     if obs.store_error is not None:
         message = (f"cannot read the artifact store {obs.store}: {obs.store_error}. Check that it is "
@@ -194,8 +201,10 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
     current = {first.name}
     if isinstance(resource, ModelRelease):
         current.add(run_name(resource, StageName.SERVE, rid))
+    # An older release's server stays until the new one is Ready — also while its own Deployment is
+    # momentarily not Ready (a pod restarting, a node drained): deleting it then would leave nothing.
     serving_old = [o for o in obs.runs.values()
-                   if o.name not in current and o.stage is StageName.SERVE and o.state is RunState.READY]
+                   if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED]
     b.delete = sorted(o.name for o in obs.runs.values() if o.name not in current and o not in serving_old)
 
     done = _run_job(b, first, obs.runs.get(first.name))

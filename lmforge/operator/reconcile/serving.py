@@ -15,19 +15,22 @@ from lmforge.operator.reconcile.types import Event, ObservedRun, RunState
 def release_after_compression(b: Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts],
                               serving_old: list[ObservedRun]) -> None:
     """After compression: wait for the gate (see gate.py), then serve; keep an older release until
-    the new one is Ready."""
+    the new one is Ready. `serving_old` also holds an older server that is momentarily not Ready (it
+    is kept, never deleted early); only a Ready one lets Ready stay True and is smoke-compared."""
+    ready_old = [o for o in serving_old if o.state is RunState.READY]
+    old_ready = bool(ready_old)
     suite = b.obs.inputs.get(f"EvalSuite/{release.spec.eval_suite_ref.name}") if release.spec.eval_suite_ref else None
     gate = release_gate(release, suite, b.status.artifacts.get(ArtifactName.MODEL.value))
     if gate is not None and gate.verdict is not Verdict.PASSED:
         b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
         if gate.verdict is Verdict.PENDING:
             b.cond(ConditionType.GATE_PASSED, None, gate.reason, gate.message)
-            b.cond(ConditionType.READY, bool(serving_old), gate.reason, gate.message)
+            b.cond(ConditionType.READY, old_ready, gate.reason, gate.message)
             b.phase(Phase.WAITING, gate.reason, gate.message)
             b.requeue = POLL_SECONDS
             return
         b.cond(ConditionType.GATE_PASSED, False, gate.reason, gate.message)
-        b.cond(ConditionType.READY, bool(serving_old), gate.reason, gate.message)
+        b.cond(ConditionType.READY, old_ready, gate.reason, gate.message)
         b.phase(Phase.FAILED, gate.reason, gate.message, warning=True)
         return
     if gate is not None:
@@ -45,16 +48,16 @@ def release_after_compression(b: Builder, release: ModelRelease, rid: str, resol
     seen = b.obs.runs.get(serve.name)
     if seen is not None and seen.state is RunState.FAILED:
         message = f"serve failed: {seen.message or 'no reason given'}"
-        b.cond(ConditionType.READY, bool(serving_old), Reason.STAGE_FAILED, message)
+        b.cond(ConditionType.READY, old_ready, Reason.STAGE_FAILED, message)
         b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
         return
-    if waits_for_secrets(b, serve, seen, ready=bool(serving_old)):  # an older release keeps serving
+    if waits_for_secrets(b, serve, seen, ready=old_ready):  # an older release keeps serving
         return
     b.runs.append(serve)
     if seen is not None and seen.state is RunState.READY:
         endpoint = seen.endpoint or (seen.result.artifacts.get("endpoint") if seen.result else None)
-        if serving_old and release.spec.serving.smoke_eval_suite_ref is not None \
-                and not smoke_passed(b, release, rid, serve.name, serving_old[0], endpoint):
+        if ready_old and release.spec.serving.smoke_eval_suite_ref is not None \
+                and not smoke_passed(b, release, rid, serve.name, ready_old[0], endpoint):
             return
         b.status.endpoint = endpoint
         b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
@@ -65,13 +68,13 @@ def release_after_compression(b: Builder, release: ModelRelease, rid: str, resol
         b.requeue = None
         return
     if b.status.rollout is not None and b.status.rollout.candidate == rid \
-            and b.status.rollout.state is RolloutState.ROLLED_BACK and serving_old:
+            and b.status.rollout.state is RolloutState.ROLLED_BACK and ready_old:
         b.runs.remove(serve)  # rolled back: the new version is not started again until the spec changes
         rolled_back(b, b.status.rollout)
         return
-    message = "deploying" + (f" {rid} (previous release keeps serving: {serving_old[0].run_id} at "
-                             f"{serving_old[0].endpoint})" if serving_old else "")
-    b.cond(ConditionType.READY, bool(serving_old), Reason.DEPLOYING, message)
+    message = "deploying" + (f" {rid} (previous release keeps serving: {ready_old[0].run_id} at "
+                             f"{ready_old[0].endpoint})" if ready_old else "")
+    b.cond(ConditionType.READY, old_ready, Reason.DEPLOYING, message)
     b.phase(Phase.RUNNING, Reason.DEPLOYING, message)
     b.requeue = POLL_SECONDS
 
@@ -123,7 +126,7 @@ def rolled_back(b: Builder, rollout: Rollout) -> None:
 def old_keeps_serving(b: Builder, serving_old: list[ObservedRun]) -> None:
     """While a new version is compressed, gated or deployed (or after it failed), the version serving
     keeps serving: the release stays Ready and Serving, and the message says where."""
-    kept = [o for o in serving_old if o.name not in b.delete]
+    kept = [o for o in serving_old if o.name not in b.delete and o.state is RunState.READY]
     if not kept or b.status.phase is Phase.SERVING:
         return
     ready = b.status.condition(ConditionType.READY.value)
