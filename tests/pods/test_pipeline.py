@@ -114,6 +114,9 @@ def install(nc: NodeCluster, ns: str, s3: SeaweedServer) -> None:
                f"--set=serving.image={nc.images['serve']}",
                f"--set=store.uri=s3://{BUCKET}/store", f"--set=store.s3.endpoint={s3.endpoint}",
                "--set=store.s3.secretName=lmforge-s3", "--set=rbac.namespaced=true",
+               # The admission policy stays on: the faults test's unpullable image and late Secret
+               # are on its lists, as a user's own registry and Secrets would be.
+               '--set-json=policy.allowedImages=["lmforge.local/*"]', '--set-json=policy.allowedSecrets=["late-token"]',
                f"--set=watchNamespaces={{{ns}}}", "--set=pollSeconds=2",
                f"--set-json=trainer.env={json.dumps(stage_env)}", timeout=400)
 
