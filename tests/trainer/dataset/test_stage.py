@@ -76,19 +76,24 @@ def test_tiny_example_end_to_end(tmp_path: Path) -> None:
                                    add_generation_prompt=True) == "<|user|>hi<|end|><|assistant|>"
 
 
+def _run_workers(tmp_path: Path, workers: int, timeout: float) -> Path:
+    """The stage over `data/*.jsonl` as `workers` concurrent processes (all must succeed); its output."""
+    res = dataset_resource({**SMALL, "workers": workers, "sources": [
+        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
+    spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
+                            base_dir=tmp_path, workers=workers)
+    procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+    return tmp_path / f"store{workers}" / "runs" / "ds"
+
+
 def test_two_workers_give_the_same_dataset_as_one(tmp_path: Path) -> None:
     _split_corpus(TINY_CORPUS, tmp_path / "data", files=5, lines=1500)
     results = {}
     for workers in (1, 2):
-        res = dataset_resource({**SMALL, "workers": workers, "sources": [
-            {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
-        spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
-                                base_dir=tmp_path, workers=workers)
-        procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
-        for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err[-3000:]
-        out = tmp_path / f"store{workers}" / "runs" / "ds"
+        out = _run_workers(tmp_path, workers, timeout=120)
         card = json.loads((out / "card" / "card.json").read_text())
         _check_card_adds_up(card)
         assert len(card["workers"]) == workers
@@ -146,15 +151,7 @@ def test_three_workers_partition_the_dedup_and_give_byte_identical_output(tmp_pa
     _split_corpus(TINY_CORPUS, tmp_path / "data", files=7, lines=1500)
     outputs = {}
     for workers in (1, 3):
-        res = dataset_resource({**SMALL, "workers": workers, "sources": [
-            {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
-        spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
-                                base_dir=tmp_path, workers=workers)
-        procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
-        for p in procs:
-            _, err = p.communicate(timeout=180)
-            assert p.returncode == 0, err[-3000:]
-        out = tmp_path / f"store{workers}" / "runs" / "ds"
+        out = _run_workers(tmp_path, workers, timeout=180)
         card = json.loads((out / "card" / "card.json").read_text())
         assert len(card.pop("workers")) == workers
         assert card["settings"].pop("workers") == workers  # the spec's own field; everything else must agree

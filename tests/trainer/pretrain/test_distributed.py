@@ -17,14 +17,21 @@ from .conftest import World, pretrain_resource, publish_dataset, records_of, run
 pytestmark = pytest.mark.ml
 
 
-def test_end_to_end_subprocess_with_checkpoints_in_s3(
-        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _s3_world(s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch,
+              prefix: str) -> World:
+    """An empty store under `prefix` in the test's SeaweedFS, with the tiny dataset published in it."""
     s3_server.apply_env(monkeypatch)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
-    uri = f"s3://{s3_server.bucket}/e2e-pretrain"
+    uri = f"s3://{s3_server.bucket}/{prefix}"
     store = open_store(uri)
     store.delete_prefix("")
-    w = World(store, uri, publish_dataset(store, "tiny-corpus", tmp_path, tiny_tokenizer), tmp_path)
+    return World(store, uri, publish_dataset(store, "tiny-corpus", tmp_path, tiny_tokenizer), tmp_path)
+
+
+def test_end_to_end_subprocess_with_checkpoints_in_s3(
+        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "e2e-pretrain")
+    store, uri = w.store, w.store_uri
     spec = stage_spec(w, pretrain_resource(training={"maxSteps": 8}, checkpoint={"everySteps": 4}))
     proc = run_subprocess(spec, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -72,12 +79,7 @@ def test_two_processes_resume_weights_only_from_s3(
         s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Two ranks' ZeRO-1 checkpoint, streamed to S3 (each rank's optimizer partition), resumes under
     weights-only loading, as a retried multi-node Job does."""
-    s3_server.apply_env(monkeypatch)
-    monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
-    uri = f"s3://{s3_server.bucket}/two-rank-resume"
-    store = open_store(uri)
-    store.delete_prefix("")
-    w = World(store, uri, publish_dataset(store, "tiny-corpus", tmp_path, tiny_tokenizer), tmp_path)
+    w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "two-rank-resume")
 
     def resource(steps: int) -> dict[str, object]:
         return pretrain_resource(training={"maxSteps": steps, "microBatchSize": 4}, deepspeed={"zeroStage": 1},
