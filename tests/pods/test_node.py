@@ -3,6 +3,7 @@ and each image does what its Dockerfile target promises."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from cluster.controlplane import eventually
@@ -85,3 +86,49 @@ def test_the_images_do_what_their_targets_promise(node_cluster: NodeCluster, pod
     phase, log = run_to_end(nc, ns, "serve-vllm", nc.images["serve"],
                             ["python", "-c", "import vllm, lmforge; print('vllm', vllm.__version__)"])
     assert phase == "Succeeded" and "vllm 0.32.0" in log, log
+
+
+SANDBOX_CHECK = """
+import json, os
+from lmforge.trainer.evaluate import sandbox
+sandbox.probe()
+escape = "open('/tmp/escaped', 'w').write('x')\\nimport subprocess\\nsubprocess.run(['sh', '-c', 'echo x > /tmp/escaped-sh'])"
+nested = "import subprocess\\nprint(subprocess.run(['unshare', '--user', '--map-root-user', 'true']).returncode)"
+outcomes = {name: sandbox.run_program(src) for name, src in
+            {"ordinary": "def check():\\n    assert sum([2, 3]) == 5\\ncheck()", "escape": escape, "nested": nested}.items()}
+print(json.dumps({"outcomes": {k: [o.passed, o.isolation, o.output.strip()] for k, o in outcomes.items()},
+                  "leaked": sorted(p for p in os.listdir('/tmp') if p.startswith('escaped'))}))
+"""
+
+
+def test_the_code_sandbox_holds_in_an_evaluate_pod(node_cluster: NodeCluster, pod_namespace: str) -> None:
+    """The pod the operator builds for an EvalSuite with a code task (non-root, read-only root,
+    `/proc/sys` read-only as the runtime mounts it, no capabilities) establishes the bubblewrap
+    sandbox: a program passes, its writes stay inside, a nested user namespace is refused."""
+    from kube.conftest import SETTINGS, first_run, owner, parse
+
+    suite = parse({"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "code"},
+                   "spec": {"modelRef": {"uri": "s3://b/m"},
+                            "tasks": [{"name": "c", "type": "code", "dataUri": "s3://b/code.jsonl"}]}})
+    from lmforge.operator.kube import build_children
+
+    job = next(o for o in build_children(first_run(suite), owner(suite), SETTINGS) if o["kind"] == "Job")
+    spec = job["spec"]["template"]["spec"]
+    spec.update(restartPolicy="Never", nodeSelector={NODE_LABEL: "true"}, tolerations=[],
+                volumes=[v for v in spec["volumes"] if "configMap" not in v])
+    main = spec["containers"][0]
+    main.update(image=node_cluster.images["trainer"], imagePullPolicy="Never",
+                command=["python", "-c", SANDBOX_CHECK], args=[], envFrom=[],
+                volumeMounts=[m for m in main["volumeMounts"] if m["name"] != "spec"])
+    assert main["securityContext"]["readOnlyRootFilesystem"] and spec["securityContext"]["runAsNonRoot"]
+    ns = pod_namespace
+    node_cluster.cp.apply({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "sandbox"}, "spec": spec},
+                          namespace=ns)
+    phase = wait_phase(node_cluster, ns, "sandbox", ("Succeeded", "Failed"))
+    log = node_cluster.cp.kubectl("logs", "sandbox", "-n", ns).stdout
+    assert phase == "Succeeded", log
+    report = json.loads(log.strip().splitlines()[-1])
+    outcomes = report["outcomes"]
+    assert outcomes["ordinary"][:2] == [True, "bubblewrap"], outcomes
+    assert outcomes["escape"][1] == "bubblewrap" and report["leaked"] == [], report
+    assert outcomes["nested"][0] and outcomes["nested"][2].endswith("1"), outcomes  # unshare failed (EPERM)

@@ -128,7 +128,9 @@ def metrics_port(run: StageRun, settings: Settings) -> int | None:
 def seccomp_profile(run: StageRun) -> str:
     """RuntimeDefault, except for a pod that runs model-written code: its bubblewrap sandbox needs
     user namespaces, which the runtime's default profile forbids. That pod keeps every other bound
-    (non-root, no capabilities, no privilege escalation, no API token, read-only root)."""
+    (non-root, no capabilities, no privilege escalation, no API token, read-only root), and the
+    programs themselves run under the sandbox's own seccomp filter (trainer/evaluate/seccomp.py:
+    no nested user namespaces, mounts, keyrings, bpf, ptrace...)."""
     return "Unconfined" if run.user_namespaces else "RuntimeDefault"
 
 

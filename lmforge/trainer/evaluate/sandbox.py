@@ -4,8 +4,10 @@ Each program runs under bubblewrap (`bwrap`), which works without root (an unpri
 namespace) and with it (the parent first drops to uid/gid 65534, nobody). Inside, the program has:
 
 * new **user, PID, network, IPC, UTS, mount and cgroup namespaces**: it sees only its own
-  processes (so `kill(-1, …)` reaches nothing outside), only a downed loopback device, and no
-  nested user namespaces (`--disable-userns`);
+  processes (so `kill(-1, …)` reaches nothing outside), only a downed loopback device;
+* a **seccomp filter** of LMForge's own (`seccomp.py`): no nested user namespaces, mounts, keyrings,
+  `bpf`, `ptrace`... — what the container runtime's default profile forbids, which the pod running
+  this code cannot keep (it would forbid the sandbox's own user namespace);
 * a **root of read-only binds** of `/usr` (and `/lib*`, `/bin`, `/sbin` as on the host) plus the
   interpreter's prefix — no `/etc`, `/home`, `/root`, `/work`, no `/proc` at all (not even its own:
   nothing can read the harness's memory through it), no `/sys`; the only writable places are three
@@ -52,6 +54,7 @@ from pathlib import Path
 
 from lmforge.api.evalsuite import CodeIsolation
 from lmforge.trainer.errors import StageError
+from lmforge.trainer.evaluate import seccomp
 
 NOBODY = 65534
 OUTPUT_LIMIT = 4096
@@ -139,10 +142,11 @@ def _root_binds(python: str) -> list[str]:
     return args
 
 
-def _bwrap_command(bwrap: str, python: str, limits: Limits, program_fd: int, info_fd: int) -> list[str]:
+def _bwrap_command(bwrap: str, python: str, limits: Limits, program_fd: int, info_fd: int,
+                   seccomp_fd: int) -> list[str]:
     size = str(limits.tmpfs_bytes)
     return [
-        bwrap, "--unshare-all", "--unshare-user", "--disable-userns", "--uid", str(NOBODY), "--gid", str(NOBODY),
+        bwrap, "--unshare-all", "--unshare-user", "--seccomp", str(seccomp_fd), "--uid", str(NOBODY), "--gid", str(NOBODY),
         "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
         "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK,
         "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
@@ -298,8 +302,12 @@ def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation
         else:
             info_r, info_w = fds.pipe()
             program = fds.memfd("sandbox-program", source.encode("utf-8"))
-            cmd = _bwrap_command(bwrap or bwrap_path(), python, limits, program, info_w) + cmd
-            child_fds += [program, info_w]
+            try:
+                policy = fds.memfd("sandbox-seccomp", seccomp.program())
+            except seccomp.SeccompUnavailable as exc:
+                raise SandboxUnavailable(str(exc)) from None
+            cmd = _bwrap_command(bwrap or bwrap_path(), python, limits, program, info_w, policy) + cmd
+            child_fds += [program, info_w, policy]
         drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
         try:
             proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={}, cwd=workdir,

@@ -10,7 +10,7 @@ ctypes) — a root of read-only binds with no host directory but `/usr`; loopbac
 network namespace; `kill(-1, 9)` — a new PID namespace; a fork bomb — RLIMIT_NPROC counted in the
 run's own user namespace; a memory bomb — RLIMIT_AS, measured from outside; filling `/tmp` and
 `/dev/shm` — private size-capped tmpfs; a `setsid()` grandchild — killing the namespace's PID-1
-(through a pidfd); `SystemExit(0)`, `os._exit(0)`, fake nonces, stealing the nonce — the harness's
+(through a pidfd); a nested user namespace — the sandbox's seccomp filter; `SystemExit(0)`, `os._exit(0)`, fake nonces, stealing the nonce — the harness's
 verdict hook (harness.py); a missing, failing or lying launcher — the parent's checks.
 """
 
@@ -65,6 +65,11 @@ def traversable() -> Iterator[None]:
 
 CALLERS = [pytest.param("root", marks=pytest.mark.skipif(not ROOT, reason="the evaluator runs as root only in CI")),
            pytest.param("nobody", marks=pytest.mark.skipif(not ROOT, reason="needs root to become uid 65534"))]
+POD = pytest.param("pod", marks=pytest.mark.skipif(not ROOT, reason="needs root to make /proc/sys read-only"))
+"""uid 65534 with `/proc/sys` read-only in its mount namespace, as every container runtime mounts it:
+the evaluate pod (bubblewrap's `--disable-userns` failed there, so no code task could run)."""
+READ_ONLY_PROC_SYS = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                      'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"', "sh"]
 
 
 def run_as(caller: str, source: str, limits: Limits = Limits(wall_seconds=5.0),
@@ -76,6 +81,8 @@ def run_as(caller: str, source: str, limits: Limits = Limits(wall_seconds=5.0),
     job = {"source": source, "limits": dataclasses.asdict(limits), "isolation": isolation.value, "bwrap": bwrap}
     cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i", "HOME=/tmp",
            f"PYTHONPATH={REPO}", *[f"{k}={v}" for k, v in (env or {}).items()], sys.executable, str(DRIVER)]
+    if caller == "pod":
+        cmd = READ_ONLY_PROC_SYS + cmd
     done = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(done.stdout)
     if "unavailable" in result:
@@ -453,10 +460,30 @@ check(lambda p: p.x + p.y)
 """
 
 
-@pytest.mark.parametrize("caller", CALLERS)
+@pytest.mark.parametrize("caller", [*CALLERS, POD])
 def test_ordinary_programs_still_pass(caller: str, traversable: None) -> None:
     outcome = run_as(caller, ORDINARY)
     assert outcome.passed, outcome.output
+
+
+NESTED = """
+import subprocess
+for argv in (["unshare", "--user", "--map-root-user", "id", "-u"], ["unshare", "--user", "--mount", "true"]):
+    done = subprocess.run(argv, capture_output=True, text=True)
+    print(done.returncode, done.stdout.strip(), done.stderr.strip())
+"""
+
+
+@pytest.mark.parametrize("caller", [*CALLERS, POD])
+def test_a_nested_user_namespace_is_refused(caller: str, traversable: None) -> None:
+    """A user namespace of its own would give the program every capability in it (mounts, the
+    kernel's namespaced surface): the sandbox's seccomp filter refuses it, also where
+    `/proc/sys` is read-only. The control shows the same program gets one without the sandbox."""
+    outcome = run_as(caller, NESTED)
+    lines = outcome.output.strip().splitlines()
+    assert len(lines) == 2 and all(line.startswith("1 ") and "Operation not permitted" in line for line in lines), lines
+    unconfined = run_as(caller, NESTED, isolation=CodeIsolation.NONE)
+    assert unconfined.output.startswith("0 0"), unconfined.output  # root in a namespace of its own
 
 
 @pytest.mark.parametrize("caller", CALLERS)
