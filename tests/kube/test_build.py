@@ -271,3 +271,18 @@ def test_default_resources_apply_only_when_the_spec_sets_none() -> None:
     own = parse({**doc, "spec": {**doc["spec"], "compute": {"resources": {"limits": {"memory": "2Gi"}}}}})
     job = next(o for o in build_children(first_run(own), owner(own), settings) if o["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "2Gi"}
+
+
+def test_a_grpo_job_with_a_code_reward_also_leaves_seccomp_for_its_sandbox() -> None:
+    """The code reward runs completions in the same sandbox as an EvalSuite's code tasks."""
+    def align_pod(rewards: list[dict[str, Any]]) -> dict[str, Any]:
+        doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "g"},
+               "spec": {"modelRef": {"uri": "s3://b/m"}, "method": "grpo", "data": {"uri": "s3://b/p.jsonl"},
+                        "grpo": {"rewards": rewards}}}
+        res = parse(doc)
+        job = next(o for o in build_children(first_run(res), owner(res), SETTINGS) if o["kind"] == "Job")
+        return dict(job["spec"]["template"]["spec"])
+
+    assert align_pod([{"type": "code"}])["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    plain = align_pod([{"type": "answer", "extract": "lastNumber"}])
+    assert plain["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}

@@ -6,7 +6,7 @@ import hashlib
 import json
 from typing import Any
 
-from lmforge.api.alignment import AlignmentJob
+from lmforge.api.alignment import AlignmentJob, RewardType
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec, Worker
 from lmforge.api.dataset import Dataset
 from lmforge.api.evalsuite import CodeIsolation, EvalSuite, TaskType
@@ -136,6 +136,16 @@ def stage_run(
         replicas=replicas if replicas is not None else 1,
         secret_env=stage_secret_env(resource, stage, inputs),
         metrics_port=resource.spec.metrics.port if isinstance(resource, PretrainJob) else None,
-        user_namespaces=isinstance(resource, EvalSuite) and any(
-            t.type is TaskType.CODE and t.isolation is CodeIsolation.SANDBOX for t in resource.spec.tasks),
+        user_namespaces=runs_model_written_code(resource),
     )
+
+
+def runs_model_written_code(resource: Resource) -> bool:
+    """Whether the stage runs model-written programs in its bubblewrap sandbox: an EvalSuite's
+    sandboxed code tasks, or GRPO/RLOO rewards of `type: code` (always sandboxed)."""
+    if isinstance(resource, EvalSuite):
+        return any(t.type is TaskType.CODE and t.isolation is CodeIsolation.SANDBOX for t in resource.spec.tasks)
+    if isinstance(resource, AlignmentJob):
+        groups = (resource.spec.grpo, resource.spec.rloo)
+        return any(r.type is RewardType.CODE for g in groups if g is not None for r in g.rewards)
+    return False
