@@ -16,9 +16,9 @@ log() { printf '[setup %s] %s\n' "$(date +%H:%M:%S)" "$*"; }
 # needs none of it, so it does not wait for it.
 cluster="${LMFORGE_SETUP_CLUSTER:-0}"
 
-# Debian packages: bubblewrap (the code sandbox), Prometheus for the metrics tests, numactl for
+# Debian packages: bubblewrap and libseccomp2 (the code sandbox and its filter), Prometheus for the metrics tests, numactl for
 # DeepSpeed's core binding, openssl for certs.
-want_apt=(bubblewrap prometheus numactl openssl)
+want_apt=(bubblewrap libseccomp2 prometheus numactl openssl)
 if [ "$cluster" = 1 ]; then
   want_apt+=(containerd runc containernetworking-plugins iptables conntrack buildah debootstrap)
 fi
