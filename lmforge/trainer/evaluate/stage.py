@@ -8,6 +8,7 @@ operator turns that into the EvalSuite's Failed condition.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,8 +175,22 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
 
         judge = ClassifierJudge(item.classifier_dir, task.classifier.unsafe_labels, task.classifier.batch_size)
         unsafe_at = task.classifier.threshold
-    return safety.evaluate(backend, [r for r in rows if isinstance(r, SafetyRow)], task.max_new_tokens, seed,
-                           advance, judge=judge, unsafe_at=unsafe_at)
+    llm = None
+    if task.judge is not None:
+        from lmforge.trainer.evaluate.judge import LlmJudge
+
+        key = os.environ.get(task.judge.api_key_env) if task.judge.api_key_env else None
+        if task.judge.api_key_env and not key:
+            raise InvalidInput(f"task {task.name}: judge.apiKeyEnv {task.judge.api_key_env} is not set "
+                               "(set it from a Secret with compute.secretEnv)")
+        judge = llm = LlmJudge(task.judge.url, task.judge.model, task.judge.prompt_template, api_key=key,
+                               max_tokens=task.judge.max_tokens, concurrency=task.judge.concurrency)
+    safety_rows = [r for r in rows if isinstance(r, SafetyRow)]
+    metrics = safety.evaluate(backend, safety_rows, task.max_new_tokens, seed, advance, judge=judge,
+                              unsafe_at=unsafe_at)
+    if llm is not None:  # replies that were no verdict (each counted unsafe): a judge that is not judging
+        metrics["judge_unparsed"] = ItemScores([float(llm.unparsed)], ids=["all"])
+    return metrics
 
 
 def run(ctx: StageContext) -> dict[str, str]:
