@@ -76,17 +76,22 @@ def test_ppo_raises_mean_reward(run_stage: RunStage, tiny_model: Path, tmp_path:
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"say something {i}"} for i in range(32)])
-    ctx, _ = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "ppo", "data": {"uri": str(data)},
-         "ppo": {"rewardFunction": "rewards:letter_a", "rolloutBatchSize": 16, "responseLength": 12,
-                 "klCoef": 0.01},
-         "training": {"maxSteps": 24, "microBatchSize": 8, "lr": 3e-3, "precision": "fp32"}})
+    job = {"modelRef": {"uri": str(tiny_model)}, "method": "ppo", "data": {"uri": str(data)},
+           "ppo": {"rewardFunction": "rewards:letter_a", "rolloutBatchSize": 16, "responseLength": 12,
+                   "klCoef": 0.01},
+           "training": {"maxSteps": 24, "microBatchSize": 8, "lr": 3e-3, "precision": "fp32"}}
+    ctx, outcome = run_stage(job)
     rewards = [r.metrics["mean_reward"] for r in records(ctx) if "mean_reward" in r.metrics]
     kls = [r.metrics["kl"] for r in records(ctx) if "kl" in r.metrics]
     assert len(rewards) == 24
     early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert late > 2 * early, rewards
     assert kls[0] == pytest.approx(0.0, abs=1e-3) and kls[-1] > 0  # the policy moved away from the reference
+    assert outcome.metrics["first_mean_reward"] == rewards[0] and outcome.metrics["mean_reward"] == rewards[-1]
+    assert "resumed_from_step" not in outcome.metrics
+    # Run again on the same output: it resumes from the last checkpoint, with no step left to train.
+    _, again = run_stage(job)
+    assert again.metrics["resumed_from_step"] == 24.0 and "first_mean_reward" not in again.metrics
 
 
 def test_kto_learns_from_unpaired_thumbs(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
