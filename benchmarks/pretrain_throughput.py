@@ -110,10 +110,10 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
         tracker = MlflowTracker(tracking, run_info(spec))
     ctx = StageContext.from_spec(spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(),
                                                         tracker=tracker))
-    run(ctx)
+    outcome = run(ctx)
     if tracker is not None:
         tracker.close(30.0)
-    return float(ctx.extra["metrics"]["tokens_per_second"])
+    return float(outcome.metrics["tokens_per_second"])
 
 
 def tracking_overhead(uri: str, steps: int, repeat: int) -> None:

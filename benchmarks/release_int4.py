@@ -83,7 +83,7 @@ def main() -> None:
                     "method": method, "groupSize": group, "calibrationSamples": CALIBRATION_ROWS,
                     "calibrationDatasetRef": {"name": "tiny"}, "maxPerplexityIncrease": 10}})
                 spec.resource["spec"]["modelRef"] = {"uri": str(model_dir)}
-                arts = run(StageContext.from_spec(spec))
+                arts = run(StageContext.from_spec(spec)).artifacts
                 rep = json.loads((fetch(arts["report"]) / "report.json").read_text())
                 figures[method] = after = (out := score(fetch(arts["model"])))[0]
                 kl = float((ref.exp() * (ref - out[1])).sum(-1).mean())  # nats/token from the unquantized model

@@ -13,7 +13,8 @@ API server's writes go to creating Jobs first (the apply → Job latency the ben
 
 kopf's indices are fully populated before any event handler runs, so after a restart the first
 reconcile of each resource already sees its Jobs: deterministic child names plus that view mean a
-restart re-creates nothing. No finalizer is added unless store clean-up is configured.
+restart re-creates nothing. No finalizer is added unless store clean-up is configured. What the
+controller remembers between events beyond kopf's indices lives in `caches.ControllerCaches`.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from lmforge.api.kinds import KINDS, Resource, references
 from lmforge.api.meta import GROUP, VERSION, Status, now_rfc3339
 from lmforge.api.release import ModelRelease
 from lmforge.api.validation import parse_resource
+from lmforge.operator.caches import ControllerCaches, Key
 from lmforge.operator.kube import Owner, build_children, observe_child
 from lmforge.operator.kube.client import ApiError, KubeClient
 from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
@@ -56,8 +58,6 @@ from lmforge.operator.workqueue import WorkQueue
 from lmforge.store import ArtifactNotFound, Store, StoreError, open_store
 
 log = logging.getLogger("lmforge.operator")
-Key = tuple[str, str, str]
-"""(namespace, Kind, name)."""
 KIND_OF_LOWER = {k.lower(): k for k in KINDS}
 API_VERSION = f"{GROUP}/{VERSION}"
 _CHILD_KINDS = (("batch", "v1", "jobs", "Job"), ("apps", "v1", "deployments", "Deployment"))
@@ -98,19 +98,13 @@ class Controller:
         self.client = client
         self.store = store
         self.indices: dict[str, Any] = {}
-        self.refs: dict[Key, set[Key]] = {}
-        self.written: dict[Key, tuple[Any, dict[str, Any]]] = {}
-        self.unseen: dict[Key, tuple[str | None, dict[str, Any]]] = {}
-        """Status we patched onto the body with this resourceVersion, until the watch brings it back.
-        A child's event can queue the next reconcile before our own patch reaches the index; deciding
-        from the stale status would redo the transition and post its Event twice."""
-        self.seen: dict[Key, tuple[Any, ...]] = {}
-        self.applied: dict[tuple[str, str, str], str] = {}
-        self.lookups = Lookups(client, settings)
+        """kopf's indices (filled at start-up, kept and pruned by kopf from the watch)."""
+        self.caches = ControllerCaches()
+        """Our own bookkeeping between events; every entry of a resource goes on its DELETED event."""
+        self.lookups = Lookups(client, settings, self.caches)
         self.allowlists = settings.allowlists()
         self._posting: set[asyncio.Task[None]] = set()
         """Events being posted (references kept so the tasks are not garbage-collected)."""
-        self.secret_waits: dict[Key, int] = {}
         self.metrics = ResourceMetrics()
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers,
                                                on_wait=QUEUE_WAIT_SECONDS.observe)
@@ -130,9 +124,6 @@ class Controller:
             out += list(store) if store else []
         return out
 
-    def dependents(self, key: Key) -> list[Key]:
-        return [referrer for referrer, targets in self.refs.items() if key in targets]
-
     # ------------------------------------------------------------------ event intake
 
     def on_resource_event(self, kind: str, event_type: str | None, body: Any) -> None:
@@ -140,28 +131,27 @@ class Controller:
         key: Key = (meta.get("namespace", ""), kind, meta.get("name", ""))
         status = dict(body.get("status") or {})
         if event_type == "DELETED":
-            for dep in self.dependents(key):
+            for dep in self.caches.dependents(key):
                 self.queue.add(dep)
-            self.refs.pop(key, None)
-            self.written.pop(key, None)
-            self.unseen.pop(key, None)
-            self.seen.pop(key, None)
-            self.secret_waits.pop(key, None)
+            self.caches.forget(key)
             self.metrics.forget(*key)
             return
-        if self.written.get(key) != (meta.get("generation"), status):
+        if not self.caches.is_own_write(key, meta.get("generation"), status):
             self.queue.add(key)  # not merely the echo of our own status patch
-        summary = _summary(status)
-        if self.seen.get(key) != summary:
-            self.seen[key] = summary
-            for dep in self.dependents(key):
+        if self.caches.summary_changed(key, _summary(status)):
+            for dep in self.caches.dependents(key):
                 self.queue.add(dep)
 
-    def on_child_event(self, body: Any) -> None:
-        labels = body.get("metadata", {}).get("labels") or {}
-        owner = owner_of(labels)
-        if owner is not None:  # routine: a child's status moved; new resources' first reconciles go first
-            self.queue.add((body["metadata"].get("namespace", ""), KIND_OF_LOWER[owner[0]], owner[1]), urgent=False)
+    def on_child_event(self, body: Any, event_type: str | None = None) -> None:
+        meta = body.get("metadata", {})
+        owner = owner_of(meta.get("labels") or {})
+        if owner is None:
+            return
+        ns = meta.get("namespace", "")
+        key: Key = (ns, KIND_OF_LOWER[owner[0]], owner[1])
+        if event_type == "DELETED":  # applied again if a reconcile still wants it
+            self.caches.forget_run(key, meta.get("name", ""), [(ns, body.get("kind", ""), meta.get("name", ""))])
+        self.queue.add(key, urgent=False)  # routine: a child's status moved; new resources' first reconciles go first
 
     # ------------------------------------------------------------------ reconcile
 
@@ -169,12 +159,9 @@ class Controller:
         body = self.body(key)
         if body is None or body["metadata"].get("deletionTimestamp"):
             return None
-        pending = self.unseen.get(key)
+        pending = self.caches.pending_status(key, body["metadata"].get("resourceVersion"))
         if pending is not None:
-            if pending[0] == body["metadata"].get("resourceVersion"):
-                body = {**body, "status": pending[1]}  # our last patch has not come back yet
-            else:
-                del self.unseen[key]
+            body = {**body, "status": pending}  # our last patch has not come back yet
         started = time.perf_counter()
         kind = key[1]
         outcome = "ok"
@@ -218,7 +205,7 @@ class Controller:
             status = Status()
         inputs = self._inputs(ns, resource) if resource is not None else {}
         if resource is not None:
-            self.refs[key] = {(ns, r.kind, r.name) for r in references(resource)}
+            self.caches.record_references(key, [(ns, r.kind, r.name) for r in references(resource)])
         obs = Observed(resource=resource, kind=kind, name=name, generation=body["metadata"].get("generation"),
                        status=status, store=self.settings.store, inputs=inputs, invalid=invalid,
                        allowlists=self.allowlists)
@@ -244,7 +231,7 @@ class Controller:
             if merged is not None and merged.state is RunState.FAILED and seen_failed:
                 # Whether retried or not (exit 2 stops at once), the stage's own error line is what
                 # the user needs; the Job's condition only says which rule ended it.
-                merged = await self.lookups.explain_failure(ns, merged)
+                merged = await self.lookups.explain_failure(key, merged)
             if merged is not None:
                 runs[run_name] = merged
         obs = replace(obs, runs=runs)
@@ -257,7 +244,7 @@ class Controller:
                 continue
             # A run not created yet: none of its objects may exist already unless they are ours.
             unapplied = [o for o in build_children(run, owner, self.settings)
-                         if (ns, o["kind"], o["metadata"]["name"]) not in self.applied]
+                         if self.caches.applied_hash(key, (ns, o["kind"], o["metadata"]["name"])) is None]
             clash, gaps = await asyncio.gather(self.lookups.foreign_objects(unapplied, owner.uid),
                                                self.lookups.missing_secrets(ns, run))  # one round trip
             if clash:
@@ -265,10 +252,9 @@ class Controller:
             if gaps:
                 absent[run.name] = gaps
         if not absent and not foreign:
-            self.secret_waits.pop(key, None)
+            self.caches.clear_secret_waits(key)
             return decision
-        waits = self.secret_waits.get(key, 0)
-        self.secret_waits[key] = waits + 1
+        waits = self.caches.count_secret_wait(key)
         return reconcile(replace(obs, missing_secrets=absent, conflicts=foreign, secret_waits=waits))
 
     def _owner(self, body: dict[str, Any]) -> Owner:
@@ -281,7 +267,7 @@ class Controller:
         owner = self._owner(body)
         created = await self._apply_children(key, owner, decision)
         for run_name in decision.delete:
-            await self._delete_run(ns, run_name)
+            await self._delete_run(key, run_name)
         if created and self.queue.urgent_waiting():
             # Other resources still wait for their first Jobs: this status patch and its Events
             # would compete with their writes on the API server. Leave them to a routine-lane
@@ -296,8 +282,8 @@ class Controller:
         if new != current:
             patch: dict[str, Any] = {**{k: None for k in current if k not in new}, **new}
             await self.client.patch_status(API_VERSION, kind, ns, name, patch)
-            self.unseen[key] = (body["metadata"].get("resourceVersion"), new)
-        self.written[key] = (body["metadata"].get("generation"), new)
+            self.caches.record_patched(key, body["metadata"].get("resourceVersion"), new)
+        self.caches.record_written(key, body["metadata"].get("generation"), new)
         self.metrics.observe(ns, kind, name, decision.status)
         for event in decision.events:  # off the worker: an Event never delays the next resource's Job
             task = asyncio.create_task(self._post_event(owner, body, event))
@@ -318,17 +304,19 @@ class Controller:
                 ident = (ns, obj["kind"], obj["metadata"]["name"])
                 if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
                     continue  # Jobs are immutable and may be un-suspended by Kueue: create once
-                if self.applied.get(ident) != obj["metadata"]["annotations"][SPEC_HASH]:
+                if self.caches.applied_hash(key, ident) != obj["metadata"]["annotations"][SPEC_HASH]:
                     todo.append(obj)
             first = [o for o in todo if o["kind"] == "PodGroup"]
             for batch in (first, [o for o in todo if o["kind"] != "PodGroup"]):
                 await asyncio.gather(*(self.client.apply(o) for o in batch))
                 for obj in batch:
-                    self.applied[(ns, obj["kind"], obj["metadata"]["name"])] = obj["metadata"]["annotations"][SPEC_HASH]
+                    self.caches.record_applied(key, (ns, obj["kind"], obj["metadata"]["name"]),
+                                               obj["metadata"]["annotations"][SPEC_HASH])
             created = created or any(o["kind"] in ("Job", "Deployment") for o in todo)
         return created
 
-    async def _delete_run(self, ns: str, run_name: str) -> None:
+    async def _delete_run(self, key: Key, run_name: str) -> None:
+        ns = key[0]
         children = [("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
                     ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")]
         if self.settings.network_policies:  # only then is the operator allowed to touch them
@@ -336,7 +324,7 @@ class Controller:
         for api_version, kind, name in children:
             if await self.client.delete(api_version, kind, ns, name):
                 log.info("deleted superseded %s %s/%s", kind, ns, name)
-            self.applied.pop((ns, kind, name), None)
+            self.caches.forget_run(key, run_name, [(ns, kind, name)])
 
     async def _post_event(self, owner: Owner, body: dict[str, Any], event: Event) -> None:
         now = now_rfc3339()
@@ -402,8 +390,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
             return {}
         return {(namespace, owner[0], owner[1]): _slim(body)}
 
-    def _child_event(body: kopf.Body, **_: Any) -> None:
-        ctl.on_child_event(body)
+    def _child_event(type: str | None, body: kopf.Body, **_: Any) -> None:
+        ctl.on_child_event(body, type)
 
     for group, version, plural, _kind in _CHILD_KINDS:
         kopf.index(group, version, plural, id=f"lmforge_children_{plural}", registry=registry,

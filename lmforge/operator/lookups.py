@@ -1,15 +1,16 @@
 """The few reads beyond the caches, each done only when it can change a decision: whether the
 Secrets a new run mounts exist (GET by name: Secrets are never listed or watched), why a pending
-run's pods do not run, and why a failed Job failed (pod LISTs by label)."""
+run's pods do not run, and why a failed Job failed (pod LISTs by label). What they remember, to keep
+them rare, lives in `ControllerCaches`."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from dataclasses import replace
 from typing import Any
 
+from lmforge.operator.caches import ControllerCaches, Key
 from lmforge.operator.kube.client import ApiError, KubeClient
 from lmforge.operator.kube.meta import RUN_LABEL, owned_by
 from lmforge.operator.kube.observe import pod_failure_reason, pod_waiting_reason
@@ -18,29 +19,24 @@ from lmforge.operator.reconcile import ObservedRun, StageRun
 from lmforge.operator.settings import Settings
 
 log = logging.getLogger("lmforge.operator")
-SECRET_TTL_SECONDS = 30.0
-"""How long a Secret seen to exist is taken as existing without another GET (many runs share one)."""
 
 
 class Lookups:
-    """Reads through the operator's client, with the small caches that keep them rare."""
+    """Reads through the operator's client, remembered in the controller's caches."""
 
-    def __init__(self, client: KubeClient, settings: Settings) -> None:
+    def __init__(self, client: KubeClient, settings: Settings, caches: ControllerCaches) -> None:
         self.client = client
         self.settings = settings
-        self._secrets_seen: dict[tuple[str, str], tuple[float, frozenset[str]]] = {}
-        """(namespace, Secret) → (when seen, its key names). Present ones only: absence is re-checked."""
-        self._failure_reasons: dict[tuple[str, str], str] = {}
-        """(namespace, run) → the failed pod's reason; a failed Job does not change any more."""
+        self.caches = caches
 
     async def missing_secrets(self, ns: str, run: StageRun) -> tuple[str, ...]:
         """What of the Secrets `run` mounts is missing (GET by name; present ones are cached)."""
         needs = secret_needs(run, self.settings)
         found: dict[str, frozenset[str] | None] = {}
         for name in dict.fromkeys(n.name for n in needs):
-            cached = self._secrets_seen.get((ns, name))
-            if cached is not None and time.monotonic() - cached[0] < SECRET_TTL_SECONDS:
-                found[name] = cached[1]
+            cached = self.caches.secret_keys(ns, name)
+            if cached is not None:
+                found[name] = cached
                 continue
             try:
                 secret = await self.client.get("v1", "Secret", ns, name)
@@ -51,7 +47,7 @@ class Lookups:
                 found[name] = None
                 continue
             keys = frozenset((secret.get("data") or {}).keys())  # names only; values are never kept
-            self._secrets_seen[(ns, name)] = (time.monotonic(), keys)
+            self.caches.record_secret(ns, name, keys)
             found[name] = keys
         return missing(needs, found)
 
@@ -81,16 +77,19 @@ class Lookups:
         reason = pod_waiting_reason(pods)
         return replace(run, message=reason) if reason else run
 
-    async def explain_failure(self, ns: str, run: ObservedRun) -> ObservedRun:
-        """Add the stage's own error line (pod termination message) to a failed Job's message."""
-        cached = self._failure_reasons.get((ns, run.name))
+    async def explain_failure(self, owner: Key, run: ObservedRun) -> ObservedRun:
+        """Add the stage's own error line (pod termination message) to a failed Job's message (its
+        pods are listed once: a failed Job does not change any more)."""
+        ns = owner[0]
+        cached = self.caches.failure_reason(owner, run.name)
         if cached is None:
             try:
                 pods = await self.client.list("v1", "Pod", ns, f"batch.kubernetes.io/job-name={run.name}")
             except ApiError as exc:
                 log.warning("cannot read pods of %s/%s: %s", ns, run.name, exc)
                 return run
-            cached = self._failure_reasons[(ns, run.name)] = pod_failure_reason(pods) or ""
+            cached = pod_failure_reason(pods) or ""
+            self.caches.record_failure_reason(owner, run.name, cached)
         if not cached:
             return run
         return replace(run, message=f"{cached} (after {run.attempts} attempt(s); {run.message})")

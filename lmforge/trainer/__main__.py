@@ -72,9 +72,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Under torchrun every rank shares worker index 0; only rank 0 may bind the port.
             start_metrics_server()
         run = load(spec.stage)
-        artifacts = run(ctx)
-        if "result" not in ctx.extra:
-            reporter.result(artifacts, ctx.extra.get("metrics"))
+        outcome = run(ctx)
+        if outcome.writes_result:
+            reporter.result(outcome.artifacts, outcome.metrics)
         close_tracking()
         return EXIT_OK
     except StageError as exc:

@@ -1,4 +1,5 @@
-"""What a stage gets: its parsed resource, the store, its output prefix, its inputs and a reporter."""
+"""What a stage gets (its parsed resource, the store, its output prefix, its inputs and a reporter)
+and what it gives back (`StageOutcome`)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -38,6 +39,28 @@ def work_dir_for(spec: StageSpec) -> Path:
 
 
 @dataclass
+class StageOutcome:
+    """What a stage run gives the entry point: the one channel from a stage back to `__main__`.
+
+    The entry point writes `result.json` and the final record from it (`artifacts`, `metrics`) unless
+    `writes_result` is False: a torchrun rank other than 0 (rank 0 reports for the whole run), or a
+    stage that wrote its own result while it still runs (serve reports its endpoint, then serves)."""
+
+    artifacts: dict[str, str]
+    """Published artifact name → URI, each already manifest-committed; empty on ranks/workers that
+    publish nothing."""
+    metrics: dict[str, float] = field(default_factory=dict)
+    """The result record's metrics."""
+    writes_result: bool = True
+    """Whether the entry point writes the result (see the class docstring)."""
+    losses: dict[int, float] = field(default_factory=dict)
+    """Pretraining only: training loss by optimizer step of this run (not in the result; tests compare
+    resumed and uninterrupted runs with it)."""
+    resumed_from: int | None = None
+    """Pretraining only: the checkpoint step this run resumed from, None when it started fresh."""
+
+
+@dataclass
 class StageContext:
     """Everything one stage run needs, built once from the `--spec` file."""
 
@@ -47,7 +70,6 @@ class StageContext:
     output: Store
     reporter: ProgressReporter
     work_dir: Path
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_spec(cls, spec: StageSpec, reporter: ProgressReporter | None = None) -> StageContext:

@@ -7,10 +7,11 @@ import importlib
 from collections.abc import Callable
 
 from lmforge.api.contract import StageName
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 
-StageFn = Callable[[StageContext], dict[str, str]]
-"""Runs the stage; returns the published artifacts (name → URI), each already manifest-committed."""
+StageFn = Callable[[StageContext], StageOutcome]
+"""Runs the stage; returns its outcome (the published artifacts, each already manifest-committed, and
+the result's metrics)."""
 
 STAGES: dict[StageName, str] = {
     StageName.DATASET: "lmforge.trainer.dataset.stage:run",

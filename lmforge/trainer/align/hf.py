@@ -117,6 +117,8 @@ class StageCallback(TrainerCallback):
         self.metrics: dict[str, float] = {}
         self.first: dict[str, float] = {}
         """The first value each metric was reported with (to report improvement)."""
+        self.resumed_from_step: int | None = None
+        """The checkpoint step `train` resumed from; None when it started fresh."""
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                **kwargs: Any) -> None:
@@ -161,7 +163,7 @@ def train(trainer: Any, ctx: StageContext, spec: AlignmentJobSpec, out_dir: Path
     trainer.remove_callback(PrinterCallback)  # our progress records already carry the logs
     resume = restore(checkpoints, out_dir, trainer.args) if spec.checkpoint.resume else None
     if resume is not None:
-        ctx.extra["resumed_from_step"] = resume[1]
+        callback.resumed_from_step = resume[1]
         print(f"resuming from checkpoint at step {resume[1]}", flush=True)
     # Transformers loads its own files weights-only; under DeepSpeed (GPU) `load_checkpoint` asks
     # torch.load for pickle, which `weights_only_loads` overrides.

@@ -244,25 +244,31 @@ class PpoLoop:
         torch.set_rng_state(state["torch_rng"])
 
 
-def train(ctx: StageContext, loop: PpoLoop, checkpoints: CheckpointStore, out_dir: Path) -> dict[str, float]:
-    """Run the loop to the end, resuming from and saving to the store."""
+def train(ctx: StageContext, loop: PpoLoop, checkpoints: CheckpointStore,
+          out_dir: Path) -> tuple[dict[str, float], int | None]:
+    """Run the loop to the end, resuming from and saving to the store. Returns the last step's metrics
+    (with `first_mean_reward`, the first step's of this run) and the step it resumed from (None: fresh)."""
     restored = checkpoints.restore(out_dir) if loop.spec.checkpoint.resume else None
+    resumed_from: int | None = None
     if restored is not None:
         loop.load(safe_load.load(restored[0] / "state.pt"))  # weights-only: the store is not trusted code
-        ctx.extra["resumed_from_step"] = loop.step
+        resumed_from = loop.step
         print(f"resuming from checkpoint at step {loop.step}", flush=True)
     total, every = loop.total_steps(), loop.spec.checkpoint.every_steps
     metrics: dict[str, float] = {}
+    first_reward: float | None = None
     while loop.step < total:
         roll = loop.rollout()
         loss = loop.optimise(roll)
         loop.step += 1
         metrics = {"loss": loss, "mean_reward": float(roll["scores"].mean()), "kl": float(roll["kl"].mean())}
-        ctx.extra.setdefault("first_mean_reward", metrics["mean_reward"])
+        first_reward = metrics["mean_reward"] if first_reward is None else first_reward
         ctx.reporter.progress(loop.step, total, metrics=metrics)
         if loop.step % every == 0 or loop.step == total:
             local = out_dir / f"checkpoint-{loop.step}"
             local.mkdir(parents=True, exist_ok=True)
             torch.save(loop.state(), local / "state.pt")
             checkpoints.save(local, loop.step)
-    return metrics
+    if first_reward is not None:
+        metrics["first_mean_reward"] = first_reward
+    return metrics, resumed_from

@@ -9,7 +9,7 @@ is published when) and the result carries the metrics.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Any, NamedTuple
 
 from lmforge.api.alignment import AdapterOutput, AdapterType, AlignmentJob, AlignmentMethod
 from lmforge.trainer.align import hf
@@ -25,12 +25,22 @@ from lmforge.trainer.align.base import (
 from lmforge.trainer.align.data import Example, load_rows, split
 from lmforge.trainer.align.export import export
 from lmforge.trainer.align.lora import reattach, require_qlora_runtime, wrap
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 
 
+class Trained(NamedTuple):
+    """What a method's training gives `run`. A tuple, so `run` unpacks it and holds the model in one
+    name only (it deletes it before loading the stored-precision base for a merge)."""
+
+    model: Any
+    metrics: dict[str, float]
+    resumed_from_step: int | None
+    """The checkpoint step training resumed from; None when it started fresh."""
+
+
 def _sft(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-         val: list[Example]) -> tuple[Any, dict[str, float]]:
+         val: list[Example]) -> Trained:
     from lmforge.trainer.align.sft import build_trainer, encode
 
     spec = job.spec
@@ -50,11 +60,11 @@ def _sft(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train:
         metrics["eval_loss"] = float(trainer.evaluate()["eval_loss"])
     metrics["dropped_truncated"] = float(enc[0].dropped + enc[1].dropped)
     metrics["truncated"] = float(enc[0].truncated + enc[1].truncated)
-    return trainer.model, metrics
+    return Trained(trainer.model, metrics, cb.resumed_from_step)
 
 
 def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-                val: list[Example]) -> tuple[Any, dict[str, float]]:
+                val: list[Example]) -> Trained:
     from lmforge.trainer.align import preference as pref
 
     spec = job.spec
@@ -83,7 +93,7 @@ def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any,
         if reward and "eval_accuracy" in final:
             metrics["pairwise_accuracy"] = float(final["eval_accuracy"])
     metrics["dropped_truncated"] = float(pairs[0].dropped + pairs[1].dropped)
-    return trainer.model, metrics
+    return Trained(trainer.model, metrics, cb.resumed_from_step)
 
 
 def _load_reward_model(ctx: StageContext, spec: Any, name: str, field: str) -> tuple[Any, Any]:
@@ -100,7 +110,7 @@ def _load_reward_model(ctx: StageContext, spec: Any, name: str, field: str) -> t
 
 
 def _group_rl(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-              val: list[Example]) -> tuple[Any, dict[str, float]]:
+              val: list[Example]) -> Trained:
     from lmforge.trainer.align import group_rl
 
     spec = job.spec
@@ -119,11 +129,11 @@ def _group_rl(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, t
     final = group_rl.heldout_reward(trainer.model, tok, val, funcs, weights, opts.max_completion_length)
     if first is not None and final is not None:
         metrics["first_eval_mean_reward"], metrics["eval_mean_reward"] = first, final
-    return trainer.model, metrics
+    return Trained(trainer.model, metrics, cb.resumed_from_step)
 
 
 def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-         val: list[Example]) -> tuple[Any, dict[str, float]]:
+         val: list[Example]) -> Trained:
     from lmforge.trainer.align import ppo
     from lmforge.trainer.align.checkpoints import CheckpointStore
 
@@ -141,10 +151,8 @@ def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train:
     policy = wrap(load_model(base.path, spec, autocast=False), spec)  # our loop has no autocast
     loop = ppo.PpoLoop(spec, policy, tok, tok.chat_template, train + val, scorer, device)
     checkpoints = CheckpointStore(ctx.output, spec.checkpoint.keep_last, publish=hf.is_main())
-    metrics = ppo.train(ctx, loop, checkpoints, ctx.work_dir / "ppo")
-    if "first_mean_reward" in ctx.extra:
-        metrics["first_mean_reward"] = float(ctx.extra["first_mean_reward"])
-    return policy, metrics
+    metrics, resumed_from = ppo.train(ctx, loop, checkpoints, ctx.work_dir / "ppo")
+    return Trained(policy, metrics, resumed_from)
 
 
 METHODS = {
@@ -165,8 +173,9 @@ def _merges_reloaded_base(job: AlignmentJob) -> bool:
     return frozen_in_bf16(spec) and spec.method is not AlignmentMethod.PPO and spec.adapter.output is AdapterOutput.MERGED
 
 
-def run(ctx: StageContext) -> dict[str, str]:
-    """Train and publish one AlignmentJob; returns artifact name → URI (rank 0; others return {})."""
+def run(ctx: StageContext) -> StageOutcome:
+    """Train and publish one AlignmentJob; returns the artifacts and metrics (rank 0 publishes and reports;
+    other ranks return no artifacts and leave the result to rank 0)."""
     job = ctx.resource
     if not isinstance(job, AlignmentJob):
         raise InvalidInput(f"the align stage runs AlignmentJobs, not {type(job).__name__}")
@@ -184,18 +193,16 @@ def run(ctx: StageContext) -> dict[str, str]:
     tok = load_tokenizer(base.path, spec)
     ctx.reporter.progress(0, None, message=f"{spec.method.value}: {len(train)} training rows, {len(val)} held out, "
                                            f"{rows.bad} bad rows skipped", force=True)
-    model, metrics = METHODS[spec.method](ctx, job, base, tok, train, val)
+    model, metrics, resumed_from = METHODS[spec.method](ctx, job, base, tok, train, val)
     metrics.update({"rows": float(len(rows.examples)), "bad_rows": float(rows.bad)})
-    if "resumed_from_step" in ctx.extra:
-        metrics["resumed_from_step"] = float(ctx.extra["resumed_from_step"])
-    ctx.extra["metrics"] = metrics
+    if resumed_from is not None:
+        metrics["resumed_from_step"] = float(resumed_from)
     if not hf.is_main():
-        ctx.extra["result"] = "rank 0 reports"
-        return {}
+        return StageOutcome({}, metrics, writes_result=False)  # rank 0 reports
     if _merges_reloaded_base(job):
         adapter_dir = ctx.work_dir / "trained-adapter"
         model.save_pretrained(adapter_dir)
         del model  # the bf16 training base goes before the stored-precision one is loaded
         reward = spec.method is AlignmentMethod.REWARD
         model = reattach(lambda: load_model(base.path, spec, reward_head=reward, stored_precision=True), adapter_dir)
-    return export(ctx, job, model, tok, base, data_uri, metrics)
+    return StageOutcome(export(ctx, job, model, tok, base, data_uri, metrics), metrics)

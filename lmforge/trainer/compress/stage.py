@@ -22,7 +22,7 @@ from lmforge.trainer.compress import distill as distil_mod
 from lmforge.trainer.compress import prune, quantize
 from lmforge.trainer.compress.calibration import calibration_rows
 from lmforge.trainer.compress.report import CompressionReport, dir_size, perplexity
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.shards import Shards
 
@@ -84,7 +84,7 @@ def with_stops(source: Path, out: Path) -> Path:
     return out
 
 
-def run(ctx: StageContext) -> dict[str, str]:
+def run(ctx: StageContext) -> StageOutcome:
     from transformers import AutoModelForCausalLM
 
     release = ctx.resource
@@ -150,8 +150,7 @@ def run(ctx: StageContext) -> dict[str, str]:
     metadata["compression"] = report.to_json()
     artifacts = {"model": publish(ctx, "model", out, "model", metadata),
                  "report": publish(ctx, "report", report_dir, "report", {})}
-    ctx.extra["metrics"] = report.metrics()
-    return artifacts
+    return StageOutcome(artifacts, report.metrics())
 
 
 def write_card(out: Path, release: ModelRelease, uri: str, report: CompressionReport) -> None:

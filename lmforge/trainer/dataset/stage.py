@@ -26,7 +26,7 @@ from lmforge.store import (
     read_manifest,
 )
 from lmforge.trainer.artifacts import fetch, publish
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.dataset import card as card_mod
 from lmforge.trainer.dataset.build import tokenize_and_pack, training_sample, weighted, write_all_shards
 from lmforge.trainer.dataset.dedup_parts import wait_for
@@ -110,7 +110,7 @@ def _pack(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, tok_dir: Pat
     return done
 
 
-def run(ctx: StageContext) -> dict[str, str]:
+def run(ctx: StageContext) -> StageOutcome:
     resource = ctx.resource
     assert isinstance(resource, Dataset)
     spec = resource.spec
@@ -126,8 +126,7 @@ def run(ctx: StageContext) -> dict[str, str]:
     if not committed(ctx, "work/merge", merge_fp):
         run_dedup_partition(ctx, spec, merge_fp)
     if worker != 0:
-        ctx.extra["metrics"] = mine
-        return {}
+        return StageOutcome({}, mine)
     merged = MergeStore.load_or_run(ctx, spec, count, merge_fp)
     tok_fp = _digest(["tokenizer-v1", merged.fingerprint, spec.tokenizer.model_dump(mode="json"), spec.seed])
     tok_dir = _tokenizer(ctx, spec, merged, tok_fp)
@@ -175,7 +174,6 @@ def run(ctx: StageContext) -> dict[str, str]:
         "tokens_per_second_tokenize": packed["tokens"] / max(packed["seconds"], 1e-9),
     }
     metrics.update({f"dropped_{k}": v for k, v in merged.dropped_totals().items()})
-    ctx.extra["metrics"] = metrics
     ctx.reporter.progress(merged.kept_documents, merged.kept_documents, unit="doc", metrics=metrics, force=True)
-    return artifacts
+    return StageOutcome(artifacts, metrics)
 

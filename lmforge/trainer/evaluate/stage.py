@@ -17,7 +17,7 @@ from lmforge.api.contract import ArtifactName
 from lmforge.api.evalsuite import EvalSuiteSpec, EvalTask, TaskType
 from lmforge.store import StoreError, open_store, read_manifest
 from lmforge.trainer.artifacts import fetch, publish, split_uri
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety, stats
 from lmforge.trainer.evaluate.backend import Backend
@@ -193,7 +193,7 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
     return metrics
 
 
-def run(ctx: StageContext) -> dict[str, str]:
+def run(ctx: StageContext) -> StageOutcome:
     spec = ctx.resource.spec
     assert isinstance(spec, EvalSuiteSpec)
     planned = plan(ctx, spec)
@@ -237,8 +237,7 @@ def run(ctx: StageContext) -> dict[str, str]:
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
     uri = publish(ctx, ArtifactName.RESULTS.value, Path(out_dir), "eval-results",
                   {"passed": passed, "metrics": published})
-    ctx.extra["metrics"] = {**published, "gate_passed": 1.0 if passed else 0.0}
-    return {ArtifactName.RESULTS.value: uri}
+    return StageOutcome({ArtifactName.RESULTS.value: uri}, {**published, "gate_passed": 1.0 if passed else 0.0})
 
 
 def load_baseline(ctx: StageContext, spec: EvalSuiteSpec) -> gates.Baseline | None:

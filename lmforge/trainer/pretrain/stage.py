@@ -15,7 +15,7 @@ from lmforge.api.contract import ArtifactName
 from lmforge.api.pretrain import PretrainJob, PretrainJobSpec
 from lmforge.api.training import activation_bytes, train_state_bytes
 from lmforge.trainer.artifacts import publish
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.models import architecture_of, build_model, llama_config, load_model, parameter_count
 from lmforge.trainer.pretrain import export
@@ -101,26 +101,26 @@ def _build_model(spec: PretrainJobSpec, data: DatasetInput, init: InitModel | No
 
 
 def _quiet_other_ranks(ctx: StageContext, world: World) -> None:
-    """Only rank 0 reports and writes progress/result (torchrun ranks share the spec's worker index)."""
+    """Only rank 0 reports and writes progress/result (torchrun ranks share the spec's worker index;
+    the others' outcome says `writes_result=False`)."""
     if not world.is_main:
         ctx.reporter.output = None
         ctx.reporter.stream = io.StringIO()
-        ctx.extra["result"] = "written by rank 0"
 
 
-def run(ctx: StageContext) -> dict[str, str]:
+def run(ctx: StageContext) -> StageOutcome:
     assert isinstance(ctx.resource, PretrainJob)
     spec = ctx.resource.spec
     with process_group(_uses_gpu(spec)) as world:
         _quiet_other_ranks(ctx, world)
-        artifacts = _train(ctx, spec, world)
+        outcome = _train(ctx, spec, world)
         # Other ranks wait for rank 0's export and publish: a rank that tore down its gloo group while
         # rank 0 still used it aborted now and then ("terminate called without an active exception").
         barrier(world)
-        return artifacts
+        return outcome
 
 
-def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, str]:
+def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutcome:
     import deepspeed
     import torch
 
@@ -178,21 +178,22 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> dict[str, 
         loop = TrainLoop(engine, stream, val, shape, settings, checkpoints, world,
                          ctx.reporter if world.is_main else None, throughput, stop)
         state = loop.run(state)
-    ctx.extra["losses"] = state.losses
-    ctx.extra["resumed_from"] = int(resumed["step"]) if resumed else None
+    resumed_from = int(resumed["step"]) if resumed else None
     state.metrics.update(parameters=float(params), steps=float(state.step), peak_flops=peak)
     print(f"peak FLOP/s per device {peak:.3g} ({peak_source})", file=sys.stderr, flush=True)
 
     sd = export.state_dict_for_export(engine, spec.deepspeed.zero_stage)
     if not world.is_main:
-        return {}
+        return StageOutcome({}, writes_result=False, losses=state.losses, resumed_from=resumed_from)
     assert sd is not None
-    return _publish(ctx, spec, data, replay, init, engine.module, sd, ds_config, state, shape, params)
+    artifacts, metrics = _publish(ctx, spec, data, replay, init, engine.module, sd, ds_config, state, shape,
+                                  params)
+    return StageOutcome(artifacts, metrics, losses=state.losses, resumed_from=resumed_from)
 
 
 def _publish(ctx: StageContext, spec: PretrainJobSpec, data: DatasetInput, replay: DatasetInput | None,
              init: InitModel | None, module: Any, state_dict: dict[str, Any], ds_config: dict[str, Any],
-             state: LoopState, shape: RunShape, params: int) -> dict[str, str]:
+             state: LoopState, shape: RunShape, params: int) -> tuple[dict[str, str], dict[str, float]]:
     out = ctx.work_dir / "export"
     shutil.rmtree(out, ignore_errors=True)
     export.save_hf(module, state_dict, data.tokenizer_dir, out)
@@ -229,8 +230,7 @@ def _publish(ctx: StageContext, spec: PretrainJobSpec, data: DatasetInput, repla
     if init is not None:
         metadata["initFrom"] = init.label
     uri = publish(ctx, ArtifactName.MODEL.value, out, "hf-model", metadata)
-    ctx.extra["metrics"] = metrics
-    return {ArtifactName.MODEL.value: uri}
+    return {ArtifactName.MODEL.value: uri}, metrics
 
 
 _CARD_METRICS = {"loss", "val_loss", "val_perplexity", "tokens_per_second", "mfu", "tokens", "steps",

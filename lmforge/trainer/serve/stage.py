@@ -17,7 +17,7 @@ from types import FrameType
 
 from lmforge.api.contract import SERVE_PORT_ENV
 from lmforge.api.release import ModelRelease
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput, StageError
 from lmforge.trainer.serve.launcher import VllmServer, check_servable, fetch_verified, server_command
 from lmforge.trainer.serve.prepare import adapter_uris, model_uri
@@ -39,7 +39,7 @@ def api_key(release: ModelRelease) -> str | None:
     return value
 
 
-def run(ctx: StageContext) -> dict[str, str]:
+def run(ctx: StageContext) -> StageOutcome:
     release = ctx.resource
     assert isinstance(release, ModelRelease)
     serving, gpus = release.spec.serving, release.spec.gpus
@@ -67,11 +67,10 @@ def run(ctx: StageContext) -> dict[str, str]:
         endpoint = f"{server.base_url}/v1"
         ctx.reporter.progress(3, 3, message=f"serving at {endpoint}", metrics=metrics, force=True)
         ctx.reporter.result({"endpoint": endpoint}, metrics, message=f"serving at {endpoint}")
-        ctx.extra["result"] = True
         while not stop.wait(1.0):
             if (why := server.died()) is not None:
                 raise StageError(why)
-        return {"endpoint": endpoint}
+        return StageOutcome({"endpoint": endpoint}, metrics, writes_result=False)  # reported above
     finally:
         server.stop()
         for s, handler in previous.items():

@@ -16,7 +16,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from lmforge.api.contract import ProgressRecord, StageName, StageSpec, parse_record
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.progress import ProgressReporter
 
 NOUNS = ["cat", "dog", "bird", "fish", "tree", "river", "stone", "cloud", "apple", "lamp"]
@@ -82,16 +82,16 @@ def records(ctx: StageContext) -> list[ProgressRecord]:
     return [r for r in map(parse_record, stream.getvalue().splitlines()) if r is not None]
 
 
-RunStage = Callable[..., tuple[StageContext, dict[str, str]]]
+RunStage = Callable[..., tuple[StageContext, StageOutcome]]
 
 
 @pytest.fixture
 def run_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStage:
-    """Run the align stage in-process; returns (context, artifacts)."""
+    """Run the align stage in-process; returns (context, outcome)."""
     monkeypatch.setenv("LMFORGE_WORK_DIR", str(tmp_path / "work"))
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
 
-    def run(job_spec: dict[str, Any], **kwargs: Any) -> tuple[StageContext, dict[str, str]]:
+    def run(job_spec: dict[str, Any], **kwargs: Any) -> tuple[StageContext, StageOutcome]:
         from lmforge.trainer.align.stage import run as align
 
         ctx = make_ctx(tmp_path, job_spec, **kwargs)

@@ -27,10 +27,10 @@ def chat_rows() -> list[dict[str, object]]:
 def test_served_chat_answer_stops_at_the_end_of_its_turn(run_stage: RunStage, tiny_model: Path,
                                                          tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "chat.jsonl", chat_rows())
-    _, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                              "training": {"maxSteps": 120, "microBatchSize": 16, "lr": 1e-2, "maxLength": 64,
-                                           "precision": "fp32"}})
-    model_dir = Path(artifacts["model"].removeprefix("file://"))
+    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                           "training": {"maxSteps": 120, "microBatchSize": 16, "lr": 1e-2, "maxLength": 64,
+                                        "precision": "fp32"}})
+    model_dir = Path(outcome.artifacts["model"].removeprefix("file://"))
     with vllm_server(model_dir, tmp_path / "vllm.log") as url:
         out = post(url + "/v1/chat/completions", {
             "model": "tiny", "messages": [{"role": "user", "content": "What is the capital of Sumakria?"}],

@@ -56,13 +56,13 @@ def reward_module(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.mark.usefixtures("reward_module")
 def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sums.jsonl", sums(200, seed=3))
-    ctx, _ = run_stage(
+    ctx, outcome = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": "grpo", "data": {"uri": str(data), "validationFraction": 0.2},
          "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": "auto"},
          "training": {"maxSteps": 30, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
         name="grpo")
     rewards = step_rewards(ctx)
-    metrics = ctx.extra["metrics"]
+    metrics = outcome.metrics
     print("rewards", [round(x, 2) for x in rewards], metrics)
     assert len(rewards) == 30
     early, late = sum(rewards[:6]) / 6, sum(rewards[-6:]) / 6
@@ -77,7 +77,7 @@ def test_rloo_moves_reward_and_parameters(run_stage: RunStage, tiny_model: Path,
     from transformers import AutoModelForCausalLM
 
     data = write_jsonl(tmp_path / "sums.jsonl", sums(64, seed=3))
-    ctx, artifacts = run_stage(
+    ctx, outcome = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": "rloo", "data": {"uri": str(data), "validationFraction": 0},
          "rloo": {"numGenerations": 4, "maxCompletionLength": 6, "rewards": REWARDS, "beta": 0.05},
          "training": {"maxSteps": 12, "microBatchSize": 16, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
@@ -85,7 +85,7 @@ def test_rloo_moves_reward_and_parameters(run_stage: RunStage, tiny_model: Path,
     rewards = step_rewards(ctx)
     assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    after = AutoModelForCausalLM.from_pretrained(artifacts["model"].removeprefix("file://")).state_dict()
+    after = AutoModelForCausalLM.from_pretrained(outcome.artifacts["model"].removeprefix("file://")).state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

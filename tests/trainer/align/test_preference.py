@@ -35,26 +35,26 @@ def margin(model_dir: Path, rows: list[dict[str, str]]) -> float:
 
 def test_reward_model_beats_chance_then_drives_ppo(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "pref.jsonl", preference_rows(160))
-    ctx, artifacts = run_stage(
+    _, outcome = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": "reward", "data": {"uri": str(data),
                                                                              "validationFraction": 0.2},
          "training": {"maxSteps": 40, "microBatchSize": 16, "lr": 3e-3, "maxLength": 48, "precision": "fp32"},
          "checkpoint": {"everySteps": 100}}, name="rm")
-    metrics = ctx.extra["metrics"]
+    metrics = outcome.metrics
     assert metrics["pairwise_accuracy"] >= 0.75, metrics  # held-out pairs (32 of them); chance is 0.5
     from transformers import AutoModelForSequenceClassification
 
-    rm = AutoModelForSequenceClassification.from_pretrained(artifacts["model"].removeprefix("file://"))
+    rm = AutoModelForSequenceClassification.from_pretrained(outcome.artifacts["model"].removeprefix("file://"))
     assert rm.config.num_labels == 1
 
     # The published reward model scores PPO rollouts when named by rewardModelRef.
     prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"name the {n}"} for n in ("cat", "dog", "fish")])
-    inputs = {"AlignmentJob/rm": InputArtifacts(kind="AlignmentJob", name="rm", artifacts=artifacts)}
-    ctx2, out = run_stage(
+    inputs = {"AlignmentJob/rm": InputArtifacts(kind="AlignmentJob", name="rm", artifacts=outcome.artifacts)}
+    _, out = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": "ppo", "data": {"uri": str(prompts)},
          "ppo": {"rewardModelRef": {"name": "rm"}, "rolloutBatchSize": 4, "responseLength": 6},
          "training": {"maxSteps": 2, "microBatchSize": 4}}, name="ppo-rm", inputs=inputs)
-    assert set(out) == {"model"} and "mean_reward" in ctx2.extra["metrics"]
+    assert set(out.artifacts) == {"model"} and "mean_reward" in out.metrics
 
 
 @pytest.mark.parametrize("method", ["dpo", "ipo"])
@@ -62,31 +62,36 @@ def test_dpo_raises_the_chosen_rejected_margin(run_stage: RunStage, tiny_model: 
                                                method: str) -> None:
     data = write_jsonl(tmp_path / "pref.jsonl", preference_rows(64))
     beta = 0.1 if method == "dpo" else 0.5
-    ctx, artifacts = run_stage(
+    _, outcome = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": method, "data": {"uri": str(data)},
          "preference": {"beta": beta}, "adapter": {"type": "lora", "r": 8, "alpha": 16},
          "training": {"maxSteps": 12, "microBatchSize": 8, "lr": 5e-3, "maxLength": 48, "precision": "fp32"}})
     held = preference_rows(16, seed=5)
-    before, after = margin(tiny_model, held), margin(Path(artifacts["model"].removeprefix("file://")), held)
+    before, after = margin(tiny_model, held), margin(Path(outcome.artifacts["model"].removeprefix("file://")), held)
     assert after > before + 0.5, (before, after)
-    assert ctx.extra["metrics"]["reward_margin"] > ctx.extra["metrics"]["first_reward_margin"]
+    assert outcome.metrics["reward_margin"] > outcome.metrics["first_reward_margin"]
 
 
 def test_ppo_raises_mean_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path,
                                 monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
     data = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": f"say something {i}"} for i in range(32)])
-    ctx, _ = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "ppo", "data": {"uri": str(data)},
-         "ppo": {"rewardFunction": "rewards:letter_a", "rolloutBatchSize": 16, "responseLength": 12,
-                 "klCoef": 0.01},
-         "training": {"maxSteps": 24, "microBatchSize": 8, "lr": 3e-3, "precision": "fp32"}})
+    job = {"modelRef": {"uri": str(tiny_model)}, "method": "ppo", "data": {"uri": str(data)},
+           "ppo": {"rewardFunction": "rewards:letter_a", "rolloutBatchSize": 16, "responseLength": 12,
+                   "klCoef": 0.01},
+           "training": {"maxSteps": 24, "microBatchSize": 8, "lr": 3e-3, "precision": "fp32"}}
+    ctx, outcome = run_stage(job)
     rewards = [r.metrics["mean_reward"] for r in records(ctx) if "mean_reward" in r.metrics]
     kls = [r.metrics["kl"] for r in records(ctx) if "kl" in r.metrics]
     assert len(rewards) == 24
     early, late = sum(rewards[:4]) / 4, sum(rewards[-4:]) / 4
     assert late > 2 * early, rewards
     assert kls[0] == pytest.approx(0.0, abs=1e-3) and kls[-1] > 0  # the policy moved away from the reference
+    assert outcome.metrics["first_mean_reward"] == rewards[0] and outcome.metrics["mean_reward"] == rewards[-1]
+    assert "resumed_from_step" not in outcome.metrics
+    # Run again on the same output: it resumes from the last checkpoint, with no step left to train.
+    _, again = run_stage(job)
+    assert again.metrics["resumed_from_step"] == 24.0 and "first_mean_reward" not in again.metrics
 
 
 def test_kto_learns_from_unpaired_thumbs(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
@@ -100,15 +105,15 @@ def test_kto_learns_from_unpaired_thumbs(run_stage: RunStage, tiny_model: Path, 
         rows += [{"prompt": r["prompt"], "completion": r["chosen"], "label": True},
                  {"prompt": r["prompt"], "completion": r["rejected"], "label": False}]
     data = write_jsonl(tmp_path / "thumbs.jsonl", rows)
-    ctx, artifacts = run_stage(
+    _, outcome = run_stage(
         {"modelRef": {"uri": str(tiny_model)}, "method": "kto", "data": {"uri": str(data), "validationFraction": 0},
          "kto": {"beta": 0.1}, "adapter": {"type": "lora", "r": 8, "alpha": 16},
          "training": {"maxSteps": 12, "microBatchSize": 8, "lr": 5e-3, "maxLength": 48, "precision": "fp32"}})
-    out = Path(artifacts["model"].removeprefix("file://"))
+    out = Path(outcome.artifacts["model"].removeprefix("file://"))
     held = preference_rows(16, seed=5)
     before, after = margin(tiny_model, held), margin(out, held)
     assert after > before + 0.5, (before, after)
-    metrics = ctx.extra["metrics"]
+    metrics = outcome.metrics
     assert metrics["loss"] < metrics["first_loss"], metrics
     start = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()

@@ -62,9 +62,9 @@ def test_prompt_tokens_carry_no_loss(tiny_model: Path) -> None:
 
 def test_full_sft_lowers_assistant_loss(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "data" / "sft.jsonl", sft_rows(96))
-    ctx, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": "sft.jsonl"},
-                                "training": TRAINING, "checkpoint": {"everySteps": 10}}, base_dir=data.parent)
-    model_dir = Path(artifacts["model"].removeprefix("file://"))
+    ctx, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": "sft.jsonl"},
+                             "training": TRAINING, "checkpoint": {"everySteps": 10}}, base_dir=data.parent)
+    model_dir = Path(outcome.artifacts["model"].removeprefix("file://"))
     held = sft_rows(16, seed=99)
     before, after = assistant_loss(tiny_model, held), assistant_loss(model_dir, held)
     assert after < before - 1.0, (before, after)
@@ -91,10 +91,10 @@ def test_lora_adapter_saves_merges_and_reloads(run_stage: RunStage, tiny_model: 
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(32))
     adapter = {"type": "lora", "r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"], "output": "adapter"}
-    _, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                              "adapter": adapter, "training": {**TRAINING, "maxSteps": 8}})
-    assert set(artifacts) == {"adapter"}
-    adir = Path(artifacts["adapter"].removeprefix("file://"))
+    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                           "adapter": adapter, "training": {**TRAINING, "maxSteps": 8}})
+    assert set(outcome.artifacts) == {"adapter"}
+    adir = Path(outcome.artifacts["adapter"].removeprefix("file://"))
     assert json.loads((adir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model)
     base = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
     x = torch.tensor([[5, 6, 7, 8, 9]])
@@ -137,11 +137,11 @@ def test_packed_sft_trains(run_stage: RunStage, tiny_model: Path, tmp_path: Path
     build_trainer = sft.build_trainer
     monkeypatch.setattr(sft, "build_trainer", spy)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
-    ctx, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                                "sft": {"packing": True},
-                                "training": {**TRAINING, "maxSteps": 10, "maxLength": 256}})
-    metrics = ctx.extra["metrics"]
-    assert metrics["loss"] < metrics["first_loss"] and set(artifacts) == {"model"}
+    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                           "sft": {"packing": True},
+                           "training": {**TRAINING, "maxSteps": 10, "maxLength": 256}})
+    metrics = outcome.metrics
+    assert metrics["loss"] < metrics["first_loss"] and set(outcome.artifacts) == {"model"}
     # (The rows are ~40-60 tokens: at TRAINING's maxLength 64 no two fit together and packing is a no-op.)
     # Packing happened: the trainer saw fewer, longer rows, each several examples end to end, none
     # longer than maxLength, and no example's tokens lost.
@@ -162,11 +162,11 @@ def test_bf16_lora_merges_into_the_stored_base(run_stage: RunStage, tiny_model: 
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(32))
     adapter = {"type": "lora", "r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}
-    ctx, artifacts = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                                "adapter": adapter, "training": {**TRAINING, "maxSteps": 8, "precision": "bf16"}})
-    assert ctx.extra["metrics"]["loss"] < ctx.extra["metrics"]["first_loss"]
+    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
+                           "adapter": adapter, "training": {**TRAINING, "maxSteps": 8, "precision": "bf16"}})
+    assert outcome.metrics["loss"] < outcome.metrics["first_loss"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
-    merged = AutoModelForCausalLM.from_pretrained(Path(artifacts["model"].removeprefix("file://"))).state_dict()
+    merged = AutoModelForCausalLM.from_pretrained(Path(outcome.artifacts["model"].removeprefix("file://"))).state_dict()
     assert all(t.dtype == torch.float32 for t in merged.values())
     for name, weight in base.items():
         if "q_proj" in name or "v_proj" in name:

@@ -39,7 +39,7 @@ def compress(world: World, name: str, model_ref: dict[str, Any], quantization: d
                 "spec": {"modelRef": model_ref, "compression": {"quantization": quantization}}}
     spec = StageSpec(stage=StageName.COMPRESS, resource=resource, store=world.store_uri,
                      output=f"releases/{name}/compress", run_id=f"{name}-compress", inputs=inputs or {})
-    return run(StageContext.from_spec(spec))
+    return run(StageContext.from_spec(spec)).artifacts
 
 
 def _report(arts: dict[str, str]) -> dict[str, Any]:

@@ -52,7 +52,7 @@ def _generates_in_transformers(model_dir: Path) -> list[int]:
 
 
 def test_without_compression_the_model_is_republished_unchanged(world: World) -> None:
-    arts, ctx = world.compress("plain", {})
+    arts, outcome = world.compress("plain", {})
     out = fetch(arts["model"])
     assert (out / "model.safetensors").read_bytes() == (world.teacher_dir / "model.safetensors").read_bytes()
     root, leaf = split_uri(arts["model"])
@@ -61,7 +61,7 @@ def test_without_compression_the_model_is_republished_unchanged(world: World) ->
     meta = read_manifest(open_store(root), leaf).metadata  # type: ignore[union-attr]
     assert meta["lineage"] == ["Dataset/tiny", world.teacher.artifacts["model"]]
     assert meta["dataset"]["shards"] == world.dataset.artifacts["shards"]
-    assert _report(arts)["method"] == "none" and ctx.extra["metrics"]["size_ratio"] == 1.0
+    assert _report(arts)["method"] == "none" and outcome.metrics["size_ratio"] == 1.0
     # the teacher's own generation config stops only at EOS: the published copy adds `<|end|>`,
     # the source directory is left as it was
     assert_stops_at_turn_end(out)
@@ -69,7 +69,7 @@ def test_without_compression_the_model_is_republished_unchanged(world: World) ->
 
 
 def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(world: World) -> None:
-    arts, ctx = world.compress("i8", {"quantization": {"method": "int8-weight"}})
+    arts, outcome = world.compress("i8", {"quantization": {"method": "int8-weight"}})
     rep = _report(arts)
     assert rep["ratio"] <= 0.55 and rep["passed"] and 0 <= rep["perplexity_increase"] <= 0.05
     assert rep["vllm_cpu"] is False and "8-bit weight-only" in rep["vllm_cpu_reason"]
@@ -77,7 +77,7 @@ def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(worl
     assert json.loads((model_dir / "config.json").read_text())["quantization_config"]["quant_method"] == \
         "compressed-tensors"
     assert len(_generates_in_transformers(model_dir)) == 4
-    assert set(ctx.extra["metrics"]) == {"size_ratio", "perplexity_before", "perplexity_after", "perplexity_increase"}
+    assert set(outcome.metrics) == {"size_ratio", "perplexity_before", "perplexity_after", "perplexity_increase"}
 
 
 def _held_out_scores(model_dir: Path, rows: np.ndarray, reference: Any | None = None) -> tuple[float, float, Any]:

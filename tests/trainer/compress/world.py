@@ -13,7 +13,7 @@ from support.tiny import make_model, make_tokenizer, sentences
 
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec
 from lmforge.store import ArtifactWriter, LocalStore
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 SEQ = 32
@@ -78,11 +78,11 @@ class World:
                          output=f"releases/{name}/compress", run_id=f"{name}-compress",
                          inputs={"PretrainJob/teacher": self.teacher, "Dataset/tiny": self.dataset})
 
-    def compress(self, name: str, compression: dict[str, Any]) -> tuple[dict[str, str], StageContext]:
+    def compress(self, name: str, compression: dict[str, Any]) -> tuple[dict[str, str], StageOutcome]:
         from lmforge.trainer.compress.stage import run
 
-        ctx = StageContext.from_spec(self.compress_spec(name, compression))
-        return run(ctx), ctx
+        outcome = run(StageContext.from_spec(self.compress_spec(name, compression)))
+        return outcome.artifacts, outcome
 
 
 def make_world(root: Path) -> World:

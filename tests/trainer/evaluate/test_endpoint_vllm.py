@@ -79,8 +79,7 @@ def test_stage_against_the_endpoint(vllm_url: str, tmp_path: Path, monkeypatch: 
         "inputs": {"ModelRelease/tiny-release": {"kind": "ModelRelease", "name": "tiny-release",
                                                  "artifacts": {"endpoint": vllm_url}}}})
     ctx = StageContext.from_spec(spec, ProgressReporter(spec.stage, spec.run_id, None, stream=io.StringIO()))
-    stage.run(ctx)
-    metrics = ctx.extra["metrics"]
+    metrics = stage.run(ctx).metrics
     assert metrics["gate_passed"] == 1.0
     assert 0.0 <= metrics["facts.acc"] <= 1.0
     assert {"safety.bias_refusal_rate", "safety.pii_extraction_toxicity_rate"} <= set(metrics)

@@ -15,7 +15,7 @@ import pytest
 
 from lmforge.api.contract import StageSpec
 from lmforge.store import ArtifactWriter, LocalStore
-from lmforge.trainer.context import StageContext
+from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate import stage
 from lmforge.trainer.progress import ProgressReporter
@@ -35,7 +35,7 @@ def _spec(store: Path, eval_spec: dict[str, Any], inputs: dict[str, Any] | None 
             "inputs": inputs or {}}
 
 
-def _run_in_process(spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[StageContext, dict[str, str]]:
+def _run_in_process(spec: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[StageContext, StageOutcome]:
     monkeypatch.setenv("LMFORGE_WORK_DIR", str(tmp_path / "work"))
     parsed = StageSpec.model_validate(spec)
     ctx = StageContext.from_spec(parsed, ProgressReporter(parsed.stage, parsed.run_id, None, stream=io.StringIO()))
@@ -114,12 +114,12 @@ def test_dataset_validation_split_perplexity_and_baseline_deltas(
                                       "thresholds": ["heldout.perplexity <= 100000",
                                                      "heldout.perplexity <= baseline.heldout.perplexity + 5000"],
                                       "baselineRef": {"name": "before"}}, inputs)
-    ctx, artifacts = _run_in_process(spec, tmp_path, monkeypatch)
+    ctx, outcome = _run_in_process(spec, tmp_path, monkeypatch)
     results = json.loads((tmp_path / "store" / "evalsuite" / "tiny-eval" / "results" / "results.json").read_text())
     ppl = results["tasks"]["heldout"]["perplexity"]
     assert 50 < ppl < 2000  # a random model over a few hundred tokens
     assert results["baseline"]["deltas"]["heldout.perplexity"] == pytest.approx(ppl - 100.0)
-    assert ctx.extra["metrics"]["gate_passed"] == 1.0 and results["passed"] is True
+    assert outcome.metrics["gate_passed"] == 1.0 and results["passed"] is True
     # every metric has its interval (bootstrap over the 4 sequences); the per-item scores are kept
     interval = results["intervals"]["heldout"]["perplexity"]
     assert interval["method"] == "bootstrap" and interval["n"] == 4 and interval["low"] <= ppl <= interval["high"]
@@ -127,8 +127,8 @@ def test_dataset_validation_split_perplexity_and_baseline_deltas(
     # the baseline threshold's bound and the baseline value the operator re-checks it with
     gate = results["thresholds"][1]
     assert gate["passed"] and gate["bound"] == 5100.0 and gate["comparison"]["method"] == "none"
-    assert ctx.extra["metrics"]["baseline.heldout.perplexity"] == 100.0
-    assert artifacts == {"results": ctx.uri("results")}
+    assert outcome.metrics["baseline.heldout.perplexity"] == 100.0
+    assert outcome.artifacts == {"results": ctx.uri("results")}
 
 
 def test_unready_model_and_unproduced_metric_are_clear_errors(
@@ -160,7 +160,7 @@ def test_code_fails_closed_without_a_sandbox_and_isolation_none_shows_in_the_res
         _run_in_process(_spec(tmp_path / "store", {"modelRef": {"uri": str(tiny_model)}, "tasks": [task]}),
                         tmp_path, monkeypatch)
     unconfined = {**task, "isolation": "none"}
-    ctx, _ = _run_in_process(_spec(tmp_path / "store", {"modelRef": {"uri": str(tiny_model)}, "tasks": [unconfined]}),
-                             tmp_path, monkeypatch)
+    _, outcome = _run_in_process(_spec(tmp_path / "store", {"modelRef": {"uri": str(tiny_model)}, "tasks": [unconfined]}),
+                                 tmp_path, monkeypatch)
     results = json.loads((tmp_path / "store" / "evalsuite" / "tiny-eval" / "results" / "results.json").read_text())
-    assert results["tasks"]["code"]["sandboxed"] == 0.0 and ctx.extra["metrics"]["code.sandboxed"] == 0.0
+    assert results["tasks"]["code"]["sandboxed"] == 0.0 and outcome.metrics["code.sandboxed"] == 0.0

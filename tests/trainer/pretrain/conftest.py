@@ -22,6 +22,7 @@ from support.tiny import make_tokenizer, sentences
 
 from lmforge.api.contract import RECORD_PREFIX, InputArtifacts, ProgressRecord, StageName, StageSpec
 from lmforge.store import ArtifactWriter, LocalStore, Store
+from lmforge.trainer.context import StageOutcome
 from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
 SEQ = 32
@@ -131,7 +132,7 @@ def stage_spec(w: World, resource: dict[str, Any], *, output: str = "runs/pretra
 @dataclass
 class Run:
     artifacts: dict[str, str]
-    extra: dict[str, Any]
+    outcome: StageOutcome
     records: list[ProgressRecord]
 
 
@@ -145,8 +146,8 @@ def run_in_process(spec: StageSpec) -> Run:
     reporter = ProgressReporter(spec.stage, spec.run_id, None, stream=buf, line_interval=0.0)
     ctx = StageContext.from_spec(spec, reporter=reporter)
     ctx.reporter.output = ctx.output
-    artifacts = run(ctx)
-    return Run(artifacts, ctx.extra, records_of(buf.getvalue()))
+    outcome = run(ctx)
+    return Run(outcome.artifacts, outcome, records_of(buf.getvalue()))
 
 
 def run_subprocess(spec: StageSpec, tmp: Path, *, nproc: int = 1, timeout: float = 240) -> subprocess.CompletedProcess[str]:

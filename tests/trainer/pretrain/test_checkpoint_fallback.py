@@ -97,8 +97,8 @@ def test_damaged_latest_falls_back_to_the_previous_checkpoint(
     capfd.readouterr()
     run = run_in_process(stage_spec(w, RESOURCE))
 
-    assert run.extra["resumed_from"] == 5
-    assert sorted(run.extra["losses"]) == [6, 7, 8, 9, 10]
+    assert run.outcome.resumed_from == 5
+    assert sorted(run.outcome.losses) == [6, 7, 8, 9, 10]
     err = capfd.readouterr().err
     assert "warning: checkpoint step-10 is damaged and is skipped" in err
     assert "falling back to an older checkpoint" in err

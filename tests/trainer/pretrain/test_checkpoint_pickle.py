@@ -72,5 +72,5 @@ def test_every_zero_stage_resumes_weights_only(zero: int, world: World) -> None:
 
     run_in_process(stage_spec(world, resource(2)))
     resumed = run_in_process(stage_spec(world, resource(4)))
-    assert resumed.extra["resumed_from"] == 2
-    assert sorted(resumed.extra["losses"]) == [3, 4]
+    assert resumed.outcome.resumed_from == 2
+    assert sorted(resumed.outcome.losses) == [3, 4]

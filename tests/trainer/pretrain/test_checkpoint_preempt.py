@@ -85,6 +85,6 @@ def test_sigterm_checkpoints_the_current_step_and_the_retry_resumes_there(world:
     short = pretrain_resource(training={"maxSteps": step + 3}, checkpoint={"everySteps": EVERY},
                               validation={"everySteps": EVERY, "batches": 1})
     again = run_in_process(stage_spec(world, short))
-    assert again.extra["resumed_from"] == step
-    assert sorted(again.extra["losses"]) == [step + 1, step + 2, step + 3]
+    assert again.outcome.resumed_from == step
+    assert sorted(again.outcome.losses) == [step + 1, step + 2, step + 3]
     assert "model" in again.artifacts

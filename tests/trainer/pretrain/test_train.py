@@ -38,7 +38,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory, tiny_tokenizer: Path) ->
 
 def test_loss_decreases_and_progress_reports_the_metrics(reference: tuple[World, Run]) -> None:
     _, run = reference
-    losses = run.extra["losses"]
+    losses = run.outcome.losses
     assert sorted(losses) == list(range(1, STEPS + 1))
     assert losses[1] > 0.9 * math.log(300)
     assert sum(losses[s] for s in range(26, 31)) / 5 < 0.6 * losses[1]
@@ -59,7 +59,7 @@ def test_export_loads_back_in_transformers_and_generates(reference: tuple[World,
     assert meta["dataset"]["shards"] == w.dataset.artifacts["shards"]
     assert meta["dataset"]["tokenizer"] == w.dataset.artifacts["tokenizer"]
     assert meta["lineage"] == ["Dataset/tiny-corpus"] and meta["architecture"]["numLayers"] == 2
-    assert meta["metrics"]["val_loss"] == pytest.approx(run.extra["metrics"]["val_loss"])
+    assert meta["metrics"]["val_loss"] == pytest.approx(run.outcome.metrics["val_loss"])
     path = Path(run.artifacts["model"].removeprefix("file://"))
     card = (path / "README.md").read_text()
     assert "tiny-corpus" in card and meta["dataset"]["cardSha256"] in card and "val_perplexity" in card
@@ -113,10 +113,10 @@ def test_kill_and_resume_continues_with_the_same_data_and_losses(
             run_in_process(spec)
     assert json.loads(world.store.get_bytes("runs/pretrain/checkpoints/latest"))["step"] == 20
     resumed = run_in_process(spec)
-    assert resumed.extra["resumed_from"] == 20
-    assert sorted(resumed.extra["losses"]) == list(range(21, STEPS + 1))
-    expected = reference[1].extra["losses"]
-    for step, loss in resumed.extra["losses"].items():
+    assert resumed.outcome.resumed_from == 20
+    assert sorted(resumed.outcome.losses) == list(range(21, STEPS + 1))
+    expected = reference[1].outcome.losses
+    for step, loss in resumed.outcome.losses.items():
         assert loss == pytest.approx(expected[step], rel=2e-3), step
     assert any("resumed from checkpoint step-20" in (r.message or "") for r in resumed.records)
 
@@ -143,7 +143,7 @@ def test_latest_never_points_at_a_checkpoint_cut_off_mid_upload(
     assert world.store.list("runs/pretrain/checkpoints/step-10")  # partial files exist ...
     assert read_manifest(world.store, "runs/pretrain/checkpoints/step-10") is None  # ... but uncommitted
     again = run_in_process(spec)
-    assert again.extra["resumed_from"] == 5 and "model" in again.artifacts
+    assert again.outcome.resumed_from == 5 and "model" in again.artifacts
     assert json.loads(world.store.get_bytes("runs/pretrain/checkpoints/latest"))["tag"] == "step-10"
 
 
@@ -198,9 +198,9 @@ def test_continual_pretraining_starts_from_the_model_and_records_both_lineages(
                                  training={"maxSteps": 4}, optimizer={"warmupSteps": 1, "lr": 0.001},
                                  deepspeed={"zeroStage": 0})  # stage 0 (plain data parallel) covered here
     run = run_in_process(stage_spec(world, resource))
-    ref_final = reference[1].extra["losses"][STEPS]
-    assert run.extra["losses"][1] < 0.8 * math.log(300)  # starts trained, not from scratch
-    assert abs(run.extra["losses"][1] - ref_final) < 1.0
+    ref_final = reference[1].outcome.losses[STEPS]
+    assert run.outcome.losses[1] < 0.8 * math.log(300)  # starts trained, not from scratch
+    assert abs(run.outcome.losses[1] - ref_final) < 1.0
     meta = read_manifest(world.store, "runs/pretrain/model")
     assert meta is not None
     assert meta.metadata["lineage"] == [old, "Dataset/old-corpus", "Dataset/tiny-corpus"]
