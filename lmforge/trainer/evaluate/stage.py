@@ -21,6 +21,7 @@ from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.evaluate import code, gates, generation, multiple_choice, perplexity, safety, stats
 from lmforge.trainer.evaluate.backend import Backend
+from lmforge.trainer.evaluate.judge import Judge
 from lmforge.trainer.evaluate.stats import ItemScores
 from lmforge.trainer.evaluate.tasks import (
     ChoiceRow,
@@ -169,7 +170,8 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
     if task.type is TaskType.CODE:
         return code.evaluate(backend, [r for r in rows if isinstance(r, CodeRow)], task.samples,
                              task.max_new_tokens, task.timeout_seconds, seed, advance, task.isolation)
-    judge, unsafe_at = None, 0.5
+    judge: Judge | None = None
+    unsafe_at = 0.5
     if task.classifier is not None and item.classifier_dir is not None:
         from lmforge.trainer.evaluate.judge import ClassifierJudge
 
