@@ -78,16 +78,18 @@ class HostStager:
             return out
         if isinstance(obj, list):
             return [self.stage(v) for v in obj]
-        if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
+        if type(obj) is tuple:
             return tuple(self.stage(v) for v in obj)
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # a named tuple
+            return type(obj)(*(self.stage(v) for v in obj))
         if isinstance(obj, np.ndarray):
             return obj.copy()
         return obj
 
-    def _tensor(self, t: Any) -> Any:
+    def _tensor(self, t_in: Any) -> Any:
         import torch
 
-        t = t.detach()
+        t = t_in.detach()
         src = t.untyped_storage()
         key = (str(src.device), src.data_ptr(), src.nbytes())
         host = self._memo.get(key)
@@ -103,7 +105,9 @@ class HostStager:
             self.bytes += src.nbytes()
         out = torch.empty(0, dtype=t.dtype)
         out.set_(host.untyped_storage(), t.storage_offset(), t.size(), t.stride())
-        return out
+        if isinstance(t_in, torch.nn.Parameter):
+            return torch.nn.Parameter(out, requires_grad=t_in.requires_grad)
+        return out.requires_grad_(t_in.requires_grad) if t_in.requires_grad else out
 
 
 class SnapshotEngine:

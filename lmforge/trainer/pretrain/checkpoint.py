@@ -236,15 +236,18 @@ class Checkpoints:
         if self.world.is_main:
             for rel, data in files.items():
                 (local / rel).write_bytes(data)
-        barrier(self.world)  # every local file is there before a node's rank 0 uploads the directory
+        barrier(self.world)  # every rank's small files are there before a node's rank 0 lists them
+        small = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) \
+            if self.world.is_node_main else []
         job = BackgroundJob(f"lmforge-ckpt-{name}",
-                            lambda: self._write(name, step, snapshot.inner, snapshot.files, local))
+                            lambda: self._write(name, step, snapshot.inner, snapshot.files, local, small))
         self._pending = (step, job)
 
-    def _write(self, name: str, step: int, inner: Any, captured: dict[str, Any], local: Path) -> Outcome:
+    def _write(self, name: str, step: int, inner: Any, captured: dict[str, Any], local: Path,
+               small: list[str]) -> Outcome:
         """The background thread of one rank: upload, record, and on rank 0 commit. Never raises."""
         try:
-            entries = self._upload_captured(name, inner, captured, local)
+            entries = self._upload_captured(name, inner, captured, local, small)
             if not self.world.is_main:
                 record = {"files": {k: e.model_dump() for k, e in entries.items()}} if entries is not None \
                     else {"failed": True}
@@ -266,30 +269,40 @@ class Checkpoints:
             if self.world.is_node_main:
                 shutil.rmtree(local, ignore_errors=True)
 
-    def _upload_captured(self, name: str, inner: Any, captured: dict[str, Any],
-                         local: Path) -> dict[str, FileEntry] | None:
-        """This rank's host copies serialised into uploads, plus (node rank 0) the local files;
-        retried with backoff from the same copies; None if the store kept refusing."""
+    def _upload_captured(self, name: str, inner: Any, captured: dict[str, Any], local: Path,
+                         small: list[str]) -> dict[str, FileEntry] | None:
+        """This rank's host copies serialised into uploads, plus (node rank 0) the `small` local files;
+        retried with backoff from the same copies; None if the store kept refusing. Files are written
+        exactly as the synchronous save writes them: streamed into uploads where the store streams,
+        else by DeepSpeed's own engine into local files first."""
         from lmforge.trainer.pretrain.streaming import StreamingCheckpointEngine
 
         for attempt in range(self.attempts):
-            streaming = StreamingCheckpointEngine(inner, self.output.child(f"{PREFIX}/{name}"), local,
-                                                  workers=UPLOAD_WORKERS)
+            entries: dict[str, FileEntry] | None = {}
+            writer = ArtifactWriter(self.output, f"{PREFIX}/{name}")
             try:
-                for rel, state in captured.items():
-                    streaming.save(state, str(local / rel))
-            finally:
-                entries = streaming.finish()
-            if entries is not None and self.world.is_node_main:
-                try:
-                    writer = ArtifactWriter(self.output, f"{PREFIX}/{name}")
-                    writer.add_dir(local, workers=UPLOAD_WORKERS)
-                    entries.update(writer.files)
-                except StoreError as exc:
-                    print(f"lmforge: checkpoint {name}: upload failed: {exc}", file=sys.stderr, flush=True)
-                    entries = None
+                if self.output.streams_uploads:
+                    streaming = StreamingCheckpointEngine(inner, self.output.child(f"{PREFIX}/{name}"), local,
+                                                          workers=UPLOAD_WORKERS)
+                    try:
+                        for rel, state in captured.items():
+                            streaming.save(state, str(local / rel))
+                    finally:
+                        entries = streaming.finish()
+                else:
+                    for rel, state in captured.items():
+                        if not (local / rel).is_file():  # written once; a retry only uploads again
+                            (local / rel).parent.mkdir(parents=True, exist_ok=True)
+                            inner.save(state, str(local / rel))
+                        writer.add_file(rel, local / rel)
+                if entries is not None and self.world.is_node_main:
+                    for rel in small:
+                        writer.add_file(rel, local / rel)
+            except StoreError as exc:
+                print(f"lmforge: checkpoint {name}: upload failed: {exc}", file=sys.stderr, flush=True)
+                entries = None
             if entries is not None:
-                return entries
+                return {**entries, **writer.files}
             wait = self.backoff_s * 2**attempt
             print(f"lmforge: checkpoint {name} background upload failed (attempt {attempt + 1}/{self.attempts}); "
                   f"retrying in {wait:.0f}s", file=sys.stderr, flush=True)
