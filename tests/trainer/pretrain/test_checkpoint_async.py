@@ -57,15 +57,15 @@ def _lines(stream: Any, out: queue.Queue[str | None]) -> None:
 
 def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_step(
         world: World, tmp_path: Path) -> None:
-    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": 10, "keepLast": 2},
+    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": 20, "keepLast": 2},
                                  validation={"everySteps": 5000, "batches": 1})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(stage_spec(world, resource).wire()))
-    marker = tmp_path / "uploading-step-20"
+    marker = tmp_path / "uploading-step-40"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "LMFORGE_WORK_DIR": str(tmp_path / "work")}
     helper = Path(__file__).with_name("hanging_upload.py")
-    proc = subprocess.Popen([sys.executable, str(helper), str(path), str(marker), "20"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, str(helper), str(path), str(marker), "40"], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
@@ -75,7 +75,8 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
     seen_latest: set[int] = set()
 
     def trained_on_while_uploading() -> bool | None:
-        """Drain progress records; true once step-20's upload hangs and training is 5 steps past it."""
+        """Drain progress records; true once step-40's upload hangs and training is 5 steps past it (the
+        save at 60 would wait for it: progress records, throttled to 2/s, come well before)."""
         while True:
             try:
                 line = lines.get_nowait()
@@ -89,12 +90,12 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
         step = _latest_step(world.store)  # checked at every poll: never an unfinished checkpoint
         if step is not None:
             seen_latest.add(step)
-        return (marker.exists() and newest[0] >= 25) or None
+        return (marker.exists() and newest[0] >= 45) or None
 
     try:
         try:
             eventually(trained_on_while_uploading, timeout=600, interval=0.2,
-                       what="training past step 25 while step-20's upload hangs")
+                       what="training past step 45 while step-40's upload hangs")
         except AssertionError as exc:
             raise AssertionError(f"{exc}; newest step {newest[0]}, upload started: {marker.exists()}, "
                                  f"stderr: {''.join(stderr[-5:])}") from exc
@@ -103,16 +104,16 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert seen_latest == {10}, seen_latest  # never moved to the checkpoint still uploading
-    assert _latest_step(world.store) == 10
-    assert read_manifest(world.store, f"{CKPTS}/step-20") is None  # its upload never completed
+    assert seen_latest == {20}, seen_latest  # never moved to the checkpoint still uploading
+    assert _latest_step(world.store) == 20
+    assert read_manifest(world.store, f"{CKPTS}/step-40") is None  # its upload never completed
 
     retry = run_in_process(stage_spec(world, pretrain_resource(
-        training={"maxSteps": 13}, checkpoint={"everySteps": 10, "keepLast": 2},
+        training={"maxSteps": 23}, checkpoint={"everySteps": 20, "keepLast": 2},
         validation={"everySteps": 5000, "batches": 1})))
-    assert retry.extra["resumed_from"] == 10
-    assert sorted(retry.extra["losses"]) == [11, 12, 13]
-    assert _latest_step(world.store) == 13  # the final save waited for its upload
+    assert retry.extra["resumed_from"] == 20
+    assert sorted(retry.extra["losses"]) == [21, 22, 23]
+    assert _latest_step(world.store) == 23  # the final save waited for its upload
 
 
 def test_an_error_in_the_background_save_fails_the_stage_clearly(
