@@ -74,6 +74,11 @@ ARG PIP_INDEX_URL
 RUN apt-get update && apt-get install -y --no-install-recommends bubblewrap g++ libnuma1 numactl \
       $(python3 -c "import sysconfig, os; print('' if os.path.exists(sysconfig.get_paths()['include'] + '/Python.h') else 'python3.11-dev')") \
  && rm -rf /var/lib/apt/lists/*
+# DeepSpeed's CPU collective op, built once here instead of by g++ in every pod at every start
+# (minutes); each stage copies it to the writable TORCH_EXTENSIONS_DIR (lmforge/trainer/extensions.py).
+ENV TORCH_EXTENSIONS_DIR=/tmp/torch_extensions LMFORGE_TORCH_EXTENSIONS_SEED=/opt/lmforge/torch_extensions
+RUN TORCH_EXTENSIONS_DIR=$LMFORGE_TORCH_EXTENSIONS_SEED python -c "from deepspeed.accelerator import get_accelerator as a; a().create_op_builder('ShareMemCommBuilder').load()" \
+ && chmod -R a+rX $LMFORGE_TORCH_EXTENSIONS_SEED
 COPY --from=wheel /wheels /wheels
 RUN pip install --no-deps /wheels/lmforge-*.whl && rm -rf /wheels
 USER 1000:1000

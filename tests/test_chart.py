@@ -1,4 +1,5 @@
-"""The Helm chart: lint-clean, renders in both RBAC modes, least privilege, and ships exactly the
+"""The Helm chart: lint-clean, renders in both RBAC modes (namespaced by default), least privilege,
+its admission policy carries the allow-lists, and ships exactly the
 repository's CRDs (`lmforge crds` writes both copies)."""
 
 from __future__ import annotations
@@ -8,7 +9,6 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,10 +50,12 @@ def test_lint_is_clean() -> None:
     assert "0 chart(s) failed" in out
 
 
-def test_default_render_is_cluster_mode_and_hardened() -> None:
+def test_default_render_is_namespaced_and_hardened() -> None:
     docs = render()
     kinds = [d["kind"] for d in docs]
-    assert kinds.count("ClusterRole") == 1 and "Role" not in kinds
+    assert "ClusterRole" not in kinds and "ClusterRoleBinding" not in kinds
+    [role] = [d for d in docs if d["kind"] == "Role"]
+    assert role["metadata"]["namespace"] == "lmforge-system"  # the release's own namespace only
     assert not {"ServiceMonitor", "PodMonitor", "PrometheusRule"} & set(kinds)
     dep = next(d for d in docs if d["kind"] == "Deployment")
     assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
@@ -62,13 +64,24 @@ def test_default_render_is_cluster_mode_and_hardened() -> None:
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
     assert c["resources"]["requests"]["memory"]
-    assert "--all-namespaces" in c["args"]
+    assert "--namespace=lmforge-system" in c["args"] and "--all-namespaces" not in c["args"]
     env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["LMFORGE_STORE"].startswith("s3://") and env["LMFORGE_S3_SECRET"] == "lmforge-s3"
 
 
+def test_cluster_wide_rbac_is_opt_in() -> None:
+    for sets in (["rbac.clusterWide=true"], ["rbac.namespaced=false"]):  # the old spelling still works
+        docs = render(*sets)
+        kinds = [d["kind"] for d in docs]
+        assert kinds.count("ClusterRole") == 1 and "Role" not in kinds, sets
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        assert "--all-namespaces" in dep["spec"]["template"]["spec"]["containers"][0]["args"]
+        binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+        assert "matchResources" not in binding["spec"]  # every namespace, like the operator
+
+
 def test_rbac_is_least_privilege() -> None:
-    role = next(d for d in render() if d["kind"] == "ClusterRole")
+    role = next(d for d in render("rbac.clusterWide=true") if d["kind"] == "ClusterRole")
     grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
               for g in rule["apiGroups"] for r in rule["resources"]}
     assert grants[("lmforge.io", "pretrainjobs")] == {"get", "list", "watch"}
@@ -77,7 +90,7 @@ def test_rbac_is_least_privilege() -> None:
     assert grants[("", "secrets")] == {"get"}  # by name only: listing Secrets stays forbidden
     assert ("", "nodes") not in grants
     assert all("*" not in verbs for verbs in grants.values())
-    cleanup = next(d for d in render("store.cleanupOnDelete=true") if d["kind"] == "ClusterRole")
+    cleanup = next(d for d in render("store.cleanupOnDelete=true") if d["kind"] == "Role")
     assert "patch" in next(r["verbs"] for r in cleanup["rules"] if "datasets" in r["resources"])
 
 
@@ -104,11 +117,29 @@ def test_values_schema_rejects_a_typo() -> None:
     assert proc.returncode != 0 and "workerz" in proc.stderr
 
 
-@pytest.mark.parametrize("bad", ["rbac.namespaced=true"])
-def test_namespaced_mode_needs_namespaces(bad: str) -> None:
-    proc = subprocess.run([helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", f"--set={bad}"],
-                          capture_output=True, text=True, timeout=60, check=False)
-    assert proc.returncode != 0 and "watchNamespaces" in proc.stderr
+def test_policy_lists_reach_the_admission_policy_and_the_operator() -> None:
+    docs = render("policy.allowedImages={registry.local/*,exact/img:1}", "policy.allowedSecrets={hf-token}",
+                  "watchNamespaces={ml,research}")
+    vap = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
+    variables = {v["name"]: yaml.safe_load(v["expression"]) for v in vap["spec"]["variables"]}
+    assert variables["imagePrefixes"] == ["registry.local/"]
+    assert variables["imageExact"] == ["ghcr.io/lmforge/trainer:0.1.0", "exact/img:1"]  # trainer.image always
+    assert variables["secretExact"] == ["lmforge-s3", "hf-token"] and variables["accountExact"] == []
+    rules = vap["spec"]["matchConstraints"]["resourceRules"][0]
+    assert set(rules["resources"]) == {"datasets", "pretrainjobs", "alignmentjobs", "evalsuites", "modelreleases"}
+    binding = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == vap["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"]
+    assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"][0]["values"] == ["ml", "research"]
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LMFORGE_ALLOWED_IMAGES"] == '["registry.local/*","exact/img:1"]'
+    assert env["LMFORGE_ALLOWED_SECRETS"] == '["hf-token"]' and env["LMFORGE_ALLOWED_SERVICE_ACCOUNTS"] == "[]"
+    off = render("policy.enabled=false")
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & {d["kind"] for d in off}
+    dep = next(d for d in off if d["kind"] == "Deployment")
+    assert not [e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
+                if e["name"].startswith("LMFORGE_ALLOWED_")]
 
 
 def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
@@ -118,3 +149,37 @@ def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
 
     assert env("tracking.uri=http://mlflow.mlflow:5000")["LMFORGE_TRACKING_URI"] == "http://mlflow.mlflow:5000"
     assert "LMFORGE_TRACKING_URI" not in env()
+
+
+def test_several_replicas_elect_a_leader_on_a_lease_only_they_may_write() -> None:
+    single = render()
+    dep = next(d for d in single if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 1 and dep["spec"]["strategy"]["type"] == "Recreate"
+    assert not any(d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader") for d in single)
+    docs = render("replicaCount=2")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    assert dep["spec"]["replicas"] == 2 and dep["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["LMFORGE_LEADER_ELECTION"]["value"] == "1"
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader"))
+    assert role["metadata"]["namespace"] == "lmforge-system"
+    named = [r for r in role["rules"] if r.get("resourceNames")]
+    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                      "resourceNames": ["lmforge-operator"], "verbs": ["get", "update"]}]
+
+
+def test_network_policies_are_on_by_default_with_the_rights_they_need() -> None:
+    def grants_and_env(*sets: str) -> tuple[set[str], dict[str, str]]:
+        docs = render(*sets)
+        role = next(d for d in docs if d["kind"] == "Role")
+        verbs = {v for rule in role["rules"] if "networkpolicies" in rule["resources"] for v in rule["verbs"]}
+        dep = next(d for d in docs if d["kind"] == "Deployment")
+        env = {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        return verbs, env
+
+    verbs, env = grants_and_env("networkPolicy.storeTo[0].ipBlock.cidr=10.0.5.0/24")
+    assert verbs == {"get", "create", "patch", "delete"} and env["LMFORGE_NETWORK_POLICIES"] == "true"
+    assert env["LMFORGE_NETWORK_STORE_PEERS"] == '[{"ipBlock":{"cidr":"10.0.5.0/24"}}]'
+    verbs, env = grants_and_env("networkPolicy.enabled=false")
+    assert verbs == set() and env["LMFORGE_NETWORK_POLICIES"] == "false"

@@ -150,6 +150,10 @@ class RewardType(StrEnum):
     """`module:function(prompt, completion, **row) -> float`, the row's columns as keyword arguments."""
     MODEL = "model"
     """A reward model (an AlignmentJob with `method: reward`) scores prompt + completion."""
+    CODE = "code"
+    """1 when the completion, run with the row's tests in the code sandbox (the EvalSuite's
+    bubblewrap sandbox, fail-closed), passes: the harness reports success after the last test, so an
+    early `exit(0)` scores 0. Else 0."""
 
 
 class AnswerExtraction(StrEnum):
@@ -184,6 +188,16 @@ class Reward(ApiModel):
     """type function: `module:function`."""
     model_ref: LocalRef | None = None
     """type model: the AlignmentJob (method reward) whose `model` scores completions."""
+    test_field: str = Field(default="test", pattern=r"^[A-Za-z_]\w*$")
+    """type code: the row column holding the tests (HumanEval style: they define `check(candidate)`)."""
+    entry_point_field: str | None = Field(default="entry_point", pattern=r"^[A-Za-z_]\w*$")
+    """type code: the row column naming the function `check` is called with; null: the tests run as
+    they are (asserts at top level)."""
+    prefix_field: str | None = Field(default=None, pattern=r"^[A-Za-z_]\w*$")
+    """type code: a row column put before the completion (HumanEval: the function head the model
+    completes); null: the completion is the whole program."""
+    timeout_seconds: float = Field(default=5.0, gt=0, le=120)
+    """type code: wall-clock limit per program (CPU limit the same, rounded up)."""
 
     @model_validator(mode="after")
     def _fields(self) -> Reward:

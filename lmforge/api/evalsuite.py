@@ -229,7 +229,10 @@ class EvalSuiteSpec(ApiModel):
     )
 
     model_ref: ModelRef | None = None
-    """The model to evaluate."""
+    """The model to evaluate. `kind: ModelRelease` means that release's *compressed candidate*: the
+    model it will serve, evaluated as soon as it is compressed and before it may serve; a release
+    whose `evalSuiteRef` names this suite is gated on this result (compress → evaluate the candidate
+    → gate → serve)."""
     endpoint: Endpoint | None = None
     """Evaluate a served endpoint instead of an artifact."""
     tasks: list[EvalTask] = Field(min_length=1, max_length=64)

@@ -3,13 +3,14 @@ makes to others. CRD generation, validation and the reconcilers all read this on
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from lmforge.api.alignment import AlignmentJob
 from lmforge.api.dataset import Dataset
 from lmforge.api.evalsuite import EvalSuite
-from lmforge.api.meta import LocalRef, ModelRef
+from lmforge.api.meta import LocalRef, ModelKind, ModelRef
 from lmforge.api.pretrain import PretrainJob
 from lmforge.api.release import ModelRelease
 
@@ -100,6 +101,10 @@ class Reference:
     """Wire path of the referencing field, e.g. `spec.datasetRef`."""
     needs_ready: bool = True
     """Whether the referrer waits for the target to be Ready (False: it only reads its spec)."""
+    candidate: bool = False
+    """An EvalSuite's `modelRef` to a ModelRelease: it waits only for the release's compressed
+    candidate (its `model` artifact), not for the release to be Ready — a release gated on the suite
+    becomes Ready only after the suite has evaluated that candidate."""
 
 
 def _model(ref: ModelRef | None, field: str) -> Iterator[Reference]:
@@ -134,7 +139,12 @@ def references(resource: Resource) -> list[Reference]:
                 out += _local("AlignmentJob", reward.model_ref, f"spec.{name}.rewards[{i}].modelRef")
     elif isinstance(resource, EvalSuite):
         espec = resource.spec
-        out += _model(espec.model_ref, "spec.modelRef")
+        evaluated = espec.model_ref
+        if evaluated is not None and evaluated.kind is ModelKind.MODEL_RELEASE and evaluated.name is not None:
+            out.append(Reference(evaluated.kind.value, evaluated.name, "spec.modelRef", needs_ready=False,
+                                 candidate=True))
+        else:
+            out += _model(evaluated, "spec.modelRef")
         out += _local("ModelRelease", espec.endpoint.release_ref if espec.endpoint else None,
                       "spec.endpoint.releaseRef")
         out += _local("EvalSuite", espec.baseline_ref, "spec.baselineRef")
@@ -148,9 +158,34 @@ def references(resource: Resource) -> list[Reference]:
         out += _local("Dataset", quant.calibration_dataset_ref, "spec.compression.quantization.calibrationDatasetRef")
         distil = rspec.compression.distillation
         out += _local("Dataset", distil.dataset_ref if distil else None, "spec.compression.distillation.datasetRef")
+        out += _local("EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef",
+                      needs_ready=False)
         for i, ref in enumerate(rspec.serving.lora_adapters):
             out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
     return out
+
+
+def evaluates_candidate(suite_spec: Mapping[str, Any] | None, release: str) -> bool:
+    """Whether an EvalSuite (its spec in wire form, as the API server or a manifest holds it)
+    evaluates ModelRelease `release`'s compressed candidate: then the release's `evalSuiteRef` to it
+    is a gate checked after compression, not an input the release waits for before compressing."""
+    ref = (suite_spec or {}).get("modelRef") or {}
+    return isinstance(ref, Mapping) and ref.get("kind") == ModelKind.MODEL_RELEASE.value \
+        and ref.get("name") == release
+
+
+def smoke_suite_of(release_spec: Mapping[str, Any] | None, suite: str) -> bool:
+    """Whether a ModelRelease (its spec in wire form) names EvalSuite `suite` as its smoke suite: that
+    suite then evaluates the release's *new* server during a switch (`status.rollout`)."""
+    ref = ((release_spec or {}).get("serving") or {}).get("smokeEvalSuiteRef") or {}
+    return isinstance(ref, Mapping) and ref.get("name") == suite
+
+
+def gate_edge(referrer: Resource, ref: Reference, target_spec: Mapping[str, Any] | None) -> bool:
+    """Whether `ref` is a ModelRelease's `evalSuiteRef` to a suite that evaluates its own candidate
+    (the edge back from compress → evaluate → gate, which orders nothing and waits for nothing)."""
+    return isinstance(referrer, ModelRelease) and ref.field == "spec.evalSuiteRef" \
+        and evaluates_candidate(target_spec, referrer.metadata.name)
 
 
 def key(resource: Resource) -> str:

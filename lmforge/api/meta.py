@@ -197,7 +197,12 @@ class Reason(StrEnum):
     """The operator cannot read the artifact store (unreachable, or its credentials are missing or
     wrong); Ready is Unknown, the message names the store URI, the error and the fix. Retried."""
     INVALID_SPEC = "InvalidSpec"
-    """The spec passed the CRD schema but not the models; the message names the field."""
+    """The spec passed the CRD schema but not the models, or names an image, ServiceAccount or
+    Secret the operator's allow-lists do not allow; the message names the field."""
+    NAME_CONFLICT = "NameConflict"
+    """An object a stage run needs (its Job, ConfigMap, Service...) already exists under that name and
+    is not this resource's (someone else's, or left by a deleted resource of the same name): LMForge
+    never adopts it. The message names it; the run starts once it is gone. Looked at again with backoff."""
     PENDING = "Pending"
     """Accepted; the stage has not started."""
     RUNNING = "Running"
@@ -218,6 +223,14 @@ class Reason(StrEnum):
     """The serving Deployment is rolling out."""
     SERVING = "Serving"
     """The model answers on its endpoint."""
+    SMOKE_TESTING = "SmokeTesting"
+    """A changed release's new server is Ready beside the old one, which keeps serving, while the
+    `serving.smokeEvalSuiteRef` suite evaluates the new one; the message gives both URLs."""
+    PROMOTED = "Promoted"
+    """The new version passed its smoke evaluation and took over; the old server was stopped."""
+    ROLLED_BACK = "RolledBack"
+    """The new version failed its smoke evaluation: its server was stopped, the old one keeps serving
+    (Ready stays True); the message names the failed thresholds. Change the spec to try again."""
 
 
 class Phase(StrEnum):
@@ -267,6 +280,29 @@ class Progress(ApiModel):
     """When the last record arrived (RFC 3339)."""
 
 
+class RolloutState(StrEnum):
+    SMOKE_TESTING = "SmokeTesting"
+    PROMOTED = "Promoted"
+    ROLLED_BACK = "RolledBack"
+
+
+class Rollout(ApiModel):
+    """ModelRelease: the latest switch from the version serving to a new one (blue-green)."""
+
+    state: RolloutState
+    """Where the switch stands."""
+    stable: str
+    """Run id of the version that was serving when the switch began."""
+    stable_endpoint: str | None = None
+    """Its URL."""
+    candidate: str
+    """Run id of the new version."""
+    candidate_endpoint: str | None = None
+    """The new server's URL (beside the stable one until it takes over)."""
+    message: str = ""
+    """Why it stands there (the smoke suite's verdict)."""
+
+
 class Status(ApiModel):
     """Common status of every kind; written by the operator or the embedded runner only."""
 
@@ -294,6 +330,8 @@ class Status(ApiModel):
     """Upstream resources and artifacts this output was made from, nearest first (`Kind/name`)."""
     endpoint: str | None = None
     """ModelRelease: the OpenAI-compatible URL of the served model."""
+    rollout: Rollout | None = None
+    """ModelRelease: the latest switch between versions (see `serving.smokeEvalSuiteRef`)."""
     key_metric: str | None = None
     """The one figure the printer column shows (e.g. `loss=2.31`)."""
 

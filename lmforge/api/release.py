@@ -136,6 +136,14 @@ class Serving(ApiModel):
     """AlignmentJobs whose adapters are served with `--enable-lora`."""
     api_key_secret: SecretKeyRef | None = None
     """API key required by the server."""
+    smoke_eval_suite_ref: LocalRef | None = None
+    """An EvalSuite evaluating this release's endpoint (`endpoint.releaseRef` naming it) that a new
+    version must pass before it takes over — blue-green: when the spec changes while a version
+    serves, the new server starts beside the old one (under `lmforge run` on another port), this suite
+    evaluates the new server, and only then does the old one stop (reason Promoted); if its gate fails,
+    the new server stops and the old keeps serving (reason RolledBack). `status.rollout` and the
+    Ready message say which URL serves which version meanwhile. The first version serves at once (there
+    is nothing to protect) and the suite then evaluates it."""
     kv_cache_gib: float = Field(default=1.0, gt=0, le=1024)
     """CPU backend: KV-cache space in GiB."""
     extra_args: list[str] = Field(default_factory=list)
@@ -153,7 +161,11 @@ class ModelReleaseSpec(ApiModel):
     model_ref: ModelRef
     """The model to release."""
     eval_suite_ref: LocalRef | None = None
-    """An EvalSuite that must pass before the release deploys."""
+    """An EvalSuite whose gate must pass before the release serves. When that suite's `modelRef` is
+    this release, it evaluates the compressed candidate: the release compresses first, the suite
+    evaluates what will be served, and the gate applies to that result (condition GatePassed: Unknown
+    with GatePending while it runs). Any other suite (e.g. of the uncompressed model) must have
+    passed before compression starts."""
     compression: Compression = Field(default_factory=Compression)
     """Compression."""
     serving: Serving = Field(default_factory=Serving)

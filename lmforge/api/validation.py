@@ -13,7 +13,8 @@ import yaml
 from pydantic import ValidationError
 
 from lmforge.api.alignment import AdapterOutput, AdapterType, AlignmentJob, AlignmentMethod
-from lmforge.api.kinds import KINDS, Resource, key, references
+from lmforge.api.evalsuite import EvalSuite
+from lmforge.api.kinds import KINDS, Reference, Resource, gate_edge, key, references
 from lmforge.api.meta import API_VERSION
 from lmforge.api.release import ModelRelease
 
@@ -157,6 +158,21 @@ def _target_checks(m: Manifest, field: str, target: Resource) -> list[Problem]:
             and target.spec.method is not AlignmentMethod.REWARD:
         return [Problem(m.source, here, field,
                         f"{key(target)} trains method {target.spec.method.value}, not a reward model (method reward)")]
+    if field == "spec.evalSuiteRef" and isinstance(target, EvalSuite) and target.spec.endpoint is not None \
+            and target.spec.endpoint.release_ref is not None \
+            and target.spec.endpoint.release_ref.name == m.resource.metadata.name:
+        name = m.resource.metadata.name
+        return [Problem(m.source, here, field,
+                        f"{key(target)} evaluates this release's endpoint, which serves only once its gate "
+                        f"has passed; to gate on what will be served, give that suite modelRef {{kind: "
+                        f"ModelRelease, name: {name}}} (the compressed candidate) instead of endpoint.releaseRef")]
+    if field == "spec.serving.smokeEvalSuiteRef" and isinstance(target, EvalSuite):
+        endpoint = target.spec.endpoint
+        if endpoint is None or endpoint.release_ref is None or endpoint.release_ref.name != m.resource.metadata.name:
+            return [Problem(m.source, here, field,
+                            f"{key(target)} does not evaluate this release's endpoint; a smoke suite needs "
+                            f"endpoint.releaseRef {{name: {m.resource.metadata.name}}} (it is run against the "
+                            "new server before that takes over)")]
     if field.startswith("spec.serving.loraAdapters") and isinstance(m.resource, ModelRelease) \
             and isinstance(target, AlignmentJob):
         adapter = target.spec.adapter
@@ -167,8 +183,21 @@ def _target_checks(m: Manifest, field: str, target: Resource) -> list[Problem]:
     return []
 
 
+def _spec(resource: Resource | None) -> dict[str, Any] | None:
+    return None if resource is None else resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _waits_on(resource: Resource, by_key: dict[str, Resource]) -> list[Reference]:
+    """The references that order `resource` after their target: those it waits for (Ready, or a
+    release's compressed candidate), less a release's gate on a suite evaluating its own candidate
+    (compress → evaluate the candidate → gate: that edge points back and waits for nothing)."""
+    return [r for r in references(resource) if (r.needs_ready or r.candidate)
+            and not gate_edge(resource, r, _spec(by_key.get(f"{r.kind}/{r.name}")))]
+
+
 def _cycles(manifests: Sequence[Manifest]) -> list[Problem]:
-    graph = {key(m.resource): [f"{r.kind}/{r.name}" for r in references(m.resource) if r.needs_ready]
+    by_key = {key(m.resource): m.resource for m in manifests}
+    graph = {key(m.resource): [f"{r.kind}/{r.name}" for r in _waits_on(m.resource, by_key)]
              for m in manifests}
     source = {key(m.resource): m.source for m in manifests}
     state: dict[str, int] = {}
@@ -205,9 +234,9 @@ def dependency_order(resources: Sequence[Resource]) -> list[Resource]:
         if k in seen:
             return
         seen.add(k)
-        for ref in references(by_key[k]):
+        for ref in _waits_on(by_key[k], by_key):
             target = f"{ref.kind}/{ref.name}"
-            if ref.needs_ready and target in by_key:
+            if target in by_key:
                 visit(target)
         done.append(k)
 

@@ -107,6 +107,7 @@ class Controller:
         self.seen: dict[Key, tuple[Any, ...]] = {}
         self.applied: dict[tuple[str, str, str], str] = {}
         self.lookups = Lookups(client, settings)
+        self.allowlists = settings.allowlists()
         self._posting: set[asyncio.Task[None]] = set()
         """Events being posted (references kept so the tasks are not garbage-collected)."""
         self.secret_waits: dict[Key, int] = {}
@@ -219,7 +220,8 @@ class Controller:
         if resource is not None:
             self.refs[key] = {(ns, r.kind, r.name) for r in references(resource)}
         obs = Observed(resource=resource, kind=kind, name=name, generation=body["metadata"].get("generation"),
-                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid)
+                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid,
+                       allowlists=self.allowlists)
         port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
         url = endpoint(self._owner(body), port)
         runs: dict[str, ObservedRun] = {}
@@ -238,23 +240,36 @@ class Controller:
                 log.warning("%s/%s/%s: store %s unavailable: %s", ns, kind, name, self.settings.store, exc)
                 return reconcile(replace(obs, runs=runs, store_error=str(exc)))
             merged = with_store(runs.get(run_name), run_name, stage, result, progress)
-            if merged is not None and merged.state is RunState.FAILED and merged.retryable:
+            seen_failed = (observed := runs.get(run_name)) is not None and observed.state is RunState.FAILED
+            if merged is not None and merged.state is RunState.FAILED and seen_failed:
+                # Whether retried or not (exit 2 stops at once), the stage's own error line is what
+                # the user needs; the Job's condition only says which rule ended it.
                 merged = await self.lookups.explain_failure(ns, merged)
             if merged is not None:
                 runs[run_name] = merged
         obs = replace(obs, runs=runs)
         decision = reconcile(obs)
         existing = {c["metadata"]["name"] for c in children}
-        absent = {}
+        absent, foreign = {}, {}
+        owner = self._owner(body)
         for run in decision.runs:
-            if run.name not in existing and (gaps := await self.lookups.missing_secrets(ns, run)):
+            if run.name in existing:
+                continue
+            # A run not created yet: none of its objects may exist already unless they are ours.
+            unapplied = [o for o in build_children(run, owner, self.settings)
+                         if (ns, o["kind"], o["metadata"]["name"]) not in self.applied]
+            clash, gaps = await asyncio.gather(self.lookups.foreign_objects(unapplied, owner.uid),
+                                               self.lookups.missing_secrets(ns, run))  # one round trip
+            if clash:
+                foreign[run.name] = clash
+            if gaps:
                 absent[run.name] = gaps
-        if not absent:
+        if not absent and not foreign:
             self.secret_waits.pop(key, None)
             return decision
         waits = self.secret_waits.get(key, 0)
         self.secret_waits[key] = waits + 1
-        return reconcile(replace(obs, missing_secrets=absent, secret_waits=waits))
+        return reconcile(replace(obs, missing_secrets=absent, conflicts=foreign, secret_waits=waits))
 
     def _owner(self, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]
@@ -314,8 +329,11 @@ class Controller:
         return created
 
     async def _delete_run(self, ns: str, run_name: str) -> None:
-        for api_version, kind, name in (("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
-                                        ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")):
+        children = [("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
+                    ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")]
+        if self.settings.network_policies:  # only then is the operator allowed to touch them
+            children.append(("networking.k8s.io/v1", "NetworkPolicy", run_name))
+        for api_version, kind, name in children:
             if await self.client.delete(api_version, kind, ns, name):
                 log.info("deleted superseded %s %s/%s", kind, ns, name)
             self.applied.pop((ns, kind, name), None)

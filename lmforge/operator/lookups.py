@@ -4,12 +4,14 @@ run's pods do not run, and why a failed Job failed (pod LISTs by label)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import replace
+from typing import Any
 
 from lmforge.operator.kube.client import ApiError, KubeClient
-from lmforge.operator.kube.meta import RUN_LABEL
+from lmforge.operator.kube.meta import RUN_LABEL, owned_by
 from lmforge.operator.kube.observe import pod_failure_reason, pod_waiting_reason
 from lmforge.operator.kube.secrets import missing, secret_needs
 from lmforge.operator.reconcile import ObservedRun, StageRun
@@ -52,6 +54,22 @@ class Lookups:
             self._secrets_seen[(ns, name)] = (time.monotonic(), keys)
             found[name] = keys
         return missing(needs, found)
+
+    async def foreign_objects(self, objects: list[dict[str, Any]], uid: str) -> tuple[str, ...]:
+        """Which of `objects` (a new run's children, about to be applied) already exist and are not
+        owned by the resource `uid`, as `Kind name`. Server-side apply with force would silently take
+        such an object over (and the garbage collector delete it with our resource)."""
+        async def check(obj: dict[str, Any]) -> str | None:
+            meta = obj["metadata"]
+            try:
+                found = await self.client.get(obj["apiVersion"], obj["kind"], meta["namespace"], meta["name"])
+            except ApiError as exc:  # e.g. no `get` granted: let the apply decide (it may be refused too)
+                log.warning("cannot check %s %s/%s: %s", obj["kind"], meta["namespace"], meta["name"], exc)
+                return None
+            return None if found is None or owned_by(found, uid) else f"{obj['kind']} {meta['name']}"
+
+        found = await asyncio.gather(*(check(o) for o in objects))
+        return tuple(f for f in found if f is not None)
 
     async def explain_waiting(self, ns: str, run: ObservedRun) -> ObservedRun:
         """Relay why a run's pods do not run (unschedulable, image pull, missing Secret/ConfigMap)."""

@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lmforge.operator.reconcile.policy import Allowlists
+
 DEFAULT_TRAINER_IMAGE = "ghcr.io/lmforge/trainer:0.1.0"
 DEFAULT_SERVING_IMAGE = "docker.io/vllm/vllm-openai:v0.32.0"
 """vLLM's official OpenAI-server image (GPU). CPU clusters use the Dockerfile's `serve` target."""
@@ -21,6 +23,17 @@ def _bool(value: str | None, default: bool = False) -> bool:
     if value is None or value == "":
         return default
     return value.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _patterns(value: str | None) -> tuple[str, ...] | None:
+    """An allow-list from a JSON list of strings; unset or empty string: no list (anything goes).
+    `[]` is a list that allows nothing."""
+    if value is None or value.strip() == "":
+        return None
+    items = json.loads(value)
+    if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+        raise ValueError(f"an allow-list must be a JSON list of strings, not {value!r}")
+    return tuple(items)
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,26 @@ class Settings:
     a resource's `spec.tracking` picks the experiment or opts out."""
     extra_env: Mapping[str, str] = field(default_factory=dict)
     """Environment added to every stage container (e.g. HF_HUB_OFFLINE)."""
+    allowed_images: tuple[str, ...] | None = None
+    """`spec.compute.image` values a resource may use (`prefix*` or exact; the chart's
+    `policy.allowedImages`); None: any."""
+    allowed_service_accounts: tuple[str, ...] | None = None
+    """`spec.compute.serviceAccountName` values a resource may use; None: any."""
+    allowed_secrets: tuple[str, ...] | None = None
+    """Names of the Secrets a resource may refer to; None: any."""
+    network_policies: bool = False
+    """Give every stage run a NetworkPolicy (see `kube/network.py`): egress to DNS, the store and its
+    own pods only; serving pods accept traffic on their port only."""
+    network_extra_egress: tuple[dict[str, Any], ...] = ()
+    """Egress rules (NetworkPolicyEgressRule objects) added to every run's NetworkPolicy."""
+    network_store_peers: tuple[dict[str, Any], ...] = ()
+    """`to` peers of the store's egress rule (e.g. its ipBlock); empty: any address on its port."""
+
+    def allowlists(self) -> Allowlists:
+        """The lists the reconciler checks each resource against."""
+        return Allowlists(images=self.allowed_images, service_accounts=self.allowed_service_accounts,
+                          secrets=self.allowed_secrets, default_image=self.trainer_image,
+                          default_secret=self.s3_secret)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -94,6 +127,12 @@ class Settings:
             poll_seconds=float(e.get("LMFORGE_POLL_SECONDS") or 10.0),
             tracking_uri=e.get("LMFORGE_TRACKING_URI") or None,
             extra_env={str(k): str(v) for k, v in extra.items()},
+            allowed_images=_patterns(e.get("LMFORGE_ALLOWED_IMAGES")),
+            allowed_service_accounts=_patterns(e.get("LMFORGE_ALLOWED_SERVICE_ACCOUNTS")),
+            allowed_secrets=_patterns(e.get("LMFORGE_ALLOWED_SECRETS")),
+            network_policies=_bool(e.get("LMFORGE_NETWORK_POLICIES")),
+            network_extra_egress=tuple(json.loads(e.get("LMFORGE_NETWORK_EXTRA_EGRESS") or "[]")),
+            network_store_peers=tuple(json.loads(e.get("LMFORGE_NETWORK_STORE_PEERS") or "[]")),
             default_resources={str(k): {str(n): str(q) for n, q in v.items()}
                                for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()},
         )

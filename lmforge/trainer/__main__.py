@@ -21,6 +21,7 @@ from lmforge.api.contract import ERROR_PREFIX, EXIT_FAILED, EXIT_INVALID_SPEC, E
 from lmforge.store import StoreError
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import StageError
+from lmforge.trainer.extensions import seed_torch_extensions
 from lmforge.trainer.progress import ProgressReporter, start_metrics_server
 from lmforge.trainer.registry import load
 
@@ -53,6 +54,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(f"--spec {args.spec}: {exc}", EXIT_INVALID_SPEC)
     if spec.stage.value != args.stage:
         return _fail(f"--spec {args.spec} is for stage {spec.stage.value!r}, not {args.stage!r}", EXIT_INVALID_SPEC)
+    try:
+        seed_torch_extensions()
+    except OSError as exc:  # an optimisation only: the op is then built just in time, as without a seed
+        print(f"warning: prebuilt torch extensions not copied: {exc}", file=sys.stderr, flush=True)
     reporter: ProgressReporter | None = None
 
     def close_tracking() -> None:

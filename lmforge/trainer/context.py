@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -22,6 +23,18 @@ R = TypeVar("R")
 
 def _cache_root() -> Path:
     return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
+
+
+def work_dir_for(spec: StageSpec) -> Path:
+    """The stage's local scratch directory: `<work>/<project>/<output prefix>/worker-<i>`.
+
+    `<project>` is a hash of the store root and the manifests' directory: the output prefix alone
+    (`datasets/default/d/<run id>`) is the same for the same resource and spec in two projects, and
+    two `lmforge run` in different directories must not share (or clean up) each other's scratch."""
+    work = Path(os.environ.get("LMFORGE_WORK_DIR") or _cache_root() / "work")
+    project = hashlib.sha256(f"{spec.store}\n{spec.base_dir or ''}".encode()).hexdigest()[:12]
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec.output}")
+    return work / project / safe / f"worker-{spec.worker.index}"
 
 
 @dataclass
@@ -57,9 +70,7 @@ class StageContext:
             from lmforge.trainer.tracking import trackers_for
 
             reporter.tracker = trackers_for(spec)
-        work = Path(os.environ.get("LMFORGE_WORK_DIR") or _cache_root() / "work")
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{spec.output}")
-        work_dir = work / safe / f"worker-{spec.worker.index}"
+        work_dir = work_dir_for(spec)
         work_dir.mkdir(parents=True, exist_ok=True)
         return cls(spec, resource, store, output, reporter, work_dir)
 

@@ -10,7 +10,8 @@ weights_only=False)` itself (its checkpoint engine and the ZeRO optimizers) — 
 Weights-only loading accepts tensors and plain containers; the few other types LMForge's checkpoints
 hold are allow-listed by name (`allowed_globals`): numpy's array reconstruction (the numpy RNG
 state) and, when DeepSpeed is loaded, its loss scaler, ZeRO stage enum and fragment address — types
-whose construction runs no code chosen by the file. Anything else is refused with `UnsafeCheckpoint`.
+whose construction runs no code chosen by the file; `getattr` only as `enum_member` (how Python
+3.11.2 pickles an Enum member). Anything else is refused with `UnsafeCheckpoint`.
 """
 
 from __future__ import annotations
@@ -37,6 +38,20 @@ _DEEPSPEED_TYPES = (
 """Non-tensor types in DeepSpeed 0.19's ZeRO checkpoints (`get_unsafe_globals_in_checkpoint`)."""
 
 
+def enum_member(cls: Any, name: Any) -> Any:
+    """Stands in for `builtins.getattr` in weights-only loads. Python 3.11.0–3.11.4 (Debian
+    bookworm's 3.11.2, so the images' Python) pickle an Enum member as `getattr(EnumClass, name)`;
+    later versions as `EnumClass(value)`. A DeepSpeed checkpoint written by the former holds
+    `ZeroStageEnum` that way. Allowing `getattr` itself would let a file reach any attribute of an
+    allowed class (`__subclasses__`, `__globals__` …), so only this is allowed: a member of an Enum
+    class the file could already name (the class comes from an allow-listed GLOBAL)."""
+    import enum
+
+    if isinstance(cls, type) and issubclass(cls, enum.Enum) and isinstance(name, str) and name in cls.__members__:
+        return cls.__members__[name]
+    raise pickle.UnpicklingError(f"GLOBAL builtins.getattr refused for ({cls!r}, {name!r}): only Enum members")
+
+
 class UnsafeCheckpoint(StoreError):
     """A `.pt` file holds more than tensors and plain data; it was not loaded."""
 
@@ -49,7 +64,8 @@ def allowed_globals() -> list[Any]:
         multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
         multiarray = importlib.import_module("numpy.core.multiarray")
-    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
+                          (enum_member, "builtins.getattr")]
     if "deepspeed" in sys.modules:  # only DeepSpeed's own load reads files that hold these
         for module, name in _DEEPSPEED_TYPES:
             found = getattr(importlib.import_module(module), name, None)

@@ -92,7 +92,8 @@ def test_dependency_order_puts_inputs_first() -> None:
     assert not problems
     ordered = [r.metadata.name for r in dependency_order(list(reversed([m.resource for m in manifests])))]
     assert ordered.index("tiny-corpus") < ordered.index("tiny-base") < ordered.index("tiny-sft")
-    assert ordered.index("tiny-dpo") < ordered.index("tiny-eval") < ordered.index("tiny-release")
+    # the candidate gate: compress (tiny-release) -> evaluate the candidate (tiny-eval) -> gate -> serve
+    assert ordered.index("tiny-dpo") < ordered.index("tiny-release") < ordered.index("tiny-eval")
 
 
 def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

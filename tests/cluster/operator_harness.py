@@ -41,6 +41,7 @@ def operator_identity(cp: ControlPlane, namespace: str, workdir: Path) -> Path:
     """Apply the chart's namespaced RBAC for `namespace` and return a kubeconfig for its SA."""
     rendered = cp.helm("template", "lmf", str(CHART), f"--namespace={namespace}", "--kube-version=1.37.0",
                        "--set=rbac.namespaced=true", f"--set=watchNamespaces={{{namespace}}}",
+                       "--set=leaderElection.enabled=true", "--show-only=templates/leader-election.yaml",
                        "--show-only=templates/rbac.yaml", "--show-only=templates/serviceaccount.yaml").stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     cp.apply(*docs, namespace=namespace)

@@ -59,6 +59,8 @@ def test_failed_pod_is_retried_then_the_condition_explains(control_plane: Contro
         finish_job(cp, op, ns, job, "failed", exit_code=2)
         cond = _reason(cp, ns, "datasets", "invalid-input", "StageFailed", op)
         assert "PodFailurePolicy" in cond["message"], cond
+        # ...and, not retried, it still relays what the pod said (here: its exit code).
+        assert "exited with code 2 (invalid input" in cond["message"], cond
         pods = cp.pods(ns, f"batch.kubernetes.io/job-name={job['metadata']['name']}")
         assert len(pods) == 1, "exit code 2 must not be retried"
 

@@ -51,6 +51,28 @@ def main(argv: list[str]) -> int:
         for step in range(1, 4):
             record(step, 3, loss=4.0 - step)
         return finish()
+    if behaviour == "scores":  # an evaluate stage: the metrics named by `test/metrics`, and what it evaluated
+        metrics = json.loads(spec.resource["metadata"]["annotations"]["test/metrics"])
+        evaluated = {k: v.artifacts.get("model", "") for k, v in spec.inputs.items()}
+        out.put_bytes("evaluated.json", json.dumps(evaluated).encode())
+        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
+                                artifacts={"results": out.url("results")}, metrics=metrics)
+        out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
+        print(result.line(), flush=True)
+        return 0
+    if behaviour == "probe":  # a smoke evaluate stage: asks the endpoint it was given which model it serves
+        (endpoint,) = [v.artifacts["endpoint"] for v in spec.inputs.values() if "endpoint" in v.artifacts]
+        import urllib.request
+
+        with urllib.request.urlopen(f"{endpoint}/models", timeout=10) as resp:
+            served = json.loads(resp.read())["data"][0]["id"]
+        out.put_bytes("probed.json", json.dumps({"endpoint": endpoint, "served": served}).encode())
+        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
+                                artifacts={"results": out.url("results")},
+                                metrics={"smoke.exact_match": 1.0 if served == "good" else 0.0})
+        out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
+        print(result.line(), flush=True)
+        return 0
     if behaviour == "workers":
         out.put_bytes(f"worker-{worker}", b"done")
         return finish()
@@ -76,11 +98,12 @@ def main(argv: list[str]) -> int:
             record(step, 1000, loss=1.0)
             time.sleep(0.1)
     if behaviour == "serve":
-        port = spec.resource["spec"]["serving"]["port"]
+        port = int(os.environ.get("LMFORGE_SERVE_PORT") or spec.resource["spec"]["serving"]["port"])
+        served = spec.resource["metadata"].get("annotations", {}).get("test/answer", "tiny")
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = json.dumps({"data": [{"id": "tiny"}]}).encode()
+                body = json.dumps({"data": [{"id": served}]}).encode()
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()

@@ -114,6 +114,9 @@ def install(nc: NodeCluster, ns: str, s3: SeaweedServer) -> None:
                f"--set=serving.image={nc.images['serve']}",
                f"--set=store.uri=s3://{BUCKET}/store", f"--set=store.s3.endpoint={s3.endpoint}",
                "--set=store.s3.secretName=lmforge-s3", "--set=rbac.namespaced=true",
+               # The admission policy stays on: the faults test's unpullable image and late Secret
+               # are on its lists, as a user's own registry and Secrets would be.
+               '--set-json=policy.allowedImages=["lmforge.local/*"]', '--set-json=policy.allowedSecrets=["late-token"]',
                f"--set=watchNamespaces={{{ns}}}", "--set=pollSeconds=2",
                f"--set-json=trainer.env={json.dumps(stage_env)}", timeout=400)
 
@@ -160,14 +163,14 @@ def wait_all_ready(nc: NodeCluster, ns: str, timeout: float) -> None:
         raise AssertionError(f"not Ready in {timeout:.0f} s: {summary}\n{pod_logs(nc, ns)}") from None
 
 
-def pod_logs(nc: NodeCluster, ns: str) -> str:
+def pod_logs(nc: NodeCluster, ns: str, tail: int = 15, limit: int = 12000) -> str:
     out = []
     for pod in nc.cp.kubectl_json("get", "pods", "-n", ns)["items"]:
         name = pod["metadata"]["name"]
         for c in pod["spec"].get("initContainers", []) + pod["spec"]["containers"]:
-            log = nc.cp.kubectl("logs", name, "-c", c["name"], "-n", ns, "--tail=15", check=False)
+            log = nc.cp.kubectl("logs", name, "-c", c["name"], "-n", ns, f"--tail={tail}", check=False)
             out.append(f"--- {name}/{c['name']} ({pod['status'].get('phase')})\n{log.stdout}{log.stderr}")
-    return "\n".join(out)[-12000:]
+    return "\n".join(out)[-limit:]
 
 
 def chat(url: str, question: str, timeout: float = 60) -> dict[str, Any]:
@@ -289,3 +292,152 @@ def _watch_trainer_metrics(prom: Prometheus, seen: dict[str, float]) -> None:
             pass
         time.sleep(0.5)
 
+
+MULTINODE = """apiVersion: lmforge.io/v1alpha1
+kind: PretrainJob
+metadata:
+  name: tiny-2nodes
+spec:
+  datasetRef:
+    name: tiny-corpus
+  model: {numLayers: 2, hiddenSize: 128, numHeads: 4, numKvHeads: 2, headDim: 32, tieEmbeddings: true}
+  training: {maxSteps: 400, microBatchSize: 8, precision: bf16}
+  optimizer: {lr: 0.003, minLr: 0.0003, warmupSteps: 6}
+  deepspeed: {zeroStage: 1}
+  checkpoint: {everySteps: 25, keepLast: 3}
+  validation: {everySteps: 1000, batches: 1}
+  topology: {nodes: 2}
+  compute: {processes: 1, threads: 1}
+"""
+
+
+def records(log: str) -> list[dict[str, Any]]:
+    return [json.loads(line.split("@@lmforge ", 1)[1]) for line in log.splitlines() if "@@lmforge " in line]
+
+
+def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_deleted(
+        node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer) -> None:
+    """Two real pods find each other through the headless Service's DNS name, train with DeepSpeed
+    over gloo and checkpoint to S3; deleting one mid-run restarts the Job, which resumes from the
+    last complete checkpoint at its step."""
+    cp, (ns, tiny) = node_cluster.cp, installed
+    cp.kubectl("apply", "-n", ns, "-f", str(tiny / "01-dataset.yaml"))  # no-op when the pipeline ran
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=MULTINODE)
+    selector = "lmforge.io/pretrainjob=tiny-2nodes"
+
+    def job() -> dict[str, Any] | None:
+        items = cp.kubectl_json("get", "jobs", "-n", ns, "-l", selector)["items"]
+        return items[0] if items else None
+
+    made = eventually(job, timeout=600, interval=2, what="the two-node Job")
+    assert made["spec"]["completions"] == 2 and made["spec"]["completionMode"] == "Indexed"
+    name = made["metadata"]["name"]
+    svc = cp.kubectl_json("get", "service", name, "-n", ns)
+    assert svc["spec"]["clusterIP"] == "None"
+    prefix = None
+
+    def checkpointed() -> int | None:
+        nonlocal prefix
+        obj = cp.kubectl_json("get", "pretrainjob", "tiny-2nodes", "-n", ns)
+        rid = (obj.get("status") or {}).get("runId")
+        if not rid:
+            return None
+        prefix = f"store/pretrainjobs/{ns}/tiny-2nodes/{rid}"  # run prefixes carry the namespace
+        try:
+            body = pod_s3.client().get_object(Bucket=BUCKET, Key=f"{prefix}/checkpoints/latest")["Body"].read()
+        except Exception:
+            return None
+        step = int(json.loads(body)["step"])
+        return step if step >= 50 else None
+
+    step_before = eventually(checkpointed, timeout=900, interval=1, what="a checkpoint of the two-node run")
+    pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}, [p["status"] for p in pods]
+    victim = next(p["metadata"]["name"] for p in pods
+                  if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "1")
+    cp.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+
+    def done() -> dict[str, Any] | None:
+        obj = cp.kubectl_json("get", "pretrainjob", "tiny-2nodes", "-n", ns)
+        cond = ready(obj)
+        if cond and cond["status"] == "False" and cond["reason"] in ("StageFailed", "InvalidSpec"):
+            pytest.fail(f"two-node run failed: {cond}\n{pod_logs(node_cluster, ns, tail=60, limit=40000)}")
+        return obj if cond and cond["status"] == "True" else None
+
+    final = eventually(done, timeout=1200, interval=3, what="the two-node run finished")
+    # 400 steps × (2 ranks × 8 sequences × 128 tokens): both ranks trained to the end.
+    assert final["status"]["metrics"]["tokens"] == 400 * 2 * 8 * 128, final["status"]
+    # The retried rank 0 says where it resumed: at or after the checkpoint seen before the kill.
+    pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
+    resumed = []
+    for pod in pods:
+        log = cp.kubectl("logs", pod["metadata"]["name"], "-n", ns, check=False).stdout
+        resumed += [r["message"] for r in records(log) if "resumed from checkpoint" in (r.get("message") or "")]
+    assert resumed, "no pod resumed from a checkpoint after the deletion"
+    steps = [int(m.split("step-")[1].split()[0].rstrip(",;:")) for m in resumed]
+    assert max(steps) >= step_before, (steps, step_before)
+
+
+def _dataset(name: str, uri: str, compute: dict[str, Any]) -> str:
+    return json.dumps({"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
+                       "spec": {"sources": [{"name": "c", "uri": uri, "license": "CC0-1.0"}],
+                                "tokenizer": {"vocabSize": 1024}, "seqLength": 128, "compute": compute}})
+
+
+def _failed(cp: Any, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
+    def check() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", name, "-n", ns))
+        return cond if cond and cond["status"] == "False" and cond["reason"] == "StageFailed" else None
+
+    found: dict[str, Any] = eventually(check, timeout=timeout, interval=2, what=f"dataset {name} StageFailed")
+    return found
+
+
+def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed: tuple[str, Path]) -> None:
+    """An OOM-killed container names the limit; a stage exiting 2 (invalid input) fails at once,
+    not retried; an image that cannot be pulled is relayed while the pod waits; a missing Secret
+    holds the run back until it exists."""
+    cp, (ns, _) = node_cluster.cp, installed
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "oom", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+        {"backoffLimit": 0, "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}}))
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "no-input", f"s3://{BUCKET}/inputs/none-*.jsonl", {"backoffLimit": 3}))
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "no-image", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl", {"image": "lmforge.local/absent:1"}))
+
+    oom = _failed(cp, ns, "oom")
+    assert "OOMKilled" in oom["message"] and "48Mi" in oom["message"], oom
+    invalid = _failed(cp, ns, "no-input")
+    assert "no object matches" in invalid["message"], invalid
+    [job] = cp.kubectl_json("get", "jobs", "-n", ns, "-l", "lmforge.io/dataset=no-input")["items"]
+    assert job["status"].get("failed") == 1, job["status"]  # exit 2: the pod failure policy, no retry
+
+    def pull_waiting() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "no-image", "-n", ns))
+        return cond if cond and "ErrImageNeverPull" in cond.get("message", "") else None
+
+    cond = eventually(pull_waiting, timeout=120, interval=2, what="the unpullable image relayed")
+    assert cond["status"] == "False" and "lmforge.local/absent:1" in cond["message"], cond
+
+    # A Secret the stage needs is missing: the run waits (no pod stuck in CreateContainerConfigError),
+    # the condition names the Secret; once it exists, the stage runs in a real pod and completes.
+    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
+        "needs-token", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+        {"secretEnv": {"HF_TOKEN": {"name": "late-token", "key": "token"}}}))
+
+    def secret_waiting() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))
+        return cond if cond and cond.get("reason") == "WaitingForSecret" else None
+
+    cond = eventually(secret_waiting, timeout=120, interval=2, what="the missing Secret relayed")
+    assert "late-token" in cond["message"], cond
+    assert not cp.kubectl_json("get", "pods", "-n", ns, "-l", "lmforge.io/dataset=needs-token")["items"]
+    cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late-token"},
+              "stringData": {"token": "t0ken"}}, namespace=ns)
+
+    def done() -> dict[str, Any] | None:
+        cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))
+        return cond if cond and cond["status"] == "True" else None
+
+    eventually(done, timeout=420, interval=3, what="the dataset Ready once its Secret exists")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +62,7 @@ class Case:
     status: Status = field(default_factory=Status)
     invalid: str | None = None
     missing: dict[str, tuple[str, ...]] = field(default_factory=dict)  # missing Secrets by stage value
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # foreign objects by stage value
     secret_waits: int = 0
     # expectations
     phase: Phase = Phase.PENDING
@@ -81,7 +83,8 @@ def _observed(case: Case) -> Observed:
         name = names.get(stage, stage)
         runs[name] = ObservedRun(**{**run.__dict__, "name": name})
     missing = {names.get(stage, stage): gaps for stage, gaps in case.missing.items()}
-    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing,
+    conflicts = {names.get(stage, stage): found for stage, found in case.conflicts.items()}
+    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing, "conflicts": conflicts,
                        "secret_waits": case.secret_waits})
 
 
@@ -150,6 +153,15 @@ CASES = [
     Case("secret-retries-back-off", DATASET, missing={"dataset": ("key token in Secret hf (x)",)}, secret_waits=3,
          phase=Phase.WAITING, reason="WaitingForSecret", message_has="key token in Secret hf",
          extra={"requeue": 8.0}),
+    Case("an-object-of-a-run-s-name-that-is-not-ours-is-never-adopted", DATASET,
+         conflicts={"dataset": ("ConfigMap d-dataset-x-spec",)},
+         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+         phase=Phase.FAILED, reason="NameConflict",
+         message_has="ConfigMap d-dataset-x-spec already exist(s) and is not this resource's",
+         extra={"requeue": 1.0}),
+    Case("a-created-run-is-not-held-back-by-a-conflict", DATASET,
+         runs={"dataset": _run(StageName.DATASET, RunState.RUNNING)},
+         conflicts={"dataset": ("Service x",)}, phase=Phase.RUNNING, reason="Running", run_stages=["dataset"]),
     Case("missing-secret-does-not-hold-back-a-created-job", DATASET,
          runs={"dataset": _run(StageName.DATASET, RunState.PENDING)},
          missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
@@ -261,6 +273,23 @@ def test_stage_run_carries_topology_inputs_and_a_stable_identity() -> None:
     assert len(first.name) <= 52 and first.name.startswith("p-pretrain-")
 
 
+def test_long_names_sharing_a_prefix_never_collide() -> None:
+    spec = {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}
+    stem = "team-a-llama-7b-tokenized-corpus-2026-11-"  # 41 characters, more than a run name keeps
+    names = [stem + tail for tail in ("run-1", "run-2", "x" * (63 - len(stem)))]
+    runs = [reconcile(_observed(Case("x", _res("Dataset", n, spec))), now=NOW).runs[0] for n in names]
+    assert len({r.name for r in runs}) == len(runs), [r.name for r in runs]
+    assert len({r.run_id.rsplit("-", 1)[-1] for r in runs}) == 1  # same spec: only the names differ
+    dns_label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    for run in runs:
+        assert len(run.name) <= 52 and dns_label.match(run.name), run.name
+        assert run.name.startswith(stem[:30]) and run.name.split("-")[-2] == "dataset"
+    again = reconcile(_observed(Case("x", _res("Dataset", names[0], spec))), now=NOW).runs[0]
+    assert again.name == runs[0].name  # stable
+    short = reconcile(_observed(Case("x", _res("Dataset", "d", spec))), now=NOW).runs[0]
+    assert short.name == f"d-dataset-{short.run_id.rsplit('-', 1)[-1][:6]}"  # names that fit are unchanged
+
+
 def test_changed_spec_is_a_new_run_and_the_old_one_is_deleted() -> None:
     case = _case("starts-pretrain-when-dataset-ready")
     old = reconcile(_observed(case), now=NOW).runs[0]
@@ -295,6 +324,26 @@ def test_old_release_keeps_serving_until_new_is_ready() -> None:
     assert old.name not in decision.delete
     ready = decision.status.condition("Ready")
     assert ready is not None and ready.status.value == "True" and "previous release keeps serving" in ready.message
+
+
+@pytest.mark.parametrize("state", [RunState.RUNNING, RunState.PENDING])
+def test_old_release_momentarily_not_ready_is_kept_until_the_new_one_is_ready(state: RunState) -> None:
+    case = _case("release-serves-after-gate")
+    old = ObservedRun("r-serve-old000", "r-old", state, StageName.SERVE)  # e.g. its pod restarting
+    obs = _observed(case)
+    obs = Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old}})
+    decision = reconcile(obs, now=NOW)
+    assert old.name not in decision.delete
+    ready = decision.status.condition("Ready")
+    assert ready is not None and ready.status.value == "False" and ready.reason == "Deploying"
+    assert "previous release keeps serving" not in ready.message  # it does not, right now
+    new = next(r for r in decision.runs if r.stage is StageName.SERVE)
+    served = ObservedRun(new.name, new.run_id, RunState.READY, StageName.SERVE, endpoint="http://r:8000/v1")
+    after = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: old, new.name: served}}), now=NOW)
+    assert old.name in after.delete  # once the new one serves, the old one goes
+    failed = ObservedRun("r-serve-old000", "r-old", RunState.FAILED, StageName.SERVE)
+    gone = reconcile(Observed(**{**obs.__dict__, "runs": {**obs.runs, old.name: failed}}), now=NOW)
+    assert old.name in gone.delete  # a failed old server serves nothing: no reason to keep it
 
 
 def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run() -> None:

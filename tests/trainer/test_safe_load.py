@@ -68,3 +68,48 @@ def test_ppo_resume_refuses_a_crafted_state(tmp_path: Path) -> None:
     with pytest.raises(UnsafeCheckpoint):
         ppo.train(SimpleNamespace(), loop, checkpoints, tmp_path / "out")  # type: ignore[arg-type]
     assert not marker.exists()
+
+
+class _GetattrPickler:
+    """A pickle module whose Pickler writes Enum members (and one chosen object) as
+    `getattr(owner, name)`, the way Python 3.11.2 (the images' Debian Python) pickles Enum members."""
+
+    def __init__(self, extra: tuple[Any, str] | None = None) -> None:
+        import enum
+        import pickle
+
+        outer = self
+
+        class Pickler(pickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, enum.Enum):
+                    return getattr, (type(obj), obj.name)
+                if outer.extra is not None and obj is outer.marker:
+                    return getattr, outer.extra
+                return NotImplemented
+
+        self.Pickler, self.extra, self.marker = Pickler, extra, object()
+        self.__name__ = "pickle"
+
+    def __getattr__(self, name: str) -> Any:
+        import pickle
+
+        return getattr(pickle, name)
+
+
+def test_enum_members_pickled_by_name_load_but_getattr_does_nothing_else(tmp_path: Path) -> None:
+    """A ZeRO checkpoint written under Python 3.11.2 holds `getattr(ZeroStageEnum, name)`: it
+    loads. `getattr` on anything but an allowed Enum class's member is refused."""
+    import numpy as np
+    import torch
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+
+    torch.save({"zero_stage": ZeroStageEnum.optimizer_states, "t": torch.ones(2)}, tmp_path / "ok.pt",
+               pickle_module=_GetattrPickler(), _use_new_zipfile_serialization=True)
+    back = load(tmp_path / "ok.pt")
+    assert back["zero_stage"] is ZeroStageEnum.optimizer_states and torch.equal(back["t"], torch.ones(2))
+
+    hostile = _GetattrPickler(extra=(np.ndarray, "__subclasses__"))
+    torch.save({"evil": hostile.marker}, tmp_path / "evil.pt", pickle_module=hostile)
+    with pytest.raises(UnsafeCheckpoint, match="refused to load"):
+        load(tmp_path / "evil.pt")

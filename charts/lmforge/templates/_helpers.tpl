@@ -21,6 +21,28 @@ app.kubernetes.io/component: operator
 {{- if .Values.serviceAccount.create -}}{{ default (include "lmforge.fullname" .) .Values.serviceAccount.name }}{{- else -}}{{ default "default" .Values.serviceAccount.name }}{{- end -}}
 {{- end -}}
 
+{{/* Cluster-wide RBAC (ClusterRole, all namespaces) only when opted in: rbac.clusterWide, or the
+old rbac.namespaced=false set explicitly. */}}
+{{- define "lmforge.clusterWide" -}}
+{{- if or .Values.rbac.clusterWide (and (hasKey .Values.rbac "namespaced") (not .Values.rbac.namespaced)) -}}true{{- end -}}
+{{- end -}}
+
+{{/* The namespaces the operator watches and gets a Role in: watchNamespaces, else its own. */}}
+{{- define "lmforge.namespaces" -}}
+{{- if .Values.watchNamespaces -}}{{ toJson .Values.watchNamespaces }}{{- else -}}{{ toJson (list .Release.Namespace) }}{{- end -}}
+{{- end -}}
+
+{{/* An allow-list split for CEL: {"exact": [...], "prefixes": [...]} (an entry ending in * is a
+prefix), plus the always-allowed values given as .always. */}}
+{{- define "lmforge.patterns" -}}
+{{- $exact := list -}}{{- $prefixes := list -}}
+{{- range .always -}}{{- if . -}}{{- $exact = append $exact . -}}{{- end -}}{{- end -}}
+{{- range .patterns -}}
+{{- if hasSuffix "*" . -}}{{- $prefixes = append $prefixes (trimSuffix "*" .) -}}{{- else -}}{{- $exact = append $exact . -}}{{- end -}}
+{{- end -}}
+{{- toJson (dict "exact" $exact "prefixes" $prefixes) -}}
+{{- end -}}
+
 {{/* The rules the operator needs - and nothing else. Shared by the ClusterRole and the Roles. */}}
 {{- define "lmforge.rules" -}}
 # Watch LMForge resources (kopf indices and events).
@@ -38,10 +60,11 @@ app.kubernetes.io/component: operator
 - apiGroups: ["apps"]
   resources: ["deployments"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
-# Spec ConfigMaps, headless/serving Services: applied and deleted, never read.
+# Spec ConfigMaps, headless/serving Services: applied and deleted; read by name once before the
+# first apply, so that an object of the same name someone else made is never adopted.
 - apiGroups: [""]
   resources: ["configmaps", "services"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 # Failed pods' termination messages explain a failure.
 - apiGroups: [""]
   resources: ["pods"]
@@ -54,9 +77,20 @@ app.kubernetes.io/component: operator
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+{{- if .Values.networkPolicy.enabled }}
+# One NetworkPolicy per stage run (egress to DNS, the store and the run's own pods).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create", "patch", "delete"]
+{{- end }}
 {{- if .Values.volcano.enabled }}
 - apiGroups: ["scheduling.volcano.sh"]
   resources: ["podgroups"]
-  verbs: ["create", "patch", "delete"]
+  verbs: ["get", "create", "patch", "delete"]
 {{- end }}
+{{- end -}}
+
+{{/* "true" when the replicas elect a leader: asked for, or needed because there are several. */}}
+{{- define "lmforge.leaderElection" -}}
+{{- if or .Values.leaderElection.enabled (gt (int .Values.replicaCount) 1) }}true{{ end }}
 {{- end -}}

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -125,10 +126,47 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
         view.say(f"  or: lmforge chat {rs.name}" + ("" if args.store == DEFAULT_STORE else f" --store {args.store}"))
     if serving:
         view.say("serving until Ctrl-C")
-        runner.serve_forever()
+        view.say("edit the manifests to roll out a new version: the one serving keeps serving until the new "
+                 "one is Ready (and passed serving.smokeEvalSuiteRef, if set)")
+        runner.on_event = lambda k, e: view.say(f"{k}: {e.reason}: {e.message}", error=e.type == "Warning") \
+            if e.reason in ROLLOUT_REASONS else view.event(k, e)
+        runner.serve_forever(manifest_watch(args.paths, view))
     else:
         runner.stop()
     return 0
+
+
+ROLLOUT_REASONS = ("SmokeTesting", "Promoted", "RolledBack", "Deploying")
+"""Events printed in every view while serving: which URL serves which version during a switch."""
+
+
+def manifest_watch(paths: list[str], view: View) -> Callable[[], list[Manifest] | None]:
+    """A function returning the manifests (in dependency order) once their files changed and still
+    validate; None otherwise. A change that does not validate is reported once and ignored: what
+    runs keeps running."""
+    from lmforge.api.validation import dependency_order, manifest_files, validate_paths
+
+    def stamp() -> dict[Path, int]:
+        return {p: p.stat().st_mtime_ns for p in manifest_files(paths) if p.exists()}
+
+    last = stamp()
+
+    def changed() -> list[Manifest] | None:
+        nonlocal last
+        now = stamp()
+        if now == last:
+            return None
+        last = now
+        manifests, problems = validate_paths(paths)
+        if problems:
+            for problem in problems:
+                view.say(f"error: {problem} (change ignored; what runs keeps running)", error=True)
+            return None
+        view.say("manifests changed: reconciling the new specs")
+        by_id = {id(m.resource): m for m in manifests}
+        return [by_id[id(r)] for r in dependency_order([m.resource for m in manifests])]
+
+    return changed
 
 
 def _served_name(rs: ResourceState) -> str:

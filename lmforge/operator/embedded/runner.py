@@ -63,9 +63,20 @@ class Runner:
     def __post_init__(self) -> None:
         self.state = self.state_file.load()
         self.state.store = self.store_uri
-        self.state.order = [key(m.resource) for m in self.manifests]
-        self._by_key = {key(m.resource): m for m in self.manifests}
-        for m in self.manifests:
+        self._adopt(self.manifests)
+
+    def reload(self, manifests: Sequence[Manifest]) -> None:
+        """Take changed manifests (in dependency order) while running: the next pass reconciles the new
+        specs. A changed release keeps its serving version until the new one has taken over (blue-green);
+        a resource no longer in the manifests keeps its state and runs but is not reconciled."""
+        self.manifests = manifests
+        self._adopt(manifests)
+        self.wake.set()
+
+    def _adopt(self, manifests: Sequence[Manifest]) -> None:
+        self.state.order = [key(m.resource) for m in manifests]
+        self._by_key = {key(m.resource): m for m in manifests}
+        for m in manifests:
             k = key(m.resource)
             manifest = m.resource.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
             old = self.state.resources.get(k)
@@ -138,11 +149,16 @@ class Runner:
             self.interrupt()
             return Outcome.INTERRUPTED
 
-    def serve_forever(self) -> None:
-        """Keep passing while a release serves (so a dying server is noticed) until Ctrl-C."""
+    def serve_forever(self, changed: Callable[[], Sequence[Manifest] | None] = lambda: None) -> None:
+        """Keep passing while a release serves (so a dying server is noticed) until Ctrl-C. `changed`
+        returns the manifests again when their files changed (and still validate), else None: a changed
+        release then rolls out blue-green while its current version keeps serving."""
         try:
             while any(self.state.resources[k].status.phase is Phase.SERVING for k in self.state.order):
                 self.wake.clear()
+                fresh = changed()
+                if fresh is not None:
+                    self.reload(fresh)
                 self.step()
                 self.wake.wait(max(self.options.poll, 2.0))
         except KeyboardInterrupt:

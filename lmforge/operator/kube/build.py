@@ -8,7 +8,8 @@ Shapes:
   its worker index from `JOB_COMPLETION_INDEX`);
 * multi-node training: an Indexed Job, completions = parallelism = nodes, plus a headless Service
   of the same name; pods are `<job>-<index>.<service>`, rank 0 is the torch rendezvous master;
-* serving: a Deployment plus a Service named after the release (see `serving`).
+* serving: a Deployment plus a Service named after the release (see `serving`);
+* with `network_policies` set: a NetworkPolicy named after the run (see `network`).
 
 Retry policy: `backoffLimit` from `compute.backoffLimit` (each retry resumes from the stage's
 checkpoint); a pod failure policy fails the Job at once on exit code 2 (`EXIT_INVALID_SPEC`: retrying
@@ -22,6 +23,7 @@ from typing import Any
 from lmforge.api.contract import EXIT_INVALID_SPEC, distributed_command, stage_command
 from lmforge.api.scheduling import GangScheduler
 from lmforge.operator.kube.meta import Owner, metadata, stamp
+from lmforge.operator.kube.network import network_policy
 from lmforge.operator.kube.pods import (
     CONTAINER,
     SPEC_FILE,
@@ -126,8 +128,11 @@ def pod_group(run: StageRun, owner: Owner) -> dict[str, Any]:
 
 
 def build_children(run: StageRun, owner: Owner, settings: Settings) -> list[dict[str, Any]]:
-    """Every object a run needs, in apply order (the ConfigMap before the pods that mount it)."""
+    """Every object a run needs, in apply order (the ConfigMap before the pods that mount it; the
+    NetworkPolicy, when configured, before the pods it confines)."""
     out = [config_map(run, owner)]
+    if settings.network_policies:
+        out.append(network_policy(run, owner, settings))
     if run.long_running:
         return [*out, deployment(run, owner, settings), release_service(run, owner)]
     if run.compute.scheduling.gang is GangScheduler.VOLCANO:

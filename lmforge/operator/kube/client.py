@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 PLURALS = {
     "ConfigMap": "configmaps", "Service": "services", "Event": "events", "Pod": "pods", "Secret": "secrets",
-    "Job": "jobs", "Deployment": "deployments", "PodGroup": "podgroups",
+    "Job": "jobs", "Deployment": "deployments", "PodGroup": "podgroups", "NetworkPolicy": "networkpolicies",
     "Dataset": "datasets", "PretrainJob": "pretrainjobs", "AlignmentJob": "alignmentjobs",
     "EvalSuite": "evalsuites", "ModelRelease": "modelreleases",
 }

@@ -86,3 +86,11 @@ def owner_of(child_labels: dict[str, str]) -> tuple[str, str] | None:
             if kind in ("dataset", "pretrainjob", "alignmentjob", "evalsuite", "modelrelease"):
                 return kind, value
     return None
+
+
+def owned_by(obj: dict[str, Any], uid: str) -> bool:
+    """Whether `obj` names the resource with `uid` among its owners. Why by uid, not by name or
+    labels: a resource deleted and created again under the same name is another resource, and its
+    predecessor's children (still being garbage-collected) must not be taken over either."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(ref.get("uid") == uid for ref in refs)

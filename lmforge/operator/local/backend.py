@@ -27,6 +27,7 @@ from pathlib import Path
 from lmforge.api.contract import (
     EXIT_INVALID_SPEC,
     RESULT_KEY,
+    SERVE_PORT_ENV,
     ProgressRecord,
     StageName,
     distributed_command,
@@ -67,6 +68,9 @@ class _Run:
     result: ProgressRecord | None = None
     endpoint: str | None = None
     next_probe: float = 0.0
+    port: int | None = None
+    """Serving: the port the server listens on (`run.port`, or another while an older server of the
+    same release holds that one)."""
 
 
 class LocalBackend:
@@ -233,7 +237,7 @@ class LocalBackend:
     def _probe(self, entry: _Run, attempt: Attempt) -> None:
         """A server is Ready when it says so (a result record with its endpoint) or answers /v1/models."""
         endpoint = (attempt.result.artifacts.get("endpoint") if attempt.result else None) \
-            or f"http://127.0.0.1:{entry.run.port or 8000}/v1"
+            or f"http://127.0.0.1:{entry.port or entry.run.port or 8000}/v1"
         ready = attempt.result is not None
         if not ready:
             try:
@@ -251,7 +255,12 @@ class LocalBackend:
         spec_file = self.spec_path(run.name)
         spec_file.parent.mkdir(parents=True, exist_ok=True)
         spec_file.write_text(json.dumps(run.spec.wire(), indent=2), encoding="utf-8")
-        attempt = Attempt(self.commands(run, str(spec_file)), self.log_path(run.name),
+        commands = self.commands(run, str(spec_file))
+        if run.long_running:
+            entry.port = self._serving_port(entry)
+            if entry.port != run.port:
+                commands = [Command(c.argv, {**c.env, SERVE_PORT_ENV: str(entry.port)}, c.label) for c in commands]
+        attempt = Attempt(commands, self.log_path(run.name),
                           self.records_path(run.name), self.on_change, self.cwd)
         with self._lock:
             entry.attempts += 1
@@ -260,6 +269,14 @@ class LocalBackend:
             entry.message = None if entry.attempts == 1 else f"attempt {entry.attempts}"
         attempt.start()
         self.on_change()
+
+    def _serving_port(self, entry: _Run) -> int | None:
+        """`run.port`, unless another live server of ours holds it (the release's previous version,
+        serving until the new one has taken over): then a free port beside it."""
+        with self._lock:
+            taken = {e.port for e in self._runs.values()
+                     if e is not entry and e.run.long_running and e.attempt is not None}
+        return free_port() if entry.run.port in taken else entry.run.port
 
     def commands(self, run: StageRun, spec_file: str) -> list[Command]:
         """The processes of one attempt: torchrun for several processes, indexed workers, or one."""

@@ -10,6 +10,7 @@ run report plots loss curves from it).
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import signal
 import subprocess
@@ -21,6 +22,8 @@ from pathlib import Path
 from typing import IO
 
 from lmforge.api.contract import ERROR_PREFIX, EXIT_INVALID_SPEC, ProgressRecord, RecordType, parse_record
+
+log = logging.getLogger(__name__)
 
 
 def _die_with_parent() -> None:
@@ -62,6 +65,8 @@ class Attempt:
         self._threads: list[threading.Thread] = []
         self._log: IO[str] | None = None
         self._records: IO[str] | None = None
+        self.write_error: str | None = None
+        """Why the log or records file stopped being written (e.g. ENOSPC), or None."""
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,7 +74,8 @@ class Attempt:
         self._log = self.log_path.open("a", encoding="utf-8", buffering=1)
         self._records = self.records_path.open("a", encoding="utf-8", buffering=1)
         for cmd in self.commands:
-            self._log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(cmd.argv)}\n")
+            with self._lock:
+                self._write("_log", f"# {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(cmd.argv)}\n")
             proc = subprocess.Popen(
                 cmd.argv, env={**os.environ, **cmd.env}, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
@@ -83,14 +89,16 @@ class Attempt:
                 self._threads.append(thread)
 
     def _pump(self, stream: IO[str], is_err: bool, label: str) -> None:
-        """Copy a stream to the log line by line, keeping the records and the error line."""
+        """Copy a stream to the log line by line, keeping the records and the error line.
+
+        The stream is always drained to its end, whatever happens to the log: a pump that stopped
+        reading (say, on ENOSPC writing the log) would leave the stage blocked on a full pipe for good."""
         prefix = f"[{label}] " if label else ""
         for raw in stream:
             line = raw.rstrip("\n")
             record = None if is_err else parse_record(line)
             with self._lock:
-                if self._log is not None:
-                    self._log.write(prefix + line + "\n")
+                self._write("_log", prefix + line + "\n")
                 if record is not None:
                     self._take(record, line)
                 elif is_err and line.startswith(ERROR_PREFIX):
@@ -98,9 +106,25 @@ class Attempt:
             if record is not None:
                 self.on_change()
 
+    def _write(self, which: str, text: str) -> None:
+        """Append to the log or the records file (lock held); on a write error (a full disk) stop
+        writing that file, remember why, and go on: the stage's own outcome does not depend on it."""
+        f: IO[str] | None = getattr(self, which)
+        if f is None:
+            return
+        try:
+            f.write(text)
+        except OSError as exc:
+            self.write_error = self.write_error or f"cannot write {f.name}: {exc}"
+            log.warning("%s; its further lines are dropped", self.write_error)
+            setattr(self, which, None)
+            try:
+                f.close()
+            except OSError:
+                pass
+
     def _take(self, record: ProgressRecord, line: str) -> None:
-        if self._records is not None:
-            self._records.write(line.split(" ", 1)[1] + "\n")
+        self._write("_records", line.split(" ", 1)[1] + "\n")
         if record.type is RecordType.PROGRESS:
             self.progress = record
         elif record.type is RecordType.RESULT:
@@ -155,11 +179,13 @@ class Attempt:
         with self._lock:
             for f in (self._log, self._records):
                 if f is not None:
-                    f.close()
+                    try:
+                        f.close()
+                    except OSError:  # the last buffered line on a full disk
+                        pass
             self._log = self._records = None
 
     def note(self, text: str) -> None:
         """A line of the runner's own in the log (retries, stops)."""
         with self._lock:
-            if self._log is not None:
-                self._log.write(f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")
+            self._write("_log", f"# {time.strftime('%Y-%m-%d %H:%M:%S')} {text}\n")

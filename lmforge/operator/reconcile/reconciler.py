@@ -10,28 +10,28 @@ operator's "restart duplicates nothing" are the same rule.
 
 from __future__ import annotations
 
-from lmforge.api.contract import STAGES_OF_KIND, InputArtifacts, ProgressRecord, StageName
+from lmforge.api.contract import STAGES_OF_KIND, ArtifactName, InputArtifacts, StageName
 from lmforge.api.evalsuite import EvalSuite
-from lmforge.api.kinds import Resource, references
-from lmforge.api.meta import ConditionType, Phase, Progress, Reason, now_rfc3339
+from lmforge.api.kinds import Reference, Resource, gate_edge, references, smoke_suite_of
+from lmforge.api.meta import ConditionType, Phase, Reason, RolloutState, now_rfc3339
 from lmforge.api.release import ModelRelease
-from lmforge.operator.reconcile.conditions import is_false, is_true, set_condition
+from lmforge.operator.reconcile.builder import (
+    POLL_SECONDS,
+    Builder,
+    progress_of,
+    secret_backoff,
+    waits_for_secrets,
+)
+from lmforge.operator.reconcile.conditions import is_false, is_true
+from lmforge.operator.reconcile.policy import violations
 from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
-from lmforge.operator.reconcile.types import Decision, Event, Observed, ObservedRun, RunState, StageRun
+from lmforge.operator.reconcile.serving import old_keeps_serving, release_after_compression
+from lmforge.operator.reconcile.types import Decision, InputState, Observed, ObservedRun, RunState, StageRun
 
-POLL_SECONDS = 10.0
-"""Re-look at a running resource this often to relay progress from the store."""
+__all__ = ["POLL_SECONDS", "STORE_RETRY_SECONDS", "expected_runs", "reconcile", "secret_backoff"]
+
 STORE_RETRY_SECONDS = 15.0
 """Wait before reading an unavailable store again (each look logs one line, no traceback)."""
-SECRET_RETRY_SECONDS = (1.0, 60.0)
-"""First and longest wait before looking for a missing Secret again (doubling in between):
-Secrets cannot be watched (the operator may `get` them, never list them), so it polls."""
-
-
-def secret_backoff(waits: int) -> float:
-    """Seconds until the next look for a missing Secret, after `waits` looks that found it missing."""
-    first, longest = SECRET_RETRY_SECONDS
-    return min(longest, first * 2 ** min(waits, 16))
 
 
 def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifacts], list[str], list[str]]:
@@ -44,6 +44,17 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
         state = obs.inputs.get(key)
         if state is None or not state.exists:
             waiting.append(f"{key} ({ref.field}) does not exist yet")
+            continue
+        if gate_edge(resource, ref, state.spec):
+            continue  # a suite evaluating this release's candidate: a gate after compression (gate.py)
+        if ref.candidate:
+            _resolve_candidate(ref, state, resolved, waiting, failed)
+            continue
+        switch = _switching_to(resource, ref, state)
+        if switch is not None:  # the release's smoke suite: evaluate its new server, not the one serving
+            resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts={"endpoint": switch},
+                                           lineage=list(state.status.lineage) if state.status else [],
+                                           spec=state.spec)
             continue
         if not ref.needs_ready:
             resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, spec=state.spec)
@@ -63,6 +74,33 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
     return resolved, waiting, failed
 
 
+def _resolve_candidate(ref: Reference, state: InputState, resolved: dict[str, InputArtifacts],
+                       waiting: list[str], failed: list[str]) -> None:
+    """An EvalSuite's `modelRef` to a ModelRelease: its compressed model, as soon as it is published
+    (the release is not Ready before its gate passed, so Ready is not waited for)."""
+    key, st = state.key, state.status
+    model = st.artifacts.get(ArtifactName.MODEL.value) if st is not None else None
+    if model is not None:
+        resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts={ArtifactName.MODEL.value: model},
+                                       lineage=list(st.lineage) if st else [], spec=state.spec)
+    elif st is not None and st.phase is Phase.FAILED:
+        cond = st.condition(ConditionType.READY)
+        failed.append(f"{key} ({ref.field}) failed before publishing its compressed candidate: "
+                      f"{cond.message if cond else 'no reason given'}")
+    else:
+        waiting.append(f"{key} ({ref.field}) has not published its compressed candidate yet")
+
+
+def _switching_to(resource: Resource, ref: Reference, state: InputState) -> str | None:
+    """The new server's URL when `resource` is the smoke suite of the release `ref` names and that
+    release is switching versions; else None."""
+    rollout = state.status.rollout if state.status is not None else None
+    if not isinstance(resource, EvalSuite) or ref.field != "spec.endpoint.releaseRef" or rollout is None \
+            or rollout.state is not RolloutState.SMOKE_TESTING or not smoke_suite_of(state.spec, resource.metadata.name):
+        return None
+    return rollout.candidate_endpoint
+
+
 def expected_runs(obs: Observed) -> list[tuple[str, StageName, str]]:
     """(run name, stage, output prefix) of every run the current spec and inputs could have.
 
@@ -77,59 +115,6 @@ def expected_runs(obs: Observed) -> list[tuple[str, StageName, str]]:
     rid = run_id(obs.resource, resolved)
     return [(run_name(obs.resource, s, rid), s, stage_output(obs.resource, s, rid))
             for s in STAGES_OF_KIND[obs.resource.kind]]
-
-
-class _Builder:
-    """Accumulates a Decision while keeping the reconcile function readable."""
-
-    def __init__(self, obs: Observed, now: str) -> None:
-        self.obs = obs
-        self.now = now
-        self.status = obs.status.model_copy(deep=True)
-        self.status.observed_generation = obs.generation
-        self.runs: list[StageRun] = []
-        self.delete: list[str] = []
-        self.events: list[Event] = []
-        self.requeue: float | None = None
-
-    def cond(self, type_: ConditionType, value: bool | None, reason: Reason, message: str = "") -> None:
-        set_condition(self.status, type_.value, value, reason.value, message, self.obs.generation, self.now)
-
-    def phase(self, phase: Phase, reason: Reason, message: str, warning: bool = False) -> None:
-        if self.obs.status.phase is not phase or self._reason_changed(reason):
-            self.events.append(Event("Warning" if warning else "Normal", reason.value, message))
-        self.status.phase = phase
-
-    def _reason_changed(self, reason: Reason) -> bool:
-        old = self.obs.status.condition(ConditionType.READY.value)
-        return old is None or old.reason != reason.value
-
-    def decision(self) -> Decision:
-        if self.obs.resource is not None:
-            self.status.key_metric = _key_metric(self.obs.resource, self.status.metrics) or self.status.key_metric
-        return Decision(status=self.status, runs=self.runs, delete=self.delete, events=self.events,
-                        requeue_after=self.requeue)
-
-
-def _progress(record: ProgressRecord | None) -> Progress | None:
-    if record is None:
-        return None
-    percent = None
-    if record.total:
-        percent = round(min(100.0, 100.0 * record.step / record.total), 1)
-    return Progress(stage=record.stage.value, step=record.step, total=record.total, percent=percent,
-                    eta_seconds=record.eta_seconds, message=record.message, updated=record.ts)
-
-
-def _key_metric(resource: Resource, metrics: dict[str, float]) -> str | None:
-    """The one figure `kubectl get` shows for this kind."""
-    for name in ("gate_passed", "loss", "tokens", "size_ratio", "perplexity_after"):
-        if name in metrics:
-            value = metrics[name]
-            if name == "gate_passed":
-                return "gate=pass" if value >= 1 else "gate=fail"
-            return f"{name}={value:.4g}" if isinstance(value, float) and not value.is_integer() else f"{name}={int(value)}"
-    return None
 
 
 def _lineage(resolved: dict[str, InputArtifacts]) -> list[str]:
@@ -160,10 +145,16 @@ def _gate(suite: EvalSuite, metrics: dict[str, float]) -> tuple[bool, str]:
 
 def reconcile(obs: Observed, now: str | None = None) -> Decision:
     """Decide the stage runs and status of one resource from what was observed."""
-    b = _Builder(obs, now or now_rfc3339())
+    b = Builder(obs, now or now_rfc3339())
     resource = obs.resource
     if resource is None:
         message = obs.invalid or "spec is invalid"
+        b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
+        b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
+        return b.decision()
+    forbidden = violations(resource, obs.allowlists)
+    if forbidden:  # checked before anything else: nothing of a forbidden spec is ever created
+        message = "; ".join(forbidden)
         b.cond(ConditionType.READY, False, Reason.INVALID_SPEC, message)
         b.phase(Phase.FAILED, Reason.INVALID_SPEC, message, warning=True)
         return b.decision()
@@ -203,48 +194,56 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         b.status.completed_at = None
         b.status.endpoint = None if not isinstance(resource, ModelRelease) else b.status.endpoint
     b.status.lineage = _lineage(resolved)
+    if isinstance(resource, EvalSuite):
+        _record_evaluated_model(b, resource, resolved)
     stages = STAGES_OF_KIND[resource.kind]
     first = stage_run(resource, stages[0], rid, obs.store, resolved, obs.base_dir)
     current = {first.name}
     if isinstance(resource, ModelRelease):
         current.add(run_name(resource, StageName.SERVE, rid))
+    # An older release's server stays until the new one is Ready — also while its own Deployment is
+    # momentarily not Ready (a pod restarting, a node drained): deleting it then would leave nothing.
     serving_old = [o for o in obs.runs.values()
-                   if o.name not in current and o.stage is StageName.SERVE and o.state is RunState.READY]
+                   if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED]
     b.delete = sorted(o.name for o in obs.runs.values() if o.name not in current and o not in serving_old)
 
     done = _run_job(b, first, obs.runs.get(first.name))
-    if not done:
-        return b.decision()
-    if isinstance(resource, EvalSuite):
+    if isinstance(resource, EvalSuite) and done:
         passed, message = _gate(resource, b.status.metrics)
         b.status.metrics["gate_passed"] = 1.0 if passed else 0.0
         b.cond(ConditionType.GATE_PASSED, passed, Reason.GATE_PASSED if passed else Reason.GATE_FAILED, message)
     if isinstance(resource, ModelRelease):
-        _release(b, resource, rid, resolved, serving_old)
+        if done:
+            release_after_compression(b, resource, rid, resolved, serving_old)
+        old_keeps_serving(b, serving_old)
     return b.decision()
 
 
-def _waits_for_secrets(b: _Builder, run: StageRun, seen: ObservedRun | None, ready: bool = False) -> bool:
-    """Hold back a run that does not exist yet while a Secret its pods need is missing: a pod
-    created now would only sit in CreateContainerConfigError. True when it must wait. `ready`:
-    what Ready says meanwhile (True while an older release keeps serving)."""
-    missing = b.obs.missing_secrets.get(run.name) if seen is None else None
-    if not missing:
-        return False
-    message = f"{run.stage.value} stage waits for " + "; ".join(missing)
-    b.cond(ConditionType.READY, ready, Reason.WAITING_FOR_SECRET, message)
-    b.phase(Phase.WAITING, Reason.WAITING_FOR_SECRET, message, warning=True)
-    b.requeue = secret_backoff(b.obs.secret_waits)
-    return True
+def _record_evaluated_model(b: Builder, suite: EvalSuite, resolved: dict[str, InputArtifacts]) -> None:
+    """Say which model artifact (or endpoint) this run evaluates, from the moment it is decided, so
+    that a release gated on its candidate (or smoke-testing a new server) never takes a result about
+    an earlier one for one about its own."""
+    ref, endpoint = suite.spec.model_ref, suite.spec.endpoint
+    if ref is not None and ref.kind is not None:
+        found = resolved.get(f"{ref.kind.value}/{ref.name}")
+        model = found.artifacts.get(ArtifactName.MODEL.value) if found is not None else None
+        if model is not None:
+            b.status.artifacts[ArtifactName.EVALUATED_MODEL.value] = model
+    url = endpoint.url if endpoint is not None else None
+    if endpoint is not None and endpoint.release_ref is not None:
+        found = resolved.get(f"ModelRelease/{endpoint.release_ref.name}")
+        url = found.artifacts.get("endpoint") if found is not None else None
+    if url is not None:
+        b.status.artifacts[ArtifactName.EVALUATED_ENDPOINT.value] = url
 
 
-def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
+def _run_job(b: Builder, run: StageRun, seen: ObservedRun | None) -> bool:
     """Drive a run-to-completion stage; True once it has succeeded (result written)."""
     if seen is not None and seen.result is not None:
         result = seen.result
         b.status.artifacts.update(result.artifacts)
         b.status.metrics.update(result.metrics)
-        b.status.progress = _progress(result) or b.status.progress
+        b.status.progress = progress_of(result) or b.status.progress
         if b.status.progress is not None:
             b.status.progress.percent = 100.0
         b.status.completed_at = b.status.completed_at or result.ts
@@ -259,13 +258,13 @@ def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
         b.cond(ConditionType.READY, False, Reason.STAGE_FAILED, message)
         b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
         return False
-    if _waits_for_secrets(b, run, seen):
+    if waits_for_secrets(b, run, seen):
         return False
     b.runs.append(run)
     b.status.started_at = b.status.started_at or b.now
     b.status.attempts = seen.attempts if seen else max(b.status.attempts, 0)
     if seen is not None and seen.progress is not None:
-        b.status.progress = _progress(seen.progress)
+        b.status.progress = progress_of(seen.progress)
         b.status.metrics.update(seen.progress.metrics)
     state = seen.state if seen else RunState.PENDING
     reason = Reason.RUNNING if state is RunState.RUNNING else Reason.PENDING
@@ -278,49 +277,3 @@ def _run_job(b: _Builder, run: StageRun, seen: ObservedRun | None) -> bool:
     return False
 
 
-def _release(b: _Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts],
-             serving_old: list[ObservedRun]) -> None:
-    """After compression: wait for the gate, then serve; keep an older release until the new is Ready."""
-    if release.spec.eval_suite_ref is not None:
-        key = f"EvalSuite/{release.spec.eval_suite_ref.name}"
-        suite = b.obs.inputs.get(key)
-        gate = suite.status.condition(ConditionType.GATE_PASSED.value) if suite and suite.status else None
-        if gate is None or gate.status.value != "True":
-            message = f"{key} gate did not pass: {gate.message if gate else 'no gate result'}"
-            b.cond(ConditionType.GATE_PASSED, False, Reason.GATE_FAILED, message)
-            b.cond(ConditionType.READY, bool(serving_old), Reason.GATE_FAILED, message)
-            b.phase(Phase.FAILED, Reason.GATE_FAILED, message, warning=True)
-            b.delete = [n for n in b.delete if n not in {o.name for o in serving_old}]
-            return
-        b.cond(ConditionType.GATE_PASSED, True, Reason.GATE_PASSED, f"{key}: {gate.message}")
-    if not release.spec.serving.enabled or not b.obs.serving_allowed:
-        why = "serving disabled" if not release.spec.serving.enabled else "not served (--no-serve)"
-        b.cond(ConditionType.READY, True, Reason.COMPLETED, f"compressed model published; {why}")
-        b.phase(Phase.SUCCEEDED, Reason.COMPLETED, f"ModelRelease/{release.metadata.name} published")
-        b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
-        return
-    model = {k: v for k, v in b.status.artifacts.items() if k == "model"}
-    inputs = {**resolved, f"ModelRelease/{release.metadata.name}": InputArtifacts(
-        kind="ModelRelease", name=release.metadata.name, artifacts=model, lineage=b.status.lineage)}
-    serve = stage_run(release, StageName.SERVE, rid, b.obs.store, inputs, b.obs.base_dir)
-    seen = b.obs.runs.get(serve.name)
-    if seen is not None and seen.state is RunState.FAILED:
-        message = f"serve failed: {seen.message or 'no reason given'}"
-        b.cond(ConditionType.READY, bool(serving_old), Reason.STAGE_FAILED, message)
-        b.phase(Phase.FAILED, Reason.STAGE_FAILED, message, warning=True)
-        return
-    if _waits_for_secrets(b, serve, seen, ready=bool(serving_old)):  # an older release keeps serving
-        return
-    b.runs.append(serve)
-    if seen is not None and seen.state is RunState.READY:
-        endpoint = seen.endpoint or (seen.result.artifacts.get("endpoint") if seen.result else None)
-        b.status.endpoint = endpoint
-        b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
-        b.cond(ConditionType.READY, True, Reason.SERVING, f"serving at {endpoint}")
-        b.phase(Phase.SERVING, Reason.SERVING, f"serving at {endpoint}")
-        b.requeue = None
-        return
-    message = "deploying" + (" (previous release keeps serving)" if serving_old else "")
-    b.cond(ConditionType.READY, bool(serving_old), Reason.DEPLOYING, message)
-    b.phase(Phase.RUNNING, Reason.DEPLOYING, message)
-    b.requeue = POLL_SECONDS

@@ -54,9 +54,20 @@ def stage_output(resource: Resource, stage: StageName, rid: str) -> str:
 
 
 def run_name(resource: Resource, stage: StageName, rid: str) -> str:
-    """Child object name: `<name>-<stage>-<hash6>`, truncated to keep pod hostnames ≤ 63."""
+    """Child object name (also a label value): `<name>-<stage>-<hash6 of the spec>`, ≤ 52 characters
+    so Indexed Job pod hostnames stay ≤ 63.
+
+    A name too long for that keeps as much of itself as fits, and its hash covers the *whole* name
+    as well as the spec (8 hex digits): two long names that share their first 30-odd characters
+    (`team-a-llama-7b-pretrain-2026-11-run-1`, `...-run-2`) with the same spec must not map to the
+    same Job. Names that fit keep the short form, so their children's names never change."""
     suffix = f"-{stage.value}-{rid.rsplit('-', 1)[-1][:6]}"
-    return resource.metadata.name[: _MAX_NAME - len(suffix)].rstrip("-") + suffix
+    name = resource.metadata.name
+    if len(name) + len(suffix) <= _MAX_NAME:
+        return name + suffix
+    digest = hashlib.sha256(f"{name}/{rid}".encode()).hexdigest()[:8]
+    suffix = f"-{stage.value}-{digest}"
+    return name[: _MAX_NAME - len(suffix)].rstrip("-") + suffix
 
 
 def _topology(resource: Resource) -> tuple[int, int, int]:

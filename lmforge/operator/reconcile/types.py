@@ -10,6 +10,7 @@ from lmforge.api.contract import ProgressRecord, StageName, StageSpec
 from lmforge.api.kinds import Resource
 from lmforge.api.meta import SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
+from lmforge.operator.reconcile.policy import Allowlists
 
 
 class RunState(StrEnum):
@@ -139,6 +140,12 @@ class Observed:
     serving_allowed: bool = True
     """False when the runner was told not to serve (`lmforge run --no-serve`): a release then ends
     Succeeded once compressed, without changing its spec (so its run id, and its outputs, stay)."""
+    allowlists: Allowlists = field(default_factory=Allowlists)
+    """Images, ServiceAccounts and Secrets a resource may name (the operator's settings); a spec
+    naming anything else is refused as InvalidSpec."""
+    conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """Run name → objects of that name which exist but are not this resource's (created by someone
+    else, or left by a deleted resource of the same name): never adopted, the run waits."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,11 @@
-"""Verifiable rewards for GRPO/RLOO: answer extraction and matching, format checks, user functions.
+"""Verifiable rewards for GRPO/RLOO: answer extraction and matching, format checks, code that must
+pass the row's tests in the sandbox, user functions.
 
 Each `Reward` of the spec becomes one callable in trl's reward-function shape,
 `f(prompts, completions, **columns) -> list[float]`, where `completions` are chats (a list with one
 assistant message each) or plain strings, and every dataset column arrives as a list the length of
-the batch. trl sums the callables with `reward_weights`. Pure Python: no torch here.
+the batch. trl sums the callables with `reward_weights`. Pure Python: no torch here (code runs in
+the sandbox's child processes).
 
 Answers compare as numbers when both sides parse (`4.0` == `4`, `1,024` == `1024`), else as trimmed
 strings; a completion with no extractable answer scores 0, never an error.
@@ -112,6 +114,38 @@ def format_reward(spec: Reward) -> RewardFunc:
     return format_match
 
 
+def code_reward(spec: Reward) -> RewardFunc:
+    """1.0 when the completion passes the row's tests in the code sandbox, else 0.0. The sandbox is
+    the EvalSuite's (`lmforge.trainer.evaluate.sandbox`): the same isolation and the same rule for
+    "passed" (the harness's nonce after the last test), so a reward cannot be won by exiting early
+    or by touching the trainer. It fails closed: no sandbox, no reward (`SandboxUnavailable`)."""
+    import math
+
+    from lmforge.trainer.evaluate import code, sandbox
+
+    limits = sandbox.Limits(wall_seconds=spec.timeout_seconds, cpu_seconds=max(1, math.ceil(spec.timeout_seconds)))
+    checked: list[bool] = []
+
+    def code_passes(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
+        if not checked:
+            sandbox.probe()  # once, before the first batch: refuses when isolation cannot be set up
+            checked.append(True)
+        tests = columns.get(spec.test_field)
+        if tests is None:
+            raise InvalidInput(f"reward code: the rows have no column {spec.test_field!r} (set testField)")
+        heads = columns.get(spec.prefix_field) if spec.prefix_field else None
+        if spec.prefix_field and heads is None:
+            raise InvalidInput(f"reward code: the rows have no column {spec.prefix_field!r} (set prefixField)")
+        entries = columns.get(spec.entry_point_field) if spec.entry_point_field else None
+        sources = []
+        for i, completion in enumerate(completions):
+            head = str(heads[i]) if heads is not None else ""
+            call = f"\n\ncheck({entries[i]})\n" if entries is not None and entries[i] else "\n"
+            sources.append(f"{head}{completion_text(completion)}\n\n{tests[i]}{call}")
+        return [float(o.passed) for o in code.execute(sources, limits)]
+    return code_passes
+
+
 def import_function(ref: str, field: str) -> Callable[..., Any]:
     """Import `module:function`; an `InvalidInput` naming `field` when it cannot be imported."""
     module, name = ref.split(":")
@@ -149,6 +183,8 @@ def build(rewards: list[Reward], field: str) -> tuple[list[RewardFunc | None], l
             funcs.append(format_reward(spec))
         elif spec.type is RewardType.FUNCTION:
             funcs.append(function_reward(spec, f"{field}[{i}]"))
+        elif spec.type is RewardType.CODE:
+            funcs.append(code_reward(spec))
         else:
             funcs.append(None)
     return funcs, [r.weight for r in rewards]

@@ -214,19 +214,29 @@ def _find(parent: np.ndarray, i: int) -> int:
     return root
 
 
+def band_keys(cols: np.ndarray) -> np.ndarray:
+    """One uint64 bucket key per row of a band's signature columns `cols` (n, rows) uint32: a
+    polynomial hash of the rows, wrapping mod 2⁶⁴ (the single-process and the partitioned merge both
+    bucket with it, so they find the same candidates): (n,) uint64."""
+    cols = np.asarray(cols, dtype=np.uint64)
+    keys = np.zeros(cols.shape[0], dtype=np.uint64)
+    for j in range(cols.shape[1]):
+        keys = keys * _MIX + cols[:, j] + np.uint64(j + 1)
+    return keys
+
+
 def near_duplicates(sigs: np.ndarray, bands: int, rows: int, threshold: float,
                     alive: np.ndarray | None = None) -> NearDupResult:
     """Near-duplicate clusters among the rows of `sigs` (n, num_perm) whose `alive` flag is set; every
-    member but the lowest-indexed of each cluster is dropped."""
+    member but the lowest-indexed of each cluster is dropped. This holds every signature in one place;
+    the Dataset stage runs the same rule partitioned over its workers (`dedup_parts`), and this
+    in-memory form is the reference it is tested against."""
     n = sigs.shape[0]
     alive_idx = np.arange(n) if alive is None else np.flatnonzero(alive)
     parent = np.arange(n, dtype=np.int64)
     candidates = verified = 0
     for band in range(bands):
-        cols = np.asarray(sigs[alive_idx, band * rows:(band + 1) * rows], dtype=np.uint64)  # (a, rows)
-        keys = np.zeros(len(alive_idx), dtype=np.uint64)
-        for j in range(rows):  # polynomial hash of the band's rows, wrapping mod 2^64
-            keys = keys * _MIX + cols[:, j] + np.uint64(j + 1)
+        keys = band_keys(sigs[alive_idx, band * rows:(band + 1) * rows])
         order = np.argsort(keys, kind="stable")  # stable: lowest index first within a bucket
         sorted_keys = keys[order]
         starts = np.ones(len(order), dtype=bool)

@@ -1,8 +1,10 @@
 """`python -m lmforge.trainer dataset`: the Dataset stage.
 
 Every worker (an Indexed Job pod, or a local process) curates its slice of the input files (file i
-goes to worker i mod N) and commits it as `work/worker-<i>/`. Worker 0 then waits for all slices,
-merges them (global exact + near dedup), trains the tokenizer, tokenizes and packs, writes the
+goes to worker i mod N) and commits it as `work/worker-<i>/`. Every worker then waits for all slices
+and runs its partition of the global exact + near dedup (`dedup_parts`: hashes, LSH buckets and
+signature columns split among the workers, so no process holds every signature); worker 0 merges the
+outcome, trains the tokenizer, tokenizes and packs, writes the
 shards, and publishes `tokenizer`, `card` and, last, `shards`. Each step is keyed by a fingerprint
 of its inputs and settings, so a restart skips what is already done (committed worker slices, the
 merge, the tokenizer, finished shards) and redoes anything whose inputs changed.
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,15 +29,19 @@ from lmforge.trainer.artifacts import fetch, publish
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.dataset import card as card_mod
 from lmforge.trainer.dataset.build import tokenize_and_pack, training_sample, weighted, write_all_shards
+from lmforge.trainer.dataset.dedup_parts import wait_for
 from lmforge.trainer.dataset.merge import kept_documents
 from lmforge.trainer.dataset.readers import InputFile, list_files
 from lmforge.trainer.dataset.tokenizer import load_existing, special_ids, train
-from lmforge.trainer.dataset.work import MergeStore, run_worker
-from lmforge.trainer.errors import StageError
+from lmforge.trainer.dataset.work import (
+    WAIT_ENV,
+    MergeStore,
+    committed,
+    run_dedup_partition,
+    run_worker,
+    wait_seconds,
+)
 from lmforge.trainer.shards import FORMAT, INDEX, ShardIndex, dtype_for
-
-WAIT_ENV = "LMFORGE_DATASET_WAIT_S"
-"""Seconds worker 0 waits for the other workers' slices (default 6 hours)."""
 
 
 def _digest(obj: Any) -> str:
@@ -52,25 +57,9 @@ def worker_fingerprint(spec: DatasetSpec, files: list[InputFile], index: int, co
 
 def _wait_for_workers(ctx: StageContext, fingerprints: list[str]) -> None:
     """Poll the store until every worker's slice is committed with the expected fingerprint."""
-    timeout = float(os.environ.get(WAIT_ENV, 6 * 3600))
-    deadline = time.monotonic() + timeout
-    pending = set(range(len(fingerprints)))
-    delay = 0.2
-    while True:
-        for i in sorted(pending):
-            key = f"work/worker-{i}"
-            manifest = read_manifest(ctx.output, key)
-            if manifest and manifest.metadata.get("fingerprint") == fingerprints[i] and is_complete(ctx.output, key):
-                pending.discard(i)
-        if not pending:
-            return
-        if time.monotonic() >= deadline:
-            missing = ", ".join(f"worker-{i}" for i in sorted(pending))
-            raise StageError(f"timed out after {timeout:.0f} s waiting for dataset workers {missing} to commit "
-                             f"their slices under {ctx.uri('work')} (set {WAIT_ENV} to wait longer)")
-        ctx.reporter.progress(0, message=f"waiting for {len(pending)} worker(s)", unit="doc")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 5.0)
+    wait_for(ctx.output, {f"work/worker-{i}": fp for i, fp in enumerate(fingerprints)}, wait_seconds(),
+             "dataset workers", lambda message: ctx.reporter.progress(0, message=message, unit="doc"),
+             hint=f" to commit their slices under {ctx.uri('work')} (set {WAIT_ENV} to wait longer)")
 
 
 def _tokenizer(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, fingerprint: str) -> Path:
@@ -130,11 +119,16 @@ def run(ctx: StageContext) -> dict[str, str]:
     files = list_files(spec.sources, [ctx.resolve(s.uri) for s in spec.sources])
     fingerprints = [worker_fingerprint(spec, files[i::count], i, count) for i in range(count)]
     mine = run_worker(ctx, spec, files[worker::count], fingerprints[worker])
+    # Every worker takes part in the global dedup (its partition of hashes, buckets and signature
+    # columns); worker 0 then merges the outcome and builds the dataset alone.
+    _wait_for_workers(ctx, fingerprints)
+    merge_fp = _digest(["merge-v1", fingerprints])
+    if not committed(ctx, "work/merge", merge_fp):
+        run_dedup_partition(ctx, spec, merge_fp)
     if worker != 0:
         ctx.extra["metrics"] = mine
         return {}
-    _wait_for_workers(ctx, fingerprints)
-    merged = MergeStore.load_or_run(ctx, spec, count, _digest(["merge-v1", fingerprints]))
+    merged = MergeStore.load_or_run(ctx, spec, count, merge_fp)
     tok_fp = _digest(["tokenizer-v1", merged.fingerprint, spec.tokenizer.model_dump(mode="json"), spec.seed])
     tok_dir = _tokenizer(ctx, spec, merged, tok_fp)
     ids = special_ids(tok_dir)

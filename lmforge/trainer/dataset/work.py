@@ -22,13 +22,21 @@ from lmforge.trainer.dataset import decontam
 from lmforge.trainer.dataset.card import source_table
 from lmforge.trainer.dataset.curate import Curator, SourceCounts, as_arrays, curate, pii_counts
 from lmforge.trainer.dataset.dedup import MinHasher
+from lmforge.trainer.dataset.dedup_parts import (
+    PREFIX,
+    Exchange,
+    Plan,
+    components,
+    exact_dropped,
+    run_partition,
+)
 from lmforge.trainer.dataset.merge import DOCS, SIGS, STATS, merge
 from lmforge.trainer.dataset.readers import InputFile, read_file, read_text
 from lmforge.trainer.dataset.sourcing import OptOutList
 from lmforge.trainer.shards import ShardIndex
 
 
-def _committed(ctx: StageContext, key: str, fingerprint: str) -> bool:
+def committed(ctx: StageContext, key: str, fingerprint: str) -> bool:
     manifest = read_manifest(ctx.output, key)
     return bool(manifest and manifest.metadata.get("fingerprint") == fingerprint and is_complete(ctx.output, key))
 
@@ -43,6 +51,40 @@ def _curator(ctx: StageContext, spec: DatasetSpec) -> Curator:
         inputs = {k: v.spec for k, v in ctx.spec.inputs.items()}
         decon = decontam.build(spec.dedup.decontaminate, inputs, reader("dedup.decontaminate"))
     return Curator(spec, optout, reader("toxicity.wordList"), decon)
+
+
+WAIT_ENV = "LMFORGE_DATASET_WAIT_S"
+"""Seconds a worker waits for the others' slices and dedup steps (default 6 hours)."""
+
+
+def wait_seconds() -> float:
+    return float(os.environ.get(WAIT_ENV, 6 * 3600))
+
+
+def dedup_exchange(ctx: StageContext, fingerprint: str) -> Exchange:
+    """The partitioned dedup's intermediates of this run (under `work/dedup/` in the run's store)."""
+    return Exchange(ctx.output, fingerprint, ctx.work_dir / "dedup", wait_seconds(),
+                    lambda message: ctx.reporter.progress(0, message=message, unit="doc"))
+
+
+def run_dedup_partition(ctx: StageContext, spec: DatasetSpec, fingerprint: str) -> None:
+    """This worker's share of the global dedup (`dedup_parts` steps 1-6), reading its own slice's
+    arrays and signatures back from the store (so a restarted or rescheduled worker can do it)."""
+    x = dedup_exchange(ctx, fingerprint)
+    shutil.rmtree(x.scratch, ignore_errors=True)
+    key = f"work/worker-{ctx.spec.worker.index}"
+    local = x.scratch / "slice"
+    local.mkdir(parents=True)
+
+    def slice_file(name: str) -> Path:
+        path = local / name
+        if not path.exists():
+            ctx.output.get_file(f"{key}/{name}", path)
+        return path
+
+    plan = Plan.from_spec(spec, ctx.spec.worker.count)
+    run_partition(x, plan, ctx.spec.worker.index, slice_file)
+    shutil.rmtree(x.scratch, ignore_errors=True)
 
 
 PROCESSES_ENV = "LMFORGE_DATASET_PROCESSES"
@@ -76,7 +118,7 @@ def run_worker(ctx: StageContext, spec: DatasetSpec, files: list[InputFile], fin
     """Curate this worker's files into `work/worker-<i>/` (skipped if already committed); returns the
     worker's throughput metrics."""
     key = f"work/worker-{ctx.spec.worker.index}"
-    if _committed(ctx, key, fingerprint):
+    if committed(ctx, key, fingerprint):
         ctx.reporter.progress(0, message=f"{key} already committed; skipping", unit="doc")
         return {}
     out = ctx.work_dir / "slice"
@@ -132,13 +174,16 @@ class MergeStore:
     def load_or_run(cls, ctx: StageContext, spec: DatasetSpec, count: int, fingerprint: str) -> MergeStore:
         dirs = [fetch(ctx.uri(f"work/worker-{i}")) for i in range(count)]
         key = "work/merge"
-        if _committed(ctx, key, fingerprint):
+        if committed(ctx, key, fingerprint):
             local = fetch(ctx.uri(key))
             keep = [np.load(local / f"keep-{i}.npy") for i in range(count)]
             return cls(fingerprint, dirs, keep, json.loads((local / "merge.json").read_text()))
         ctx.reporter.progress(0, message="merging worker slices (global dedup)", unit="doc", force=True)
         names = [s.name for s in spec.sources]
-        r = merge(dirs, spec, ctx.work_dir / "merge-scratch", names)
+        x = dedup_exchange(ctx, fingerprint)
+        plan = Plan.from_spec(spec, count)
+        near = components(x, plan)
+        r = merge(dirs, names, lambda i: exact_dropped(x, plan, i), near, plan.bands, plan.rows)
         kept_bytes = sum(int(np.load(d / "nbytes.npy")[k].sum()) for d, k in zip(dirs, r.keep, strict=True))
         stats = {"counts": {n: c.wire() for n, c in r.counts.items()}, "pii": r.pii,
                  "exact_removed": r.exact_removed, "near_removed": r.near_removed, "near_clusters": r.near_clusters,
@@ -157,6 +202,7 @@ class MergeStore:
         writer = ArtifactWriter(ctx.output, key, clear_existing=True)
         writer.add_dir(out)
         writer.commit("dataset-merge", {"fingerprint": fingerprint})
+        ctx.output.delete_prefix(PREFIX)  # every worker is past its last dedup step (worker 0 waited for them)
         return cls(fingerprint, dirs, r.keep, stats)
 
     @property

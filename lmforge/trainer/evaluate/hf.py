@@ -1,9 +1,11 @@
 """A local Hugging Face model as a `Backend`, with lm-eval's `HFLM` as the engine.
 
 `HFLM` does what we would otherwise hand-write: it encodes (context, continuation) pairs the way the
-harness's published numbers do, sorts requests by length so a batch wastes little padding, reuses
-one forward pass for choices that share a context, and batches generation with stop sequences. We
-give it our model object and our own rows; it never touches the hub or its task registry.
+harness's published numbers do, sorts requests by length so a batch wastes little padding, and
+batches generation with stop sequences. It shares a context's forward pass only for one-token
+continuations, so multiple-choice log-likelihoods are scored by `shared_context` (one pass per
+context, the choices batched behind it) on `HFLM`'s own encodings. We give it our model object and
+our own rows; it never touches the hub or its task registry.
 Token-id perplexity (a Dataset's packed validation shards) is a plain batched forward pass here.
 """
 
@@ -42,8 +44,30 @@ class HFBackend:
         return [Instance(request_type=kind, doc={}, arguments=a, idx=i) for i, a in enumerate(args)]
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
-        out = self.lm.loglikelihood(self._instances("loglikelihood", list(pairs)), disable_tqdm=True)
-        return [(float(ll), bool(greedy)) for ll, greedy in out]
+        """Pairs that share a context are scored with one forward pass of it (`shared_context`),
+        encoded by `HFLM`'s own `_encode_pair`; an empty context or one too long for the model goes
+        through `HFLM` itself (its prefix token and left truncation)."""
+        from lmforge.trainer.evaluate import shared_context
+
+        limit = self.lm.max_length + 1
+        encoded: dict[int, tuple[list[int], list[int]]] = {}
+        for i, (ctx, cont) in enumerate(pairs):
+            if ctx:
+                pair = self.lm._encode_pair(ctx, cont)
+                if pair[1] and len(pair[0]) + len(pair[1]) <= limit:
+                    encoded[i] = (list(pair[0]), list(pair[1]))
+        out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
+        fast = list(encoded)
+        scored = shared_context.loglikelihoods(self.model, [encoded[i] for i in fast], self.batch_size,
+                                               int(self.tokenizer.pad_token_id), self.device)
+        for i, result in zip(fast, scored, strict=True):
+            out[i] = result
+        slow = [i for i in range(len(pairs)) if i not in encoded]
+        if slow:
+            rest = self.lm.loglikelihood(self._instances("loglikelihood", [pairs[i] for i in slow]), disable_tqdm=True)
+            for i, (ll, greedy) in zip(slow, rest, strict=True):
+                out[i] = (float(ll), bool(greedy))
+        return out
 
     def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         # Rolling windows of the model's context length, each token predicted once (BOS-prefixed).

@@ -15,6 +15,7 @@ import signal
 import threading
 from types import FrameType
 
+from lmforge.api.contract import SERVE_PORT_ENV
 from lmforge.api.release import ModelRelease
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput, StageError
@@ -42,6 +43,8 @@ def run(ctx: StageContext) -> dict[str, str]:
     release = ctx.resource
     assert isinstance(release, ModelRelease)
     serving, gpus = release.spec.serving, release.spec.gpus
+    if os.environ.get(SERVE_PORT_ENV):  # blue-green under `lmforge run`: the old server holds serving.port
+        serving = serving.model_copy(update={"port": int(os.environ[SERVE_PORT_ENV])})
     name = serving.served_model_name or release.metadata.name
     ctx.reporter.progress(0, 3, message="fetching and verifying the model", force=True)
     model_dir = fetch_verified(model_uri(ctx.spec, release))

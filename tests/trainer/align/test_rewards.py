@@ -74,3 +74,23 @@ def test_unimportable_function_names_its_field() -> None:
 def test_reward_spec_checks(fields: dict[str, str], message: str) -> None:
     with pytest.raises(ValidationError, match=message):
         Reward.model_validate(fields)
+
+
+def test_code_reward_runs_the_rows_tests_in_the_sandbox() -> None:
+    """A correct body scores 1, a wrong one 0, and an early `exit(0)` (tests never run) 0: the
+    sandbox's harness, not the exit status, says whether the tests passed."""
+    reward, = rw.build([Reward(type=RewardType.CODE, prefix_field="head")], "spec.grpo.rewards")[0]
+    assert reward is not None
+    head = "def add(a, b):\n"
+    test = "def check(f):\n    assert f(2, 3) == 5\n    assert f(-1, 1) == 0\n"
+    completions = ["    return a + b\n", "    return a - b\n", "    raise SystemExit(0)\n"]
+    n = len(completions)
+    scores = reward(["p"] * n, completions, head=[head] * n, test=[test] * n, entry_point=["add"] * n)
+    assert scores == [1.0, 0.0, 0.0]
+
+
+def test_code_reward_names_a_missing_column() -> None:
+    reward, = rw.build([Reward(type=RewardType.CODE, test_field="tests")], "spec.grpo.rewards")[0]
+    assert reward is not None
+    with pytest.raises(Exception, match="no column 'tests'"):
+        reward(["p"], ["x = 1"], test=["assert x == 1"])

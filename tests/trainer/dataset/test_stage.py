@@ -76,19 +76,24 @@ def test_tiny_example_end_to_end(tmp_path: Path) -> None:
                                    add_generation_prompt=True) == "<|user|>hi<|end|><|assistant|>"
 
 
+def _run_workers(tmp_path: Path, workers: int, timeout: float) -> Path:
+    """The stage over `data/*.jsonl` as `workers` concurrent processes (all must succeed); its output."""
+    res = dataset_resource({**SMALL, "workers": workers, "sources": [
+        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
+    spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
+                            base_dir=tmp_path, workers=workers)
+    procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
+    for p in procs:
+        _, err = p.communicate(timeout=timeout)
+        assert p.returncode == 0, err[-3000:]
+    return tmp_path / f"store{workers}" / "runs" / "ds"
+
+
 def test_two_workers_give_the_same_dataset_as_one(tmp_path: Path) -> None:
     _split_corpus(TINY_CORPUS, tmp_path / "data", files=5, lines=1500)
     results = {}
     for workers in (1, 2):
-        res = dataset_resource({**SMALL, "workers": workers, "sources": [
-            {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
-        spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
-                                base_dir=tmp_path, workers=workers)
-        procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
-        for p in procs:
-            _, err = p.communicate(timeout=120)
-            assert p.returncode == 0, err[-3000:]
-        out = tmp_path / f"store{workers}" / "runs" / "ds"
+        out = _run_workers(tmp_path, workers, timeout=120)
         card = json.loads((out / "card" / "card.json").read_text())
         _check_card_adds_up(card)
         assert len(card["workers"]) == workers
@@ -116,11 +121,11 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path: Path) -> Non
     assert not (out / "result.json").exists() and read_manifest(store, "shards") is None
     slice_created = read_manifest(store, "work/worker-0").created  # type: ignore[union-attr]
 
-    one = run_stage(spec, tmp_path / "work", index=1)
-    assert one.returncode == 0, one.stderr[-3000:]
-    assert not (out / "result.json").exists()  # only worker 0 completes the stage
-    zero = run_stage(spec, tmp_path / "work", index=0)
-    assert zero.returncode == 0, zero.stderr[-3000:]
+    # The workers run together again (as an Indexed Job's pods do): each takes part in the dedup.
+    procs = [start_stage(spec, tmp_path / "work", index=i) for i in (1, 0)]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err[-3000:]
     assert read_manifest(store, "work/worker-0").created == slice_created  # type: ignore[union-attr]
     assert (out / "result.json").exists() and is_complete(store, "shards")
 
@@ -138,6 +143,26 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path: Path) -> Non
     assert {p.name: p.stat().st_mtime_ns for p in shards if p != victim} == mtimes
     assert json.loads((out / "shards" / "index.json").read_text())["train"][1]["sha256"] == digest
     Shards(out / "shards").verify()
+
+
+def test_three_workers_partition_the_dedup_and_give_byte_identical_output(tmp_path: Path) -> None:
+    """1 worker and 3 (each with its share of hashes, buckets and signature columns): the same card
+    (but for the per-worker table and the `workers` setting), tokenizer and shards, byte for byte."""
+    _split_corpus(TINY_CORPUS, tmp_path / "data", files=7, lines=1500)
+    outputs = {}
+    for workers in (1, 3):
+        out = _run_workers(tmp_path, workers, timeout=180)
+        card = json.loads((out / "card" / "card.json").read_text())
+        assert len(card.pop("workers")) == workers
+        assert card["settings"].pop("workers") == workers  # the spec's own field; everything else must agree
+        files = {f"{d}/{p.name}": p.read_bytes() for d in ("shards", "tokenizer") for p in sorted((out / d).iterdir())
+                 if p.name != "MANIFEST.json"}
+        assert not (out / "work" / "dedup").exists() or not any((out / "work" / "dedup").iterdir())
+        outputs[workers] = (card, files)
+    assert outputs[1][0] == outputs[3][0]
+    assert outputs[1][1].keys() == outputs[3][1].keys() and outputs[1][1] == outputs[3][1]
+    near = outputs[1][0]["dedup"]["near"]
+    assert near["removed"] > 0 and near["candidatePairs"] > 0
 
 
 @pytest.mark.parametrize("change,needle", [

@@ -17,14 +17,21 @@ from .conftest import World, pretrain_resource, publish_dataset, records_of, run
 pytestmark = pytest.mark.ml
 
 
-def test_end_to_end_subprocess_with_checkpoints_in_s3(
-        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _s3_world(s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch,
+              prefix: str) -> World:
+    """An empty store under `prefix` in the test's SeaweedFS, with the tiny dataset published in it."""
     s3_server.apply_env(monkeypatch)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
-    uri = f"s3://{s3_server.bucket}/e2e-pretrain"
+    uri = f"s3://{s3_server.bucket}/{prefix}"
     store = open_store(uri)
     store.delete_prefix("")
-    w = World(store, uri, publish_dataset(store, "tiny-corpus", tmp_path, tiny_tokenizer), tmp_path)
+    return World(store, uri, publish_dataset(store, "tiny-corpus", tmp_path, tiny_tokenizer), tmp_path)
+
+
+def test_end_to_end_subprocess_with_checkpoints_in_s3(
+        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "e2e-pretrain")
+    store, uri = w.store, w.store_uri
     spec = stage_spec(w, pretrain_resource(training={"maxSteps": 8}, checkpoint={"everySteps": 4}))
     proc = run_subprocess(spec, tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -65,3 +72,23 @@ def test_two_processes_train_under_each_zero_stage(zero: int, world: World) -> N
     model = AutoModelForCausalLM.from_pretrained(world.tmp / "store" / "runs/pretrain/model")
     assert model.model.embed_tokens.weight.shape == (model.config.vocab_size, 64)  # gathered, not a shard
     assert float(model.model.norm.weight.float().std()) > 0  # RMSNorm weights start at 1 and moved
+
+
+@pytest.mark.slow
+def test_two_processes_resume_weights_only_from_s3(
+        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ranks' ZeRO-1 checkpoint, streamed to S3 (each rank's optimizer partition), resumes under
+    weights-only loading, as a retried multi-node Job does."""
+    w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "two-rank-resume")
+
+    def resource(steps: int) -> dict[str, object]:
+        return pretrain_resource(training={"maxSteps": steps, "microBatchSize": 4}, deepspeed={"zeroStage": 1},
+                                 checkpoint={"everySteps": 2}, validation={"everySteps": 50, "batches": 1},
+                                 compute={"threads": 1})
+
+    first = run_subprocess(stage_spec(w, resource(2)), tmp_path, nproc=2)
+    assert first.returncode == 0, first.stderr[-3000:]
+    again = run_subprocess(stage_spec(w, resource(4)), tmp_path, nproc=2)
+    assert again.returncode == 0, again.stderr[-3000:]
+    resumed = [r.message for r in records_of(again.stdout) if "resumed from checkpoint" in (r.message or "")]
+    assert resumed and "step-2" in resumed[0], resumed
