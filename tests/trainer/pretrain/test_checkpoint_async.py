@@ -5,6 +5,7 @@ the synchronous save's byte for byte, and an error in the background fails the s
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -55,18 +56,47 @@ def _lines(stream: Any, out: queue.Queue[str | None]) -> None:
     out.put(None)
 
 
+SIGKILL_WAIT_S = 420.0
+"""How long the SIGKILL test waits for the stage to reach the held upload and the next save (~1 min
+on a loaded 2-core machine); the stage itself exits with its stacks after SIGKILL_STAGE_DEADLINE_S, and
+pytest-timeout ends the whole test (the in-process retry included) after 900 s."""
+SIGKILL_STAGE_DEADLINE_S = 600.0
+
+
+def _stacks(proc: subprocess.Popen[str], stderr: list[str]) -> str:
+    """Every thread's stack of the stage (faulthandler, registered on SIGUSR1 by hanging_upload.py)."""
+    if proc.poll() is not None:
+        return "(the stage had exited) " + "".join(stderr[-30:])
+    before = len(stderr)
+    proc.send_signal(signal.SIGUSR1)
+    try:  # the main thread's dump ends at the helper's `<module>` frame
+        eventually(lambda: any("in <module>" in line for line in stderr[before:]), timeout=15,
+                   what="the stack dump")
+    except AssertionError:
+        pass
+    return "".join(stderr[before:])
+
+
+@pytest.mark.timeout(900)
 def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_step(
         world: World, tmp_path: Path) -> None:
-    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": 20, "keepLast": 2},
+    """Step-20's upload is held forever; training goes on to step 30, whose save waits for it (at most
+    one save in flight); the stage is SIGKILLed there. What the test waits for are marker files the
+    helper writes (the upload began, the loop started save(30)), not the throttled progress lines:
+    waiting for a progress line between two saves hung whenever the steps between them took under the
+    0.5 s line interval — the stage was correctly blocked in the next save and printed nothing more."""
+    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": 10, "keepLast": 2},
                                  validation={"everySteps": 5000, "batches": 1})
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(stage_spec(world, resource).wire()))
-    marker = tmp_path / "uploading-step-40"
+    markers = tmp_path / "markers"
+    markers.mkdir()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
            "LMFORGE_WORK_DIR": str(tmp_path / "work")}
     helper = Path(__file__).with_name("hanging_upload.py")
-    proc = subprocess.Popen([sys.executable, str(helper), str(path), str(marker), "40"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    command = [sys.executable, str(helper), str(path), str(markers), "20", str(SIGKILL_STAGE_DEADLINE_S)]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            cwd=REPO, start_new_session=True)  # its own process group: killed as a whole
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     stderr: list[str] = []
@@ -74,9 +104,8 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
     newest = [0]
     seen_latest: set[int] = set()
 
-    def trained_on_while_uploading() -> bool | None:
-        """Drain progress records; true once step-40's upload hangs and training is 5 steps past it (the
-        save at 60 would wait for it: progress records, throttled to 2/s, come well before)."""
+    def held_while_training_went_on() -> bool | None:
+        """Drain progress records; true once step-20's upload is held and the loop began save(30)."""
         while True:
             try:
                 line = lines.get_nowait()
@@ -90,30 +119,33 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
         step = _latest_step(world.store)  # checked at every poll: never an unfinished checkpoint
         if step is not None:
             seen_latest.add(step)
-        return (marker.exists() and newest[0] >= 45) or None
+        return ((markers / "uploading-step-20").exists() and (markers / "saving-step-30").exists()) or None
 
     try:
         try:
-            eventually(trained_on_while_uploading, timeout=600, interval=0.2,
-                       what="training past step 45 while step-40's upload hangs")
+            eventually(held_while_training_went_on, timeout=SIGKILL_WAIT_S, interval=0.2,
+                       what="step-20's upload held and training on to the save of step 30")
         except AssertionError as exc:
-            raise AssertionError(f"{exc}; newest step {newest[0]}, upload started: {marker.exists()}, "
-                                 f"stderr: {''.join(stderr[-5:])}") from exc
-        proc.send_signal(signal.SIGKILL)
+            seen = sorted(p.name for p in markers.iterdir())
+            raise AssertionError(f"{exc}; markers {seen}, newest progress step {newest[0]}; "
+                                 f"the stage's threads:\n{_stacks(proc, stderr)}") from exc
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert seen_latest == {20}, seen_latest  # never moved to the checkpoint still uploading
-    assert _latest_step(world.store) == 20
-    assert read_manifest(world.store, f"{CKPTS}/step-40") is None  # its upload never completed
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of the group, on any failure
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    assert seen_latest == {10}, seen_latest  # never moved to the checkpoint still uploading
+    assert _latest_step(world.store) == 10
+    assert read_manifest(world.store, f"{CKPTS}/step-20") is None  # its upload never completed
 
     retry = run_in_process(stage_spec(world, pretrain_resource(
-        training={"maxSteps": 23}, checkpoint={"everySteps": 20, "keepLast": 2},
+        training={"maxSteps": 13}, checkpoint={"everySteps": 10, "keepLast": 2},
         validation={"everySteps": 5000, "batches": 1})))
-    assert retry.extra["resumed_from"] == 20
-    assert sorted(retry.extra["losses"]) == [21, 22, 23]
-    assert _latest_step(world.store) == 23  # the final save waited for its upload
+    assert retry.extra["resumed_from"] == 10
+    assert sorted(retry.extra["losses"]) == [11, 12, 13]
+    assert _latest_step(world.store) == 13  # the final save waited for its upload
 
 
 def test_an_error_in_the_background_save_fails_the_stage_clearly(
