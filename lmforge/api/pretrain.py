@@ -155,6 +155,18 @@ class PretrainMetrics(ApiModel):
     """Port of rank 0's Prometheus endpoint."""
 
 
+class PretrainCheckpointing(Checkpointing):
+    """Periodic checkpoints to the artifact store, with automatic resume; optionally written in the
+    background while training goes on."""
+
+    async_: bool = Field(default=True, alias="async")
+    """Copy the state to host memory at the step boundary and serialise + upload it in the background
+    while training continues; `latest` moves only once the upload is complete, at most one save is in
+    flight, and the final save and the save on SIGTERM wait for it. On by default: it is used where
+    host memory holds one more copy of a process's checkpoint state (the stage checks at start and
+    otherwise saves synchronously, with a warning); `false` always saves synchronously."""
+
+
 class PretrainJobSpec(ApiModel):
     """What to train, on what, and how."""
 
@@ -179,7 +191,7 @@ class PretrainJobSpec(ApiModel):
     """Optimizer and LR schedule."""
     deepspeed: DeepSpeed = Field(default_factory=DeepSpeed)
     """DeepSpeed engine."""
-    checkpoint: Checkpointing = Field(default_factory=Checkpointing)
+    checkpoint: PretrainCheckpointing = Field(default_factory=PretrainCheckpointing)
     """Checkpoints."""
     validation: Validation = Field(default_factory=Validation)
     """Validation."""

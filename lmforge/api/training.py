@@ -146,6 +146,18 @@ def train_state_bytes(params: int, *, zero_stage: int, world: int, precision: Pr
     return params * (weights + grads + optim)
 
 
+def checkpoint_bytes(params: int, *, zero_stage: int, world: int, precision: Precision) -> float:
+    """Bytes of the checkpoint files one process writes: the 16-bit (fp32) weights, which every rank
+    holds below ZeRO stage 3, plus its partition of the fp32 master weights, momentum and variance —
+    `train_state_bytes` without the gradients, which are not saved."""
+    weights, _, optim = (4.0, 4.0, 8.0) if precision is Precision.FP32 else (2.0, 2.0, 12.0)
+    if zero_stage >= 1:
+        optim /= world
+    if zero_stage >= 3:
+        weights /= world
+    return params * (weights + optim)
+
+
 def activation_bytes(*, layers: int, hidden: int, seq_length: int, micro_batch: int,
                      checkpointing: bool) -> float:
     """Activation memory of one micro-batch (Korthikanti et al. 2022, 16-bit, flash attention so no

@@ -8,6 +8,9 @@ the last good checkpoint.
 A stop request (SIGTERM/SIGINT, see `preempt`) is agreed across ranks after every optimizer step; the
 loop then saves a checkpoint at that step (unless it just did) and fails with a retryable error, so
 the retried job resumes there instead of at the last `checkpoint.everySteps` multiple.
+
+With asynchronous checkpoints a periodic save returns once the state is in host memory; the last
+step's save and the stop's save wait until `latest` names them (or the save failed).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ class TrainLoop:
                 self.reporter.progress(step, self.settings.total_steps, force=True,
                                        message=f"skipped a batch with non-finite loss ({bad[0]} in a row)")
             if bad[0] > self.settings.max_bad_steps:
+                self.checkpoints.finish()  # a save in flight lands first, so the message names it
                 last = self.checkpoints.latest() if self.world.is_main else None
                 where = f"the last good checkpoint is {last['tag']}" if last else "no checkpoint was saved yet"
                 raise StageError(
@@ -150,22 +154,27 @@ class TrainLoop:
             if saved:
                 # A failed upload is not fatal: `latest` keeps naming the previous checkpoint and the
                 # next save tries again (at the end, the exported model is what matters).
-                self._save(state)
+                self._save(state, wait=last)
             if self.stop is not None and not last and any_true(self.stop.requested, self.world):
                 self._stop_now(state, already_saved=saved)
+        self.checkpoints.finish()  # nothing is in flight after the last step's save; kept for safety
+        state.last_checkpoint = self.checkpoints.last_committed
         state.metrics["train_seconds"] = time.monotonic() - started
         return state
 
-    def _save(self, state: LoopState) -> None:
-        if self.checkpoints.save(self.engine, state.step, self._client_state(state.step),
-                                 self.settings.checkpoint_files):
-            state.last_checkpoint = state.step
+    def _save(self, state: LoopState, *, wait: bool) -> None:
+        self.checkpoints.save(self.engine, state.step, self._client_state(state.step),
+                              self.settings.checkpoint_files, wait=wait)
+        state.last_checkpoint = self.checkpoints.last_committed
 
     def _stop_now(self, state: LoopState, already_saved: bool) -> None:
         """Checkpoint this step (collectively) and leave with a retryable error."""
         assert self.stop is not None
         if not already_saved:
-            self._save(state)
+            self._save(state, wait=True)
+        else:  # the save of this very step may still be in flight: the retry should resume from it
+            self.checkpoints.finish()
+            state.last_checkpoint = self.checkpoints.last_committed
         why = f"stopped by {self.stop.name()} after step {state.step} of {self.settings.total_steps}"
         if state.last_checkpoint == state.step:
             where = f"saved checkpoint step-{state.step}; a retry resumes from it"

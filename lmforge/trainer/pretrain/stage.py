@@ -13,13 +13,13 @@ from typing import Any
 
 from lmforge.api.contract import ArtifactName
 from lmforge.api.pretrain import PretrainJob, PretrainJobSpec
-from lmforge.api.training import activation_bytes, train_state_bytes
+from lmforge.api.training import activation_bytes, checkpoint_bytes, train_state_bytes
 from lmforge.trainer.artifacts import publish
 from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.models import architecture_of, build_model, llama_config, load_model, parameter_count
 from lmforge.trainer.pretrain import export
-from lmforge.trainer.pretrain.checkpoint import Checkpoints
+from lmforge.trainer.pretrain.checkpoint import Checkpoints, host_copy_fits
 from lmforge.trainer.pretrain.config import RunShape, deepspeed_config, run_shape
 from lmforge.trainer.pretrain.data import BatchStream, validation_batches
 from lmforge.trainer.pretrain.dist import World, barrier, process_group
@@ -52,9 +52,7 @@ def _available_memory() -> tuple[float, str]:
 
     if torch.cuda.is_available():
         return float(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
-    with open("/proc/meminfo") as f:
-        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
-    return float(info.get("MemAvailable", info.get("MemTotal", 0))), "available host memory"
+    return _host_memory_available(), "available host memory"
 
 
 def _check_fits(spec: PretrainJobSpec, params: int, shape: RunShape, hidden: int, layers: int,
@@ -72,6 +70,29 @@ def _check_fits(spec: PretrainJobSpec, params: int, shape: RunShape, hidden: int
             f"gradients, optimizer state and activations (ZeRO stage {spec.deepspeed.zero_stage}, "
             f"{world.size} process(es)), but only {have / 2**30:.1f} GiB of {what} is there; raise "
             "deepspeed.zeroStage, add GPUs, enable gradientCheckpointing or lower microBatchSize")
+
+
+def _host_memory_available() -> float:
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: int(line.split()[1]) * 1024 for line in f}
+    return float(info.get("MemAvailable", info.get("MemTotal", 0)))
+
+
+def _asynchronous_checkpoints(spec: PretrainJobSpec, params: int, world: World) -> bool:
+    """`checkpoint.async` where host memory holds one more copy of each local process's checkpoint
+    (its weights and its part of the optimizer state); otherwise synchronous saves, with a warning."""
+    if not spec.checkpoint.async_:
+        return False
+    need = checkpoint_bytes(params, zero_stage=spec.deepspeed.zero_stage, world=world.size,
+                            precision=spec.training.precision)
+    have = _host_memory_available()
+    if host_copy_fits(need, world.local_size, have):
+        return True
+    if world.is_main:
+        print(f"lmforge: warning: checkpoint.async: a host copy of the checkpoint state needs "
+              f"~{need * world.local_size / 2**30:.1f} GiB on this node but only {have / 2**30:.1f} GiB is "
+              "available; saving checkpoints synchronously", file=sys.stderr, flush=True)
+    return False
 
 
 def _uses_gpu(spec: PretrainJobSpec) -> bool:
@@ -153,7 +174,8 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     if spec.training.compile:
         engine.compile()
 
-    checkpoints = Checkpoints(ctx.output, ctx.work_dir / "checkpoints", world, spec.checkpoint.keep_last)
+    checkpoints = Checkpoints(ctx.output, ctx.work_dir / "checkpoints", world, spec.checkpoint.keep_last,
+                              asynchronous=_asynchronous_checkpoints(spec, params, world))
     stream = BatchStream(data.shards.train, spec.training.seed, shape.micro_batch, world.rank, world.size,
                          data.index.pad_id, replay.shards.train if replay else None,
                          spec.replay.fraction if spec.replay else 0.0)
