@@ -143,8 +143,8 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
     retry = run_in_process(stage_spec(world, pretrain_resource(
         training={"maxSteps": 13}, checkpoint={"everySteps": 10, "keepLast": 2},
         validation={"everySteps": 5000, "batches": 1})))
-    assert retry.extra["resumed_from"] == 10
-    assert sorted(retry.extra["losses"]) == [11, 12, 13]
+    assert retry.outcome.resumed_from == 10
+    assert sorted(retry.outcome.losses) == [11, 12, 13]
     assert _latest_step(world.store) == 13  # the final save waited for its upload
 
 
