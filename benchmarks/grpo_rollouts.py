@@ -6,7 +6,7 @@ would buy where it runs.
 
 Both sample the same GRPO-shaped batch (P prompts × G completions, temperature 1, a fixed number of
 new tokens per completion: EOS ignored so both count the same tokens) from the same tiny Llama
-(hidden 256, 4 layers, head_dim 32, fp32). Rounds alternate baseline / vLLM; each prints its
+(by default hidden 256, 4 layers, head_dim 32, fp32). Rounds alternate baseline / vLLM; each prints its
 tokens/s; the ratio's goal (>= 3x) is met when the slowest round's ratio meets it. vLLM's engine
 start is reported apart (paid once per run when colocated).
 
@@ -83,6 +83,8 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--group", type=int, default=8)
     parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--hidden", type=int, default=256, help="model width (head_dim stays 32)")
+    parser.add_argument("--layers", type=int, default=4)
     args = parser.parse_args()
     import torch
 
@@ -90,7 +92,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
-        model_dir = make_model(Path(tmp) / "base", hidden=256, layers=4, heads=8)
+        model_dir = make_model(Path(tmp) / "base", hidden=args.hidden, layers=args.layers, heads=args.hidden // 32)
         tok = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
         texts = prompts(tok, args.prompts)
@@ -99,7 +101,7 @@ def main() -> None:
         start = time.perf_counter()
         llm = LLM(model=str(model_dir), dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
         engine_s = time.perf_counter() - start
-        print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
+        print(f"model: hidden {args.hidden}, {args.layers} layers; threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
               f"batch {args.prompts} prompts x {args.group} completions x {args.new_tokens} tokens; "
               f"vLLM engine start {engine_s:.1f} s (not in the figures)", flush=True)
         hf_round(model, tok, texts[:2], 2, 4)  # warm both once
