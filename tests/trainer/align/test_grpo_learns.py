@@ -88,7 +88,7 @@ def test_grpo_learns_sums_from_an_exact_match_reward(run_stage: RunStage, tiny_m
          "training": {"maxSteps": 200, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "maxLength": 48,
                       "precision": "fp32"}},
         name="warm")
-    warm = Path(warm_out["model"].removeprefix("file://"))
+    warm = Path(warm_out.artifacts["model"].removeprefix("file://"))
 
     data = write_jsonl(tmp_path / "sums.jsonl", grpo_rows(240, seed=2))
     ctx, grpo_out = run_stage(
@@ -97,9 +97,9 @@ def test_grpo_learns_sums_from_an_exact_match_reward(run_stage: RunStage, tiny_m
                   "rewards": [{"type": "answer", "extract": "lastNumber"}]},
          "training": {"maxSteps": STEPS, "microBatchSize": 64, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
         name="grpo")
-    trained = Path(grpo_out["model"].removeprefix("file://"))
+    trained = Path(grpo_out.artifacts["model"].removeprefix("file://"))
     rewards = step_rewards(ctx)
-    metrics = ctx.extra["metrics"]
+    metrics = grpo_out.metrics
     held = problems(60, seed=7)  # prompts neither stage trained on
     before, after = answer_probabilities(warm, held), answer_probabilities(trained, held)
     print("rewards", [round(x, 2) for x in rewards], metrics, "p(sum), p(copy)", before, after)
