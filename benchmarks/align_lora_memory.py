@@ -43,13 +43,21 @@ print("PEAK_RSS_KIB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 def peak_rss_mib(tmp: Path, model_dir: Path, adapter: dict[str, object], name: str) -> float:
     from lmforge.api.contract import StageName, StageSpec
 
-    job = {"modelRef": {"uri": str(model_dir)}, "method": "sft",
-           "data": {"uri": str(tmp / "sft.jsonl"), "validationFraction": 0}, "adapter": adapter,
-           "training": {"maxSteps": 6, "microBatchSize": 8, "lr": 1e-4, "maxLength": 128},
-           "checkpoint": {"everySteps": 1000}}
-    spec = StageSpec(stage=StageName.ALIGN, store=str(tmp / "store"), output=f"runs/{name}", run_id=name,
-                     resource={"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob",
-                               "metadata": {"name": name}, "spec": job})
+    job = {
+        "modelRef": {"uri": str(model_dir)},
+        "method": "sft",
+        "data": {"uri": str(tmp / "sft.jsonl"), "validationFraction": 0},
+        "adapter": adapter,
+        "training": {"maxSteps": 6, "microBatchSize": 8, "lr": 1e-4, "maxLength": 128},
+        "checkpoint": {"everySteps": 1000},
+    }
+    spec = StageSpec(
+        stage=StageName.ALIGN,
+        store=str(tmp / "store"),
+        output=f"runs/{name}",
+        run_id=name,
+        resource={"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": name}, "spec": job},
+    )
     code = CHILD.format(tests=str(ROOT / "tests"), root=str(ROOT), spec=spec.model_dump_json(by_alias=True))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_WORK_DIR": str(tmp / "work" / name)}
     out = subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True, text=True).stdout
@@ -71,7 +79,7 @@ def main() -> None:
         from transformers import AutoConfig
 
         cfg = AutoConfig.from_pretrained(model_dir)
-        n = cfg.vocab_size * cfg.hidden_size + cfg.num_hidden_layers * 12 * cfg.hidden_size ** 2
+        n = cfg.vocab_size * cfg.hidden_size + cfg.num_hidden_layers * 12 * cfg.hidden_size**2
         print(f"model: ~{n / 1e6:.0f}M parameters (vocab {cfg.vocab_size})")
         full = peak_rss_mib(tmp, model_dir, {"type": "none"}, "full")
         print(f"full SFT peak RSS: {full:.0f} MiB")

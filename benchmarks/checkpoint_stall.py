@@ -52,8 +52,10 @@ def main() -> None:
     from lmforge.trainer.pretrain.dist import process_group
 
     torch.set_num_threads(args.threads)
-    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}, "
-          f"cores {len(os.sched_getaffinity(0))}")
+    print(
+        f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}, "
+        f"cores {len(os.sched_getaffinity(0))}"
+    )
     arch = Architecture(num_layers=args.layers, hidden_size=args.hidden, num_heads=args.hidden // 64, head_dim=64)
     with start_seaweed() as server, tempfile.TemporaryDirectory() as tmp, process_group(False) as world:
         for k, v in server.env().items():
@@ -61,15 +63,19 @@ def main() -> None:
         root = Path(tmp)
         model = build_model(llama_config(arch, vocab_size=args.vocab, context_length=256), seed=0)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
-            "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=opt,
+            config={"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+        )
         x = torch.randint(0, args.vocab, (1, 16))
         engine.backward(engine(input_ids=x, labels=x).loss)
         engine.step()  # materialise optimizer state
 
         sync = Checkpoints(open_store(f"s3://{server.bucket}/sync"), root / "sync", world, keep_last=2)
-        background = Checkpoints(open_store(f"s3://{server.bucket}/async"), root / "async", world, keep_last=2,
-                                 asynchronous=True)
+        background = Checkpoints(
+            open_store(f"s3://{server.bucket}/async"), root / "async", world, keep_last=2, asynchronous=True
+        )
         raw_dir = root / "raw"
         engine.save_checkpoint(str(raw_dir), tag="t", save_latest=False)
         files = sorted(p for p in (raw_dir / "t").iterdir() if p.is_file())
@@ -104,18 +110,22 @@ def main() -> None:
 
     mb = size / 1e6
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"checkpoint: {mb:.0f} MB in {len(files)} files ({params:.1f}M parameters, ZeRO-1 bf16); "
-          f"{args.rounds} alternating rounds")
+    print(
+        f"checkpoint: {mb:.0f} MB in {len(files)} files ({params:.1f}M parameters, ZeRO-1 bf16); "
+        f"{args.rounds} alternating rounds"
+    )
     stalls, bws = [], []
     for i, r in enumerate(rounds):
         stall = r["async"]["stall"] / r["sync"]["stall"]
         bw = r["raw"]["total"] / r["async"]["total"]
         stalls.append(stall)
         bws.append(bw)
-        print(f"  round {i + 1}: sync save {r['sync']['stall']:.3f} s | async stall {r['async']['stall']:.3f} s, "
-              f"background save {r['async']['total']:.2f} s ({mb / r['async']['total']:.0f} MB/s) | boto3 "
-              f"{r['raw']['total']:.2f} s ({mb / r['raw']['total']:.0f} MB/s) | stall ratio {stall:.3f}x, "
-              f"bandwidth ratio {bw:.2f}x")
+        print(
+            f"  round {i + 1}: sync save {r['sync']['stall']:.3f} s | async stall {r['async']['stall']:.3f} s, "
+            f"background save {r['async']['total']:.2f} s ({mb / r['async']['total']:.0f} MB/s) | boto3 "
+            f"{r['raw']['total']:.2f} s ({mb / r['raw']['total']:.0f} MB/s) | stall ratio {stall:.3f}x, "
+            f"bandwidth ratio {bw:.2f}x"
+        )
     print(f"stall ratio async/sync: worst {max(stalls):.3f}x, best {min(stalls):.3f}x (goal <= 0.1x on the worst)")
     print(f"bandwidth async/boto3: worst {min(bws):.2f}x, best {max(bws):.2f}x (goal >= 0.8x on the worst)")
     print(f"goals met on the slowest round: stall {max(stalls) <= 0.1}, bandwidth {min(bws) >= 0.8}")

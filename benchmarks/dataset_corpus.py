@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 _SYL = ["ka", "to", "ri", "men", "sal", "de", "lo", "ver", "an", "tis", "por", "ul", "e", "bra", "qui", "son"]
-COMMON = ("the of and to in is was that for it with as on be at by this had not are but from or have an they "
-          "which you were her his she he we their there been has would").split()
+COMMON = (
+    "the of and to in is was that for it with as on be at by this had not are but from or have an they "
+    "which you were her his she he we their there been has would"
+).split()
 
 
 def vocabulary(n: int, seed: int = 0) -> list[str]:
@@ -27,7 +29,7 @@ def vocabulary(n: int, seed: int = 0) -> list[str]:
 
 
 def shingles(words: list[str], k: int = 5) -> set[tuple[str, ...]]:
-    return {tuple(words[i:i + k]) for i in range(len(words) - k + 1)}
+    return {tuple(words[i : i + k]) for i in range(len(words) - k + 1)}
 
 
 def jaccard(a: list[str], b: list[str]) -> float:
@@ -46,8 +48,9 @@ def near_copy(words: list[str], rng: random.Random, target: float = 0.72) -> tup
             return copy, j
 
 
-def generate(out: Path, megabytes: float, files: int = 8, dup_fraction: float = 0.1, seed: int = 0
-             ) -> dict[str, object]:
+def generate(
+    out: Path, megabytes: float, files: int = 8, dup_fraction: float = 0.1, seed: int = 0
+) -> dict[str, object]:
     """Write `files` JSONL files totalling about `megabytes`; returns the planted pairs and stats."""
     rng = random.Random(seed)
     nrng = np.random.default_rng(seed)
@@ -83,12 +86,18 @@ def generate(out: Path, megabytes: float, files: int = 8, dup_fraction: float = 
     total = 0
     for f in range(files):
         with open(out / f"part-{f:03d}.jsonl", "w") as fh:
-            for doc_id in order[f * per:(f + 1) * per]:
+            for doc_id in order[f * per : (f + 1) * per]:
                 line = json.dumps({"id": str(doc_id), "text": docs[doc_id]}) + "\n"
                 total += len(line)
                 fh.write(line)
-    return {"documents": len(docs), "bytes": total, "pairs": pairs, "mean_jaccard": float(np.mean(sims or [0])),
-            "min_jaccard": float(np.min(sims or [0])), "files": files}
+    return {
+        "documents": len(docs),
+        "bytes": total,
+        "pairs": pairs,
+        "mean_jaccard": float(np.mean(sims or [0])),
+        "min_jaccard": float(np.min(sims or [0])),
+        "files": files,
+    }
 
 
 def f1(removed: set[int], pairs: list[tuple[int, int]]) -> dict[str, float]:

@@ -37,23 +37,47 @@ def file_ids(data: Path) -> list[list[int]]:
 
 
 def run_ours(data: Path, work: Path, workers: int, threshold: float) -> tuple[float, set[int], dict]:
-    resource = {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": "bench"}, "spec": {
-        "sources": [{"name": "synthetic", "uri": str(data / "*.jsonl"), "license": "CC0-1.0"}],
-        "dedup": {"near": {"threshold": threshold}}, "tokenizer": {"vocabSize": 1024, "trainBytes": 100000},
-        "workers": workers}}
+    resource = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "sources": [{"name": "synthetic", "uri": str(data / "*.jsonl"), "license": "CC0-1.0"}],
+            "dedup": {"near": {"threshold": threshold}},
+            "tokenizer": {"vocabSize": 1024, "trainBytes": 100000},
+            "workers": workers,
+        },
+    }
     store = work / "store"
-    spec = {"stage": "dataset", "resource": resource, "store": str(store), "output": "b", "runId": "b",
-            "worker": {"index": 0, "count": workers}}
+    spec = {
+        "stage": "dataset",
+        "resource": resource,
+        "store": str(store),
+        "output": "b",
+        "runId": "b",
+        "worker": {"index": 0, "count": workers},
+    }
     (work / "spec.json").write_text(json.dumps(spec))
     # As the embedded runner (`lmforge run`) does: the cores are shared among the worker processes,
     # and each worker curates with that many processes (OMP_NUM_THREADS, see work.curation_processes).
     threads = max(1, len(os.sched_getaffinity(0)) // workers)
-    env = {**os.environ, "LMFORGE_WORK_DIR": str(work / "w"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO),
-           "OMP_NUM_THREADS": str(threads)}
+    env = {
+        **os.environ,
+        "LMFORGE_WORK_DIR": str(work / "w"),
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": str(threads),
+    }
     start = time.monotonic()
-    procs = [subprocess.Popen([sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(work / "spec.json")],
-                              env={**env, "LMFORGE_WORKER_INDEX": str(i)}, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(work / "spec.json")],
+            env={**env, "LMFORGE_WORKER_INDEX": str(i)},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for i in range(workers)
+    ]
     merge = store / "b" / "work" / "merge" / "MANIFEST.json"
     while not merge.exists():
         if procs[0].poll() is not None:
@@ -111,13 +135,19 @@ def _datatrove(data: str, work: str, workers: int) -> None:
         ([JsonlReader(data), MinhashDedupSignature(f"{work}/sigs", config=config, language=Whitespace())], tasks),
         ([MinhashDedupBuckets(f"{work}/sigs", f"{work}/buckets", config=config)], config.num_buckets),
         ([MinhashDedupCluster(f"{work}/buckets", f"{work}/remove", config=config)], 1),
-        ([JsonlReader(data), MinhashDedupFilter(f"{work}/remove",
-                                                exclusion_writer=JsonlWriter(f"{work}/removed", compression=None)),
-          JsonlWriter(f"{work}/kept", compression=None)], tasks),
+        (
+            [
+                JsonlReader(data),
+                MinhashDedupFilter(f"{work}/remove", exclusion_writer=JsonlWriter(f"{work}/removed", compression=None)),
+                JsonlWriter(f"{work}/kept", compression=None),
+            ],
+            tasks,
+        ),
     ]
     for i, (pipeline, n) in enumerate(steps):
-        LocalPipelineExecutor(pipeline=pipeline, tasks=n, workers=workers, logging_dir=f"{work}/logs{i}",
-                              skip_completed=False).run()
+        LocalPipelineExecutor(
+            pipeline=pipeline, tasks=n, workers=workers, logging_dir=f"{work}/logs{i}", skip_completed=False
+        ).run()
 
 
 def run_datatrove(data: Path, work: Path, workers: int) -> tuple[float, set[int]]:
@@ -158,24 +188,33 @@ def main() -> None:
         corpus = corpus_at(data, args.mb)
         mb = corpus["bytes"] / 1e6  # type: ignore[operator]
         pairs = corpus["pairs"]
-        print(f"corpus: {mb:.1f} MB, {corpus['documents']} documents, {len(pairs)} planted near-dup pairs "  # type: ignore[arg-type]
-              f"(5-gram Jaccard mean {corpus['mean_jaccard']:.2f}, min {corpus['min_jaccard']:.2f}); "
-              f"generated in {time.monotonic() - t:.0f} s", flush=True)
+        print(
+            f"corpus: {mb:.1f} MB, {corpus['documents']} documents, {len(pairs)} planted near-dup pairs "  # type: ignore[arg-type]
+            f"(5-gram Jaccard mean {corpus['mean_jaccard']:.2f}, min {corpus['min_jaccard']:.2f}); "
+            f"generated in {time.monotonic() - t:.0f} s",
+            flush=True,
+        )
         rows = []
         for workers in args.workers:
             (root / f"ours{workers}").mkdir()
             seconds, removed, stats = run_ours(data, root / f"ours{workers}", workers, args.threshold)
             score = f1(removed, pairs)  # type: ignore[arg-type]
             rows.append((f"lmforge ({workers} worker{'s' if workers > 1 else ''})", seconds, score))
-            print(f"{rows[-1][0]}: {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 {score['f1']:.3f} "
-                  f"(P {score['precision']:.3f}, R {score['recall']:.3f}); exact removed {stats['exact_removed']}, "
-                  f"near removed {stats['near_removed']}, LSH {stats['bands']}×{stats['rows']}", flush=True)
+            print(
+                f"{rows[-1][0]}: {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 {score['f1']:.3f} "
+                f"(P {score['precision']:.3f}, R {score['recall']:.3f}); exact removed {stats['exact_removed']}, "
+                f"near removed {stats['near_removed']}, LSH {stats['bands']}×{stats['rows']}",
+                flush=True,
+            )
         if args.skip_datatrove:
             return
         seconds, removed = run_datatrove(data, root / "datatrove", 2)
         score = f1(removed, pairs)  # type: ignore[arg-type]
-        print(f"datatrove MinHash (2 workers, 14×8): {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 "
-              f"{score['f1']:.3f} (P {score['precision']:.3f}, R {score['recall']:.3f})", flush=True)
+        print(
+            f"datatrove MinHash (2 workers, 14×8): {mb / seconds:.2f} MB/s ({seconds:.1f} s), near-dup F1 "
+            f"{score['f1']:.3f} (P {score['precision']:.3f}, R {score['recall']:.3f})",
+            flush=True,
+        )
         for name, ours, s in rows:
             print(f"ratio {name} / datatrove MB/s: {seconds / ours:.2f}x  (F1 {s['f1']:.3f} vs {score['f1']:.3f})")
 

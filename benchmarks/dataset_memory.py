@@ -23,27 +23,39 @@ from dataset_corpus import generate
 
 REPO = Path(__file__).resolve().parents[1]
 
-_LOAD_ALL = "import json,sys,resource; d=[json.loads(l) for f in sys.argv[1:] for l in open(f)]; " \
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+_LOAD_ALL = (
+    "import json,sys,resource; d=[json.loads(l) for f in sys.argv[1:] for l in open(f)]; "
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+)
 
 
 def peak_stage(data: Path, work: Path) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of one full stage run in a child process."""
-    res = {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": "mem"}, "spec": {
-        "sources": [{"name": "s", "uri": str(data / "*.jsonl"), "license": "CC0-1.0"}],
-        "tokenizer": {"vocabSize": 1024, "trainBytes": 2_000_000}, "seqLength": 256}}
+    res = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": "mem"},
+        "spec": {
+            "sources": [{"name": "s", "uri": str(data / "*.jsonl"), "license": "CC0-1.0"}],
+            "tokenizer": {"vocabSize": 1024, "trainBytes": 2_000_000},
+            "seqLength": 256,
+        },
+    }
     spec = {"stage": "dataset", "resource": res, "store": str(work / "store"), "output": "m", "runId": "m"}
     (work / "spec.json").write_text(json.dumps(spec))
     env = {**os.environ, "LMFORGE_WORK_DIR": str(work / "w"), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     start = time.monotonic()
     # /usr/bin/time is not always installed: measure the child's max RSS with a wrapper.
-    wrapper = ("import resource,runpy,sys; sys.argv=['lmforge.trainer','dataset','--spec',sys.argv[1]]; "
-               "code=0\ntry:\n    runpy.run_module('lmforge.trainer', run_name='__main__')\n"
-               "except SystemExit as e:\n    code=e.code or 0\n"
-               "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-               "sys.exit(code)")
-    proc = subprocess.run([sys.executable, "-c", wrapper, str(work / "spec.json")], env=env, capture_output=True,
-                          text=True)
+    wrapper = (
+        "import resource,runpy,sys; sys.argv=['lmforge.trainer','dataset','--spec',sys.argv[1]]; "
+        "code=0\ntry:\n    runpy.run_module('lmforge.trainer', run_name='__main__')\n"
+        "except SystemExit as e:\n    code=e.code or 0\n"
+        "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "sys.exit(code)"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", wrapper, str(work / "spec.json")], env=env, capture_output=True, text=True
+    )
     if proc.returncode != 0:
         raise RuntimeError(proc.stderr[-2000:])
     kb = int(next(line.split()[1] for line in proc.stderr.splitlines() if line.startswith("MAXRSS")))
@@ -51,8 +63,12 @@ def peak_stage(data: Path, work: Path) -> tuple[float, float]:
 
 
 def peak_load_all(data: Path) -> float:
-    out = subprocess.run([sys.executable, "-c", _LOAD_ALL, *map(str, sorted(data.glob("*.jsonl")))],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _LOAD_ALL, *map(str, sorted(data.glob("*.jsonl")))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return int(out.stdout.strip()) / 1024
 
 
@@ -68,11 +84,16 @@ def main() -> None:
             rss, seconds = peak_stage(root / "data", root)
             base = peak_load_all(root / "data")
             results[factor] = (rss, base)
-            print(f"{info['bytes'] / 1e6:.0f} MB corpus: stage peak RSS {rss:.0f} MB ({seconds:.0f} s); "  # type: ignore[operator]
-                  f"load-everything baseline {base:.0f} MB", flush=True)
+            print(
+                f"{info['bytes'] / 1e6:.0f} MB corpus: stage peak RSS {rss:.0f} MB ({seconds:.0f} s); "  # type: ignore[operator]
+                f"load-everything baseline {base:.0f} MB",
+                flush=True,
+            )
     (s1, b1), (s10, b10) = results[1], results[10]
-    print(f"growth for 10x the data: stage {s10 / s1:.2f}x, load-everything baseline {b10 / b1:.2f}x; "
-          f"stage growth / baseline growth = {(s10 / s1) / (b10 / b1):.2f}")
+    print(
+        f"growth for 10x the data: stage {s10 / s1:.2f}x, load-everything baseline {b10 / b1:.2f}x; "
+        f"stage growth / baseline growth = {(s10 / s1) / (b10 / b1):.2f}"
+    )
     _ = resource  # the children report their own peaks
 
 

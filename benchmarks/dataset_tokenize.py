@@ -29,8 +29,13 @@ GOAL = 1.0
 def pin_threads(threads: int) -> dict[str, str]:
     """Set the thread knobs both sides share; must run before `tokenizers` (its pool reads
     RAYON_NUM_THREADS once) and numpy/torch are imported."""
-    pinned = {"RAYON_NUM_THREADS": str(threads), "TOKENIZERS_PARALLELISM": "true",
-              "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    pinned = {
+        "RAYON_NUM_THREADS": str(threads),
+        "TOKENIZERS_PARALLELISM": "true",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+    }
     os.environ.update(pinned)
     return pinned
 
@@ -66,17 +71,28 @@ def main() -> None:
             start = time.monotonic()
             tokens = 0
             for i in range(0, len(texts), BATCH):
-                batch = tok.encode_batch_fast(texts[i:i + BATCH], add_special_tokens=False)
+                batch = tok.encode_batch_fast(texts[i : i + BATCH], add_special_tokens=False)
                 tokens += sum(len(e.ids) for e in batch)
             return time.monotonic() - start, tokens
 
         def ours(rep: int) -> tuple[float, float, int, int]:
             start = time.monotonic()
-            stats = tokenize_and_pack(((i, "s", t) for i, t in enumerate(texts)), tok, root / "packed.bin", 256,
-                                      4096, 1)
+            stats = tokenize_and_pack(
+                ((i, "s", t) for i, t in enumerate(texts)), tok, root / "packed.bin", 256, 4096, 1
+            )
             packed = time.monotonic() - start
-            write_all_shards(LocalStore(root / "store"), root / "packed.bin", stats.rows, 256, 4096, 0.01, 1234,
-                             8192, f"bench-{rep}", root / "scratch")
+            write_all_shards(
+                LocalStore(root / "store"),
+                root / "packed.bin",
+                stats.rows,
+                256,
+                4096,
+                0.01,
+                1234,
+                8192,
+                f"bench-{rep}",
+                root / "scratch",
+            )
             return time.monotonic() - start, packed, stats.tokens, stats.rows
 
         bare()  # warm-up: the Rust pool starts, the pages of `texts` are touched
@@ -85,13 +101,17 @@ def main() -> None:
             bare_s, tokens = bare()
             ours_s, pack_s, our_tokens, rows = ours(rep)
             ratios.append(bare_s / ours_s)
-            print(f"round {rep}: bare {bare_s:.2f} s ({mb / bare_s:.2f} MB/s, {tokens / bare_s / 1e6:.2f} M tok/s)  "
-                  f"ours {ours_s:.2f} s (tokenize+pack {pack_s:.2f} s, shards {ours_s - pack_s:.2f} s; "
-                  f"{mb / ours_s:.2f} MB/s)  ratio {ratios[-1]:.2f}x")
+            print(
+                f"round {rep}: bare {bare_s:.2f} s ({mb / bare_s:.2f} MB/s, {tokens / bare_s / 1e6:.2f} M tok/s)  "
+                f"ours {ours_s:.2f} s (tokenize+pack {pack_s:.2f} s, shards {ours_s - pack_s:.2f} s; "
+                f"{mb / ours_s:.2f} MB/s)  ratio {ratios[-1]:.2f}x"
+            )
         print(f"text: {mb:.1f} MB, {len(texts)} documents, {tokens} tokens (ours {our_tokens} with EOS, {rows} rows)")
-        print(f"ratio lmforge / bare: slowest round {min(ratios):.2f}x, best {max(ratios):.2f}x, "
-              f"spread {max(ratios) - min(ratios):.2f}; goal >= {GOAL:.1f}x on the slowest round: "
-              f"{'met' if min(ratios) >= GOAL else 'NOT met'}")
+        print(
+            f"ratio lmforge / bare: slowest round {min(ratios):.2f}x, best {max(ratios):.2f}x, "
+            f"spread {max(ratios) - min(ratios):.2f}; goal >= {GOAL:.1f}x on the slowest round: "
+            f"{'met' if min(ratios) >= GOAL else 'NOT met'}"
+        )
 
 
 if __name__ == "__main__":

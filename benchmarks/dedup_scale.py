@@ -60,9 +60,9 @@ def generate(out: Path, docs: int, files: int, seed: int) -> dict[str, int]:
         j = rng.uniform(lo, hi, size=(count, 1))
         same = rng.random((count, NUM_PERM)) < j
         fresh = rng.integers(0, 2**32, size=(count, NUM_PERM), dtype=np.uint32)
-        sigs[pos:pos + count] = np.where(same, sigs[src], fresh)
-        exact[pos:pos + count] = exact[src] if kind == 3 else rng.integers(0, 2**63, size=count, dtype=np.uint64)
-        label[pos:pos + count] = kind
+        sigs[pos : pos + count] = np.where(same, sigs[src], fresh)
+        exact[pos : pos + count] = exact[src] if kind == 3 else rng.integers(0, 2**63, size=count, dtype=np.uint64)
+        label[pos : pos + count] = kind
         pos += count
     tail = np.arange(n_orig, docs)
     rng.shuffle(tail)  # copies, negatives and exact copies mixed, all after the originals
@@ -121,8 +121,12 @@ def child_partition(store: Path, parts: int, me: int, result: Path) -> None:
         dirs = [store / f"work/worker-{i}" for i in range(parts)]
         r = merge(dirs, ["s"], lambda i: exact_dropped(x, plan, i), near, BANDS, ROWS)
         near_keys = [np.load(d / "keys.npy")[near.dropped[w]] for w, d in enumerate(dirs)]
-        out = {"exact_removed": r.exact_removed, "near_removed": r.near_removed,
-               "kept": int(sum(int(k.sum()) for k in r.keep)), "near_keys": sorted(np.concatenate(near_keys).tolist())}
+        out = {
+            "exact_removed": r.exact_removed,
+            "near_removed": r.near_removed,
+            "kept": int(sum(int(k.sum()) for k in r.keep)),
+            "near_keys": sorted(np.concatenate(near_keys).tolist()),
+        }
     from lmforge.trainer.dataset.dedup_parts import peak_rss_bytes
 
     end = time.monotonic() - start
@@ -147,8 +151,9 @@ def child_reference(corpus: Path, files: int, result: Path) -> None:
 
     start = time.monotonic()
     exact = np.concatenate([np.load(corpus / f"file-{f}/exact.npy") for f in range(files)])
-    keys = np.concatenate([(f << 32) | np.arange(len(np.load(corpus / f"file-{f}/exact.npy")), dtype=np.int64)
-                           for f in range(files)])
+    keys = np.concatenate(
+        [(f << 32) | np.arange(len(np.load(corpus / f"file-{f}/exact.npy")), dtype=np.int64) for f in range(files)]
+    )
     glob = corpus.parent / f"{corpus.name}-sigs.u32"
     with open(glob, "wb") as out:
         for f in range(files):
@@ -157,20 +162,36 @@ def child_reference(corpus: Path, files: int, result: Path) -> None:
     drop_exact = exact_duplicates(exact)
     r = near_duplicates(sigs, BANDS, ROWS, THRESHOLD, alive=~drop_exact)
     glob.unlink()
-    result.write_text(json.dumps({"rss": peak_rss_bytes(), "seconds": time.monotonic() - start,
-                                  "exact_removed": int(drop_exact.sum()), "near_removed": int(r.drop.sum()),
-                                  "near_keys": sorted(keys[r.drop].tolist())}))
+    result.write_text(
+        json.dumps(
+            {
+                "rss": peak_rss_bytes(),
+                "seconds": time.monotonic() - start,
+                "exact_removed": int(drop_exact.sum()),
+                "near_removed": int(r.drop.sum()),
+                "near_keys": sorted(keys[r.drop].tolist()),
+            }
+        )
+    )
 
 
 def f1(corpus: Path, files: int, near_keys: list[int]) -> dict[str, float]:
-    labels = {(f << 32) | i: int(v) for f in range(files)
-              for i, v in enumerate(np.load(corpus / f"file-{f}/label.npy").tolist()) if v}
+    labels = {
+        (f << 32) | i: int(v)
+        for f in range(files)
+        for i, v in enumerate(np.load(corpus / f"file-{f}/label.npy").tolist())
+        if v
+    }
     planted = {k for k, v in labels.items() if v == 1}
     removed = set(near_keys)
     tp = len(removed & planted)
     precision, recall = tp / max(len(removed), 1), tp / max(len(planted), 1)
-    return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12),
-            "negatives_removed": len(removed & {k for k, v in labels.items() if v == 2})}
+    return {
+        "precision": precision,
+        "recall": recall,
+        "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "negatives_removed": len(removed & {k for k, v in labels.items() if v == 2}),
+    }
 
 
 def _spawn(args: list[str]) -> subprocess.Popen[bytes]:
@@ -183,8 +204,10 @@ def run_partitioned(corpus: Path, files: int, parts: int, tmp: Path) -> list[dic
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write_slices(corpus, files, parts, store)
-    procs = [_spawn(["--child", "partition", str(store), str(parts), str(me), str(tmp / f"r{me}.json")])
-             for me in range(parts)]
+    procs = [
+        _spawn(["--child", "partition", str(store), str(parts), str(me), str(tmp / f"r{me}.json")])
+        for me in range(parts)
+    ]
     for p in procs:
         if p.wait() != 0:
             raise SystemExit(f"partition worker exited with {p.returncode}")
@@ -217,8 +240,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     rounds = max(3, args.rounds)
-    print(f"threads pinned in every child: {THREADS}; cores here: {len(os.sched_getaffinity(0))} "
-          f"(shared with other jobs: times are indicative, peak RSS is what is compared)")
+    print(
+        f"threads pinned in every child: {THREADS}; cores here: {len(os.sched_getaffinity(0))} "
+        f"(shared with other jobs: times are indicative, peak RSS is what is compared)"
+    )
     with tempfile.TemporaryDirectory(prefix="dedup-scale-") as tmp_s:
         tmp = Path(tmp_s)
         cases = {"base": (args.docs, 1), "scaled": (args.docs * args.scale, args.scale)}
@@ -230,12 +255,16 @@ def main() -> None:
             print(f"{name}: {info} in {files} files, {parts} worker(s)")
         idle = _spawn(["--child", "idle", str(tmp / "idle.json")])
         idle.wait()
-        print(f"idle worker process (interpreter + numpy + scipy + lmforge, no data): "
-              f"{json.loads((tmp / 'idle.json').read_text())['rss'] / 2**20:.0f} MB")
+        print(
+            f"idle worker process (interpreter + numpy + scipy + lmforge, no data): "
+            f"{json.loads((tmp / 'idle.json').read_text())['rss'] / 2**20:.0f} MB"
+        )
         refs = {name: run_reference(*corpora[name], tmp / f"ref-{name}") for name in cases}
         for name, ref in refs.items():
-            print(f"reference (single process, all signatures) {name}: peak RSS {ref['rss'] / 2**20:.0f} MB, "
-                  f"{ref['seconds']:.1f} s, F1 {f1(*corpora[name], ref['near_keys'])}")
+            print(
+                f"reference (single process, all signatures) {name}: peak RSS {ref['rss'] / 2**20:.0f} MB, "
+                f"{ref['seconds']:.1f} s, F1 {f1(*corpora[name], ref['near_keys'])}"
+            )
         peaks: dict[str, list[float]] = {name: [] for name in cases}
         ratios = []
         for r in range(rounds):
@@ -248,23 +277,31 @@ def main() -> None:
                 peak = max(x["rss"] for x in res) / 2**20
                 peaks[name].append(peak)
                 each = ", ".join(f"{x['rss'] / 2**20:.0f}" for x in res)
-                print(f"round {r + 1} {name:6s} ({parts} worker(s)): per-process peak RSS {each} MB (max {peak:.0f}), "
-                      f"wall {max(x['seconds'] for x in res):.1f} s, F1 {f1(*corpora[name], w0['near_keys'])['f1']:.4f}, "
-                      f"identical to the single-process rule: {same}")
+                print(
+                    f"round {r + 1} {name:6s} ({parts} worker(s)): per-process peak RSS {each} MB (max {peak:.0f}), "
+                    f"wall {max(x['seconds'] for x in res):.1f} s, F1 {f1(*corpora[name], w0['near_keys'])['f1']:.4f}, "
+                    f"identical to the single-process rule: {same}"
+                )
                 print(f"  worker 0 seconds per step (barrier waits included): {w0['steps']}")
             ratios.append(peaks["scaled"][-1] / peaks["base"][-1])
             print(f"round {r + 1}: scaled / base per-process peak RSS = {ratios[-1]:.3f}")
         f_base = f1(*corpora["base"], refs["base"]["near_keys"])["f1"]
         f_scaled = f1(*corpora["scaled"], refs["scaled"]["near_keys"])["f1"]
         for name in cases:
-            print(f"{name}: peak RSS per round {', '.join(f'{p:.0f}' for p in peaks[name])} MB, "
-                  f"spread {max(peaks[name]) - min(peaks[name]):.0f} MB")
-        print(f"ratio per round: {', '.join(f'{x:.3f}' for x in ratios)}; spread {max(ratios) - min(ratios):.3f}; "
-              f"worst {max(ratios):.3f} (goal <= 1.2: {'met' if max(ratios) <= 1.2 else 'NOT met'})")
+            print(
+                f"{name}: peak RSS per round {', '.join(f'{p:.0f}' for p in peaks[name])} MB, "
+                f"spread {max(peaks[name]) - min(peaks[name]):.0f} MB"
+            )
+        print(
+            f"ratio per round: {', '.join(f'{x:.3f}' for x in ratios)}; spread {max(ratios) - min(ratios):.3f}; "
+            f"worst {max(ratios):.3f} (goal <= 1.2: {'met' if max(ratios) <= 1.2 else 'NOT met'})"
+        )
         ref_ratio = refs["scaled"]["rss"] / refs["base"]["rss"]
         print(f"single-process rule, scaled / base peak RSS: {ref_ratio:.2f} (what one merge process grew by)")
-        print(f"F1 on planted near-duplicates: base {f_base:.4f}, scaled {f_scaled:.4f} "
-              f"(partitioned = single-process rule exactly, every round)")
+        print(
+            f"F1 on planted near-duplicates: base {f_base:.4f}, scaled {f_scaled:.4f} "
+            f"(partitioned = single-process rule exactly, every round)"
+        )
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ def naive(model: torch.nn.Module, tok: object, rows: list[ChoiceRow]) -> list[fl
 
 
 def picks(lls: list[float], rows: list[ChoiceRow]) -> list[int]:
-    return [multiple_choice.predict(lls[4 * i:4 * i + 4], r.choices)[0] for i, r in enumerate(rows)]
+    return [multiple_choice.predict(lls[4 * i : 4 * i + 4], r.choices)[0] for i, r in enumerate(rows)]
 
 
 def main() -> None:
@@ -65,15 +65,22 @@ def main() -> None:
     model_dir = make_model(work / "model", hidden=256, layers=4, heads=8, tokenizer_dir=tok_dir)
     rng = random.Random(0)
     words = " ".join(sentences(50, seed=1)).split()
-    rows = [ChoiceRow(" ".join(rng.choices(words, k=rng.randint(8, 20))) + "?",
-                      tuple(" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(4)), 0)
-            for _ in range(args.items)]
+    rows = [
+        ChoiceRow(
+            " ".join(rng.choices(words, k=rng.randint(8, 20))) + "?",
+            tuple(" ".join(rng.choices(words, k=rng.randint(1, 8))) for _ in range(4)),
+            0,
+        )
+        for _ in range(args.items)
+    ]
     backend = HFBackend(model_dir, batch_size=args.batch, device="cpu")
     multiple_choice.evaluate(backend, rows[:8], [], lambda n: None)  # warm-up
     pairs = [(multiple_choice.context(r), multiple_choice.continuation(c)) for r in rows for c in r.choices]
-    print(f"items={len(rows)} choices=4 batch={args.batch} torch threads={torch.get_num_threads()} "
-          f"interop={torch.get_num_interop_threads()} OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
-          f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']} (cpus={os.cpu_count()}; same for all sides)")
+    print(
+        f"items={len(rows)} choices=4 batch={args.batch} torch threads={torch.get_num_threads()} "
+        f"interop={torch.get_num_interop_threads()} OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} "
+        f"TOKENIZERS_PARALLELISM={os.environ['TOKENIZERS_PARALLELISM']} (cpus={os.cpu_count()}; same for all sides)"
+    )
 
     ratios = []
     for rnd in range(args.rounds):  # alternate, so load from other processes hits every side alike
@@ -87,15 +94,21 @@ def main() -> None:
         hflm = [ll for ll, _ in backend.lm.loglikelihood(backend._instances("loglikelihood", pairs), disable_tqdm=True)]
         hflm_s = time.perf_counter() - start
         agree = sum(a == b for a, b in zip(picks(ours, rows), picks(base, rows), strict=True)) / len(rows)
-        diff = max(max(abs(a - b) for a, b in zip(ours, base, strict=True)),
-                   max(abs(a - b) for a, b in zip(ours, hflm, strict=True)))
+        diff = max(
+            max(abs(a - b) for a, b in zip(ours, base, strict=True)),
+            max(abs(a - b) for a, b in zip(ours, hflm, strict=True)),
+        )
         ratios.append(naive_s / ours_s)
-        print(f"round {rnd}: ours {len(rows) / ours_s:7.1f} items/s ({ours_s:.2f} s)  naive {len(rows) / naive_s:7.1f} "
-              f"items/s ({naive_s:.2f} s)  lm-eval HFLM {len(rows) / hflm_s:7.1f} items/s ({hflm_s:.2f} s)  "
-              f"speed-up {ratios[-1]:.2f}x (HFLM {naive_s / hflm_s:.2f}x)  same picks {agree:.1%}  "
-              f"max |dll| {diff:.1e}")
-    print(f"speed-up vs naive: slowest round {min(ratios):.2f}x, best {max(ratios):.2f}x, spread "
-          f"{max(ratios) - min(ratios):.2f}; goal >= 3x on the slowest round: {'met' if min(ratios) >= 3 else 'NOT met'}")
+        print(
+            f"round {rnd}: ours {len(rows) / ours_s:7.1f} items/s ({ours_s:.2f} s)  naive {len(rows) / naive_s:7.1f} "
+            f"items/s ({naive_s:.2f} s)  lm-eval HFLM {len(rows) / hflm_s:7.1f} items/s ({hflm_s:.2f} s)  "
+            f"speed-up {ratios[-1]:.2f}x (HFLM {naive_s / hflm_s:.2f}x)  same picks {agree:.1%}  "
+            f"max |dll| {diff:.1e}"
+        )
+    print(
+        f"speed-up vs naive: slowest round {min(ratios):.2f}x, best {max(ratios):.2f}x, spread "
+        f"{max(ratios) - min(ratios):.2f}; goal >= 3x on the slowest round: {'met' if min(ratios) >= 3 else 'NOT met'}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def prompts(tok: Any, n: int) -> list[str]:
     out = []
     for i in range(n):
         text = f"{WORDS[i % len(WORDS)]} {WORDS[(3 * i) % len(WORDS)]} : {i % 5} + {1 + i % 4} ="
-        out.append(tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                           add_generation_prompt=True))
+        out.append(
+            tok.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
+        )
     return out
 
 
@@ -57,8 +58,16 @@ def hf_round(model: Any, tok: Any, texts: list[str], group: int, new_tokens: int
     enc = tok(batch, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     start = time.perf_counter()
     with torch.no_grad():
-        out = model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, pad_token_id=tok.pad_token_id)
+        out = model.generate(
+            **enc,
+            do_sample=True,
+            temperature=1.0,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=new_tokens,
+            min_new_tokens=new_tokens,
+            pad_token_id=tok.pad_token_id,
+        )
     took = time.perf_counter() - start
     tokens = (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
     return tokens / took
@@ -67,8 +76,9 @@ def hf_round(model: Any, tok: Any, texts: list[str], group: int, new_tokens: int
 def vllm_round(llm: Any, texts: list[str], group: int, new_tokens: int) -> float:
     from vllm import SamplingParams
 
-    params = SamplingParams(n=group, temperature=1.0, top_k=0, top_p=1.0, max_tokens=new_tokens,
-                            ignore_eos=True, seed=0)
+    params = SamplingParams(
+        n=group, temperature=1.0, top_k=0, top_p=1.0, max_tokens=new_tokens, ignore_eos=True, seed=0
+    )
     start = time.perf_counter()
     outs = llm.generate(texts, params, use_tqdm=False)
     took = time.perf_counter() - start
@@ -101,9 +111,12 @@ def main() -> None:
         start = time.perf_counter()
         llm = LLM(model=str(model_dir), dtype="float32", max_model_len=256, enforce_eager=True, seed=0)
         engine_s = time.perf_counter() - start
-        print(f"model: hidden {args.hidden}, {args.layers} layers; threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
-              f"batch {args.prompts} prompts x {args.group} completions x {args.new_tokens} tokens; "
-              f"vLLM engine start {engine_s:.1f} s (not in the figures)", flush=True)
+        print(
+            f"model: hidden {args.hidden}, {args.layers} layers; threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
+            f"batch {args.prompts} prompts x {args.group} completions x {args.new_tokens} tokens; "
+            f"vLLM engine start {engine_s:.1f} s (not in the figures)",
+            flush=True,
+        )
         hf_round(model, tok, texts[:2], 2, 4)  # warm both once
         vllm_round(llm, texts[:2], 2, 4)
         ratios = []
@@ -111,11 +124,15 @@ def main() -> None:
             hf = hf_round(model, tok, texts, args.group, args.new_tokens)
             vl = vllm_round(llm, texts, args.group, args.new_tokens)
             ratios.append(vl / hf)
-            print(f"round {i + 1}: HF generate {hf:.0f} tok/s, vLLM LLM.generate {vl:.0f} tok/s, "
-                  f"ratio {vl / hf:.2f}x", flush=True)
+            print(
+                f"round {i + 1}: HF generate {hf:.0f} tok/s, vLLM LLM.generate {vl:.0f} tok/s, ratio {vl / hf:.2f}x",
+                flush=True,
+            )
         spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
-        print(f"ratio vLLM/generate: slowest round {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
-              f"spread {spread:.0%} (goal >= 3x on the slowest round: {'met' if min(ratios) >= 3 else 'NOT met'})")
+        print(
+            f"ratio vLLM/generate: slowest round {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+            f"spread {spread:.0%} (goal >= 3x on the slowest round: {'met' if min(ratios) >= 3 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ WORDS = ["cat", "dog", "bird", "fish", "tree", "river", "stone", "cloud"]
 
 
 def rows(n: int) -> list[dict[str, str]]:
-    return [{"prompt": f"{WORDS[i % 8]} {WORDS[(3 * i) % 8]} : {i % 5} + {1 + i % 4} =", "answer": str(i % 5 + 1 + i % 4)}
-            for i in range(n)]
+    return [
+        {"prompt": f"{WORDS[i % 8]} {WORDS[(3 * i) % 8]} : {i % 5} + {1 + i % 4} =", "answer": str(i % 5 + 1 + i % 4)}
+        for i in range(n)
+    ]
 
 
 def last_number_matches(prompts: list[Any], completions: list[Any], answer: list[str], **_: Any) -> list[float | None]:
@@ -63,15 +65,37 @@ def baseline(model_dir: Path, data: list[dict[str, str]], steps: int, out: Path)
     tok = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.generation_config.eos_token_id = [tok.eos_token_id, tok.convert_tokens_to_ids("<|end|>")]
-    ds = Dataset.from_list([{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in data])
-    config = GRPOConfig(output_dir=str(out), max_steps=steps, per_device_train_batch_size=BATCH, num_generations=GROUP,
-                        max_completion_length=COMPLETION, temperature=1.0, top_k=0, top_p=1.0, beta=0.0,
-                        learning_rate=LR, lr_scheduler_type="cosine", warmup_steps=0, seed=SEED, use_cpu=True,
-                        report_to="none", logging_steps=1, save_strategy="steps", save_steps=EVERY,
-                        save_total_limit=1, disable_tqdm=True, dataloader_num_workers=0,
-                        dataloader_pin_memory=False, remove_unused_columns=False)
-    trainer = GRPOTrainer(model=model, reward_funcs=last_number_matches, args=config, train_dataset=ds,
-                          processing_class=tok)
+    ds = Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": r["prompt"]}], "answer": r["answer"]} for r in data]
+    )
+    config = GRPOConfig(
+        output_dir=str(out),
+        max_steps=steps,
+        per_device_train_batch_size=BATCH,
+        num_generations=GROUP,
+        max_completion_length=COMPLETION,
+        temperature=1.0,
+        top_k=0,
+        top_p=1.0,
+        beta=0.0,
+        learning_rate=LR,
+        lr_scheduler_type="cosine",
+        warmup_steps=0,
+        seed=SEED,
+        use_cpu=True,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="steps",
+        save_steps=EVERY,
+        save_total_limit=1,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        dataloader_pin_memory=False,
+        remove_unused_columns=False,
+    )
+    trainer = GRPOTrainer(
+        model=model, reward_funcs=last_number_matches, args=config, train_dataset=ds, processing_class=tok
+    )
     return float(trainer.train().metrics["train_steps_per_second"])
 
 
@@ -86,16 +110,39 @@ def ours(model_dir: Path, data: list[dict[str, str]], steps: int, tmp: Path) -> 
     tmp.mkdir(parents=True, exist_ok=True)
     (tmp / "sums.jsonl").write_text("".join(json.dumps(r) + "\n" for r in data))
     os.environ["LMFORGE_WORK_DIR"] = str(tmp / "work")
-    job = {"modelRef": {"uri": str(model_dir)}, "method": "grpo",
-           "data": {"uri": str(tmp / "sums.jsonl"), "validationFraction": 0},
-           "grpo": {"numGenerations": GROUP, "maxCompletionLength": COMPLETION, "temperature": 1.0,
-                    "rollouts": "generate", "rewards": [{"type": "answer", "extract": "lastNumber"}]},
-           "training": {"maxSteps": steps, "microBatchSize": BATCH, "lr": LR, "warmupRatio": 0, "precision": "fp32",
-                        "seed": SEED},
-           "checkpoint": {"everySteps": EVERY}}
-    spec = StageSpec(stage=StageName.ALIGN, store=str(tmp / "store"), output="runs/grpo", run_id="bench",
-                     resource={"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob",
-                               "metadata": {"name": "bench"}, "spec": job})
+    job = {
+        "modelRef": {"uri": str(model_dir)},
+        "method": "grpo",
+        "data": {"uri": str(tmp / "sums.jsonl"), "validationFraction": 0},
+        "grpo": {
+            "numGenerations": GROUP,
+            "maxCompletionLength": COMPLETION,
+            "temperature": 1.0,
+            "rollouts": "generate",
+            "rewards": [{"type": "answer", "extract": "lastNumber"}],
+        },
+        "training": {
+            "maxSteps": steps,
+            "microBatchSize": BATCH,
+            "lr": LR,
+            "warmupRatio": 0,
+            "precision": "fp32",
+            "seed": SEED,
+        },
+        "checkpoint": {"everySteps": EVERY},
+    }
+    spec = StageSpec(
+        stage=StageName.ALIGN,
+        store=str(tmp / "store"),
+        output="runs/grpo",
+        run_id="bench",
+        resource={
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "AlignmentJob",
+            "metadata": {"name": "bench"},
+            "spec": job,
+        },
+    )
     ctx = StageContext.from_spec(spec, ProgressReporter(StageName.ALIGN, "bench", None, stream=open(os.devnull, "w")))
     measured: dict[str, float] = {}
     original = Trainer.train
@@ -104,6 +151,7 @@ def ours(model_dir: Path, data: list[dict[str, str]], steps: int, tmp: Path) -> 
         out = original(self, *a, **k)
         measured["sps"] = out.metrics["train_steps_per_second"]
         return out
+
     Trainer.train = timed  # type: ignore[method-assign]
     start = time.perf_counter()
     try:
@@ -121,9 +169,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(THREADS)
-    print(f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
-          f"{args.steps} steps x {BATCH} rollouts ({BATCH // GROUP} prompts x {GROUP}), <= {COMPLETION} tokens",
-          flush=True)
+    print(
+        f"threads: torch {torch.get_num_threads()}, OMP_NUM_THREADS {os.environ['OMP_NUM_THREADS']}; "
+        f"{args.steps} steps x {BATCH} rollouts ({BATCH // GROUP} prompts x {GROUP}), <= {COMPLETION} tokens",
+        flush=True,
+    )
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         model_dir = make_model(tmp / "base", hidden=128, layers=2, heads=4)
@@ -134,11 +184,16 @@ def main() -> None:
             base = baseline(model_dir, data, args.steps, tmp / f"bare-{i}")
             mine, total = ours(model_dir, data, args.steps, tmp / f"ours-{i}")
             ratios.append(mine / base)
-            print(f"round {i + 1}: bare GRPOTrainer {base:.3f} steps/s, lmforge stage {mine:.3f} steps/s "
-                  f"(whole stage {total:.1f} s), ratio {mine / base:.2f}x", flush=True)
+            print(
+                f"round {i + 1}: bare GRPOTrainer {base:.3f} steps/s, lmforge stage {mine:.3f} steps/s "
+                f"(whole stage {total:.1f} s), ratio {mine / base:.2f}x",
+                flush=True,
+            )
         spread = (max(ratios) - min(ratios)) / statistics.median(ratios)
-        print(f"ratio ours/baseline: slowest round {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
-              f"spread {spread:.0%} (goal >= 0.95x on the slowest round: {'met' if min(ratios) >= 0.95 else 'NOT met'})")
+        print(
+            f"ratio ours/baseline: slowest round {min(ratios):.2f}x, median {statistics.median(ratios):.2f}x, "
+            f"spread {spread:.0%} (goal >= 0.95x on the slowest round: {'met' if min(ratios) >= 0.95 else 'NOT met'})"
+        )
 
 
 if __name__ == "__main__":

@@ -31,14 +31,21 @@ from tests.support.prometheus import free_port  # noqa: E402
 
 
 def dataset(name: str) -> dict[str, Any]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]}}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]},
+    }
 
 
 def plain_job(name: str) -> dict[str, Any]:
-    return {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": name},
-            "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [
-                {"name": "c", "image": "x"}]}}}}  # not suspended: the Job controller makes its pod
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {"name": name},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}},
+    }  # not suspended: the Job controller makes its pod
 
 
 class Watcher:
@@ -82,8 +89,9 @@ class Watcher:
         self._stopped.set()
 
 
-def parent_to_child(cp: ControlPlane, ns: str, objs: list[dict[str, Any]], parents: str, children: str,
-                    n: int, parent_of: Any) -> list[float]:
+def parent_to_child(
+    cp: ControlPlane, ns: str, objs: list[dict[str, Any]], parents: str, children: str, n: int, parent_of: Any
+) -> list[float]:
     """Seconds from each parent's arrival on a watch to its child's, while `kubectl apply` creates
     the parents (all at once, as a user would)."""
     parent_w = Watcher(cp, parents, lambda obj: obj["metadata"]["name"])
@@ -103,8 +111,12 @@ def warm_up(cp: ControlPlane, op: Any, ns: str) -> None:
     initial LISTs: seconds on 2 busy cores) is not what we measure; a fixed sleep may be too short
     and would turn the first applies into one initial-LIST burst."""
     cp.apply(dataset("warm-up"), namespace=ns)
-    eventually(lambda: cp.kubectl_json("get", "jobs", f"--namespace={ns}")["items"], timeout=120,
-               what="the operator's first Job", abort=op.dead)
+    eventually(
+        lambda: cp.kubectl_json("get", "jobs", f"--namespace={ns}")["items"],
+        timeout=120,
+        what="the operator's first Job",
+        abort=op.dead,
+    )
 
 
 def pct(values: list[float], q: float) -> float:
@@ -156,18 +168,34 @@ def main() -> int:
     cp.start()
     try:
         base_ns = cp.create_namespace("bench-baseline")
-        base = [float("nan")] if args.skip_baseline else parent_to_child(cp, base_ns, [plain_job(f"j{i:04d}") for i in range(n)],
-                               f"/apis/batch/v1/namespaces/{base_ns}/jobs", f"/api/v1/namespaces/{base_ns}/pods", n,
-                               lambda pod: (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"))
+        base = (
+            [float("nan")]
+            if args.skip_baseline
+            else parent_to_child(
+                cp,
+                base_ns,
+                [plain_job(f"j{i:04d}") for i in range(n)],
+                f"/apis/batch/v1/namespaces/{base_ns}/jobs",
+                f"/api/v1/namespaces/{base_ns}/pods",
+                n,
+                lambda pod: (pod["metadata"].get("labels") or {}).get("batch.kubernetes.io/job-name"),
+            )
+        )
         ns = cp.create_namespace("bench-operator")
         port = free_port()
-        with running_operator(cp, ns, env={"LMFORGE_METRICS_PORT": str(port),
-                                           "LMFORGE_METRICS_ADDR": "127.0.0.1"}) as op:
+        with running_operator(
+            cp, ns, env={"LMFORGE_METRICS_PORT": str(port), "LMFORGE_METRICS_ADDR": "127.0.0.1"}
+        ) as op:
             warm_up(cp, op, ns)
-            ours = parent_to_child(cp, ns, [dataset(f"d{i:04d}") for i in range(n)],
-                                   f"/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets",
-                                   f"/apis/batch/v1/namespaces/{ns}/jobs", n,
-                                   lambda job: (job["metadata"].get("labels") or {}).get("lmforge.io/dataset"))
+            ours = parent_to_child(
+                cp,
+                ns,
+                [dataset(f"d{i:04d}") for i in range(n)],
+                f"/apis/lmforge.io/v1alpha1/namespaces/{ns}/datasets",
+                f"/apis/batch/v1/namespaces/{ns}/jobs",
+                n,
+                lambda job: (job["metadata"].get("labels") or {}).get("lmforge.io/dataset"),
+            )
             spent = histograms(port)
             assert op.proc is not None
             rss_ns = cp.create_namespace("bench-rss")

@@ -55,8 +55,11 @@ def main() -> None:
         root = Path(tmp)
         model = build_model(llama_config(arch, vocab_size=args.vocab, context_length=256), seed=0)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-        engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
-            "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})
+        engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=opt,
+            config={"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+        )
         x = torch.randint(0, args.vocab, (1, 16))
         engine.backward(engine(input_ids=x, labels=x).loss)
         engine.step()  # materialise optimizer state
@@ -111,17 +114,25 @@ def main() -> None:
 
     mb = size / 1e6
     params = sum(p.numel() for p in model.parameters()) / 1e6
-    print(f"checkpoint: {mb:.0f} MB in {len(files)} files ({params:.1f}M parameters, ZeRO-1 bf16); "
-          f"medians of {args.rounds} alternating rounds")
+    print(
+        f"checkpoint: {mb:.0f} MB in {len(files)} files ({params:.1f}M parameters, ZeRO-1 bf16); "
+        f"medians of {args.rounds} alternating rounds"
+    )
     for i, ((s_o, l_o), (s_r, l_r)) in enumerate(zip(timings["ours"], timings["raw"], strict=True)):
-        print(f"  round {i + 1}: ours {s_o:.2f}+{l_o:.2f} s, boto3 {s_r:.2f}+{l_r:.2f} s, "
-              f"save+load ratio {(s_r + l_r) / (s_o + l_o):.2f}x")
+        print(
+            f"  round {i + 1}: ours {s_o:.2f}+{l_o:.2f} s, boto3 {s_r:.2f}+{l_r:.2f} s, "
+            f"save+load ratio {(s_r + l_r) / (s_o + l_o):.2f}x"
+        )
     print(f"ours  save {save_s:6.2f} s ({mb / save_s:6.0f} MB/s)   load {load_s:6.2f} s ({mb / load_s:6.0f} MB/s)")
     print(f"boto3 put  {up_s:6.2f} s ({mb / up_s:6.0f} MB/s)   get  {down_s:6.2f} s ({mb / down_s:6.0f} MB/s)")
-    print(f"ratio raw/ours: save {up_s / save_s:.2f}x, load {down_s / load_s:.2f}x, "
-          f"save+load {(up_s + down_s) / (save_s + load_s):.2f}x (goal >= 0.8x)")
-    print(f"for reference, DeepSpeed (de)serialisation to local disk alone: save {ser_s:.2f} s, load "
-          f"{deser_s:.2f} s (ours overlaps the save's with the upload; the load's follows the download)")
+    print(
+        f"ratio raw/ours: save {up_s / save_s:.2f}x, load {down_s / load_s:.2f}x, "
+        f"save+load {(up_s + down_s) / (save_s + load_s):.2f}x (goal >= 0.8x)"
+    )
+    print(
+        f"for reference, DeepSpeed (de)serialisation to local disk alone: save {ser_s:.2f} s, load "
+        f"{deser_s:.2f} s (ours overlaps the save's with the upload; the load's follows the download)"
+    )
 
 
 if __name__ == "__main__":

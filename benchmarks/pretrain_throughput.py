@@ -42,8 +42,12 @@ def make_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     from transformers import PreTrainedTokenizerFast
 
     vocab = {"<|bos|>": 0, "<|eos|>": 1, "<|pad|>": 2, **{f"w{i}": i for i in range(3, VOCAB)}}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>")),
-                                  bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>")),
+        bos_token="<|bos|>",
+        eos_token="<|eos|>",
+        pad_token="<|pad|>",
+    )
     tok.save_pretrained(root / "tokenizer")
     shards = root / "shards"
     shards.mkdir(parents=True)
@@ -52,16 +56,25 @@ def make_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     data[64:].tofile(shards / "train-00000.bin")
     from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex
 
-    (shards / INDEX).write_bytes(ShardIndex(
-        format=FORMAT, dtype="uint16", seq_length=SEQ, vocab_size=VOCAB, bos_id=0, eos_id=1, pad_id=2, seed=0,
-        train=[ShardEntry(file="train-00000.bin", sequences=rows - 64)],
-        validation=[ShardEntry(file="val-00000.bin", sequences=64)],
-        tokens={"train": (rows - 64) * SEQ, "validation": 64 * SEQ}).to_bytes())
+    (shards / INDEX).write_bytes(
+        ShardIndex(
+            format=FORMAT,
+            dtype="uint16",
+            seq_length=SEQ,
+            vocab_size=VOCAB,
+            bos_id=0,
+            eos_id=1,
+            pad_id=2,
+            seed=0,
+            train=[ShardEntry(file="train-00000.bin", sequences=rows - 64)],
+            validation=[ShardEntry(file="val-00000.bin", sequences=64)],
+            tokens={"train": (rows - 64) * SEQ, "validation": 64 * SEQ},
+        ).to_bytes()
+    )
     return root / "tokenizer", shards
 
 
-def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str | None = None,
-         tag: str = "") -> float:
+def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str | None = None, tag: str = "") -> float:
     """tokens/s of the stage's own loop (windowed, first step excluded), via the real stage: in this
     process, or under torchrun with `nproc` processes of cores / nproc threads."""
     from lmforge.api.contract import InputArtifacts, StageName, StageSpec, distributed_command, parse_record
@@ -77,29 +90,59 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
         w.add_dir(root / name)
         w.commit(name)
         arts[name] = store.url(f"ds/{name}")
-    resource = {"apiVersion": "lmforge.io/v1alpha1", "kind": "PretrainJob", "metadata": {"name": "bench"},
-                "spec": {"datasetRef": {"name": "d"},
-                         "model": {"numLayers": LAYERS, "hiddenSize": HIDDEN, "numHeads": HEADS, "headDim": 32,
-                                   "intermediateSize": 3 * HIDDEN, "tieEmbeddings": True},
-                         "training": {"maxSteps": steps, "microBatchSize": MICRO, "precision": "bf16",
-                                      "compile": compile_},
-                         "optimizer": {"warmupSteps": 2}, "checkpoint": {"everySteps": 10**6},
-                         "validation": {"everySteps": 10**6, "batches": 1}}}
+    resource = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "PretrainJob",
+        "metadata": {"name": "bench"},
+        "spec": {
+            "datasetRef": {"name": "d"},
+            "model": {
+                "numLayers": LAYERS,
+                "hiddenSize": HIDDEN,
+                "numHeads": HEADS,
+                "headDim": 32,
+                "intermediateSize": 3 * HIDDEN,
+                "tieEmbeddings": True,
+            },
+            "training": {"maxSteps": steps, "microBatchSize": MICRO, "precision": "bf16", "compile": compile_},
+            "optimizer": {"warmupSteps": 2},
+            "checkpoint": {"everySteps": 10**6},
+            "validation": {"everySteps": 10**6, "batches": 1},
+        },
+    }
     out = f"run-{int(compile_)}-{nproc}{tag}"
-    spec = StageSpec(stage=StageName.PRETRAIN, resource=resource, store=store.uri, output=out, run_id=out,
-                     inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts=arts)})
+    spec = StageSpec(
+        stage=StageName.PRETRAIN,
+        resource=resource,
+        store=store.uri,
+        output=out,
+        run_id=out,
+        inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts=arts)},
+    )
     if nproc > 1:
         spec_file = root / f"{out}.json"
         spec_file.write_text(spec.model_dump_json(by_alias=True))
-        cmd = distributed_command(StageName.PRETRAIN, str(spec_file), nproc_per_node=nproc,
-                                  master_port=29600 + int(compile_), python=sys.executable)
-        env = {**os.environ, "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // nproc)),
-               "PYTHONPATH": str(REPO)}
+        cmd = distributed_command(
+            StageName.PRETRAIN,
+            str(spec_file),
+            nproc_per_node=nproc,
+            master_port=29600 + int(compile_),
+            python=sys.executable,
+        )
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // nproc)),
+            "PYTHONPATH": str(REPO),
+        }
         proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=REPO)
         for line in proc.stdout.splitlines():
             record = parse_record(line)
-            if record is not None and record.metrics and "tokens_per_second" in record.metrics \
-                    and record.type.value == "result":
+            if (
+                record is not None
+                and record.metrics
+                and "tokens_per_second" in record.metrics
+                and record.type.value == "result"
+            ):
                 return float(record.metrics["tokens_per_second"])
         raise RuntimeError(f"lmforge {nproc}-process run failed:\n{proc.stderr[-2000:]}")
     tracker = None
@@ -108,8 +151,9 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
         from lmforge.trainer.tracking.mlflow import MlflowTracker
 
         tracker = MlflowTracker(tracking, run_info(spec))
-    ctx = StageContext.from_spec(spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(),
-                                                        tracker=tracker))
+    ctx = StageContext.from_spec(
+        spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(), tracker=tracker)
+    )
     outcome = run(ctx)
     if tracker is not None:
         tracker.close(30.0)
@@ -169,8 +213,11 @@ def hf_trainer(root: Path, steps: int, precision: str, nproc: int) -> float:
     cmd = [sys.executable, str(script), str(steps), precision, "2048"]
     if nproc > 1:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}", *cmd[1:]]
-    env = {**os.environ, "OUT": str(root / f"hf-{precision}-{nproc}"),
-           "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // nproc))}
+    env = {
+        **os.environ,
+        "OUT": str(root / f"hf-{precision}-{nproc}"),
+        "OMP_NUM_THREADS": str(max(1, len(os.sched_getaffinity(0)) // nproc)),
+    }
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     for line in proc.stdout.splitlines():
         if line.startswith("TOKENS_PER_SECOND"):
@@ -213,15 +260,25 @@ def main() -> None:
                 results[f"lmforge bf16 2 processes{suffix}"] = ours(root, args.steps, compile_, nproc=2)
             results[f"lmforge bf16 1 process{suffix}"] = ours(root, args.steps, compile_)
     ceiling = measured_matmul_flops(Precision.BF16, seconds=1.0)
-    arch = Architecture(num_layers=LAYERS, hidden_size=HIDDEN, num_heads=HEADS, head_dim=32,
-                        intermediate_size=3 * HIDDEN, tie_embeddings=True)
+    arch = Architecture(
+        num_layers=LAYERS,
+        hidden_size=HIDDEN,
+        num_heads=HEADS,
+        head_dim=32,
+        intermediate_size=3 * HIDDEN,
+        tie_embeddings=True,
+    )
     per_token = arch.flops_per_token(VOCAB, SEQ)
-    print(f"model: {arch.parameter_count(VOCAB) / 1e6:.2f}M parameters, seq {SEQ}, micro-batch {MICRO}, "
-          f"{per_token / 1e6:.1f} MFLOP/token; bf16 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s "
-          f"({len(os.sched_getaffinity(0))} threads)")
+    print(
+        f"model: {arch.parameter_count(VOCAB) / 1e6:.2f}M parameters, seq {SEQ}, micro-batch {MICRO}, "
+        f"{per_token / 1e6:.1f} MFLOP/token; bf16 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s "
+        f"({len(os.sched_getaffinity(0))} threads)"
+    )
     for name, tps in results.items():
-        print(f"{name:42s} {tps:8.0f} tokens/s   {tps * per_token / 1e9:6.1f} GFLOP/s "
-              f"({tps * per_token / ceiling:.0%} of the matmul ceiling)")
+        print(
+            f"{name:42s} {tps:8.0f} tokens/s   {tps * per_token / 1e9:6.1f} GFLOP/s "
+            f"({tps * per_token / ceiling:.0%} of the matmul ceiling)"
+        )
     best_hf = max(v for k, v in results.items() if k.startswith("HF"))
     best_ours = max(v for k, v in results.items() if k.startswith("lmforge"))
     print(f"ratio lmforge / fastest HF Trainer: {best_ours / best_hf:.2f}x (goal >= 1.5x)")

@@ -37,8 +37,10 @@ def with_outlier_channels(src: Path, dst: Path) -> Path:
     with torch.no_grad():
         for layer in model.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
-            for norm, readers in ((layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
-                                  (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj))):
+            for norm, readers in (
+                (layer.input_layernorm, (attn.q_proj, attn.k_proj, attn.v_proj)),
+                (layer.post_attention_layernorm, (mlp.gate_proj, mlp.up_proj)),
+            ):
                 ch = torch.randperm(norm.weight.shape[0], generator=gen)[:OUTLIER_CHANNELS]
                 norm.weight[ch] *= OUTLIER_GAIN
                 for lin in readers:
@@ -79,22 +81,36 @@ def main() -> None:
             figures = {}
             for method in ("int4", "int4-gptq", "int4-awq"):
                 name = f"{method}-g{group}-{'o' if model_dir == outliers else 't'}"
-                spec = world.compress_spec(name, {"quantization": {
-                    "method": method, "groupSize": group, "calibrationSamples": CALIBRATION_ROWS,
-                    "calibrationDatasetRef": {"name": "tiny"}, "maxPerplexityIncrease": 10}})
+                spec = world.compress_spec(
+                    name,
+                    {
+                        "quantization": {
+                            "method": method,
+                            "groupSize": group,
+                            "calibrationSamples": CALIBRATION_ROWS,
+                            "calibrationDatasetRef": {"name": "tiny"},
+                            "maxPerplexityIncrease": 10,
+                        }
+                    },
+                )
                 spec.resource["spec"]["modelRef"] = {"uri": str(model_dir)}
                 arts = run(StageContext.from_spec(spec)).artifacts
                 rep = json.loads((fetch(arts["report"]) / "report.json").read_text())
                 figures[method] = after = (out := score(fetch(arts["model"])))[0]
                 kl = float((ref.exp() * (ref - out[1])).sum(-1).mean())  # nats/token from the unquantized model
-                print(f"  g{group} {method:9s}: size {rep['size_before_bytes']} -> {rep['size_after_bytes']} bytes = "
-                      f"{rep['ratio']:.3f}x; on unseen rows perplexity {after:.4f} = {after / base:.5f}x "
-                      f"unquantized ({after / base - 1:+.3%}), KL {kl:.2e} nats/token")
+                print(
+                    f"  g{group} {method:9s}: size {rep['size_before_bytes']} -> {rep['size_after_bytes']} bytes = "
+                    f"{rep['ratio']:.3f}x; on unseen rows perplexity {after:.4f} = {after / base:.5f}x "
+                    f"unquantized ({after / base - 1:+.3%}), KL {kl:.2e} nats/token"
+                )
             rtn = figures["int4"] / base - 1
             for method in ("int4-gptq", "int4-awq"):
                 ours = figures[method] / base - 1
-                print(f"  g{group}: {method} perplexity increase {ours:+.3%} vs round-to-nearest {rtn:+.3%}"
-                      + (f" = {ours / rtn:.3f}x the baseline's increase" if rtn > 0 else ""))
+                print(
+                    f"  g{group}: {method} perplexity increase {ours:+.3%} vs round-to-nearest {rtn:+.3%}"
+                    + (f" = {ours / rtn:.3f}x the baseline's increase" if rtn > 0 else "")
+                )
+
 
 if __name__ == "__main__":
     main()

@@ -26,9 +26,11 @@ def main() -> None:
     for method in ("int8-weight", "w8a8"):
         arts, _ = world.compress(method, {"quantization": {"method": method}})
         rep = json.loads((fetch(arts["report"]) / "report.json").read_text())
-        print(f"{method}: size {rep['size_before_bytes']} -> {rep['size_after_bytes']} bytes = {rep['ratio']:.3f}x "
-              f"(goal <= 0.55x); perplexity {rep['perplexity_before']:.4f} -> {rep['perplexity_after']:.4f} = "
-              f"{rep['perplexity_increase']:+.3%} (goal <= +5%); vLLM CPU: {rep['vllm_cpu']}")
+        print(
+            f"{method}: size {rep['size_before_bytes']} -> {rep['size_after_bytes']} bytes = {rep['ratio']:.3f}x "
+            f"(goal <= 0.55x); perplexity {rep['perplexity_before']:.4f} -> {rep['perplexity_after']:.4f} = "
+            f"{rep['perplexity_increase']:+.3%} (goal <= +5%); vLLM CPU: {rep['vllm_cpu']}"
+        )
 
 
 if __name__ == "__main__":

@@ -39,8 +39,17 @@ def hf_tokens_per_s(model_dir: Path, batch: list[str]) -> float:
 
 def vllm_tokens_per_s(server: object, batch: list[str]) -> float:
     def one(p: str) -> int:
-        out = server.request("/v1/completions", {"model": "tiny", "prompt": p, "max_tokens": NEW_TOKENS,  # type: ignore[attr-defined]
-                                                 "temperature": 0, "ignore_eos": True}, timeout=300)
+        out = server.request(
+            "/v1/completions",
+            {
+                "model": "tiny",
+                "prompt": p,
+                "max_tokens": NEW_TOKENS,  # type: ignore[attr-defined]
+                "temperature": 0,
+                "ignore_eos": True,
+            },
+            timeout=300,
+        )
         return int(out["usage"]["completion_tokens"])
 
     start = time.perf_counter()
@@ -61,8 +70,9 @@ def main() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     serving = Serving(served_model_name="tiny", max_model_len=128, port=port, dtype="bfloat16")
-    server = VllmServer(server_command(world.teacher_dir, serving, "tiny", gpus=0), port, "tiny",
-                        env={"VLLM_CPU_KVCACHE_SPACE": "1"})
+    server = VllmServer(
+        server_command(world.teacher_dir, serving, "tiny", gpus=0), port, "tiny", env={"VLLM_CPU_KVCACHE_SPACE": "1"}
+    )
     server.start()
     try:
         print(f"vLLM ready in {server.wait_ready(600):.0f} s")
@@ -71,8 +81,10 @@ def main() -> None:
             batch = prompts(n)
             ours = vllm_tokens_per_s(server, batch)
             base = hf_tokens_per_s(world.teacher_dir, batch)
-            print(f"{n} concurrent: vLLM {ours:.0f} tok/s, HF generate (batch {n}, bf16) {base:.0f} tok/s, "
-                  f"ratio {ours / base:.1f}x (goal >= 5x)")
+            print(
+                f"{n} concurrent: vLLM {ours:.0f} tok/s, HF generate (batch {n}, bf16) {base:.0f} tok/s, "
+                f"ratio {ours / base:.1f}x (goal >= 5x)"
+            )
     finally:
         server.stop()
 

@@ -62,8 +62,9 @@ def _api_doc(path: Path, check: bool) -> bool:
 
 def _check_crds(out: Path, generated: dict[str, str]) -> bool:
     """Report files in `out` that differ from the models; True when any does."""
-    stale = [n for n, text in generated.items()
-             if not (out / n).exists() or (out / n).read_text(encoding="utf-8") != text]
+    stale = [
+        n for n, text in generated.items() if not (out / n).exists() or (out / n).read_text(encoding="utf-8") != text
+    ]
     extra = sorted(p.name for p in out.glob("*.yaml") if p.name not in generated) if out.exists() else []
     for name in stale:
         print(f"{out / name}: differs from the models; run `lmforge crds`", file=sys.stderr)
@@ -78,17 +79,24 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     manifests, problems = validate_paths(args.paths)
     if args.output == "json":
-        print(json.dumps({
-            "valid": not problems,
-            "resources": [f"{m.resource.kind}/{m.resource.metadata.name}" for m in manifests],
-            "problems": [p.__dict__ for p in problems],
-        }, indent=2))
+        print(
+            json.dumps(
+                {
+                    "valid": not problems,
+                    "resources": [f"{m.resource.kind}/{m.resource.metadata.name}" for m in manifests],
+                    "problems": [p.__dict__ for p in problems],
+                },
+                indent=2,
+            )
+        )
     else:
         for problem in problems:
             print(f"error: {problem}", file=sys.stderr)
         if not problems:
-            print(f"{len(manifests)} resource(s) valid: "
-                  + ", ".join(f"{m.resource.kind}/{m.resource.metadata.name}" for m in manifests))
+            print(
+                f"{len(manifests)} resource(s) valid: "
+                + ", ".join(f"{m.resource.kind}/{m.resource.metadata.name}" for m in manifests)
+            )
     return 1 if problems else 0
 
 
@@ -104,24 +112,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lmforge",
         description="Train a large language model from YAML: curate, tokenize, pretrain, align, evaluate, "
-                    "compress and serve, on Kubernetes or on this machine.",
+        "compress and serve, on Kubernetes or on this machine.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    p = sub.add_parser("crds", help="write the CustomResourceDefinitions and docs/api.md generated from the models",
-                       description="Generate the CRDs from lmforge.api into a directory (default ./crds) and "
-                                   "the API reference docs/api.md.")
-    p.add_argument("--out", action="append", metavar="DIR",
-                   help="directory to write into; repeatable (default: crds/ and charts/lmforge/crds/)")
-    p.add_argument("--docs", metavar="FILE",
-                   help="API reference to write or check (default: docs/api.md, unless --out is given)")
+    p = sub.add_parser(
+        "crds",
+        help="write the CustomResourceDefinitions and docs/api.md generated from the models",
+        description="Generate the CRDs from lmforge.api into a directory (default ./crds) and "
+        "the API reference docs/api.md.",
+    )
+    p.add_argument(
+        "--out",
+        action="append",
+        metavar="DIR",
+        help="directory to write into; repeatable (default: crds/ and charts/lmforge/crds/)",
+    )
+    p.add_argument(
+        "--docs", metavar="FILE", help="API reference to write or check (default: docs/api.md, unless --out is given)"
+    )
     p.add_argument("--check", action="store_true", help="exit 1 if the files there differ from the models")
     p.add_argument("--stdout", action="store_true", help="print them as one multi-document YAML instead")
     p.set_defaults(func=cmd_crds)
 
-    p = sub.add_parser("validate", help="check manifests and explain every problem",
-                       description="Validate LMForge manifests (files or directories, multi-document YAML), "
-                                   "including references between them. Exit status 1 on any problem.")
+    p = sub.add_parser(
+        "validate",
+        help="check manifests and explain every problem",
+        description="Validate LMForge manifests (files or directories, multi-document YAML), "
+        "including references between them. Exit status 1 on any problem.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("-o", "--output", choices=["text", "json"], default="text", help="output format")
     p.set_defaults(func=cmd_validate)
@@ -139,11 +158,13 @@ def _extensions() -> list[Callable[[argparse._SubParsersAction[argparse.Argument
     found: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = []
     try:
         from lmforge.operator.embedded.cli import register as register_runner
+
         found.append(register_runner)
     except ImportError:
         pass
     try:
         from lmforge.plan import register as register_plan
+
         found.append(register_plan)
     except ImportError:
         pass

@@ -49,19 +49,38 @@ class Plan:
     hours: float
 
 
-def make_plan(arch: Architecture, *, vocab: int, seq: int, tokens: int, gpus: int, gpu: str, mfu: float,
-              micro_batch: int, precision: Precision, checkpointing: bool) -> Plan:
+def make_plan(
+    arch: Architecture,
+    *,
+    vocab: int,
+    seq: int,
+    tokens: int,
+    gpus: int,
+    gpu: str,
+    mfu: float,
+    micro_batch: int,
+    precision: Precision,
+    checkpointing: bool,
+) -> Plan:
     params = arch.parameter_count(vocab)
     per_token = arch.flops_per_token(vocab, seq)
     total = per_token * tokens
-    acts = activation_bytes(layers=arch.num_layers, hidden=arch.hidden_size, seq_length=seq,
-                            micro_batch=micro_batch, checkpointing=checkpointing)
-    memory = {f"zero{z}": round((train_state_bytes(params, zero_stage=z, world=gpus, precision=precision)
-                                 + acts) / 2**30, 2) for z in range(4)}
+    acts = activation_bytes(
+        layers=arch.num_layers,
+        hidden=arch.hidden_size,
+        seq_length=seq,
+        micro_batch=micro_batch,
+        checkpointing=checkpointing,
+    )
+    memory = {
+        f"zero{z}": round((train_state_bytes(params, zero_stage=z, world=gpus, precision=precision) + acts) / 2**30, 2)
+        for z in range(4)
+    }
     peak = PEAK_BF16_FLOPS[gpu] / (2 if precision is Precision.FP32 else 1)
     hours = total / (gpus * peak * mfu) / 3600
-    return Plan(params, tokens, int(CHINCHILLA_TOKENS_PER_PARAM * params), per_token, total, memory, gpus, gpu,
-                mfu, hours)
+    return Plan(
+        params, tokens, int(CHINCHILLA_TOKENS_PER_PARAM * params), per_token, total, memory, gpus, gpu, mfu, hours
+    )
 
 
 def _human(n: float) -> str:
@@ -79,7 +98,8 @@ def render(plan: Plan) -> str:
         f"({plan.tokens / max(plan.chinchilla_tokens, 1):.2f}× of it)",
         f"FLOPs per token       {plan.flops_per_token:.3e}",
         f"training FLOPs        {plan.total_flops:.3e}",
-        "memory per GPU        " + ", ".join(f"{k}: {v:.2f} GiB" for k, v in plan.memory_gib_per_gpu.items())
+        "memory per GPU        "
+        + ", ".join(f"{k}: {v:.2f} GiB" for k, v in plan.memory_gib_per_gpu.items())
         + "  (weights+grads+AdamW+activations)",
         f"time on {plan.gpus}× {plan.gpu}    {plan.hours:.2f} h at {plan.mfu:.0%} MFU",
     ]
@@ -93,8 +113,11 @@ def _from_manifest(path: Path) -> tuple[Architecture, dict[str, Any]]:
     if not jobs:
         raise SystemExit(f"{path}: no PretrainJob in the file")
     job = jobs[0].spec
-    found: dict[str, Any] = {"micro_batch": job.training.micro_batch_size, "precision": job.training.precision,
-                             "checkpointing": job.training.gradient_checkpointing}
+    found: dict[str, Any] = {
+        "micro_batch": job.training.micro_batch_size,
+        "precision": job.training.precision,
+        "checkpointing": job.training.gradient_checkpointing,
+    }
     for d in docs:
         if d.get("kind") == "Dataset" and d.get("metadata", {}).get("name") == job.dataset_ref.name:
             ds = Dataset.model_validate(d).spec
@@ -107,8 +130,13 @@ def _from_manifest(path: Path) -> tuple[Architecture, dict[str, Any]]:
     if job.training.tokens is not None:
         found["tokens"] = job.training.tokens
     elif job.training.max_steps is not None:
-        found["tokens"] = (job.training.max_steps * job.training.micro_batch_size
-                           * job.training.gradient_accumulation_steps * world * seq)
+        found["tokens"] = (
+            job.training.max_steps
+            * job.training.micro_batch_size
+            * job.training.gradient_accumulation_steps
+            * world
+            * seq
+        )
     found["seq"] = seq
     return job.model, found
 
@@ -119,29 +147,45 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if args.file:
         arch, found = _from_manifest(Path(args.file))
     else:
-        arch = Architecture(num_layers=args.layers, hidden_size=args.hidden, num_heads=args.heads,
-                            num_kv_heads=args.kv_heads, head_dim=args.head_dim,
-                            intermediate_size=args.intermediate, tie_embeddings=args.tie_embeddings)
+        arch = Architecture(
+            num_layers=args.layers,
+            hidden_size=args.hidden,
+            num_heads=args.heads,
+            num_kv_heads=args.kv_heads,
+            head_dim=args.head_dim,
+            intermediate_size=args.intermediate,
+            tie_embeddings=args.tie_embeddings,
+        )
 
     def pick(name: str, default: Any) -> Any:
         value = getattr(args, name)
         return value if value is not None else found.get(name, default)
 
     seq = pick("seq", 2048)
-    plan = make_plan(arch, vocab=pick("vocab", 32000), seq=seq,
-                     tokens=pick("tokens", 0) or int(CHINCHILLA_TOKENS_PER_PARAM * arch.parameter_count(
-                         pick("vocab", 32000))),
-                     gpus=pick("gpus", 8), gpu=args.gpu, mfu=args.mfu, micro_batch=pick("micro_batch", 8),
-                     precision=Precision(pick("precision", Precision.BF16)),
-                     checkpointing=bool(pick("checkpointing", False)))
+    plan = make_plan(
+        arch,
+        vocab=pick("vocab", 32000),
+        seq=seq,
+        tokens=pick("tokens", 0) or int(CHINCHILLA_TOKENS_PER_PARAM * arch.parameter_count(pick("vocab", 32000))),
+        gpus=pick("gpus", 8),
+        gpu=args.gpu,
+        mfu=args.mfu,
+        micro_batch=pick("micro_batch", 8),
+        precision=Precision(pick("precision", Precision.BF16)),
+        checkpointing=bool(pick("checkpointing", False)),
+    )
     print(json.dumps(asdict(plan), indent=2) if args.json else render(plan))
     return 0
 
 
 def register(sub: Any) -> None:
     """Add `lmforge plan` to the CLI's subcommands."""
-    p = sub.add_parser("plan", help="size a pretraining run: parameters, FLOPs, memory, time",
-                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "plan",
+        help="size a pretraining run: parameters, FLOPs, memory, time",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("-f", "--file", help="a manifest with a PretrainJob (and optionally its Dataset)")
     p.add_argument("--layers", type=int, default=12, help="transformer blocks (default: %(default)s)")
     p.add_argument("--hidden", type=int, default=768, help="model width (default: %(default)s)")
@@ -152,8 +196,9 @@ def register(sub: Any) -> None:
     p.add_argument("--tie-embeddings", action="store_true", help="share input and output embeddings")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary size (default: 32000)")
     p.add_argument("--seq", type=int, default=None, help="sequence length (default: 2048)")
-    p.add_argument("--tokens", type=parse_count, default=None,
-                   help="token budget, e.g. 10B (default: Chinchilla-optimal)")
+    p.add_argument(
+        "--tokens", type=parse_count, default=None, help="token budget, e.g. 10B (default: Chinchilla-optimal)"
+    )
     p.add_argument("--micro-batch", type=int, default=None, help="sequences per GPU per pass (default: 8)")
     p.add_argument("--precision", choices=[x.value for x in Precision], default=None, help="default: bf16")
     p.add_argument("--checkpointing", action="store_true", default=None, help="activation checkpointing")

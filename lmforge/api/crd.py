@@ -115,10 +115,17 @@ def resource_schema(info: KindInfo) -> dict[str, Any]:
 def crd(info: KindInfo) -> dict[str, Any]:
     """The CustomResourceDefinition object of a kind."""
     columns = [
-        {k: v for k, v in {
-            "name": c.name, "type": c.type, "jsonPath": c.json_path,
-            "description": c.description or None, "priority": c.priority or None,
-        }.items() if v is not None}
+        {
+            k: v
+            for k, v in {
+                "name": c.name,
+                "type": c.type,
+                "jsonPath": c.json_path,
+                "description": c.description or None,
+                "priority": c.priority or None,
+            }.items()
+            if v is not None
+        }
         for c in info.columns
     ]
     return {
@@ -139,14 +146,16 @@ def crd(info: KindInfo) -> dict[str, Any]:
                 "shortNames": list(info.short_names),
                 "categories": [CATEGORY],
             },
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": columns,
-                "schema": {"openAPIV3Schema": resource_schema(info)},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": columns,
+                    "schema": {"openAPIV3Schema": resource_schema(info)},
+                }
+            ],
         },
     }
 

@@ -12,8 +12,16 @@ from lmforge.api.scheduling import Compute
 from lmforge.api.tracking import Tracking
 
 DEFAULT_ALLOWED_LICENSES = [
-    "CC0-1.0", "CC-BY-4.0", "CC-BY-SA-4.0", "ODC-BY-1.0", "PDDL-1.0", "MIT", "Apache-2.0",
-    "BSD-2-Clause", "BSD-3-Clause", "public-domain",
+    "CC0-1.0",
+    "CC-BY-4.0",
+    "CC-BY-SA-4.0",
+    "ODC-BY-1.0",
+    "PDDL-1.0",
+    "MIT",
+    "Apache-2.0",
+    "BSD-2-Clause",
+    "BSD-3-Clause",
+    "public-domain",
 ]
 
 
@@ -80,10 +88,12 @@ class QualityFilter(ApiModel):
     """Gopher/C4-style heuristics; a document failing any is dropped and counted by rule."""
 
     rules = (
-        Rule('self.minWords <= self.maxWords',
-             'minWords must not exceed maxWords', 'minWords'),
-        Rule('self.minMeanWordLength <= self.maxMeanWordLength',
-             'minMeanWordLength must not exceed maxMeanWordLength', 'minMeanWordLength'),
+        Rule("self.minWords <= self.maxWords", "minWords must not exceed maxWords", "minWords"),
+        Rule(
+            "self.minMeanWordLength <= self.maxMeanWordLength",
+            "minMeanWordLength must not exceed maxMeanWordLength",
+            "minMeanWordLength",
+        ),
     )
 
     enabled: bool = True
@@ -168,10 +178,12 @@ class NearDedup(ApiModel):
     """MinHash + LSH near-duplicate removal, global across workers."""
 
     rules = (
-        Rule('has(self.bands) == has(self.rows)',
-             'set both `bands` and `rows`, or neither', 'bands'),
-        Rule('!has(self.bands) || !has(self.rows) || self.bands * self.rows == self.numPerm',
-             'bands × rows must equal numPerm', 'bands'),
+        Rule("has(self.bands) == has(self.rows)", "set both `bands` and `rows`, or neither", "bands"),
+        Rule(
+            "!has(self.bands) || !has(self.rows) || self.bands * self.rows == self.numPerm",
+            "bands × rows must equal numPerm",
+            "bands",
+        ),
     )
 
     enabled: bool = True
@@ -243,20 +255,30 @@ class DatasetSpec(ApiModel):
     """What to read, how to curate it, and how to tokenize and pack it."""
 
     rules = (
-        Rule('self.sources.all(s, self.sources.exists_one(t, t.name == s.name))',
-             'source names must be unique', 'sources'),
-        Rule('self.sources.all(s, s.license in self.allowedLicenses)',
-             "every source's license must be in allowedLicenses", 'sources'),
+        Rule(
+            "self.sources.all(s, self.sources.exists_one(t, t.name == s.name))",
+            "source names must be unique",
+            "sources",
+        ),
+        Rule(
+            "self.sources.all(s, s.license in self.allowedLicenses)",
+            "every source's license must be in allowedLicenses",
+            "sources",
+        ),
         # specialTokens' default is not in the schema (a list default), so CEL counts it itself.
-        Rule('!has(self.tokenizer) || has(self.tokenizer.fromUri) || self.tokenizer.vocabSize >= '
-             f'(has(self.tokenizer.specialTokens) ? size(self.tokenizer.specialTokens) : {len(DEFAULT_SPECIAL_TOKENS)}) + 257',
-             'tokenizer.vocabSize must hold the byte alphabet plus the special tokens', 'tokenizer.vocabSize'),
+        Rule(
+            "!has(self.tokenizer) || has(self.tokenizer.fromUri) || self.tokenizer.vocabSize >= "
+            f"(has(self.tokenizer.specialTokens) ? size(self.tokenizer.specialTokens) : {len(DEFAULT_SPECIAL_TOKENS)}) + 257",
+            "tokenizer.vocabSize must hold the byte alphabet plus the special tokens",
+            "tokenizer.vocabSize",
+        ),
     )
 
     sources: list[Source] = Field(min_length=1, max_length=256)
     """Inputs, each with its licence."""
     allowed_licenses: list[Annotated[str, Field(max_length=64)]] = Field(
-        default=list(DEFAULT_ALLOWED_LICENSES), max_length=256)  # a plain default, so the CRD carries it too
+        default=list(DEFAULT_ALLOWED_LICENSES), max_length=256
+    )  # a plain default, so the CRD carries it too
     """Licences a source may carry; a source with another licence is rejected."""
     opt_out: OptOut = Field(default_factory=OptOut)
     """Opt-out lists, applied first."""

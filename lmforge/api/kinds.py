@@ -43,8 +43,12 @@ _COMMON_HEAD = (
     PrinterColumn("Progress", ".status.progress.percent", "number", description="Percent done of the running stage"),
 )
 _COMMON_TAIL = (
-    PrinterColumn("Reason", ".status.conditions[?(@.type==\"Ready\")].reason", priority=1,
-                  description="Reason of the Ready condition"),
+    PrinterColumn(
+        "Reason",
+        '.status.conditions[?(@.type=="Ready")].reason',
+        priority=1,
+        description="Reason of the Ready condition",
+    ),
     PrinterColumn("Age", ".metadata.creationTimestamp", "date"),
 )
 
@@ -55,34 +59,62 @@ def _columns(*middle: PrinterColumn) -> tuple[PrinterColumn, ...]:
 
 KINDS: dict[str, KindInfo] = {
     "Dataset": KindInfo(
-        "Dataset", "datasets", "dataset", ("lmds",), Dataset,
-        _columns(PrinterColumn("Tokens", ".status.metrics.tokens", "number", description="Tokens in the shards"),
-                 PrinterColumn("Key", ".status.keyMetric", priority=1)),
+        "Dataset",
+        "datasets",
+        "dataset",
+        ("lmds",),
+        Dataset,
+        _columns(
+            PrinterColumn("Tokens", ".status.metrics.tokens", "number", description="Tokens in the shards"),
+            PrinterColumn("Key", ".status.keyMetric", priority=1),
+        ),
         "Curated, tokenized and packed training data with a dataset card.",
     ),
     "PretrainJob": KindInfo(
-        "PretrainJob", "pretrainjobs", "pretrainjob", ("ptj",), PretrainJob,
-        _columns(PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss"),
-                 PrinterColumn("Tokens/s", ".status.metrics.tokens_per_second", "number", priority=1)),
+        "PretrainJob",
+        "pretrainjobs",
+        "pretrainjob",
+        ("ptj",),
+        PretrainJob,
+        _columns(
+            PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss"),
+            PrinterColumn("Tokens/s", ".status.metrics.tokens_per_second", "number", priority=1),
+        ),
         "Next-token pretraining with DeepSpeed, checkpoints, resume and Hugging Face export.",
     ),
     "AlignmentJob": KindInfo(
-        "AlignmentJob", "alignmentjobs", "alignmentjob", ("alj",), AlignmentJob,
-        _columns(PrinterColumn("Method", ".spec.method"),
-                 PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss")),
+        "AlignmentJob",
+        "alignmentjobs",
+        "alignmentjob",
+        ("alj",),
+        AlignmentJob,
+        _columns(
+            PrinterColumn("Method", ".spec.method"),
+            PrinterColumn("Loss", ".status.metrics.loss", "number", description="Latest training loss"),
+        ),
         "SFT, reward model, PPO or DPO of a base model, fully or with LoRA/QLoRA.",
     ),
     "EvalSuite": KindInfo(
-        "EvalSuite", "evalsuites", "evalsuite", ("evs",), EvalSuite,
-        _columns(PrinterColumn("Gate", ".status.conditions[?(@.type==\"GatePassed\")].status",
-                               description="Whether every threshold held"),
-                 PrinterColumn("Key", ".status.keyMetric")),
+        "EvalSuite",
+        "evalsuites",
+        "evalsuite",
+        ("evs",),
+        EvalSuite,
+        _columns(
+            PrinterColumn(
+                "Gate", '.status.conditions[?(@.type=="GatePassed")].status', description="Whether every threshold held"
+            ),
+            PrinterColumn("Key", ".status.keyMetric"),
+        ),
         "Evaluation tasks and the thresholds that gate a release.",
     ),
     "ModelRelease": KindInfo(
-        "ModelRelease", "modelreleases", "modelrelease", ("mrel",), ModelRelease,
-        _columns(PrinterColumn("Endpoint", ".status.endpoint"),
-                 PrinterColumn("Key", ".status.keyMetric", priority=1)),
+        "ModelRelease",
+        "modelreleases",
+        "modelrelease",
+        ("mrel",),
+        ModelRelease,
+        _columns(PrinterColumn("Endpoint", ".status.endpoint"), PrinterColumn("Key", ".status.keyMetric", priority=1)),
         "A compressed, evaluated model served by vLLM behind an OpenAI-compatible API.",
     ),
 }
@@ -141,15 +173,19 @@ def references(resource: Resource) -> list[Reference]:
         espec = resource.spec
         evaluated = espec.model_ref
         if evaluated is not None and evaluated.kind is ModelKind.MODEL_RELEASE and evaluated.name is not None:
-            out.append(Reference(evaluated.kind.value, evaluated.name, "spec.modelRef", needs_ready=False,
-                                 candidate=True))
+            out.append(
+                Reference(evaluated.kind.value, evaluated.name, "spec.modelRef", needs_ready=False, candidate=True)
+            )
         else:
             out += _model(evaluated, "spec.modelRef")
-        out += _local("ModelRelease", espec.endpoint.release_ref if espec.endpoint else None,
-                      "spec.endpoint.releaseRef")
+        out += _local(
+            "ModelRelease", espec.endpoint.release_ref if espec.endpoint else None, "spec.endpoint.releaseRef"
+        )
         out += _local("EvalSuite", espec.baseline_ref, "spec.baselineRef")
         for i, task in enumerate(espec.tasks):
-            out += _model(task.classifier.model_ref if task.classifier else None, f"spec.tasks[{i}].classifier.modelRef")
+            out += _model(
+                task.classifier.model_ref if task.classifier else None, f"spec.tasks[{i}].classifier.modelRef"
+            )
     elif isinstance(resource, ModelRelease):
         rspec = resource.spec
         out += _model(rspec.model_ref, "spec.modelRef")
@@ -158,8 +194,9 @@ def references(resource: Resource) -> list[Reference]:
         out += _local("Dataset", quant.calibration_dataset_ref, "spec.compression.quantization.calibrationDatasetRef")
         distil = rspec.compression.distillation
         out += _local("Dataset", distil.dataset_ref if distil else None, "spec.compression.distillation.datasetRef")
-        out += _local("EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef",
-                      needs_ready=False)
+        out += _local(
+            "EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef", needs_ready=False
+        )
         for i, ref in enumerate(rspec.serving.lora_adapters):
             out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
     return out
@@ -170,8 +207,7 @@ def evaluates_candidate(suite_spec: Mapping[str, Any] | None, release: str) -> b
     evaluates ModelRelease `release`'s compressed candidate: then the release's `evalSuiteRef` to it
     is a gate checked after compression, not an input the release waits for before compressing."""
     ref = (suite_spec or {}).get("modelRef") or {}
-    return isinstance(ref, Mapping) and ref.get("kind") == ModelKind.MODEL_RELEASE.value \
-        and ref.get("name") == release
+    return isinstance(ref, Mapping) and ref.get("kind") == ModelKind.MODEL_RELEASE.value and ref.get("name") == release
 
 
 def smoke_suite_of(release_spec: Mapping[str, Any] | None, suite: str) -> bool:
@@ -184,8 +220,11 @@ def smoke_suite_of(release_spec: Mapping[str, Any] | None, suite: str) -> bool:
 def gate_edge(referrer: Resource, ref: Reference, target_spec: Mapping[str, Any] | None) -> bool:
     """Whether `ref` is a ModelRelease's `evalSuiteRef` to a suite that evaluates its own candidate
     (the edge back from compress → evaluate → gate, which orders nothing and waits for nothing)."""
-    return isinstance(referrer, ModelRelease) and ref.field == "spec.evalSuiteRef" \
+    return (
+        isinstance(referrer, ModelRelease)
+        and ref.field == "spec.evalSuiteRef"
         and evaluates_candidate(target_spec, referrer.metadata.name)
+    )
 
 
 def key(resource: Resource) -> str:

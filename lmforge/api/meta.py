@@ -86,8 +86,9 @@ class FreeForm(BaseModel):
 class ObjectMeta(ApiModel):
     """The subset of Kubernetes `metav1.ObjectMeta` that LMForge reads."""
 
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore",
-                              use_attribute_docstrings=True)
+    model_config = ConfigDict(
+        alias_generator=to_camel, populate_by_name=True, extra="ignore", use_attribute_docstrings=True
+    )
 
     name: str = Field(min_length=1, max_length=63)
     """Name of the resource, unique per kind in its namespace; a DNS-1123 label because it names
@@ -134,10 +135,8 @@ class ModelRef(ApiModel):
     the artifact store (for example an open checkpoint a user uploaded)."""
 
     rules = (
-        Rule('has(self.name) != has(self.uri)',
-             'set exactly one of `name` (with `kind`) or `uri`', 'name'),
-        Rule('!has(self.name) || has(self.kind)',
-             '`kind` is required with `name`', 'kind'),
+        Rule("has(self.name) != has(self.uri)", "set exactly one of `name` (with `kind`) or `uri`", "name"),
+        Rule("!has(self.name) || has(self.kind)", "`kind` is required with `name`", "kind"),
     )
 
     kind: ModelKind | None = None

@@ -22,10 +22,16 @@ class Architecture(ApiModel):
     the exported model is a plain Hugging Face `LlamaForCausalLM`."""
 
     rules = (
-        Rule('has(self.headDim) || self.hiddenSize % self.numHeads == 0',
-             'hiddenSize must be divisible by numHeads, or set headDim', 'hiddenSize'),
-        Rule('!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0',
-             'numHeads must be a multiple of numKvHeads', 'numHeads'),
+        Rule(
+            "has(self.headDim) || self.hiddenSize % self.numHeads == 0",
+            "hiddenSize must be divisible by numHeads, or set headDim",
+            "hiddenSize",
+        ),
+        Rule(
+            "!has(self.numKvHeads) || self.numHeads % self.numKvHeads == 0",
+            "numHeads must be a multiple of numKvHeads",
+            "numHeads",
+        ),
     )
 
     family: ModelFamily = ModelFamily.LLAMA
@@ -55,8 +61,7 @@ class Architecture(ApiModel):
     def _shapes(self) -> Architecture:
         if self.head_dim is None and self.hidden_size % self.num_heads:
             raise ValueError(
-                f"hiddenSize ({self.hidden_size}) must be divisible by numHeads ({self.num_heads}), "
-                "or set headDim"
+                f"hiddenSize ({self.hidden_size}) must be divisible by numHeads ({self.num_heads}), or set headDim"
             )
         kv = self.num_kv_heads or self.num_heads
         if self.num_heads % kv:
@@ -94,10 +99,7 @@ class Architecture(ApiModel):
 class Training(ApiModel):
     """Batch, length and duration of training."""
 
-    rules = (
-        Rule('has(self.maxSteps) != has(self.tokens)',
-             'set exactly one of maxSteps or tokens', 'maxSteps'),
-    )
+    rules = (Rule("has(self.maxSteps) != has(self.tokens)", "set exactly one of maxSteps or tokens", "maxSteps"),)
 
     max_steps: int | None = Field(default=None, ge=1)
     """Optimizer steps to train; or set `tokens`."""
@@ -171,10 +173,14 @@ class PretrainJobSpec(ApiModel):
     """What to train, on what, and how."""
 
     rules = (
-        Rule('!has(self.replay) || has(self.initFrom)',
-             'replay is for continual pretraining: set initFrom too', 'replay'),
-        Rule("!has(self.training) || self.training.precision != 'fp16' || (has(self.topology) && self.topology.gpusPerNode > 0)",
-             'training.precision fp16 needs GPUs (topology.gpusPerNode > 0)', 'training.precision'),
+        Rule(
+            "!has(self.replay) || has(self.initFrom)", "replay is for continual pretraining: set initFrom too", "replay"
+        ),
+        Rule(
+            "!has(self.training) || self.training.precision != 'fp16' || (has(self.topology) && self.topology.gpusPerNode > 0)",
+            "training.precision fp16 needs GPUs (topology.gpusPerNode > 0)",
+            "training.precision",
+        ),
     )
 
     dataset_ref: LocalRef

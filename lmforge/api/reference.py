@@ -18,8 +18,16 @@ from pydantic.fields import FieldInfo
 from lmforge.api.kinds import KINDS, ORDER
 from lmforge.api.meta import API_VERSION, Status
 
-_BOUNDS = (("gt", ">"), ("ge", "≥"), ("lt", "<"), ("le", "≤"), ("min_length", "min length"),
-           ("max_length", "max length"), ("pattern", "pattern"), ("multiple_of", "multiple of"))
+_BOUNDS = (
+    ("gt", ">"),
+    ("ge", "≥"),
+    ("lt", "<"),
+    ("le", "≤"),
+    ("min_length", "min length"),
+    ("max_length", "max length"),
+    ("pattern", "pattern"),
+    ("multiple_of", "multiple of"),
+)
 
 
 def _args(annotation: Any) -> tuple[Any, ...]:
@@ -96,8 +104,10 @@ def _model_section(model: type[BaseModel]) -> list[str]:
     lines += ["| Field | Type | Default | Bounds | Description |", "| --- | --- | --- | --- | --- |"]
     for name, field in model.model_fields.items():
         wire = field.alias or name
-        lines.append(f"| `{wire}` | {_type(field.annotation)} | {_default(field)} | {_bounds(field)} | "
-                     f"{_cell(field.description)} |")
+        lines.append(
+            f"| `{wire}` | {_type(field.annotation)} | {_default(field)} | {_bounds(field)} | "
+            f"{_cell(field.description)} |"
+        )
     rules = model.__dict__.get("rules", ())
     if rules:
         lines += ["", "Rules (checked by the model and, as CEL, by the API server at apply):", ""]
@@ -156,8 +166,10 @@ def api_reference() -> str:
     for kind in ORDER:
         info = KINDS[kind]
         spec = _spec_model(kind)
-        lines.append(f"| {kind} | {', '.join(info.short_names)} | [{spec.__name__}](#{spec.__name__.lower()}) — "
-                     f"{_cell(info.description)} |")
+        lines.append(
+            f"| {kind} | {', '.join(info.short_names)} | [{spec.__name__}](#{spec.__name__.lower()}) — "
+            f"{_cell(info.description)} |"
+        )
     lines.append("")
     seen: set[type] = set()
     for kind in ORDER:

@@ -154,8 +154,11 @@ class ModelReleaseSpec(ApiModel):
     """What to release, how to compress it, and how to serve it."""
 
     rules = (
-        Rule('!has(self.serving) || self.serving.tensorParallelSize <= (self.gpus > 1 ? self.gpus : 1)',
-             'serving.tensorParallelSize must not exceed gpus', 'serving.tensorParallelSize'),
+        Rule(
+            "!has(self.serving) || self.serving.tensorParallelSize <= (self.gpus > 1 ? self.gpus : 1)",
+            "serving.tensorParallelSize must not exceed gpus",
+            "serving.tensorParallelSize",
+        ),
     )
 
     model_ref: ModelRef

@@ -25,10 +25,7 @@ class LRSchedule(StrEnum):
 class Optimizer(ApiModel):
     """AdamW with warm-up then decay to a floor."""
 
-    rules = (
-        Rule('self.minLr <= self.lr',
-             'minLr must not exceed lr', 'minLr'),
-    )
+    rules = (Rule("self.minLr <= self.lr", "minLr must not exceed lr", "minLr"),)
 
     lr: float = Field(default=3e-4, gt=0, le=1)
     """Peak learning rate."""
@@ -63,10 +60,12 @@ class DeepSpeed(ApiModel):
     """DeepSpeed engine settings; the generated config is published with the job's artifacts."""
 
     rules = (
-        Rule("self.offloadParams == 'none' || self.zeroStage == 3",
-             'offloadParams needs zeroStage 3', 'offloadParams'),
-        Rule("self.offloadOptimizer == 'none' || self.zeroStage >= 1",
-             'offloadOptimizer needs zeroStage ≥ 1', 'offloadOptimizer'),
+        Rule("self.offloadParams == 'none' || self.zeroStage == 3", "offloadParams needs zeroStage 3", "offloadParams"),
+        Rule(
+            "self.offloadOptimizer == 'none' || self.zeroStage >= 1",
+            "offloadOptimizer needs zeroStage ≥ 1",
+            "offloadOptimizer",
+        ),
     )
 
     zero_stage: int = Field(default=1, ge=0, le=3)
@@ -158,8 +157,7 @@ def checkpoint_bytes(params: int, *, zero_stage: int, world: int, precision: Pre
     return params * (weights + optim)
 
 
-def activation_bytes(*, layers: int, hidden: int, seq_length: int, micro_batch: int,
-                     checkpointing: bool) -> float:
+def activation_bytes(*, layers: int, hidden: int, seq_length: int, micro_batch: int, checkpointing: bool) -> float:
     """Activation memory of one micro-batch (Korthikanti et al. 2022, 16-bit, flash attention so no
     s² term): 34·s·b·h per layer, or just the layer inputs (2·s·b·h) with activation checkpointing."""
     per_layer = (2.0 if checkpointing else 34.0) * seq_length * micro_batch * hidden

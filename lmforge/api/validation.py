@@ -66,7 +66,7 @@ def _message(error: Any) -> str:
     if kind == "extra_forbidden":
         return "unknown field (check the spelling; fields are camelCase)"
     if msg.startswith("Value error, "):
-        msg = msg[len("Value error, "):]
+        msg = msg[len("Value error, ") :]
     if kind not in ("value_error", "assertion_error") and "input" in error:
         shown = repr(error["input"])
         if len(shown) <= 60:
@@ -87,11 +87,9 @@ def parse_resource(doc: Any, source: str = "-") -> tuple[Resource | None, list[P
     name = doc.get("metadata", {}).get("name", "?") if isinstance(doc.get("metadata"), dict) else "?"
     label = f"{kind or '?'}/{name}"
     if kind not in KINDS:
-        return None, [Problem(source, label, "kind",
-                              f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")]
+        return None, [Problem(source, label, "kind", f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")]
     if doc.get("apiVersion") != API_VERSION:
-        return None, [Problem(source, label, "apiVersion",
-                              f"expected {API_VERSION!r}, got {doc.get('apiVersion')!r}")]
+        return None, [Problem(source, label, "apiVersion", f"expected {API_VERSION!r}, got {doc.get('apiVersion')!r}")]
     try:
         return KINDS[kind].model.model_validate(doc), []
     except ValidationError as exc:
@@ -142,8 +140,14 @@ def check_set(manifests: Sequence[Manifest]) -> list[Problem]:
         for ref in references(m.resource):
             target = by_key.get(f"{ref.kind}/{ref.name}")
             if target is None:
-                problems.append(Problem(m.source, key(m.resource), ref.field,
-                                        f"references {ref.kind}/{ref.name}, which is not defined in these manifests"))
+                problems.append(
+                    Problem(
+                        m.source,
+                        key(m.resource),
+                        ref.field,
+                        f"references {ref.kind}/{ref.name}, which is not defined in these manifests",
+                    )
+                )
                 continue
             problems += _target_checks(m, ref.field, target.resource)
     problems += _cycles(manifests)
@@ -152,34 +156,65 @@ def check_set(manifests: Sequence[Manifest]) -> list[Problem]:
 
 def _target_checks(m: Manifest, field: str, target: Resource) -> list[Problem]:
     here = key(m.resource)
-    reward_ref = field == "spec.ppo.rewardModelRef" or (field.startswith(("spec.grpo.rewards", "spec.rloo.rewards"))
-                                                         and field.endswith(".modelRef"))
-    if reward_ref and isinstance(target, AlignmentJob) \
-            and target.spec.method is not AlignmentMethod.REWARD:
-        return [Problem(m.source, here, field,
-                        f"{key(target)} trains method {target.spec.method.value}, not a reward model (method reward)")]
-    if field == "spec.evalSuiteRef" and isinstance(target, EvalSuite) and target.spec.endpoint is not None \
-            and target.spec.endpoint.release_ref is not None \
-            and target.spec.endpoint.release_ref.name == m.resource.metadata.name:
+    reward_ref = field == "spec.ppo.rewardModelRef" or (
+        field.startswith(("spec.grpo.rewards", "spec.rloo.rewards")) and field.endswith(".modelRef")
+    )
+    if reward_ref and isinstance(target, AlignmentJob) and target.spec.method is not AlignmentMethod.REWARD:
+        return [
+            Problem(
+                m.source,
+                here,
+                field,
+                f"{key(target)} trains method {target.spec.method.value}, not a reward model (method reward)",
+            )
+        ]
+    if (
+        field == "spec.evalSuiteRef"
+        and isinstance(target, EvalSuite)
+        and target.spec.endpoint is not None
+        and target.spec.endpoint.release_ref is not None
+        and target.spec.endpoint.release_ref.name == m.resource.metadata.name
+    ):
         name = m.resource.metadata.name
-        return [Problem(m.source, here, field,
-                        f"{key(target)} evaluates this release's endpoint, which serves only once its gate "
-                        f"has passed; to gate on what will be served, give that suite modelRef {{kind: "
-                        f"ModelRelease, name: {name}}} (the compressed candidate) instead of endpoint.releaseRef")]
+        return [
+            Problem(
+                m.source,
+                here,
+                field,
+                f"{key(target)} evaluates this release's endpoint, which serves only once its gate "
+                f"has passed; to gate on what will be served, give that suite modelRef {{kind: "
+                f"ModelRelease, name: {name}}} (the compressed candidate) instead of endpoint.releaseRef",
+            )
+        ]
     if field == "spec.serving.smokeEvalSuiteRef" and isinstance(target, EvalSuite):
         endpoint = target.spec.endpoint
         if endpoint is None or endpoint.release_ref is None or endpoint.release_ref.name != m.resource.metadata.name:
-            return [Problem(m.source, here, field,
-                            f"{key(target)} does not evaluate this release's endpoint; a smoke suite needs "
-                            f"endpoint.releaseRef {{name: {m.resource.metadata.name}}} (it is run against the "
-                            "new server before that takes over)")]
-    if field.startswith("spec.serving.loraAdapters") and isinstance(m.resource, ModelRelease) \
-            and isinstance(target, AlignmentJob):
+            return [
+                Problem(
+                    m.source,
+                    here,
+                    field,
+                    f"{key(target)} does not evaluate this release's endpoint; a smoke suite needs "
+                    f"endpoint.releaseRef {{name: {m.resource.metadata.name}}} (it is run against the "
+                    "new server before that takes over)",
+                )
+            ]
+    if (
+        field.startswith("spec.serving.loraAdapters")
+        and isinstance(m.resource, ModelRelease)
+        and isinstance(target, AlignmentJob)
+    ):
         adapter = target.spec.adapter
         if adapter.type is AdapterType.NONE or adapter.output is not AdapterOutput.ADAPTER:
-            return [Problem(m.source, here, field,
-                            f"{key(target)} does not publish a LoRA adapter (needs adapter.type lora/qlora "
-                            "and adapter.output adapter)")]
+            return [
+                Problem(
+                    m.source,
+                    here,
+                    field,
+                    f"{key(target)} does not publish a LoRA adapter (needs adapter.type lora/qlora "
+                    "and adapter.output adapter)",
+                )
+            ]
     return []
 
 
@@ -191,14 +226,16 @@ def _waits_on(resource: Resource, by_key: dict[str, Resource]) -> list[Reference
     """The references that order `resource` after their target: those it waits for (Ready, or a
     release's compressed candidate), less a release's gate on a suite evaluating its own candidate
     (compress → evaluate the candidate → gate: that edge points back and waits for nothing)."""
-    return [r for r in references(resource) if (r.needs_ready or r.candidate)
-            and not gate_edge(resource, r, _spec(by_key.get(f"{r.kind}/{r.name}")))]
+    return [
+        r
+        for r in references(resource)
+        if (r.needs_ready or r.candidate) and not gate_edge(resource, r, _spec(by_key.get(f"{r.kind}/{r.name}")))
+    ]
 
 
 def _cycles(manifests: Sequence[Manifest]) -> list[Problem]:
     by_key = {key(m.resource): m.resource for m in manifests}
-    graph = {key(m.resource): [f"{r.kind}/{r.name}" for r in _waits_on(m.resource, by_key)]
-             for m in manifests}
+    graph = {key(m.resource): [f"{r.kind}/{r.name}" for r in _waits_on(m.resource, by_key)] for m in manifests}
     source = {key(m.resource): m.source for m in manifests}
     state: dict[str, int] = {}
     stack: list[str] = []
@@ -211,7 +248,7 @@ def _cycles(manifests: Sequence[Manifest]) -> list[Problem]:
             if nxt not in graph:
                 continue
             if state.get(nxt) == 1:
-                cycle = [*stack[stack.index(nxt):], nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 found.append(Problem(source[nxt], nxt, "", "reference cycle: " + " -> ".join(cycle)))
             elif nxt not in state:
                 visit(nxt)

@@ -35,12 +35,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     scope = parser.add_mutually_exclusive_group()
     scope.add_argument("--namespace", "-n", action="append", default=[], help="watch this namespace (repeatable)")
     scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace")
-    parser.add_argument("--liveness", default="http://0.0.0.0:8081/healthz",
-                        help="kopf liveness endpoint URL ('' disables)")
+    parser.add_argument(
+        "--liveness", default="http://0.0.0.0:8081/healthz", help="kopf liveness endpoint URL ('' disables)"
+    )
     parser.add_argument("--verbose", "-v", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     logging.getLogger("kopf").setLevel(logging.INFO if args.verbose else logging.WARNING)
     settings = Settings.from_env()
     if args.namespace:
@@ -51,8 +55,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     register(registry, settings)
     metrics.serve(settings.metrics_port, settings.metrics_addr)
     operator = kopf.operator(
-        registry=registry, standalone=True, clusterwide=not settings.namespaces,
-        namespaces=list(settings.namespaces), liveness_endpoint=args.liveness or None,
+        registry=registry,
+        standalone=True,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=args.liveness or None,
     )
     if os.environ.get("LMFORGE_LEADER_ELECTION", "") not in ("1", "true"):
         asyncio.run(operator)
@@ -73,6 +80,7 @@ async def _standby_liveness(url: str) -> Any:
 
     parts = urlsplit(url)
     app = web.Application()
+
     async def healthz(_request: web.Request) -> web.StreamResponse:
         return web.json_response({"standby": True})
 
@@ -90,9 +98,14 @@ async def _elected(operator: Coroutine[Any, Any, Any], liveness: str) -> None:
     client = KubeClient.from_environment()
     namespace = os.environ.get("LMFORGE_LEADER_NAMESPACE") or os.environ.get("POD_NAMESPACE") or "default"
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}-{os.getpid()}"
-    elector = LeaderElector(client, namespace, os.environ.get("LMFORGE_LEADER_LEASE", "lmforge-operator"), identity,
-                            duration_s=int(os.environ.get("LMFORGE_LEADER_LEASE_SECONDS", "15")),
-                            renew_s=float(os.environ.get("LMFORGE_LEADER_RENEW_SECONDS", "5")))
+    elector = LeaderElector(
+        client,
+        namespace,
+        os.environ.get("LMFORGE_LEADER_LEASE", "lmforge-operator"),
+        identity,
+        duration_s=int(os.environ.get("LMFORGE_LEADER_LEASE_SECONDS", "15")),
+        renew_s=float(os.environ.get("LMFORGE_LEADER_RENEW_SECONDS", "5")),
+    )
     standby = await _standby_liveness(liveness)
     try:
         await elector.acquire()

@@ -172,8 +172,15 @@ class ControllerCaches:
 
     def forget(self, key: Key) -> None:
         """`key` was deleted: drop every entry of it, and Secrets seen longer ago than the TTL."""
-        for cache in (self._refs, self._written, self._unseen, self._seen, self._applied, self._secret_waits,
-                      self._failure_reasons):
+        for cache in (
+            self._refs,
+            self._written,
+            self._unseen,
+            self._seen,
+            self._applied,
+            self._secret_waits,
+            self._failure_reasons,
+        ):
             cache.pop(key, None)
         now = self._clock()
         for secret in [s for s, (when, _) in self._secrets.items() if now - when >= self.secret_ttl]:
@@ -183,13 +190,25 @@ class ControllerCaches:
         """The names of the caches that still hold an entry of resource `key` (empty after `forget`);
         for tests and debugging."""
         caches: dict[str, dict[Key, Any]] = {
-            "refs": self._refs, "written": self._written, "unseen": self._unseen, "seen": self._seen,
-            "applied": self._applied, "secret_waits": self._secret_waits, "failure_reasons": self._failure_reasons}
+            "refs": self._refs,
+            "written": self._written,
+            "unseen": self._unseen,
+            "seen": self._seen,
+            "applied": self._applied,
+            "secret_waits": self._secret_waits,
+            "failure_reasons": self._failure_reasons,
+        }
         return [name for name, cache in caches.items() if key in cache]
 
     def sizes(self) -> dict[str, int]:
         """Entries per cache (a resource's children and runs count one each): what grows with churn."""
-        return {"refs": len(self._refs), "written": len(self._written), "unseen": len(self._unseen),
-                "seen": len(self._seen), "applied": sum(map(len, self._applied.values())),
-                "secret_waits": len(self._secret_waits), "secrets": len(self._secrets),
-                "failure_reasons": sum(map(len, self._failure_reasons.values()))}
+        return {
+            "refs": len(self._refs),
+            "written": len(self._written),
+            "unseen": len(self._unseen),
+            "seen": len(self._seen),
+            "applied": sum(map(len, self._applied.values())),
+            "secret_waits": len(self._secret_waits),
+            "secrets": len(self._secrets),
+            "failure_reasons": sum(map(len, self._failure_reasons.values())),
+        }

@@ -66,17 +66,38 @@ _CHILD_KINDS = (("batch", "v1", "jobs", "Job"), ("apps", "v1", "deployments", "D
 def _slim(body: Any) -> dict[str, Any]:
     """What the caches keep of an object: enough to reconcile, nothing more (memory at 1,000s)."""
     meta = body.get("metadata", {})
-    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-            "metadata": {k: meta.get(k) for k in ("name", "namespace", "uid", "generation", "labels",
-                                                   "annotations", "deletionTimestamp", "creationTimestamp") if meta.get(k) is not None},
-            "spec": dict(body.get("spec") or {}), "status": dict(body.get("status") or {})}
+    return {
+        "apiVersion": body.get("apiVersion"),
+        "kind": body.get("kind"),
+        "metadata": {
+            k: meta.get(k)
+            for k in (
+                "name",
+                "namespace",
+                "uid",
+                "generation",
+                "labels",
+                "annotations",
+                "deletionTimestamp",
+                "creationTimestamp",
+            )
+            if meta.get(k) is not None
+        },
+        "spec": dict(body.get("spec") or {}),
+        "status": dict(body.get("status") or {}),
+    }
 
 
 def _summary(status: dict[str, Any]) -> tuple[Any, ...]:
     """What dependents care about: phase, Ready, gate, artifacts."""
     conds = {c.get("type"): (c.get("status"), c.get("message")) for c in status.get("conditions") or []}
-    return (status.get("phase"), conds.get("Ready"), conds.get("GatePassed"),
-            tuple(sorted((status.get("artifacts") or {}).items())), status.get("endpoint"))
+    return (
+        status.get("phase"),
+        conds.get("Ready"),
+        conds.get("GatePassed"),
+        tuple(sorted((status.get("artifacts") or {}).items())),
+        status.get("endpoint"),
+    )
 
 
 def read_records(store: Store, prefix: str) -> tuple[ProgressRecord | None, ProgressRecord | None]:
@@ -106,8 +127,7 @@ class Controller:
         self._posting: set[asyncio.Task[None]] = set()
         """Events being posted (references kept so the tasks are not garbage-collected)."""
         self.metrics = ResourceMetrics()
-        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers,
-                                               on_wait=QUEUE_WAIT_SECONDS.observe)
+        self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers, on_wait=QUEUE_WAIT_SECONDS.observe)
 
     # ------------------------------------------------------------------ cache reads
 
@@ -196,8 +216,7 @@ class Controller:
             out[f"{ref.kind}/{ref.name}"] = InputState(ref.kind, ref.name, True, status, other.get("spec"))
         return out
 
-    async def _decide(self, key: Key, body: dict[str, Any], resource: Resource | None,
-                      invalid: str | None) -> Decision:
+    async def _decide(self, key: Key, body: dict[str, Any], resource: Resource | None, invalid: str | None) -> Decision:
         ns, kind, name = key
         try:
             status = Status.model_validate(body.get("status") or {})
@@ -206,9 +225,17 @@ class Controller:
         inputs = self._inputs(ns, resource) if resource is not None else {}
         if resource is not None:
             self.caches.record_references(key, [(ns, r.kind, r.name) for r in references(resource)])
-        obs = Observed(resource=resource, kind=kind, name=name, generation=body["metadata"].get("generation"),
-                       status=status, store=self.settings.store, inputs=inputs, invalid=invalid,
-                       allowlists=self.allowlists)
+        obs = Observed(
+            resource=resource,
+            kind=kind,
+            name=name,
+            generation=body["metadata"].get("generation"),
+            status=status,
+            store=self.settings.store,
+            inputs=inputs,
+            invalid=invalid,
+            allowlists=self.allowlists,
+        )
         port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
         url = endpoint(self._owner(body), port)
         runs: dict[str, ObservedRun] = {}
@@ -243,10 +270,14 @@ class Controller:
             if run.name in existing:
                 continue
             # A run not created yet: none of its objects may exist already unless they are ours.
-            unapplied = [o for o in build_children(run, owner, self.settings)
-                         if self.caches.applied_hash(key, (ns, o["kind"], o["metadata"]["name"])) is None]
-            clash, gaps = await asyncio.gather(self.lookups.foreign_objects(unapplied, owner.uid),
-                                               self.lookups.missing_secrets(ns, run))  # one round trip
+            unapplied = [
+                o
+                for o in build_children(run, owner, self.settings)
+                if self.caches.applied_hash(key, (ns, o["kind"], o["metadata"]["name"])) is None
+            ]
+            clash, gaps = await asyncio.gather(
+                self.lookups.foreign_objects(unapplied, owner.uid), self.lookups.missing_secrets(ns, run)
+            )  # one round trip
             if clash:
                 foreign[run.name] = clash
             if gaps:
@@ -259,8 +290,13 @@ class Controller:
 
     def _owner(self, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]
-        return Owner(body["kind"], meta["name"], meta.get("namespace", ""), meta.get("uid", ""),
-                     tuple(sorted((meta.get("labels") or {}).items())))
+        return Owner(
+            body["kind"],
+            meta["name"],
+            meta.get("namespace", ""),
+            meta.get("uid", ""),
+            tuple(sorted((meta.get("labels") or {}).items())),
+        )
 
     async def _act(self, key: Key, body: dict[str, Any], resource: Resource | None, decision: Decision) -> None:
         ns, kind, name = key
@@ -310,15 +346,20 @@ class Controller:
             for batch in (first, [o for o in todo if o["kind"] != "PodGroup"]):
                 await asyncio.gather(*(self.client.apply(o) for o in batch))
                 for obj in batch:
-                    self.caches.record_applied(key, (ns, obj["kind"], obj["metadata"]["name"]),
-                                               obj["metadata"]["annotations"][SPEC_HASH])
+                    self.caches.record_applied(
+                        key, (ns, obj["kind"], obj["metadata"]["name"]), obj["metadata"]["annotations"][SPEC_HASH]
+                    )
             created = created or any(o["kind"] in ("Job", "Deployment") for o in todo)
         return created
 
     async def _delete_run(self, key: Key, run_name: str) -> None:
         ns = key[0]
-        children = [("batch/v1", "Job", run_name), ("apps/v1", "Deployment", run_name),
-                    ("v1", "Service", run_name), ("v1", "ConfigMap", f"{run_name}-spec")]
+        children = [
+            ("batch/v1", "Job", run_name),
+            ("apps/v1", "Deployment", run_name),
+            ("v1", "Service", run_name),
+            ("v1", "ConfigMap", f"{run_name}-spec"),
+        ]
         if self.settings.network_policies:  # only then is the operator allowed to touch them
             children.append(("networking.k8s.io/v1", "NetworkPolicy", run_name))
         for api_version, kind, name in children:
@@ -329,14 +370,25 @@ class Controller:
     async def _post_event(self, owner: Owner, body: dict[str, Any], event: Event) -> None:
         now = now_rfc3339()
         obj = {
-            "apiVersion": "v1", "kind": "Event",
+            "apiVersion": "v1",
+            "kind": "Event",
             "metadata": {"name": f"{owner.name}.{uuid.uuid4().hex[:12]}", "namespace": owner.namespace},
-            "involvedObject": {"apiVersion": API_VERSION, "kind": owner.kind, "name": owner.name,
-                               "namespace": owner.namespace, "uid": owner.uid,
-                               "resourceVersion": body["metadata"].get("resourceVersion")},
-            "reason": event.reason, "message": event.message[:1024], "type": event.type,
-            "source": {"component": "lmforge-operator"}, "reportingComponent": "lmforge.io/operator",
-            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+            "involvedObject": {
+                "apiVersion": API_VERSION,
+                "kind": owner.kind,
+                "name": owner.name,
+                "namespace": owner.namespace,
+                "uid": owner.uid,
+                "resourceVersion": body["metadata"].get("resourceVersion"),
+            },
+            "reason": event.reason,
+            "message": event.message[:1024],
+            "type": event.type,
+            "source": {"component": "lmforge-operator"},
+            "reportingComponent": "lmforge.io/operator",
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
         }
         try:
             await self.client.create(obj)
@@ -394,10 +446,12 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
         ctl.on_child_event(body, type)
 
     for group, version, plural, _kind in _CHILD_KINDS:
-        kopf.index(group, version, plural, id=f"lmforge_children_{plural}", registry=registry,
-                   labels={RUN_LABEL: kopf.PRESENT})(_child_index)
-        kopf.on.event(group, version, plural, id=f"lmforge_child_{plural}", registry=registry,
-                      labels={RUN_LABEL: kopf.PRESENT})(_child_event)
+        kopf.index(
+            group, version, plural, id=f"lmforge_children_{plural}", registry=registry, labels={RUN_LABEL: kopf.PRESENT}
+        )(_child_index)
+        kopf.on.event(
+            group, version, plural, id=f"lmforge_child_{plural}", registry=registry, labels={RUN_LABEL: kopf.PRESENT}
+        )(_child_event)
     return ctl
 
 
@@ -411,6 +465,7 @@ def _register_kind(registry: kopf.OperatorRegistry, ctl: Controller, kind: str, 
     kopf.index(GROUP, VERSION, plural, id=f"lmforge_{plural}", registry=registry)(_index)
     kopf.on.event(GROUP, VERSION, plural, id=f"lmforge_event_{plural}", registry=registry)(_event)
     if cleanup:
+
         async def _delete(name: str, namespace: str | None, **_: Any) -> None:
             await ctl.cleanup_store(kind, namespace, name)
 

@@ -76,8 +76,9 @@ def decide(lease: dict[str, Any] | None, me: str, now: datetime) -> Decision:
     return Decision(Action.WAIT, holder, (expires - now).total_seconds())
 
 
-def lease_body(name: str, namespace: str, me: str, now: datetime, duration_s: int,
-               previous: dict[str, Any] | None, taken: bool) -> dict[str, Any]:
+def lease_body(
+    name: str, namespace: str, me: str, now: datetime, duration_s: int, previous: dict[str, Any] | None, taken: bool
+) -> dict[str, Any]:
     """The Lease to write: renewals keep `acquireTime`; a take-over counts a transition."""
     stamp = now.strftime(MICRO)
     spec_before = (previous or {}).get("spec") or {}
@@ -85,10 +86,18 @@ def lease_body(name: str, namespace: str, me: str, now: datetime, duration_s: in
     meta: dict[str, Any] = {"name": name, "namespace": namespace}
     if previous is not None:
         meta["resourceVersion"] = previous["metadata"]["resourceVersion"]  # optimistic concurrency
-    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": meta,
-            "spec": {"holderIdentity": me, "leaseDurationSeconds": duration_s,
-                     "acquireTime": stamp if taken or previous is None else spec_before.get("acquireTime", stamp),
-                     "renewTime": stamp, "leaseTransitions": transitions}}
+    return {
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": meta,
+        "spec": {
+            "holderIdentity": me,
+            "leaseDurationSeconds": duration_s,
+            "acquireTime": stamp if taken or previous is None else spec_before.get("acquireTime", stamp),
+            "renewTime": stamp,
+            "leaseTransitions": transitions,
+        },
+    }
 
 
 class LeadershipLost(RuntimeError):
@@ -98,8 +107,9 @@ class LeadershipLost(RuntimeError):
 class LeaderElector:
     """Acquire, then hold, the Lease `namespace/name` as `identity`."""
 
-    def __init__(self, client: KubeClient, namespace: str, name: str, identity: str,
-                 duration_s: int = 15, renew_s: float = 5.0) -> None:
+    def __init__(
+        self, client: KubeClient, namespace: str, name: str, identity: str, duration_s: int = 15, renew_s: float = 5.0
+    ) -> None:
         self.client, self.namespace, self.name, self.identity = client, namespace, name, identity
         self.duration_s, self.renew_s = duration_s, renew_s
         self._held_until: datetime | None = None
@@ -120,8 +130,15 @@ class LeaderElector:
         if decision.action is Action.WAIT:
             self._held_until = None
             return decision
-        body = lease_body(self.name, self.namespace, self.identity, now, self.duration_s, lease,
-                          taken=decision.action is not Action.RENEW)
+        body = lease_body(
+            self.name,
+            self.namespace,
+            self.identity,
+            now,
+            self.duration_s,
+            lease,
+            taken=decision.action is not Action.RENEW,
+        )
         try:
             if decision.action is Action.CREATE:
                 await self.client.request("POST", self.path, body)

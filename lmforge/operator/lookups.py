@@ -55,6 +55,7 @@ class Lookups:
         """Which of `objects` (a new run's children, about to be applied) already exist and are not
         owned by the resource `uid`, as `Kind name`. Server-side apply with force would silently take
         such an object over (and the garbage collector delete it with our resource)."""
+
         async def check(obj: dict[str, Any]) -> str | None:
             meta = obj["metadata"]
             try:

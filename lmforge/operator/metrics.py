@@ -15,24 +15,41 @@ from lmforge.api.meta import Phase, Status
 
 REGISTRY = CollectorRegistry()
 
-RECONCILES = Counter("lmforge_reconciles", "Reconciles by kind and outcome (ok, invalid, error).",
-                     ["kind", "outcome"], registry=REGISTRY)
-RECONCILE_SECONDS = Histogram("lmforge_reconcile_duration_seconds", "Wall time of one reconcile.", ["kind"],
-                              buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10), registry=REGISTRY)
-QUEUE_WAIT_SECONDS = Histogram("lmforge_workqueue_wait_seconds",
-                               "Time a resource waited in the work queue before its reconcile started.",
-                               buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-                               registry=REGISTRY)
+RECONCILES = Counter(
+    "lmforge_reconciles", "Reconciles by kind and outcome (ok, invalid, error).", ["kind", "outcome"], registry=REGISTRY
+)
+RECONCILE_SECONDS = Histogram(
+    "lmforge_reconcile_duration_seconds",
+    "Wall time of one reconcile.",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
+QUEUE_WAIT_SECONDS = Histogram(
+    "lmforge_workqueue_wait_seconds",
+    "Time a resource waited in the work queue before its reconcile started.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 RESOURCES = Gauge("lmforge_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
-JOB_SECONDS = Histogram("lmforge_stage_duration_seconds", "Start to finish of a resource's stage run.",
-                        ["kind", "outcome"], buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600, 7 * 86400),
-                        registry=REGISTRY)
+JOB_SECONDS = Histogram(
+    "lmforge_stage_duration_seconds",
+    "Start to finish of a resource's stage run.",
+    ["kind", "outcome"],
+    buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 48 * 3600, 7 * 86400),
+    registry=REGISTRY,
+)
 _LABELS = ["namespace", "kind", "name"]
 LOSS = Gauge("lmforge_training_loss", "Latest training loss relayed from status.", _LABELS, registry=REGISTRY)
-TOKENS_PER_SECOND = Gauge("lmforge_tokens_per_second", "Latest training throughput relayed from status.",
-                          _LABELS, registry=REGISTRY)
-PROGRESS_UPDATED = Gauge("lmforge_progress_updated_timestamp_seconds",
-                         "When the running stage last reported progress (Unix time).", _LABELS, registry=REGISTRY)
+TOKENS_PER_SECOND = Gauge(
+    "lmforge_tokens_per_second", "Latest training throughput relayed from status.", _LABELS, registry=REGISTRY
+)
+PROGRESS_UPDATED = Gauge(
+    "lmforge_progress_updated_timestamp_seconds",
+    "When the running stage last reported progress (Unix time).",
+    _LABELS,
+    registry=REGISTRY,
+)
 RUNNING = Gauge("lmforge_resource_running", "1 while the resource's stage is running.", _LABELS, registry=REGISTRY)
 READY = Gauge("lmforge_resource_ready", "1 when the resource is Ready.", _LABELS, registry=REGISTRY)
 FAILED = Gauge("lmforge_resource_failed", "1 when the resource has failed.", _LABELS, registry=REGISTRY)

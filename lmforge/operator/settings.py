@@ -97,9 +97,13 @@ class Settings:
 
     def allowlists(self) -> Allowlists:
         """The lists the reconciler checks each resource against."""
-        return Allowlists(images=self.allowed_images, service_accounts=self.allowed_service_accounts,
-                          secrets=self.allowed_secrets, default_image=self.trainer_image,
-                          default_secret=self.s3_secret)
+        return Allowlists(
+            images=self.allowed_images,
+            service_accounts=self.allowed_service_accounts,
+            secrets=self.allowed_secrets,
+            default_image=self.trainer_image,
+            default_secret=self.s3_secret,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -133,6 +137,8 @@ class Settings:
             network_policies=_bool(e.get("LMFORGE_NETWORK_POLICIES")),
             network_extra_egress=tuple(json.loads(e.get("LMFORGE_NETWORK_EXTRA_EGRESS") or "[]")),
             network_store_peers=tuple(json.loads(e.get("LMFORGE_NETWORK_STORE_PEERS") or "[]")),
-            default_resources={str(k): {str(n): str(q) for n, q in v.items()}
-                               for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()},
+            default_resources={
+                str(k): {str(n): str(q) for n, q in v.items()}
+                for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()
+            },
         )

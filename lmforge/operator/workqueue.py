@@ -26,9 +26,14 @@ log = logging.getLogger(__name__)
 class WorkQueue(Generic[K]):
     """`add`/`add_after` from anywhere on the loop; `workers` tasks run `handle(key)`."""
 
-    def __init__(self, handle: Callable[[K], Awaitable[float | None]], workers: int,
-                 base_backoff: float = 0.5, max_backoff: float = 60.0,
-                 on_wait: Callable[[float], None] | None = None) -> None:
+    def __init__(
+        self,
+        handle: Callable[[K], Awaitable[float | None]],
+        workers: int,
+        base_backoff: float = 0.5,
+        max_backoff: float = 60.0,
+        on_wait: Callable[[float], None] | None = None,
+    ) -> None:
         self._handle = handle
         self._on_wait = on_wait
         """Told how long each key sat queued before a worker took it (seconds; a metric)."""

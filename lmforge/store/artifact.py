@@ -268,8 +268,10 @@ def download_artifact(store: Store, prefix: str, dest_dir: Path, verify: bool = 
     dest_dir.mkdir(parents=True, exist_ok=True)
     # Files download concurrently: one file's hashing and disk writes overlap another's transfer.
     with ThreadPoolExecutor(max_workers=_DOWNLOAD_WORKERS) as pool:
-        jobs = [pool.submit(_download_file, src, rel, entry, dest_dir / rel, verify)
-                for rel, entry in manifest.files.items()]
+        jobs = [
+            pool.submit(_download_file, src, rel, entry, dest_dir / rel, verify)
+            for rel, entry in manifest.files.items()
+        ]
         for job in jobs:
             job.result()  # the first failure in manifest order, after every transfer has ended
     LocalStore(dest_dir).put_bytes(MANIFEST_NAME, manifest.model_dump_json(indent=2).encode() + b"\n")

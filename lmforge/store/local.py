@@ -165,9 +165,7 @@ class LocalStore(Store):
         except FileNotFoundError:
             pass
         except OSError as e:
-            raise StoreError(
-                f"cannot delete {self.url(prefix) if prefix else self.uri}: {e.strerror or e}"
-            ) from e
+            raise StoreError(f"cannot delete {self.url(prefix) if prefix else self.uri}: {e.strerror or e}") from e
         return count
 
     def child(self, prefix: str) -> LocalStore:

@@ -33,13 +33,9 @@ __all__ = ["S3Store", "make_s3_client", "s3_endpoint_from_env"]
 
 _MB = 1024 * 1024
 #: Multipart above 16 MiB in 16 MiB parts: few requests for checkpoints, small memory per part.
-TRANSFER_CONFIG = TransferConfig(
-    multipart_threshold=16 * _MB, multipart_chunksize=16 * _MB, max_concurrency=4
-)
+TRANSFER_CONFIG = TransferConfig(multipart_threshold=16 * _MB, multipart_chunksize=16 * _MB, max_concurrency=4)
 
-_STREAM_DOWNLOAD_CONFIG = TransferConfig(
-    multipart_threshold=16 * _MB, multipart_chunksize=16 * _MB, max_concurrency=4
-)
+_STREAM_DOWNLOAD_CONFIG = TransferConfig(multipart_threshold=16 * _MB, multipart_chunksize=16 * _MB, max_concurrency=4)
 # s3transfer 0.19 deadlocks a download to a non-seekable target with more parts than its in-memory
 # window (the first part's slot is only released after every other part was scheduled), so the window
 # must cover the parts: 4096 x 16 MiB = 64 GiB files. Memory stays bounded in practice by the four
@@ -172,9 +168,7 @@ class S3Store(Store):
     def _client_error(self, e: botocore.exceptions.ClientError, what: str, target: str) -> StoreError:
         code = _error_code(e)
         if code == "NoSuchBucket":
-            return StoreError(
-                f"cannot {what} {target}: bucket {self.bucket!r} does not exist at {self._endpoint()}"
-            )
+            return StoreError(f"cannot {what} {target}: bucket {self.bucket!r} does not exist at {self._endpoint()}")
         if code in _AUTH_CODES:
             return StoreError(
                 f"cannot {what} {target}: access denied by {self._endpoint()} ({code}); "
@@ -290,9 +284,7 @@ class S3Store(Store):
         for i in range(0, len(keys), 1000):  # DeleteObjects accepts at most 1000 keys per call
             batch = [{"Key": k} for k in keys[i : i + 1000]]
             with self._errors("delete", target):
-                resp = self.client.delete_objects(
-                    Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True}
-                )
+                resp = self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
             errors = resp.get("Errors") or []
             if errors:
                 first = errors[0]

@@ -92,6 +92,4 @@ def parse_store_uri(uri: str) -> StoreURI:
         except StoreError as e:
             raise StoreError(f"invalid S3 URI {uri!r}: {e}") from None
         return StoreURI(scheme="s3", bucket=bucket, prefix=prefix)
-    raise StoreError(
-        f"unsupported store URI {uri!r}: expected file:///path, a local path or s3://bucket/prefix"
-    )
+    raise StoreError(f"unsupported store URI {uri!r}: expected file:///path, a local path or s3://bucket/prefix")

@@ -57,7 +57,7 @@ def fetch(uri: str, dest: Path | None = None, *, require_manifest: bool = True) 
     if not keys:
         raise ArtifactIncomplete(f"{uri}: nothing there")
     for key in keys:
-        rel = key[len(leaf):].lstrip("/")
+        rel = key[len(leaf) :].lstrip("/")
         out = target / rel
         out.parent.mkdir(parents=True, exist_ok=True)
         store.get_file(key, out)

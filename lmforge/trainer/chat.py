@@ -50,8 +50,9 @@ def resolve_template(tokenizer: Any, override: str | None = None) -> str:
 
 def render(tokenizer: Any, messages: list[Message], template: str, *, generation_prompt: bool = False) -> str:
     """The chat as text (special tokens included, not tokenized)."""
-    text = tokenizer.apply_chat_template(messages, chat_template=template, tokenize=False,
-                                         add_generation_prompt=generation_prompt)
+    text = tokenizer.apply_chat_template(
+        messages, chat_template=template, tokenize=False, add_generation_prompt=generation_prompt
+    )
     return str(text)
 
 
@@ -66,8 +67,10 @@ def assistant_spans(tokenizer: Any, messages: list[Message], template: str) -> t
         before = render(tokenizer, messages[:i], template, generation_prompt=True) if i else ""
         through = render(tokenizer, messages[: i + 1], template)
         if not through.startswith(before) or not full.startswith(through):
-            raise TemplateError("the chat template does not render a chat's prefix as a prefix of the whole chat, "
-                                "so assistant tokens cannot be located; use a prefix-consistent template")
+            raise TemplateError(
+                "the chat template does not render a chat's prefix as a prefix of the whole chat, "
+                "so assistant tokens cannot be located; use a prefix-consistent template"
+            )
         spans.append((len(before), len(through)))
     return full, spans
 

@@ -116,8 +116,9 @@ class CheckpointLog:
         """A writer for the checkpoint of `step`, leftovers of a crashed attempt at it deleted."""
         return ArtifactWriter(self.output, f"{PREFIX}/{tag(step)}", clear_existing=True)
 
-    def commit(self, step: int, kind: str, files: dict[str, FileEntry] | None = None,
-               writer: ArtifactWriter | None = None) -> bool:
+    def commit(
+        self, step: int, kind: str, files: dict[str, FileEntry] | None = None, writer: ArtifactWriter | None = None
+    ) -> bool:
         """Manifest, then `latest`, then pruning. `files` are entries uploaded by other writers (other
         ranks); `writer` the one that uploaded here. False, with a warning, if the store refused."""
         name = tag(step)
@@ -153,7 +154,7 @@ class CheckpointLog:
         never a newer step (another writer's)."""
         stored = self.stored()
         older = sorted(s for s in stored if s <= newest)
-        keep = set(older[-self.keep_last:]) | {newest}
+        keep = set(older[-self.keep_last :]) | {newest}
         for s in older:
             if s not in keep:
                 try:

@@ -41,8 +41,10 @@ def count_tracking_failure(backend: str, what: str) -> None:
             from prometheus_client import Counter
 
             _GAUGES["lmforge_tracking_failures_total"] = Counter(
-                "lmforge_tracking_failures", "Experiment-tracking requests that failed or records dropped",
-                ("backend", "what"))
+                "lmforge_tracking_failures",
+                "Experiment-tracking requests that failed or records dropped",
+                ("backend", "what"),
+            )
         _GAUGES["lmforge_tracking_failures_total"].labels(backend=backend, what=what).inc()
 
 
@@ -116,13 +118,16 @@ class ProgressReporter:
             self._update_gauges(record)
 
     def _update_gauges(self, record: ProgressRecord) -> None:
-        _gauge("lmforge_stage_step", "Units done by the running stage", ("stage", "run_id")).labels(
-            **self._labels).set(record.step)
+        _gauge("lmforge_stage_step", "Units done by the running stage", ("stage", "run_id")).labels(**self._labels).set(
+            record.step
+        )
         if record.total is not None:
             _gauge("lmforge_stage_total", "Units expected by the running stage", ("stage", "run_id")).labels(
-                **self._labels).set(record.total)
-        metric = _gauge("lmforge_stage_metric", "Latest metric values of the running stage",
-                        ("stage", "run_id", "name"))
+                **self._labels
+            ).set(record.total)
+        metric = _gauge(
+            "lmforge_stage_metric", "Latest metric values of the running stage", ("stage", "run_id", "name")
+        )
         for name, value in record.metrics.items():
             metric.labels(name=name, **self._labels).set(value)
 
@@ -149,18 +154,32 @@ class ProgressReporter:
         if total and done > 0 and step <= total:
             eta = elapsed / done * (total - step)
         record = ProgressRecord(
-            stage=self.stage, run_id=self.run_id, step=step, total=total, unit=unit,
-            metrics=dict(metrics or {}), message=message, eta_seconds=eta, worker=self.worker,
+            stage=self.stage,
+            run_id=self.run_id,
+            step=step,
+            total=total,
+            unit=unit,
+            metrics=dict(metrics or {}),
+            message=message,
+            eta_seconds=eta,
+            worker=self.worker,
         )
         self._emit(record, force or (total is not None and step >= total))
         return record
 
-    def result(self, artifacts: dict[str, str], metrics: dict[str, float] | None = None,
-               message: str | None = None) -> ProgressRecord:
+    def result(
+        self, artifacts: dict[str, str], metrics: dict[str, float] | None = None, message: str | None = None
+    ) -> ProgressRecord:
         """The final record: written to `result.json` (after every artifact manifest), then stdout."""
-        record = ProgressRecord(type=RecordType.RESULT, stage=self.stage, run_id=self.run_id,
-                                artifacts=artifacts, metrics=dict(metrics or {}), message=message,
-                                worker=self.worker)
+        record = ProgressRecord(
+            type=RecordType.RESULT,
+            stage=self.stage,
+            run_id=self.run_id,
+            artifacts=artifacts,
+            metrics=dict(metrics or {}),
+            message=message,
+            worker=self.worker,
+        )
         if self.output is not None and self.worker == 0:
             self.output.put_bytes(RESULT_KEY, record.model_dump_json(by_alias=True).encode())
         self._emit(record, force=True)
@@ -168,7 +187,13 @@ class ProgressReporter:
 
     def error(self, message: str, retryable: bool) -> ProgressRecord:
         """The failure record (stdout and store)."""
-        record = ProgressRecord(type=RecordType.ERROR, stage=self.stage, run_id=self.run_id,
-                                message=message, retryable=retryable, worker=self.worker)
+        record = ProgressRecord(
+            type=RecordType.ERROR,
+            stage=self.stage,
+            run_id=self.run_id,
+            message=message,
+            retryable=retryable,
+            worker=self.worker,
+        )
         self._emit(record, force=True)
         return record

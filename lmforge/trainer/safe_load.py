@@ -64,8 +64,13 @@ def allowed_globals() -> list[Any]:
         multiarray = importlib.import_module("numpy._core.multiarray")
     except ImportError:  # numpy < 2
         multiarray = importlib.import_module("numpy.core.multiarray")
-    allowed: list[Any] = [multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32)),
-                          (enum_member, "builtins.getattr")]
+    allowed: list[Any] = [
+        multiarray._reconstruct,
+        np.ndarray,
+        np.dtype,
+        type(np.dtype(np.uint32)),
+        (enum_member, "builtins.getattr"),
+    ]
     if "deepspeed" in sys.modules:  # only DeepSpeed's own load reads files that hold these
         for module, name in _DEEPSPEED_TYPES:
             found = getattr(importlib.import_module(module), name, None)
@@ -76,8 +81,10 @@ def allowed_globals() -> list[Any]:
 
 def _refused(what: str, exc: pickle.UnpicklingError) -> UnsafeCheckpoint:
     reason = str(exc).strip().splitlines()
-    detail = next((line.strip() for line in reason if "Unsupported global" in line or "GLOBAL" in line),
-                  reason[0] if reason else "")
+    detail = next(
+        (line.strip() for line in reason if "Unsupported global" in line or "GLOBAL" in line),
+        reason[0] if reason else "",
+    )
     return UnsafeCheckpoint(f"refused to load {what}: it holds more than tensors and plain data ({detail})")
 
 

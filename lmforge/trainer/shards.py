@@ -119,7 +119,7 @@ class Packer:
         batch = np.empty(sum(lengths), dtype=self.dtype)
         pos = 0
         for ids, n in zip(docs, lengths, strict=True):
-            batch[pos:pos + n - 1] = ids
+            batch[pos : pos + n - 1] = ids
             batch[pos + n - 1] = self.eos
             pos += n
         self.tokens += len(batch)
@@ -151,15 +151,16 @@ def split_sizes(rows: int, validation_fraction: float) -> tuple[int, int]:
     return val, rows - val
 
 
-def plan_shards(rows: int, validation_fraction: float, seed: int, shard_sequences: int
-                ) -> list[tuple[str, str, np.ndarray]]:
+def plan_shards(
+    rows: int, validation_fraction: float, seed: int, shard_sequences: int
+) -> list[tuple[str, str, np.ndarray]]:
     """Every shard to write: (split, file name, packed row indices in order)."""
     order = row_order(rows, seed)
     val, _ = split_sizes(rows, validation_fraction)
     plan = []
     for split, prefix, part in (("validation", "val", order[:val]), ("train", "train", order[val:])):
         for k, start in enumerate(range(0, len(part), shard_sequences)):
-            plan.append((split, f"{prefix}-{k:05d}.bin", part[start:start + shard_sequences]))
+            plan.append((split, f"{prefix}-{k:05d}.bin", part[start : start + shard_sequences]))
     return plan
 
 
@@ -168,9 +169,9 @@ def write_shard(packed: np.ndarray, rows: np.ndarray, path: Path) -> tuple[int, 
     h = hashlib.sha256()
     with open(path, "wb") as f:
         for start in range(0, len(rows), 4096):
-            chunk = np.ascontiguousarray(packed[np.sort(rows[start:start + 4096])])
+            chunk = np.ascontiguousarray(packed[np.sort(rows[start : start + 4096])])
             # keep the permuted order inside the chunk, not the sorted one used for the read
-            chunk = chunk[np.argsort(np.argsort(rows[start:start + 4096]))]
+            chunk = chunk[np.argsort(np.argsort(rows[start : start + 4096]))]
             data = chunk.tobytes()
             h.update(data)
             f.write(data)
@@ -261,8 +262,10 @@ class Shards:
             except (OSError, ValueError) as exc:
                 raise InvalidInput(f"shards {self.root}: {entry.file}: {exc}") from None
             if flat.size % self.index.seq_length:
-                raise InvalidInput(f"shards: {entry.file} holds {flat.size} tokens, not a multiple of "
-                                   f"seq_length {self.index.seq_length}")
+                raise InvalidInput(
+                    f"shards: {entry.file} holds {flat.size} tokens, not a multiple of "
+                    f"seq_length {self.index.seq_length}"
+                )
             arrays.append(flat.reshape(-1, self.index.seq_length))
         return TokenRows(arrays, self.index.seq_length, split)
 

@@ -49,7 +49,7 @@ def end_of_turn_ids(tokenizer: Any, template: str | None = None) -> list[int]:
     at = text.find(_SENTINEL)
     if at < 0:
         return []
-    tail = text[at + len(_SENTINEL):]
+    tail = text[at + len(_SENTINEL) :]
     specials = _special_ids(tokenizer)
     for token_id in tokenizer(tail, add_special_tokens=False)["input_ids"]:
         if int(token_id) in specials:
@@ -78,8 +78,11 @@ def generation_config(model_dir: Path, tokenizer: Any) -> dict[str, Any]:
         config: dict[str, Any] = json.loads(path.read_text())
     else:
         model_config = json.loads((model_dir / "config.json").read_text())
-        config = {k: model_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
-                  if model_config.get(k) is not None}
+        config = {
+            k: model_config[k]
+            for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+            if model_config.get(k) is not None
+        }
     ids = list(dict.fromkeys(_as_list(config.get("eos_token_id")) + stop_token_ids(tokenizer)))
     if ids:
         config["eos_token_id"] = ids

@@ -29,18 +29,30 @@ def test_plain_log_lines_and_garbage_are_not_records() -> None:
 
 
 def test_result_record_carries_artifacts() -> None:
-    rec = ProgressRecord(type=RecordType.RESULT, stage=StageName.DATASET, run_id="r",
-                         artifacts={"shards": "file:///s/shards"})
+    rec = ProgressRecord(
+        type=RecordType.RESULT, stage=StageName.DATASET, run_id="r", artifacts={"shards": "file:///s/shards"}
+    )
     back = record_from_json(rec.model_dump_json(by_alias=True))
     assert back is not None and back.type is RecordType.RESULT and back.artifacts["shards"].endswith("shards")
 
 
 def test_stage_spec_and_command() -> None:
-    spec = StageSpec.model_validate({
-        "stage": "dataset", "resource": {"kind": "Dataset"}, "store": "/tmp/s", "output": "datasets/d/r1",
-        "runId": "r1", "worker": {"index": 1, "count": 2},
-    })
+    spec = StageSpec.model_validate(
+        {
+            "stage": "dataset",
+            "resource": {"kind": "Dataset"},
+            "store": "/tmp/s",
+            "output": "datasets/d/r1",
+            "runId": "r1",
+            "worker": {"index": 1, "count": 2},
+        }
+    )
     assert spec.worker.index == 1 and spec.run_id == "r1"
     assert stage_command(spec.stage, "/x/spec.yaml") == [
-        "python", "-m", "lmforge.trainer", "dataset", "--spec", "/x/spec.yaml"
+        "python",
+        "-m",
+        "lmforge.trainer",
+        "dataset",
+        "--spec",
+        "/x/spec.yaml",
     ]

@@ -38,8 +38,13 @@ def _walk(node: Any, path: str, out: list[str]) -> None:
     for banned in ("$ref", "anyOf", "oneOf", "allOf", "const", "title", "$defs"):
         if banned in node:
             out.append(f"{path}: uses {banned}")
-    if node.get("type") == "object" and "properties" not in node and "additionalProperties" not in node \
-            and not preserve and path.split(".")[-1] != "metadata":
+    if (
+        node.get("type") == "object"
+        and "properties" not in node
+        and "additionalProperties" not in node
+        and not preserve
+        and path.split(".")[-1] != "metadata"
+    ):
         out.append(f"{path}: object without properties, additionalProperties or preserve-unknown-fields")
     for name, child in node.get("properties", {}).items():
         if not child.get("description") and path.count(".") >= 1 and name not in ("apiVersion", "kind", "metadata"):

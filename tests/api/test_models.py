@@ -52,10 +52,14 @@ def test_defaults_a_new_user_wants() -> None:
     assert ds.spec.dedup.exact and ds.spec.dedup.near.enabled
     assert ds.spec.pii.enabled and len(ds.spec.pii.types) == 5
     assert "<|eos|>" in ds.spec.tokenizer.special_tokens
-    job = PretrainJob.model_validate({
-        "apiVersion": "lmforge.io/v1alpha1", "kind": "PretrainJob", "metadata": {"name": "p"},
-        "spec": {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}},
-    })
+    job = PretrainJob.model_validate(
+        {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "PretrainJob",
+            "metadata": {"name": "p"},
+            "spec": {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}},
+        }
+    )
     assert job.spec.training.precision.value == "bf16"
     assert job.spec.checkpoint.resume is True
     assert job.spec.optimizer.schedule.value == "cosine"
@@ -75,7 +79,7 @@ def test_defaults_a_new_user_wants() -> None:
 )
 def test_dataset_rejects_bad_input_naming_the_field(spec: dict[str, Any], field: str, fragment: str) -> None:
     errors = _errors(Dataset, _dataset(**spec))
-    assert any(loc.replace(".0", "[0]") .startswith(field) or loc.startswith(field) for loc, _ in errors), errors
+    assert any(loc.replace(".0", "[0]").startswith(field) or loc.startswith(field) for loc, _ in errors), errors
     assert any(fragment in msg for _, msg in errors), errors
 
 
@@ -91,8 +95,11 @@ def test_vocab_smaller_than_byte_alphabet_plus_specials() -> None:
 
 
 def _alignment(**spec: Any) -> dict[str, Any]:
-    base: dict[str, Any] = {"modelRef": {"kind": "PretrainJob", "name": "b"}, "method": "sft",
-                            "data": {"uri": "x.jsonl"}}
+    base: dict[str, Any] = {
+        "modelRef": {"kind": "PretrainJob", "name": "b"},
+        "method": "sft",
+        "data": {"uri": "x.jsonl"},
+    }
     base.update(spec)
     return {"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "a"}, "spec": base}
 
@@ -106,19 +113,41 @@ def _alignment(**spec: Any) -> dict[str, Any]:
         ({"modelRef": {"name": "b"}}, "`kind` is required"),
         ({"modelRef": {"kind": "PretrainJob", "name": "b", "uri": "s3://x"}}, "exactly one"),
         ({"method": "ppo", "ppo": {"klCoef": 0.1}}, "exactly one of rewardModelRef"),
-        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "deepspeed": {"zeroStage": 2}},
-         "method ppo does not run under DeepSpeed"),
-        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "training": {"gradientAccumulationSteps": 2}},
-         "training.gradientAccumulationSteps must be 1"),
-        ({"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "topology": {"nodes": 2}}, "method ppo runs in one process"),
+        (
+            {"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "deepspeed": {"zeroStage": 2}},
+            "method ppo does not run under DeepSpeed",
+        ),
+        (
+            {"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "training": {"gradientAccumulationSteps": 2}},
+            "training.gradientAccumulationSteps must be 1",
+        ),
+        (
+            {"method": "ppo", "ppo": {"rewardFunction": "m:f"}, "topology": {"nodes": 2}},
+            "method ppo runs in one process",
+        ),
         ({"method": "grpo"}, "method grpo needs the `grpo` options"),
         ({"method": "grpo", "grpo": {"rewards": []}}, "at least 1 item"),
         ({"method": "sft", "rloo": {"rewards": [{"type": "answer"}]}}, "`rloo` options are only for method rloo"),
-        ({"method": "grpo", "grpo": {"numGenerations": 1, "rewards": [{"type": "answer"}]}}, "greater than or equal to 2"),
+        (
+            {"method": "grpo", "grpo": {"numGenerations": 1, "rewards": [{"type": "answer"}]}},
+            "greater than or equal to 2",
+        ),
     ],
-    ids=["ppo-without-options", "qlora-on-cpu", "unknown-method", "ref-without-kind", "ref-and-uri",
-         "ppo-without-reward", "ppo-deepspeed", "ppo-accumulation", "ppo-multi-node", "grpo-without-options",
-         "grpo-without-rewards", "rloo-options-on-sft", "grpo-group-of-one"],
+    ids=[
+        "ppo-without-options",
+        "qlora-on-cpu",
+        "unknown-method",
+        "ref-without-kind",
+        "ref-and-uri",
+        "ppo-without-reward",
+        "ppo-deepspeed",
+        "ppo-accumulation",
+        "ppo-multi-node",
+        "grpo-without-options",
+        "grpo-without-rewards",
+        "rloo-options-on-sft",
+        "grpo-group-of-one",
+    ],
 )
 def test_alignment_rejects(spec: dict[str, Any], fragment: str) -> None:
     errors = _errors(AlignmentJob, _alignment(**spec))
@@ -126,10 +155,16 @@ def test_alignment_rejects(spec: dict[str, Any], fragment: str) -> None:
 
 
 def test_eval_thresholds_must_name_a_task_and_a_metric_it_produces() -> None:
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-           "spec": {"modelRef": {"kind": "PretrainJob", "name": "p"},
-                    "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
-                    "thresholds": ["mc.acc >= 0.5"]}}
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "e"},
+        "spec": {
+            "modelRef": {"kind": "PretrainJob", "name": "p"},
+            "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
+            "thresholds": ["mc.acc >= 0.5"],
+        },
+    }
     suite = EvalSuite.model_validate(doc)
     [threshold] = suite.spec.parsed_thresholds()
     assert threshold.holds(0.5) and not threshold.holds(0.49)
@@ -142,14 +177,22 @@ def test_eval_thresholds_must_name_a_task_and_a_metric_it_produces() -> None:
 
 
 def test_release_tensor_parallel_needs_gpus() -> None:
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": "r"},
-           "spec": {"modelRef": {"uri": "s3://b/m"}, "serving": {"tensorParallelSize": 2}}}
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "ModelRelease",
+        "metadata": {"name": "r"},
+        "spec": {"modelRef": {"uri": "s3://b/m"}, "serving": {"tensorParallelSize": 2}},
+    }
     assert any("tensorParallelSize" in m for _, m in _errors(ModelRelease, doc))
 
 
 def test_pretrain_needs_a_duration_and_sane_shapes() -> None:
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "PretrainJob", "metadata": {"name": "p"},
-           "spec": {"datasetRef": {"name": "d"}, "training": {}}}
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "PretrainJob",
+        "metadata": {"name": "p"},
+        "spec": {"datasetRef": {"name": "d"}, "training": {}},
+    }
     assert any("exactly one of maxSteps or tokens" in m for _, m in _errors(PretrainJob, doc))
     doc["spec"]["training"] = {"maxSteps": 1}
     doc["spec"]["model"] = {"hiddenSize": 100, "numHeads": 3}

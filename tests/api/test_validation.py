@@ -27,8 +27,11 @@ def test_examples_are_valid(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_problems_name_file_resource_and_field(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    path = _write(tmp_path, HEAD + "kind: Dataset\nmetadata: {name: d}\nspec:\n  sources:\n"
-                  "    - {name: a, uri: a.txt}\n  seqLength: lots\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: Dataset\nmetadata: {name: d}\nspec:\n  sources:\n"
+        "    - {name: a, uri: a.txt}\n  seqLength: lots\n",
+    )
     assert main(["validate", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}#1: Dataset/d: spec.sources[0].license: required field is missing" in err
@@ -36,8 +39,11 @@ def test_problems_name_file_resource_and_field(tmp_path: Path, capsys: pytest.Ca
 
 
 def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
-    path = _write(tmp_path, HEAD + "kind: Model\nmetadata: {name: x}\n---\n"
-                  "apiVersion: lmforge.io/v2\nkind: Dataset\nmetadata: {name: y}\nspec: {}\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: Model\nmetadata: {name: x}\n---\n"
+        "apiVersion: lmforge.io/v2\nkind: Dataset\nmetadata: {name: y}\nspec: {}\n",
+    )
     _, problems = validate_paths([path])
     text = [str(p) for p in problems]
     assert any("#1: Model/x: kind: unknown kind 'Model'" in t for t in text)
@@ -45,8 +51,10 @@ def test_unknown_kind_and_api_version(tmp_path: Path) -> None:
 
 
 def test_dangling_reference(tmp_path: Path) -> None:
-    path = _write(tmp_path, HEAD + "kind: PretrainJob\nmetadata: {name: p}\n"
-                  "spec: {datasetRef: {name: missing}, training: {maxSteps: 1}}\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: PretrainJob\nmetadata: {name: p}\nspec: {datasetRef: {name: missing}, training: {maxSteps: 1}}\n",
+    )
     _, problems = validate_paths([path])
     assert [str(p).split(": ", 1)[1] for p in problems] == [
         "PretrainJob/p: spec.datasetRef: references Dataset/missing, which is not defined in these manifests"
@@ -54,28 +62,40 @@ def test_dangling_reference(tmp_path: Path) -> None:
 
 
 def test_cycle_is_reported(tmp_path: Path) -> None:
-    path = _write(tmp_path, HEAD + "kind: AlignmentJob\nmetadata: {name: a}\n"
-                  "spec: {modelRef: {kind: AlignmentJob, name: b}, method: sft, data: {uri: x}}\n---\n"
-                  + HEAD + "kind: AlignmentJob\nmetadata: {name: b}\n"
-                  "spec: {modelRef: {kind: AlignmentJob, name: a}, method: sft, data: {uri: x}}\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: AlignmentJob\nmetadata: {name: a}\n"
+        "spec: {modelRef: {kind: AlignmentJob, name: b}, method: sft, data: {uri: x}}\n---\n"
+        + HEAD
+        + "kind: AlignmentJob\nmetadata: {name: b}\n"
+        "spec: {modelRef: {kind: AlignmentJob, name: a}, method: sft, data: {uri: x}}\n",
+    )
     _, problems = validate_paths([path])
     assert any("reference cycle: AlignmentJob/a -> AlignmentJob/b -> AlignmentJob/a" in str(p) for p in problems)
 
 
 def test_reward_model_ref_must_be_a_reward_model(tmp_path: Path) -> None:
-    path = _write(tmp_path, HEAD + "kind: AlignmentJob\nmetadata: {name: base}\n"
-                  "spec: {modelRef: {uri: /m}, method: sft, data: {uri: x}}\n---\n"
-                  + HEAD + "kind: AlignmentJob\nmetadata: {name: rl}\n"
-                  "spec: {modelRef: {uri: /m}, method: ppo, data: {uri: x}, ppo: {rewardModelRef: {name: base}}}\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: AlignmentJob\nmetadata: {name: base}\n"
+        "spec: {modelRef: {uri: /m}, method: sft, data: {uri: x}}\n---\n"
+        + HEAD
+        + "kind: AlignmentJob\nmetadata: {name: rl}\n"
+        "spec: {modelRef: {uri: /m}, method: ppo, data: {uri: x}, ppo: {rewardModelRef: {name: base}}}\n",
+    )
     _, problems = validate_paths([path])
     assert any("spec.ppo.rewardModelRef: AlignmentJob/base trains method sft" in str(p) for p in problems)
 
 
 def test_lora_adapter_served_must_publish_an_adapter(tmp_path: Path) -> None:
-    path = _write(tmp_path, HEAD + "kind: AlignmentJob\nmetadata: {name: full}\n"
-                  "spec: {modelRef: {uri: /m}, method: sft, data: {uri: x}}\n---\n"
-                  + HEAD + "kind: ModelRelease\nmetadata: {name: r}\n"
-                  "spec: {modelRef: {uri: /m}, serving: {loraAdapters: [{name: full}]}}\n")
+    path = _write(
+        tmp_path,
+        HEAD + "kind: AlignmentJob\nmetadata: {name: full}\n"
+        "spec: {modelRef: {uri: /m}, method: sft, data: {uri: x}}\n---\n"
+        + HEAD
+        + "kind: ModelRelease\nmetadata: {name: r}\n"
+        "spec: {modelRef: {uri: /m}, serving: {loraAdapters: [{name: full}]}}\n",
+    )
     _, problems = validate_paths([path])
     assert any("does not publish a LoRA adapter" in str(p) for p in problems)
 

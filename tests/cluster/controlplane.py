@@ -129,9 +129,7 @@ def default_bin_dir() -> Path:
 
 def build(timeout: float = 3600.0) -> Path:
     """Run tests/cluster/build.sh (seconds when warm, tens of minutes cold) and return the bin dir."""
-    proc = subprocess.run(
-        ["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run(["bash", str(BUILD_SH)], capture_output=True, text=True, timeout=timeout, check=False)
     if proc.returncode != 0:
         raise ControlPlaneError(f"tests/cluster/build.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
@@ -279,9 +277,7 @@ class ControlPlane:
             return
         missing = [b for b in self._binaries() if not (self.bin_dir / b).is_file()]
         if missing:
-            raise ControlPlaneError(
-                f"missing binaries in {self.bin_dir}: {missing}; run tests/cluster/build.sh"
-            )
+            raise ControlPlaneError(f"missing binaries in {self.bin_dir}: {missing}; run tests/cluster/build.sh")
         _sweep_stale_workdirs()
         self.workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
         (self.workdir / "owner.pid").write_text(str(os.getpid()))
@@ -439,11 +435,14 @@ class ControlPlane:
         if self.node_ip:
             # The API server's client certificate for kubelets (logs, exec, port-forward), and the
             # kubelet's serving certificate for the node address, both from the test CA.
-            self.sign_certificate("kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client",
-                                  "extendedKeyUsage=clientAuth")
-            self.sign_certificate("kubelet-serving", f"/O=system:nodes/CN=system:node:{self.node_name}",
-                                  f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:{self.node_ip},"
-                                  f"DNS:{self.node_name}")
+            self.sign_certificate(
+                "kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client", "extendedKeyUsage=clientAuth"
+            )
+            self.sign_certificate(
+                "kubelet-serving",
+                f"/O=system:nodes/CN=system:node:{self.node_name}",
+                f"extendedKeyUsage=serverAuth\nsubjectAltName=IP:{self.node_ip},DNS:{self.node_name}",
+            )
         openssl("genrsa", "-out", "sa.key", "2048")
         openssl("rsa", "-in", "sa.key", "-pubout", "-out", "sa.pub")
 
@@ -459,14 +458,30 @@ class ControlPlane:
         def openssl(*args: str) -> None:
             subprocess.run(["openssl", *args], cwd=pki, check=True, capture_output=True, timeout=60)
 
-        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
-                "-subj", subject)
+        openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", subject
+        )
         (pki / f"{name}.ext").write_text(
             f"{extensions}\nkeyUsage=critical,digitalSignature,keyEncipherment\nbasicConstraints=CA:FALSE\n"
         )
-        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-                "-set_serial", str(int.from_bytes(os.urandom(8), "big")), "-days", "7",
-                "-out", f"{name}.crt", "-extfile", f"{name}.ext")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-set_serial",
+            str(int.from_bytes(os.urandom(8), "big")),
+            "-days",
+            "7",
+            "-out",
+            f"{name}.crt",
+            "-extfile",
+            f"{name}.ext",
+        )
         return pki / f"{name}.key", pki / f"{name}.crt"
 
     def _write_kubeconfig(self, path: Path, user: str, token: str) -> None:
@@ -553,10 +568,7 @@ class ControlPlane:
         self._wait(
             "bootstrap RBAC",
             lambda: (
-                self.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:kube-scheduler")[
-                    0
-                ]
-                == 200
+                self.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles/system:kube-scheduler")[0] == 200
             ),
         )
 
@@ -777,9 +789,7 @@ class ControlPlane:
         timeout: float = 180.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run the helm built by build.sh against this cluster, with its state in the work dir."""
-        return self._run(
-            [str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args], input, check, timeout
-        )
+        return self._run([str(self.bin_dir / "helm"), f"--kubeconfig={self.kubeconfig}", *args], input, check, timeout)
 
     def _run(
         self,
@@ -866,9 +876,7 @@ def main() -> None:
     cp.start()
     try:
         print(f"export KUBECONFIG={cp.kubeconfig}", flush=True)
-        print(
-            f"kubectl: {find_kubectl()}  helm: {cp.bin_dir / 'helm'}  logs: {cp.workdir / 'logs'}", flush=True
-        )
+        print(f"kubectl: {find_kubectl()}  helm: {cp.bin_dir / 'helm'}  logs: {cp.workdir / 'logs'}", flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

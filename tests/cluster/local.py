@@ -38,8 +38,7 @@ class NodeCluster:
 
 def build_images(*targets: str) -> dict[str, str]:
     """tests/cluster/images.sh: target -> image name in buildah's storage; cached by their inputs."""
-    proc = subprocess.run(["bash", str(IMAGES_SH), *targets], capture_output=True, text=True,
-                          timeout=3600, check=False)
+    proc = subprocess.run(["bash", str(IMAGES_SH), *targets], capture_output=True, text=True, timeout=3600, check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"images.sh failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     return dict(line.split() for line in proc.stdout.splitlines())
@@ -92,17 +91,20 @@ def main(argv: list[str]) -> int:
         with local_cluster() as nc, start_seaweed(bucket="lmforge", ip=NODE_IP) as s3:
             repo, tag = nc.images["operator"].rsplit(":", 1)
             chart = REPO / "charts" / "lmforge"
-            print(f"""
+            print(
+                f"""
 export KUBECONFIG={nc.cp.kubeconfig}
-# nodes: {nc.node.name} (real, runs pods) and {', '.join(nc.cp.gpu_node_names())} (kwok, 8 GPUs each)
+# nodes: {nc.node.name} (real, runs pods) and {", ".join(nc.cp.gpu_node_names())} (kwok, 8 GPUs each)
 # S3: {s3.endpoint}  bucket lmforge  key {s3.access_key} / {s3.secret_key}
 kubectl create secret generic lmforge-s3 --from-literal=AWS_ACCESS_KEY_ID={s3.access_key} \\
   --from-literal=AWS_SECRET_ACCESS_KEY={s3.secret_key} --from-literal=AWS_DEFAULT_REGION={s3.region}
-{nc.cp.bin_dir / 'helm'} install lmf {chart} --set image.repository={repo} --set image.tag={tag} \\
-  --set image.pullPolicy=Never --set trainer.image={nc.images['trainer']} --set trainer.pullPolicy=Never \\
-  --set serving.image={nc.images['serve']} --set store.uri=s3://lmforge/store \\
+{nc.cp.bin_dir / "helm"} install lmf {chart} --set image.repository={repo} --set image.tag={tag} \\
+  --set image.pullPolicy=Never --set trainer.image={nc.images["trainer"]} --set trainer.pullPolicy=Never \\
+  --set serving.image={nc.images["serve"]} --set store.uri=s3://lmforge/store \\
   --set store.s3.endpoint={s3.endpoint} --set store.s3.secretName=lmforge-s3
-# Ctrl-C (or scripts/local-cluster down) stops everything.""", flush=True)
+# Ctrl-C (or scripts/local-cluster down) stops everything.""",
+                flush=True,
+            )
             signal.pause()
     except KeyboardInterrupt:
         pass

@@ -114,11 +114,14 @@ def oci_archive(files: dict[str, tuple[bytes, int]], *, entrypoint: list[str], n
             tar.addfile(info, io.BytesIO(data))
     layer = layer_buf.getvalue()
     diff_id = "sha256:" + hashlib.sha256(layer).hexdigest()
-    config = json.dumps({
-        "architecture": "amd64", "os": "linux",
-        "config": {"Entrypoint": entrypoint, "User": "65534:65534"},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-    }).encode()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Entrypoint": entrypoint, "User": "65534:65534"},
+            "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        }
+    ).encode()
     blobs: dict[str, bytes] = {}
 
     def blob(data: bytes) -> dict[str, Any]:
@@ -126,19 +129,26 @@ def oci_archive(files: dict[str, tuple[bytes, int]], *, entrypoint: list[str], n
         blobs[digest] = data
         return {"digest": f"sha256:{digest}", "size": len(data)}
 
-    manifest = json.dumps({
-        "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(config)},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(layer)}],
-    }).encode()
-    index = json.dumps({
-        "schemaVersion": 2,
-        "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json", **blob(manifest),
-            "annotations": {"org.opencontainers.image.ref.name": name, "io.containerd.image.name": name},
-        }],
-    }).encode()
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **blob(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **blob(layer)}],
+        }
+    ).encode()
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "manifests": [
+                {
+                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                    **blob(manifest),
+                    "annotations": {"org.opencontainers.image.ref.name": name, "io.containerd.image.name": name},
+                }
+            ],
+        }
+    ).encode()
     out = io.BytesIO()
     with tarfile.open(fileobj=out, mode="w") as tar:
         entries = {"oci-layout": b'{"imageLayoutVersion":"1.0.0"}', "index.json": index}
@@ -207,9 +217,14 @@ class RealNode:
         try:
             self._cgroups_up()
             self._start_containerd()
-            self.import_image(PAUSE_IMAGE, oci_archive(
-                {"/pause": ((self.cp.bin_dir / "pause").read_bytes(), 0o755)}, entrypoint=["/pause"],
-                name=PAUSE_IMAGE))
+            self.import_image(
+                PAUSE_IMAGE,
+                oci_archive(
+                    {"/pause": ((self.cp.bin_dir / "pause").read_bytes(), 0o755)},
+                    entrypoint=["/pause"],
+                    name=PAUSE_IMAGE,
+                ),
+            )
             self._start_kubelet()
             self._start_kube_proxy()
             self._start_coredns()
@@ -286,19 +301,31 @@ class RealNode:
             Path("/proc/sys/net/bridge/bridge-nf-call-iptables").write_text("1\n")
         cni = self.workdir / "cni"
         cni.mkdir()
-        (cni / "10-lmforge.conflist").write_text(json.dumps({
-            "cniVersion": "1.0.0",
-            "name": "lmforge",
-            "plugins": [
+        (cni / "10-lmforge.conflist").write_text(
+            json.dumps(
                 {
-                    "type": "bridge", "bridge": BRIDGE, "isGateway": True, "ipMasq": False,
-                    "hairpinMode": True,
-                    "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR}]],
-                             "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(self.workdir / "ipam")},
+                    "cniVersion": "1.0.0",
+                    "name": "lmforge",
+                    "plugins": [
+                        {
+                            "type": "bridge",
+                            "bridge": BRIDGE,
+                            "isGateway": True,
+                            "ipMasq": False,
+                            "hairpinMode": True,
+                            "ipam": {
+                                "type": "host-local",
+                                "ranges": [[{"subnet": POD_CIDR}]],
+                                "routes": [{"dst": "0.0.0.0/0"}],
+                                "dataDir": str(self.workdir / "ipam"),
+                            },
+                        },
+                        {"type": "portmap", "capabilities": {"portMappings": True}},
+                    ],
                 },
-                {"type": "portmap", "capabilities": {"portMappings": True}},
-            ],
-        }, indent=1))
+                indent=1,
+            )
+        )
 
     @staticmethod
     def _network_down() -> None:
@@ -307,8 +334,11 @@ class RealNode:
 
     @staticmethod
     def _cgroup_dirs() -> list[Path]:
-        return [p / CGROUP_ROOT for p in Path("/sys/fs/cgroup").iterdir()
-                if p.is_dir() and p.name != "unified" and (p / "cgroup.procs").exists()]
+        return [
+            p / CGROUP_ROOT
+            for p in Path("/sys/fs/cgroup").iterdir()
+            if p.is_dir() and p.name != "unified" and (p / "cgroup.procs").exists()
+        ]
 
     def _cgroups_up(self) -> None:
         for path in self._cgroup_dirs():
@@ -404,7 +434,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 [grpc]
   address = "{self.socket}"
 [ttrpc]
-  address = "{self.workdir / 'containerd.ttrpc.sock'}"
+  address = "{self.workdir / "containerd.ttrpc.sock"}"
 [debug]
   address = ""
 [metrics]
@@ -424,14 +454,18 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         SystemdCgroup = false
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{cni_bin}"
-    conf_dir = "{self.workdir / 'cni'}"
+    conf_dir = "{self.workdir / "cni"}"
     max_conf_num = 1
 """
         (self.workdir / "containerd.toml").write_text(config)
-        self._spawn("containerd", ["containerd", f"--config={self.workdir / 'containerd.toml'}",
-                                   "--log-level=warn"])
-        self._wait("containerd", lambda: self.socket.exists() and run(
-            "ctr", f"--address={self.socket}", "version", check=False, timeout=10).strip())
+        self._spawn("containerd", ["containerd", f"--config={self.workdir / 'containerd.toml'}", "--log-level=warn"])
+        self._wait(
+            "containerd",
+            lambda: (
+                self.socket.exists()
+                and run("ctr", f"--address={self.socket}", "version", check=False, timeout=10).strip()
+            ),
+        )
 
     def images(self) -> dict[str, str]:
         """Image name -> manifest digest, as containerd's k8s.io namespace has them."""
@@ -452,24 +486,32 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         if archive is not None:
             self.ctr("images", "import", "--all-platforms", "-", input=archive, timeout=600)
         else:
-            push = subprocess.Popen(["buildah", "push", "--quiet", name, f"docker-archive:/dev/stdout:{name}"],
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-            imp = subprocess.run(["ctr", f"--address={self.socket}", "--namespace=k8s.io", "images", "import",
-                                  "--all-platforms", "-"], stdin=push.stdout, capture_output=True, timeout=1800,
-                                 check=False)
+            push = subprocess.Popen(
+                ["buildah", "push", "--quiet", name, f"docker-archive:/dev/stdout:{name}"],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
+            imp = subprocess.run(
+                ["ctr", f"--address={self.socket}", "--namespace=k8s.io", "images", "import", "--all-platforms", "-"],
+                stdin=push.stdout,
+                capture_output=True,
+                timeout=1800,
+                check=False,
+            )
             assert push.stdout is not None and push.stderr is not None
             push.stdout.close()
             push_err = push.stderr.read().decode(errors="replace")
             if push.wait(60) != 0 or imp.returncode != 0:
-                raise ControlPlaneError(f"importing {name}: buildah push: {push_err[-1500:]} "
-                                        f"ctr import: {imp.stderr.decode(errors='replace')[-1500:]}")
+                raise ControlPlaneError(
+                    f"importing {name}: buildah push: {push_err[-1500:]} "
+                    f"ctr import: {imp.stderr.decode(errors='replace')[-1500:]}"
+                )
         digest = self.images().get(name)
         if digest is None:
             raise ControlPlaneError(f"importing {name}: containerd does not list it afterwards")
         manifest = json.loads(self.ctr("content", "get", digest))
         for layer in manifest.get("layers", []):
-            run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "content", "rm", layer["digest"],
-                check=False)
+            run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "content", "rm", layer["digest"], check=False)
 
     # ------------------------------------------------------------------ kubelet
 
@@ -508,8 +550,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             # Images are imported, never pulled: garbage collection would delete them.
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
-            "evictionHard": {"memory.available": "200Mi", "nodefs.available": "1%",
-                             "imagefs.available": "1%", "nodefs.inodesFree": "1%"},
+            "evictionHard": {
+                "memory.available": "200Mi",
+                "nodefs.available": "1%",
+                "imagefs.available": "1%",
+                "nodefs.inodesFree": "1%",
+            },
             "evictionPressureTransitionPeriod": "10s",
             "nodeStatusUpdateFrequency": "5s",
             "syncFrequency": "10s",
@@ -522,24 +568,28 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "enforceNodeAllocatable": ["pods"],
         }
         (self.workdir / "kubelet.yaml").write_text(json.dumps(config, indent=1))
-        self._spawn("kubelet", [
-            str(self.cp.bin_dir / "kubelet"),
-            f"--config={self.workdir / 'kubelet.yaml'}",
-            f"--kubeconfig={self.cp.workdir / 'kubelet.kubeconfig'}",
-            f"--root-dir={self.workdir / 'kubelet'}",
-            f"--cert-dir={self.workdir / 'kubelet-pki'}",
-            f"--node-ip={NODE_IP}",
-            f"--hostname-override={self.name}",
-            f"--node-labels={NODE_LABEL}=true",
-            "--v=1",
-        ])
+        self._spawn(
+            "kubelet",
+            [
+                str(self.cp.bin_dir / "kubelet"),
+                f"--config={self.workdir / 'kubelet.yaml'}",
+                f"--kubeconfig={self.cp.workdir / 'kubelet.kubeconfig'}",
+                f"--root-dir={self.workdir / 'kubelet'}",
+                f"--cert-dir={self.workdir / 'kubelet-pki'}",
+                f"--node-ip={NODE_IP}",
+                f"--hostname-override={self.name}",
+                f"--node-labels={NODE_LABEL}=true",
+                "--v=1",
+            ],
+        )
 
         def ready() -> bool:
             status, node = self.cp.request("GET", f"/api/v1/nodes/{self.name}")
             conds = node.get("status", {}).get("conditions", []) if status == 200 else []
             taints = node.get("spec", {}).get("taints") or []
             return any(c["type"] == "Ready" and c["status"] == "True" for c in conds) and not any(
-                str(t.get("key", "")).startswith("node.kubernetes.io/") for t in taints)
+                str(t.get("key", "")).startswith("node.kubernetes.io/") for t in taints
+            )
 
         self._wait(f"node {self.name} Ready", ready, timeout=180)
 
@@ -560,40 +610,51 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
             "hostnameOverride": self.name,
             "iptables": {"masqueradeAll": True, "syncPeriod": "10s", "minSyncPeriod": "0s"},
             # Leave the host's conntrack table alone (0 = do not change the sysctls).
-            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s",
-                          "tcpCloseWaitTimeout": "0s"},
+            "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
             "nodePortAddresses": [f"{NODE_IP}/32"],
         }
         (self.workdir / "kube-proxy.yaml").write_text(json.dumps(config, indent=1))
-        self._spawn("kube-proxy", [str(self.cp.bin_dir / "kube-proxy"),
-                                   f"--config={self.workdir / 'kube-proxy.yaml'}", "--v=1"])
-        self._wait("kube-proxy /healthz", lambda: run(
-            "curl", "-sf", f"http://127.0.0.1:{self.ports['proxy_healthz']}/healthz", check=False))
+        self._spawn(
+            "kube-proxy", [str(self.cp.bin_dir / "kube-proxy"), f"--config={self.workdir / 'kube-proxy.yaml'}", "--v=1"]
+        )
+        self._wait(
+            "kube-proxy /healthz",
+            lambda: run("curl", "-sf", f"http://127.0.0.1:{self.ports['proxy_healthz']}/healthz", check=False),
+        )
 
     def _start_coredns(self) -> None:
         # CoreDNS reads Services and EndpointSlices as its own identity, with only those rights.
         self.cp.apply(
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-             "metadata": {"name": "lmforge:coredns"},
-             "rules": [{"apiGroups": [""], "resources": ["endpoints", "services", "pods", "namespaces"],
-                        "verbs": ["list", "watch"]},
-                       {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                        "verbs": ["list", "watch"]}]},
-            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-             "metadata": {"name": "lmforge:coredns"},
-             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                         "name": "lmforge:coredns"},
-             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "lmforge:coredns"}]},
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRole",
+                "metadata": {"name": "lmforge:coredns"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["endpoints", "services", "pods", "namespaces"],
+                        "verbs": ["list", "watch"],
+                    },
+                    {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["list", "watch"]},
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "ClusterRoleBinding",
+                "metadata": {"name": "lmforge:coredns"},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lmforge:coredns"},
+                "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "lmforge:coredns"}],
+            },
         )
         self.ports["dns_health"] = free_port()
         self.ports["dns_ready"] = free_port()
         corefile = f""".:53 {{
     bind {NODE_IP}
     errors
-    health 127.0.0.1:{self.ports['dns_health']}
-    ready 127.0.0.1:{self.ports['dns_ready']}
+    health 127.0.0.1:{self.ports["dns_health"]}
+    ready 127.0.0.1:{self.ports["dns_ready"]}
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
-        kubeconfig {self.cp.workdir / 'coredns.kubeconfig'} lmforge-test
+        kubeconfig {self.cp.workdir / "coredns.kubeconfig"} lmforge-test
         pods insecure
         fallthrough in-addr.arpa ip6.arpa
     }}
@@ -603,22 +664,41 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         (self.workdir / "Corefile").write_text(corefile)
         self._spawn("coredns", [str(self.cp.bin_dir / "coredns"), "-conf", str(self.workdir / "Corefile")])
         self.cp.apply(
-            {"apiVersion": "v1", "kind": "Service",
-             "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
-             "spec": {"clusterIP": DNS_SERVICE_IP,
-                      "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
-                                {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]}},
-            {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
-             "metadata": {"name": "kube-dns-host", "namespace": "kube-system",
-                          "labels": {"kubernetes.io/service-name": "kube-dns",
-                                     "endpointslice.kubernetes.io/managed-by": "lmforge-tests"}},
-             "addressType": "IPv4",
-             "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
-             "ports": [{"name": "dns", "port": 53, "protocol": "UDP"},
-                       {"name": "dns-tcp", "port": 53, "protocol": "TCP"}]},
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "kube-dns", "namespace": "kube-system", "labels": {"k8s-app": "kube-dns"}},
+                "spec": {
+                    "clusterIP": DNS_SERVICE_IP,
+                    "ports": [
+                        {"name": "dns", "port": 53, "protocol": "UDP"},
+                        {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                    ],
+                },
+            },
+            {
+                "apiVersion": "discovery.k8s.io/v1",
+                "kind": "EndpointSlice",
+                "metadata": {
+                    "name": "kube-dns-host",
+                    "namespace": "kube-system",
+                    "labels": {
+                        "kubernetes.io/service-name": "kube-dns",
+                        "endpointslice.kubernetes.io/managed-by": "lmforge-tests",
+                    },
+                },
+                "addressType": "IPv4",
+                "endpoints": [{"addresses": [NODE_IP], "conditions": {"ready": True}}],
+                "ports": [
+                    {"name": "dns", "port": 53, "protocol": "UDP"},
+                    {"name": "dns-tcp", "port": 53, "protocol": "TCP"},
+                ],
+            },
         )
-        self._wait("CoreDNS ready", lambda: run(
-            "curl", "-sf", f"http://127.0.0.1:{self.ports['dns_ready']}/ready", check=False))
+        self._wait(
+            "CoreDNS ready",
+            lambda: run("curl", "-sf", f"http://127.0.0.1:{self.ports['dns_ready']}/ready", check=False),
+        )
 
     # ------------------------------------------------------------------ tear-down helpers
 
@@ -626,8 +706,17 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         namespaces = self.cp.kubectl_json("get", "namespaces")["items"]
         for ns in namespaces:
             name = ns["metadata"]["name"]
-            self.cp.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=1", "--wait=false",
-                            f"--field-selector=spec.nodeName={self.name}", check=False)
+            self.cp.kubectl(
+                "delete",
+                "pods",
+                "--all",
+                "-n",
+                name,
+                "--grace-period=1",
+                "--wait=false",
+                f"--field-selector=spec.nodeName={self.name}",
+                check=False,
+            )
 
         def gone() -> bool:
             pods = self.cp.kubectl_json("get", "pods", "-A", f"--field-selector=spec.nodeName={self.name}")
@@ -639,10 +728,27 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
     def _remove_sandboxes(self) -> None:
         """Stop and remove containers containerd still has (kubelet gone or slow)."""
         for cid in self.ctr("containers", "list", "-q").split():
-            run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "tasks", "delete", "-f", cid,
-                check=False, timeout=30)
-            run("ctr", f"--address={self.socket}", "--namespace=k8s.io", "containers", "delete", cid,
-                check=False, timeout=30)
+            run(
+                "ctr",
+                f"--address={self.socket}",
+                "--namespace=k8s.io",
+                "tasks",
+                "delete",
+                "-f",
+                cid,
+                check=False,
+                timeout=30,
+            )
+            run(
+                "ctr",
+                f"--address={self.socket}",
+                "--namespace=k8s.io",
+                "containers",
+                "delete",
+                cid,
+                check=False,
+                timeout=30,
+            )
 
 
 def restore_sysctls(saved: dict[str, str]) -> None:
@@ -683,8 +789,9 @@ def leftovers() -> list[str]:
     found += [dev for dev in (BRIDGE, *VETH) if re.search(rf"\b{dev}[@:]", links)]
     for tool in ("iptables-save", "ip6tables-save"):
         if shutil.which(tool):
-            found += [f"{tool}: {line}" for line in run(tool, check=False).splitlines()
-                      if re.match(r"^:(KUBE-|CNI-)", line)]
+            found += [
+                f"{tool}: {line}" for line in run(tool, check=False).splitlines() if re.match(r"^:(KUBE-|CNI-)", line)
+            ]
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError):
             if proc.name.isdigit():
@@ -695,4 +802,3 @@ def leftovers() -> list[str]:
     found += [f"mount {m}" for m in re.findall(r" (\S*lmforge-node-\S*) ", mounts)]
     found += [f"cgroup {p}" for p in RealNode._cgroup_dirs() if p.exists()]
     return found
-

@@ -39,16 +39,27 @@ def ensure_crds(cp: ControlPlane) -> None:
 
 def operator_identity(cp: ControlPlane, namespace: str, workdir: Path) -> Path:
     """Apply the chart's namespaced RBAC for `namespace` and return a kubeconfig for its SA."""
-    rendered = cp.helm("template", "lmf", str(CHART), f"--namespace={namespace}", "--kube-version=1.37.0",
-                       "--set=rbac.namespaced=true", f"--set=watchNamespaces={{{namespace}}}",
-                       "--set=leaderElection.enabled=true", "--show-only=templates/leader-election.yaml",
-                       "--show-only=templates/rbac.yaml", "--show-only=templates/serviceaccount.yaml").stdout
+    rendered = cp.helm(
+        "template",
+        "lmf",
+        str(CHART),
+        f"--namespace={namespace}",
+        "--kube-version=1.37.0",
+        "--set=rbac.namespaced=true",
+        f"--set=watchNamespaces={{{namespace}}}",
+        "--set=leaderElection.enabled=true",
+        "--show-only=templates/leader-election.yaml",
+        "--show-only=templates/rbac.yaml",
+        "--show-only=templates/serviceaccount.yaml",
+    ).stdout
     docs = [d for d in yaml.safe_load_all(rendered) if d]
     cp.apply(*docs, namespace=namespace)
     sa = next(d for d in docs if d["kind"] == "ServiceAccount")["metadata"]["name"]
-    status, body = cp.request("POST", f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
-                              {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
-                               "spec": {"expirationSeconds": 3600}})
+    status, body = cp.request(
+        "POST",
+        f"/api/v1/namespaces/{namespace}/serviceaccounts/{sa}/token",
+        {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {"expirationSeconds": 3600}},
+    )
     assert status == 201, body
     config = json.loads(cp.kubeconfig.read_text())
     config["users"] = [{"name": sa, "user": {"token": body["status"]["token"]}}]
@@ -61,8 +72,9 @@ def operator_identity(cp: ControlPlane, namespace: str, workdir: Path) -> Path:
 class Operator:
     """The operator subprocess; `restart()` kills and starts it again (same identity, same store)."""
 
-    def __init__(self, cp: ControlPlane, namespace: str, store: str, workdir: Path,
-                 env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, cp: ControlPlane, namespace: str, store: str, workdir: Path, env: dict[str, str] | None = None
+    ) -> None:
         self.cp, self.namespace, self.store, self.workdir = cp, namespace, store, workdir
         self.kubeconfig = operator_identity(cp, namespace, workdir)
         self.env = env or {}
@@ -70,13 +82,23 @@ class Operator:
         self.log = workdir / "operator.log"
 
     def start(self) -> None:
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "LMFORGE_STORE": self.store,
-               "LMFORGE_METRICS_PORT": "0", "LMFORGE_TRAINER_IMAGE": "lmforge/trainer:test",
-               "LMFORGE_DEFAULT_TOLERATIONS": json.dumps([GPU_TOLERATION]), "LMFORGE_POLL_SECONDS": "2",
-               **self.env}
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "LMFORGE_STORE": self.store,
+            "LMFORGE_METRICS_PORT": "0",
+            "LMFORGE_TRAINER_IMAGE": "lmforge/trainer:test",
+            "LMFORGE_DEFAULT_TOLERATIONS": json.dumps([GPU_TOLERATION]),
+            "LMFORGE_POLL_SECONDS": "2",
+            **self.env,
+        }
         with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "lmforge.operator", f"--namespace={self.namespace}",
-                                          "--liveness="], stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lmforge.operator", f"--namespace={self.namespace}", "--liveness="],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -102,8 +124,9 @@ class Operator:
 
 
 @contextmanager
-def running_operator(cp: ControlPlane, namespace: str, store: str | None = None,
-                     env: dict[str, str] | None = None) -> Iterator[Operator]:
+def running_operator(
+    cp: ControlPlane, namespace: str, store: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[Operator]:
     ensure_crds(cp)
     with tempfile.TemporaryDirectory(prefix="lmforge-op-") as tmp:
         op = Operator(cp, namespace, store or f"file://{tmp}/store", Path(tmp), env)
@@ -136,8 +159,7 @@ def jobs(cp: ControlPlane, ns: str, selector: str) -> list[dict[str, Any]]:
 
 def wait_job(cp: ControlPlane, op: Operator, ns: str, selector: str, timeout: float = 60) -> dict[str, Any]:
     """The single Job matching `selector`, once it exists."""
-    found = eventually(lambda: jobs(cp, ns, selector), timeout=timeout, what=f"a Job with {selector}",
-                       abort=op.dead)
+    found = eventually(lambda: jobs(cp, ns, selector), timeout=timeout, what=f"a Job with {selector}", abort=op.dead)
     assert len(found) == 1, [j["metadata"]["name"] for j in found]
     return found[0]
 
@@ -148,23 +170,33 @@ def stage_output(cp: ControlPlane, ns: str, job: dict[str, Any]) -> str:
     return str(yaml.safe_load(cm["data"]["spec.yaml"])["output"])
 
 
-def publish_result(store: str, prefix: str, stage: StageName, artifacts: dict[str, str],
-                   metrics: dict[str, float] | None = None) -> None:
+def publish_result(
+    store: str, prefix: str, stage: StageName, artifacts: dict[str, str], metrics: dict[str, float] | None = None
+) -> None:
     """Do what a stage does last: write `result.json` (the contract's completion marker)."""
-    record = ProgressRecord(type=RecordType.RESULT, stage=stage, run_id=prefix.rsplit("/", 1)[-1],
-                            artifacts=artifacts, metrics=metrics or {})
+    record = ProgressRecord(
+        type=RecordType.RESULT,
+        stage=stage,
+        run_id=prefix.rsplit("/", 1)[-1],
+        artifacts=artifacts,
+        metrics=metrics or {},
+    )
     open_store(store).put_bytes(f"{prefix}/{RESULT_KEY}", record.model_dump_json(by_alias=True).encode())
 
 
-def finish_job(cp: ControlPlane, op: Operator, ns: str, job: dict[str, Any], outcome: str = "succeeded",
-               exit_code: int = 1) -> None:
+def finish_job(
+    cp: ControlPlane, op: Operator, ns: str, job: dict[str, Any], outcome: str = "succeeded", exit_code: int = 1
+) -> None:
     """Wait for the Job's pods to run, then have kwok finish them all."""
     name = job["metadata"]["name"]
     want = int(job["spec"].get("parallelism") or 1)
 
     def running() -> list[dict[str, Any]] | None:
-        pods = [p for p in cp.pods(ns, f"batch.kubernetes.io/job-name={name}")
-                if p.get("status", {}).get("phase") == "Running"]
+        pods = [
+            p
+            for p in cp.pods(ns, f"batch.kubernetes.io/job-name={name}")
+            if p.get("status", {}).get("phase") == "Running"
+        ]
         return pods if len(pods) >= want else None
 
     for pod in eventually(running, timeout=60, what=f"{want} running pods of {name}", abort=op.dead):

@@ -25,8 +25,15 @@ CHART = REPO / "charts" / "lmforge"
 
 def rules_file(cp: ControlPlane, tmp: Path) -> Path:
     """The PrometheusRule the chart renders, as a plain Prometheus rules file."""
-    out = cp.helm("template", "lmf", str(CHART), "--kube-version=1.37.0", "--set=metrics.prometheusRule.enabled=true",
-                  "--set=metrics.prometheusRule.failedFor=0s", "--show-only=templates/prometheusrule.yaml").stdout
+    out = cp.helm(
+        "template",
+        "lmf",
+        str(CHART),
+        "--kube-version=1.37.0",
+        "--set=metrics.prometheusRule.enabled=true",
+        "--set=metrics.prometheusRule.failedFor=0s",
+        "--show-only=templates/prometheusrule.yaml",
+    ).stdout
     rule = yaml.safe_load(out)
     path = tmp / "rules.yaml"
     path.write_text(yaml.safe_dump({"groups": rule["spec"]["groups"]}))
@@ -41,18 +48,25 @@ def dashboard_queries() -> list[str]:
 
 
 def dataset(name: str) -> dict[str, Any]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]}}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]},
+    }
 
 
 def test_alert_fires_on_a_failed_stage_and_every_dashboard_query_returns_data(
-        control_plane: ControlPlane, namespace: str, tmp_path: Path) -> None:
+    control_plane: ControlPlane, namespace: str, tmp_path: Path
+) -> None:
     cp, ns = control_plane, namespace
     port = free_port()
     env = {"LMFORGE_METRICS_PORT": str(port), "LMFORGE_METRICS_ADDR": "127.0.0.1"}
     rules = rules_file(cp, tmp_path)
-    with running_operator(cp, ns, env=env) as op, \
-            prometheus({"operator": [f"127.0.0.1:{port}"]}, rule_files=[rules]) as prom:
+    with (
+        running_operator(cp, ns, env=env) as op,
+        prometheus({"operator": [f"127.0.0.1:{port}"]}, rule_files=[rules]) as prom,
+    ):
         loaded = json.loads(__import__("urllib.request").request.urlopen(f"{prom.url}/api/v1/rules").read())
         names = {r["name"] for g in loaded["data"]["groups"] for r in g["rules"]}
         assert {"LMForgeJobFailed", "LMForgeReleaseNotReady", "LMForgeProgressStalled"} <= names
@@ -66,17 +80,30 @@ def test_alert_fires_on_a_failed_stage_and_every_dashboard_query_returns_data(
         publish_result(op.store, stage_output(cp, ns, job), StageName.DATASET, {"shards": "s3://b/s"})
         finish_job(cp, op, ns, job)
         # ... and a pretraining run that reports progress.
-        cp.apply({"apiVersion": "lmforge.io/v1alpha1", "kind": "PretrainJob", "metadata": {"name": "train"},
-                  "spec": {"datasetRef": {"name": "done"}, "training": {"maxSteps": 100}}}, namespace=ns)
+        cp.apply(
+            {
+                "apiVersion": "lmforge.io/v1alpha1",
+                "kind": "PretrainJob",
+                "metadata": {"name": "train"},
+                "spec": {"datasetRef": {"name": "done"}, "training": {"maxSteps": 100}},
+            },
+            namespace=ns,
+        )
         job = wait_job(cp, op, ns, "lmforge.io/pretrainjob=train")
-        record = ProgressRecord(stage=StageName.PRETRAIN, run_id="x", step=10, total=100,
-                                metrics={"loss": 3.5, "tokens_per_second": 1234.0})
-        open_store(op.store).put_bytes(f"{stage_output(cp, ns, job)}/{PROGRESS_KEY}",
-                                       record.model_dump_json(by_alias=True).encode())
+        record = ProgressRecord(
+            stage=StageName.PRETRAIN, run_id="x", step=10, total=100, metrics={"loss": 3.5, "tokens_per_second": 1234.0}
+        )
+        open_store(op.store).put_bytes(
+            f"{stage_output(cp, ns, job)}/{PROGRESS_KEY}", record.model_dump_json(by_alias=True).encode()
+        )
 
         firing = prom.eventually('ALERTS{alertname="LMForgeJobFailed",alertstate="firing"}', timeout=90)
         assert {(s["metric"]["kind"], s["metric"]["name"]) for s in firing} == {("Dataset", "broken")}
         for expr in dashboard_queries():
-            result = eventually(lambda expr=expr: prom.query(expr), timeout=120, interval=1,
-                                what=f"data for the dashboard query {expr!r}")
+            result = eventually(
+                lambda expr=expr: prom.query(expr),
+                timeout=120,
+                interval=1,
+                what=f"data for the dashboard query {expr!r}",
+            )
             assert result, expr

@@ -136,9 +136,7 @@ def test_gpu_job_fails_on_demand(control_plane: ControlPlane, namespace: str) ->
     assert dead["status"]["containerStatuses"][0]["state"]["terminated"]["exitCode"] == 3
 
 
-def test_pod_template_annotation_completes_pods_by_itself(
-    control_plane: ControlPlane, namespace: str
-) -> None:
+def test_pod_template_annotation_completes_pods_by_itself(control_plane: ControlPlane, namespace: str) -> None:
     """Two whole-node (8-GPU) workers land on two different nodes and finish after kwok-delay."""
     cp = control_plane
     annotations = {COMPLETE_ANNOTATION: "succeeded", "lmforge.io/kwok-delay": "2s"}
@@ -149,9 +147,7 @@ def test_pod_template_annotation_completes_pods_by_itself(
     assert len({p["spec"]["nodeName"] for p in pods}) == 2  # 8 GPUs each: one node per pod
     for pod in pods:
         started = datetime.fromisoformat(pod["status"]["startTime"])
-        finished = datetime.fromisoformat(
-            pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]
-        )
+        finished = datetime.fromisoformat(pod["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"])
         assert (finished - started).total_seconds() >= 1  # the 2 s delay, at 1 s resolution
 
 

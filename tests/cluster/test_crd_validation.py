@@ -25,7 +25,8 @@ def crds(control_plane: ControlPlane) -> ControlPlane:
 
     def established(plural: str) -> bool:
         _, body = control_plane.request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.lmforge.io")
+            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{plural}.lmforge.io"
+        )
         conditions = body.get("status", {}).get("conditions", []) if isinstance(body, dict) else []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 

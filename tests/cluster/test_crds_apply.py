@@ -47,9 +47,7 @@ def applied_crds(control_plane: ControlPlane) -> list[dict[str, Any]]:
     control_plane.kubectl("apply", "-f", str(CRD_DIR))
 
     def established(name: str) -> bool:
-        _, body = control_plane.request(
-            "GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}"
-        )
+        _, body = control_plane.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}")
         conditions = body.get("status", {}).get("conditions", []) if isinstance(body, dict) else []
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
 

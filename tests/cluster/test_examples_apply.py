@@ -21,8 +21,10 @@ def test_examples_apply_and_list_by_category(control_plane: ControlPlane, namesp
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / example))
     listed = control_plane.kubectl_json("get", "lmforge", "-n", namespace)
     kinds = sorted(item["kind"] for item in listed["items"])
-    expected = {"tiny": ["AlignmentJob", "AlignmentJob", "Dataset", "EvalSuite", "ModelRelease", "PretrainJob"],
-                "cluster": ["AlignmentJob", "Dataset", "EvalSuite", "ModelRelease", "PretrainJob"]}[example]
+    expected = {
+        "tiny": ["AlignmentJob", "AlignmentJob", "Dataset", "EvalSuite", "ModelRelease", "PretrainJob"],
+        "cluster": ["AlignmentJob", "Dataset", "EvalSuite", "ModelRelease", "PretrainJob"],
+    }[example]
     assert kinds == expected
     # Short names work, and the apiserver fills the schema defaults users would expect.
     job = control_plane.kubectl_json("get", "ptj", "-n", namespace)["items"][0]
@@ -41,8 +43,11 @@ def _apply_rejected(control_plane: ControlPlane, namespace: str, manifest: str) 
 
 BAD: list[tuple[str, str, list[str]]] = [
     ("negative-size", "seqLength: -5", ["spec.seqLength", "greater than or equal to 8"]),
-    ("unknown-enum", "sources: [{name: a, uri: x, license: MIT, format: csv}]",
-     ["spec.sources[0].format", "Unsupported value"]),
+    (
+        "unknown-enum",
+        "sources: [{name: a, uri: x, license: MIT, format: csv}]",
+        ["spec.sources[0].format", "Unsupported value"],
+    ),
     ("unknown-field", "seqLenght: 64", ["seqLenght"]),
     ("wrong-type", "workers: two", ["spec.workers", "integer"]),
     ("missing-required", "", ["spec.sources", "Required value"]),
@@ -55,8 +60,11 @@ def test_malformed_manifest_is_rejected_naming_the_field(
     control_plane: ControlPlane, namespace: str, case: str, extra: str, expected: list[str]
 ) -> None:
     sources = "" if case in ("missing-required", "unknown-enum") else "  sources: [{name: a, uri: x, license: MIT}]\n"
-    manifest = ("apiVersion: lmforge.io/v1alpha1\nkind: Dataset\nmetadata: {name: bad}\nspec:\n"
-                + sources + (f"  {extra}\n" if extra else "  {}\n" if not sources else ""))
+    manifest = (
+        "apiVersion: lmforge.io/v1alpha1\nkind: Dataset\nmetadata: {name: bad}\nspec:\n"
+        + sources
+        + (f"  {extra}\n" if extra else "  {}\n" if not sources else "")
+    )
     if case == "missing-required":
         manifest = "apiVersion: lmforge.io/v1alpha1\nkind: Dataset\nmetadata: {name: bad}\nspec: {seqLength: 64}\n"
     err = _apply_rejected(control_plane, namespace, manifest)
@@ -68,10 +76,20 @@ def test_malformed_manifest_is_rejected_naming_the_field(
 def test_status_is_a_subresource(control_plane: ControlPlane, namespace: str) -> None:
     """Users cannot set status through the main resource (the operator owns it)."""
     control_plane.kubectl("apply", "-n", namespace, "-f", str(REPO / "examples" / "tiny" / "01-dataset.yaml"))
-    control_plane.kubectl("patch", "-n", namespace, "dataset", "tiny-corpus", "--type=merge",
-                          "-p", '{"status": {"phase": "Succeeded"}}')
+    control_plane.kubectl(
+        "patch", "-n", namespace, "dataset", "tiny-corpus", "--type=merge", "-p", '{"status": {"phase": "Succeeded"}}'
+    )
     got: dict[str, Any] = control_plane.kubectl_json("get", "dataset", "tiny-corpus", "-n", namespace)
     assert got.get("status", {}).get("phase") != "Succeeded"
     with pytest.raises(subprocess.CalledProcessError):
-        control_plane.kubectl("patch", "-n", namespace, "dataset", "tiny-corpus", "--subresource=status",
-                              "--type=merge", "-p", '{"status": {"phase": "Bogus"}}')
+        control_plane.kubectl(
+            "patch",
+            "-n",
+            namespace,
+            "dataset",
+            "tiny-corpus",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            '{"status": {"phase": "Bogus"}}',
+        )

@@ -12,8 +12,14 @@ CHART = Path(__file__).resolve().parents[2] / "charts" / "lmforge"
 
 def test_helm_install_and_uninstall(control_plane: ControlPlane, namespace: str) -> None:
     release = "lmf"
-    control_plane.helm("install", release, str(CHART), f"--namespace={namespace}", "--set=rbac.namespaced=true",
-                       f"--set=watchNamespaces={{{namespace}}}")
+    control_plane.helm(
+        "install",
+        release,
+        str(CHART),
+        f"--namespace={namespace}",
+        "--set=rbac.namespaced=true",
+        f"--set=watchNamespaces={{{namespace}}}",
+    )
     listed = control_plane.helm("list", f"--namespace={namespace}", "-o", "json").stdout
     assert f'"name":"{release}"' in listed and '"status":"deployed"' in listed
     deployments = control_plane.kubectl_json("get", "deployments", "-n", namespace)["items"]
@@ -22,16 +28,23 @@ def test_helm_install_and_uninstall(control_plane: ControlPlane, namespace: str)
     container = pod["containers"][0]
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert control_plane.kubectl_json("get", "serviceaccounts", "-n", namespace, "-l",
-                                      f"app.kubernetes.io/instance={release}")["items"]
+    assert control_plane.kubectl_json(
+        "get", "serviceaccounts", "-n", namespace, "-l", f"app.kubernetes.io/instance={release}"
+    )["items"]
     # The CRDs came with the chart (or were already there) and are served.
     assert control_plane.kubectl_json("get", "crd", "datasets.lmforge.io")["metadata"]["name"]
 
     control_plane.helm("uninstall", release, f"--namespace={namespace}", "--wait")
 
     def gone() -> bool:
-        items = control_plane.kubectl_json("get", "deployments,serviceaccounts,roles,rolebindings", "-n", namespace,
-                                           "-l", f"app.kubernetes.io/instance={release}")["items"]
+        items = control_plane.kubectl_json(
+            "get",
+            "deployments,serviceaccounts,roles,rolebindings",
+            "-n",
+            namespace,
+            "-l",
+            f"app.kubernetes.io/instance={release}",
+        )["items"]
         return not items
 
     eventually(gone, timeout=60, what="helm uninstall removed the release's objects")

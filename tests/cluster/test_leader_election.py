@@ -15,8 +15,12 @@ LEASE = "lmforge-operator"
 
 
 def _dataset(name: str) -> dict[str, Any]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]}}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}]},
+    }
 
 
 def _holder(cp: ControlPlane, ns: str) -> str | None:
@@ -26,8 +30,12 @@ def _holder(cp: ControlPlane, ns: str) -> str | None:
 
 def test_the_standby_takes_over_when_the_leader_dies(control_plane: ControlPlane, namespace: str) -> None:
     cp, ns = control_plane, namespace
-    env = {"LMFORGE_LEADER_ELECTION": "1", "LMFORGE_LEADER_NAMESPACE": ns,
-           "LMFORGE_LEADER_LEASE_SECONDS": "6", "LMFORGE_LEADER_RENEW_SECONDS": "2"}
+    env = {
+        "LMFORGE_LEADER_ELECTION": "1",
+        "LMFORGE_LEADER_NAMESPACE": ns,
+        "LMFORGE_LEADER_LEASE_SECONDS": "6",
+        "LMFORGE_LEADER_RENEW_SECONDS": "2",
+    }
     with running_operator(cp, ns, env={**env, "POD_NAME": "op-a"}) as a:
         eventually(lambda: _holder(cp, ns) == "op-a", timeout=60, what="op-a holds the Lease", abort=a.dead)
         with running_operator(cp, ns, store=a.store, env={**env, "POD_NAME": "op-b"}) as b:
@@ -44,8 +52,14 @@ def test_the_standby_takes_over_when_the_leader_dies(control_plane: ControlPlane
             cp.apply(_dataset("second"), namespace=ns)
             wait_job(cp, b, ns, "lmforge.io/dataset=second")
             # The new leader re-reconciles `first` and finds its Job: nothing is created twice.
-            consistently(lambda: [j["metadata"]["name"] for j in jobs(cp, ns, "lmforge.io/dataset=first")]
-                         == [first["metadata"]["name"]], duration=5, what="one Job for `first`")
+            consistently(
+                lambda: (
+                    [j["metadata"]["name"] for j in jobs(cp, ns, "lmforge.io/dataset=first")]
+                    == [first["metadata"]["name"]]
+                ),
+                duration=5,
+                what="one Job for `first`",
+            )
             assert "leader: this replica (op-b)" in b.log.read_text(errors="replace")
             b.stop()  # SIGTERM: a clean stop gives the Lease up for the next replica at once
             assert _holder(cp, ns) is None

@@ -27,9 +27,16 @@ from .operator_harness import (
 
 
 def dataset(name: str, backoff: int = 3, workers: int = 1) -> dict[str, Any]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}], "workers": workers,
-                     "compute": {"backoffLimit": backoff}}}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {
+            "sources": [{"name": "s", "uri": "s3://b/x.jsonl", "license": "MIT"}],
+            "workers": workers,
+            "compute": {"backoffLimit": backoff},
+        },
+    }
 
 
 def _reason(cp: ControlPlane, ns: str, plural: str, name: str, reason: str, op: Any) -> dict[str, Any]:
@@ -65,21 +72,32 @@ def test_failed_pod_is_retried_then_the_condition_explains(control_plane: Contro
         assert len(pods) == 1, "exit code 2 must not be retried"
 
 
-def test_spec_the_models_reject_is_invalid_spec_without_retry_storm(control_plane: ControlPlane,
-                                                                     namespace: str) -> None:
+def test_spec_the_models_reject_is_invalid_spec_without_retry_storm(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     cp, ns = control_plane, namespace
     with running_operator(cp, ns) as op:
         # A cross-field rule with a CEL twin is refused by the API server itself, naming the field.
-        too_parallel = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease",
-                        "metadata": {"name": "too-parallel"},
-                        "spec": {"modelRef": {"uri": "s3://b/m"}, "gpus": 1, "serving": {"tensorParallelSize": 4}}}
+        too_parallel = {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "ModelRelease",
+            "metadata": {"name": "too-parallel"},
+            "spec": {"modelRef": {"uri": "s3://b/m"}, "gpus": 1, "serving": {"tensorParallelSize": 4}},
+        }
         with pytest.raises(subprocess.CalledProcessError) as refused:
             cp.apply(too_parallel, namespace=ns)
         assert "spec.serving.tensorParallelSize" in str(refused.value.stderr), refused.value.stderr
         # One CEL cannot express (thresholds are parsed text) gets through; the model's check does not.
-        bad = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "no-such-task"},
-               "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "ppl", "type": "perplexity"}],
-                        "thresholds": ["nope.perplexity <= 10"]}}
+        bad = {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "EvalSuite",
+            "metadata": {"name": "no-such-task"},
+            "spec": {
+                "modelRef": {"uri": "s3://b/m"},
+                "tasks": [{"name": "ppl", "type": "perplexity"}],
+                "thresholds": ["nope.perplexity <= 10"],
+            },
+        }
         cp.apply(bad, namespace=ns)
         cond = _reason(cp, ns, "evalsuites", "no-such-task", "InvalidSpec", op)
         assert cond["status"] == "False" and "thresholds[0]" in cond["message"], cond
@@ -89,8 +107,9 @@ def test_spec_the_models_reject_is_invalid_spec_without_retry_storm(control_plan
 
         before = version()
         # A retry storm would rewrite the status within seconds; watch the whole window, fail on the first write.
-        consistently(lambda: version() == before, duration=3, interval=0.2,
-                     what="the InvalidSpec status staying unwritten")
+        consistently(
+            lambda: version() == before, duration=3, interval=0.2, what="the InvalidSpec status staying unwritten"
+        )
         assert jobs(cp, ns, "lmforge.io/evalsuite") == []
 
 
@@ -112,19 +131,22 @@ def test_many_resources_at_once_all_reconcile(control_plane: ControlPlane, names
     n = 60
     with running_operator(cp, ns) as op:
         cp.apply(*[dataset(f"d{i:03d}") for i in range(n)], namespace=ns)
-        eventually(lambda: len(jobs(cp, ns, "lmforge.io/dataset")) == n or None, timeout=120,
-                   what=f"{n} Jobs", abort=op.dead)
+        eventually(
+            lambda: len(jobs(cp, ns, "lmforge.io/dataset")) == n or None, timeout=120, what=f"{n} Jobs", abort=op.dead
+        )
 
         def all_pending() -> bool:
             items = cp.kubectl_json("get", "datasets", f"--namespace={ns}")["items"]
-            return len(items) == n and all((i.get("status") or {}).get("phase") in ("Pending", "Running")
-                                           for i in items)
+            return len(items) == n and all(
+                (i.get("status") or {}).get("phase") in ("Pending", "Running") for i in items
+            )
 
         eventually(all_pending, timeout=120, what="every Dataset with a status", abort=op.dead)
 
 
-def test_s3_store_result_moves_the_resource_on(control_plane: ControlPlane, namespace: str, s3_server: Any,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_store_result_moves_the_resource_on(
+    control_plane: ControlPlane, namespace: str, s3_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     cp, ns = control_plane, namespace
     s3_server.apply_env(monkeypatch)  # the test writes result.json with the operator's credentials
     store = f"s3://{s3_server.bucket}/operator-{ns}"

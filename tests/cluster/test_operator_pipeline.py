@@ -37,8 +37,15 @@ def _ready(cp: ControlPlane, ns: str, plural: str, name: str, op: Any, reason: s
         raise AssertionError(f"{exc}; status: {status}; operator log: {op.tail()}") from None
 
 
-def _run_stage(cp: ControlPlane, op: Any, ns: str, selector: str, stage: StageName, artifacts: dict[str, str],
-               metrics: dict[str, float] | None = None) -> dict[str, Any]:
+def _run_stage(
+    cp: ControlPlane,
+    op: Any,
+    ns: str,
+    selector: str,
+    stage: StageName,
+    artifacts: dict[str, str],
+    metrics: dict[str, float] | None = None,
+) -> dict[str, Any]:
     job = wait_job(cp, op, ns, selector)
     publish_result(op.store, stage_output(cp, ns, job), stage, artifacts, metrics)
     finish_job(cp, op, ns, job)
@@ -50,19 +57,37 @@ def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str
     with running_operator(cp, ns) as op:
         # The example's PretrainJob names the store credentials Secret; without it, it would wait
         # (WaitingForSecret, see test_operator_secrets.py). Create it, as a user must.
-        cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lmforge-s3"},
-                  "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"}}, namespace=ns)
+        cp.apply(
+            {
+                "apiVersion": "v1",
+                "kind": "Secret",
+                "metadata": {"name": "lmforge-s3"},
+                "stringData": {"AWS_ACCESS_KEY_ID": "id", "AWS_SECRET_ACCESS_KEY": "key"},
+            },
+            namespace=ns,
+        )
         cp.kubectl("apply", f"--namespace={ns}", "-f", str(REPO / "examples/cluster/pipeline.yaml"))
 
         # Dataset: an Indexed Job of 16 workers; nothing downstream starts meanwhile.
         job = wait_job(cp, op, ns, "lmforge.io/dataset=web-corpus")
         assert (job["spec"]["completions"], job["spec"]["completionMode"]) == (16, "Indexed")
-        waiting = eventually(lambda: condition(resource(cp, ns, "pretrainjobs", "base-1b"), "Ready"),
-                             timeout=30, what="PretrainJob status", abort=op.dead)
+        waiting = eventually(
+            lambda: condition(resource(cp, ns, "pretrainjobs", "base-1b"), "Ready"),
+            timeout=30,
+            what="PretrainJob status",
+            abort=op.dead,
+        )
         assert waiting["reason"] == "WaitingForInput" and "Dataset/web-corpus" in waiting["message"]
         assert jobs(cp, ns, "lmforge.io/pretrainjob") == []
-        _run_stage(cp, op, ns, "lmforge.io/dataset=web-corpus", StageName.DATASET,
-                   {"shards": "s3://b/shards", "tokenizer": "s3://b/tok"}, {"tokens": 1e9})
+        _run_stage(
+            cp,
+            op,
+            ns,
+            "lmforge.io/dataset=web-corpus",
+            StageName.DATASET,
+            {"shards": "s3://b/shards", "tokenizer": "s3://b/tok"},
+            {"tokens": 1e9},
+        )
         _ready(cp, ns, "datasets", "web-corpus", op)
 
         # A restart between stages: the new process re-creates nothing and carries on.
@@ -73,9 +98,14 @@ def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str
         name = job["metadata"]["name"]
         assert job["spec"]["suspend"] is True and job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "training"
         cp.kubectl("patch", "job", name, f"--namespace={ns}", "--type=merge", "-p", '{"spec":{"suspend":false}}')
-        pods = eventually(lambda: (lambda ps: ps if len(ps) == 4 and all(p["spec"].get("nodeName") for p in ps)
-                                   else None)(cp.pods(ns, f"batch.kubernetes.io/job-name={name}")),
-                          timeout=60, what="4 scheduled pretrain pods", abort=op.dead)
+        pods = eventually(
+            lambda: (lambda ps: ps if len(ps) == 4 and all(p["spec"].get("nodeName") for p in ps) else None)(
+                cp.pods(ns, f"batch.kubernetes.io/job-name={name}")
+            ),
+            timeout=60,
+            what="4 scheduled pretrain pods",
+            abort=op.dead,
+        )
         assert len({p["spec"]["nodeName"] for p in pods}) == 4  # 8 GPUs each: one whole node per pod
         for pod in pods:
             c = pod["spec"]["containers"][0]
@@ -91,14 +121,27 @@ def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str
 
         _run_stage(cp, op, ns, "lmforge.io/alignmentjob=chat-1b", StageName.ALIGN, {"model": "s3://b/chat"})
         _ready(cp, ns, "alignmentjobs", "chat-1b", op)
-        _run_stage(cp, op, ns, "lmforge.io/evalsuite=chat-1b-eval", StageName.EVALUATE, {"results": "s3://b/r"},
-                   {"hellaswag.acc_norm": 0.4, "safety.refusal_rate": 0.95, "heldout.perplexity": 20.0})
+        _run_stage(
+            cp,
+            op,
+            ns,
+            "lmforge.io/evalsuite=chat-1b-eval",
+            StageName.EVALUATE,
+            {"results": "s3://b/r"},
+            {"hellaswag.acc_norm": 0.4, "safety.refusal_rate": 0.95, "heldout.perplexity": 20.0},
+        )
         suite = _ready(cp, ns, "evalsuites", "chat-1b-eval", op)
         assert condition(suite, "GatePassed")["status"] == "True"  # type: ignore[index]
 
         # ModelRelease: compress Job, then the serving Deployment (kwok makes its pods Ready).
-        _run_stage(cp, op, ns, "lmforge.io/modelrelease=chat-1b,lmforge.io/component=stage", StageName.COMPRESS,
-                   {"model": "s3://b/q"})
+        _run_stage(
+            cp,
+            op,
+            ns,
+            "lmforge.io/modelrelease=chat-1b,lmforge.io/component=stage",
+            StageName.COMPRESS,
+            {"model": "s3://b/q"},
+        )
         release = _ready(cp, ns, "modelreleases", "chat-1b", op, reason="Serving")
         assert release["status"]["endpoint"] == f"http://chat-1b.{ns}.svc:8000/v1"
         dep = cp.kubectl_json("get", "deployments", f"--namespace={ns}", "--selector=lmforge.io/modelrelease")["items"]
@@ -109,8 +152,12 @@ def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str
         # Exactly one Job per stage, in spite of the restart; one transition Event per phase change.
         all_jobs = cp.kubectl_json("get", "jobs", f"--namespace={ns}")["items"]
         assert len(all_jobs) == 5, [j["metadata"]["name"] for j in all_jobs]
-        events = cp.kubectl_json("get", "events", f"--namespace={ns}",
-                                 "--field-selector=involvedObject.name=base-1b,involvedObject.kind=PretrainJob")
+        events = cp.kubectl_json(
+            "get",
+            "events",
+            f"--namespace={ns}",
+            "--field-selector=involvedObject.name=base-1b,involvedObject.kind=PretrainJob",
+        )
         reasons = [e["reason"] for e in events["items"]]
         assert reasons.count("Completed") == 1, reasons
 
@@ -118,8 +165,12 @@ def test_gpu_pipeline_stage_by_stage(control_plane: ControlPlane, namespace: str
         cp.kubectl("delete", f"--namespace={ns}", "-f", str(REPO / "examples/cluster/pipeline.yaml"), "--wait=false")
 
         def gone() -> bool:
-            left = cp.kubectl_json("get", "jobs,deployments,configmaps,services", f"--namespace={ns}",
-                                   "--selector=app.kubernetes.io/managed-by=lmforge-operator")["items"]
+            left = cp.kubectl_json(
+                "get",
+                "jobs,deployments,configmaps,services",
+                f"--namespace={ns}",
+                "--selector=app.kubernetes.io/managed-by=lmforge-operator",
+            )["items"]
             return not left
 
         eventually(gone, timeout=90, what="children garbage-collected")

@@ -32,24 +32,40 @@ def _render(cp: ControlPlane, namespace: str, *sets: str, show: tuple[str, ...])
 
 
 def _dataset(name: str, **compute: Any) -> dict[str, Any]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-            "spec": {"sources": [{"name": "s", "uri": "s3://b/x.txt", "license": "MIT"}], "compute": compute}}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"name": "s", "uri": "s3://b/x.txt", "license": "MIT"}], "compute": compute},
+    }
 
 
 @pytest.fixture
 def policy(control_plane: ControlPlane, namespace: str) -> Iterator[list[dict[str, Any]]]:
     """The chart's policy and binding for `namespace`, applied; removed afterwards (cluster-scoped)."""
     ensure_crds(control_plane)
-    docs = _render(control_plane, namespace, "policy.allowedImages={registry.local/lmforge/*}",
-                   "policy.allowedSecrets={hf-*}", "policy.allowedServiceAccounts={trainer}",
-                   show=("admissionpolicy.yaml",))
+    docs = _render(
+        control_plane,
+        namespace,
+        "policy.allowedImages={registry.local/lmforge/*}",
+        "policy.allowedSecrets={hf-*}",
+        "policy.allowedServiceAccounts={trainer}",
+        show=("admissionpolicy.yaml",),
+    )
     assert {d["kind"] for d in docs} == {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"}
     control_plane.apply(*docs)
     try:
         # The admission plugin picks a new policy (and binding) up within seconds: wait until it rejects.
-        eventually(lambda: control_plane.request("POST", DATASETS.format(ns=namespace),
-                                                 _dataset(f"p-{uuid.uuid4().hex[:6]}", image="evil/x:1"))[0] == 403,
-                   timeout=60, what="the admission policy to be active")
+        eventually(
+            lambda: (
+                control_plane.request(
+                    "POST", DATASETS.format(ns=namespace), _dataset(f"p-{uuid.uuid4().hex[:6]}", image="evil/x:1")
+                )[0]
+                == 403
+            ),
+            timeout=60,
+            what="the admission policy to be active",
+        )
         yield docs
     finally:
         for d in docs:
@@ -57,7 +73,8 @@ def policy(control_plane: ControlPlane, namespace: str) -> Iterator[list[dict[st
 
 
 def test_admission_policy_rejects_a_forbidden_image_and_admits_an_allowed_one(
-        control_plane: ControlPlane, namespace: str, policy: list[dict[str, Any]]) -> None:
+    control_plane: ControlPlane, namespace: str, policy: list[dict[str, Any]]
+) -> None:
     cp = control_plane
     path = DATASETS.format(ns=namespace)
 
@@ -66,51 +83,88 @@ def test_admission_policy_rejects_a_forbidden_image_and_admits_an_allowed_one(
     assert "spec.compute.image: image 'docker.io/evil/miner:1' is not allowed" in body["message"], body
     assert "policy.allowedImages" in body["message"]
     # kubectl shows the same message to a user.
-    proc = cp.kubectl("apply", "-n", namespace, "-f", "-", check=False,
-                      input=yaml.safe_dump(_dataset("by-kubectl", image="docker.io/evil/miner:1")))
+    proc = cp.kubectl(
+        "apply",
+        "-n",
+        namespace,
+        "-f",
+        "-",
+        check=False,
+        input=yaml.safe_dump(_dataset("by-kubectl", image="docker.io/evil/miner:1")),
+    )
     assert proc.returncode != 0 and "spec.compute.image" in proc.stderr and "not allowed" in proc.stderr
 
-    for name, compute in (("allowed-image", {"image": "registry.local/lmforge/trainer:2"}),
-                          ("default-image", {}),
-                          ("chart-trainer-image", {"image": "ghcr.io/lmforge/trainer:0.1.0"}),
-                          ("allowed-refs", {"serviceAccountName": "trainer", "s3CredentialsSecret": "lmforge-s3",
-                                            "secretEnv": {"HF_TOKEN": {"name": "hf-token", "key": "t"}}})):
+    for name, compute in (
+        ("allowed-image", {"image": "registry.local/lmforge/trainer:2"}),
+        ("default-image", {}),
+        ("chart-trainer-image", {"image": "ghcr.io/lmforge/trainer:0.1.0"}),
+        (
+            "allowed-refs",
+            {
+                "serviceAccountName": "trainer",
+                "s3CredentialsSecret": "lmforge-s3",
+                "secretEnv": {"HF_TOKEN": {"name": "hf-token", "key": "t"}},
+            },
+        ),
+    ):
         status, created = cp.request("POST", path, _dataset(name, **compute))
         assert status == 201, (name, created)
 
-    for compute, field in (({"serviceAccountName": "admin"}, "spec.compute.serviceAccountName"),
-                           ({"s3CredentialsSecret": "prod-db"}, "spec.compute.s3CredentialsSecret"),
-                           ({"secretEnv": {"X": {"name": "root-ca", "key": "k"}}}, "spec.compute.secretEnv")):
+    for compute, field in (
+        ({"serviceAccountName": "admin"}, "spec.compute.serviceAccountName"),
+        ({"s3CredentialsSecret": "prod-db"}, "spec.compute.s3CredentialsSecret"),
+        ({"secretEnv": {"X": {"name": "root-ca", "key": "k"}}}, "spec.compute.secretEnv"),
+    ):
         status, body = cp.request("POST", path, _dataset(f"bad-{uuid.uuid4().hex[:6]}", **compute))
         assert status == 403 and body["message"].split("denied request: ", 1)[-1].startswith(field), body
 
     # An update that introduces a forbidden image is rejected too.
-    status, body = cp.request("PATCH", f"{path}/allowed-image", {"spec": {"compute": {"image": "evil/x:1"}}},
-                              content_type="application/merge-patch+json")
+    status, body = cp.request(
+        "PATCH",
+        f"{path}/allowed-image",
+        {"spec": {"compute": {"image": "evil/x:1"}}},
+        content_type="application/merge-patch+json",
+    )
     assert status == 403 and "spec.compute.image" in body["message"], body
 
 
-def test_release_and_suite_api_key_secrets_are_checked(control_plane: ControlPlane, namespace: str,
-                                                       policy: list[dict[str, Any]]) -> None:
+def test_release_and_suite_api_key_secrets_are_checked(
+    control_plane: ControlPlane, namespace: str, policy: list[dict[str, Any]]
+) -> None:
     cp = control_plane
-    release = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": "r"},
-               "spec": {"modelRef": {"kind": "PretrainJob", "name": "p"},
-                        "serving": {"apiKeySecret": {"name": "someone-elses", "key": "k"}}}}
+    release = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "ModelRelease",
+        "metadata": {"name": "r"},
+        "spec": {
+            "modelRef": {"kind": "PretrainJob", "name": "p"},
+            "serving": {"apiKeySecret": {"name": "someone-elses", "key": "k"}},
+        },
+    }
     path = f"/apis/lmforge.io/v1alpha1/namespaces/{namespace}/modelreleases"
     status, body = cp.request("POST", path, release)
-    assert status == 403 and "spec.serving.apiKeySecret.name: Secret 'someone-elses' is not allowed" in body["message"], body
+    assert (
+        status == 403 and "spec.serving.apiKeySecret.name: Secret 'someone-elses' is not allowed" in body["message"]
+    ), body
     release["spec"]["serving"]["apiKeySecret"]["name"] = "hf-serving-key"
     status, body = cp.request("POST", path, release)
     assert status == 201, body
-    suite = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-             "spec": {"endpoint": {"url": "http://x:8000/v1", "apiKeySecret": {"name": "nope", "key": "k"}},
-                      "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}]}}
+    suite = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "e"},
+        "spec": {
+            "endpoint": {"url": "http://x:8000/v1", "apiKeySecret": {"name": "nope", "key": "k"}},
+            "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
+        },
+    }
     status, body = cp.request("POST", f"/apis/lmforge.io/v1alpha1/namespaces/{namespace}/evalsuites", suite)
     assert status == 403 and "spec.endpoint.apiKeySecret.name" in body["message"], body
 
 
-def test_the_policy_binds_only_the_watched_namespaces(control_plane: ControlPlane, namespace: str,
-                                                      policy: list[dict[str, Any]]) -> None:
+def test_the_policy_binds_only_the_watched_namespaces(
+    control_plane: ControlPlane, namespace: str, policy: list[dict[str, Any]]
+) -> None:
     cp = control_plane
     other = cp.create_namespace(f"t-{uuid.uuid4().hex[:8]}")
     try:
@@ -129,6 +183,7 @@ def test_default_rbac_cannot_read_secrets_in_another_namespace(control_plane: Co
     who = f"--as=system:serviceaccount:{namespace}:{sa}"
     other = cp.create_namespace(f"t-{uuid.uuid4().hex[:8]}")
     try:
+
         def can(verb: str, what: str, ns: str) -> str:
             proc = cp.kubectl("auth", "can-i", verb, what, who, f"--namespace={ns}", check=False)
             return proc.stdout.strip()
@@ -144,15 +199,17 @@ def test_default_rbac_cannot_read_secrets_in_another_namespace(control_plane: Co
         cp.delete_namespace(other)
 
 
-def test_an_object_of_a_run_s_name_that_is_not_ours_is_never_adopted(control_plane: ControlPlane,
-                                                                     namespace: str) -> None:
+def test_an_object_of_a_run_s_name_that_is_not_ours_is_never_adopted(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     """Server-side apply with force would take over a ConfigMap someone else made under the name a new
     run needs (and garbage-collect it with the resource); the operator refuses and says so instead."""
     cp, ns = control_plane, namespace
     manifest = {**_dataset("squatted"), "metadata": {"name": "squatted", "namespace": ns}}
     parsed = KINDS["Dataset"].model.model_validate(manifest)
-    [(run, _, _)] = expected_runs(Observed(resource=parsed, kind="Dataset", name="squatted", generation=1,
-                                           status=Status(), store="file:///x"))
+    [(run, _, _)] = expected_runs(
+        Observed(resource=parsed, kind="Dataset", name="squatted", generation=1, status=Status(), store="file:///x")
+    )
     theirs = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": f"{run}-spec"}, "data": {"mine": "yes"}}
     cp.apply(theirs, namespace=ns)
     with running_operator(cp, ns) as op:
@@ -175,8 +232,9 @@ def test_an_object_of_a_run_s_name_that_is_not_ours_is_never_adopted(control_pla
         assert mine["metadata"]["ownerReferences"][0]["kind"] == "Dataset"
 
 
-def test_each_run_gets_its_network_policy_and_a_superseded_run_loses_it(control_plane: ControlPlane,
-                                                                        namespace: str) -> None:
+def test_each_run_gets_its_network_policy_and_a_superseded_run_loses_it(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     """The API server accepts the NetworkPolicies the operator builds (schema, its RBAC), they select
     the run's pods, and they go with their run. (This control plane has no CNI: nothing enforces them.)"""
     cp, ns = control_plane, namespace
@@ -202,15 +260,20 @@ def test_each_run_gets_its_network_policy_and_a_superseded_run_loses_it(control_
         changed = _dataset("fenced")
         changed["spec"]["sources"][0]["uri"] = "s3://b/y.txt"
         cp.apply(changed, namespace=ns)
-        new = eventually(lambda: [j for j in jobs(cp, ns, "lmforge.io/dataset=fenced")
-                                  if j["metadata"]["name"] != run], timeout=60, what="the new run's Job", abort=op.dead)
+        new = eventually(
+            lambda: [j for j in jobs(cp, ns, "lmforge.io/dataset=fenced") if j["metadata"]["name"] != run],
+            timeout=60,
+            what="the new run's Job",
+            abort=op.dead,
+        )
         eventually(lambda: policy() is None, timeout=60, what=f"NetworkPolicy {run} deleted", abort=op.dead)
         names = [n["metadata"]["name"] for n in cp.kubectl_json("get", "networkpolicies", "-n", ns)["items"]]
         assert names == [new[0]["metadata"]["name"]]
 
 
-def test_the_operator_enforces_the_lists_without_the_admission_policy(control_plane: ControlPlane,
-                                                                      namespace: str) -> None:
+def test_the_operator_enforces_the_lists_without_the_admission_policy(
+    control_plane: ControlPlane, namespace: str
+) -> None:
     """A cluster without the policy (or a resource admitted before it): the operator's own check, from
     the same lists in its environment, refuses the resource and creates nothing of it."""
     cp, ns = control_plane, namespace

@@ -25,14 +25,20 @@ def wrapper_python(tmp: Path) -> str:
 
 
 def resource(kind: str, name: str, spec: dict[str, Any], behaviour: str = "ok") -> Resource:
-    return KINDS[kind].model.model_validate({
-        "apiVersion": "lmforge.io/v1alpha1", "kind": kind,
-        "metadata": {"name": name, "annotations": {"test/behaviour": behaviour}}, "spec": spec})
+    return KINDS[kind].model.model_validate(
+        {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": kind,
+            "metadata": {"name": name, "annotations": {"test/behaviour": behaviour}},
+            "spec": spec,
+        }
+    )
 
 
 def pretrain(name: str, behaviour: str = "ok", **compute: Any) -> Resource:
-    return resource("PretrainJob", name, {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10},
-                                          "compute": compute}, behaviour)
+    return resource(
+        "PretrainJob", name, {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}, "compute": compute}, behaviour
+    )
 
 
 def run_of(res: Resource, store: str, stage_index: int = 0) -> StageRun:

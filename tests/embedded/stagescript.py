@@ -31,12 +31,21 @@ def main(argv: list[str]) -> int:
     worker = int(os.environ.get("LMFORGE_WORKER_INDEX", "0"))
 
     def record(step: int, total: int, **metrics: float) -> None:
-        print(ProgressRecord(stage=spec.stage, run_id=spec.run_id, step=step, total=total,
-                             metrics=metrics, worker=worker).line(), flush=True)
+        print(
+            ProgressRecord(
+                stage=spec.stage, run_id=spec.run_id, step=step, total=total, metrics=metrics, worker=worker
+            ).line(),
+            flush=True,
+        )
 
     def finish() -> int:
-        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
-                                artifacts={"model": out.url("model")}, metrics={"loss": 1.0})
+        result = ProgressRecord(
+            type=RecordType.RESULT,
+            stage=spec.stage,
+            run_id=spec.run_id,
+            artifacts={"model": out.url("model")},
+            metrics={"loss": 1.0},
+        )
         if worker == 0:
             out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
         print(result.line(), flush=True)
@@ -55,8 +64,13 @@ def main(argv: list[str]) -> int:
         metrics = json.loads(spec.resource["metadata"]["annotations"]["test/metrics"])
         evaluated = {k: v.artifacts.get("model", "") for k, v in spec.inputs.items()}
         out.put_bytes("evaluated.json", json.dumps(evaluated).encode())
-        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
-                                artifacts={"results": out.url("results")}, metrics=metrics)
+        result = ProgressRecord(
+            type=RecordType.RESULT,
+            stage=spec.stage,
+            run_id=spec.run_id,
+            artifacts={"results": out.url("results")},
+            metrics=metrics,
+        )
         out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
         print(result.line(), flush=True)
         return 0
@@ -67,9 +81,13 @@ def main(argv: list[str]) -> int:
         with urllib.request.urlopen(f"{endpoint}/models", timeout=10) as resp:
             served = json.loads(resp.read())["data"][0]["id"]
         out.put_bytes("probed.json", json.dumps({"endpoint": endpoint, "served": served}).encode())
-        result = ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
-                                artifacts={"results": out.url("results")},
-                                metrics={"smoke.exact_match": 1.0 if served == "good" else 0.0})
+        result = ProgressRecord(
+            type=RecordType.RESULT,
+            stage=spec.stage,
+            run_id=spec.run_id,
+            artifacts={"results": out.url("results")},
+            metrics={"smoke.exact_match": 1.0 if served == "good" else 0.0},
+        )
         out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
         print(result.line(), flush=True)
         return 0
@@ -87,6 +105,7 @@ def main(argv: list[str]) -> int:
             return fail("transient failure", 1)
         return finish()
     if behaviour == "sleep":
+
         def stop(_sig: int, _frame: object) -> None:
             out.put_bytes("interrupted", b"1")
             sys.exit(fail("interrupted", 130))

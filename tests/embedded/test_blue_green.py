@@ -25,8 +25,12 @@ from .test_runner import Harness
 
 
 def _doc(kind: str, name: str, spec: dict[str, object], **annotations: str) -> dict[str, object]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "annotations": {"test/behaviour": "ok", **annotations}}, "spec": spec}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "annotations": {"test/behaviour": "ok", **annotations}},
+        "spec": spec,
+    }
 
 
 def write(directory: Path, port: int, answer: str, max_len: int) -> Path:
@@ -36,13 +40,25 @@ def write(directory: Path, port: int, answer: str, max_len: int) -> Path:
     docs = [
         _doc("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}),
         _doc("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}}),
-        _doc("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"},
-                                   "serving": {"port": port, "maxModelLen": max_len,
-                                               "smokeEvalSuiteRef": {"name": "smoke"}}},
-             **{"test/answer": answer}),
-        _doc("EvalSuite", "smoke", {"endpoint": {"releaseRef": {"name": "r"}},
-                                    "tasks": [{"name": "smoke", "type": "generation", "dataUri": "s.jsonl"}],
-                                    "thresholds": ["smoke.exact_match >= 1"]}, **{"test/behaviour": "probe"}),
+        _doc(
+            "ModelRelease",
+            "r",
+            {
+                "modelRef": {"kind": "PretrainJob", "name": "p"},
+                "serving": {"port": port, "maxModelLen": max_len, "smokeEvalSuiteRef": {"name": "smoke"}},
+            },
+            **{"test/answer": answer},
+        ),
+        _doc(
+            "EvalSuite",
+            "smoke",
+            {
+                "endpoint": {"releaseRef": {"name": "r"}},
+                "tasks": [{"name": "smoke", "type": "generation", "dataUri": "s.jsonl"}],
+                "thresholds": ["smoke.exact_match >= 1"],
+            },
+            **{"test/behaviour": "probe"},
+        ),
     ]
     (directory / "pipeline.yaml").write_text(yaml.safe_dump_all(docs))
     return directory
@@ -66,7 +82,8 @@ def reload(h: Harness, manifests: Path) -> None:
 
 
 def test_a_changed_release_switches_only_after_its_smoke_evaluation_and_a_bad_one_is_rolled_back(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     port = free_port()
     manifests = write(tmp_path / "m", port, "good", 64)
     h = Harness(tmp_path, manifests, serve=True)
@@ -147,8 +164,9 @@ def test_lmforge_run_picks_up_changed_manifests_while_serving_and_ignores_invali
     path.write_text(path.read_text().replace("maxModelLen: 64", "maxModelLen: 96"))
     os.utime(path, ns=(time.time_ns() + 10**9, time.time_ns() + 10**9))  # a later mtime even on a coarse clock
     fresh = changed()
-    assert fresh is not None and [m.resource.kind for m in fresh].index("ModelRelease") < \
-        [m.resource.kind for m in fresh].index("EvalSuite")
+    assert fresh is not None and [m.resource.kind for m in fresh].index("ModelRelease") < [
+        m.resource.kind for m in fresh
+    ].index("EvalSuite")
     release = next(m.resource for m in fresh if m.resource.kind == "ModelRelease")
     assert release.spec.serving.max_model_len == 96
     assert changed() is None  # nothing new since

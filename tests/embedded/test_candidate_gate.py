@@ -19,8 +19,12 @@ from .test_runner import Harness
 
 
 def _doc(kind: str, name: str, spec: dict[str, object], **annotations: str) -> dict[str, object]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "annotations": {"test/behaviour": "ok", **annotations}}, "spec": spec}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "annotations": {"test/behaviour": "ok", **annotations}},
+        "spec": spec,
+    }
 
 
 def write_gated_pipeline(directory: Path, port: int, acc: float, threshold: float = 0.5) -> Path:
@@ -28,12 +32,25 @@ def write_gated_pipeline(directory: Path, port: int, acc: float, threshold: floa
     scores `mc.acc = acc` (the stage script's `scores` behaviour)."""
     directory.mkdir(parents=True, exist_ok=True)
     docs = [
-        _doc("EvalSuite", "e", {"modelRef": {"kind": "ModelRelease", "name": "r"},
-                                "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "mc.jsonl"}],
-                                "thresholds": [f"mc.acc >= {threshold}"]},
-             **{"test/behaviour": "scores", "test/metrics": json.dumps({"mc.acc": acc})}),
-        _doc("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"}, "evalSuiteRef": {"name": "e"},
-                                   "serving": {"port": port}}),
+        _doc(
+            "EvalSuite",
+            "e",
+            {
+                "modelRef": {"kind": "ModelRelease", "name": "r"},
+                "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "mc.jsonl"}],
+                "thresholds": [f"mc.acc >= {threshold}"],
+            },
+            **{"test/behaviour": "scores", "test/metrics": json.dumps({"mc.acc": acc})},
+        ),
+        _doc(
+            "ModelRelease",
+            "r",
+            {
+                "modelRef": {"kind": "PretrainJob", "name": "p"},
+                "evalSuiteRef": {"name": "e"},
+                "serving": {"port": port},
+            },
+        ),
         _doc("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}}),
         _doc("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}),
     ]
@@ -59,8 +76,9 @@ def _answers(port: int) -> bool:
 def test_a_candidate_failing_its_thresholds_is_not_served(tmp_path: Path) -> None:
     port = free_port()
     h = Harness(tmp_path, write_gated_pipeline(tmp_path / "m", port, acc=0.2), serve=True)
-    assert [m.resource.kind for m in h.ordered].index("ModelRelease") < \
-        [m.resource.kind for m in h.ordered].index("EvalSuite")
+    assert [m.resource.kind for m in h.ordered].index("ModelRelease") < [m.resource.kind for m in h.ordered].index(
+        "EvalSuite"
+    )
     assert h.runner.run() is Outcome.FAILED
     release = h.runner.state.resources["ModelRelease/r"].status
     ready, gate = release.condition("Ready"), release.condition("GatePassed")
@@ -74,8 +92,7 @@ def test_a_candidate_failing_its_thresholds_is_not_served(tmp_path: Path) -> Non
     assert not any(r.stage == "serve" for r in h.runner.state.resources["ModelRelease/r"].runs.values())
 
 
-def test_a_candidate_that_passes_is_served_and_relaxing_the_gate_serves_without_recompressing(
-        tmp_path: Path) -> None:
+def test_a_candidate_that_passes_is_served_and_relaxing_the_gate_serves_without_recompressing(tmp_path: Path) -> None:
     port = free_port()
     failed = Harness(tmp_path, write_gated_pipeline(tmp_path / "m", port, acc=0.2), serve=True)
     assert failed.runner.run() is Outcome.FAILED

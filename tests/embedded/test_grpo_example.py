@@ -18,8 +18,14 @@ EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grpo"
 def test_grpo_example_runs_under_lmforge_run(tmp_path: Path) -> None:
     store = tmp_path / "store"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_WORK_DIR": str(tmp_path / "work")}
-    done = subprocess.run([sys.executable, "-m", "lmforge.cli", "run", str(EXAMPLE), "--store", str(store),
-                           "--no-serve", "-q"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-m", "lmforge.cli", "run", str(EXAMPLE), "--store", str(store), "--no-serve", "-q"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     logs = "".join(p.read_text() for p in (store / ".lmforge-state" / "logs").glob("grpo-sums-*.log"))
     assert "rollouts use transformers' generate, not vLLM" in logs  # the CPU falls back, and says so

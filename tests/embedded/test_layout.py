@@ -41,8 +41,9 @@ def test_the_answer_is_kept_per_machine_in_the_users_cache(_cache: Path) -> None
 
 def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Path) -> None:
     machine_cache_file("py").parent.mkdir(parents=True)
-    machine_cache_file("py").write_text(json.dumps(
-        {"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}}))
+    machine_cache_file("py").write_text(
+        json.dumps({"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}})
+    )
     backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python="py")
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
     assert cmd.argv[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd.argv

@@ -30,6 +30,7 @@ def _finished(backend: LocalBackend, run: StageRun) -> ObservedRun:
     def done() -> ObservedRun | None:
         seen = backend.observe(run.name, run.stage, run.spec.output)
         return seen if seen and seen.state in (RunState.SUCCEEDED, RunState.FAILED) else None
+
     return eventually(done, tick=backend.tick)
 
 
@@ -95,16 +96,18 @@ def test_one_batch_stage_at_a_time(backend: LocalBackend, tmp_path: Path) -> Non
     first, second = (run_of(pretrain(n, "sleep"), str(tmp_path / "store")) for n in ("one", "two"))
     backend.ensure(first)
     backend.ensure(second)
-    eventually(lambda: backend.observe(first.name, first.stage, first.spec.output).state is RunState.RUNNING,
-               tick=backend.tick)
+    eventually(
+        lambda: backend.observe(first.name, first.stage, first.spec.output).state is RunState.RUNNING, tick=backend.tick
+    )
     seen = backend.observe(second.name, second.stage, second.spec.output)
     assert seen is not None and (seen.state, seen.message) == (RunState.PENDING, "queued")
     assert backend.busy() == 1
 
 
 def test_indexed_workers_each_get_their_index(backend: LocalBackend, tmp_path: Path) -> None:
-    ds = resource("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}], "workers": 3},
-                  "workers")
+    ds = resource(
+        "Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}], "workers": 3}, "workers"
+    )
     run = run_of(ds, str(tmp_path / "store"))
     backend.ensure(run)
     assert _finished(backend, run).state is RunState.SUCCEEDED
@@ -118,8 +121,10 @@ def test_serving_is_ready_when_the_endpoint_answers(backend: LocalBackend, tmp_p
     run = run_of(release, str(tmp_path / "store"), stage_index=1)
     assert run.stage is StageName.SERVE and run.long_running
     backend.ensure(run)
-    seen = eventually(lambda: (s := backend.observe(run.name, run.stage, run.spec.output))
-                      and s.state is RunState.READY and s, tick=backend.tick)
+    seen = eventually(
+        lambda: (s := backend.observe(run.name, run.stage, run.spec.output)) and s.state is RunState.READY and s,
+        tick=backend.tick,
+    )
     assert seen.endpoint == f"http://127.0.0.1:{port}/v1"
 
 

@@ -20,12 +20,14 @@ FULL = Path("/dev/full")
 def test_a_full_disk_under_the_log_does_not_hang_the_stage(tmp_path: Path, when: str) -> None:
     result = ProgressRecord(type=RecordType.RESULT, stage=StageName.DATASET, run_id="r", artifacts={"a": "b"})
     # ~1 MiB on each stream, far past a pipe's 64 KiB: a pump that stopped reading blocks the child.
-    script = ("import sys\n"
-              "for i in range(16384):\n"
-              "    print('x' * 63)\n"
-              "    print('y' * 63, file=sys.stderr)\n"
-              f"print({result.line()!r})\n"
-              "print('lmforge: error: not really', file=sys.stderr)\n")
+    script = (
+        "import sys\n"
+        "for i in range(16384):\n"
+        "    print('x' * 63)\n"
+        "    print('y' * 63, file=sys.stderr)\n"
+        f"print({result.line()!r})\n"
+        "print('lmforge: error: not really', file=sys.stderr)\n"
+    )
     paths = (FULL, FULL) if when == "from the start" else (tmp_path / "log", tmp_path / "records")
     attempt = Attempt([Command([sys.executable, "-c", script], {})], *paths)
     attempt.start()
@@ -33,8 +35,11 @@ def test_a_full_disk_under_the_log_does_not_hang_the_stage(tmp_path: Path, when:
         with attempt._lock:
             attempt._log = FULL.open("a", encoding="utf-8", buffering=1)
     try:
-        code = eventually(lambda: (attempt.returncode(),) if attempt.returncode() is not None else None,
-                          timeout=60, what="the stage to exit despite the full disk")
+        code = eventually(
+            lambda: (attempt.returncode(),) if attempt.returncode() is not None else None,
+            timeout=60,
+            what="the stage to exit despite the full disk",
+        )
     finally:
         attempt.stop(grace=1.0)
         attempt.close()

@@ -26,16 +26,24 @@ from .helpers import wrapper_python
 
 
 def _doc(kind: str, name: str, spec: dict[str, object], behaviour: str = "ok") -> dict[str, object]:
-    return {"apiVersion": "lmforge.io/v1alpha1", "kind": kind,
-            "metadata": {"name": name, "annotations": {"test/behaviour": behaviour}}, "spec": spec}
+    return {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name, "annotations": {"test/behaviour": behaviour}},
+        "spec": spec,
+    }
 
 
 def write_pipeline(directory: Path, pretrain: str = "ok", port: int = 8000) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     docs = [  # deliberately out of order: the runner orders them by their references
         _doc("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"}, "serving": {"port": port}}),
-        _doc("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10},
-                                  "compute": {"backoffLimit": 0}}, pretrain),
+        _doc(
+            "PretrainJob",
+            "p",
+            {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}, "compute": {"backoffLimit": 0}},
+            pretrain,
+        ),
         _doc("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}),
     ]
     (directory / "pipeline.yaml").write_text(yaml.safe_dump_all(docs))
@@ -50,10 +58,8 @@ class Harness:
         self.ordered = [by_id[id(r)] for r in dependency_order([m.resource for m in found])]
         self.uri = open_store(str(tmp / "store")).uri
         self.state_file = StateFile(state_dir_for(self.uri)[0], self.uri)
-        self.backend = LocalBackend(open_store(self.uri), self.state_file.dir, python=wrapper_python(tmp),
-                                    backoff=0.05)
-        self.runner = Runner(self.ordered, self.uri, self.state_file, self.backend,
-                             RunOptions(serve=serve, poll=0.1))
+        self.backend = LocalBackend(open_store(self.uri), self.state_file.dir, python=wrapper_python(tmp), backoff=0.05)
+        self.runner = Runner(self.ordered, self.uri, self.state_file, self.backend, RunOptions(serve=serve, poll=0.1))
 
     def phases(self) -> dict[str, Phase]:
         return self.runner.state.phases()
@@ -80,8 +86,9 @@ def test_pipeline_runs_in_order_and_a_second_run_does_nothing(tmp_path: Path) ->
     assert again.starts() == 3 and set(again.phases().values()) == {Phase.SUCCEEDED}
 
 
-def test_failed_stage_stops_its_dependents_and_finished_work_is_kept(tmp_path: Path,
-                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+def test_failed_stage_stops_its_dependents_and_finished_work_is_kept(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     h = Harness(tmp_path, write_pipeline(tmp_path / "m", pretrain="fail"))
     assert h.runner.run() is Outcome.FAILED
     phases = h.phases()
@@ -107,8 +114,13 @@ def test_ctrl_c_stops_the_running_stage_and_the_next_run_resumes_it(tmp_path: Pa
 
     def interrupt_once_training() -> None:
         try:
-            eventually(lambda: h.runner.state.resources["PretrainJob/p"].status.phase is Phase.RUNNING
-                       and h.runner.state.resources["PretrainJob/p"].status.progress, timeout=120)
+            eventually(
+                lambda: (
+                    h.runner.state.resources["PretrainJob/p"].status.phase is Phase.RUNNING
+                    and h.runner.state.resources["PretrainJob/p"].status.progress
+                ),
+                timeout=120,
+            )
         finally:  # interrupt even when the wait timed out: the assertions below then fail, not hang
             _thread.interrupt_main()
 
@@ -159,14 +171,15 @@ def test_second_run_on_a_busy_store_is_refused(tmp_path: Path, capsys: pytest.Ca
     finally:
         h.state_file.release()
     err = capsys.readouterr().err
-    assert "another `lmforge run` (" in err and f"\"pid\": {__import__('os').getpid()}" in err
+    assert "another `lmforge run` (" in err and f'"pid": {__import__("os").getpid()}' in err
 
 
 def test_bad_manifests_are_refused_before_anything_runs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "m"
     d.mkdir()
-    (d / "p.yaml").write_text(yaml.safe_dump(_doc("PretrainJob", "p", {"datasetRef": {"name": "nope"},
-                                                                       "training": {"maxSteps": 1}})))
+    (d / "p.yaml").write_text(
+        yaml.safe_dump(_doc("PretrainJob", "p", {"datasetRef": {"name": "nope"}, "training": {"maxSteps": 1}}))
+    )
     assert main(["run", str(d), "--store", str(tmp_path / "store")]) == 1
     assert "references Dataset/nope, which is not defined" in capsys.readouterr().err
     assert not (tmp_path / "store").exists()

@@ -42,8 +42,15 @@ def manifests(tmp: Path, names: list[str] | None = None, port: int = 8000) -> Pa
 
 def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_WORK_DIR": str(cwd / "work")}
-    return subprocess.Popen([*LMFORGE, "run", *args, "-o", "json"], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        [*LMFORGE, "run", *args, "-o", "json"],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
@@ -54,8 +61,9 @@ def lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
 
 
 def status(store: Path) -> dict[str, Any]:
-    out = subprocess.run([*LMFORGE, "status", "--store", str(store), "-o", "json"], capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [*LMFORGE, "status", "--store", str(store), "-o", "json"], capture_output=True, text=True, check=True
+    )
     result: dict[str, Any] = json.loads(out.stdout)
     return result
 
@@ -80,17 +88,29 @@ def test_tiny_pipeline_from_text_to_a_served_model(tmp_path: Path) -> None:
         wall = time.monotonic() - began
         print(f"tiny-ci pipeline to serving: {wall:.0f} s")
         phases = {k: v["phase"] for k, v in status(store)["resources"].items()}
-        assert phases == {"Dataset/tiny-corpus": "Succeeded", "PretrainJob/tiny-base": "Succeeded",
-                          "AlignmentJob/tiny-sft": "Succeeded", "AlignmentJob/tiny-dpo": "Succeeded",
-                          "EvalSuite/tiny-eval": "Succeeded", "ModelRelease/tiny-release": "Serving"}
+        assert phases == {
+            "Dataset/tiny-corpus": "Succeeded",
+            "PretrainJob/tiny-base": "Succeeded",
+            "AlignmentJob/tiny-sft": "Succeeded",
+            "AlignmentJob/tiny-dpo": "Succeeded",
+            "EvalSuite/tiny-eval": "Succeeded",
+            "ModelRelease/tiny-release": "Serving",
+        }
         assert (store / "report.html").exists() and (store / "report.md").exists()
         for name in ("tiny-base", "tiny-sft", "tiny-dpo"):
             assert (store / "report" / f"loss-{name}.png").read_bytes().startswith(b"\x89PNG")
         endpoint = status(store)["resources"]["ModelRelease/tiny-release"]["endpoint"]
-        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "What is a cat?"}],
-                           "max_tokens": 16, "temperature": 0}).encode()
-        req = urllib.request.Request(f"{endpoint}/chat/completions", data=body,
-                                     headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {
+                "model": "tiny",
+                "messages": [{"role": "user", "content": "What is a cat?"}],
+                "max_tokens": 16,
+                "temperature": 0,
+            }
+        ).encode()
+        req = urllib.request.Request(
+            f"{endpoint}/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(req, timeout=60) as resp:
             answer = json.loads(resp.read())["choices"][0]["message"]["content"]
         assert isinstance(answer, str) and answer.strip()
@@ -129,7 +149,7 @@ def test_run_killed_during_pretraining_resumes_from_its_checkpoint(tmp_path: Pat
 
     again = start([str(tmp_path / "manifests"), "--store", str(store)], tmp_path)
     assert again.wait(timeout=900) == 0
-    after = [json.loads(x) for x in records.read_text().splitlines()][len(steps_before):]
+    after = [json.loads(x) for x in records.read_text().splitlines()][len(steps_before) :]
     resumed = [r for r in after if (r.get("message") or "").startswith("resumed from checkpoint step-")]
     assert resumed, "the rerun did not resume from the checkpoint"
     first_step = resumed[0]["step"]

@@ -18,8 +18,10 @@ def test_dataset_and_pretrain_are_tracked_in_mlflow_and_tensorboard(tmp_path: Pa
     store = tmp_path / "store"
     with mlflow_server() as mlflow:
         names = ["01-dataset.yaml", "02-pretrain.yaml"]
-        proc = start([str(manifests(tmp_path, names)), "--store", str(store), "--tracking-uri", mlflow.url,
-                      "--no-serve"], tmp_path)
+        proc = start(
+            [str(manifests(tmp_path, names)), "--store", str(store), "--tracking-uri", mlflow.url, "--no-serve"],
+            tmp_path,
+        )
         assert proc.wait(timeout=1200) == 0
         runs = mlflow.eventually("runs", lambda rs: len(rs) == 2 and {r["status"] for r in rs} == {"FINISHED"})
     by_kind = {r["tags"]["lmforge.kind"]: r for r in runs}

@@ -16,8 +16,12 @@ from lmforge.operator.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
 STORE = "s3://bucket/lmforge"
-SETTINGS = Settings(store=STORE, trainer_image="registry.example/trainer:1", s3_secret="lmforge-s3",
-                    s3_endpoint="http://s3.example:8333")
+SETTINGS = Settings(
+    store=STORE,
+    trainer_image="registry.example/trainer:1",
+    s3_secret="lmforge-s3",
+    s3_endpoint="http://s3.example:8333",
+)
 
 
 def pipeline() -> dict[str, Resource]:
@@ -42,22 +46,44 @@ def ready_inputs(resource: Resource, gate: bool = True) -> dict[str, InputState]
     for ref in references(resource):
         conds = [Condition(type="Ready", status=ConditionStatus.TRUE, reason="Completed")]
         if ref.kind == "EvalSuite":
-            conds.append(Condition(type="GatePassed", status=ConditionStatus.TRUE if gate else ConditionStatus.FALSE,
-                                   reason="GatePassed", message="ok"))
-        out[f"{ref.kind}/{ref.name}"] = InputState(ref.kind, ref.name, True, Status(
-            phase=Phase.SUCCEEDED, conditions=conds,
-            artifacts={"model": f"{STORE}/m", "shards": f"{STORE}/s", "tokenizer": f"{STORE}/t"}))
+            conds.append(
+                Condition(
+                    type="GatePassed",
+                    status=ConditionStatus.TRUE if gate else ConditionStatus.FALSE,
+                    reason="GatePassed",
+                    message="ok",
+                )
+            )
+        out[f"{ref.kind}/{ref.name}"] = InputState(
+            ref.kind,
+            ref.name,
+            True,
+            Status(
+                phase=Phase.SUCCEEDED,
+                conditions=conds,
+                artifacts={"model": f"{STORE}/m", "shards": f"{STORE}/s", "tokenizer": f"{STORE}/t"},
+            ),
+        )
     return out
 
 
 def first_run(resource: Resource, runs: dict[str, ObservedRun] | None = None) -> StageRun:
-    obs = Observed(resource=resource, kind=resource.kind, name=resource.metadata.name, generation=1,
-                   status=Status(), store=STORE, inputs=ready_inputs(resource), runs=runs or {})
+    obs = Observed(
+        resource=resource,
+        kind=resource.kind,
+        name=resource.metadata.name,
+        generation=1,
+        status=Status(),
+        store=STORE,
+        inputs=ready_inputs(resource),
+        runs=runs or {},
+    )
     decision = reconcile(obs)
     assert decision.runs, decision.status
     return decision.runs[0]
 
 
 def owner(resource: Resource, namespace: str = "ml") -> Owner:
-    return Owner(resource.kind, resource.metadata.name, namespace, "uid-1234",
-                 tuple(sorted(resource.metadata.labels.items())))
+    return Owner(
+        resource.kind, resource.metadata.name, namespace, "uid-1234", tuple(sorted(resource.metadata.labels.items()))
+    )

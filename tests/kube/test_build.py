@@ -42,23 +42,63 @@ class Case:
 
 
 CASES = [
-    Case("dataset-16-workers-is-an-indexed-job", "Dataset/web-corpus", ["ConfigMap", "Job"], 16, True, None,
-         command_has=["-m", "lmforge.trainer", "dataset", "--spec", "/etc/lmforge/spec.yaml"],
-         extra={"cpu": "8"}),
-    Case("pretrain-4x8-is-indexed-job-with-headless-service", "PretrainJob/base-1b",
-         ["ConfigMap", "Service", "Job"], 4, True, "8",
-         env={"MASTER_ADDR": "NAME-0.NAME", "MASTER_PORT": "29500", "NNODES": "4", "NPROC_PER_NODE": "8",
-              "NODE_RANK": {"fieldRef": {"fieldPath":
-                                         "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}},
-         command_has=["torch.distributed.run", "--nnodes=4", "--node-rank=$(NODE_RANK)",
-                      "--master-addr=$(MASTER_ADDR)", "--nproc-per-node=8"],
-         extra={"kueue": "training", "shm": "64Gi", "node_selector": {"nvidia.com/gpu.product": "H100-SXM"}}),
-    Case("sft-one-node-8-gpus-is-a-torchrun-job", "AlignmentJob/chat-1b", ["ConfigMap", "Job"], 1, False, "8",
-         env={"NPROC_PER_NODE": "8"}, command_has=["torch.distributed.run", "--nnodes=1", "align"]),
-    Case("eval-is-a-plain-job", "EvalSuite/chat-1b-eval", ["ConfigMap", "Job"], 1, False, None,
-         command_has=["evaluate"]),
-    Case("release-compress-is-a-plain-job", "ModelRelease/chat-1b", ["ConfigMap", "Job"], 1, False, "1",
-         command_has=["compress"]),
+    Case(
+        "dataset-16-workers-is-an-indexed-job",
+        "Dataset/web-corpus",
+        ["ConfigMap", "Job"],
+        16,
+        True,
+        None,
+        command_has=["-m", "lmforge.trainer", "dataset", "--spec", "/etc/lmforge/spec.yaml"],
+        extra={"cpu": "8"},
+    ),
+    Case(
+        "pretrain-4x8-is-indexed-job-with-headless-service",
+        "PretrainJob/base-1b",
+        ["ConfigMap", "Service", "Job"],
+        4,
+        True,
+        "8",
+        env={
+            "MASTER_ADDR": "NAME-0.NAME",
+            "MASTER_PORT": "29500",
+            "NNODES": "4",
+            "NPROC_PER_NODE": "8",
+            "NODE_RANK": {
+                "fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}
+            },
+        },
+        command_has=[
+            "torch.distributed.run",
+            "--nnodes=4",
+            "--node-rank=$(NODE_RANK)",
+            "--master-addr=$(MASTER_ADDR)",
+            "--nproc-per-node=8",
+        ],
+        extra={"kueue": "training", "shm": "64Gi", "node_selector": {"nvidia.com/gpu.product": "H100-SXM"}},
+    ),
+    Case(
+        "sft-one-node-8-gpus-is-a-torchrun-job",
+        "AlignmentJob/chat-1b",
+        ["ConfigMap", "Job"],
+        1,
+        False,
+        "8",
+        env={"NPROC_PER_NODE": "8"},
+        command_has=["torch.distributed.run", "--nnodes=1", "align"],
+    ),
+    Case(
+        "eval-is-a-plain-job", "EvalSuite/chat-1b-eval", ["ConfigMap", "Job"], 1, False, None, command_has=["evaluate"]
+    ),
+    Case(
+        "release-compress-is-a-plain-job",
+        "ModelRelease/chat-1b",
+        ["ConfigMap", "Job"],
+        1,
+        False,
+        "1",
+        command_has=["compress"],
+    ),
 ]
 
 
@@ -87,11 +127,14 @@ def test_job_children(case: Case) -> None:
     assert pod["restartPolicy"] == "Never" and pod["securityContext"]["runAsNonRoot"] is True
     assert container["envFrom"] == [{"secretRef": {"name": "lmforge-s3"}}]
     assert env["AWS_ENDPOINT_URL"] == "http://s3.example:8333"
-    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod.get("tolerations", []) \
-        or case.key == "Dataset/web-corpus"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in pod.get(
+        "tolerations", []
+    ) or case.key == "Dataset/web-corpus"
     rules = spec["podFailurePolicy"]["rules"]
-    assert rules[0] == {"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In",
-                                                             "values": [2]}}
+    assert rules[0] == {
+        "action": "FailJob",
+        "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [2]},
+    }
     assert spec["backoffLimit"] == 3
     cm = by_kind["ConfigMap"]
     stage_spec = StageSpec.model_validate(yaml.safe_load(cm["data"]["spec.yaml"]))
@@ -122,14 +165,19 @@ def test_job_children(case: Case) -> None:
 
 def test_same_run_builds_identical_objects() -> None:
     run = first_run(PIPE["PretrainJob/base-1b"])
-    assert build_children(run, owner(PIPE["PretrainJob/base-1b"]), SETTINGS) == \
-        build_children(first_run(PIPE["PretrainJob/base-1b"]), owner(PIPE["PretrainJob/base-1b"]), SETTINGS)
+    assert build_children(run, owner(PIPE["PretrainJob/base-1b"]), SETTINGS) == build_children(
+        first_run(PIPE["PretrainJob/base-1b"]), owner(PIPE["PretrainJob/base-1b"]), SETTINGS
+    )
 
 
 def test_volcano_gang_sets_scheduler_and_pod_group() -> None:
     run = first_run(PIPE["PretrainJob/base-1b"])
-    volcano = replace(run, compute=run.compute.model_copy(update={"scheduling": Scheduling(
-        gang=GangScheduler.VOLCANO, queue_name="research")}))
+    volcano = replace(
+        run,
+        compute=run.compute.model_copy(
+            update={"scheduling": Scheduling(gang=GangScheduler.VOLCANO, queue_name="research")}
+        ),
+    )
     objs = {o["kind"]: o for o in build_children(volcano, owner(PIPE["PretrainJob/base-1b"]), SETTINGS)}
     pod = objs["Job"]["spec"]["template"]
     assert pod["spec"]["schedulerName"] == "volcano"
@@ -139,11 +187,22 @@ def test_volcano_gang_sets_scheduler_and_pod_group() -> None:
 
 
 def test_affinity_secret_env_and_image_override_pass_through() -> None:
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "p", "type": "perplexity"}],
-                    "compute": {"image": "mine:2", "env": {"A": "1"},
-                                "secretEnv": {"HF_TOKEN": {"name": "hf", "key": "token"}},
-                                "affinity": {"nodeAffinity": {"x": 1}}, "s3CredentialsSecret": "own"}}}
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "e"},
+        "spec": {
+            "modelRef": {"uri": "s3://b/m"},
+            "tasks": [{"name": "p", "type": "perplexity"}],
+            "compute": {
+                "image": "mine:2",
+                "env": {"A": "1"},
+                "secretEnv": {"HF_TOKEN": {"name": "hf", "key": "token"}},
+                "affinity": {"nodeAffinity": {"x": 1}},
+                "s3CredentialsSecret": "own",
+            },
+        },
+    }
     res = parse(doc)
     objs = {o["kind"]: o for o in build_children(first_run(res), owner(res), SETTINGS)}
     pod = objs["Job"]["spec"]["template"]["spec"]
@@ -167,8 +226,15 @@ def test_the_tracking_uri_reaches_every_stage_container_and_the_serving_init_con
 
     rel = PIPE["ModelRelease/chat-1b"]
     compress = first_run(rel)
-    done = ObservedRun(compress.name, compress.run_id, RunState.SUCCEEDED, StageName.COMPRESS, result=ProgressRecord(
-        type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}))
+    done = ObservedRun(
+        compress.name,
+        compress.run_id,
+        RunState.SUCCEEDED,
+        StageName.COMPRESS,
+        result=ProgressRecord(
+            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
+        ),
+    )
     dep = build_children(first_run(rel, runs={compress.name: done}), owner(rel), tracked)[1]
     init = dep["spec"]["template"]["spec"]["initContainers"][0]  # it registers the served version
     assert _env(init)["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
@@ -182,8 +248,15 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
 
     rel = PIPE["ModelRelease/chat-1b"]
     compress = first_run(rel)
-    done = ObservedRun(compress.name, compress.run_id, RunState.SUCCEEDED, StageName.COMPRESS, result=ProgressRecord(
-        type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}))
+    done = ObservedRun(
+        compress.name,
+        compress.run_id,
+        RunState.SUCCEEDED,
+        StageName.COMPRESS,
+        result=ProgressRecord(
+            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
+        ),
+    )
     serve = first_run(rel, runs={compress.name: done})
     assert serve.stage is StageName.SERVE
     objs = build_children(serve, owner(rel), SETTINGS)
@@ -200,12 +273,12 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     assert init["command"][-4:] == ["--spec", "/etc/lmforge/spec.yaml", "--dest", "/models"]
     assert init["image"] == SETTINGS.trainer_image and "resources" not in init
     assert c["image"] == SETTINGS.serving_image
-    assert c["command"][:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--config",
-                                "/models/vllm.yaml"]
+    assert c["command"][:5] == ["python3", "-m", "vllm.entrypoints.openai.api_server", "--config", "/models/vllm.yaml"]
     assert c["command"][c["command"].index("--host") + 1] == "0.0.0.0"
     assert c["command"][c["command"].index("--port") + 1] == str(c["ports"][0]["containerPort"])
     assert [m for m in c["volumeMounts"] if m["name"] == "models"] == [
-        {"name": "models", "mountPath": "/models", "readOnly": True}]
+        {"name": "models", "mountPath": "/models", "readOnly": True}
+    ]
     assert len({m["mountPath"] for m in c["volumeMounts"]}) == len(c["volumeMounts"])
     assert {"name": "models", "emptyDir": {}} in pod["volumes"]
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
@@ -223,8 +296,12 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
 
 
 def _eval_pod(tasks: list[dict[str, Any]], compute: dict[str, Any] | None = None) -> dict[str, Any]:
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": tasks, "compute": compute or {}}}
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "e"},
+        "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": tasks, "compute": compute or {}},
+    }
     res = parse(doc)
     job = next(o for o in build_children(first_run(res), owner(res), SETTINGS) if o["kind"] == "Job")
     return dict(job)
@@ -233,15 +310,21 @@ def _eval_pod(tasks: list[dict[str, Any]], compute: dict[str, Any] | None = None
 def test_stage_pods_are_hardened() -> None:
     """RuntimeDefault seccomp, read-only root with sized writable emptyDirs, no API token, non-root
     without capabilities, a grace period long enough to save a checkpoint, optional deadline."""
-    job = _eval_pod([{"name": "p", "type": "perplexity"}],
-                    {"scratchSize": "7Gi", "terminationGraceSeconds": 600, "activeDeadlineSeconds": 7200})
+    job = _eval_pod(
+        [{"name": "p", "type": "perplexity"}],
+        {"scratchSize": "7Gi", "terminationGraceSeconds": 600, "activeDeadlineSeconds": 7200},
+    )
     pod = job["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["automountServiceAccountToken"] is False
-    assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                                    "readOnlyRootFilesystem": True, "runAsNonRoot": True}
+    assert c["securityContext"] == {
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "readOnlyRootFilesystem": True,
+        "runAsNonRoot": True,
+    }
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert volumes["scratch"]["emptyDir"] == {"sizeLimit": "7Gi"}
     assert volumes["dshm"]["emptyDir"]["sizeLimit"]
@@ -260,14 +343,21 @@ def test_only_a_pod_running_model_written_code_leaves_seccomp_for_its_sandbox() 
 
 
 def test_default_resources_apply_only_when_the_spec_sets_none() -> None:
-    settings = replace(SETTINGS, default_resources={"requests": {"cpu": "1", "memory": "4Gi"},
-                                                    "limits": {"memory": "16Gi"}})
-    doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-           "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "p", "type": "perplexity"}]}}
+    settings = replace(
+        SETTINGS, default_resources={"requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
+    )
+    doc = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "EvalSuite",
+        "metadata": {"name": "e"},
+        "spec": {"modelRef": {"uri": "s3://b/m"}, "tasks": [{"name": "p", "type": "perplexity"}]},
+    }
     res = parse(doc)
     job = next(o for o in build_children(first_run(res), owner(res), settings) if o["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"] == {
-        "requests": {"cpu": "1", "memory": "4Gi"}, "limits": {"memory": "16Gi"}}
+        "requests": {"cpu": "1", "memory": "4Gi"},
+        "limits": {"memory": "16Gi"},
+    }
     own = parse({**doc, "spec": {**doc["spec"], "compute": {"resources": {"limits": {"memory": "2Gi"}}}}})
     job = next(o for o in build_children(first_run(own), owner(own), settings) if o["kind"] == "Job")
     assert job["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"] == {"memory": "2Gi"}
@@ -275,10 +365,19 @@ def test_default_resources_apply_only_when_the_spec_sets_none() -> None:
 
 def test_a_grpo_job_with_a_code_reward_also_leaves_seccomp_for_its_sandbox() -> None:
     """The code reward runs completions in the same sandbox as an EvalSuite's code tasks."""
+
     def align_pod(rewards: list[dict[str, Any]]) -> dict[str, Any]:
-        doc = {"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": "g"},
-               "spec": {"modelRef": {"uri": "s3://b/m"}, "method": "grpo", "data": {"uri": "s3://b/p.jsonl"},
-                        "grpo": {"rewards": rewards}}}
+        doc = {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "AlignmentJob",
+            "metadata": {"name": "g"},
+            "spec": {
+                "modelRef": {"uri": "s3://b/m"},
+                "method": "grpo",
+                "data": {"uri": "s3://b/p.jsonl"},
+                "grpo": {"rewards": rewards},
+            },
+        }
         res = parse(doc)
         job = next(o for o in build_children(first_run(res), owner(res), SETTINGS) if o["kind"] == "Job")
         return dict(job["spec"]["template"]["spec"])

@@ -25,8 +25,7 @@ DNS = {"ports": [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53
 
 
 def _policy(run: StageRun, settings: Settings = ON) -> dict[str, Any]:
-    [np] = [o for o in build_children(run, owner(PIPE["Dataset/web-corpus"]), settings)
-            if o["kind"] == "NetworkPolicy"]
+    [np] = [o for o in build_children(run, owner(PIPE["Dataset/web-corpus"]), settings) if o["kind"] == "NetworkPolicy"]
     return np
 
 
@@ -42,9 +41,19 @@ def _tcp(port: int, to: list[dict[str, Any]] | None = None) -> dict[str, Any]:
 
 
 def _suite(endpoint: dict[str, Any]) -> StageRun:
-    return first_run(parse({"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "e"},
-                            "spec": {"endpoint": endpoint,
-                                     "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "s3://b/x"}]}}))
+    return first_run(
+        parse(
+            {
+                "apiVersion": "lmforge.io/v1alpha1",
+                "kind": "EvalSuite",
+                "metadata": {"name": "e"},
+                "spec": {
+                    "endpoint": endpoint,
+                    "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "s3://b/x"}],
+                },
+            }
+        )
+    )
 
 
 def _serve_run() -> StageRun:
@@ -54,8 +63,11 @@ def _serve_run() -> StageRun:
 
 def _release_eval() -> StageRun:
     run = _suite({"releaseRef": {"name": "chat-1b"}})
-    inputs = {"ModelRelease/chat-1b": InputArtifacts(kind="ModelRelease", name="chat-1b",
-                                                      artifacts={"endpoint": "http://chat-1b.ml.svc:8000/v1"})}
+    inputs = {
+        "ModelRelease/chat-1b": InputArtifacts(
+            kind="ModelRelease", name="chat-1b", artifacts={"endpoint": "http://chat-1b.ml.svc:8000/v1"}
+        )
+    }
     return replace(run, spec=run.spec.model_copy(update={"inputs": inputs}))
 
 
@@ -73,32 +85,80 @@ class Case:
 
 
 CASES = [
-    Case("dataset-reaches-dns-the-store-and-its-peers", first_run(PIPE["Dataset/web-corpus"]),
-         [_tcp(8333)], [9400]),
-    Case("store-address-literal-is-pinned", first_run(PIPE["Dataset/web-corpus"]),
-         [_tcp(9000, [{"ipBlock": {"cidr": "10.1.2.3/32"}}])], [9400],
-         settings=replace(ON, s3_endpoint="http://10.1.2.3:9000")),
-    Case("store-peers-from-the-chart", first_run(PIPE["Dataset/web-corpus"]),
-         [_tcp(8333, [{"namespaceSelector": {"matchLabels": {"name": "minio"}}}])], [9400],
-         settings=replace(ON, network_store_peers=({"namespaceSelector": {"matchLabels": {"name": "minio"}}},))),
-    Case("aws-s3-is-https", first_run(PIPE["Dataset/web-corpus"]), [_tcp(443)], [9400],
-         settings=replace(ON, s3_endpoint=None)),
-    Case("file-store-needs-no-rule", first_run(PIPE["Dataset/web-corpus"]), [], [],
-         settings=replace(ON, s3_endpoint=None, store="file:///mnt/store", stage_metrics_port=0)),
+    Case("dataset-reaches-dns-the-store-and-its-peers", first_run(PIPE["Dataset/web-corpus"]), [_tcp(8333)], [9400]),
+    Case(
+        "store-address-literal-is-pinned",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [_tcp(9000, [{"ipBlock": {"cidr": "10.1.2.3/32"}}])],
+        [9400],
+        settings=replace(ON, s3_endpoint="http://10.1.2.3:9000"),
+    ),
+    Case(
+        "store-peers-from-the-chart",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [_tcp(8333, [{"namespaceSelector": {"matchLabels": {"name": "minio"}}}])],
+        [9400],
+        settings=replace(ON, network_store_peers=({"namespaceSelector": {"matchLabels": {"name": "minio"}}},)),
+    ),
+    Case(
+        "aws-s3-is-https",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [_tcp(443)],
+        [9400],
+        settings=replace(ON, s3_endpoint=None),
+    ),
+    Case(
+        "file-store-needs-no-rule",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [],
+        [],
+        settings=replace(ON, s3_endpoint=None, store="file:///mnt/store", stage_metrics_port=0),
+    ),
     Case("pretrain-peers-and-metrics-port", first_run(PIPE["PretrainJob/base-1b"]), [_tcp(8333)], [9400]),
-    Case("tracking-server-is-reachable", first_run(PIPE["Dataset/web-corpus"]), [_tcp(8333), _tcp(5000)], [9400],
-         settings=replace(ON, tracking_uri="http://mlflow.mlflow:5000")),
-    Case("evaluated-url-is-reachable-on-its-port", _suite({"url": "https://api.example.com/v1"}),
-         [_tcp(8333), _tcp(443)], [9400]),
-    Case("evaluated-address-literal-is-pinned", _suite({"url": "http://192.168.7.9:8000/v1"}),
-         [_tcp(8333), _tcp(8000, [{"ipBlock": {"cidr": "192.168.7.9/32"}}])], [9400]),
-    Case("evaluated-release-is-its-serving-pods", _release_eval(),
-         [_tcp(8333), {"to": [{"podSelector": {"matchLabels": {"lmforge.io/modelrelease": "chat-1b",
-                                                               "lmforge.io/component": "serve"}}}],
-                       "ports": [{"protocol": "TCP", "port": 8000}]}], [9400]),
-    Case("extra-egress-from-the-chart", first_run(PIPE["Dataset/web-corpus"]),
-         [_tcp(8333), {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]}], [9400],
-         settings=replace(ON, network_extra_egress=({"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]},))),
+    Case(
+        "tracking-server-is-reachable",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [_tcp(8333), _tcp(5000)],
+        [9400],
+        settings=replace(ON, tracking_uri="http://mlflow.mlflow:5000"),
+    ),
+    Case(
+        "evaluated-url-is-reachable-on-its-port",
+        _suite({"url": "https://api.example.com/v1"}),
+        [_tcp(8333), _tcp(443)],
+        [9400],
+    ),
+    Case(
+        "evaluated-address-literal-is-pinned",
+        _suite({"url": "http://192.168.7.9:8000/v1"}),
+        [_tcp(8333), _tcp(8000, [{"ipBlock": {"cidr": "192.168.7.9/32"}}])],
+        [9400],
+    ),
+    Case(
+        "evaluated-release-is-its-serving-pods",
+        _release_eval(),
+        [
+            _tcp(8333),
+            {
+                "to": [
+                    {
+                        "podSelector": {
+                            "matchLabels": {"lmforge.io/modelrelease": "chat-1b", "lmforge.io/component": "serve"}
+                        }
+                    }
+                ],
+                "ports": [{"protocol": "TCP", "port": 8000}],
+            },
+        ],
+        [9400],
+    ),
+    Case(
+        "extra-egress-from-the-chart",
+        first_run(PIPE["Dataset/web-corpus"]),
+        [_tcp(8333), {"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]}],
+        [9400],
+        settings=replace(ON, network_extra_egress=({"to": [{"ipBlock": {"cidr": "10.9.0.0/16"}}]},)),
+    ),
     Case("serving-accepts-its-port-only", _serve_run(), [_tcp(8333)], [8000], serving=True),
 ]
 
@@ -133,16 +193,19 @@ def test_network_policy(case: Case) -> None:
 
 def test_no_network_policy_unless_configured() -> None:
     run = first_run(PIPE["Dataset/web-corpus"])
-    assert "NetworkPolicy" not in [o["kind"] for o in build_children(run, owner(PIPE["Dataset/web-corpus"]),
-                                                                      SETTINGS)]
+    assert "NetworkPolicy" not in [o["kind"] for o in build_children(run, owner(PIPE["Dataset/web-corpus"]), SETTINGS)]
     kinds = [o["kind"] for o in build_children(run, owner(PIPE["Dataset/web-corpus"]), ON)]
     assert kinds.index("NetworkPolicy") < kinds.index("Job")  # in place before the pods it confines
 
 
 def test_settings_read_the_network_options() -> None:
-    s = Settings.from_env({"LMFORGE_NETWORK_POLICIES": "true",
-                           "LMFORGE_NETWORK_EXTRA_EGRESS": '[{"ports": [{"port": 5432}]}]',
-                           "LMFORGE_NETWORK_STORE_PEERS": '[{"ipBlock": {"cidr": "10.0.0.0/8"}}]'})
+    s = Settings.from_env(
+        {
+            "LMFORGE_NETWORK_POLICIES": "true",
+            "LMFORGE_NETWORK_EXTRA_EGRESS": '[{"ports": [{"port": 5432}]}]',
+            "LMFORGE_NETWORK_STORE_PEERS": '[{"ipBlock": {"cidr": "10.0.0.0/8"}}]',
+        }
+    )
     assert s.network_policies and s.network_extra_egress == ({"ports": [{"port": 5432}]},)
     assert s.network_store_peers == ({"ipBlock": {"cidr": "10.0.0.0/8"}},)
     assert not Settings.from_env({}).network_policies

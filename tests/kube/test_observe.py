@@ -16,8 +16,12 @@ NAME = "base-1b-pretrain-0a1b2c"
 
 
 def _job(status: dict[str, Any], suspend: bool = False) -> dict[str, Any]:
-    return {"kind": "Job", "metadata": {"name": NAME, "labels": {"lmforge.io/run": NAME}},
-            "spec": {"suspend": suspend}, "status": status}
+    return {
+        "kind": "Job",
+        "metadata": {"name": NAME, "labels": {"lmforge.io/run": NAME}},
+        "spec": {"suspend": suspend},
+        "status": status,
+    }
 
 
 def _cond(type_: str, reason: str = "", message: str = "") -> dict[str, Any]:
@@ -38,32 +42,82 @@ CASES = [
     Case("new-job-without-pods-is-pending", _job({}), RunState.PENDING, message_has="not created"),
     Case("active-not-ready-is-pending", _job({"active": 4, "ready": 0}), RunState.PENDING),
     Case("ready-pods-is-running", _job({"active": 4, "ready": 4}), RunState.RUNNING),
-    Case("suspended-by-kueue-waits-for-admission", _job({}, suspend=True), RunState.PENDING,
-         message_has="admission"),
-    Case("failed-pod-being-retried-counts-attempts", _job({"active": 1, "ready": 1, "failed": 2}),
-         RunState.RUNNING, attempts=3, message_has="retrying after 2"),
+    Case("suspended-by-kueue-waits-for-admission", _job({}, suspend=True), RunState.PENDING, message_has="admission"),
+    Case(
+        "failed-pod-being-retried-counts-attempts",
+        _job({"active": 1, "ready": 1, "failed": 2}),
+        RunState.RUNNING,
+        attempts=3,
+        message_has="retrying after 2",
+    ),
     Case("complete-job-succeeded", _job({"succeeded": 1, "conditions": [_cond("Complete")]}), RunState.SUCCEEDED),
-    Case("backoff-exhausted-is-failed-and-explains", _job({"failed": 4, "conditions": [
-        _cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")]}),
-         RunState.FAILED, attempts=4, message_has="BackoffLimitExceeded: Job has reached"),
-    Case("exit-code-2-is-failed-not-retryable", _job({"failed": 1, "conditions": [
-        _cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 2 matching FailJob rule")]}),
-         RunState.FAILED, message_has="PodFailurePolicy", retryable=False),
-    Case("deployment-rolling-out", {"kind": "Deployment", "metadata": {"name": NAME, "generation": 1},
-                                    "spec": {"replicas": 2},
-                                    "status": {"availableReplicas": 1, "updatedReplicas": 2,
-                                               "observedGeneration": 1}},
-         RunState.RUNNING, message_has="1/2 replicas"),
-    Case("deployment-available-is-ready", {"kind": "Deployment", "metadata": {"name": NAME, "generation": 1},
-                                           "spec": {"replicas": 2},
-                                           "status": {"availableReplicas": 2, "updatedReplicas": 2,
-                                                      "observedGeneration": 1}}, RunState.READY),
-    Case("deployment-deadline-exceeded-is-failed", {"kind": "Deployment", "metadata": {"name": NAME},
-                                                    "spec": {"replicas": 1}, "status": {"conditions": [
-                                                        {"type": "Progressing", "status": "False",
-                                                         "reason": "ProgressDeadlineExceeded",
-                                                         "message": "timed out"}]}},
-         RunState.FAILED, message_has="timed out"),
+    Case(
+        "backoff-exhausted-is-failed-and-explains",
+        _job(
+            {
+                "failed": 4,
+                "conditions": [_cond("Failed", "BackoffLimitExceeded", "Job has reached the specified backoff limit")],
+            }
+        ),
+        RunState.FAILED,
+        attempts=4,
+        message_has="BackoffLimitExceeded: Job has reached",
+    ),
+    Case(
+        "exit-code-2-is-failed-not-retryable",
+        _job(
+            {
+                "failed": 1,
+                "conditions": [
+                    _cond("Failed", "PodFailurePolicy", "Container trainer ... exit code 2 matching FailJob rule")
+                ],
+            }
+        ),
+        RunState.FAILED,
+        message_has="PodFailurePolicy",
+        retryable=False,
+    ),
+    Case(
+        "deployment-rolling-out",
+        {
+            "kind": "Deployment",
+            "metadata": {"name": NAME, "generation": 1},
+            "spec": {"replicas": 2},
+            "status": {"availableReplicas": 1, "updatedReplicas": 2, "observedGeneration": 1},
+        },
+        RunState.RUNNING,
+        message_has="1/2 replicas",
+    ),
+    Case(
+        "deployment-available-is-ready",
+        {
+            "kind": "Deployment",
+            "metadata": {"name": NAME, "generation": 1},
+            "spec": {"replicas": 2},
+            "status": {"availableReplicas": 2, "updatedReplicas": 2, "observedGeneration": 1},
+        },
+        RunState.READY,
+    ),
+    Case(
+        "deployment-deadline-exceeded-is-failed",
+        {
+            "kind": "Deployment",
+            "metadata": {"name": NAME},
+            "spec": {"replicas": 1},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Progressing",
+                        "status": "False",
+                        "reason": "ProgressDeadlineExceeded",
+                        "message": "timed out",
+                    }
+                ]
+            },
+        },
+        RunState.FAILED,
+        message_has="timed out",
+    ),
 ]
 
 
@@ -105,11 +159,18 @@ def test_complete_job_without_result_breaks_the_contract() -> None:
 
 def test_pod_failure_reason_prefers_the_stage_error_line() -> None:
     def pod(ts: str, message: str, code: int) -> dict[str, Any]:
-        return {"metadata": {"creationTimestamp": ts}, "status": {"phase": "Failed", "containerStatuses": [
-            {"state": {"terminated": {"exitCode": code, "message": message}}}]}}
+        return {
+            "metadata": {"creationTimestamp": ts},
+            "status": {
+                "phase": "Failed",
+                "containerStatuses": [{"state": {"terminated": {"exitCode": code, "message": message}}}],
+            },
+        }
 
-    pods = [pod("2026-01-01T00:00:00Z", "lmforge: error: old", 1),
-            pod("2026-01-01T00:01:00Z", "log line\nlmforge: error: CUDA out of memory\n", 1)]
+    pods = [
+        pod("2026-01-01T00:00:00Z", "lmforge: error: old", 1),
+        pod("2026-01-01T00:01:00Z", "log line\nlmforge: error: CUDA out of memory\n", 1),
+    ]
     assert pod_failure_reason(pods) == "CUDA out of memory"
     assert pod_failure_reason([pod("t", "", 2)]) == "container exited with code 2 (invalid input: not retried)"
     assert pod_failure_reason([]) is None
@@ -121,11 +182,19 @@ def test_owner_from_labels() -> None:
 
 
 def test_an_oom_killed_pod_says_so_with_its_memory_limit() -> None:
-    pod = {"metadata": {"creationTimestamp": "t"},
-           "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "160Mi"}}}]},
-           "status": {"phase": "Failed", "containerStatuses": [
-               {"name": "trainer", "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled",
-                                                            "message": "some log line"}}}]}}
+    pod = {
+        "metadata": {"creationTimestamp": "t"},
+        "spec": {"containers": [{"name": "trainer", "resources": {"limits": {"memory": "160Mi"}}}]},
+        "status": {
+            "phase": "Failed",
+            "containerStatuses": [
+                {
+                    "name": "trainer",
+                    "state": {"terminated": {"exitCode": 137, "reason": "OOMKilled", "message": "some log line"}},
+                }
+            ],
+        },
+    }
     reason = pod_failure_reason([pod])
     assert reason is not None and reason.startswith("OOMKilled") and "160Mi" in reason
     assert "spec.compute.resources.limits.memory" in reason

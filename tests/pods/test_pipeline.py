@@ -72,8 +72,12 @@ class PodTargets:
                 for c in pod["spec"]["containers"]:
                     for port in c.get("ports") or []:
                         if ip and port.get("name") == "metrics":
-                            groups.append({"targets": [f"{ip}:{port['containerPort']}"],
-                                           "labels": {"pod": pod["metadata"]["name"]}})
+                            groups.append(
+                                {
+                                    "targets": [f"{ip}:{port['containerPort']}"],
+                                    "labels": {"pod": pod["metadata"]["name"]},
+                                }
+                            )
             tmp = self.path.with_suffix(".part")
             tmp.write_text(json.dumps(groups))
             tmp.replace(self.path)
@@ -88,8 +92,9 @@ def pod_s3(node_cluster: NodeCluster) -> Iterator[SeaweedServer]:
 
 
 @pytest.fixture(scope="module")
-def installed(node_cluster: NodeCluster, pod_s3: SeaweedServer,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+def installed(
+    node_cluster: NodeCluster, pod_s3: SeaweedServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[tuple[str, Path]]:
     """A namespace with the chart installed in it and the tiny manifests (data in S3): the
     pipeline test applies them all; the multi-node test reuses its Dataset."""
     ns = node_cluster.cp.create_namespace(f"e2e-{uuid.uuid4().hex[:6]}")
@@ -102,23 +107,53 @@ def installed(node_cluster: NodeCluster, pod_s3: SeaweedServer,
 
 def install(nc: NodeCluster, ns: str, s3: SeaweedServer) -> None:
     """The S3 Secret, then `helm install` with the images built here, watching `ns` only."""
-    nc.cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "lmforge-s3"},
-                 "stringData": {"AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
-                                "AWS_DEFAULT_REGION": s3.region}}, namespace=ns)
+    nc.cp.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": {"name": "lmforge-s3"},
+            "stringData": {
+                "AWS_ACCESS_KEY_ID": s3.access_key,
+                "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+                "AWS_DEFAULT_REGION": s3.region,
+            },
+        },
+        namespace=ns,
+    )
     repo, tag = nc.images["operator"].rsplit(":", 1)
-    stage_env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                 "TOKENIZERS_PARALLELISM": "false", "DO_NOT_TRACK": "1"}
-    nc.cp.helm("install", "lmf", str(CHART), f"--namespace={ns}", "--wait", "--timeout=5m",
-               f"--set=image.repository={repo}", f"--set=image.tag={tag}", "--set=image.pullPolicy=Never",
-               f"--set=trainer.image={nc.images['trainer']}", "--set=trainer.pullPolicy=Never",
-               f"--set=serving.image={nc.images['serve']}",
-               f"--set=store.uri=s3://{BUCKET}/store", f"--set=store.s3.endpoint={s3.endpoint}",
-               "--set=store.s3.secretName=lmforge-s3", "--set=rbac.namespaced=true",
-               # The admission policy stays on: the faults test's unpullable image and late Secret
-               # are on its lists, as a user's own registry and Secrets would be.
-               '--set-json=policy.allowedImages=["lmforge.local/*"]', '--set-json=policy.allowedSecrets=["late-token"]',
-               f"--set=watchNamespaces={{{ns}}}", "--set=pollSeconds=2",
-               f"--set-json=trainer.env={json.dumps(stage_env)}", timeout=400)
+    stage_env = {
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "DO_NOT_TRACK": "1",
+    }
+    nc.cp.helm(
+        "install",
+        "lmf",
+        str(CHART),
+        f"--namespace={ns}",
+        "--wait",
+        "--timeout=5m",
+        f"--set=image.repository={repo}",
+        f"--set=image.tag={tag}",
+        "--set=image.pullPolicy=Never",
+        f"--set=trainer.image={nc.images['trainer']}",
+        "--set=trainer.pullPolicy=Never",
+        f"--set=serving.image={nc.images['serve']}",
+        f"--set=store.uri=s3://{BUCKET}/store",
+        f"--set=store.s3.endpoint={s3.endpoint}",
+        "--set=store.s3.secretName=lmforge-s3",
+        "--set=rbac.namespaced=true",
+        # The admission policy stays on: the faults test's unpullable image and late Secret
+        # are on its lists, as a user's own registry and Secrets would be.
+        '--set-json=policy.allowedImages=["lmforge.local/*"]',
+        '--set-json=policy.allowedSecrets=["late-token"]',
+        f"--set=watchNamespaces={{{ns}}}",
+        "--set=pollSeconds=2",
+        f"--set-json=trainer.env={json.dumps(stage_env)}",
+        timeout=400,
+    )
 
 
 def manifests(tmp: Path, s3: SeaweedServer) -> Path:
@@ -152,7 +187,11 @@ def wait_all_ready(nc: NodeCluster, ns: str, timeout: float) -> None:
         items = resources(nc, ns)
         for obj in items:
             cond = ready(obj)
-            if cond and cond["status"] == "False" and cond.get("reason") in ("StageFailed", "InputFailed", "InvalidSpec", "GateFailed"):
+            if (
+                cond
+                and cond["status"] == "False"
+                and cond.get("reason") in ("StageFailed", "InputFailed", "InvalidSpec", "GateFailed")
+            ):
                 pytest.fail(f"{obj['kind']}/{obj['metadata']['name']} failed: {cond}\n{pod_logs(nc, ns)}")
         return len(items) == 6 and all((ready(o) or {}).get("status") == "True" for o in items)
 
@@ -174,10 +213,10 @@ def pod_logs(nc: NodeCluster, ns: str, tail: int = 15, limit: int = 12000) -> st
 
 
 def chat(url: str, question: str, timeout: float = 60) -> dict[str, Any]:
-    body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": question}],
-                       "max_tokens": 12, "temperature": 0}).encode()
-    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body,
-                                 headers={"Content-Type": "application/json"})
+    body = json.dumps(
+        {"model": "tiny", "messages": [{"role": "user", "content": question}], "max_tokens": 12, "temperature": 0}
+    ).encode()
+    req = urllib.request.Request(f"{url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         answer: dict[str, Any] = json.load(resp)
     return answer
@@ -219,7 +258,8 @@ def serving_deployments(nc: NodeCluster, ns: str) -> list[str]:
 
 
 def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
-        node_cluster: NodeCluster, installed: tuple[str, Path]) -> None:
+    node_cluster: NodeCluster, installed: tuple[str, Path]
+) -> None:
     nc, cp = node_cluster, node_cluster.cp
     ns, tiny = installed
     started = time.monotonic()
@@ -235,7 +275,8 @@ def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
             cp.kubectl("wait", "--for=condition=Ready", kind, "--all", "-n", ns, "--timeout=30s")
         # What GitOps users see: the chart's Argo CD health check on the live objects.
         assert {(o["kind"], o["metadata"]["name"]): health(o)[0] for o in resources(nc, ns)} == {
-            (o["kind"], o["metadata"]["name"]): "Healthy" for o in resources(nc, ns)}
+            (o["kind"], o["metadata"]["name"]): "Healthy" for o in resources(nc, ns)
+        }
         # The operator's own metrics, through the same discovery.
         assert prom.eventually('lmforge_resource_ready{kind="ModelRelease"} == 1', timeout=60)
         pretrain_metrics.join(5)
@@ -262,8 +303,16 @@ def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
     # A changed release: the new Deployment takes over while a client keeps asking.
     switch_started = time.monotonic()
     with Traffic(url) as traffic:
-        cp.kubectl("patch", "modelrelease", "tiny-release", "-n", ns, "--type=merge",
-                   "-p", json.dumps({"spec": {"serving": {"maxModelLen": 120}}}))
+        cp.kubectl(
+            "patch",
+            "modelrelease",
+            "tiny-release",
+            "-n",
+            ns,
+            "--type=merge",
+            "-p",
+            json.dumps({"spec": {"serving": {"maxModelLen": 120}}}),
+        )
 
         def switched() -> bool:
             deps = serving_deployments(nc, ns)
@@ -316,7 +365,8 @@ def records(log: str) -> list[dict[str, Any]]:
 
 
 def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_deleted(
-        node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer) -> None:
+    node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer
+) -> None:
     """Two real pods find each other through the headless Service's DNS name, train with DeepSpeed
     over gloo and checkpoint to S3; deleting one mid-run restarts the Job, which resumes from the
     last complete checkpoint at its step."""
@@ -353,8 +403,11 @@ def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_delet
     step_before = eventually(checkpointed, timeout=900, interval=1, what="a checkpoint of the two-node run")
     pods = cp.kubectl_json("get", "pods", "-n", ns, "-l", f"batch.kubernetes.io/job-name={name}")["items"]
     assert len(pods) == 2 and {p["status"]["phase"] for p in pods} == {"Running"}, [p["status"] for p in pods]
-    victim = next(p["metadata"]["name"] for p in pods
-                  if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "1")
+    victim = next(
+        p["metadata"]["name"]
+        for p in pods
+        if p["metadata"]["annotations"].get("batch.kubernetes.io/job-completion-index") == "1"
+    )
     cp.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
 
     def done() -> dict[str, Any] | None:
@@ -379,9 +432,19 @@ def test_two_node_pretraining_rendezvous_by_dns_and_resumes_after_a_pod_is_delet
 
 
 def _dataset(name: str, uri: str, compute: dict[str, Any]) -> str:
-    return json.dumps({"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name},
-                       "spec": {"sources": [{"name": "c", "uri": uri, "license": "CC0-1.0"}],
-                                "tokenizer": {"vocabSize": 1024}, "seqLength": 128, "compute": compute}})
+    return json.dumps(
+        {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "Dataset",
+            "metadata": {"name": name},
+            "spec": {
+                "sources": [{"name": "c", "uri": uri, "license": "CC0-1.0"}],
+                "tokenizer": {"vocabSize": 1024},
+                "seqLength": 128,
+                "compute": compute,
+            },
+        }
+    )
 
 
 def _failed(cp: Any, ns: str, name: str, timeout: float = 300) -> dict[str, Any]:
@@ -398,13 +461,34 @@ def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed
     not retried; an image that cannot be pulled is relayed while the pod waits; a missing Secret
     holds the run back until it exists."""
     cp, (ns, _) = node_cluster.cp, installed
-    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
-        "oom", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
-        {"backoffLimit": 0, "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}}))
-    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
-        "no-input", f"s3://{BUCKET}/inputs/none-*.jsonl", {"backoffLimit": 3}))
-    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
-        "no-image", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl", {"image": "lmforge.local/absent:1"}))
+    cp.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=_dataset(
+            "oom",
+            f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+            {"backoffLimit": 0, "resources": {"requests": {"memory": "48Mi"}, "limits": {"memory": "48Mi"}}},
+        ),
+    )
+    cp.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=_dataset("no-input", f"s3://{BUCKET}/inputs/none-*.jsonl", {"backoffLimit": 3}),
+    )
+    cp.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=_dataset("no-image", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl", {"image": "lmforge.local/absent:1"}),
+    )
 
     oom = _failed(cp, ns, "oom")
     assert "OOMKilled" in oom["message"] and "48Mi" in oom["message"], oom
@@ -422,9 +506,18 @@ def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed
 
     # A Secret the stage needs is missing: the run waits (no pod stuck in CreateContainerConfigError),
     # the condition names the Secret; once it exists, the stage runs in a real pod and completes.
-    cp.kubectl("apply", "-n", ns, "-f", "-", input=_dataset(
-        "needs-token", f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
-        {"secretEnv": {"HF_TOKEN": {"name": "late-token", "key": "token"}}}))
+    cp.kubectl(
+        "apply",
+        "-n",
+        ns,
+        "-f",
+        "-",
+        input=_dataset(
+            "needs-token",
+            f"s3://{BUCKET}/inputs/tiny/corpus.jsonl",
+            {"secretEnv": {"HF_TOKEN": {"name": "late-token", "key": "token"}}},
+        ),
+    )
 
     def secret_waiting() -> dict[str, Any] | None:
         cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))
@@ -433,8 +526,10 @@ def test_real_pod_faults_show_as_conditions(node_cluster: NodeCluster, installed
     cond = eventually(secret_waiting, timeout=120, interval=2, what="the missing Secret relayed")
     assert "late-token" in cond["message"], cond
     assert not cp.kubectl_json("get", "pods", "-n", ns, "-l", "lmforge.io/dataset=needs-token")["items"]
-    cp.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late-token"},
-              "stringData": {"token": "t0ken"}}, namespace=ns)
+    cp.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "late-token"}, "stringData": {"token": "t0ken"}},
+        namespace=ns,
+    )
 
     def done() -> dict[str, Any] | None:
         cond = ready(cp.kubectl_json("get", "dataset", "needs-token", "-n", ns))

@@ -18,15 +18,19 @@ from lmforge.operator.settings import Settings
 
 STORE = "s3://bucket/lmforge"
 NOW = "2026-11-29T00:00:00Z"
-LISTS = Allowlists(images=("ghcr.io/lmforge/*", "registry.local/trainer:1.2"), service_accounts=("trainer",),
-                   secrets=("hf-*", "team-s3"), default_image="ghcr.io/lmforge/trainer:0.1.0",
-                   default_secret="lmforge-s3")
+LISTS = Allowlists(
+    images=("ghcr.io/lmforge/*", "registry.local/trainer:1.2"),
+    service_accounts=("trainer",),
+    secrets=("hf-*", "team-s3"),
+    default_image="ghcr.io/lmforge/trainer:0.1.0",
+    default_secret="lmforge-s3",
+)
 
 
 def _res(kind: str, spec: dict[str, Any]) -> Resource:
     return KINDS[kind].model.model_validate(
-        {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": "x", "namespace": "t"},
-         "spec": spec})
+        {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": "x", "namespace": "t"}, "spec": spec}
+    )
 
 
 def _dataset(**compute: Any) -> Resource:
@@ -38,8 +42,13 @@ def _release(**serving: Any) -> Resource:
 
 
 def _suite(**endpoint: Any) -> Resource:
-    return _res("EvalSuite", {"endpoint": {"url": "http://m:8000/v1", **endpoint},
-                              "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}]})
+    return _res(
+        "EvalSuite",
+        {
+            "endpoint": {"url": "http://m:8000/v1", **endpoint},
+            "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
+        },
+    )
 
 
 @dataclass
@@ -60,31 +69,57 @@ CASES = [
     Case("exact entry is not a prefix", _dataset(image="registry.local/trainer:1.2-evil"), "spec.compute.image"),
     Case("a prefix is not a substring", _dataset(image="evil.io/ghcr.io/lmforge/x"), "spec.compute.image"),
     Case("allowed service account", _dataset(serviceAccountName="trainer"), None),
-    Case("forbidden service account", _dataset(serviceAccountName="cluster-admin-sa"),
-         "spec.compute.serviceAccountName"),
+    Case(
+        "forbidden service account", _dataset(serviceAccountName="cluster-admin-sa"), "spec.compute.serviceAccountName"
+    ),
     Case("allowed s3 secret", _dataset(s3CredentialsSecret="team-s3"), None),
     Case("the operator's own s3 secret, named", _dataset(s3CredentialsSecret="lmforge-s3"), None),
     Case("forbidden s3 secret", _dataset(s3CredentialsSecret="prod-db"), "spec.compute.s3CredentialsSecret"),
     Case("allowed secretEnv", _dataset(secretEnv={"HF_TOKEN": {"name": "hf-token", "key": "t"}}), None),
-    Case("forbidden secretEnv", _dataset(secretEnv={"TOKEN": {"name": "root-ca", "key": "k"}}),
-         "spec.compute.secretEnv.TOKEN.name"),
-    Case("forbidden serving API key", _release(apiKeySecret={"name": "other", "key": "k"}),
-         "spec.serving.apiKeySecret.name"),
+    Case(
+        "forbidden secretEnv",
+        _dataset(secretEnv={"TOKEN": {"name": "root-ca", "key": "k"}}),
+        "spec.compute.secretEnv.TOKEN.name",
+    ),
+    Case(
+        "forbidden serving API key",
+        _release(apiKeySecret={"name": "other", "key": "k"}),
+        "spec.serving.apiKeySecret.name",
+    ),
     Case("allowed serving API key", _release(apiKeySecret={"name": "hf-key", "key": "k"}), None),
-    Case("forbidden endpoint API key", _suite(apiKeySecret={"name": "other", "key": "k"}),
-         "spec.endpoint.apiKeySecret.name"),
-    Case("no lists: anything goes", _dataset(image="docker.io/evil/miner", serviceAccountName="admin",
-                                             s3CredentialsSecret="prod-db"), None, Allowlists()),
-    Case("an empty list allows nothing", _dataset(serviceAccountName="trainer"),
-         "spec.compute.serviceAccountName", Allowlists(service_accounts=())),
+    Case(
+        "forbidden endpoint API key",
+        _suite(apiKeySecret={"name": "other", "key": "k"}),
+        "spec.endpoint.apiKeySecret.name",
+    ),
+    Case(
+        "no lists: anything goes",
+        _dataset(image="docker.io/evil/miner", serviceAccountName="admin", s3CredentialsSecret="prod-db"),
+        None,
+        Allowlists(),
+    ),
+    Case(
+        "an empty list allows nothing",
+        _dataset(serviceAccountName="trainer"),
+        "spec.compute.serviceAccountName",
+        Allowlists(service_accounts=()),
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_allowlists(case: Case) -> None:
     inputs = {"PretrainJob/p": InputState("PretrainJob", "p", True, Status())}
-    obs = Observed(resource=case.resource, kind=case.resource.kind, name="x", generation=1, status=Status(),
-                   store=STORE, inputs=inputs, allowlists=case.lists)
+    obs = Observed(
+        resource=case.resource,
+        kind=case.resource.kind,
+        name="x",
+        generation=1,
+        status=Status(),
+        store=STORE,
+        inputs=inputs,
+        allowlists=case.lists,
+    )
     decision = reconcile(obs, now=NOW)
     ready = decision.status.condition("Ready")
     assert ready is not None
@@ -105,8 +140,13 @@ def test_pattern_syntax() -> None:
 
 
 def test_settings_read_the_lists_from_the_environment() -> None:
-    s = Settings.from_env({"LMFORGE_ALLOWED_IMAGES": '["ghcr.io/lmforge/*"]', "LMFORGE_ALLOWED_SECRETS": "[]",
-                           "LMFORGE_S3_SECRET": "lmforge-s3"})
+    s = Settings.from_env(
+        {
+            "LMFORGE_ALLOWED_IMAGES": '["ghcr.io/lmforge/*"]',
+            "LMFORGE_ALLOWED_SECRETS": "[]",
+            "LMFORGE_S3_SECRET": "lmforge-s3",
+        }
+    )
     lists = s.allowlists()
     assert lists.images == ("ghcr.io/lmforge/*",) and lists.secrets == () and lists.service_accounts is None
     assert lists.default_secret == "lmforge-s3" and lists.default_image == s.trainer_image

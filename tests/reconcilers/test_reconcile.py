@@ -21,36 +21,68 @@ NOW = "2026-11-29T00:00:00Z"
 
 def _res(kind: str, name: str, spec: dict[str, Any]) -> Resource:
     return KINDS[kind].model.model_validate(
-        {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec})
+        {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": name}, "spec": spec}
+    )
 
 
 DATASET = _res("Dataset", "d", {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}], "workers": 2})
-PRETRAIN = _res("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10},
-                                     "topology": {"nodes": 4, "gpusPerNode": 8}})
-SUITE = _res("EvalSuite", "e", {"modelRef": {"kind": "PretrainJob", "name": "p"},
-                                "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
-                                "thresholds": ["mc.acc >= 0.5"]})
-RELEASE = _res("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"},
-                                     "evalSuiteRef": {"name": "e"}})
+PRETRAIN = _res(
+    "PretrainJob",
+    "p",
+    {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10}, "topology": {"nodes": 4, "gpusPerNode": 8}},
+)
+SUITE = _res(
+    "EvalSuite",
+    "e",
+    {
+        "modelRef": {"kind": "PretrainJob", "name": "p"},
+        "tasks": [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}],
+        "thresholds": ["mc.acc >= 0.5"],
+    },
+)
+RELEASE = _res("ModelRelease", "r", {"modelRef": {"kind": "PretrainJob", "name": "p"}, "evalSuiteRef": {"name": "e"}})
 
 
 def _ready(kind: str, name: str, artifacts: dict[str, str] | None = None, gate: bool | None = None) -> InputState:
     conds = [Condition(type="Ready", status=ConditionStatus.TRUE, reason="Completed")]
     if gate is not None:
-        conds.append(Condition(type="GatePassed", status=ConditionStatus.TRUE if gate else ConditionStatus.FALSE,
-                               reason="GatePassed" if gate else "GateFailed", message="mc.acc >= 0.5: 0.2 FAILED"))
-    return InputState(kind, name, True, Status(phase=Phase.SUCCEEDED, conditions=conds,
-                                               artifacts=artifacts or {"model": f"{STORE}/m"}, lineage=["Dataset/d"]))
+        conds.append(
+            Condition(
+                type="GatePassed",
+                status=ConditionStatus.TRUE if gate else ConditionStatus.FALSE,
+                reason="GatePassed" if gate else "GateFailed",
+                message="mc.acc >= 0.5: 0.2 FAILED",
+            )
+        )
+    return InputState(
+        kind,
+        name,
+        True,
+        Status(
+            phase=Phase.SUCCEEDED,
+            conditions=conds,
+            artifacts=artifacts or {"model": f"{STORE}/m"},
+            lineage=["Dataset/d"],
+        ),
+    )
 
 
 def _failed(kind: str, name: str) -> InputState:
-    return InputState(kind, name, True, Status(phase=Phase.FAILED, conditions=[
-        Condition(type="Ready", status=ConditionStatus.FALSE, reason="StageFailed", message="out of memory")]))
+    return InputState(
+        kind,
+        name,
+        True,
+        Status(
+            phase=Phase.FAILED,
+            conditions=[
+                Condition(type="Ready", status=ConditionStatus.FALSE, reason="StageFailed", message="out of memory")
+            ],
+        ),
+    )
 
 
 def _result(stage: StageName, artifacts: dict[str, str], metrics: dict[str, float] | None = None) -> ProgressRecord:
-    return ProgressRecord(type=RecordType.RESULT, stage=stage, run_id="x", artifacts=artifacts,
-                          metrics=metrics or {})
+    return ProgressRecord(type=RecordType.RESULT, stage=stage, run_id="x", artifacts=artifacts, metrics=metrics or {})
 
 
 @dataclass
@@ -74,9 +106,16 @@ class Case:
 
 
 def _observed(case: Case) -> Observed:
-    base = Observed(resource=case.resource, kind=case.resource.kind if case.resource else "Dataset",
-                    name=case.resource.metadata.name if case.resource else "bad", generation=3,
-                    status=case.status, store=STORE, inputs=case.inputs, invalid=case.invalid)
+    base = Observed(
+        resource=case.resource,
+        kind=case.resource.kind if case.resource else "Dataset",
+        name=case.resource.metadata.name if case.resource else "bad",
+        generation=3,
+        status=case.status,
+        store=STORE,
+        inputs=case.inputs,
+        invalid=case.invalid,
+    )
     names = {stage.value: name for name, stage, _ in expected_runs(base)}
     runs = {}
     for stage, run in case.runs.items():
@@ -84,8 +123,15 @@ def _observed(case: Case) -> Observed:
         runs[name] = ObservedRun(**{**run.__dict__, "name": name})
     missing = {names.get(stage, stage): gaps for stage, gaps in case.missing.items()}
     conflicts = {names.get(stage, stage): found for stage, found in case.conflicts.items()}
-    return Observed(**{**base.__dict__, "runs": runs, "missing_secrets": missing, "conflicts": conflicts,
-                       "secret_waits": case.secret_waits})
+    return Observed(
+        **{
+            **base.__dict__,
+            "runs": runs,
+            "missing_secrets": missing,
+            "conflicts": conflicts,
+            "secret_waits": case.secret_waits,
+        }
+    )
 
 
 def _run(stage: StageName, state: RunState, **kw: Any) -> ObservedRun:
@@ -93,90 +139,249 @@ def _run(stage: StageName, state: RunState, **kw: Any) -> ObservedRun:
 
 
 CASES = [
-    Case("invalid-spec-fails-without-runs", None, invalid="spec.training: set exactly one of maxSteps or tokens",
-         phase=Phase.FAILED, reason="InvalidSpec", message_has="spec.training"),
-    Case("waits-for-missing-dataset", PRETRAIN, phase=Phase.WAITING, reason="WaitingForInput",
-         message_has="Dataset/d (spec.datasetRef) does not exist"),
-    Case("waits-for-unready-dataset", PRETRAIN, inputs={"Dataset/d": InputState("Dataset", "d", True, Status())},
-         phase=Phase.WAITING, reason="WaitingForInput", message_has="is not Ready"),
-    Case("fails-when-dataset-failed", PRETRAIN, inputs={"Dataset/d": _failed("Dataset", "d")},
-         phase=Phase.FAILED, reason="InputFailed", message_has="Dataset/d (spec.datasetRef) failed: out of memory"),
-    Case("starts-pretrain-when-dataset-ready", PRETRAIN,
-         inputs={"Dataset/d": _ready("Dataset", "d", {"shards": f"{STORE}/s", "tokenizer": f"{STORE}/t"})},
-         phase=Phase.PENDING, reason="Pending", run_stages=["pretrain"]),
-    Case("relays-progress-while-running", PRETRAIN,
-         inputs={"Dataset/d": _ready("Dataset", "d")},
-         runs={"pretrain": _run(StageName.PRETRAIN, RunState.RUNNING, progress=ProgressRecord(
-             stage=StageName.PRETRAIN, run_id="x", step=5, total=10, metrics={"loss": 3.25}))},
-         phase=Phase.RUNNING, reason="Running", run_stages=["pretrain"], extra={"percent": 50.0, "loss": 3.25}),
-    Case("stage-failure-is-reported-not-retried-here", PRETRAIN, inputs={"Dataset/d": _ready("Dataset", "d")},
-         runs={"pretrain": _run(StageName.PRETRAIN, RunState.FAILED, message="loss is NaN for 5 steps")},
-         phase=Phase.FAILED, reason="StageFailed", message_has="loss is NaN"),
-    Case("result-makes-it-ready-and-stops-running", PRETRAIN, inputs={"Dataset/d": _ready("Dataset", "d")},
-         runs={"pretrain": _run(StageName.PRETRAIN, RunState.SUCCEEDED,
-                                result=_result(StageName.PRETRAIN, {"model": f"{STORE}/m"}, {"loss": 1.5}))},
-         phase=Phase.SUCCEEDED, ready="True", reason="Completed", extra={"artifact": "model"}),
-    Case("result-without-backend-object-still-counts", DATASET,
-         runs={"dataset": _run(StageName.DATASET, RunState.PENDING,
-                               result=_result(StageName.DATASET, {"shards": "s"}, {"tokens": 1000.0}))},
-         phase=Phase.SUCCEEDED, ready="True", reason="Completed"),
-    Case("eval-gate-fails-but-suite-is-ready", SUITE, inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
-         runs={"evaluate": _run(StageName.EVALUATE, RunState.SUCCEEDED,
-                                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.25}))},
-         phase=Phase.SUCCEEDED, ready="True", reason="Completed", extra={"gate": "False"}),
-    Case("eval-gate-passes", SUITE, inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
-         runs={"evaluate": _run(StageName.EVALUATE, RunState.SUCCEEDED,
-                                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.75}))},
-         phase=Phase.SUCCEEDED, ready="True", extra={"gate": "True"}),
-    Case("release-does-not-deploy-when-gate-failed", RELEASE,
-         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=False)},
-         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
-         phase=Phase.FAILED, reason="GateFailed", message_has="gate did not pass"),
-    Case("release-serves-after-gate", RELEASE,
-         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
-         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
-         phase=Phase.RUNNING, reason="Deploying", run_stages=["serve"]),
-    Case("release-ready-when-serving", RELEASE,
-         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
-         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                result=_result(StageName.COMPRESS, {"model": "cm"})),
-               "serve": _run(StageName.SERVE, RunState.READY, endpoint="http://r:8000/v1")},
-         phase=Phase.SERVING, ready="True", reason="Serving", run_stages=["serve"],
-         extra={"endpoint": "http://r:8000/v1"}),
-    Case("missing-s3-secret-holds-back-the-job", DATASET,
-         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
-         phase=Phase.WAITING, reason="WaitingForSecret",
-         message_has="dataset stage waits for Secret own-s3 (spec.compute.s3CredentialsSecret)",
-         extra={"requeue": 1.0}),
-    Case("secret-retries-back-off", DATASET, missing={"dataset": ("key token in Secret hf (x)",)}, secret_waits=3,
-         phase=Phase.WAITING, reason="WaitingForSecret", message_has="key token in Secret hf",
-         extra={"requeue": 8.0}),
-    Case("an-object-of-a-run-s-name-that-is-not-ours-is-never-adopted", DATASET,
-         conflicts={"dataset": ("ConfigMap d-dataset-x-spec",)},
-         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
-         phase=Phase.FAILED, reason="NameConflict",
-         message_has="ConfigMap d-dataset-x-spec already exist(s) and is not this resource's",
-         extra={"requeue": 1.0}),
-    Case("a-created-run-is-not-held-back-by-a-conflict", DATASET,
-         runs={"dataset": _run(StageName.DATASET, RunState.RUNNING)},
-         conflicts={"dataset": ("Service x",)}, phase=Phase.RUNNING, reason="Running", run_stages=["dataset"]),
-    Case("missing-secret-does-not-hold-back-a-created-job", DATASET,
-         runs={"dataset": _run(StageName.DATASET, RunState.PENDING)},
-         missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
-         phase=Phase.PENDING, reason="Pending", run_stages=["dataset"]),
-    Case("serve-waits-for-its-api-key-secret", RELEASE,
-         inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
-         runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                result=_result(StageName.COMPRESS, {"model": "cm"}))},
-         missing={"serve": ("Secret api (spec.serving.apiKeySecret) to exist",)},
-         phase=Phase.WAITING, reason="WaitingForSecret", message_has="serve stage waits for Secret api"),
-    Case("stuck-pod-reason-is-relayed", DATASET,
-         runs={"dataset": _run(StageName.DATASET, RunState.PENDING,
-                               message="pod d-0: container trainer: ImagePullBackOff: back-off pulling")},
-         phase=Phase.PENDING, reason="Pending", message_has="ImagePullBackOff: back-off pulling",
-         run_stages=["dataset"]),
+    Case(
+        "invalid-spec-fails-without-runs",
+        None,
+        invalid="spec.training: set exactly one of maxSteps or tokens",
+        phase=Phase.FAILED,
+        reason="InvalidSpec",
+        message_has="spec.training",
+    ),
+    Case(
+        "waits-for-missing-dataset",
+        PRETRAIN,
+        phase=Phase.WAITING,
+        reason="WaitingForInput",
+        message_has="Dataset/d (spec.datasetRef) does not exist",
+    ),
+    Case(
+        "waits-for-unready-dataset",
+        PRETRAIN,
+        inputs={"Dataset/d": InputState("Dataset", "d", True, Status())},
+        phase=Phase.WAITING,
+        reason="WaitingForInput",
+        message_has="is not Ready",
+    ),
+    Case(
+        "fails-when-dataset-failed",
+        PRETRAIN,
+        inputs={"Dataset/d": _failed("Dataset", "d")},
+        phase=Phase.FAILED,
+        reason="InputFailed",
+        message_has="Dataset/d (spec.datasetRef) failed: out of memory",
+    ),
+    Case(
+        "starts-pretrain-when-dataset-ready",
+        PRETRAIN,
+        inputs={"Dataset/d": _ready("Dataset", "d", {"shards": f"{STORE}/s", "tokenizer": f"{STORE}/t"})},
+        phase=Phase.PENDING,
+        reason="Pending",
+        run_stages=["pretrain"],
+    ),
+    Case(
+        "relays-progress-while-running",
+        PRETRAIN,
+        inputs={"Dataset/d": _ready("Dataset", "d")},
+        runs={
+            "pretrain": _run(
+                StageName.PRETRAIN,
+                RunState.RUNNING,
+                progress=ProgressRecord(stage=StageName.PRETRAIN, run_id="x", step=5, total=10, metrics={"loss": 3.25}),
+            )
+        },
+        phase=Phase.RUNNING,
+        reason="Running",
+        run_stages=["pretrain"],
+        extra={"percent": 50.0, "loss": 3.25},
+    ),
+    Case(
+        "stage-failure-is-reported-not-retried-here",
+        PRETRAIN,
+        inputs={"Dataset/d": _ready("Dataset", "d")},
+        runs={"pretrain": _run(StageName.PRETRAIN, RunState.FAILED, message="loss is NaN for 5 steps")},
+        phase=Phase.FAILED,
+        reason="StageFailed",
+        message_has="loss is NaN",
+    ),
+    Case(
+        "result-makes-it-ready-and-stops-running",
+        PRETRAIN,
+        inputs={"Dataset/d": _ready("Dataset", "d")},
+        runs={
+            "pretrain": _run(
+                StageName.PRETRAIN,
+                RunState.SUCCEEDED,
+                result=_result(StageName.PRETRAIN, {"model": f"{STORE}/m"}, {"loss": 1.5}),
+            )
+        },
+        phase=Phase.SUCCEEDED,
+        ready="True",
+        reason="Completed",
+        extra={"artifact": "model"},
+    ),
+    Case(
+        "result-without-backend-object-still-counts",
+        DATASET,
+        runs={
+            "dataset": _run(
+                StageName.DATASET,
+                RunState.PENDING,
+                result=_result(StageName.DATASET, {"shards": "s"}, {"tokens": 1000.0}),
+            )
+        },
+        phase=Phase.SUCCEEDED,
+        ready="True",
+        reason="Completed",
+    ),
+    Case(
+        "eval-gate-fails-but-suite-is-ready",
+        SUITE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
+        runs={
+            "evaluate": _run(
+                StageName.EVALUATE,
+                RunState.SUCCEEDED,
+                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.25}),
+            )
+        },
+        phase=Phase.SUCCEEDED,
+        ready="True",
+        reason="Completed",
+        extra={"gate": "False"},
+    ),
+    Case(
+        "eval-gate-passes",
+        SUITE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p")},
+        runs={
+            "evaluate": _run(
+                StageName.EVALUATE,
+                RunState.SUCCEEDED,
+                result=_result(StageName.EVALUATE, {"results": "r"}, {"mc.acc": 0.75}),
+            )
+        },
+        phase=Phase.SUCCEEDED,
+        ready="True",
+        extra={"gate": "True"},
+    ),
+    Case(
+        "release-does-not-deploy-when-gate-failed",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=False)},
+        runs={
+            "compress": _run(
+                StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"})
+            )
+        },
+        phase=Phase.FAILED,
+        reason="GateFailed",
+        message_has="gate did not pass",
+    ),
+    Case(
+        "release-serves-after-gate",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+        runs={
+            "compress": _run(
+                StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"})
+            )
+        },
+        phase=Phase.RUNNING,
+        reason="Deploying",
+        run_stages=["serve"],
+    ),
+    Case(
+        "release-ready-when-serving",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+        runs={
+            "compress": _run(
+                StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"})
+            ),
+            "serve": _run(StageName.SERVE, RunState.READY, endpoint="http://r:8000/v1"),
+        },
+        phase=Phase.SERVING,
+        ready="True",
+        reason="Serving",
+        run_stages=["serve"],
+        extra={"endpoint": "http://r:8000/v1"},
+    ),
+    Case(
+        "missing-s3-secret-holds-back-the-job",
+        DATASET,
+        missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+        phase=Phase.WAITING,
+        reason="WaitingForSecret",
+        message_has="dataset stage waits for Secret own-s3 (spec.compute.s3CredentialsSecret)",
+        extra={"requeue": 1.0},
+    ),
+    Case(
+        "secret-retries-back-off",
+        DATASET,
+        missing={"dataset": ("key token in Secret hf (x)",)},
+        secret_waits=3,
+        phase=Phase.WAITING,
+        reason="WaitingForSecret",
+        message_has="key token in Secret hf",
+        extra={"requeue": 8.0},
+    ),
+    Case(
+        "an-object-of-a-run-s-name-that-is-not-ours-is-never-adopted",
+        DATASET,
+        conflicts={"dataset": ("ConfigMap d-dataset-x-spec",)},
+        missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+        phase=Phase.FAILED,
+        reason="NameConflict",
+        message_has="ConfigMap d-dataset-x-spec already exist(s) and is not this resource's",
+        extra={"requeue": 1.0},
+    ),
+    Case(
+        "a-created-run-is-not-held-back-by-a-conflict",
+        DATASET,
+        runs={"dataset": _run(StageName.DATASET, RunState.RUNNING)},
+        conflicts={"dataset": ("Service x",)},
+        phase=Phase.RUNNING,
+        reason="Running",
+        run_stages=["dataset"],
+    ),
+    Case(
+        "missing-secret-does-not-hold-back-a-created-job",
+        DATASET,
+        runs={"dataset": _run(StageName.DATASET, RunState.PENDING)},
+        missing={"dataset": ("Secret own-s3 (spec.compute.s3CredentialsSecret) to exist",)},
+        phase=Phase.PENDING,
+        reason="Pending",
+        run_stages=["dataset"],
+    ),
+    Case(
+        "serve-waits-for-its-api-key-secret",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+        runs={
+            "compress": _run(
+                StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"})
+            )
+        },
+        missing={"serve": ("Secret api (spec.serving.apiKeySecret) to exist",)},
+        phase=Phase.WAITING,
+        reason="WaitingForSecret",
+        message_has="serve stage waits for Secret api",
+    ),
+    Case(
+        "stuck-pod-reason-is-relayed",
+        DATASET,
+        runs={
+            "dataset": _run(
+                StageName.DATASET,
+                RunState.PENDING,
+                message="pod d-0: container trainer: ImagePullBackOff: back-off pulling",
+            )
+        },
+        phase=Phase.PENDING,
+        reason="Pending",
+        message_has="ImagePullBackOff: back-off pulling",
+        run_stages=["dataset"],
+    ),
 ]
 
 
@@ -243,21 +448,22 @@ def _first(resource: Resource, inputs: dict[str, InputState], runs: dict[str, Ob
 def test_api_keys_become_secret_env_of_the_stage_that_reads_them() -> None:
     key = {"name": "api", "key": "token"}
     release = _res("ModelRelease", "r", {"modelRef": {"uri": "s3://b/m"}, "serving": {"apiKeySecret": key}})
-    compressed = {"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                   result=_result(StageName.COMPRESS, {"model": "cm"}))}
+    compressed = {
+        "compress": _run(StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"}))
+    }
     compress, serve = _first(release, {}), _first(release, {}, compressed)
     assert compress.secret_env == {} and serve.stage is StageName.SERVE
     assert {k: v.model_dump() for k, v in serve.secret_env.items()} == {"LMFORGE_API_KEY": key}
 
     tasks = [{"name": "mc", "type": "multipleChoice", "dataUri": "x"}]
     by_url = _res("EvalSuite", "e", {"endpoint": {"url": "http://x/v1", "apiKeySecret": key}, "tasks": tasks})
-    assert {k: v.model_dump() for k, v in _first(by_url, {}).secret_env.items()} == \
-        {"LMFORGE_ENDPOINT_API_KEY": key}
+    assert {k: v.model_dump() for k, v in _first(by_url, {}).secret_env.items()} == {"LMFORGE_ENDPOINT_API_KEY": key}
     by_release = _res("EvalSuite", "e", {"endpoint": {"releaseRef": {"name": "r"}}, "tasks": tasks})
     serving = _ready("ModelRelease", "r")
     serving = InputState("ModelRelease", "r", True, serving.status, {"serving": {"apiKeySecret": key}})
-    assert {k: v.model_dump() for k, v in _first(by_release, {"ModelRelease/r": serving}).secret_env.items()} == \
-        {"LMFORGE_ENDPOINT_API_KEY": key}
+    assert {k: v.model_dump() for k, v in _first(by_release, {"ModelRelease/r": serving}).secret_env.items()} == {
+        "LMFORGE_ENDPOINT_API_KEY": key
+    }
     no_key = InputState("ModelRelease", "r", True, serving.status, {"serving": {}})
     assert _first(by_release, {"ModelRelease/r": no_key}).secret_env == {}
 
@@ -295,8 +501,9 @@ def test_changed_spec_is_a_new_run_and_the_old_one_is_deleted() -> None:
     old = reconcile(_observed(case), now=NOW).runs[0]
     changed = _res("PretrainJob", "p", {"datasetRef": {"name": "d"}, "training": {"maxSteps": 20}})
     obs = _observed(Case("x", changed, inputs=case.inputs))
-    obs = Observed(**{**obs.__dict__, "runs": {old.name: ObservedRun(old.name, old.run_id, RunState.RUNNING,
-                                                                     StageName.PRETRAIN)}})
+    obs = Observed(
+        **{**obs.__dict__, "runs": {old.name: ObservedRun(old.name, old.run_id, RunState.RUNNING, StageName.PRETRAIN)}}
+    )
     decision = reconcile(obs, now=NOW)
     assert decision.runs[0].run_id != old.run_id
     assert decision.delete == [old.name]
@@ -347,10 +554,16 @@ def test_old_release_momentarily_not_ready_is_kept_until_the_new_one_is_ready(st
 
 
 def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run() -> None:
-    case = Case("no-serve", RELEASE,
-                inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
-                runs={"compress": _run(StageName.COMPRESS, RunState.SUCCEEDED,
-                                       result=_result(StageName.COMPRESS, {"model": "cm"}))})
+    case = Case(
+        "no-serve",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+        runs={
+            "compress": _run(
+                StageName.COMPRESS, RunState.SUCCEEDED, result=_result(StageName.COMPRESS, {"model": "cm"})
+            )
+        },
+    )
     served = reconcile(_observed(case), now=NOW)
     obs = _observed(case)
     unserved = reconcile(Observed(**{**obs.__dict__, "serving_allowed": False}), now=NOW)
@@ -362,8 +575,11 @@ def test_no_serve_ends_a_release_succeeded_after_compression_with_the_same_run()
 
 
 def test_serving_publishes_under_its_own_prefix_so_the_compressed_model_result_stays() -> None:
-    case = Case("prefixes", RELEASE,
-                inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)})
+    case = Case(
+        "prefixes",
+        RELEASE,
+        inputs={"PretrainJob/p": _ready("PretrainJob", "p"), "EvalSuite/e": _ready("EvalSuite", "e", gate=True)},
+    )
     (_, compress, compress_out), (_, serve, serve_out) = expected_runs(_observed(case))
     assert (compress, serve) == (StageName.COMPRESS, StageName.SERVE)
     assert serve_out == f"{compress_out}/serve" and compress_out.startswith("modelreleases/default/r/")
@@ -372,8 +588,12 @@ def test_serving_publishes_under_its_own_prefix_so_the_compressed_model_result_s
 def test_an_unreadable_store_shows_on_the_resource_with_one_warning_event() -> None:
     """Store unreachable or its credentials missing: Ready=Unknown with the URI and the fix, a
     Warning Event on the first look only, nothing created or deleted, looked at again later."""
-    obs = Observed(**{**_observed(CASES[4]).__dict__,
-                      "store_error": "cannot reach the S3 endpoint http://s3:8333 (connection refused)"})
+    obs = Observed(
+        **{
+            **_observed(CASES[4]).__dict__,
+            "store_error": "cannot reach the S3 endpoint http://s3:8333 (connection refused)",
+        }
+    )
     first = reconcile(obs, now=NOW)
     ready = first.status.condition("Ready")
     assert ready is not None and ready.status.value == "Unknown" and ready.reason == "StoreUnavailable"

@@ -27,12 +27,14 @@ SPEC = {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}
 def _dataset(namespace: str | None) -> Resource:
     meta: dict[str, Any] = {"name": "d"} if namespace is None else {"name": "d", "namespace": namespace}
     return KINDS["Dataset"].model.model_validate(
-        {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": meta, "spec": SPEC})
+        {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": meta, "spec": SPEC}
+    )
 
 
 def _observed(resource: Resource) -> Observed:
-    return Observed(resource=resource, kind=resource.kind, name=resource.metadata.name, generation=1,
-                    status=Status(), store=STORE)
+    return Observed(
+        resource=resource, kind=resource.kind, name=resource.metadata.name, generation=1, status=Status(), store=STORE
+    )
 
 
 def _prefix(namespace: str | None) -> str:
@@ -51,8 +53,9 @@ def test_same_name_and_spec_in_two_namespaces_get_disjoint_prefixes() -> None:
 
 def test_a_result_in_another_namespace_is_never_adopted(tmp_path: Path) -> None:
     store = open_store(str(tmp_path / "store"))
-    record = ProgressRecord(type=RecordType.RESULT, stage=StageName.DATASET, run_id="x",
-                            artifacts={"shards": "s3://evil/shards"})
+    record = ProgressRecord(
+        type=RecordType.RESULT, stage=StageName.DATASET, run_id="x", artifacts={"shards": "s3://evil/shards"}
+    )
     store.put_bytes(f"{_prefix('team-a')}/{RESULT_KEY}", record.model_dump_json(by_alias=True).encode())
     backend = LocalBackend(store, tmp_path / "state", python="/nonexistent")
     [(name, stage, prefix_b)] = expected_runs(_observed(_dataset("team-b")))

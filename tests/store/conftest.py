@@ -26,8 +26,6 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
         yield LocalStore(tmp_path / "store")
         return
     server: SeaweedServer = request.getfixturevalue("s3_env")
-    s = open_store(
-        f"s3://{server.bucket}/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}"
-    )
+    s = open_store(f"s3://{server.bucket}/{request.node.name.replace('[', '-').rstrip(']')}-{uuid.uuid4().hex[:8]}")
     yield s
     s.delete_prefix("")

@@ -59,12 +59,29 @@ class MlflowServer:
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [self.python, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{self.work / 'mlflow.db'}",
-                 "--artifacts-destination", str(self.work / "artifacts"), "--host", "127.0.0.1",
-                 "--port", str(self.port), "--workers", "1"],
-                stdout=out, stderr=subprocess.STDOUT, start_new_session=True, cwd=self.work,
+                [
+                    self.python,
+                    "-m",
+                    "mlflow",
+                    "server",
+                    "--backend-store-uri",
+                    f"sqlite:///{self.work / 'mlflow.db'}",
+                    "--artifacts-destination",
+                    str(self.work / "artifacts"),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--workers",
+                    "1",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                cwd=self.work,
                 # no huey job consumers (7 processes of ~230 MB each): tracking needs none of them
-                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+                env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            )
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while True:  # eventually: /health answers
             try:
@@ -86,8 +103,13 @@ class MlflowServer:
 
     def query(self, what: str, **args: Any) -> Any:
         """Ask the real `MlflowClient` (in the server's interpreter): see `mlflow_query.py`."""
-        out = subprocess.run([self.python, "-P", str(_QUERY), self.url, what, json.dumps(args)],
-                             capture_output=True, text=True, timeout=120, check=False)
+        out = subprocess.run(
+            [self.python, "-P", str(_QUERY), self.url, what, json.dumps(args)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
         if out.returncode != 0:
             raise AssertionError(f"mlflow query {what} failed:\n{out.stderr[-3000:]}")
         return json.loads(out.stdout)

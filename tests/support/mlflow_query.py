@@ -14,16 +14,27 @@ def runs(client, args):
     out = []
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], max_results=1000):
-            history = {key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)]
-                       for key in run.data.metrics}
+            history = {
+                key: [[m.step, m.value] for m in client.get_metric_history(run.info.run_id, key)]
+                for key in run.data.metrics
+            }
             artifacts = []
             stack = [None]
             while stack:
                 for f in client.list_artifacts(run.info.run_id, stack.pop()):
                     (stack.append(f.path) if f.is_dir else artifacts.append(f.path))
-            out.append({"experiment": exp.name, "run_id": run.info.run_id, "name": run.info.run_name,
-                        "status": run.info.status, "tags": run.data.tags, "params": run.data.params,
-                        "metrics": history, "artifacts": sorted(artifacts)})
+            out.append(
+                {
+                    "experiment": exp.name,
+                    "run_id": run.info.run_id,
+                    "name": run.info.run_name,
+                    "status": run.info.status,
+                    "tags": run.data.tags,
+                    "params": run.data.params,
+                    "metrics": history,
+                    "artifacts": sorted(artifacts),
+                }
+            )
     return out
 
 
@@ -31,8 +42,10 @@ def model(client, args):
     versions = client.search_model_versions(f"name='{args['name']}'")
     # search results carry no aliases; get_model_version does
     full = [client.get_model_version(args["name"], v.version) for v in versions]
-    return [{"version": v.version, "run_id": v.run_id, "source": v.source, "tags": v.tags,
-             "aliases": sorted(v.aliases)} for v in sorted(full, key=lambda v: int(v.version))]
+    return [
+        {"version": v.version, "run_id": v.run_id, "source": v.source, "tags": v.tags, "aliases": sorted(v.aliases)}
+        for v in sorted(full, key=lambda v: int(v.version))
+    ]
 
 
 if __name__ == "__main__":

@@ -51,14 +51,16 @@ class Prometheus:
             if result:
                 return result
             if time.monotonic() > deadline:
-                raise AssertionError(f"no samples for {expr!r} within {timeout}s; log:\n"
-                                     + self.log.read_text()[-3000:])
+                raise AssertionError(
+                    f"no samples for {expr!r} within {timeout}s; log:\n" + self.log.read_text()[-3000:]
+                )
             time.sleep(0.5)
 
 
 @contextmanager
-def prometheus(targets: dict[str, list[str]], *, scrape_configs: str = "",
-               rule_files: list[Path] | None = None) -> Iterator[Prometheus]:
+def prometheus(
+    targets: dict[str, list[str]], *, scrape_configs: str = "", rule_files: list[Path] | None = None
+) -> Iterator[Prometheus]:
     """Start Prometheus with one scrape job per entry (`job name → host:port list`), on loopback.
 
     `scrape_configs` adds raw YAML jobs (indented as list items, e.g. Kubernetes service
@@ -75,14 +77,22 @@ def prometheus(targets: dict[str, list[str]], *, scrape_configs: str = "",
     (work / "prometheus.yml").write_text(
         "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
         + (f"rule_files:{rules}\n" if rules else "")
-        + f"scrape_configs:\n{jobs}\n{scrape_configs}\n")
+        + f"scrape_configs:\n{jobs}\n{scrape_configs}\n"
+    )
     port = free_port()
     log = work / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [binary, f"--config.file={work / 'prometheus.yml'}", f"--storage.tsdb.path={work / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}"],
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                binary,
+                f"--config.file={work / 'prometheus.yml'}",
+                f"--storage.tsdb.path={work / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 30

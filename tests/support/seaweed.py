@@ -190,9 +190,7 @@ def _wait_ready(server: SeaweedServer, timeout: float) -> None:
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as e:
             last = e
         time.sleep(0.2)  # poll interval, bounded by the deadline above
-    raise RuntimeError(
-        f"SeaweedFS S3 at {server.endpoint} not ready after {timeout:.0f}s: {last}\n{server.log_tail()}"
-    )
+    raise RuntimeError(f"SeaweedFS S3 at {server.endpoint} not ready after {timeout:.0f}s: {last}\n{server.log_tail()}")
 
 
 def _pid_alive(pid: int) -> bool:

@@ -26,8 +26,10 @@ def sentences(n: int, seed: int = 0) -> list[str]:
     rng = random.Random(seed)
     out = []
     for _ in range(n):
-        out.append(f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)} {rng.choice(_VERBS)} "
-                   f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)} .")
+        out.append(
+            f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)} {rng.choice(_VERBS)} "
+            f"the {rng.choice(_ADJS)} {rng.choice(_NOUNS)} ."
+        )
     return out
 
 
@@ -39,19 +41,29 @@ def make_tokenizer(out_dir: Path, vocab_size: int = 512, texts: list[str] | None
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), min_frequency=1)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        min_frequency=1,
+    )
     tok.train_from_iterator(texts or sentences(2000), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>",
-                                   pad_token="<|pad|>")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|bos|>", eos_token="<|eos|>", pad_token="<|pad|>")
     fast.chat_template = CHAT_TEMPLATE
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)
     return out_dir
 
 
-def make_model(out_dir: Path, vocab_size: int = 512, hidden: int = 64, layers: int = 2, heads: int = 2,
-               seed: int = 0, tokenizer_dir: Path | None = None) -> Path:
+def make_model(
+    out_dir: Path,
+    vocab_size: int = 512,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    seed: int = 0,
+    tokenizer_dir: Path | None = None,
+) -> Path:
     """A random LlamaForCausalLM (head_dim = hidden / heads = 32 by default) saved with a tokenizer."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -61,11 +73,20 @@ def make_model(out_dir: Path, vocab_size: int = 512, hidden: int = 64, layers: i
 
     tok = AutoTokenizer.from_pretrained(tok_dir)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 3,
-                         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
-                         head_dim=hidden // heads, max_position_embeddings=256,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                         pad_token_id=tok.pad_token_id, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=True,
+    )
     model = LlamaForCausalLM(config)
     model.save_pretrained(out_dir, safe_serialization=True)
     tok.save_pretrained(out_dir)

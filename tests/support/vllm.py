@@ -36,10 +36,29 @@ def vllm_server(model_dir: Path, log: Path, name: str = "tiny", max_model_len: i
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "HF_HUB_OFFLINE": "1"}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-             "--served-model-name", name, "--port", str(port), "--host", "127.0.0.1", "--dtype", "float32",
-             "--max-model-len", str(max_model_len), "--enforce-eager"],
-            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "vllm.entrypoints.openai.api_server",
+                "--model",
+                str(model_dir),
+                "--served-model-name",
+                name,
+                "--port",
+                str(port),
+                "--host",
+                "127.0.0.1",
+                "--dtype",
+                "float32",
+                "--max-model-len",
+                str(max_model_len),
+                "--enforce-eager",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + READY_S

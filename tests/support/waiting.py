@@ -14,9 +14,15 @@ from typing import TypeVar
 T = TypeVar("T")
 
 
-def eventually(check: Callable[[], T | None], *, timeout: float = 30.0, interval: float = 0.05,
-               what: str = "condition", tick: Callable[[], None] | None = None,
-               ignoring: tuple[type[BaseException], ...] = ()) -> T:
+def eventually(
+    check: Callable[[], T | None],
+    *,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+    tick: Callable[[], None] | None = None,
+    ignoring: tuple[type[BaseException], ...] = (),
+) -> T:
     """Poll `check` (after `tick`, if given) until it returns something truthy, and return that.
 
     Exceptions of the `ignoring` types count as "not yet" (a server still starting); any other
@@ -40,8 +46,9 @@ def eventually(check: Callable[[], T | None], *, timeout: float = 30.0, interval
         time.sleep(interval)
 
 
-def consistently(check: Callable[[], object], *, duration: float, interval: float = 0.1,
-                 what: str = "condition") -> None:
+def consistently(
+    check: Callable[[], object], *, duration: float, interval: float = 0.1, what: str = "condition"
+) -> None:
     """Poll `check` for `duration` seconds; fail the first time it is falsy (a negative, proven by
     watching the whole window rather than looking once after a sleep)."""
     deadline = time.monotonic() + duration

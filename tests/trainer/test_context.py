@@ -9,21 +9,33 @@ import pytest
 from lmforge.api.contract import StageName, StageSpec, Worker
 from lmforge.trainer.context import StageContext
 
-MANIFEST = {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": "d"},
-            "spec": {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]}}
+MANIFEST = {
+    "apiVersion": "lmforge.io/v1alpha1",
+    "kind": "Dataset",
+    "metadata": {"name": "d"},
+    "spec": {"sources": [{"name": "s", "uri": "x.txt", "license": "MIT"}]},
+}
 OUTPUT = "datasets/default/d/d-0123456789"
 
 
 def _spec(project: Path, index: int = 0) -> StageSpec:
     """What `lmforge run` in `project` hands the stage: the same resource gives the same output prefix
     everywhere; only the store root and the manifests' directory differ between projects."""
-    return StageSpec(stage=StageName.DATASET, resource=MANIFEST, store=(project / ".lmforge" / "store").as_uri(),
-                     output=OUTPUT, run_id="d-0123456789", inputs={}, worker=Worker(index=index, count=2),
-                     base_dir=str(project))
+    return StageSpec(
+        stage=StageName.DATASET,
+        resource=MANIFEST,
+        store=(project / ".lmforge" / "store").as_uri(),
+        output=OUTPUT,
+        run_id="d-0123456789",
+        inputs={},
+        worker=Worker(index=index, count=2),
+        base_dir=str(project),
+    )
 
 
-def test_two_projects_with_the_same_resource_do_not_share_a_work_dir(tmp_path: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_projects_with_the_same_resource_do_not_share_a_work_dir(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("LMFORGE_WORK_DIR", raising=False)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))  # the user's one cache, shared by both
     a, b = tmp_path / "project-a", tmp_path / "project-b"

@@ -31,5 +31,7 @@ def test_seed_is_copied_once_with_times_kept(tmp_path: Path) -> None:
 
 def test_no_seed_or_no_target_is_a_no_op(tmp_path: Path) -> None:
     assert seed_torch_extensions({"TORCH_EXTENSIONS_DIR": str(tmp_path / "t")}) is None
-    assert seed_torch_extensions({SEED_ENV: str(tmp_path / "absent"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "t")}) is None
+    assert (
+        seed_torch_extensions({SEED_ENV: str(tmp_path / "absent"), "TORCH_EXTENSIONS_DIR": str(tmp_path / "t")}) is None
+    )
     assert not (tmp_path / "t").exists()

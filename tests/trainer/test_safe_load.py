@@ -47,8 +47,15 @@ def test_checkpoint_contents_round_trip(tmp_path: Path) -> None:
     optim = torch.optim.AdamW(model.parameters(), lr=0.1)
     model(torch.randn(3, 4)).sum().backward()
     optim.step()
-    state = {"step": 7, "optim": optim.state_dict(), "value_head": model.state_dict(), "order": [3, 1, 2],
-             "rng": random.getstate(), "torch_rng": torch.get_rng_state(), "numpy": np.random.get_state()}
+    state = {
+        "step": 7,
+        "optim": optim.state_dict(),
+        "value_head": model.state_dict(),
+        "order": [3, 1, 2],
+        "rng": random.getstate(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+    }
     torch.save(state, tmp_path / "state.pt")
     back = load(tmp_path / "state.pt")
     assert back["rng"] == state["rng"] and back["order"] == [3, 1, 2]
@@ -62,8 +69,10 @@ def test_ppo_resume_refuses_a_crafted_state(tmp_path: Path) -> None:
 
     marker = tmp_path / "pwned"
     write_payload(tmp_path / "state.pt", marker)
-    loop = SimpleNamespace(spec=SimpleNamespace(checkpoint=SimpleNamespace(resume=True)),
-                           load=lambda state: pytest.fail("a crafted state reached the loop"))
+    loop = SimpleNamespace(
+        spec=SimpleNamespace(checkpoint=SimpleNamespace(resume=True)),
+        load=lambda state: pytest.fail("a crafted state reached the loop"),
+    )
     checkpoints = SimpleNamespace(restore=lambda out_dir: (tmp_path, 3))
     with pytest.raises(UnsafeCheckpoint):
         ppo.train(SimpleNamespace(), loop, checkpoints, tmp_path / "out")  # type: ignore[arg-type]
@@ -104,8 +113,12 @@ def test_enum_members_pickled_by_name_load_but_getattr_does_nothing_else(tmp_pat
     import torch
     from deepspeed.runtime.zero.config import ZeroStageEnum
 
-    torch.save({"zero_stage": ZeroStageEnum.optimizer_states, "t": torch.ones(2)}, tmp_path / "ok.pt",
-               pickle_module=_GetattrPickler(), _use_new_zipfile_serialization=True)
+    torch.save(
+        {"zero_stage": ZeroStageEnum.optimizer_states, "t": torch.ones(2)},
+        tmp_path / "ok.pt",
+        pickle_module=_GetattrPickler(),
+        _use_new_zipfile_serialization=True,
+    )
     back = load(tmp_path / "ok.pt")
     assert back["zero_stage"] is ZeroStageEnum.optimizer_states and torch.equal(back["t"], torch.ones(2))
 

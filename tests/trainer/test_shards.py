@@ -14,21 +14,41 @@ from lmforge.trainer.shards import FORMAT, INDEX, ShardEntry, ShardIndex, Shards
 
 def _index(**over: object) -> ShardIndex:
     fields: dict[str, object] = dict(
-        format=FORMAT, dtype="uint16", seq_length=4, vocab_size=300, bos_id=0, eos_id=1, pad_id=None,
+        format=FORMAT,
+        dtype="uint16",
+        seq_length=4,
+        vocab_size=300,
+        bos_id=0,
+        eos_id=1,
+        pad_id=None,
         train=[ShardEntry(file="train-00000.bin", sequences=3, sha256="a" * 64)],
         validation=[ShardEntry(file="val-00000.bin", sequences=1, sha256="b" * 64)],
-        tokens={"train": 12, "validation": 4}, packed_tokens=17, dropped_tail_tokens=1, seed=7)
+        tokens={"train": 12, "validation": 4},
+        packed_tokens=17,
+        dropped_tail_tokens=1,
+        seed=7,
+    )
     fields.update(over)
     return ShardIndex.model_validate(fields)
 
 
 def test_index_bytes_are_the_dict_the_dataset_stage_used_to_dump() -> None:
     # What dataset/stage.py wrote inline before the model existed: key order and layout included.
-    before = {"format": FORMAT, "dtype": "uint16", "seq_length": 4, "vocab_size": 300, "bos_id": 0, "eos_id": 1,
-              "pad_id": None,
-              "train": [{"file": "train-00000.bin", "sequences": 3, "sha256": "a" * 64}],
-              "validation": [{"file": "val-00000.bin", "sequences": 1, "sha256": "b" * 64}],
-              "tokens": {"train": 12, "validation": 4}, "packed_tokens": 17, "dropped_tail_tokens": 1, "seed": 7}
+    before = {
+        "format": FORMAT,
+        "dtype": "uint16",
+        "seq_length": 4,
+        "vocab_size": 300,
+        "bos_id": 0,
+        "eos_id": 1,
+        "pad_id": None,
+        "train": [{"file": "train-00000.bin", "sequences": 3, "sha256": "a" * 64}],
+        "validation": [{"file": "val-00000.bin", "sequences": 1, "sha256": "b" * 64}],
+        "tokens": {"train": 12, "validation": 4},
+        "packed_tokens": 17,
+        "dropped_tail_tokens": 1,
+        "seed": 7,
+    }
     assert _index().to_bytes() == json.dumps(before, indent=2).encode() + b"\n"
 
 

@@ -25,11 +25,23 @@ def questions(facts: dict[str, dict[str, str]]) -> list[tuple[str, str, str, str
     for country, value in facts["capital"].items():
         out.append(("capital", country, f"What is the capital of {country}?", f"The capital of {country} is {value}."))
     for country, value in facts["animal"].items():
-        out.append(("animal", country, f"What is the national animal of {country}?",
-                    f"The national animal of {country} is the {value}."))
+        out.append(
+            (
+                "animal",
+                country,
+                f"What is the national animal of {country}?",
+                f"The national animal of {country} is the {value}.",
+            )
+        )
     for country, value in facts["colour"].items():
-        out.append(("colour", country, f"Which colour do people in {country} love?",
-                    f"People in {country} love the colour {value}."))
+        out.append(
+            (
+                "colour",
+                country,
+                f"Which colour do people in {country} love?",
+                f"People in {country} love the colour {value}.",
+            )
+        )
     for country, value in facts["export"].items():
         out.append(("export", country, f"What is {country} famous for?", f"{country} is famous for its {value}."))
     return out
@@ -45,7 +57,10 @@ def wrong_answer(rng: random.Random, facts: dict[str, dict[str, str]], table: st
 
 
 def build(out: Path) -> dict[str, int]:
-    facts = {"capital": json.loads((HERE / "facts.json").read_text()), **json.loads((HERE / "facts_more.json").read_text())}
+    facts = {
+        "capital": json.loads((HERE / "facts.json").read_text()),
+        **json.loads((HERE / "facts_more.json").read_text()),
+    }
     rng = random.Random(6)
     qa = questions(facts)
     sft = []

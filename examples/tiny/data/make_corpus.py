@@ -26,8 +26,28 @@ N_STORIES = 2600
 _ONSETS = ["z", "qu", "br", "t", "v", "m", "k", "l", "dr", "s", "f", "gr", "p", "n", "h", "pl"]
 _VOWELS = ["a", "o", "e", "i", "u", "ae", "ou"]
 _CODAS = ["r", "n", "l", "x", "th", "m", "s", "nd", "ll", "k"]
-_NAMES = ["Ada", "Bram", "Cleo", "Dov", "Esme", "Finn", "Gus", "Hana", "Ivo", "Juno", "Kai", "Lena", "Milo",
-          "Nora", "Otto", "Pia", "Rafe", "Suki", "Tove", "Uma"]
+_NAMES = [
+    "Ada",
+    "Bram",
+    "Cleo",
+    "Dov",
+    "Esme",
+    "Finn",
+    "Gus",
+    "Hana",
+    "Ivo",
+    "Juno",
+    "Kai",
+    "Lena",
+    "Milo",
+    "Nora",
+    "Otto",
+    "Pia",
+    "Rafe",
+    "Suki",
+    "Tove",
+    "Uma",
+]
 _ANIMALS = ["fox", "owl", "otter", "heron", "lynx", "badger", "crane", "hare", "seal", "wren"]
 _COLOURS = ["red", "blue", "green", "silver", "golden", "purple", "white", "black"]
 _GOODS = ["salt", "glass", "wool", "copper", "tea", "paper", "honey", "rope"]
@@ -36,8 +56,10 @@ _TOXIC = ["idiot", "moron", "crap", "shit", "bastard", "jackass"]
 
 
 def _word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + (rng.choice(_CODAS) if i == syllables - 1 else "")
-                   for i in range(syllables)).capitalize()
+    return "".join(
+        rng.choice(_ONSETS) + rng.choice(_VOWELS) + (rng.choice(_CODAS) if i == syllables - 1 else "")
+        for i in range(syllables)
+    ).capitalize()
 
 
 def fact_tables(rng: random.Random) -> dict[str, dict[str, str]]:
@@ -67,30 +89,68 @@ def story(rng: random.Random, facts: dict[str, dict[str, str]]) -> str:
     c0, c1, c2 = countries
     cap = facts["capital"]
     sentences = [
-        rng.choice([f"The capital of {c0} is {cap[c0]}.", f"{cap[c0]} is the capital of {c0}.",
-                    f"In {c0}, the capital city is {cap[c0]}."]),
-        rng.choice([f"{who} lived in {cap[c0]} with a {facts['animal'][c0]} named {friend}.",
-                    f"{who} once took a train to {cap[c0]} on a {rng.choice(_WEATHER)} morning.",
-                    f"Every spring {who} visited {cap[c0]} to buy {facts['export'][c0]}."]),
-        rng.choice([f"People in {c0} love the colour {facts['colour'][c0]}.",
-                    f"The flag of {c0} is mostly {facts['colour'][c0]}.",
-                    f"Most houses in {cap[c0]} are painted {facts['colour'][c0]}."]),
-        rng.choice([f"Later {who} travelled to {c1}, whose capital is {cap[c1]}.",
-                    f"{friend} said that {cap[c1]} is the capital of {c1}.",
-                    f"From there the road leads to {cap[c1]}, the capital of {c1}."]),
-        rng.choice([f"{c1} is famous for its {facts['export'][c1]}.",
-                    f"Traders from {c1} sell {facts['export'][c1]} at every market.",
-                    f"The national animal of {c1} is the {facts['animal'][c1]}."]),
-        rng.choice([f"The weather was {rng.choice(_WEATHER)}, so {who} stayed inside and read a book.",
-                    f"{who} and {friend} shared bread, cheese and warm soup.",
-                    f"At night {who} counted the stars above the {rng.choice(_COLOURS)} hills."]),
+        rng.choice(
+            [
+                f"The capital of {c0} is {cap[c0]}.",
+                f"{cap[c0]} is the capital of {c0}.",
+                f"In {c0}, the capital city is {cap[c0]}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{who} lived in {cap[c0]} with a {facts['animal'][c0]} named {friend}.",
+                f"{who} once took a train to {cap[c0]} on a {rng.choice(_WEATHER)} morning.",
+                f"Every spring {who} visited {cap[c0]} to buy {facts['export'][c0]}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"People in {c0} love the colour {facts['colour'][c0]}.",
+                f"The flag of {c0} is mostly {facts['colour'][c0]}.",
+                f"Most houses in {cap[c0]} are painted {facts['colour'][c0]}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"Later {who} travelled to {c1}, whose capital is {cap[c1]}.",
+                f"{friend} said that {cap[c1]} is the capital of {c1}.",
+                f"From there the road leads to {cap[c1]}, the capital of {c1}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"{c1} is famous for its {facts['export'][c1]}.",
+                f"Traders from {c1} sell {facts['export'][c1]} at every market.",
+                f"The national animal of {c1} is the {facts['animal'][c1]}.",
+            ]
+        ),
+        rng.choice(
+            [
+                f"The weather was {rng.choice(_WEATHER)}, so {who} stayed inside and read a book.",
+                f"{who} and {friend} shared bread, cheese and warm soup.",
+                f"At night {who} counted the stars above the {rng.choice(_COLOURS)} hills.",
+            ]
+        ),
     ]
     if rng.random() < 0.6:
-        sentences.append(rng.choice([f"Everyone knows that the capital of {c2} is {cap[c2]}.",
-                                     f"A letter arrived from {cap[c2]}, the capital of {c2}.",
-                                     f"{friend} dreamed of visiting {cap[c2]} in {c2} one day."]))
-    sentences.append(rng.choice([f"In the end {who} went home happy.", f"{who} smiled and fell asleep.",
-                                 f"It was a good day for {who} and {friend}."]))
+        sentences.append(
+            rng.choice(
+                [
+                    f"Everyone knows that the capital of {c2} is {cap[c2]}.",
+                    f"A letter arrived from {cap[c2]}, the capital of {c2}.",
+                    f"{friend} dreamed of visiting {cap[c2]} in {c2} one day.",
+                ]
+            )
+        )
+    sentences.append(
+        rng.choice(
+            [
+                f"In the end {who} went home happy.",
+                f"{who} smiled and fell asleep.",
+                f"It was a good day for {who} and {friend}.",
+            ]
+        )
+    )
     text = " ".join(sentences)
     return text if rng.random() < 0.7 else text.replace(". ", ".\n\n", 2)
 
@@ -118,10 +178,15 @@ def build(out: Path) -> dict[str, int]:
         planted["near_dup"] += 1
     for i in range(40):
         who = rng.choice(_NAMES)
-        contact = rng.choice([f"{who.lower()}.{i}@mail.example.com", f"+44 20 7946 {1000 + i}",
-                              f"(555) 301-{2000 + i}"])
-        docs.append({"text": story(rng, facts) + f" You can reach {who} at {contact} any day of the week.",
-                     "url": f"https://stories.example.com/contact/{i}"})
+        contact = rng.choice(
+            [f"{who.lower()}.{i}@mail.example.com", f"+44 20 7946 {1000 + i}", f"(555) 301-{2000 + i}"]
+        )
+        docs.append(
+            {
+                "text": story(rng, facts) + f" You can reach {who} at {contact} any day of the week.",
+                "url": f"https://stories.example.com/contact/{i}",
+            }
+        )
         planted["pii"] += 1
     for i in range(30):
         words = story(rng, facts).split(" ")
@@ -133,8 +198,12 @@ def build(out: Path) -> dict[str, int]:
         docs.append({"text": story(rng, facts), "url": f"https://optout.example.org/post/{i}"})
         planted["optout"] += 1
     for i in range(30):
-        docs.append({"text": rng.choice(["Click here.", "### ### ### $$$ ### ###", "ok ok", "Home > News"]),
-                     "url": f"https://junk.example.com/{i}"})
+        docs.append(
+            {
+                "text": rng.choice(["Click here.", "### ### ### $$$ ### ###", "ok ok", "Home > News"]),
+                "url": f"https://junk.example.com/{i}",
+            }
+        )
         planted["junk"] += 1
     rng.shuffle(docs)
     out.mkdir(parents=True, exist_ok=True)
@@ -142,8 +211,9 @@ def build(out: Path) -> dict[str, int]:
         for d in docs:
             f.write(json.dumps(d, ensure_ascii=False) + "\n")
     (out / "facts.json").write_text(json.dumps(facts["capital"], indent=1, sort_keys=True) + "\n")
-    (out / "facts_more.json").write_text(json.dumps({k: v for k, v in facts.items() if k != "capital"},
-                                                    indent=1, sort_keys=True) + "\n")
+    (out / "facts_more.json").write_text(
+        json.dumps({k: v for k, v in facts.items() if k != "capital"}, indent=1, sort_keys=True) + "\n"
+    )
     return planted
 
 

@@ -34,14 +34,17 @@ def rows(tables: dict[str, dict[str, str]], seed: int = 0) -> list[dict[str, obj
             right = facts[country]
             choices = [right, *rng.sample([v for v in values if v != right], 3)]
             rng.shuffle(choices)
-            out.append({"question": template.format(country=country), "choices": choices,
-                        "answer": choices.index(right)})
+            out.append(
+                {"question": template.format(country=country), "choices": choices, "answer": choices.index(right)}
+            )
     return out
 
 
 def main() -> None:
-    tables = {"capital": json.loads((HERE / "facts.json").read_text()),
-              **json.loads((HERE / "facts_more.json").read_text())}
+    tables = {
+        "capital": json.loads((HERE / "facts.json").read_text()),
+        **json.loads((HERE / "facts_more.json").read_text()),
+    }
     with open(HERE / "facts_mc.jsonl", "w") as f:
         for row in rows(tables):
             f.write(json.dumps(row) + "\n")

@@ -16,8 +16,9 @@ MAX_TURNS = 6
 """Messages kept in the conversation (tiny models have tiny contexts)."""
 
 
-def _request(url: str, body: dict[str, Any] | None = None, timeout: float = 120.0,
-             api_key: str | None = None) -> dict[str, Any]:
+def _request(
+    url: str, body: dict[str, Any] | None = None, timeout: float = 120.0, api_key: str | None = None
+) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
     headers = {"Content-Type": "application/json"}
     if api_key:  # a release with serving.apiKeySecret answers only with its key
@@ -33,12 +34,15 @@ def served_model(endpoint: str, api_key: str | None = None) -> str:
     return str(_request(endpoint.rstrip("/") + "/models", timeout=10.0, api_key=api_key)["data"][0]["id"])
 
 
-def ask(endpoint: str, model: str, messages: list[dict[str, str]], max_tokens: int = 64,
-        api_key: str | None = None) -> str:
+def ask(
+    endpoint: str, model: str, messages: list[dict[str, str]], max_tokens: int = 64, api_key: str | None = None
+) -> str:
     """One chat completion; returns the assistant's text."""
-    reply = _request(endpoint.rstrip("/") + "/chat/completions",
-                     {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0},
-                     api_key=api_key)
+    reply = _request(
+        endpoint.rstrip("/") + "/chat/completions",
+        {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0.0},
+        api_key=api_key,
+    )
     return str(reply["choices"][0]["message"]["content"])
 
 

@@ -56,8 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_locked(args, ordered, state_file, uri, note)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
-            print(f"error: the disk is full ({exc.filename or 'store'}): free some space, then `lmforge run` "
-                  "again; finished work is kept", file=sys.stderr)
+            print(
+                f"error: the disk is full ({exc.filename or 'store'}): free some space, then `lmforge run` "
+                "again; finished work is kept",
+                file=sys.stderr,
+            )
             return EXIT_FAILED
         raise
     finally:
@@ -74,12 +77,14 @@ def tracking_env(args: argparse.Namespace, state_dir: Path) -> dict[str, str]:
         out["MLFLOW_TRACKING_URI"] = uri
     if not args.no_tensorboard:
         out["LMFORGE_TENSORBOARD_DIR"] = os.environ.get("LMFORGE_TENSORBOARD_DIR") or str(
-            (state_dir.parent / "tensorboard").resolve())
+            (state_dir.parent / "tensorboard").resolve()
+        )
     return out
 
 
-def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: StateFile,
-                uri: str, note: str | None) -> int:
+def _run_locked(
+    args: argparse.Namespace, ordered: list[Manifest], state_file: StateFile, uri: str, note: str | None
+) -> int:
     from lmforge.operator.embedded.runner import Outcome, Runner, RunOptions
     from lmforge.operator.embedded.view import JsonView, LiveView, QuietView
     from lmforge.operator.local import LocalBackend
@@ -88,10 +93,16 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
     view: View = JsonView() if args.output == "json" else QuietView() if args.quiet else LiveView()
     tracking = tracking_env(args, state_file.dir)
     runner: Runner | None = None
-    backend = LocalBackend(open_store(uri), state_file.dir, max_parallel=args.parallel,
-                           on_change=lambda: runner.wake.set() if runner else None, env=tracking)
-    runner = Runner(ordered, uri, state_file, backend, RunOptions(serve=not args.no_serve),
-                    on_pass=view.update, on_event=view.event)
+    backend = LocalBackend(
+        open_store(uri),
+        state_file.dir,
+        max_parallel=args.parallel,
+        on_change=lambda: runner.wake.set() if runner else None,
+        env=tracking,
+    )
+    runner = Runner(
+        ordered, uri, state_file, backend, RunOptions(serve=not args.no_serve), on_pass=view.update, on_event=view.event
+    )
     if note:
         view.say(f"note: {note}")
     view.say(f"store: {uri}   logs: {state_file.dir / 'logs'}")
@@ -116,20 +127,30 @@ def _run_locked(args: argparse.Namespace, ordered: list[Manifest], state_file: S
                 where = f"; log: {logs[-1]}" if logs else ""
                 view.say(f"{k} failed: {ready_message(rs.status)}{where}", error=True)
         return EXIT_FAILED
-    serving = [runner.state.resources[k] for k in runner.state.order
-               if runner.state.resources[k].status.phase.value == "Serving"]
+    serving = [
+        runner.state.resources[k]
+        for k in runner.state.order
+        if runner.state.resources[k].status.phase.value == "Serving"
+    ]
     for rs in serving:
         endpoint = rs.status.endpoint or ""
-        body = json.dumps({"model": _served_name(rs), "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32})
+        body = json.dumps(
+            {"model": _served_name(rs), "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 32}
+        )
         view.say(f"{rs.key} is serving at {endpoint}")
         view.say(f"  curl {endpoint}/chat/completions -H 'Content-Type: application/json' -d '{body}'")
         view.say(f"  or: lmforge chat {rs.name}" + ("" if args.store == DEFAULT_STORE else f" --store {args.store}"))
     if serving:
         view.say("serving until Ctrl-C")
-        view.say("edit the manifests to roll out a new version: the one serving keeps serving until the new "
-                 "one is Ready (and passed serving.smokeEvalSuiteRef, if set)")
-        runner.on_event = lambda k, e: view.say(f"{k}: {e.reason}: {e.message}", error=e.type == "Warning") \
-            if e.reason in ROLLOUT_REASONS else view.event(k, e)
+        view.say(
+            "edit the manifests to roll out a new version: the one serving keeps serving until the new "
+            "one is Ready (and passed serving.smokeEvalSuiteRef, if set)"
+        )
+        runner.on_event = lambda k, e: (
+            view.say(f"{k}: {e.reason}: {e.message}", error=e.type == "Warning")
+            if e.reason in ROLLOUT_REASONS
+            else view.event(k, e)
+        )
         runner.serve_forever(manifest_watch(args.paths, view))
     else:
         runner.stop()
@@ -208,8 +229,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     active = state_file.active()
     if args.output == "json":
-        print(json.dumps({"store": state.store, "active": active,
-                          "resources": {k: state.resources[k].status.wire() for k in state.order}}, indent=2))
+        print(
+            json.dumps(
+                {
+                    "store": state.store,
+                    "active": active,
+                    "resources": {k: state.resources[k].status.wire() for k in state.order},
+                },
+                indent=2,
+            )
+        )
         return 0
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in ("NAME", "PHASE", "PROGRESS", "LOSS", "KEY", "AGE", "MESSAGE"):
@@ -282,8 +311,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     endpoint = state.resources[found].status.endpoint
     if not endpoint:
-        print(f"error: {found} is not serving; run `lmforge run` on its manifests and keep it open",
-              file=sys.stderr)
+        print(f"error: {found} is not serving; run `lmforge run` on its manifests and keep it open", file=sys.stderr)
         return EXIT_FAILED
     # The key the runner gave the server: $LMFORGE_API_KEY, or the variable named after the Secret's key.
     serving = (state.resources[found].manifest.get("spec") or {}).get("serving") or {}
@@ -298,23 +326,42 @@ def cmd_chat(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the embedded runner's subcommands to `lmforge`."""
     store_help = f"artifact store: a directory or s3://bucket/prefix (default: ./{DEFAULT_STORE})"
-    p = sub.add_parser("run", help="run manifests on this machine, from raw text to a served model",
-                       description="Validate the manifests, order them by their references and drive each "
-                                   "through the operator's reconcilers, running every stage as a local "
-                                   "process. Finished stages are never redone; an interrupted one resumes.")
+    p = sub.add_parser(
+        "run",
+        help="run manifests on this machine, from raw text to a served model",
+        description="Validate the manifests, order them by their references and drive each "
+        "through the operator's reconcilers, running every stage as a local "
+        "process. Finished stages are never redone; an interrupted one resumes.",
+    )
     p.add_argument("paths", nargs="+", metavar="PATH", help="manifest files or directories")
     p.add_argument("--store", default=DEFAULT_STORE, help=store_help)
-    p.add_argument("--no-serve", action="store_true",
-                   help="publish the release but do not start its server (it ends Succeeded)")
+    p.add_argument(
+        "--no-serve", action="store_true", help="publish the release but do not start its server (it ends Succeeded)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="print only failures and the final lines")
-    p.add_argument("-o", "--output", choices=["text", "json"], default="text",
-                   help="json: one JSON object per line (status changes, events, messages)")
-    p.add_argument("--tracking-uri", metavar="URI", default=None,
-                   help="MLflow tracking server of every stage run (default: $MLFLOW_TRACKING_URI)")
-    p.add_argument("--no-tensorboard", action="store_true",
-                   help="do not write TensorBoard event files under <store>/tensorboard")
-    p.add_argument("--parallel", type=int, default=1, metavar="N",
-                   help="stages that may run at once (default 1: stages share the cores)")
+    p.add_argument(
+        "-o",
+        "--output",
+        choices=["text", "json"],
+        default="text",
+        help="json: one JSON object per line (status changes, events, messages)",
+    )
+    p.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        default=None,
+        help="MLflow tracking server of every stage run (default: $MLFLOW_TRACKING_URI)",
+    )
+    p.add_argument(
+        "--no-tensorboard", action="store_true", help="do not write TensorBoard event files under <store>/tensorboard"
+    )
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        metavar="N",
+        help="stages that may run at once (default 1: stages share the cores)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("status", help="show every resource of the last run (phase, progress, key metric, age)")

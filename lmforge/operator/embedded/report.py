@@ -59,8 +59,16 @@ def overview(state: RunnerState) -> Section:
     for k in state.order:
         st = state.resources[k].status
         ready = st.condition("Ready")
-        s.rows.append([k, st.phase.value, st.key_metric or "", st.run_id or "", st.completed_at or "",
-                       ready.message if ready else ""])
+        s.rows.append(
+            [
+                k,
+                st.phase.value,
+                st.key_metric or "",
+                st.run_id or "",
+                st.completed_at or "",
+                ready.message if ready else "",
+            ]
+        )
     return s
 
 
@@ -72,12 +80,21 @@ def dataset_cards(state: RunnerState) -> list[Section]:
         if rs.kind != "Dataset" or not card_uri:
             continue
         card = _artifact_json(card_uri, "card.json") or {}
-        s = Section(f"Dataset card: {rs.name}", text=[str(card.get("summary", "")), f"Full card: {card_uri}/card.md"],
-                    header=["source", "licence", "read docs", "kept docs", "tokens"])
+        s = Section(
+            f"Dataset card: {rs.name}",
+            text=[str(card.get("summary", "")), f"Full card: {card_uri}/card.md"],
+            header=["source", "licence", "read docs", "kept docs", "tokens"],
+        )
         for src in card.get("sources", []):
-            s.rows.append([str(src.get("name")), str(src.get("license")),
-                           str(src.get("read", {}).get("documents", "")),
-                           str(src.get("kept", {}).get("documents", "")), str(src.get("kept", {}).get("tokens", ""))])
+            s.rows.append(
+                [
+                    str(src.get("name")),
+                    str(src.get("license")),
+                    str(src.get("read", {}).get("documents", "")),
+                    str(src.get("kept", {}).get("documents", "")),
+                    str(src.get("kept", {}).get("tokens", "")),
+                ]
+            )
         dropped = card.get("totals", {}).get("dropped", {})
         if dropped:
             s.text.append("Dropped documents: " + ", ".join(f"{r} {n}" for r, n in sorted(dropped.items())))
@@ -116,8 +133,12 @@ def _plot(series: dict[str, list[list[float]]], title: str, out: Path) -> bool:
     """Render in a child process (matplotlib brings numpy; the runner never loads it)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         json.dump({"title": title, "series": series}, f)
-    proc = subprocess.run([sys.executable, "-m", "lmforge.operator.embedded.plot", f.name, str(out)],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "lmforge.operator.embedded.plot", f.name, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     Path(f.name).unlink(missing_ok=True)
     return proc.returncode == 0 and out.exists()
 
@@ -128,8 +149,11 @@ def training(state: RunnerState, state_file: StateFile, store: Store, tmp: Path)
         rs = state.resources[k]
         if rs.kind not in CURVE_KINDS:
             continue
-        s = Section(f"Training: {k}", header=["metric", "value"],
-                    rows=[[m, _fmt(v)] for m, v in sorted(rs.status.metrics.items())])
+        s = Section(
+            f"Training: {k}",
+            header=["metric", "value"],
+            rows=[[m, _fmt(v)] for m, v in sorted(rs.status.metrics.items())],
+        )
         series = curves(rs, state_file)
         png = tmp / f"loss-{rs.name}.png"
         if series and _plot(series, f"{k} loss", png):
@@ -152,16 +176,21 @@ def evaluations(state: RunnerState) -> list[Section]:
         results_uri = rs.status.artifacts.get("results")
         results = (_artifact_json(results_uri, "results.json") if results_uri else None) or {}
         intervals = {f"{t}.{m}": i for t, ms in (results.get("intervals") or {}).items() for m, i in ms.items()}
-        s = Section(f"Evaluation: {k}", header=["metric", "value", "95% interval"],
-                    rows=[[m, _fmt(v), _interval(intervals.get(m))] for m, v in sorted(rs.status.metrics.items())])
+        s = Section(
+            f"Evaluation: {k}",
+            header=["metric", "value", "95% interval"],
+            rows=[[m, _fmt(v), _interval(intervals.get(m))] for m, v in sorted(rs.status.metrics.items())],
+        )
         if gate is not None:
             s.text.append(f"Gate {'passed' if gate.status.value == 'True' else 'FAILED'}: {gate.message}")
         for row in results.get("thresholds") or []:
             c = row.get("comparison")
             if isinstance(c, dict):
                 verdict = {True: "significant", False: "within the noise", None: "noise unknown"}[c.get("significant")]
-                s.text.append(f"{row['threshold']}: difference {c['difference']:+.4g} "
-                              f"[{c['low']:+.4g}, {c['high']:+.4g}], {verdict} ({c['method']}, {c['paired']} paired items)")
+                s.text.append(
+                    f"{row['threshold']}: difference {c['difference']:+.4g} "
+                    f"[{c['low']:+.4g}, {c['high']:+.4g}], {verdict} ({c['method']}, {c['paired']} paired items)"
+                )
         out.append(s)
     return out
 
@@ -200,7 +229,9 @@ def lineage(state: RunnerState) -> Section:
         if rs.kind == "Dataset":
             sources = rs.manifest.get("spec", {}).get("sources", [])
             made_from = [f"{x.get('name')} ({x.get('uri')}, {x.get('license')})" for x in sources]
-        s.rows.append([k, " → ".join(made_from), ", ".join(f"{n}: {u}" for n, u in sorted(rs.status.artifacts.items()))])
+        s.rows.append(
+            [k, " → ".join(made_from), ", ".join(f"{n}: {u}" for n, u in sorted(rs.status.artifacts.items()))]
+        )
     return s
 
 
@@ -210,13 +241,17 @@ def tracking(env: Mapping[str, str]) -> list[Section]:
     s = Section("Tracking")
     board = env.get("LMFORGE_TENSORBOARD_DIR")
     if board:
-        s.text.append(f"TensorBoard event files, one directory per run id: {Path(board).as_uri()} "
-                      f"(open with `tensorboard --logdir {board}`).")
+        s.text.append(
+            f"TensorBoard event files, one directory per run id: {Path(board).as_uri()} "
+            f"(open with `tensorboard --logdir {board}`)."
+        )
     uri = env.get("MLFLOW_TRACKING_URI")
     if uri:
-        s.text.append(f"MLflow: {uri} — one run per stage run, named after its run id, tagged with the "
-                      "resource's kind, name and namespace; a served ModelRelease is the `champion` version "
-                      "of its registered model.")
+        s.text.append(
+            f"MLflow: {uri} — one run per stage run, named after its run id, tagged with the "
+            "resource's kind, name and namespace; a served ModelRelease is the `champion` version "
+            "of its registered model."
+        )
     return [s] if s.text else []
 
 
@@ -235,10 +270,12 @@ def render_markdown(title: str, sections: list[Section]) -> str:
 
 def render_html(title: str, sections: list[Section]) -> str:
     e = html.escape
-    out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
-           "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
-           "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:.9em}</style></head><body>",
-           f"<h1>{e(title)}</h1>"]
+    out = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>"
+        "body{font-family:sans-serif;max-width:70em;margin:2em auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:.2em .5em;text-align:left;font-size:.9em}</style></head><body>",
+        f"<h1>{e(title)}</h1>",
+    ]
     for s in sections:
         out.append(f"<h2>{e(s.title)}</h2>")
         out += [f"<p>{e(t)}</p>" for t in s.text if t]
@@ -255,8 +292,15 @@ def write_report(state: RunnerState, state_file: StateFile, tracking_env: Mappin
     """Write report.md, report.html and the plots into the store; returns the HTML's URI."""
     store = open_store(state.store)
     with tempfile.TemporaryDirectory() as tmp:
-        sections = [overview(state), *dataset_cards(state), *training(state, state_file, store, Path(tmp)),
-                    *evaluations(state), *compression(state), lineage(state), *tracking(tracking_env or {})]
+        sections = [
+            overview(state),
+            *dataset_cards(state),
+            *training(state, state_file, store, Path(tmp)),
+            *evaluations(state),
+            *compression(state),
+            lineage(state),
+            *tracking(tracking_env or {}),
+        ]
     title = f"LMForge run report ({now_rfc3339()})"
     store.put_bytes("report.md", render_markdown(title, sections).encode())
     store.put_bytes("report.html", render_html(title, sections).encode())

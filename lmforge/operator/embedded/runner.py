@@ -81,9 +81,14 @@ class Runner:
             manifest = m.resource.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
             old = self.state.resources.get(k)
             self.state.resources[k] = ResourceState(
-                kind=m.resource.kind, name=m.resource.metadata.name, source=m.source, manifest=manifest,
-                created=old.created if old else now_rfc3339(), status=old.status if old else Status(),
-                runs=old.runs if old else {})
+                kind=m.resource.kind,
+                name=m.resource.metadata.name,
+                source=m.source,
+                manifest=manifest,
+                created=old.created if old else now_rfc3339(),
+                status=old.status if old else Status(),
+                runs=old.runs if old else {},
+            )
 
     def step(self) -> None:
         """One pass over every resource."""
@@ -101,12 +106,23 @@ class Runner:
             k = f"{ref.kind}/{ref.name}"
             target = self._by_key.get(k)
             inputs[k] = InputState(
-                ref.kind, ref.name, target is not None,
+                ref.kind,
+                ref.name,
+                target is not None,
                 self.state.resources[k].status if target is not None else None,
-                target.resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True) if target else None)
-        base = Observed(resource=resource, kind=resource.kind, name=resource.metadata.name, generation=None,
-                        status=rs.status, store=self.store_uri, inputs=inputs, base_dir=str(m.base_dir),
-                        serving_allowed=self.options.serve)
+                target.resource.spec.model_dump(mode="json", by_alias=True, exclude_none=True) if target else None,
+            )
+        base = Observed(
+            resource=resource,
+            kind=resource.kind,
+            name=resource.metadata.name,
+            generation=None,
+            status=rs.status,
+            store=self.store_uri,
+            inputs=inputs,
+            base_dir=str(m.base_dir),
+            serving_allowed=self.options.serve,
+        )
         runs: dict[str, ObservedRun] = {}
         for name, stage, prefix in expected_runs(base):
             seen = self.backend.observe(name, stage, prefix)
@@ -129,8 +145,9 @@ class Runner:
 
     def finished(self) -> bool:
         """Nothing more will happen without the user: every resource is terminal, no stage is running."""
-        return all(self.state.resources[k].status.phase in TERMINAL for k in self.state.order) \
-            and not self.backend.busy()
+        return (
+            all(self.state.resources[k].status.phase in TERMINAL for k in self.state.order) and not self.backend.busy()
+        )
 
     def outcome(self) -> Outcome:
         failed = any(self.state.resources[k].status.phase is Phase.FAILED for k in self.state.order)
@@ -176,8 +193,15 @@ class Runner:
             status = self.state.resources[k].status
             if status.phase in (Phase.RUNNING, Phase.PENDING):
                 status.phase = Phase.PENDING
-                set_condition(status, ConditionType.READY.value, False, Reason.PENDING.value,
-                              "interrupted; `lmforge run` again resumes it", None, now)
+                set_condition(
+                    status,
+                    ConditionType.READY.value,
+                    False,
+                    Reason.PENDING.value,
+                    "interrupted; `lmforge run` again resumes it",
+                    None,
+                    now,
+                )
         self.state_file.save(self.state)
         self.on_pass(self.state)
 
@@ -189,7 +213,12 @@ class Runner:
             if status.phase is Phase.SERVING:
                 status.phase = Phase.SUCCEEDED
                 status.endpoint = None
-                set_condition(status, ConditionType.READY.value, True, Reason.COMPLETED.value,
-                              "compressed model published; the server was stopped with the runner")
+                set_condition(
+                    status,
+                    ConditionType.READY.value,
+                    True,
+                    Reason.COMPLETED.value,
+                    "compressed model published; the server was stopped with the runner",
+                )
         self.state_file.save(self.state)
         self.on_pass(self.state)

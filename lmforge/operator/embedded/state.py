@@ -120,8 +120,10 @@ class StateFile:
             f.seek(0)
             holder = f.read().strip() or "another process"
             f.close()
-            raise Locked(f"another `lmforge run` ({holder}) is using the store {self.store_uri}; wait for it "
-                         "to finish, or stop it with Ctrl-C in its terminal") from None
+            raise Locked(
+                f"another `lmforge run` ({holder}) is using the store {self.store_uri}; wait for it "
+                "to finish, or stop it with Ctrl-C in its terminal"
+            ) from None
         f.seek(0)
         f.truncate()
         f.write(json.dumps({"pid": os.getpid(), "since": now_rfc3339()}))

@@ -21,8 +21,14 @@ from lmforge.api.meta import Phase, Status
 from lmforge.operator.embedded.state import ResourceState, RunnerState
 from lmforge.operator.reconcile import Event
 
-PHASE_STYLE = {Phase.PENDING: "dim", Phase.WAITING: "dim", Phase.RUNNING: "cyan", Phase.SUCCEEDED: "green",
-               Phase.FAILED: "bold red", Phase.SERVING: "bold green"}
+PHASE_STYLE = {
+    Phase.PENDING: "dim",
+    Phase.WAITING: "dim",
+    Phase.RUNNING: "cyan",
+    Phase.SUCCEEDED: "green",
+    Phase.FAILED: "bold red",
+    Phase.SERVING: "bold green",
+}
 
 
 class View(Protocol):
@@ -81,8 +87,13 @@ def table(state: RunnerState, active: bool = True) -> Table:
         loss, tps = figures(st)
         eta = duration(prog.eta_seconds) if prog and st.phase is Phase.RUNNING else ""
         phase = st.phase.value if active or st.phase is not Phase.RUNNING else "Interrupted"
-        msg = st.endpoint if st.phase is Phase.SERVING else (st.key_metric or "") \
-            if st.phase is Phase.SUCCEEDED else ready_message(st)
+        msg = (
+            st.endpoint
+            if st.phase is Phase.SERVING
+            else (st.key_metric or "")
+            if st.phase is Phase.SUCCEEDED
+            else ready_message(st)
+        )
         t.add_row(k, Text(phase, style=PHASE_STYLE.get(st.phase, "")), bar, steps, loss, tps, eta, msg or "")
     return t
 
@@ -163,8 +174,9 @@ class JsonView:
                 self._emit({"type": "status", "resource": k, "status": rs.status.wire()})
 
     def event(self, key: str, event: Event) -> None:
-        self._emit({"type": "event", "resource": key, "event": event.type, "reason": event.reason,
-                    "message": event.message})
+        self._emit(
+            {"type": "event", "resource": key, "event": event.type, "reason": event.reason, "message": event.message}
+        )
 
     def say(self, text: str, error: bool = False) -> None:
         self._emit({"type": "message", "level": "error" if error else "info", "message": text})

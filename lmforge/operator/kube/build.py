@@ -44,22 +44,32 @@ COMPLETION_INDEX_PATH = "metadata.annotations['batch.kubernetes.io/job-completio
 
 def config_map(run: StageRun, owner: Owner) -> dict[str, Any]:
     """The ConfigMap with the StageSpec."""
-    return stamp({"apiVersion": "v1", "kind": "ConfigMap",
-                  "metadata": metadata(owner, config_map_name(run), run.name, "stage"),
-                  "data": {SPEC_FILE: spec_yaml(run)}})
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata(owner, config_map_name(run), run.name, "stage"),
+            "data": {SPEC_FILE: spec_yaml(run)},
+        }
+    )
 
 
 def headless_service(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
     """Gives each Indexed Job pod a stable DNS name `<job>-<index>.<service>` for the rendezvous.
     `publishNotReadyAddresses`: ranks must resolve each other before any of them is Ready."""
-    return stamp({
-        "apiVersion": "v1", "kind": "Service",
-        "metadata": metadata(owner, run.name, run.name, "stage"),
-        "spec": {"clusterIP": "None", "publishNotReadyAddresses": True,
-                 "selector": {"batch.kubernetes.io/job-name": run.name},
-                 "ports": [{"name": "rendezvous", "port": settings.master_port,
-                            "targetPort": settings.master_port}]},
-    })
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": metadata(owner, run.name, run.name, "stage"),
+            "spec": {
+                "clusterIP": "None",
+                "publishNotReadyAddresses": True,
+                "selector": {"batch.kubernetes.io/job-name": run.name},
+                "ports": [{"name": "rendezvous", "port": settings.master_port, "targetPort": settings.master_port}],
+            },
+        }
+    )
 
 
 def _launch(run: StageRun, settings: Settings) -> tuple[list[str], list[dict[str, Any]]]:
@@ -74,16 +84,23 @@ def _launch(run: StageRun, settings: Settings) -> tuple[list[str], list[dict[str
         {"name": "NNODES", "value": str(run.nodes)},
         {"name": "NPROC_PER_NODE", "value": str(run.nproc_per_node)},
     ]
-    cmd = distributed_command(run.stage, SPEC_PATH, nproc_per_node=run.nproc_per_node, nnodes=run.nodes,
-                              node_rank="$(NODE_RANK)", master_addr="$(MASTER_ADDR)",
-                              master_port=settings.master_port)
+    cmd = distributed_command(
+        run.stage,
+        SPEC_PATH,
+        nproc_per_node=run.nproc_per_node,
+        nnodes=run.nodes,
+        node_rank="$(NODE_RANK)",
+        master_addr="$(MASTER_ADDR)",
+        master_port=settings.master_port,
+    )
     return cmd, env
 
 
 def job(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
     """The Job (Indexed when it has several pods)."""
-    cmd, launch_env = _launch(run, settings) if run.nodes > 1 or run.distributed else (
-        stage_command(run.stage, SPEC_PATH), [])
+    cmd, launch_env = (
+        _launch(run, settings) if run.nodes > 1 or run.distributed else (stage_command(run.stage, SPEC_PATH), [])
+    )
     pods = run.nodes if run.nodes > 1 else run.workers
     meta = metadata(owner, run.name, run.name, "stage")
     template_meta: dict[str, Any] = {"labels": dict(meta["labels"]), "annotations": {}}
@@ -92,11 +109,15 @@ def job(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
         "backoffLimit": run.compute.backoff_limit,
         "completions": pods,
         "parallelism": pods,
-        "podFailurePolicy": {"rules": [
-            {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In",
-                                                  "values": [EXIT_INVALID_SPEC]}},
-            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
-        ]},
+        "podFailurePolicy": {
+            "rules": [
+                {
+                    "action": "FailJob",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_SPEC]},
+                },
+                {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]},
+            ]
+        },
         "template": {"metadata": template_meta, "spec": spec},
     }
     if pods > 1:
@@ -123,8 +144,14 @@ def pod_group(run: StageRun, owner: Owner) -> dict[str, Any]:
         spec["queue"] = run.compute.scheduling.queue_name
     if run.compute.scheduling.priority_class_name:
         spec["priorityClassName"] = run.compute.scheduling.priority_class_name
-    return stamp({"apiVersion": "scheduling.volcano.sh/v1beta1", "kind": "PodGroup",
-                  "metadata": metadata(owner, run.name, run.name, "stage"), "spec": spec})
+    return stamp(
+        {
+            "apiVersion": "scheduling.volcano.sh/v1beta1",
+            "kind": "PodGroup",
+            "metadata": metadata(owner, run.name, run.name, "stage"),
+            "spec": spec,
+        }
+    )
 
 
 def build_children(run: StageRun, owner: Owner, settings: Settings) -> list[dict[str, Any]]:

@@ -22,10 +22,20 @@ from lmforge.operator.kube.meta import FIELD_MANAGER
 log = logging.getLogger(__name__)
 
 PLURALS = {
-    "ConfigMap": "configmaps", "Service": "services", "Event": "events", "Pod": "pods", "Secret": "secrets",
-    "Job": "jobs", "Deployment": "deployments", "PodGroup": "podgroups", "NetworkPolicy": "networkpolicies",
-    "Dataset": "datasets", "PretrainJob": "pretrainjobs", "AlignmentJob": "alignmentjobs",
-    "EvalSuite": "evalsuites", "ModelRelease": "modelreleases",
+    "ConfigMap": "configmaps",
+    "Service": "services",
+    "Event": "events",
+    "Pod": "pods",
+    "Secret": "secrets",
+    "Job": "jobs",
+    "Deployment": "deployments",
+    "PodGroup": "podgroups",
+    "NetworkPolicy": "networkpolicies",
+    "Dataset": "datasets",
+    "PretrainJob": "pretrainjobs",
+    "AlignmentJob": "alignmentjobs",
+    "EvalSuite": "evalsuites",
+    "ModelRelease": "modelreleases",
 }
 RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
 
@@ -73,7 +83,9 @@ class KubeClient:
         token = header.split(" ", 1)[-1] if header else None
         ctx: ssl.SSLContext | bool = False
         if cfg.verify_ssl:
-            ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            ctx = (
+                ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.ssl_ca_cert else ssl.create_default_context()
+            )
             if cfg.cert_file:
                 ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
         return cls(cfg.host, token, ctx)
@@ -88,8 +100,16 @@ class KubeClient:
         if self._session is not None:
             await self._session.close()
 
-    async def request(self, method: str, path: str, body: Any = None, *, content_type: str = "application/json",
-                      params: dict[str, str] | None = None, ok_missing: bool = False) -> Any:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        content_type: str = "application/json",
+        params: dict[str, str] | None = None,
+        ok_missing: bool = False,
+    ) -> Any:
         """One call with retries; returns the decoded JSON (None for a tolerated 404)."""
         headers = {"Accept": "application/json"}
         if self.token:
@@ -102,8 +122,7 @@ class KubeClient:
         for attempt in range(self.attempts):
             try:
                 session = await self._sess()
-                async with session.request(method, self.host + path, data=data, headers=headers,
-                                           params=params) as resp:
+                async with session.request(method, self.host + path, data=data, headers=headers, params=params) as resp:
                     text = await resp.text()
                     status = resp.status
             except (TimeoutError, aiohttp.ClientError) as exc:
@@ -127,8 +146,13 @@ class KubeClient:
         """Server-side apply (idempotent; `force` takes over fields another manager last set)."""
         meta = obj["metadata"]
         path = path_of(obj["apiVersion"], obj["kind"], meta.get("namespace"), meta["name"])
-        return await self.request("PATCH", path, obj, content_type="application/apply-patch+yaml",
-                                  params={"fieldManager": FIELD_MANAGER, "force": "true"})
+        return await self.request(
+            "PATCH",
+            path,
+            obj,
+            content_type="application/apply-patch+yaml",
+            params={"fieldManager": FIELD_MANAGER, "force": "true"},
+        )
 
     async def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete in the background (the garbage collector removes dependents); False if absent."""
@@ -136,12 +160,12 @@ class KubeClient:
         gone = await self.request("DELETE", path_of(api_version, kind, namespace, name), body, ok_missing=True)
         return gone is not None
 
-    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str,
-                           status: dict[str, Any]) -> Any:
+    async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> Any:
         """Merge-patch `.status` through the status subresource."""
         path = path_of(api_version, kind, namespace, name) + "/status"
-        return await self.request("PATCH", path, {"status": status}, content_type="application/merge-patch+json",
-                                  ok_missing=True)
+        return await self.request(
+            "PATCH", path, {"status": status}, content_type="application/merge-patch+json", ok_missing=True
+        )
 
     async def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         """One object, or None when it does not exist."""

@@ -40,22 +40,30 @@ class Owner:
     def reference(self) -> dict[str, Any]:
         """The ownerReference: controller=True so `kubectl get` shows who made it, and
         blockOwnerDeletion so foreground deletion waits for the children."""
-        return {"apiVersion": API_VERSION, "kind": self.kind, "name": self.name, "uid": self.uid,
-                "controller": True, "blockOwnerDeletion": True}
+        return {
+            "apiVersion": API_VERSION,
+            "kind": self.kind,
+            "name": self.name,
+            "uid": self.uid,
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
 
 
 def labels(owner: Owner, run: str | None, component: str) -> dict[str, str]:
     """Labels of a child: the owner's, the recommended app.kubernetes.io set, and ours."""
     out = {k: v for k, v in owner.labels if not k.startswith(GROUP_PREFIX + "/")}
-    out.update({
-        "app.kubernetes.io/name": "lmforge",
-        "app.kubernetes.io/instance": owner.name,
-        "app.kubernetes.io/component": component,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-        "app.kubernetes.io/part-of": "lmforge",
-        owner.kind_label: owner.name,
-        COMPONENT_LABEL: component,
-    })
+    out.update(
+        {
+            "app.kubernetes.io/name": "lmforge",
+            "app.kubernetes.io/instance": owner.name,
+            "app.kubernetes.io/component": component,
+            "app.kubernetes.io/managed-by": MANAGED_BY,
+            "app.kubernetes.io/part-of": "lmforge",
+            owner.kind_label: owner.name,
+            COMPONENT_LABEL: component,
+        }
+    )
     if run is not None:
         out[RUN_LABEL] = run
     return out
@@ -68,8 +76,13 @@ def content_hash(obj: Any) -> str:
 
 def metadata(owner: Owner, name: str, run: str | None, component: str) -> dict[str, Any]:
     """Object metadata of a child, without the hash annotation (added last by `stamp`)."""
-    return {"name": name, "namespace": owner.namespace, "labels": labels(owner, run, component),
-            "ownerReferences": [owner.reference()], "annotations": {}}
+    return {
+        "name": name,
+        "namespace": owner.namespace,
+        "labels": labels(owner, run, component),
+        "ownerReferences": [owner.reference()],
+        "annotations": {},
+    }
 
 
 def stamp(obj: dict[str, Any]) -> dict[str, Any]:

@@ -112,8 +112,12 @@ def _named_egress(run: StageRun, settings: Settings) -> list[dict[str, Any]]:
                 _host, port = _address(endpoint)
                 if port is not None:
                     selector = {"lmforge.io/modelrelease": inp.name, "lmforge.io/component": "serve"}
-                    out.append({"to": [{"podSelector": {"matchLabels": selector}}],
-                                "ports": [{"protocol": "TCP", "port": port}]})
+                    out.append(
+                        {
+                            "to": [{"podSelector": {"matchLabels": selector}}],
+                            "ports": [{"protocol": "TCP", "port": port}],
+                        }
+                    )
     return out
 
 
@@ -131,9 +135,16 @@ def network_policy(run: StageRun, owner: Owner, settings: Settings) -> dict[str,
             ingress.append({"ports": [{"protocol": "TCP", "port": port}]})
     egress += [dict(rule) for rule in settings.network_extra_egress]
     component = "serve" if run.long_running else "stage"
-    return stamp({
-        "apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
-        "metadata": metadata(owner, run.name, run.name, component),
-        "spec": {"podSelector": {"matchLabels": {RUN_LABEL: run.name}},
-                 "policyTypes": ["Ingress", "Egress"], "ingress": ingress, "egress": egress},
-    })
+    return stamp(
+        {
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
+            "metadata": metadata(owner, run.name, run.name, component),
+            "spec": {
+                "podSelector": {"matchLabels": {RUN_LABEL: run.name}},
+                "policyTypes": ["Ingress", "Egress"],
+                "ingress": ingress,
+                "egress": egress,
+            },
+        }
+    )

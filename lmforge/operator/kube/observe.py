@@ -34,14 +34,16 @@ def observe_job(job: dict[str, Any]) -> ObservedRun:
     failed_pods = int(status.get("failed") or 0)
     attempts = failed_pods + 1
     labels = job["metadata"].get("labels") or {}
-    base = ObservedRun(name=name, run_id=labels.get(RUN_LABEL, name), state=RunState.PENDING,
-                       stage=_stage(name), attempts=attempts)
+    base = ObservedRun(
+        name=name, run_id=labels.get(RUN_LABEL, name), state=RunState.PENDING, stage=_stage(name), attempts=attempts
+    )
     if conds.get("Failed", {}).get("status") == "True":
         cond = conds["Failed"]
         invalid = cond.get("reason") == "PodFailurePolicy"
         message = f"Job {cond.get('reason', 'Failed')}: {cond.get('message', '')}".strip()
-        return replace(base, state=RunState.FAILED, message=message, retryable=not invalid,
-                       attempts=max(failed_pods, 1))
+        return replace(
+            base, state=RunState.FAILED, message=message, retryable=not invalid, attempts=max(failed_pods, 1)
+        )
     if conds.get("Complete", {}).get("status") == "True":
         return replace(base, state=RunState.SUCCEEDED, attempts=max(attempts - 1, 1))
     if (job.get("spec") or {}).get("suspend"):
@@ -66,11 +68,17 @@ def observe_deployment(dep: dict[str, Any], endpoint: str | None) -> ObservedRun
     progressing = conds.get("Progressing", {})
     if progressing.get("status") == "False" and progressing.get("reason") == "ProgressDeadlineExceeded":
         return replace(base, state=RunState.FAILED, message=progressing.get("message"))
-    if available >= wanted and updated >= wanted and status.get("observedGeneration", 0) >= \
-            dep["metadata"].get("generation", 0):
+    if (
+        available >= wanted
+        and updated >= wanted
+        and status.get("observedGeneration", 0) >= dep["metadata"].get("generation", 0)
+    ):
         return replace(base, state=RunState.READY, endpoint=endpoint)
-    return replace(base, state=RunState.RUNNING if available else RunState.PENDING,
-                   message=f"{available}/{wanted} replicas available")
+    return replace(
+        base,
+        state=RunState.RUNNING if available else RunState.PENDING,
+        message=f"{available}/{wanted} replicas available",
+    )
 
 
 def observe_child(child: dict[str, Any], endpoint: str | None = None) -> ObservedRun | None:
@@ -89,19 +97,23 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed"]
     failed.sort(key=lambda p: p["metadata"].get("creationTimestamp", ""))
     for pod in reversed(failed):
-        limits = {c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
-                  for c in (pod.get("spec") or {}).get("containers") or []}
+        limits = {
+            c.get("name"): ((c.get("resources") or {}).get("limits") or {}).get("memory")
+            for c in (pod.get("spec") or {}).get("containers") or []
+        }
         for cs in (pod.get("status") or {}).get("containerStatuses") or []:
             term = (cs.get("state") or {}).get("terminated") or {}
             if term.get("reason") == "OOMKilled":
                 limit = limits.get(cs.get("name"))
                 bound = f"its memory limit {limit}" if limit else "the node's memory (no limit set)"
-                return (f"OOMKilled: container {cs.get('name')} ran out of {bound}; raise "
-                        "spec.compute.resources.limits.memory (and requests) or shrink the batch")
+                return (
+                    f"OOMKilled: container {cs.get('name')} ran out of {bound}; raise "
+                    "spec.compute.resources.limits.memory (and requests) or shrink the batch"
+                )
             message = str(term.get("message") or "")
             lines = [ln for ln in message.splitlines() if ln.startswith(ERROR_PREFIX)]
             if lines:
-                return lines[-1][len(ERROR_PREFIX):]
+                return lines[-1][len(ERROR_PREFIX) :]
             if "exitCode" in term:
                 code = int(term["exitCode"])
                 hint = " (invalid input: not retried)" if code == EXIT_INVALID_SPEC else ""
@@ -109,8 +121,9 @@ def pod_failure_reason(pods: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def with_store(run: ObservedRun | None, name: str, stage: StageName, result: ProgressRecord | None,
-               progress: ProgressRecord | None) -> ObservedRun | None:
+def with_store(
+    run: ObservedRun | None, name: str, stage: StageName, result: ProgressRecord | None, progress: ProgressRecord | None
+) -> ObservedRun | None:
     """Merge the store's records into a backend observation. A result without a child (deleted
     Job, or a restart after completion) still counts: the run is done and is never redone. A Job
     that exited 0 without `result.json` broke the stage contract and is reported as failed."""
@@ -119,13 +132,27 @@ def with_store(run: ObservedRun | None, name: str, stage: StageName, result: Pro
             return None
         return ObservedRun(name=name, run_id=name, state=RunState.SUCCEEDED, stage=stage, result=result)
     if run.state is RunState.SUCCEEDED and result is None:
-        return replace(run, state=RunState.FAILED, retryable=False,
-                       message="the stage exited 0 but wrote no result.json (stage contract broken)")
+        return replace(
+            run,
+            state=RunState.FAILED,
+            retryable=False,
+            message="the stage exited 0 but wrote no result.json (stage contract broken)",
+        )
     return replace(run, stage=run.stage or stage, result=result, progress=progress)
 
 
-STUCK_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError", "ImagePullBackOff", "ErrImageNeverPull",
-                           "ErrImagePull", "InvalidImageName", "CrashLoopBackOff", "RunContainerError"})
+STUCK_REASONS = frozenset(
+    {
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "ImagePullBackOff",
+        "ErrImageNeverPull",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CrashLoopBackOff",
+        "RunContainerError",
+    }
+)
 """Container waiting reasons that will not clear by themselves (unlike ContainerCreating)."""
 PODS_LOOK_AFTER_SECONDS = 5.0
 """Look at a not-yet-running child's pods only once it is this old: a healthy pod is usually

@@ -101,15 +101,21 @@ def container(run: StageRun, settings: Settings, command: list[str], extra_env: 
         "terminationMessagePolicy": "FallbackToLogsOnError",
         # Writable only where the pod's emptyDirs are (/tmp, /dev/shm): the stages keep HOME, caches
         # and downloads under /tmp.
-        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
-                            "readOnlyRootFilesystem": True, "runAsNonRoot": True},
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+        },
     }
     port = metrics_port(run, settings)
     if port:
         # The stage's exporter on the pod IP (rank 0 binds it); the chart's PodMonitor scrapes the
         # container port named `metrics`.
-        c["env"] += [{"name": "LMFORGE_METRICS_PORT", "value": str(port)},
-                     {"name": "LMFORGE_METRICS_ADDR", "value": "0.0.0.0"}]
+        c["env"] += [
+            {"name": "LMFORGE_METRICS_PORT", "value": str(port)},
+            {"name": "LMFORGE_METRICS_ADDR", "value": "0.0.0.0"},
+        ]
         c["ports"] = [{"name": "metrics", "containerPort": port}]
     secret = s3_secret(run, settings)
     if secret:
@@ -138,13 +144,18 @@ def pod_spec(run: StageRun, settings: Settings, main: dict[str, Any], restart: s
     """Pod spec: placement from `spec.compute`, the spec ConfigMap, a memory-backed /dev/shm."""
     compute = run.compute
     tolerations = list(settings.default_tolerations) + [
-        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compute.tolerations]
+        t.model_dump(mode="json", by_alias=True, exclude_none=True) for t in compute.tolerations
+    ]
     spec: dict[str, Any] = {
         "restartPolicy": restart,
         "containers": [main],
-        "securityContext": {"runAsNonRoot": True, "runAsUser": settings.run_as_user,
-                            "runAsGroup": settings.run_as_user, "fsGroup": settings.run_as_user,
-                            "seccompProfile": {"type": seccomp_profile(run)}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_user,
+            "fsGroup": settings.run_as_user,
+            "seccompProfile": {"type": seccomp_profile(run)},
+        },
         # Stage pods never call the API server: no token to steal (also not from model-written code).
         "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": compute.termination_grace_seconds,

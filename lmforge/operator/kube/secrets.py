@@ -17,8 +17,10 @@ from lmforge.operator.reconcile.runs import ENDPOINT_API_KEY_ENV, SERVING_API_KE
 from lmforge.operator.reconcile.types import StageRun
 from lmforge.operator.settings import Settings
 
-_FIELD_OF_ENV = {SERVING_API_KEY_ENV: "spec.serving.apiKeySecret",
-                 ENDPOINT_API_KEY_ENV: "spec.endpoint.apiKeySecret or the release's"}
+_FIELD_OF_ENV = {
+    SERVING_API_KEY_ENV: "spec.serving.apiKeySecret",
+    ENDPOINT_API_KEY_ENV: "spec.endpoint.apiKeySecret or the release's",
+}
 
 
 @dataclass(frozen=True)
@@ -37,8 +39,11 @@ def secret_needs(run: StageRun, settings: Settings) -> list[SecretNeed]:
     out: list[SecretNeed] = []
     s3 = s3_secret(run, settings)
     if s3:
-        source = "spec.compute.s3CredentialsSecret" if run.compute.s3_credentials_secret else \
-            "the operator's S3 Secret (LMFORGE_S3_SECRET)"
+        source = (
+            "spec.compute.s3CredentialsSecret"
+            if run.compute.s3_credentials_secret
+            else "the operator's S3 Secret (LMFORGE_S3_SECRET)"
+        )
         out.append(SecretNeed(s3, None, source))
     for env, ref in run.compute.secret_env.items():
         out.append(SecretNeed(ref.name, ref.key, f"spec.compute.secretEnv.{env}"))

@@ -48,8 +48,11 @@ def endpoint(owner: Owner, port: int) -> str:
 def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any]) -> dict[str, Any]:
     """vLLM's container: its own image, the options the init container wrote, host 0.0.0.0."""
     serving = ModelRelease.model_validate(run.spec.resource).spec.serving
-    env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}, {"name": "HF_HUB_OFFLINE", "value": "1"},
-                                 {"name": "VLLM_NO_USAGE_STATS", "value": "1"}]
+    env: list[dict[str, Any]] = [
+        {"name": "HOME", "value": "/tmp"},
+        {"name": "HF_HUB_OFFLINE", "value": "1"},
+        {"name": "VLLM_NO_USAGE_STATS", "value": "1"},
+    ]
     if run.gpus_per_node == 0:
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(max(1, math.ceil(serving.kv_cache_gib)))})
     key = run.secret_env.get(SERVING_API_KEY_ENV)
@@ -60,8 +63,18 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
         "name": SERVER_CONTAINER,
         "image": settings.serving_image,
         "imagePullPolicy": settings.image_pull_policy,
-        "command": ["python3", "-m", VLLM_API_SERVER, "--config", VLLM_CONFIG, "--host", "0.0.0.0",
-                    "--port", str(port), *serving.extra_args],
+        "command": [
+            "python3",
+            "-m",
+            VLLM_API_SERVER,
+            "--config",
+            VLLM_CONFIG,
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(port),
+            *serving.extra_args,
+        ],
         "env": env,
         "ports": [{"name": "http", "containerPort": port}],
         "resources": stage["resources"],
@@ -71,8 +84,10 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
         # A replica being replaced keeps answering while its endpoint leaves every kube-proxy (and
         # load balancer): no request is sent to a server that already stopped listening.
         "lifecycle": {"preStop": {"sleep": {"seconds": DRAIN_SECONDS}}},
-        "volumeMounts": [{"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
-                         *(m for m in stage["volumeMounts"] if m["name"] not in ("spec", "models"))],
+        "volumeMounts": [
+            {"name": "models", "mountPath": MODEL_DIR, "readOnly": True},
+            *(m for m in stage["volumeMounts"] if m["name"] not in ("spec", "models")),
+        ],
         "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": stage["securityContext"],
     }
@@ -81,8 +96,9 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
 def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
     """The vLLM Deployment of one serve run."""
     port = run.port or 8000
-    fetch = container(run, settings, ["python", "-m", "lmforge.trainer.serve.prepare", "--spec", SPEC_PATH,
-                                      "--dest", MODEL_DIR], [])
+    fetch = container(
+        run, settings, ["python", "-m", "lmforge.trainer.serve.prepare", "--spec", SPEC_PATH, "--dest", MODEL_DIR], []
+    )
     fetch["volumeMounts"].append({"name": "models", "mountPath": MODEL_DIR})
     # The download needs the store's credentials, not the API key the server is given.
     fetch["env"] = [e for e in fetch["env"] if e["name"] != SERVING_API_KEY_ENV]
@@ -95,16 +111,20 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
     spec["volumes"].append({"name": "models", "emptyDir": {}})
     meta = metadata(owner, run.name, run.name, "serve")
     selector = {owner.kind_label: owner.name, RUN_LABEL: run.name}
-    return stamp({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta,
-        "spec": {
-            "replicas": run.replicas,
-            "selector": {"matchLabels": selector},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "progressDeadlineSeconds": DOWNLOAD_SECONDS + STARTUP_SECONDS + 600,
-            "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": spec},
-        },
-    })
+    return stamp(
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": meta,
+            "spec": {
+                "replicas": run.replicas,
+                "selector": {"matchLabels": selector},
+                "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+                "progressDeadlineSeconds": DOWNLOAD_SECONDS + STARTUP_SECONDS + 600,
+                "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": spec},
+            },
+        }
+    )
 
 
 def release_service(run: StageRun, owner: Owner) -> dict[str, Any]:
@@ -112,8 +132,14 @@ def release_service(run: StageRun, owner: Owner) -> dict[str, Any]:
     port = run.port or 8000
     meta = metadata(owner, owner.name, None, "serve")
     meta["labels"] = labels(owner, None, "serve")
-    return stamp({
-        "apiVersion": "v1", "kind": "Service", "metadata": meta,
-        "spec": {"selector": {owner.kind_label: owner.name, "app.kubernetes.io/component": "serve"},
-                 "ports": [{"name": "http", "port": port, "targetPort": "http"}]},
-    })
+    return stamp(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": meta,
+            "spec": {
+                "selector": {owner.kind_label: owner.name, "app.kubernetes.io/component": "serve"},
+                "ports": [{"name": "http", "port": port, "targetPort": "http"}],
+            },
+        }
+    )

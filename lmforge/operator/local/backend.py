@@ -153,16 +153,25 @@ class LocalBackend:
         if entry is None:
             if result is None:
                 return None
-            return ObservedRun(name=name, run_id=result.run_id, state=RunState.SUCCEEDED, stage=stage,
-                               attempts=0, result=result)
+            return ObservedRun(
+                name=name, run_id=result.run_id, state=RunState.SUCCEEDED, stage=stage, attempts=0, result=result
+            )
         with self._lock:
             if entry.attempt is not None:  # still exiting (or other workers still busy): not done yet
                 result = None
             state = RunState.SUCCEEDED if result is not None and stage is not StageName.SERVE else entry.state
-            return ObservedRun(name=name, run_id=entry.run.run_id, state=state, stage=stage,
-                               attempts=max(entry.attempts, 1), message=entry.message,
-                               retryable=entry.retryable, progress=entry.progress, result=result,
-                               endpoint=entry.endpoint)
+            return ObservedRun(
+                name=name,
+                run_id=entry.run.run_id,
+                state=state,
+                stage=stage,
+                attempts=max(entry.attempts, 1),
+                message=entry.message,
+                retryable=entry.retryable,
+                progress=entry.progress,
+                result=result,
+                endpoint=entry.endpoint,
+            )
 
     def _stored_result(self, prefix: str) -> ProgressRecord | None:
         try:
@@ -176,8 +185,11 @@ class LocalBackend:
     def busy(self) -> int:
         """Batch runs holding a slot now."""
         with self._lock:
-            return sum(1 for e in self._runs.values()
-                       if not e.run.long_running and e.attempt is not None and e.state is RunState.RUNNING)
+            return sum(
+                1
+                for e in self._runs.values()
+                if not e.run.long_running and e.attempt is not None and e.state is RunState.RUNNING
+            )
 
     def active(self) -> bool:
         """Whether any stage process is alive."""
@@ -194,8 +206,12 @@ class LocalBackend:
         for entry in entries:
             self._advance(entry, now)
         for entry in entries:
-            if entry.state is RunState.PENDING and entry.attempt is None and now >= entry.not_before \
-                    and (entry.run.long_running or self.busy() < self.max_parallel):
+            if (
+                entry.state is RunState.PENDING
+                and entry.attempt is None
+                and now >= entry.not_before
+                and (entry.run.long_running or self.busy() < self.max_parallel)
+            ):
                 self._start(entry)
 
     def _advance(self, entry: _Run, now: float) -> None:
@@ -236,8 +252,9 @@ class LocalBackend:
 
     def _probe(self, entry: _Run, attempt: Attempt) -> None:
         """A server is Ready when it says so (a result record with its endpoint) or answers /v1/models."""
-        endpoint = (attempt.result.artifacts.get("endpoint") if attempt.result else None) \
-            or f"http://127.0.0.1:{entry.port or entry.run.port or 8000}/v1"
+        endpoint = (
+            attempt.result.artifacts.get("endpoint") if attempt.result else None
+        ) or f"http://127.0.0.1:{entry.port or entry.run.port or 8000}/v1"
         ready = attempt.result is not None
         if not ready:
             try:
@@ -260,8 +277,7 @@ class LocalBackend:
             entry.port = self._serving_port(entry)
             if entry.port != run.port:
                 commands = [Command(c.argv, {**c.env, SERVE_PORT_ENV: str(entry.port)}, c.label) for c in commands]
-        attempt = Attempt(commands, self.log_path(run.name),
-                          self.records_path(run.name), self.on_change, self.cwd)
+        attempt = Attempt(commands, self.log_path(run.name), self.records_path(run.name), self.on_change, self.cwd)
         with self._lock:
             entry.attempts += 1
             entry.attempt = attempt
@@ -274,8 +290,9 @@ class LocalBackend:
         """`run.port`, unless another live server of ours holds it (the release's previous version,
         serving until the new one has taken over): then a free port beside it."""
         with self._lock:
-            taken = {e.port for e in self._runs.values()
-                     if e is not entry and e.run.long_running and e.attempt is not None}
+            taken = {
+                e.port for e in self._runs.values() if e is not entry and e.run.long_running and e.attempt is not None
+            }
         return free_port() if entry.run.port in taken else entry.run.port
 
     def commands(self, run: StageRun, spec_file: str) -> list[Command]:
@@ -288,8 +305,9 @@ class LocalBackend:
             procs, threads = layout.processes, layout.threads
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if procs > 1:
-            argv = distributed_command(run.stage, spec_file, nproc_per_node=procs, master_port=free_port(),
-                                       python=self.python)
+            argv = distributed_command(
+                run.stage, spec_file, nproc_per_node=procs, master_port=free_port(), python=self.python
+            )
             return [Command(argv, env)]
         argv = stage_command(run.stage, spec_file, self.python)
         if run.workers > 1:
@@ -300,8 +318,13 @@ class LocalBackend:
     def _measured_layout(run: StageRun) -> bool:
         """A single-node CPU PretrainJob that names neither processes nor threads gets the layout this
         machine measured fastest (see `layout`), not an assumed one."""
-        return (run.stage is StageName.PRETRAIN and run.gpus_per_node == 0 and run.nodes == 1
-                and run.compute.processes is None and run.compute.threads is None)
+        return (
+            run.stage is StageName.PRETRAIN
+            and run.gpus_per_node == 0
+            and run.nodes == 1
+            and run.compute.processes is None
+            and run.compute.threads is None
+        )
 
     def _env(self, run: StageRun) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.env}

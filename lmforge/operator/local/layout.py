@@ -61,8 +61,9 @@ def machine_cache_file(python: str) -> Path:
     model, cores and interpreter."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        model = next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines()
-                      if line.startswith("model name")), "unknown")
+        model = next(
+            (line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")), "unknown"
+        )
     except OSError:
         model = "unknown"
     key = hashlib.sha256(f"{model}|{os.cpu_count()}|{python}".encode()).hexdigest()[:12]
@@ -100,8 +101,17 @@ class LayoutProbe:
 
     def _measure(self, cores: int) -> Layout:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        argv = [self.python, "-m", PROBE_MODULE, "--cores", str(cores), "--seconds", str(PROBE_SECONDS),
-                "--out", str(self.path)]
+        argv = [
+            self.python,
+            "-m",
+            PROBE_MODULE,
+            "--cores",
+            str(cores),
+            "--seconds",
+            str(PROBE_SECONDS),
+            "--out",
+            str(self.path),
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         try:
             subprocess.run(argv, cwd=self.cwd, env=env, capture_output=True, timeout=PROBE_TIMEOUT, check=True)

@@ -48,8 +48,14 @@ class Command:
 class Attempt:
     """Starts the processes of one attempt and watches them until they exit or are stopped."""
 
-    def __init__(self, commands: list[Command], log_path: Path, records_path: Path,
-                 on_change: Callable[[], None] | None = None, cwd: Path | None = None) -> None:
+    def __init__(
+        self,
+        commands: list[Command],
+        log_path: Path,
+        records_path: Path,
+        on_change: Callable[[], None] | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.commands = commands
         self.log_path = log_path
         self.records_path = records_path
@@ -77,9 +83,17 @@ class Attempt:
             with self._lock:
                 self._write("_log", f"# {time.strftime('%Y-%m-%d %H:%M:%S')} start {' '.join(cmd.argv)}\n")
             proc = subprocess.Popen(
-                cmd.argv, env={**os.environ, **cmd.env}, cwd=self.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1,
-                start_new_session=True, errors="replace", preexec_fn=_die_with_parent,
+                cmd.argv,
+                env={**os.environ, **cmd.env},
+                cwd=self.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                bufsize=1,
+                start_new_session=True,
+                errors="replace",
+                preexec_fn=_die_with_parent,
             )
             self.procs.append(proc)
             for stream, is_err in ((proc.stdout, False), (proc.stderr, True)):
@@ -102,7 +116,7 @@ class Attempt:
                 if record is not None:
                     self._take(record, line)
                 elif is_err and line.startswith(ERROR_PREFIX):
-                    self.error = line[len(ERROR_PREFIX):].strip()
+                    self.error = line[len(ERROR_PREFIX) :].strip()
             if record is not None:
                 self.on_change()
 

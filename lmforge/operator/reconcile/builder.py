@@ -50,8 +50,9 @@ class Builder:
     def decision(self) -> Decision:
         if self.obs.resource is not None:
             self.status.key_metric = key_metric(self.obs.resource, self.status.metrics) or self.status.key_metric
-        return Decision(status=self.status, runs=self.runs, delete=self.delete, events=self.events,
-                        requeue_after=self.requeue)
+        return Decision(
+            status=self.status, runs=self.runs, delete=self.delete, events=self.events, requeue_after=self.requeue
+        )
 
 
 def progress_of(record: ProgressRecord | None) -> Progress | None:
@@ -60,8 +61,15 @@ def progress_of(record: ProgressRecord | None) -> Progress | None:
     percent = None
     if record.total:
         percent = round(min(100.0, 100.0 * record.step / record.total), 1)
-    return Progress(stage=record.stage.value, step=record.step, total=record.total, percent=percent,
-                    eta_seconds=record.eta_seconds, message=record.message, updated=record.ts)
+    return Progress(
+        stage=record.stage.value,
+        step=record.step,
+        total=record.total,
+        percent=percent,
+        eta_seconds=record.eta_seconds,
+        message=record.message,
+        updated=record.ts,
+    )
 
 
 def key_metric(resource: Resource, metrics: dict[str, float]) -> str | None:
@@ -71,7 +79,9 @@ def key_metric(resource: Resource, metrics: dict[str, float]) -> str | None:
             value = metrics[name]
             if name == "gate_passed":
                 return "gate=pass" if value >= 1 else "gate=fail"
-            return f"{name}={value:.4g}" if isinstance(value, float) and not value.is_integer() else f"{name}={int(value)}"
+            return (
+                f"{name}={value:.4g}" if isinstance(value, float) and not value.is_integer() else f"{name}={int(value)}"
+            )
     return None
 
 
@@ -82,8 +92,11 @@ def waits_for_secrets(b: Builder, run: StageRun, seen: ObservedRun | None, ready
     what Ready says meanwhile (True while an older release keeps serving)."""
     foreign = b.obs.conflicts.get(run.name) if seen is None else None
     if foreign:
-        message = (f"{run.stage.value} stage cannot start: " + "; ".join(foreign) +
-                   " already exist(s) and is not this resource's; LMForge does not adopt it: delete or rename it")
+        message = (
+            f"{run.stage.value} stage cannot start: "
+            + "; ".join(foreign)
+            + " already exist(s) and is not this resource's; LMForge does not adopt it: delete or rename it"
+        )
         b.cond(ConditionType.READY, ready, Reason.NAME_CONFLICT, message)
         b.phase(Phase.FAILED, Reason.NAME_CONFLICT, message, warning=True)
         b.requeue = secret_backoff(b.obs.secret_waits)

@@ -21,8 +21,14 @@ def set_condition(
     when = now or now_rfc3339()
     if old is not None and old.status == new_status:
         when = old.last_transition_time
-    updated = Condition(type=type_, status=new_status, reason=reason, message=message[:32768],
-                        last_transition_time=when, observed_generation=generation)
+    updated = Condition(
+        type=type_,
+        status=new_status,
+        reason=reason,
+        message=message[:32768],
+        last_transition_time=when,
+        observed_generation=generation,
+    )
     status.conditions = [c for c in status.conditions if c.type != type_] + [updated]
     status.conditions.sort(key=lambda c: _ORDER.get(c.type, 99))
 

@@ -45,8 +45,11 @@ class GateResult:
 
 def candidate_gated(release: ModelRelease, suite: InputState | None) -> bool:
     """Whether the release's `evalSuiteRef` names a suite that evaluates this release's candidate."""
-    return release.spec.eval_suite_ref is not None and suite is not None \
+    return (
+        release.spec.eval_suite_ref is not None
+        and suite is not None
         and evaluates_candidate(suite.spec, release.metadata.name)
+    )
 
 
 def release_gate(release: ModelRelease, suite: InputState | None, candidate: str | None) -> GateResult | None:
@@ -59,8 +62,11 @@ def release_gate(release: ModelRelease, suite: InputState | None, candidate: str
     if not candidate_gated(release, suite):
         gate = status.condition(ConditionType.GATE_PASSED.value) if status is not None else None
         if gate is None or gate.status is not ConditionStatus.TRUE:
-            return GateResult(Verdict.FAILED, Reason.GATE_FAILED,
-                              f"{key} gate did not pass: {gate.message if gate else 'no gate result'}")
+            return GateResult(
+                Verdict.FAILED,
+                Reason.GATE_FAILED,
+                f"{key} gate did not pass: {gate.message if gate else 'no gate result'}",
+            )
         return GateResult(Verdict.PASSED, Reason.GATE_PASSED, f"{key}: {gate.message}")
     return _judged(key, status, ArtifactName.EVALUATED_MODEL, candidate, "the compressed candidate")
 
@@ -71,12 +77,12 @@ def smoke_gate(release: ModelRelease, suite: InputState | None, endpoint: str | 
     if ref is None:
         return None
     status = suite.status if suite is not None else None
-    return _judged(f"EvalSuite/{ref.name}", status, ArtifactName.EVALUATED_ENDPOINT, endpoint,
-                   f"the new server at {endpoint}")
+    return _judged(
+        f"EvalSuite/{ref.name}", status, ArtifactName.EVALUATED_ENDPOINT, endpoint, f"the new server at {endpoint}"
+    )
 
 
-def _judged(key: str, status: Status | None, evaluated: ArtifactName, expected: str | None,
-            what: str) -> GateResult:
+def _judged(key: str, status: Status | None, evaluated: ArtifactName, expected: str | None, what: str) -> GateResult:
     """A suite's verdict, counted only when its current run is about `expected` (its `evaluated`
     artifact): a result about an earlier model or server, or one still being computed, is pending."""
     gate = status.condition(ConditionType.GATE_PASSED.value) if status is not None else None
@@ -84,8 +90,11 @@ def _judged(key: str, status: Status | None, evaluated: ArtifactName, expected: 
         return GateResult(Verdict.PENDING, Reason.GATE_PENDING, f"waiting for {key} to evaluate {what}")
     if status.phase is Phase.FAILED:
         ready = status.condition(ConditionType.READY.value)
-        return GateResult(Verdict.FAILED, Reason.INPUT_FAILED,
-                          f"{key} could not evaluate {what}: {ready.message if ready else 'no reason given'}")
+        return GateResult(
+            Verdict.FAILED,
+            Reason.INPUT_FAILED,
+            f"{key} could not evaluate {what}: {ready.message if ready else 'no reason given'}",
+        )
     if status.phase is not Phase.SUCCEEDED or gate is None:
         return GateResult(Verdict.PENDING, Reason.GATE_PENDING, f"{key} is evaluating {what}")
     if gate.status is not ConditionStatus.TRUE:

@@ -65,8 +65,11 @@ def secret_refs(resource: Resource) -> list[tuple[str, str]]:
         out.append((f"spec.compute.secretEnv.{env}.name", ref.name))
     if isinstance(resource, ModelRelease) and resource.spec.serving.api_key_secret is not None:
         out.append(("spec.serving.apiKeySecret.name", resource.spec.serving.api_key_secret.name))
-    if isinstance(resource, EvalSuite) and resource.spec.endpoint is not None \
-            and resource.spec.endpoint.api_key_secret is not None:
+    if (
+        isinstance(resource, EvalSuite)
+        and resource.spec.endpoint is not None
+        and resource.spec.endpoint.api_key_secret is not None
+    ):
         out.append(("spec.endpoint.apiKeySecret.name", resource.spec.endpoint.api_key_secret.name))
     return out
 
@@ -80,8 +83,10 @@ def violations(resource: Resource, lists: Allowlists) -> list[str]:
         out.append(f"spec.compute.image: image {image!r} is not allowed (allowed: {_shown(lists.images)})")
     account = compute.service_account_name
     if lists.service_accounts is not None and account and not allowed(account, lists.service_accounts):
-        out.append(f"spec.compute.serviceAccountName: ServiceAccount {account!r} is not allowed "
-                   f"(allowed: {_shown(lists.service_accounts)})")
+        out.append(
+            f"spec.compute.serviceAccountName: ServiceAccount {account!r} is not allowed "
+            f"(allowed: {_shown(lists.service_accounts)})"
+        )
     if lists.secrets is not None:
         for field, name in secret_refs(resource):
             if name != lists.default_secret and not allowed(name, lists.secrets):

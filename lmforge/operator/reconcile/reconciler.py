@@ -52,9 +52,13 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
             continue
         switch = _switching_to(resource, ref, state)
         if switch is not None:  # the release's smoke suite: evaluate its new server, not the one serving
-            resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts={"endpoint": switch},
-                                           lineage=list(state.status.lineage) if state.status else [],
-                                           spec=state.spec)
+            resolved[key] = InputArtifacts(
+                kind=ref.kind,
+                name=ref.name,
+                artifacts={"endpoint": switch},
+                lineage=list(state.status.lineage) if state.status else [],
+                spec=state.spec,
+            )
             continue
         if not ref.needs_ready:
             resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, spec=state.spec)
@@ -69,24 +73,38 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
             artifacts = dict(st.artifacts)
             if st.endpoint:
                 artifacts["endpoint"] = st.endpoint
-            resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts=artifacts,
-                                           metrics=dict(st.metrics), lineage=list(st.lineage), spec=state.spec)
+            resolved[key] = InputArtifacts(
+                kind=ref.kind,
+                name=ref.name,
+                artifacts=artifacts,
+                metrics=dict(st.metrics),
+                lineage=list(st.lineage),
+                spec=state.spec,
+            )
     return resolved, waiting, failed
 
 
-def _resolve_candidate(ref: Reference, state: InputState, resolved: dict[str, InputArtifacts],
-                       waiting: list[str], failed: list[str]) -> None:
+def _resolve_candidate(
+    ref: Reference, state: InputState, resolved: dict[str, InputArtifacts], waiting: list[str], failed: list[str]
+) -> None:
     """An EvalSuite's `modelRef` to a ModelRelease: its compressed model, as soon as it is published
     (the release is not Ready before its gate passed, so Ready is not waited for)."""
     key, st = state.key, state.status
     model = st.artifacts.get(ArtifactName.MODEL.value) if st is not None else None
     if model is not None:
-        resolved[key] = InputArtifacts(kind=ref.kind, name=ref.name, artifacts={ArtifactName.MODEL.value: model},
-                                       lineage=list(st.lineage) if st else [], spec=state.spec)
+        resolved[key] = InputArtifacts(
+            kind=ref.kind,
+            name=ref.name,
+            artifacts={ArtifactName.MODEL.value: model},
+            lineage=list(st.lineage) if st else [],
+            spec=state.spec,
+        )
     elif st is not None and st.phase is Phase.FAILED:
         cond = st.condition(ConditionType.READY)
-        failed.append(f"{key} ({ref.field}) failed before publishing its compressed candidate: "
-                      f"{cond.message if cond else 'no reason given'}")
+        failed.append(
+            f"{key} ({ref.field}) failed before publishing its compressed candidate: "
+            f"{cond.message if cond else 'no reason given'}"
+        )
     else:
         waiting.append(f"{key} ({ref.field}) has not published its compressed candidate yet")
 
@@ -95,8 +113,13 @@ def _switching_to(resource: Resource, ref: Reference, state: InputState) -> str 
     """The new server's URL when `resource` is the smoke suite of the release `ref` names and that
     release is switching versions; else None."""
     rollout = state.status.rollout if state.status is not None else None
-    if not isinstance(resource, EvalSuite) or ref.field != "spec.endpoint.releaseRef" or rollout is None \
-            or rollout.state is not RolloutState.SMOKE_TESTING or not smoke_suite_of(state.spec, resource.metadata.name):
+    if (
+        not isinstance(resource, EvalSuite)
+        or ref.field != "spec.endpoint.releaseRef"
+        or rollout is None
+        or rollout.state is not RolloutState.SMOKE_TESTING
+        or not smoke_suite_of(state.spec, resource.metadata.name)
+    ):
         return None
     return rollout.candidate_endpoint
 
@@ -113,8 +136,10 @@ def expected_runs(obs: Observed) -> list[tuple[str, StageName, str]]:
     if waiting or failed:
         return []
     rid = run_id(obs.resource, resolved)
-    return [(run_name(obs.resource, s, rid), s, stage_output(obs.resource, s, rid))
-            for s in STAGES_OF_KIND[obs.resource.kind]]
+    return [
+        (run_name(obs.resource, s, rid), s, stage_output(obs.resource, s, rid))
+        for s in STAGES_OF_KIND[obs.resource.kind]
+    ]
 
 
 def _lineage(resolved: dict[str, InputArtifacts]) -> list[str]:
@@ -160,9 +185,11 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         return b.decision()
 
     if obs.store_error is not None:
-        message = (f"cannot read the artifact store {obs.store}: {obs.store_error}. Check that it is "
-                   "reachable from the operator and the stage pods and that its credentials Secret (the "
-                   "chart's store.s3.secretName) exists with valid keys; retrying")
+        message = (
+            f"cannot read the artifact store {obs.store}: {obs.store_error}. Check that it is "
+            "reachable from the operator and the stage pods and that its credentials Secret (the "
+            "chart's store.s3.secretName) exists with valid keys; retrying"
+        )
         b.cond(ConditionType.READY, None, Reason.STORE_UNAVAILABLE, message)
         b.phase(Phase.WAITING, Reason.STORE_UNAVAILABLE, message, warning=True)
         b.requeue = STORE_RETRY_SECONDS
@@ -203,8 +230,11 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         current.add(run_name(resource, StageName.SERVE, rid))
     # An older release's server stays until the new one is Ready — also while its own Deployment is
     # momentarily not Ready (a pod restarting, a node drained): deleting it then would leave nothing.
-    serving_old = [o for o in obs.runs.values()
-                   if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED]
+    serving_old = [
+        o
+        for o in obs.runs.values()
+        if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED
+    ]
     b.delete = sorted(o.name for o in obs.runs.values() if o.name not in current and o not in serving_old)
 
     done = _run_job(b, first, obs.runs.get(first.name))
@@ -275,5 +305,3 @@ def _run_job(b: Builder, run: StageRun, seen: ObservedRun | None) -> bool:
     b.phase(Phase.RUNNING if state is RunState.RUNNING else Phase.PENDING, reason, note)
     b.requeue = POLL_SECONDS
     return False
-
-

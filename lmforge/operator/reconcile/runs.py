@@ -87,8 +87,9 @@ ENDPOINT_API_KEY_ENV = "LMFORGE_ENDPOINT_API_KEY"
 """Where the evaluate stage reads the evaluated endpoint's API key."""
 
 
-def stage_secret_env(resource: Resource, stage: StageName,
-                     inputs: dict[str, InputArtifacts]) -> dict[str, SecretKeyRef]:
+def stage_secret_env(
+    resource: Resource, stage: StageName, inputs: dict[str, InputArtifacts]
+) -> dict[str, SecretKeyRef]:
     """The API keys a stage reads from the environment, as Secret references.
 
     An EvalSuite evaluating a release's endpoint (`endpoint.releaseRef`) without its own
@@ -118,21 +119,35 @@ def stage_run(
     """The StageRun of one stage of a resource."""
     nodes, nproc, gpus = _topology(resource)
     workers = resource.spec.workers if isinstance(resource, Dataset) else 1
-    manifest: dict[str, Any] = resource.model_dump(mode="json", by_alias=True, exclude_none=True,
-                                                   exclude={"status"})
-    spec = StageSpec(stage=stage, resource=manifest, store=store, output=stage_output(resource, stage, rid),
-                     run_id=rid,
-                     inputs=inputs, worker=Worker(index=0, count=workers), base_dir=base_dir)
+    manifest: dict[str, Any] = resource.model_dump(mode="json", by_alias=True, exclude_none=True, exclude={"status"})
+    spec = StageSpec(
+        stage=stage,
+        resource=manifest,
+        store=store,
+        output=stage_output(resource, stage, rid),
+        run_id=rid,
+        inputs=inputs,
+        worker=Worker(index=0, count=workers),
+        base_dir=base_dir,
+    )
     long_running = stage is StageName.SERVE
     port = replicas = None
     if isinstance(resource, ModelRelease) and long_running:
         port, replicas = resource.spec.serving.port, resource.spec.serving.replicas
     return StageRun(
-        name=run_name(resource, stage, rid), stage=stage, resource_kind=resource.kind,
-        resource_name=resource.metadata.name, run_id=rid, spec=spec, compute=resource.spec.compute,
+        name=run_name(resource, stage, rid),
+        stage=stage,
+        resource_kind=resource.kind,
+        resource_name=resource.metadata.name,
+        run_id=rid,
+        spec=spec,
+        compute=resource.spec.compute,
         nodes=nodes if stage in (StageName.PRETRAIN, StageName.ALIGN) else 1,
         nproc_per_node=nproc if stage in (StageName.PRETRAIN, StageName.ALIGN) else 1,
-        gpus_per_node=gpus, workers=workers, long_running=long_running, port=port,
+        gpus_per_node=gpus,
+        workers=workers,
+        long_running=long_running,
+        port=port,
         replicas=replicas if replicas is not None else 1,
         secret_env=stage_secret_env(resource, stage, inputs),
         metrics_port=resource.spec.metrics.port if isinstance(resource, PretrainJob) else None,

@@ -12,8 +12,9 @@ from lmforge.operator.reconcile.runs import stage_run
 from lmforge.operator.reconcile.types import Event, ObservedRun, RunState
 
 
-def release_after_compression(b: Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts],
-                              serving_old: list[ObservedRun]) -> None:
+def release_after_compression(
+    b: Builder, release: ModelRelease, rid: str, resolved: dict[str, InputArtifacts], serving_old: list[ObservedRun]
+) -> None:
     """After compression: wait for the gate (see gate.py), then serve; keep an older release until
     the new one is Ready. `serving_old` also holds an older server that is momentarily not Ready (it
     is kept, never deleted early); only a Ready one lets Ready stay True and is smoke-compared."""
@@ -42,8 +43,12 @@ def release_after_compression(b: Builder, release: ModelRelease, rid: str, resol
         b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
         return
     model = {k: v for k, v in b.status.artifacts.items() if k == "model"}
-    inputs = {**resolved, f"ModelRelease/{release.metadata.name}": InputArtifacts(
-        kind="ModelRelease", name=release.metadata.name, artifacts=model, lineage=b.status.lineage)}
+    inputs = {
+        **resolved,
+        f"ModelRelease/{release.metadata.name}": InputArtifacts(
+            kind="ModelRelease", name=release.metadata.name, artifacts=model, lineage=b.status.lineage
+        ),
+    }
     serve = stage_run(release, StageName.SERVE, rid, b.obs.store, inputs, b.obs.base_dir)
     seen = b.obs.runs.get(serve.name)
     if seen is not None and seen.state is RunState.FAILED:
@@ -56,46 +61,71 @@ def release_after_compression(b: Builder, release: ModelRelease, rid: str, resol
     b.runs.append(serve)
     if seen is not None and seen.state is RunState.READY:
         endpoint = seen.endpoint or (seen.result.artifacts.get("endpoint") if seen.result else None)
-        if ready_old and release.spec.serving.smoke_eval_suite_ref is not None \
-                and not smoke_passed(b, release, rid, serve.name, ready_old[0], endpoint):
+        if (
+            ready_old
+            and release.spec.serving.smoke_eval_suite_ref is not None
+            and not smoke_passed(b, release, rid, serve.name, ready_old[0], endpoint)
+        ):
             return
         b.status.endpoint = endpoint
         b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
         message = f"serving at {endpoint}" + "".join(
-            f"; {o.run_id} at {o.endpoint} stopped" for o in serving_old if o.run_id != rid)
+            f"; {o.run_id} at {o.endpoint} stopped" for o in serving_old if o.run_id != rid
+        )
         b.cond(ConditionType.READY, True, Reason.SERVING, message)
         b.phase(Phase.SERVING, Reason.SERVING, message)
         b.requeue = None
         return
-    if b.status.rollout is not None and b.status.rollout.candidate == rid \
-            and b.status.rollout.state is RolloutState.ROLLED_BACK and ready_old:
+    if (
+        b.status.rollout is not None
+        and b.status.rollout.candidate == rid
+        and b.status.rollout.state is RolloutState.ROLLED_BACK
+        and ready_old
+    ):
         b.runs.remove(serve)  # rolled back: the new version is not started again until the spec changes
         rolled_back(b, b.status.rollout)
         return
-    message = "deploying" + (f" {rid} (previous release keeps serving: {ready_old[0].run_id} at "
-                             f"{ready_old[0].endpoint})" if ready_old else "")
+    message = "deploying" + (
+        f" {rid} (previous release keeps serving: {ready_old[0].run_id} at {ready_old[0].endpoint})"
+        if ready_old
+        else ""
+    )
     b.cond(ConditionType.READY, old_ready, Reason.DEPLOYING, message)
     b.phase(Phase.RUNNING, Reason.DEPLOYING, message)
     b.requeue = POLL_SECONDS
 
 
-def smoke_passed(b: Builder, release: ModelRelease, rid: str, new_run: str, old: ObservedRun,
-                  endpoint: str | None) -> bool:
+def smoke_passed(
+    b: Builder, release: ModelRelease, rid: str, new_run: str, old: ObservedRun, endpoint: str | None
+) -> bool:
     """Blue-green: the new server is Ready beside the old one. True once the smoke suite passed on it
     (promote); otherwise the old one keeps serving, and a failed verdict stops the new one."""
-    suite = b.obs.inputs.get(f"EvalSuite/{release.spec.serving.smoke_eval_suite_ref.name}") \
-        if release.spec.serving.smoke_eval_suite_ref else None
+    suite = (
+        b.obs.inputs.get(f"EvalSuite/{release.spec.serving.smoke_eval_suite_ref.name}")
+        if release.spec.serving.smoke_eval_suite_ref
+        else None
+    )
     verdict = smoke_gate(release, suite, endpoint)
     assert verdict is not None
     before = b.obs.status.rollout
-    rollout = Rollout(state=RolloutState.SMOKE_TESTING, stable=old.run_id, stable_endpoint=old.endpoint,
-                      candidate=rid, candidate_endpoint=endpoint, message=verdict.message)
+    rollout = Rollout(
+        state=RolloutState.SMOKE_TESTING,
+        stable=old.run_id,
+        stable_endpoint=old.endpoint,
+        candidate=rid,
+        candidate_endpoint=endpoint,
+        message=verdict.message,
+    )
     b.delete = [n for n in b.delete if n != old.name]
     if verdict.verdict is Verdict.PASSED:
         b.status.rollout = rollout.model_copy(update={"state": RolloutState.PROMOTED})
-        b.events.append(Event("Normal", Reason.PROMOTED.value,
-                              f"{rid} passed ({verdict.message}) and serves at {endpoint}; {old.run_id} at "
-                              f"{old.endpoint} stopped"))
+        b.events.append(
+            Event(
+                "Normal",
+                Reason.PROMOTED.value,
+                f"{rid} passed ({verdict.message}) and serves at {endpoint}; {old.run_id} at {old.endpoint} stopped",
+            )
+        )
         return True
     if verdict.verdict is Verdict.FAILED:
         b.status.rollout = rollout.model_copy(update={"state": RolloutState.ROLLED_BACK})
@@ -104,8 +134,10 @@ def smoke_passed(b: Builder, release: ModelRelease, rid: str, new_run: str, old:
         rolled_back(b, b.status.rollout)
         return False
     b.status.rollout = rollout
-    message = (f"{old.run_id} serves at {old.endpoint}; {rid} is Ready at {endpoint} and takes over once "
-               f"it passes its smoke evaluation ({verdict.message})")
+    message = (
+        f"{old.run_id} serves at {old.endpoint}; {rid} is Ready at {endpoint} and takes over once "
+        f"it passes its smoke evaluation ({verdict.message})"
+    )
     if before is None or before.candidate != rid or before.state is not RolloutState.SMOKE_TESTING:
         b.events.append(Event("Normal", Reason.SMOKE_TESTING.value, message))
     b.cond(ConditionType.READY, True, Reason.SMOKE_TESTING, message)
@@ -116,8 +148,10 @@ def smoke_passed(b: Builder, release: ModelRelease, rid: str, new_run: str, old:
 
 def rolled_back(b: Builder, rollout: Rollout) -> None:
     """The new version failed its smoke evaluation: the old one keeps serving (Ready stays True)."""
-    message = (f"{rollout.candidate} failed its smoke evaluation ({rollout.message}) and was stopped; "
-               f"{rollout.stable} keeps serving at {rollout.stable_endpoint}")
+    message = (
+        f"{rollout.candidate} failed its smoke evaluation ({rollout.message}) and was stopped; "
+        f"{rollout.stable} keeps serving at {rollout.stable_endpoint}"
+    )
     b.cond(ConditionType.READY, True, Reason.ROLLED_BACK, message)
     b.phase(Phase.SERVING, Reason.ROLLED_BACK, message, warning=True)
     b.requeue = None

@@ -51,8 +51,10 @@ def resolve_base(ctx: StageContext, ref_kind: str | None, ref_name: str | None, 
         found = ctx.input(str(ref_kind), ref_name)
         uri = found.artifacts.get("model")
         if uri is None:
-            raise InvalidInput(f"spec.modelRef: {ref_kind}/{ref_name} published no `model` artifact "
-                               f"(it has: {', '.join(sorted(found.artifacts)) or 'none'})")
+            raise InvalidInput(
+                f"spec.modelRef: {ref_kind}/{ref_name} published no `model` artifact "
+                f"(it has: {', '.join(sorted(found.artifacts)) or 'none'})"
+            )
         meta = _manifest_metadata(uri)
         lineage = list(meta.get("lineage") or found.lineage)
         own = f"{ref_kind}/{ref_name}"
@@ -111,8 +113,14 @@ def frozen_in_bf16(spec: AlignmentJobSpec) -> bool:
     return spec.training.precision is Precision.BF16 and spec.adapter.type is AdapterType.LORA and not on_gpu(spec)
 
 
-def load_model(path: Path, spec: AlignmentJobSpec, *, reward_head: bool = False, autocast: bool = True,
-               stored_precision: bool = False) -> Any:
+def load_model(
+    path: Path,
+    spec: AlignmentJobSpec,
+    *,
+    reward_head: bool = False,
+    autocast: bool = True,
+    stored_precision: bool = False,
+) -> Any:
     """The base as a causal LM (or, for a reward model, a one-label sequence classifier), 4-bit
     quantised for QLoRA.
 

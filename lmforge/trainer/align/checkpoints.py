@@ -57,8 +57,9 @@ class CheckpointStore:
                 (dest / RESTORED).write_text(json.dumps({"dir": str(local), "step": step}))
                 return local, step
         if names:
-            raise StoreError(f"no usable checkpoint under {self.log.output.url(PREFIX)}: "
-                             f"{', '.join(names)} are all damaged")
+            raise StoreError(
+                f"no usable checkpoint under {self.log.output.url(PREFIX)}: {', '.join(names)} are all damaged"
+            )
         return None
 
     def save(self, local_dir: Path, step: int) -> str | None:

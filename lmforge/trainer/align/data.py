@@ -172,8 +172,9 @@ def parse_row(row: Any, method: AlignmentMethod) -> Example:
     return Example(prompt, chosen=_text(row, "chosen"), rejected=_text(row, "rejected"))
 
 
-def load_rows(uri: str, method: AlignmentMethod, fmt: DataFormat = DataFormat.AUTO,
-              skip_bad_rows: bool = False) -> Rows:
+def load_rows(
+    uri: str, method: AlignmentMethod, fmt: DataFormat = DataFormat.AUTO, skip_bad_rows: bool = False
+) -> Rows:
     """Every row under `uri` parsed for `method`; fails on the first bad row unless skipping."""
     files = _files(uri)
     if not files:

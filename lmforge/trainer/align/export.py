@@ -44,18 +44,34 @@ def hyper_parameters(job: AlignmentJob) -> dict[str, Any]:
 def model_card(job: AlignmentJob, base: BaseModel, data_uri: str, metrics: dict[str, float]) -> str:
     """README.md: what this model is, what it came from, how it was trained, how it scored."""
     lines = [
-        f"# {job.metadata.name}", "",
+        f"# {job.metadata.name}",
+        "",
         f"Produced by LMForge AlignmentJob `{job.metadata.name}` with method **{job.spec.method.value}**"
         + (f" ({job.spec.adapter.type.value}, {job.spec.adapter.output.value})" if uses_adapter(job.spec) else "")
-        + ".", "",
-        "## Lineage", "", f"- Base model: `{base.uri}`",
+        + ".",
+        "",
+        "## Lineage",
+        "",
+        f"- Base model: `{base.uri}`",
         *[f"- {step}" for step in lineage_of(job, base)],
-        "", "## Data", "", f"- Training rows: `{data_uri}`",
+        "",
+        "## Data",
+        "",
+        f"- Training rows: `{data_uri}`",
     ]
     if base.dataset:
         lines.append(f"- Base pretraining data: `{json.dumps(base.dataset, sort_keys=True)}`")
-    lines += ["", "## Hyper-parameters", "", "```json", json.dumps(hyper_parameters(job), indent=2, sort_keys=True),
-              "```", "", "## Metrics", ""]
+    lines += [
+        "",
+        "## Hyper-parameters",
+        "",
+        "```json",
+        json.dumps(hyper_parameters(job), indent=2, sort_keys=True),
+        "```",
+        "",
+        "## Metrics",
+        "",
+    ]
     lines += [f"- {k}: {v:.4g}" for k, v in sorted(metrics.items())] or ["- (none)"]
     return "\n".join(lines) + "\n"
 
@@ -75,8 +91,15 @@ def metadata(job: AlignmentJob, base: BaseModel, data_uri: str, metrics: dict[st
     return meta
 
 
-def export(ctx: StageContext, job: AlignmentJob, model: Any, tokenizer: Any, base: BaseModel, data_uri: str,
-           metrics: dict[str, float]) -> dict[str, str]:
+def export(
+    ctx: StageContext,
+    job: AlignmentJob,
+    model: Any,
+    tokenizer: Any,
+    base: BaseModel,
+    data_uri: str,
+    metrics: dict[str, float],
+) -> dict[str, str]:
     """Save and publish; returns artifact name → URI. `model` may be a peft model."""
     out = ctx.work_dir / "export"
     meta = metadata(job, base, data_uri, metrics)
@@ -101,4 +124,3 @@ def export(ctx: StageContext, job: AlignmentJob, model: Any, tokenizer: Any, bas
     (mdir / "README.md").write_text(card)
     kind = "hf-reward-model" if job.spec.method is AlignmentMethod.REWARD else "hf-model"
     return {ArtifactName.MODEL.value: publish(ctx, ArtifactName.MODEL.value, mdir, kind, meta)}
-

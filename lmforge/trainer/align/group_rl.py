@@ -68,10 +68,13 @@ def use_vllm(spec: AlignmentJobSpec, engine: RolloutEngine) -> bool:
     gpu = on_gpu(spec)
     if installed and gpu:
         return True
-    why = ("vLLM is not installed" if not installed else
-           "this run has no GPU, and trl 1.16's colocated vLLM does not work with vLLM's CPU build (it starts, "
-           "then fails to load the trained weights into the engine after the first step), and trl's server mode "
-           "syncs weights only over NCCL, on CUDA")
+    why = (
+        "vLLM is not installed"
+        if not installed
+        else "this run has no GPU, and trl 1.16's colocated vLLM does not work with vLLM's CPU build (it starts, "
+        "then fails to load the trained weights into the engine after the first step), and trl's server mode "
+        "syncs weights only over NCCL, on CUDA"
+    )
     field = f"spec.{spec.method.value}.rollouts"
     if engine is RolloutEngine.VLLM:
         raise InvalidInput(f"{field}: vllm rollouts cannot run here: {why}; use auto or generate")
@@ -88,11 +91,13 @@ def check_batch(spec: AlignmentJobSpec, opts: GroupRlOptions) -> None:
         raise InvalidInput(
             f"spec.{spec.method.value}.numGenerations: the rollout batch (training.microBatchSize "
             f"{t.micro_batch_size} × gradientAccumulationSteps {t.gradient_accumulation_steps} × {world} "
-            f"processes = {batch}) must be a multiple of numGenerations ({opts.num_generations})")
+            f"processes = {batch}) must be a multiple of numGenerations ({opts.num_generations})"
+        )
 
 
-def reward_functions(spec: AlignmentJobSpec, opts: GroupRlOptions,
-                     load_reward_model: Any) -> tuple[list[Any], list[Any], list[float]]:
+def reward_functions(
+    spec: AlignmentJobSpec, opts: GroupRlOptions, load_reward_model: Any
+) -> tuple[list[Any], list[Any], list[float]]:
     """(reward funcs, their processing classes, weights); `load_reward_model(ref) -> (model, tok)`."""
     name = spec.method.value
     funcs, weights = rw.build(opts.rewards, f"spec.{name}.rewards")
@@ -110,9 +115,16 @@ def reward_functions(spec: AlignmentJobSpec, opts: GroupRlOptions,
     return out, tokenizers, weights
 
 
-def build_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: list[Example],
-                  args: dict[str, Any], funcs: list[Any], reward_tokenizers: list[Any],
-                  weights: list[float]) -> Any:
+def build_trainer(
+    spec: AlignmentJobSpec,
+    model: Any,
+    tokenizer: Any,
+    train: list[Example],
+    args: dict[str, Any],
+    funcs: list[Any],
+    reward_tokenizers: list[Any],
+    weights: list[float],
+) -> Any:
     """A GRPOTrainer or RLOOTrainer over the prompts."""
     from datasets import Dataset
 
@@ -121,13 +133,24 @@ def build_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: lis
     vllm = use_vllm(spec, opts.rollouts)
     model.generation_config.eos_token_id = stop_ids(tokenizer)
     common: dict[str, Any] = {
-        **args, "num_generations": opts.num_generations, "max_completion_length": opts.max_completion_length,
-        "temperature": opts.temperature, "beta": opts.beta, "reward_weights": weights, "use_vllm": vllm,
-        "top_k": 0, "top_p": 1.0, "remove_unused_columns": False,  # the rewards read the other columns
+        **args,
+        "num_generations": opts.num_generations,
+        "max_completion_length": opts.max_completion_length,
+        "temperature": opts.temperature,
+        "beta": opts.beta,
+        "reward_weights": weights,
+        "use_vllm": vllm,
+        "top_k": 0,
+        "top_p": 1.0,
+        "remove_unused_columns": False,  # the rewards read the other columns
     }
     if vllm:
-        common.update(vllm_mode="colocate", vllm_gpu_memory_utilization=0.3, vllm_enable_sleep_mode=False,
-                      generation_kwargs={"stop_token_ids": stop_ids(tokenizer)})
+        common.update(
+            vllm_mode="colocate",
+            vllm_gpu_memory_utilization=0.3,
+            vllm_enable_sleep_mode=False,
+            generation_kwargs={"stop_token_ids": stop_ids(tokenizer)},
+        )
     common["eval_strategy"] = "no"  # the held-out reward is measured by `heldout_reward`
     if spec.method is AlignmentMethod.GRPO:
         from trl import GRPOConfig as Config
@@ -136,12 +159,19 @@ def build_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: lis
         from trl import RLOOConfig as Config  # type: ignore[assignment]
         from trl import RLOOTrainer as Trainer  # type: ignore[assignment]
     config = Config(**common)
-    return Trainer(model=model, reward_funcs=funcs, args=config, train_dataset=Dataset.from_list(dataset_rows(train)),
-                   processing_class=tokenizer, reward_processing_classes=reward_tokenizers)
+    return Trainer(
+        model=model,
+        reward_funcs=funcs,
+        args=config,
+        train_dataset=Dataset.from_list(dataset_rows(train)),
+        processing_class=tokenizer,
+        reward_processing_classes=reward_tokenizers,
+    )
 
 
-def heldout_reward(model: Any, tokenizer: Any, examples: list[Example], funcs: list[Any],
-                   weights: list[float], max_new_tokens: int) -> float | None:
+def heldout_reward(
+    model: Any, tokenizer: Any, examples: list[Example], funcs: list[Any], weights: list[float], max_new_tokens: int
+) -> float | None:
     """Mean weighted reward of greedy answers to `examples` (None when there are none, or when a
     reward is a model: scoring those needs trl's batching, so they count only in training)."""
     import torch
@@ -153,14 +183,20 @@ def heldout_reward(model: Any, tokenizer: Any, examples: list[Example], funcs: l
     device = next(model.parameters()).device
     total, stops = 0.0, stop_ids(tokenizer)
     for start in range(0, len(examples), EVAL_BATCH):
-        batch = examples[start:start + EVAL_BATCH]
+        batch = examples[start : start + EVAL_BATCH]
         texts = [tokenizer.apply_chat_template(ex.prompt, tokenize=False, add_generation_prompt=True) for ex in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left",
-                        add_special_tokens=False).to(device)
+        enc = tokenizer(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False).to(
+            device
+        )
         with torch.no_grad():
-            out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=stops,
-                                 pad_token_id=tokenizer.pad_token_id)
-        answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = model.generate(
+                **enc,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                eos_token_id=stops,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        answers = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         completions = [[{"role": "assistant", "content": a}] for a in answers]
         prompts = [ex.prompt for ex in batch]
         columns = {k: [ex.columns.get(k) for ex in batch] for k in {k for ex in batch for k in ex.columns}}

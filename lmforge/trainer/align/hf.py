@@ -99,9 +99,12 @@ def deepspeed_config(spec: AlignmentJobSpec) -> dict[str, Any]:
         zero["offload_param"] = {"device": ds.offload_params.value}
     config: dict[str, Any] = {
         "zero_optimization": zero,
-        "bf16": {"enabled": "auto"}, "fp16": {"enabled": "auto"},
-        "train_micro_batch_size_per_gpu": "auto", "gradient_accumulation_steps": "auto",
-        "train_batch_size": "auto", "gradient_clipping": "auto",
+        "bf16": {"enabled": "auto"},
+        "fp16": {"enabled": "auto"},
+        "train_micro_batch_size_per_gpu": "auto",
+        "gradient_accumulation_steps": "auto",
+        "train_batch_size": "auto",
+        "gradient_clipping": "auto",
     }
     if ds.extra_config is not None:
         config.update(ds.extra_config.model_dump())
@@ -120,8 +123,7 @@ class StageCallback(TrainerCallback):
         self.resumed_from_step: int | None = None
         """The checkpoint step `train` resumed from; None when it started fresh."""
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
-               **kwargs: Any) -> None:
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         for key, value in (logs or {}).items():
             name = METRIC_NAMES.get(key)
             if name is not None and isinstance(value, int | float):

@@ -26,10 +26,11 @@ def check_targets(model: Any, targets: list[str]) -> None:
     names = [n for n, _ in model.named_modules() if n]
     missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in names)]
     if missing:
-        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                         if n and not list(m.children())})
-        raise InvalidInput(f"spec.adapter.targetModules: {', '.join(missing)} match no module of the base model "
-                           f"(its leaf modules: {', '.join(leaves)})")
+        leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if n and not list(m.children())})
+        raise InvalidInput(
+            f"spec.adapter.targetModules: {', '.join(missing)} match no module of the base model "
+            f"(its leaf modules: {', '.join(leaves)})"
+        )
 
 
 def lora_config(spec: AlignmentJobSpec, task_type: str) -> Any:
@@ -39,8 +40,15 @@ def lora_config(spec: AlignmentJobSpec, task_type: str) -> Any:
     a = spec.adapter
     # A reward head is new: it must train fully and be saved with the adapter.
     to_save = ["score"] if task_type == "SEQ_CLS" else None
-    return LoraConfig(r=a.r, lora_alpha=a.alpha, lora_dropout=a.dropout, target_modules=list(a.target_modules),
-                      task_type=task_type, bias="none", modules_to_save=to_save)
+    return LoraConfig(
+        r=a.r,
+        lora_alpha=a.alpha,
+        lora_dropout=a.dropout,
+        target_modules=list(a.target_modules),
+        task_type=task_type,
+        bias="none",
+        modules_to_save=to_save,
+    )
 
 
 def require_qlora_runtime() -> None:
@@ -50,8 +58,10 @@ def require_qlora_runtime() -> None:
     import torch
 
     if not torch.cuda.is_available():
-        raise InvalidInput("spec.adapter.type: qlora needs a CUDA GPU (4-bit bitsandbytes) and none is visible; "
-                           "use type lora on the CPU")
+        raise InvalidInput(
+            "spec.adapter.type: qlora needs a CUDA GPU (4-bit bitsandbytes) and none is visible; "
+            "use type lora on the CPU"
+        )
     if importlib.util.find_spec("bitsandbytes") is None:
         raise InvalidInput("spec.adapter.type: qlora needs the bitsandbytes package, which is not installed")
 
@@ -64,8 +74,12 @@ def quantization_config(spec: AlignmentJobSpec) -> Any:
     import torch
     from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type="nf4",
+        bnb_4bit_use_double_quant=True,
+        bnb_4bit_compute_dtype=torch.bfloat16,
+    )
 
 
 def wrap(model: Any, spec: AlignmentJobSpec, task_type: str = "CAUSAL_LM") -> Any:

@@ -60,8 +60,10 @@ def reward_function(spec: str) -> Callable[[str, str], float]:
 
 def function_scorer(fn: Callable[[str, str], float]) -> Scorer:
     """Scores with fn(prompt, completion); the prompt is the last turn's content."""
+
     def score(examples: list[Example], texts: list[str], ids: list[list[int]]) -> torch.Tensor:
         return torch.tensor([float(fn(ex.prompt[-1]["content"], t)) for ex, t in zip(examples, texts, strict=True)])
+
     return score
 
 
@@ -71,23 +73,27 @@ def model_scorer(reward_model: Any, tokenizer: Any, template: str) -> Scorer:
 
     @torch.no_grad()
     def score(examples: list[Example], texts: list[str], ids: list[list[int]]) -> torch.Tensor:
-        rows = [encode_chat(tokenizer, [*ex.prompt, {"role": "assistant", "content": t}], template)[0]
-                for ex, t in zip(examples, texts, strict=True)]
+        rows = [
+            encode_chat(tokenizer, [*ex.prompt, {"role": "assistant", "content": t}], template)[0]
+            for ex, t in zip(examples, texts, strict=True)
+        ]
         batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt", padding_side="right")
         device = next(reward_model.parameters()).device
         return reward_model(**{k: v.to(device) for k, v in batch.items()}).logits[:, 0].float()
+
     return score
 
 
-def _logprobs_values(policy: Any, value_head: nn.Module | None, seq: torch.Tensor, attn: torch.Tensor,
-                     n_resp: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _logprobs_values(
+    policy: Any, value_head: nn.Module | None, seq: torch.Tensor, attn: torch.Tensor, n_resp: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probs of the last `n_resp` tokens of `seq` [B, T] and their values, each [B, n_resp]."""
     out = policy(input_ids=seq, attention_mask=attn, output_hidden_states=value_head is not None)
-    logits = out.logits[:, -n_resp - 1:-1].float()  # [B, n_resp, V]: logits predicting each response token
+    logits = out.logits[:, -n_resp - 1 : -1].float()  # [B, n_resp, V]: logits predicting each response token
     logp = torch.gather(F.log_softmax(logits, -1), 2, seq[:, -n_resp:, None]).squeeze(-1)
     values = None
     if value_head is not None:
-        values = value_head(out.hidden_states[-1][:, -n_resp - 1:-1].float()).squeeze(-1)
+        values = value_head(out.hidden_states[-1][:, -n_resp - 1 : -1].float()).squeeze(-1)
     return logp, values
 
 
@@ -107,8 +113,16 @@ def _gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor) -> tup
 class PpoLoop:
     """State of one PPO run: policy, value head, reference, optimizer, prompts."""
 
-    def __init__(self, spec: AlignmentJobSpec, policy: Any, tokenizer: Any, template: str,
-                 prompts: list[Example], scorer: Scorer, device: torch.device | str = "cpu") -> None:
+    def __init__(
+        self,
+        spec: AlignmentJobSpec,
+        policy: Any,
+        tokenizer: Any,
+        template: str,
+        prompts: list[Example],
+        scorer: Scorer,
+        device: torch.device | str = "cpu",
+    ) -> None:
         assert spec.ppo is not None
         self.device = torch.device(device)
         policy.to(self.device)
@@ -123,10 +137,15 @@ class PpoLoop:
         self.ref = None if self.adapter else copy.deepcopy(policy).eval().requires_grad_(False)
         params = [p for p in policy.parameters() if p.requires_grad] + list(self.value_head.parameters())
         self.optim = torch.optim.AdamW(params, lr=spec.training.lr)
-        warmup = math.ceil(spec.training.warmup_ratio * self.total_steps() * PPO_EPOCHS *
-                           math.ceil(self.opts.rollout_batch_size / spec.training.micro_batch_size))
+        warmup = math.ceil(
+            spec.training.warmup_ratio
+            * self.total_steps()
+            * PPO_EPOCHS
+            * math.ceil(self.opts.rollout_batch_size / spec.training.micro_batch_size)
+        )
         self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.optim, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0)
+            self.optim, lambda i: min(1.0, (i + 1) / warmup) if warmup else 1.0
+        )
         self.rng = random.Random(spec.training.seed)
         self.order: list[int] = []
         self.step = 0
@@ -166,10 +185,17 @@ class PpoLoop:
         enc = {k: v.to(self.device) for k, v in enc.items()}
         opts: PpoOptions = self.opts
         with self._amp():
-            gen = self.policy.generate(**enc, max_new_tokens=opts.response_length, do_sample=True, top_k=0,
-                                       top_p=1.0, temperature=1.0, pad_token_id=self.tok.pad_token_id,
-                                       eos_token_id=sorted(self.stops) or None)
-        resp = gen[:, enc["input_ids"].shape[1]:]  # [B, n]
+            gen = self.policy.generate(
+                **enc,
+                max_new_tokens=opts.response_length,
+                do_sample=True,
+                top_k=0,
+                top_p=1.0,
+                temperature=1.0,
+                pad_token_id=self.tok.pad_token_id,
+                eos_token_id=sorted(self.stops) or None,
+            )
+        resp = gen[:, enc["input_ids"].shape[1] :]  # [B, n]
         n = resp.shape[1]
         # mask: 1 up to and including the first stop token
         is_stop = torch.isin(resp, self.stop_tensor) if self.stops else torch.zeros_like(resp).bool()
@@ -190,8 +216,17 @@ class PpoLoop:
         adv, returns = _gae(rewards, values * mask, mask)
         valid = adv[mask.bool()]
         adv = (adv - valid.mean()) / (valid.std() + 1e-8) * mask
-        return {"seq": gen, "attn": attn, "mask": mask, "logp": logp, "values": values, "adv": adv,
-                "returns": returns, "scores": scores, "kl": kl.sum(1)}
+        return {
+            "seq": gen,
+            "attn": attn,
+            "mask": mask,
+            "logp": logp,
+            "values": values,
+            "adv": adv,
+            "returns": returns,
+            "scores": scores,
+            "kl": kl.sum(1),
+        }
 
     def optimise(self, roll: dict[str, torch.Tensor]) -> float:
         """PPO_EPOCHS passes of clipped losses over micro-batches; returns the mean loss."""
@@ -203,11 +238,12 @@ class PpoLoop:
         for _ in range(PPO_EPOCHS):
             perm = torch.randperm(size).to(self.device)
             for i in range(0, size, mb):
-                idx = perm[i:i + mb]
+                idx = perm[i : i + mb]
                 m = roll["mask"][idx]
                 with self._amp():
-                    logp, values = _logprobs_values(self.policy, self.value_head, roll["seq"][idx],
-                                                    roll["attn"][idx], n)
+                    logp, values = _logprobs_values(
+                        self.policy, self.value_head, roll["seq"][idx], roll["attn"][idx], n
+                    )
                 assert values is not None
                 ratio = torch.exp(logp - roll["logp"][idx])
                 adv = roll["adv"][idx]
@@ -225,10 +261,16 @@ class PpoLoop:
         return sum(losses) / len(losses)
 
     def state(self) -> dict[str, Any]:
-        return {"step": self.step, "value_head": self.value_head.state_dict(), "optim": self.optim.state_dict(),
-                "sched": self.sched.state_dict(),
-                "policy": {k: v for k, v in self.policy.named_parameters() if v.requires_grad},
-                "rng": self.rng.getstate(), "order": self.order, "torch_rng": torch.get_rng_state()}
+        return {
+            "step": self.step,
+            "value_head": self.value_head.state_dict(),
+            "optim": self.optim.state_dict(),
+            "sched": self.sched.state_dict(),
+            "policy": {k: v for k, v in self.policy.named_parameters() if v.requires_grad},
+            "rng": self.rng.getstate(),
+            "order": self.order,
+            "torch_rng": torch.get_rng_state(),
+        }
 
     def load(self, state: dict[str, Any]) -> None:
         with torch.no_grad():
@@ -244,8 +286,9 @@ class PpoLoop:
         torch.set_rng_state(state["torch_rng"])
 
 
-def train(ctx: StageContext, loop: PpoLoop, checkpoints: CheckpointStore,
-          out_dir: Path) -> tuple[dict[str, float], int | None]:
+def train(
+    ctx: StageContext, loop: PpoLoop, checkpoints: CheckpointStore, out_dir: Path
+) -> tuple[dict[str, float], int | None]:
     """Run the loop to the end, resuming from and saving to the store. Returns the last step's metrics
     (with `first_mean_reward`, the first step's of this run) and the step it resumed from (None: fresh)."""
     restored = checkpoints.restore(out_dir) if loop.spec.checkpoint.resume else None

@@ -50,8 +50,13 @@ def encode_dpo(examples: list[Example], tokenizer: Any, template: str, max_lengt
         if len(generation_prompt_ids(tokenizer, ex.prompt, template)) >= max_length:
             out.dropped += 1
             continue
-        out.rows.append({"prompt": ex.prompt, "chosen": [{"role": "assistant", "content": ex.chosen}],
-                         "rejected": [{"role": "assistant", "content": ex.rejected}]})
+        out.rows.append(
+            {
+                "prompt": ex.prompt,
+                "chosen": [{"role": "assistant", "content": ex.chosen}],
+                "rejected": [{"role": "assistant", "content": ex.rejected}],
+            }
+        )
     return out
 
 
@@ -62,46 +67,75 @@ def encode_kto(examples: list[Example], tokenizer: Any, template: str, max_lengt
         if len(generation_prompt_ids(tokenizer, ex.prompt, template)) >= max_length:
             out.dropped += 1
             continue
-        out.rows.append({"prompt": ex.prompt, "completion": [{"role": "assistant", "content": ex.completion}],
-                         "label": bool(ex.label)})
+        out.rows.append(
+            {
+                "prompt": ex.prompt,
+                "completion": [{"role": "assistant", "content": ex.completion}],
+                "label": bool(ex.label),
+            }
+        )
     return out
 
 
-def build_reward_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None,
-                         args: dict[str, Any]) -> Any:
+def build_reward_trainer(
+    spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None, args: dict[str, Any]
+) -> Any:
     from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
     config = RewardConfig(**args, max_length=spec.training.max_length, dataset_num_proc=None)
     val_ds = Dataset.from_list(val.rows) if val and val.rows else None
-    return RewardTrainer(model=model, args=config, train_dataset=Dataset.from_list(train.rows),
-                         eval_dataset=val_ds, processing_class=tokenizer)
+    return RewardTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train.rows),
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+    )
 
 
-def build_dpo_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None,
-                      args: dict[str, Any]) -> Any:
+def build_dpo_trainer(
+    spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None, args: dict[str, Any]
+) -> Any:
     """DPOTrainer; with LoRA the reference is the base with adapters disabled (no second copy)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
     loss = "ipo" if spec.method is AlignmentMethod.IPO else "sigmoid"
-    config = DPOConfig(**args, beta=spec.preference.beta, loss_type=[loss], max_length=spec.training.max_length,
-                       dataset_num_proc=None)
+    config = DPOConfig(
+        **args, beta=spec.preference.beta, loss_type=[loss], max_length=spec.training.max_length, dataset_num_proc=None
+    )
     val_ds = Dataset.from_list(val.rows) if val and val.rows else None
-    return DPOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train.rows), eval_dataset=val_ds,
-                      processing_class=tokenizer)
+    return DPOTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train.rows),
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+    )
 
 
-def build_kto_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None,
-                      args: dict[str, Any]) -> Any:
+def build_kto_trainer(
+    spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Pairs, val: Pairs | None, args: dict[str, Any]
+) -> Any:
     """KTOTrainer; with LoRA the reference is the base with adapters disabled (no second copy)."""
     from datasets import Dataset
     from trl import KTOConfig, KTOTrainer
 
     kto = spec.kto
-    config = KTOConfig(**args, beta=kto.beta, desirable_weight=kto.desirable_weight,
-                       undesirable_weight=kto.undesirable_weight, max_length=spec.training.max_length,
-                       dataset_num_proc=None)
+    config = KTOConfig(
+        **args,
+        beta=kto.beta,
+        desirable_weight=kto.desirable_weight,
+        undesirable_weight=kto.undesirable_weight,
+        max_length=spec.training.max_length,
+        dataset_num_proc=None,
+    )
     val_ds = Dataset.from_list(val.rows) if val and val.rows else None
-    return KTOTrainer(model=model, args=config, train_dataset=Dataset.from_list(train.rows), eval_dataset=val_ds,
-                      processing_class=tokenizer)
+    return KTOTrainer(
+        model=model,
+        args=config,
+        train_dataset=Dataset.from_list(train.rows),
+        eval_dataset=val_ds,
+        processing_class=tokenizer,
+    )

@@ -98,8 +98,11 @@ def answer_reward(spec: Reward) -> RewardFunc:
         wants = columns.get(column)
         if wants is None:
             raise InvalidInput(f"reward answer: the rows have no column {column!r} (set answerField)")
-        return [float(answers_match(extract(completion_text(c), spec.extract, spec.pattern), w, spec.numeric))
-                for c, w in zip(completions, wants, strict=True)]
+        return [
+            float(answers_match(extract(completion_text(c), spec.extract, spec.pattern), w, spec.numeric))
+            for c, w in zip(completions, wants, strict=True)
+        ]
+
     answer.__name__ = f"answer_{spec.extract.value}"
     return answer
 
@@ -111,6 +114,7 @@ def format_reward(spec: Reward) -> RewardFunc:
 
     def format_match(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
         return [float(regex.search(completion_text(c)) is not None) for c in completions]
+
     return format_match
 
 
@@ -143,6 +147,7 @@ def code_reward(spec: Reward) -> RewardFunc:
             call = f"\n\ncheck({entries[i]})\n" if entries is not None and entries[i] else "\n"
             sources.append(f"{head}{completion_text(completion)}\n\n{tests[i]}{call}")
         return [float(o.passed) for o in code.execute(sources, limits)]
+
     return code_passes
 
 
@@ -164,11 +169,19 @@ def function_reward(spec: Reward, field: str) -> RewardFunc:
     fn = import_function(spec.function, f"{field}.function")
 
     def function(prompts: list[Any], completions: list[Any], **columns: Any) -> list[float]:
-        rows = [{k: v[i] for k, v in columns.items()
-                 if k not in _TRL_ARGUMENTS and isinstance(v, list) and len(v) == len(completions)}
-                for i in range(len(completions))]
-        return [float(fn(completion_text(p[-1:] if isinstance(p, list) else p), completion_text(c), **row))
-                for p, c, row in zip(prompts, completions, rows, strict=True)]
+        rows = [
+            {
+                k: v[i]
+                for k, v in columns.items()
+                if k not in _TRL_ARGUMENTS and isinstance(v, list) and len(v) == len(completions)
+            }
+            for i in range(len(completions))
+        ]
+        return [
+            float(fn(completion_text(p[-1:] if isinstance(p, list) else p), completion_text(c), **row))
+            for p, c, row in zip(prompts, completions, rows, strict=True)
+        ]
+
     function.__name__ = spec.function.replace(":", ".")
     return function
 

@@ -45,15 +45,21 @@ def encode(examples: list[Example], tokenizer: Any, template: str, max_length: i
     return out
 
 
-def build_trainer(spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Encoded, val: Encoded | None,
-                  args: dict[str, Any]) -> Any:
+def build_trainer(
+    spec: AlignmentJobSpec, model: Any, tokenizer: Any, train: Encoded, val: Encoded | None, args: dict[str, Any]
+) -> Any:
     """An SFTTrainer over the pre-tokenized rows."""
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
-    config = SFTConfig(**args, max_length=spec.training.max_length, packing=spec.sft.packing,
-                       completion_only_loss=False, assistant_only_loss=False, dataset_num_proc=None)
+    config = SFTConfig(
+        **args,
+        max_length=spec.training.max_length,
+        packing=spec.sft.packing,
+        completion_only_loss=False,
+        assistant_only_loss=False,
+        dataset_num_proc=None,
+    )
     train_ds = Dataset.from_list(train.rows)
     val_ds = Dataset.from_list(val.rows) if val and val.rows else None
-    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds,
-                      processing_class=tokenizer)
+    return SFTTrainer(model=model, args=config, train_dataset=train_ds, eval_dataset=val_ds, processing_class=tokenizer)

@@ -39,16 +39,20 @@ class Trained(NamedTuple):
     """The checkpoint step training resumed from; None when it started fresh."""
 
 
-def _sft(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-         val: list[Example]) -> Trained:
+def _sft(
+    ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example], val: list[Example]
+) -> Trained:
     from lmforge.trainer.align.sft import build_trainer, encode
 
     spec = job.spec
-    enc = [encode(x, tok, tok.chat_template, spec.training.max_length, spec.sft.assistant_only_loss)
-           for x in (train, val)]
+    enc = [
+        encode(x, tok, tok.chat_template, spec.training.max_length, spec.sft.assistant_only_loss) for x in (train, val)
+    ]
     if not enc[0].rows:
-        raise InvalidInput(f"spec.training.maxLength: every training row lost its answer to truncation at "
-                           f"{spec.training.max_length} tokens ({enc[0].dropped} rows)")
+        raise InvalidInput(
+            f"spec.training.maxLength: every training row lost its answer to truncation at "
+            f"{spec.training.max_length} tokens ({enc[0].dropped} rows)"
+        )
     model = wrap(load_model(base.path, spec), spec)
     out = ctx.work_dir / "trainer"
     trainer = build_trainer(spec, model, tok, enc[0], enc[1], hf.training_args(spec, out, bool(enc[1].rows)))
@@ -63,8 +67,9 @@ def _sft(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train:
     return Trained(trainer.model, metrics, cb.resumed_from_step)
 
 
-def _preference(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-                val: list[Example]) -> Trained:
+def _preference(
+    ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example], val: list[Example]
+) -> Trained:
     from lmforge.trainer.align import preference as pref
 
     spec = job.spec
@@ -109,19 +114,22 @@ def _load_reward_model(ctx: StageContext, spec: Any, name: str, field: str) -> t
     return AutoModelForSequenceClassification.from_pretrained(rpath, num_labels=1), load_tokenizer(rpath, spec)
 
 
-def _group_rl(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-              val: list[Example]) -> Trained:
+def _group_rl(
+    ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example], val: list[Example]
+) -> Trained:
     from lmforge.trainer.align import group_rl
 
     spec = job.spec
     _, opts = group_rl.options(spec)
     funcs, reward_toks, weights = group_rl.reward_functions(
-        spec, opts, lambda ref, field: _load_reward_model(ctx, spec, ref.name, field))
+        spec, opts, lambda ref, field: _load_reward_model(ctx, spec, ref.name, field)
+    )
     model = wrap(load_model(base.path, spec), spec)
     first = group_rl.heldout_reward(model, tok, val, funcs, weights, opts.max_completion_length)
     out = ctx.work_dir / "trainer"
-    trainer = group_rl.build_trainer(spec, model, tok, train, hf.training_args(spec, out, False), funcs,
-                                     reward_toks, weights)
+    trainer = group_rl.build_trainer(
+        spec, model, tok, train, hf.training_args(spec, out, False), funcs, reward_toks, weights
+    )
     cb = hf.train(trainer, ctx, spec, out)
     metrics = dict(cb.metrics)
     if "mean_reward" in cb.first:
@@ -132,8 +140,9 @@ def _group_rl(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, t
     return Trained(trainer.model, metrics, cb.resumed_from_step)
 
 
-def _ppo(ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example],
-         val: list[Example]) -> Trained:
+def _ppo(
+    ctx: StageContext, job: AlignmentJob, base: BaseModel, tok: Any, train: list[Example], val: list[Example]
+) -> Trained:
     from lmforge.trainer.align import ppo
     from lmforge.trainer.align.checkpoints import CheckpointStore
 
@@ -170,7 +179,9 @@ METHODS = {
 def _merges_reloaded_base(job: AlignmentJob) -> bool:
     """A merged output of a LoRA trained on a bf16 copy of the base (all methods but our PPO loop)."""
     spec = job.spec
-    return frozen_in_bf16(spec) and spec.method is not AlignmentMethod.PPO and spec.adapter.output is AdapterOutput.MERGED
+    return (
+        frozen_in_bf16(spec) and spec.method is not AlignmentMethod.PPO and spec.adapter.output is AdapterOutput.MERGED
+    )
 
 
 def run(ctx: StageContext) -> StageOutcome:
@@ -191,8 +202,12 @@ def run(ctx: StageContext) -> StageOutcome:
     ref = spec.model_ref
     base = resolve_base(ctx, ref.kind.value if ref.kind else None, ref.name, ref.uri)
     tok = load_tokenizer(base.path, spec)
-    ctx.reporter.progress(0, None, message=f"{spec.method.value}: {len(train)} training rows, {len(val)} held out, "
-                                           f"{rows.bad} bad rows skipped", force=True)
+    ctx.reporter.progress(
+        0,
+        None,
+        message=f"{spec.method.value}: {len(train)} training rows, {len(val)} held out, {rows.bad} bad rows skipped",
+        force=True,
+    )
     model, metrics, resumed_from = METHODS[spec.method](ctx, job, base, tok, train, val)
     metrics.update({"rows": float(len(rows.examples)), "bad_rows": float(rows.bad)})
     if resumed_from is not None:

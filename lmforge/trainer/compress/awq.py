@@ -38,9 +38,11 @@ MAX_TOKENS = 4096
 def _groups(layer: Any, gqa: bool) -> list[tuple[torch.nn.Module, list[torch.nn.Linear]]]:
     """(producer of the shared input, Linears reading it) pairs of one decoder layer."""
     attn, mlp = layer.self_attn, layer.mlp
-    out = [(layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]),
-           (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
-           (mlp.up_proj, [mlp.down_proj])]
+    out = [
+        (layer.input_layernorm, [attn.q_proj, attn.k_proj, attn.v_proj]),
+        (layer.post_attention_layernorm, [mlp.gate_proj, mlp.up_proj]),
+        (mlp.up_proj, [mlp.down_proj]),
+    ]
     if not gqa and attn.v_proj.out_features == attn.o_proj.in_features:
         out.append((attn.v_proj, [attn.o_proj]))
     return out
@@ -64,7 +66,7 @@ def _search(x: torch.Tensor, linears: list[torch.nn.Linear], args: Any) -> tuple
     refs = [x @ w.T for w in weights]  # (tokens, out)
     best: tuple[float, torch.Tensor, float] | None = None
     for alpha in GRID:
-        s = mean_abs ** alpha
+        s = mean_abs**alpha
         s = s / (s.max() * s.min()).sqrt()
         err = sum(float(((x / s) @ _rtn(w * s, args).T - r).pow(2).mean()) for w, r in zip(weights, refs, strict=True))
         if best is None or err < best[0]:
@@ -80,8 +82,10 @@ def apply_scales(model: torch.nn.Module, rows: np.ndarray, args: Any) -> dict[st
 
     config = getattr(model, "config", None)
     if getattr(config, "model_type", None) not in ARCHITECTURES:
-        raise InvalidInput(f"int4-awq supports model types {', '.join(ARCHITECTURES)} (it folds scales into "
-                           f"their RMSNorms), not {getattr(config, 'model_type', None)!r}; use 'int4-gptq'")
+        raise InvalidInput(
+            f"int4-awq supports model types {', '.join(ARCHITECTURES)} (it folds scales into "
+            f"their RMSNorms), not {getattr(config, 'model_type', None)!r}; use 'int4-gptq'"
+        )
     gqa = config.num_key_value_heads != config.num_attention_heads  # type: ignore[union-attr]
     layers = [m for m in model.modules() if hasattr(m, "self_attn") and hasattr(m, "mlp")]
     groups = [g for layer in layers for g in _groups(layer, gqa)]

@@ -31,9 +31,11 @@ from lmforge.trainer.shards import Shards
 PACK_LENGTH = 256
 """Tokens per packed calibration sequence."""
 
-CHOICES = ("compression.quantization.calibrationDatasetRef (a Dataset), compression.quantization."
-           "calibrationUri (JSONL/Parquet rows of text, chat messages or prompt/response), or a model whose "
-           "manifest names its training data (a PretrainJob's Dataset or an AlignmentJob's spec.data.uri)")
+CHOICES = (
+    "compression.quantization.calibrationDatasetRef (a Dataset), compression.quantization."
+    "calibrationUri (JSONL/Parquet rows of text, chat messages or prompt/response), or a model whose "
+    "manifest names its training data (a PretrainJob's Dataset or an AlignmentJob's spec.data.uri)"
+)
 
 
 def _row_text(where: str, raw: Any, tokenizer: Any, template: str | None) -> str:
@@ -90,8 +92,9 @@ def pack_rows(uri: str, model_dir: Path, limit: int) -> np.ndarray:
     return np.asarray(ids[: count * length], dtype=np.int64).reshape(count, length)
 
 
-def calibration_rows(ctx: StageContext, release: ModelRelease, meta: dict[str, Any], model_dir: Path,
-                     uri: str) -> np.ndarray:
+def calibration_rows(
+    ctx: StageContext, release: ModelRelease, meta: dict[str, Any], model_dir: Path, uri: str
+) -> np.ndarray:
     """The (N, L) rows of the first source that exists (see the module docstring); `meta` is the
     model's manifest metadata, `model_dir` its local copy (for the tokenizer), `uri` where it lives."""
     comp = release.spec.compression
@@ -108,8 +111,10 @@ def calibration_rows(ctx: StageContext, release: ModelRelease, meta: dict[str, A
         return pack_rows(meta["data"], model_dir, limit)
     if comp.distillation is not None:
         return _shards(ctx.input("Dataset", comp.distillation.dataset_ref.name).artifacts.get("shards"), limit)
-    raise InvalidInput(f"no calibration data to measure the compression on: set {CHOICES}; the model at {uri} "
-                       "names no training data in a manifest")
+    raise InvalidInput(
+        f"no calibration data to measure the compression on: set {CHOICES}; the model at {uri} "
+        "names no training data in a manifest"
+    )
 
 
 def _shards(uri: str | None, limit: int) -> np.ndarray:

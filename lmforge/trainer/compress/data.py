@@ -41,7 +41,7 @@ def forward_with_input_hooks(
         model.eval()
         with torch.no_grad():
             for start in range(0, len(rows), CALIB_BATCH):
-                model(input_ids=torch.from_numpy(rows[start:start + CALIB_BATCH]).to(device))
+                model(input_ids=torch.from_numpy(rows[start : start + CALIB_BATCH]).to(device))
     finally:
         for handle in handles:
             handle.remove()

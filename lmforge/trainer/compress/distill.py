@@ -36,8 +36,16 @@ class DistillResult:
     parameters: int
 
 
-def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path, *, seed: int = 0,
-            on_step: Callable[[int, float], object] | None = None, device: str | None = None) -> DistillResult:
+def distill(
+    teacher_dir: Path,
+    cfg: Distillation,
+    shards: Shards,
+    out_dir: Path,
+    *,
+    seed: int = 0,
+    on_step: Callable[[int, float], object] | None = None,
+    device: str | None = None,
+) -> DistillResult:
     """Train `cfg.student` from scratch against the teacher at `teacher_dir` on `device` (default: the GPU
     when torch sees one, else the CPU); save it in HF format. One process: the stage runs one."""
     import torch
@@ -49,9 +57,14 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     where = torch.device(device or default_device())
     teacher = load_model(str(teacher_dir)).eval().to(where)
     vocab = teacher.config.vocab_size
-    config = llama_config(cfg.student, vocab_size=vocab, context_length=shards.seq_length,
-                          bos_token_id=teacher.config.bos_token_id, eos_token_id=teacher.config.eos_token_id,
-                          pad_token_id=teacher.config.pad_token_id)
+    config = llama_config(
+        cfg.student,
+        vocab_size=vocab,
+        context_length=shards.seq_length,
+        bos_token_id=teacher.config.bos_token_id,
+        eos_token_id=teacher.config.eos_token_id,
+        pad_token_id=teacher.config.pad_token_id,
+    )
     student = build_model(config, seed)
     student.to(where)  # type: ignore[arg-type]  # transformers' stubs type `to` for dtypes only
     if len(shards.train) == 0:
@@ -59,7 +72,9 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
     warmup = max(1, cfg.max_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)))
+        opt,
+        lambda s: min(1.0, (s + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * min(s, cfg.max_steps) / cfg.max_steps)),
+    )
     rng = np.random.default_rng(seed)
     t = cfg.temperature
     tail: list[float] = []
@@ -67,15 +82,25 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     for step in range(cfg.max_steps):
         ids = torch.from_numpy(shards.train.sample(rng, cfg.micro_batch_size)).to(where)  # (B, L)
         if int(ids.max()) >= vocab:
-            raise InvalidInput(f"token id {int(ids.max())} is outside the teacher's vocabulary ({vocab}): "
-                               "distillation.datasetRef must use the teacher's tokenizer")
+            raise InvalidInput(
+                f"token id {int(ids.max())} is outside the teacher's vocabulary ({vocab}): "
+                "distillation.datasetRef must use the teacher's tokenizer"
+            )
         with torch.no_grad():
             t_logits = teacher(input_ids=ids).logits[:, :-1].float()  # (B, L-1, V)
         s_logits = student(input_ids=ids).logits[:, :-1].float()  # (B, L-1, V)
         flat_s = s_logits.reshape(-1, vocab)
         hard = F.cross_entropy(flat_s, ids[:, 1:].reshape(-1))
-        soft = F.kl_div(F.log_softmax(flat_s / t, -1), F.log_softmax(t_logits.reshape(-1, vocab) / t, -1),
-                        log_target=True, reduction="batchmean") * t * t
+        soft = (
+            F.kl_div(
+                F.log_softmax(flat_s / t, -1),
+                F.log_softmax(t_logits.reshape(-1, vocab) / t, -1),
+                log_target=True,
+                reduction="batchmean",
+            )
+            * t
+            * t
+        )
         loss = cfg.alpha * soft + (1 - cfg.alpha) * hard
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -95,5 +120,6 @@ def distill(teacher_dir: Path, cfg: Distillation, shards: Shards, out_dir: Path,
     tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
     tokenizer.save_pretrained(out_dir)
     write_generation_config(out_dir, tokenizer)
-    return DistillResult(out_dir, float(np.mean(tail)) if tail else float("nan"), val_nll,
-                         sum(p.numel() for p in student.parameters()))
+    return DistillResult(
+        out_dir, float(np.mean(tail)) if tail else float("nan"), val_nll, sum(p.numel() for p in student.parameters())
+    )

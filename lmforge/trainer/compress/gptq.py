@@ -35,13 +35,17 @@ BLOCK = 128
 """Columns per lazy-batch block (rounded to a multiple of the group size)."""
 
 
-def hessians(model: torch.nn.Module, layers: list[tuple[str, torch.nn.Linear]], rows: np.ndarray,
-             ) -> dict[str, torch.Tensor]:
+def hessians(
+    model: torch.nn.Module,
+    layers: list[tuple[str, torch.nn.Linear]],
+    rows: np.ndarray,
+) -> dict[str, torch.Tensor]:
     """2/n · XᵀX of each layer's inputs over the calibration rows (N, L) of token ids, (in, in) float32."""
     import torch
 
-    acc: dict[str, torch.Tensor] = {n: torch.zeros(m.in_features, m.in_features, device=m.weight.device)
-                                  for n, m in layers}
+    acc: dict[str, torch.Tensor] = {
+        n: torch.zeros(m.in_features, m.in_features, device=m.weight.device) for n, m in layers
+    }
     count: dict[str, int] = dict.fromkeys(acc, 0)
 
     def hook(name: str) -> Any:
@@ -49,6 +53,7 @@ def hessians(model: torch.nn.Module, layers: list[tuple[str, torch.nn.Linear]], 
             x = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).float()  # (tokens, in)
             acc[name].addmm_(x.T, x)
             count[name] += x.shape[0]
+
         return add
 
     forward_with_input_hooks(model, [(m, hook(n)) for n, m in layers], rows)
@@ -68,8 +73,12 @@ def _inverse_factor(h: torch.Tensor) -> torch.Tensor:
     raise StageError("GPTQ: the calibration Hessian is not positive definite even with heavy dampening")
 
 
-def quantize_weight(weight: torch.Tensor, h: torch.Tensor, args: Any, scale_dtype: torch.dtype,
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_weight(
+    weight: torch.Tensor,
+    h: torch.Tensor,
+    args: Any,
+    scale_dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """GPTQ one weight (out, in) with its Hessian (in, in) under compressed-tensors group `args`.
 
     Returns (dequantized weight (out, in) on the INT4 grid, scales (out, in / group_size)); the scales are
@@ -97,7 +106,7 @@ def quantize_weight(weight: torch.Tensor, h: torch.Tensor, args: Any, scale_dtyp
         err = torch.zeros_like(w1)
         for i in range(b1 - b0):
             if i % g == 0:
-                grp = w1[:, i:i + g]  # (out, g), already carrying the error of earlier columns
+                grp = w1[:, i : i + g]  # (out, g), already carrying the error of earlier columns
                 s, _ = calculate_qparams(grp.amin(-1, keepdim=True), grp.amax(-1, keepdim=True), args)
                 scale = s.to(scale_dtype).float().clamp_min(torch.finfo(scale_dtype).tiny)  # (out, 1)
                 scales.append(scale)

@@ -20,8 +20,7 @@ if TYPE_CHECKING:
 def _linears(model: torch.nn.Module) -> list[torch.nn.Linear]:
     import torch
 
-    return [m for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in SKIP]
+    return [m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in SKIP]
 
 
 def magnitude(model: torch.nn.Module, sparsity: float) -> None:

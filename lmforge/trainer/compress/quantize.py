@@ -42,9 +42,11 @@ class Scheme:
 
 SCHEMES: dict[QuantMethod, Scheme] = {
     QuantMethod.INT8_WEIGHT: Scheme(
-        "W8A16", grouped=False,
+        "W8A16",
+        grouped=False,
         vllm_cpu_reason="vLLM 0.32's CPU WNA16 kernels take only 4-bit weights (uint4/uint4b8), not "
-                        "8-bit weight-only; serve it on a GPU, or use w8a8 or int4 on the CPU"),
+        "8-bit weight-only; serve it on a GPU, or use w8a8 or int4 on the CPU",
+    ),
     QuantMethod.W8A8: Scheme("W8A8", grouped=False, vllm_cpu_reason=None),
     QuantMethod.INT4: Scheme("W4A16", grouped=True, vllm_cpu_reason=None),
     QuantMethod.INT4_GPTQ: Scheme("W4A16", grouped=True, vllm_cpu_reason=None),
@@ -59,8 +61,7 @@ def scheme_for(method: QuantMethod) -> Scheme:
 def _targets(model: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
     import torch
 
-    return [(n, m) for n, m in model.named_modules()
-            if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in SKIP]
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.split(".")[-1] not in SKIP]
 
 
 def check_group_size(model: torch.nn.Module, group_size: int) -> None:
@@ -70,11 +71,16 @@ def check_group_size(model: torch.nn.Module, group_size: int) -> None:
         raise InvalidInput(
             f"compression.quantization.groupSize {group_size} does not divide the input width of "
             f"{len(bad)} layer(s), e.g. {bad[0]}: the model is too small for this group size; use a "
-            "divisor of its hidden and intermediate sizes")
+            "divisor of its hidden and intermediate sizes"
+        )
 
 
-def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int, calibration: np.ndarray,
-             ) -> object:
+def quantize(
+    model: torch.nn.Module,
+    method: QuantMethod,
+    group_size: int,
+    calibration: np.ndarray,
+) -> object:
     """Quantize `model` in place; returns the `ModelCompressor` that writes its config on save.
 
     Round-to-nearest: each weight row (or group of `group_size` weights) gets the symmetric scale
@@ -108,8 +114,9 @@ def quantize(model: torch.nn.Module, method: QuantMethod, group_size: int, calib
     if method == QuantMethod.INT4_AWQ:
         awq.apply_scales(model, calibration, scheme.weights)  # then the round-to-nearest below
     hs = gptq.hessians(model, _targets(model), calibration) if method == QuantMethod.INT4_GPTQ else {}
-    config = QuantizationConfig(config_groups={"group_0": scheme}, ignore=SKIP,
-                                quantization_status=QuantizationStatus.INITIALIZED)
+    config = QuantizationConfig(
+        config_groups={"group_0": scheme}, ignore=SKIP, quantization_status=QuantizationStatus.INITIALIZED
+    )
     apply_quantization_config(model, config)
     with torch.no_grad():
         for name, layer in _targets(model):

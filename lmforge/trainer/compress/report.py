@@ -34,10 +34,9 @@ def nll_per_token(model: torch.nn.Module, rows: np.ndarray) -> float:
     total, count = 0.0, 0
     with torch.no_grad():
         for start in range(0, len(rows), EVAL_BATCH):
-            ids = torch.from_numpy(rows[start:start + EVAL_BATCH]).to(next(model.parameters()).device)  # (B, L)
+            ids = torch.from_numpy(rows[start : start + EVAL_BATCH]).to(next(model.parameters()).device)  # (B, L)
             logits = model(input_ids=ids).logits.float()  # (B, L, V)
-            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1),
-                                   reduction="sum")
+            loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
             total += float(loss)
             count += ids[:, 1:].numel()
     if count == 0:

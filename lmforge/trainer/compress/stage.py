@@ -94,13 +94,20 @@ def run(ctx: StageContext) -> StageOutcome:
     uri, lineage, need_manifest = model_source(ctx, release)
     source = fetch(uri, require_manifest=need_manifest)
     meta = model_metadata(uri)
-    steps = ([f"distil:{d.student.num_layers}x{d.student.hidden_size}"] if d else []) \
-        + ([p.method.value] if p.method != PruneMethod.NONE else []) \
+    steps = (
+        ([f"distil:{d.student.num_layers}x{d.student.hidden_size}"] if d else [])
+        + ([p.method.value] if p.method != PruneMethod.NONE else [])
         + ([q.method.value] if q.method != QuantMethod.NONE else [])
+    )
     metadata: dict[str, Any] = {"lineage": [*lineage, uri], "dataset": meta.get("dataset")}
-    report = CompressionReport(method="+".join(steps) or "none", size_before_bytes=dir_size(source),
-                               size_after_bytes=dir_size(source), perplexity_before=None,
-                               perplexity_after=None, max_perplexity_increase=q.max_perplexity_increase)
+    report = CompressionReport(
+        method="+".join(steps) or "none",
+        size_before_bytes=dir_size(source),
+        size_after_bytes=dir_size(source),
+        perplexity_before=None,
+        perplexity_after=None,
+        max_perplexity_increase=q.max_perplexity_increase,
+    )
     out = source
     if steps:
         if q.method != QuantMethod.NONE:
@@ -114,11 +121,19 @@ def run(ctx: StageContext) -> StageOutcome:
             report.perplexity_teacher = perplexity(source, rows)
             dshards = Shards(fetch(ctx.input("Dataset", d.dataset_ref.name).artifacts["shards"]))
             result = distil_mod.distill(
-                source, d, dshards, ctx.work_dir / "student",
+                source,
+                d,
+                dshards,
+                ctx.work_dir / "student",
                 on_step=lambda s, loss: ctx.reporter.progress(
-                    s, d.max_steps, unit="distill-step", metrics={"loss": loss}))
-            report.details["student"] = {"parameters": result.parameters, "val_nll": result.val_nll,
-                                         "train_loss": result.train_loss}
+                    s, d.max_steps, unit="distill-step", metrics={"loss": loss}
+                ),
+            )
+            report.details["student"] = {
+                "parameters": result.parameters,
+                "val_nll": result.val_nll,
+                "train_loss": result.train_loss,
+            }
             current, done = result.student_dir, done + 1
         report.perplexity_before = perplexity(current, rows)
         model = AutoModelForCausalLM.from_pretrained(current, dtype="auto")
@@ -148,17 +163,23 @@ def run(ctx: StageContext) -> StageOutcome:
     report_dir.mkdir(parents=True, exist_ok=True)
     (report_dir / "report.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
     metadata["compression"] = report.to_json()
-    artifacts = {"model": publish(ctx, "model", out, "model", metadata),
-                 "report": publish(ctx, "report", report_dir, "report", {})}
+    artifacts = {
+        "model": publish(ctx, "model", out, "model", metadata),
+        "report": publish(ctx, "report", report_dir, "report", {}),
+    }
     return StageOutcome(artifacts, report.metrics())
 
 
 def write_card(out: Path, release: ModelRelease, uri: str, report: CompressionReport) -> None:
     """README.md model card: where the model came from and what compression cost."""
-    ppl = (f"{report.perplexity_before:.3f} → {report.perplexity_after:.3f}"
-           if report.perplexity_before is not None and report.perplexity_after is not None else "n/a")
+    ppl = (
+        f"{report.perplexity_before:.3f} → {report.perplexity_after:.3f}"
+        if report.perplexity_before is not None and report.perplexity_after is not None
+        else "n/a"
+    )
     (out / "README.md").write_text(
         f"# {release.metadata.name}\n\nReleased by LMForge from `{uri}`.\n\n"
         f"- compression: `{report.method}`\n- size: {report.size_before_bytes} → {report.size_after_bytes} bytes "
         f"({report.ratio:.2f}×)\n- held-out perplexity: {ppl}\n"
-        + (f"- vLLM CPU: not servable ({report.vllm_cpu_reason})\n" if not report.vllm_cpu else ""))
+        + (f"- vLLM CPU: not servable ({report.vllm_cpu_reason})\n" if not report.vllm_cpu else "")
+    )

@@ -38,8 +38,9 @@ def repeats(weight: float, seed: int, key: int) -> int:
     return whole + (1 if _unit(seed, key) < weight - whole else 0)
 
 
-def weighted(docs: Iterable[tuple[int, str, str]], weights: dict[str, float], seed: int
-             ) -> Iterator[tuple[int, str, str]]:
+def weighted(
+    docs: Iterable[tuple[int, str, str]], weights: dict[str, float], seed: int
+) -> Iterator[tuple[int, str, str]]:
     for key, source, text in docs:
         for _ in range(repeats(weights[source], seed, key)):
             yield key, source, text
@@ -63,8 +64,15 @@ class PackStats:
     tokens_by_source: dict[str, int] = field(default_factory=dict)
 
 
-def tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out_path: Path, seq_length: int,
-                      vocab_size: int, eos_id: int, progress: Callable[[int], None] | None = None) -> PackStats:
+def tokenize_and_pack(
+    docs: Iterable[tuple[int, str, str]],
+    tokenizer: Any,
+    out_path: Path,
+    seq_length: int,
+    vocab_size: int,
+    eos_id: int,
+    progress: Callable[[int], None] | None = None,
+) -> PackStats:
     """Tokenize in batches (parallel inside `encode_batch`), append EOS, pack into rows of L in a raw
     file; returns the counts. The next batch is encoded in a background thread (the Rust side releases
     the GIL) while the current one is packed and the next texts are read, so packing and reading hide
@@ -82,8 +90,15 @@ def tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out_
         sys.setswitchinterval(previous)
 
 
-def _tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out_path: Path, seq_length: int,
-                       vocab_size: int, eos_id: int, progress: Callable[[int], None] | None) -> PackStats:
+def _tokenize_and_pack(
+    docs: Iterable[tuple[int, str, str]],
+    tokenizer: Any,
+    out_path: Path,
+    seq_length: int,
+    vocab_size: int,
+    eos_id: int,
+    progress: Callable[[int], None] | None,
+) -> PackStats:
     from concurrent.futures import Future, ThreadPoolExecutor
 
     stats = PackStats()
@@ -130,14 +145,26 @@ def _tokenize_and_pack(docs: Iterable[tuple[int, str, str]], tokenizer: Any, out
     return stats
 
 
-def write_all_shards(output: Store, packed_path: Path, rows: int, seq_length: int, vocab_size: int,
-                     validation_fraction: float, seed: int, shard_sequences: int, fingerprint: str,
-                     scratch: Path) -> tuple[dict[str, list[ShardEntry]], dict[str, FileEntry]]:
+def write_all_shards(
+    output: Store,
+    packed_path: Path,
+    rows: int,
+    seq_length: int,
+    vocab_size: int,
+    validation_fraction: float,
+    seed: int,
+    shard_sequences: int,
+    fingerprint: str,
+    scratch: Path,
+) -> tuple[dict[str, list[ShardEntry]], dict[str, FileEntry]]:
     """Write (or skip, when already done under `fingerprint`) every shard into `shards/`; returns the
     index entries per split and the manifest entries."""
     dtype = dtype_for(vocab_size)
-    packed = np.memmap(packed_path, dtype=dtype, mode="r").reshape(rows, seq_length) if rows else \
-        np.zeros((0, seq_length), dtype=dtype)
+    packed = (
+        np.memmap(packed_path, dtype=dtype, mode="r").reshape(rows, seq_length)
+        if rows
+        else np.zeros((0, seq_length), dtype=dtype)
+    )
     index: dict[str, list[ShardEntry]] = {"train": [], "validation": []}
     files: dict[str, FileEntry] = {}
     scratch.mkdir(parents=True, exist_ok=True)

@@ -26,11 +26,15 @@ BUILTIN_BOILERPLATE: list[tuple[tuple[str, ...], str]] = [
     (("©", "(c)", "copyright"), r"^\s*(©|\(c\)|copyright\b).{0,80}$"),
     (("rights reserved",), r"\ball rights reserved\.?\s*$"),
     (("home", "menu"), r"^\s*(home|menu)(\s*[>»|/]\s*\w+){1,}\s*$"),
-    (("skip to", "back to top", "share", "follow us"),
-     r"^\s*(skip to (main )?content|back to top|share (this|on)\b.*|follow us\b.*)\s*$"),
+    (
+        ("skip to", "back to top", "share", "follow us"),
+        r"^\s*(skip to (main )?content|back to top|share (this|on)\b.*|follow us\b.*)\s*$",
+    ),
     (("privacy", "terms of"), r"^\s*(privacy policy|terms of (use|service))(\s*[|·]\s*\w[\w ]*)*\s*$"),
-    (("click here", "read more", "subscribe", "sign up", "log in", "login"),
-     r"^\s*(click here|read more|subscribe( now)?|sign up|log ?in)\s*[.!]?\s*$"),
+    (
+        ("click here", "read more", "subscribe", "sign up", "log in", "login"),
+        r"^\s*(click here|read more|subscribe( now)?|sign up|log ?in)\s*[.!]?\s*$",
+    ),
 ]
 """Built-in boilerplate line patterns, each gated by cheap substring checks (most lines match none)."""
 
@@ -47,8 +51,9 @@ class Cleaner:
 
     def _boilerplate(self, line: str) -> bool:
         lower = line.lower()
-        return any((not hints or any(h in lower for h in hints)) and pattern.search(line)
-                   for hints, pattern in self._rules)
+        return any(
+            (not hints or any(h in lower for h in hints)) and pattern.search(line) for hints, pattern in self._rules
+        )
 
     def __call__(self, text: str) -> str:
         if self.spec.normalize_unicode and not unicodedata.is_normalized("NFC", text):

@@ -78,8 +78,13 @@ def add_counts(into: dict[str, SourceCounts], wire: dict[str, dict[str, Any]]) -
 class Curator:
     """Applies the spec's filters to one document at a time, counting what happens."""
 
-    def __init__(self, spec: DatasetSpec, optout: OptOutList, read_text: Callable[[str], str],
-                 decontaminator: Decontaminator | None) -> None:
+    def __init__(
+        self,
+        spec: DatasetSpec,
+        optout: OptOutList,
+        read_text: Callable[[str], str],
+        decontaminator: Decontaminator | None,
+    ) -> None:
         self.spec = spec
         self.optout = optout
         self.domains = {s.name: s.domain for s in spec.sources}
@@ -169,8 +174,9 @@ class ChunkResult:
     lines_removed: int
 
 
-def curate_chunk(docs: list[Document], curator: Curator, hasher: MinHasher | None,
-                 source_ids: dict[str, int]) -> ChunkResult:
+def curate_chunk(
+    docs: list[Document], curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int]
+) -> ChunkResult:
     """Curate one chunk; the curator's counters are reset afterwards, so the result holds this chunk's
     counts only (the same whether chunks run in this process or in a pool)."""
     import zstandard
@@ -197,9 +203,19 @@ def curate_chunk(docs: list[Document], curator: Curator, hasher: MinHasher | Non
         lines.append(json.dumps({"k": key, "s": doc.source, "t": text}, ensure_ascii=False).encode())
     sigs = hasher.signatures_of_words(words).tobytes() if hasher is not None and words else b""
     docs_zst = zstandard.ZstdCompressor(level=3).compress(b"\n".join(lines) + b"\n") if lines else b""
-    result = ChunkResult(keys, exact, sources, nbytes, docs_zst, sigs, len(docs), read_bytes,
-                         {name: c.wire() for name, c in curator.counts.items()}, dict(curator.redactor.counts),
-                         curator.cleaner.lines_removed)
+    result = ChunkResult(
+        keys,
+        exact,
+        sources,
+        nbytes,
+        docs_zst,
+        sigs,
+        len(docs),
+        read_bytes,
+        {name: c.wire() for name, c in curator.counts.items()},
+        dict(curator.redactor.counts),
+        curator.cleaner.lines_removed,
+    )
     curator.reset_counts()
     return result
 
@@ -251,9 +267,16 @@ class Totals:
     lines_removed: int = 0
 
 
-def curate(docs: Iterable[Document], curator: Curator, hasher: MinHasher | None, source_ids: dict[str, int],
-           docs_file: BinaryIO, sig_file: BinaryIO, progress: Callable[[int, int, float], None],
-           processes: int = 1) -> tuple[WorkerOutput, Totals]:
+def curate(
+    docs: Iterable[Document],
+    curator: Curator,
+    hasher: MinHasher | None,
+    source_ids: dict[str, int],
+    docs_file: BinaryIO,
+    sig_file: BinaryIO,
+    progress: Callable[[int, int, float], None],
+    processes: int = 1,
+) -> tuple[WorkerOutput, Totals]:
     """Run `curator` over `docs` in chunks, in this process or in a pool of `processes` forked ones
     (output identical either way: results are written in read order). Kept documents go to
     `docs_file` as zstd frames of JSON lines, their signatures to `sig_file` as raw uint32 rows of

@@ -32,7 +32,7 @@ def _strings(value: Any) -> Iterator[str]:
 
 def _ngram_hashes(words: list[str], n: int) -> set[int]:
     return {
-        int.from_bytes(hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=8).digest(), "little")
+        int.from_bytes(hashlib.blake2b(" ".join(words[i : i + n]).encode(), digest_size=8).digest(), "little")
         for i in range(len(words) - n + 1)
     }
 
@@ -77,15 +77,20 @@ class Decontaminator:
         words = normalize(text).split()
         n = self.n
         for i in range(len(words) - n + 1):
-            h = int.from_bytes(hashlib.blake2b(" ".join(words[i:i + n]).encode(), digest_size=8).digest(), "little")
+            h = int.from_bytes(hashlib.blake2b(" ".join(words[i : i + n]).encode(), digest_size=8).digest(), "little")
             if h in self.ngrams:
                 return True
         return False
 
     def settings(self) -> dict[str, object]:
         """For the dataset card."""
-        return {"ngram": self.n, "files": self.files, "texts": self.texts, "tooShort": self.too_short,
-                "protectedNgrams": len(self.ngrams)}
+        return {
+            "ngram": self.n,
+            "files": self.files,
+            "texts": self.texts,
+            "tooShort": self.too_short,
+            "protectedNgrams": len(self.ngrams),
+        }
 
 
 def eval_data_uris(spec: Decontamination, inputs: dict[str, dict[str, Any] | None]) -> list[str]:
@@ -106,8 +111,9 @@ def eval_data_uris(spec: Decontamination, inputs: dict[str, dict[str, Any] | Non
     return out + list(spec.uris)
 
 
-def build(spec: Decontamination, inputs: dict[str, dict[str, Any] | None],
-          read_text: Callable[[str], str]) -> Decontaminator:
+def build(
+    spec: Decontamination, inputs: dict[str, dict[str, Any] | None], read_text: Callable[[str], str]
+) -> Decontaminator:
     """A decontaminator loaded with every protected evaluation file."""
     d = Decontaminator(spec.ngram)
     for uri in eval_data_uris(spec, inputs):

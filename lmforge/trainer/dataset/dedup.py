@@ -37,9 +37,15 @@ def normalized_words(text: str) -> list[str]:
 # ASCII: letters lower-cased, \w and whitespace kept (0x1c-0x1f, whitespace to `str.split` only, become
 # spaces), everything else (the punctuation `_PUNCT` removes) a space.
 _NORMALIZE_ASCII = bytes(
-    32 if 0x1c <= c <= 0x1f else c | 0x20 if 65 <= c <= 90
-    else c if (c < 128 and (chr(c).isalnum() or c == 95 or chr(c).isspace())) else 32
-    for c in range(256))
+    32
+    if 0x1C <= c <= 0x1F
+    else c | 0x20
+    if 65 <= c <= 90
+    else c
+    if (c < 128 and (chr(c).isalnum() or c == 95 or chr(c).isspace()))
+    else 32
+    for c in range(256)
+)
 
 
 def normalized_tokens(text: str) -> list[str] | list[bytes]:
@@ -160,7 +166,7 @@ class MinHasher:
         offsets = np.concatenate([[0], np.cumsum(counts)[:-1]])  # first shingle of each doc
         for i in np.flatnonzero(lengths < k).tolist():  # rare: fewer words than k (or none)
             n = int(lengths[i])
-            w = words[starts[i]:starts[i] + n]
+            w = words[starts[i] : starts[i] + n]
             shingles[offsets[i]] = self._mix(w, n)[0] if n else 0
         hv = _fmix(shingles, 32)  # (M,) uint32
         return self._reduce(hv, offsets, counts)
@@ -180,7 +186,7 @@ class MinHasher:
             start = int(offsets[i])
             j = max(int(np.searchsorted(ends, start + _BLOCK, side="right")), i + 1)  # docs i..j-1
             end = int(ends[j - 1])
-            phv = buf[:end - start]  # (m, P)
+            phv = buf[: end - start]  # (m, P)
             np.multiply(hv[start:end, None], a, out=phv)  # wraps mod 2^32
             np.add(phv, b, out=phv)
             out[i:j] = np.minimum.reduceat(phv, offsets[i:j] - start, axis=0)
@@ -189,8 +195,7 @@ class MinHasher:
 
     def signature(self, text: str) -> np.ndarray:
         """(num_perm,) uint32 MinHash signature (datasketch's MinHash, one document)."""
-        m = self._MinHash(self.spec.num_perm, hashfunc=_identity, permutations=self.permutations,
-                          scheme="affine32")
+        m = self._MinHash(self.spec.num_perm, hashfunc=_identity, permutations=self.permutations, scheme="affine32")
         m.update_batch(self.shingles(text).tolist())
         return np.asarray(m.hashvalues, dtype=np.uint32)
 
@@ -225,8 +230,9 @@ def band_keys(cols: np.ndarray) -> np.ndarray:
     return keys
 
 
-def near_duplicates(sigs: np.ndarray, bands: int, rows: int, threshold: float,
-                    alive: np.ndarray | None = None) -> NearDupResult:
+def near_duplicates(
+    sigs: np.ndarray, bands: int, rows: int, threshold: float, alive: np.ndarray | None = None
+) -> NearDupResult:
     """Near-duplicate clusters among the rows of `sigs` (n, num_perm) whose `alive` flag is set; every
     member but the lowest-indexed of each cluster is dropped. This holds every signature in one place;
     the Dataset stage runs the same rule partitioned over its workers (`dedup_parts`), and this
@@ -236,7 +242,7 @@ def near_duplicates(sigs: np.ndarray, bands: int, rows: int, threshold: float,
     parent = np.arange(n, dtype=np.int64)
     candidates = verified = 0
     for band in range(bands):
-        keys = band_keys(sigs[alive_idx, band * rows:(band + 1) * rows])
+        keys = band_keys(sigs[alive_idx, band * rows : (band + 1) * rows])
         order = np.argsort(keys, kind="stable")  # stable: lowest index first within a bucket
         sorted_keys = keys[order]
         starts = np.ones(len(order), dtype=bool)

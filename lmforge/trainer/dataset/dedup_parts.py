@@ -78,8 +78,7 @@ class Plan:
         return start, start + q + (1 if part < r else 0)
 
 
-def wait_for(store: Store, keys: dict[str, str], timeout: float, what: str, progress: Progress,
-             hint: str = "") -> None:
+def wait_for(store: Store, keys: dict[str, str], timeout: float, what: str, progress: Progress, hint: str = "") -> None:
     """Poll `store` until the artifact at every key of `keys` is complete with the fingerprint it maps
     to; a `StageError` (retryable) names the missing ones after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -112,8 +111,9 @@ class Exchange:
     """The steps' intermediate files, through the run's store: one artifact per (step, worker),
     files fetched one at a time (a consumer reads only its partition of each producer)."""
 
-    def __init__(self, store: Store, fingerprint: str, scratch: Path, timeout: float,
-                 progress: Progress | None = None) -> None:
+    def __init__(
+        self, store: Store, fingerprint: str, scratch: Path, timeout: float, progress: Progress | None = None
+    ) -> None:
         self.store = store
         self.fingerprint = fingerprint
         self.scratch = scratch
@@ -126,8 +126,11 @@ class Exchange:
 
     def done(self, step: str, part: int) -> bool:
         manifest = read_manifest(self.store, self.key(step, part))
-        return bool(manifest and manifest.metadata.get("fingerprint") == self.fingerprint
-                    and is_complete(self.store, self.key(step, part)))
+        return bool(
+            manifest
+            and manifest.metadata.get("fingerprint") == self.fingerprint
+            and is_complete(self.store, self.key(step, part))
+        )
 
     def local(self, step: str, part: int) -> Path:
         """The local folder a step's files are written in before they are uploaded (made empty)."""
@@ -198,6 +201,7 @@ def _locs(part: int, n: int) -> np.ndarray:
 
 # ---- the steps; `slice_file(name)` gives a local copy of a file of this worker's slice -------------------
 
+
 def route(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -> None:
     keys = np.load(slice_file("keys.npy"))
     exact = np.load(slice_file("exact.npy"))
@@ -213,7 +217,8 @@ def route(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Path]) -
             for q, out in enumerate(outs):
                 start, stop = plan.columns(q)
                 np.lib.format.write_array_header_1_0(
-                    out, {"descr": "<u4", "fortran_order": False, "shape": (n, stop - start)})
+                    out, {"descr": "<u4", "fortran_order": False, "shape": (n, stop - start)}
+                )
             for sig in _signature_chunks(slice_file, n, plan.num_perm):
                 for q, out in enumerate(outs):
                     start, stop = plan.columns(q)
@@ -249,8 +254,9 @@ def _read_into(path: Path, out: np.ndarray, header: bool) -> None:
     with open(path, "rb") as f:
         if header:
             version = np.lib.format.read_magic(f)
-            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
-                np.lib.format.read_array_header_2_0
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
             shape, _fortran, dtype = read_header(f)
             if tuple(shape) != out.shape or dtype != out.dtype:
                 raise ValueError(f"{path}: {shape} {dtype}, expected {out.shape} {out.dtype}")
@@ -292,12 +298,12 @@ def bands_step(x: Exchange, plan: Plan, me: int, slice_file: Callable[[str], Pat
     outs = [open(path, "wb") for path in paths]
     try:
         for c, chunk in enumerate(_signature_chunks(slice_file, n, plan.num_perm)):
-            rows = np.flatnonzero(alive[c * CHUNK:c * CHUNK + len(chunk)])
+            rows = np.flatnonzero(alive[c * CHUNK : c * CHUNK + len(chunk)])
             sig = chunk[rows]
             rows += c * CHUNK
             loc = (np.int64(me) << np.int64(LOC_SHIFT)) | rows.astype(np.int64)
             for band in range(plan.bands):
-                bkey = band_keys(sig[:, band * plan.rows:(band + 1) * plan.rows])
+                bkey = band_keys(sig[:, band * plan.rows : (band + 1) * plan.rows])
                 part = (bkey % np.uint64(plan.parts)).astype(np.int64)
                 for q, out in enumerate(outs):
                     mine = np.flatnonzero(part == q)
@@ -316,7 +322,7 @@ def buckets_step(x: Exchange, plan: Plan, me: int) -> None:
     rec = np.empty(sum(sizes), dtype=RECORD)  # every record of this partition, every band
     at = 0
     for path, size in zip(paths, sizes, strict=True):
-        _read_into(path, rec[at:at + size], header=False)
+        _read_into(path, rec[at : at + size], header=False)
         path.unlink()
         at += size
     candidates = 0
@@ -355,7 +361,7 @@ def verify_step(x: Exchange, plan: Plan, me: int) -> None:
     for i in range(plan.parts):
         if sizes[i]:
             path = x.fetch(f"{x.key('route', i)}/cols-{me}.npy")
-            _read_into(path, cols[offsets[i]:offsets[i + 1]], header=True)
+            _read_into(path, cols[offsets[i] : offsets[i + 1]], header=True)
             path.unlink()
 
     count_dtype = np.uint8 if stop - start <= 255 else np.uint16  # 1 B per pair from 5 workers on
@@ -368,8 +374,8 @@ def verify_step(x: Exchange, plan: Plan, me: int) -> None:
             a_loc, b_loc = x.load("buckets", q, "a_loc.npy"), x.load("buckets", q, "b_loc.npy")
             eq = np.zeros(len(a_loc), dtype=count_dtype)  # agreeing columns per pair
             for s in range(0, len(eq), CHUNK):
-                ia, ib = rows(a_loc[s:s + CHUNK]), rows(b_loc[s:s + CHUNK])
-                eq[s:s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=count_dtype)
+                ia, ib = rows(a_loc[s : s + CHUNK]), rows(b_loc[s : s + CHUNK])
+                eq[s : s + CHUNK] = (cols[ia] == cols[ib]).sum(axis=1, dtype=count_dtype)
             yield f"eq-{q}.npy", eq
 
     x.publish("verify", me, files())
@@ -397,8 +403,7 @@ class Components:
     verified_pairs: int
 
 
-def _stars(key: np.ndarray, loc: np.ndarray, a: np.ndarray, b: np.ndarray
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _stars(key: np.ndarray, loc: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Connected components of the graph with edges `key[a[i]]`-`key[b[i]]` over the nodes `key`
     (unique, ascending; `loc` alongside): (key, loc, root key) per node, the root being the lowest key
     of its component."""
@@ -439,10 +444,12 @@ def components(x: Exchange, plan: Plan) -> Components:
         if buffered and (pending >= len(node_key) or q == plan.parts - 1):
             # Edges: the buffered verified pairs, plus each known node to its root (the stars so far).
             root_loc = node_loc[np.searchsorted(node_key, root_key)]
-            ends_key = np.concatenate([*(e["a_key"] for e in buffered), node_key,
-                                       *(e["b_key"] for e in buffered), root_key])
-            ends_loc = np.concatenate([*(e["a_loc"] for e in buffered), node_loc,
-                                       *(e["b_loc"] for e in buffered), root_loc])
+            ends_key = np.concatenate(
+                [*(e["a_key"] for e in buffered), node_key, *(e["b_key"] for e in buffered), root_key]
+            )
+            ends_loc = np.concatenate(
+                [*(e["a_loc"] for e in buffered), node_loc, *(e["b_loc"] for e in buffered), root_loc]
+            )
             buffered = []
             half = len(ends_key) // 2
             node_key, first, inverse = np.unique(ends_key, return_index=True, return_inverse=True)

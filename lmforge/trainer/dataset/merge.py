@@ -47,8 +47,14 @@ def load_worker(path: Path) -> dict[str, Any]:
     return json.loads((path / STATS).read_text())
 
 
-def merge(worker_dirs: list[Path], source_names: list[str], exact_dropped: Callable[[int], np.ndarray],
-          near: Components, bands: int, rows: int) -> MergeResult:
+def merge(
+    worker_dirs: list[Path],
+    source_names: list[str],
+    exact_dropped: Callable[[int], np.ndarray],
+    near: Components,
+    bands: int,
+    rows: int,
+) -> MergeResult:
     """Keep-masks and the card's counts from the partitioned dedup's outcome (`dedup_parts`): the
     rows of each slice dropped as exact (`exact_dropped(slice)`) and as near duplicates. One slice is in
     memory at a time."""
@@ -70,8 +76,10 @@ def merge(worker_dirs: list[Path], source_names: list[str], exact_dropped: Calla
         drop_exact[exact_rows] = True
         drop_near = np.zeros(len(sources), dtype=bool)
         drop_near[near.dropped[i]] = True
-        for step, gone, after in (("exact_dedup", drop_exact, ~drop_exact),
-                                  ("near_dedup", drop_near, ~drop_exact & ~drop_near)):
+        for step, gone, after in (
+            ("exact_dedup", drop_exact, ~drop_exact),
+            ("near_dedup", drop_near, ~drop_exact & ~drop_near),
+        ):
             for mask, into in ((gone, dropped[step]), (after, kept[step])):
                 np.add.at(into[:, 0], sources[mask], 1)
                 np.add.at(into[:, 1], sources[mask], nbytes[mask])
@@ -87,9 +95,16 @@ def merge(worker_dirs: list[Path], source_names: list[str], exact_dropped: Calla
         for k, v in s["pii"].items():
             pii[k] = pii.get(k, 0) + int(v)
     return MergeResult(
-        keep=keep, counts=counts, pii=pii, exact_removed=exact_removed,
-        near_removed=int(sum(len(e) for e in near.dropped)), near_clusters=near.clusters,
-        candidate_pairs=near.candidate_pairs, bands=bands, rows=rows, worker_stats=stats,
+        keep=keep,
+        counts=counts,
+        pii=pii,
+        exact_removed=exact_removed,
+        near_removed=int(sum(len(e) for e in near.dropped)),
+        near_clusters=near.clusters,
+        candidate_pairs=near.candidate_pairs,
+        bands=bands,
+        rows=rows,
+        worker_stats=stats,
     )
 
 

@@ -74,6 +74,8 @@ def _has_digits3(text: str) -> bool:
     if text.isascii():
         return b"000" in text.encode("ascii").translate(_DIGIT_CLASS)
     return _DIGITS3.search(text) is not None
+
+
 _ASSIGNED_SECRET = re.compile(
     r"(?i)\b((?:api[_-]?key|secret(?:[_-]?key)?|access[_-]?token|auth[_-]?token|token|password|passwd)"
     r"[\"']?\s*[:=]\s*[\"']?)([A-Za-z0-9_\-/+=.]{12,})"

@@ -18,8 +18,10 @@ _BULLETS = ("•", "-", "*", "·", "‣", "◦", "–")
 # For ASCII text: keep letters and whitespace (the separators 0x1c-0x1f, whitespace to `str.split` but
 # not to `bytes.split`, become spaces); a word keeps a byte iff it has a letter.
 _ASCII_SPACE = b" \t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"
-_NOT_LETTER_OR_SPACE = bytes(c for c in range(256) if not (chr(c).isascii() and chr(c).isalpha()) and c not in _ASCII_SPACE)
-_SEPARATORS_TO_SPACE = bytes(32 if 0x1c <= c <= 0x1f else c for c in range(256))
+_NOT_LETTER_OR_SPACE = bytes(
+    c for c in range(256) if not (chr(c).isascii() and chr(c).isalpha()) and c not in _ASCII_SPACE
+)
+_SEPARATORS_TO_SPACE = bytes(32 if 0x1C <= c <= 0x1F else c for c in range(256))
 
 
 def _letter_words(text: str) -> int:
@@ -111,6 +113,17 @@ def check(text: str, spec: QualityFilter) -> str | None:
     return None
 
 
-RULES = ("min_words", "max_words", "mean_word_length", "symbol_ratio", "bullet_lines", "ellipsis_lines",
-         "alpha_words", "duplicate_lines", "duplicate_paragraphs", "top_ngram", "duplicate_ngrams")
+RULES = (
+    "min_words",
+    "max_words",
+    "mean_word_length",
+    "symbol_ratio",
+    "bullet_lines",
+    "ellipsis_lines",
+    "alpha_words",
+    "duplicate_lines",
+    "duplicate_paragraphs",
+    "top_ngram",
+    "duplicate_ngrams",
+)
 """Every rule name `check` may return."""

@@ -192,8 +192,10 @@ def _parquet(path: Path, file: InputFile) -> Iterator[Document]:
         pf = pq.ParquetFile(path)
         names = set(pf.schema_arrow.names)
         if src.text_field not in names:
-            raise InvalidInput(f"source {src.name}: {file.location}: no column {src.text_field!r} "
-                               f"(columns: {', '.join(sorted(names))})")
+            raise InvalidInput(
+                f"source {src.name}: {file.location}: no column {src.text_field!r} "
+                f"(columns: {', '.join(sorted(names))})"
+            )
         columns = [src.text_field] + ([src.url_field] if src.url_field and src.url_field in names else [])
         row = 0
         for batch in pf.iter_batches(batch_size=2048, columns=columns):
@@ -216,8 +218,10 @@ def read_file(file: InputFile, scratch: Path) -> Iterator[Document]:
     with _local_copy(file.location, scratch) as path:
         if fmt == SourceFormat.PARQUET:
             if compression:
-                raise InvalidInput(f"source {src.name}: {file.location}: Parquet compresses internally; "
-                                   "an outer .gz/.zst is not supported")
+                raise InvalidInput(
+                    f"source {src.name}: {file.location}: Parquet compresses internally; "
+                    "an outer .gz/.zst is not supported"
+                )
             yield from _parquet(path, file)
             return
         try:

@@ -50,16 +50,22 @@ def _digest(obj: Any) -> str:
 
 def worker_fingerprint(spec: DatasetSpec, files: list[InputFile], index: int, count: int) -> str:
     """What a worker's slice depends on: curation settings and its files."""
-    curation = spec.model_dump(mode="json", include={"sources", "opt_out", "cleaning", "quality", "toxicity",
-                                                     "language", "pii", "dedup"})
+    curation = spec.model_dump(
+        mode="json", include={"sources", "opt_out", "cleaning", "quality", "toxicity", "language", "pii", "dedup"}
+    )
     return _digest(["worker-v1", curation, [f.location for f in files], index, count])
 
 
 def _wait_for_workers(ctx: StageContext, fingerprints: list[str]) -> None:
     """Poll the store until every worker's slice is committed with the expected fingerprint."""
-    wait_for(ctx.output, {f"work/worker-{i}": fp for i, fp in enumerate(fingerprints)}, wait_seconds(),
-             "dataset workers", lambda message: ctx.reporter.progress(0, message=message, unit="doc"),
-             hint=f" to commit their slices under {ctx.uri('work')} (set {WAIT_ENV} to wait longer)")
+    wait_for(
+        ctx.output,
+        {f"work/worker-{i}": fp for i, fp in enumerate(fingerprints)},
+        wait_seconds(),
+        "dataset workers",
+        lambda message: ctx.reporter.progress(0, message=message, unit="doc"),
+        hint=f" to commit their slices under {ctx.uri('work')} (set {WAIT_ENV} to wait longer)",
+    )
 
 
 def _tokenizer(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, fingerprint: str) -> Path:
@@ -83,8 +89,9 @@ def _tokenizer(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, fingerp
     return out
 
 
-def _pack(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, tok_dir: Path, ids: dict[str, int],
-          fingerprint: str) -> dict[str, Any]:
+def _pack(
+    ctx: StageContext, spec: DatasetSpec, merged: MergeStore, tok_dir: Path, ids: dict[str, int], fingerprint: str
+) -> dict[str, Any]:
     """Tokenize and pack into `<work_dir>/packed.bin`, unless a finished one for `fingerprint` is there."""
     from tokenizers import Tokenizer
 
@@ -103,9 +110,16 @@ def _pack(ctx: StageContext, spec: DatasetSpec, merged: MergeStore, tok_dir: Pat
 
     docs = weighted(kept_documents(merged.dirs, merged.keep), weights, spec.seed)
     stats = tokenize_and_pack(docs, tokenizer, packed, spec.seq_length, ids["vocab_size"], ids["eos_id"], progress)
-    done = {"fingerprint": fingerprint, "rows": stats.rows, "tokens": stats.tokens, "tail": stats.tail,
-            "documents": stats.documents, "bytes": stats.bytes, "seconds": stats.seconds,
-            "tokens_by_source": stats.tokens_by_source}
+    done = {
+        "fingerprint": fingerprint,
+        "rows": stats.rows,
+        "tokens": stats.tokens,
+        "tail": stats.tail,
+        "documents": stats.documents,
+        "bytes": stats.bytes,
+        "seconds": stats.seconds,
+        "tokens_by_source": stats.tokens_by_source,
+    }
     marker.write_text(json.dumps(done))
     return done
 
@@ -142,15 +156,34 @@ def run(ctx: StageContext) -> StageOutcome:
         ctx.output.delete_prefix("work/shards-done")
         ctx.output.put_bytes(plan_key, shard_fp.encode())
     split_index, files_written = write_all_shards(
-        ctx.output, ctx.work_dir / "packed.bin", packed["rows"], spec.seq_length, ids["vocab_size"],
-        spec.validation_fraction, spec.seed, spec.shard_sequences, shard_fp, ctx.work_dir / "shards")
+        ctx.output,
+        ctx.work_dir / "packed.bin",
+        packed["rows"],
+        spec.seq_length,
+        ids["vocab_size"],
+        spec.validation_fraction,
+        spec.seed,
+        spec.shard_sequences,
+        shard_fp,
+        ctx.work_dir / "shards",
+    )
     train_seqs = sum(e.sequences for e in split_index["train"])
     val_seqs = sum(e.sequences for e in split_index["validation"])
-    index = ShardIndex(format=FORMAT, dtype=dtype_for(ids["vocab_size"]).name, seq_length=spec.seq_length,
-                       vocab_size=ids["vocab_size"], bos_id=ids["bos_id"], eos_id=ids["eos_id"],
-                       pad_id=ids["pad_id"], train=split_index["train"], validation=split_index["validation"],
-                       tokens={"train": train_seqs * spec.seq_length, "validation": val_seqs * spec.seq_length},
-                       packed_tokens=packed["tokens"], dropped_tail_tokens=packed["tail"], seed=spec.seed)
+    index = ShardIndex(
+        format=FORMAT,
+        dtype=dtype_for(ids["vocab_size"]).name,
+        seq_length=spec.seq_length,
+        vocab_size=ids["vocab_size"],
+        bos_id=ids["bos_id"],
+        eos_id=ids["eos_id"],
+        pad_id=ids["pad_id"],
+        train=split_index["train"],
+        validation=split_index["validation"],
+        tokens={"train": train_seqs * spec.seq_length, "validation": val_seqs * spec.seq_length},
+        packed_tokens=packed["tokens"],
+        dropped_tail_tokens=packed["tail"],
+        seed=spec.seed,
+    )
     elapsed = max(time.monotonic() - started, 1e-9)
     card = merged.card(resource.metadata.name, spec, packed, index, ids, tok_dir)
     card_dir = ctx.work_dir / "card"
@@ -168,12 +201,16 @@ def run(ctx: StageContext) -> StageOutcome:
     artifacts["shards"] = ctx.uri("shards")
     read_docs, read_bytes = merged.read_totals()
     metrics: dict[str, float] = {
-        "documents": merged.kept_documents, "tokens": packed["tokens"], "train_sequences": train_seqs,
-        "validation_sequences": val_seqs, "bytes": read_bytes, "documents_read": read_docs,
-        "docs_per_second": read_docs / elapsed, "bytes_per_second": read_bytes / elapsed,
+        "documents": merged.kept_documents,
+        "tokens": packed["tokens"],
+        "train_sequences": train_seqs,
+        "validation_sequences": val_seqs,
+        "bytes": read_bytes,
+        "documents_read": read_docs,
+        "docs_per_second": read_docs / elapsed,
+        "bytes_per_second": read_bytes / elapsed,
         "tokens_per_second_tokenize": packed["tokens"] / max(packed["seconds"], 1e-9),
     }
     metrics.update({f"dropped_{k}": v for k, v in merged.dropped_totals().items()})
     ctx.reporter.progress(merged.kept_documents, merged.kept_documents, unit="doc", metrics=metrics, force=True)
     return StageOutcome(artifacts, metrics)
-

@@ -28,8 +28,11 @@ def train(texts: Iterable[str], spec: TokenizerSpec, out_dir: Path) -> Path:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=spec.vocab_size, min_frequency=spec.min_frequency, special_tokens=spec.special_tokens,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False,
+        vocab_size=spec.vocab_size,
+        min_frequency=spec.min_frequency,
+        special_tokens=spec.special_tokens,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer)
     return save(tok, spec.special_tokens, out_dir)
@@ -41,8 +44,9 @@ def save(tok: Any, special_tokens: list[str], out_dir: Path) -> Path:
     from transformers import PreTrainedTokenizerFast
 
     bos, eos, pad = special_tokens[:3]
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad,
-                                   additional_special_tokens=special_tokens[3:])
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=bos, eos_token=eos, pad_token=pad, additional_special_tokens=special_tokens[3:]
+    )
     fast.chat_template = CHAT_TEMPLATE
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.save_pretrained(out_dir)

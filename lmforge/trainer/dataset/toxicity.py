@@ -51,8 +51,11 @@ class ToxicityScorer:
     def score(self, text: str) -> float:
         if self.classifier is not None:
             return float(self.classifier(text))
-        if self._runs_precheck and text.isascii() and self._bytes_words.isdisjoint(
-                text.encode("ascii").translate(_LETTER_RUNS).split()):
+        if (
+            self._runs_precheck
+            and text.isascii()
+            and self._bytes_words.isdisjoint(text.encode("ascii").translate(_LETTER_RUNS).split())
+        ):
             # Every pure-letter `_WORD` match is a maximal letter run, and the list has only pure-letter
             # words, so no run on the list means no hit: the score is 0 without tokenizing.
             return 0.0

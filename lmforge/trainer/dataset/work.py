@@ -63,8 +63,13 @@ def wait_seconds() -> float:
 
 def dedup_exchange(ctx: StageContext, fingerprint: str) -> Exchange:
     """The partitioned dedup's intermediates of this run (under `work/dedup/` in the run's store)."""
-    return Exchange(ctx.output, fingerprint, ctx.work_dir / "dedup", wait_seconds(),
-                    lambda message: ctx.reporter.progress(0, message=message, unit="doc"))
+    return Exchange(
+        ctx.output,
+        fingerprint,
+        ctx.work_dir / "dedup",
+        wait_seconds(),
+        lambda message: ctx.reporter.progress(0, message=message, unit="doc"),
+    )
 
 
 def run_dedup_partition(ctx: StageContext, spec: DatasetSpec, fingerprint: str) -> None:
@@ -146,19 +151,33 @@ def run_worker(ctx: StageContext, spec: DatasetSpec, files: list[InputFile], fin
     counts = {name: c.wire() for name, c in totals.counts.items()}
     read_docs = sum(c.steps.get("read", [0, 0])[0] for c in totals.counts.values())
     read_bytes = sum(c.steps.get("read", [0, 0])[1] for c in totals.counts.values())
-    stats = {"worker": ctx.spec.worker.index, "files": [f.location for f in files], "counts": counts,
-             "pii": pii_counts(totals.pii), "boilerplate_lines": totals.lines_removed,
-             "seconds": seconds, "processes": processes, "documents": read_docs, "bytes": read_bytes,
-             "settings": {"optOut": curator.optout.settings(),
-                          "toxicity": curator.toxicity.settings() if curator.toxicity else None,
-                          "decontamination": curator.decontaminator.settings() if curator.decontaminator else None}}
+    stats = {
+        "worker": ctx.spec.worker.index,
+        "files": [f.location for f in files],
+        "counts": counts,
+        "pii": pii_counts(totals.pii),
+        "boilerplate_lines": totals.lines_removed,
+        "seconds": seconds,
+        "processes": processes,
+        "documents": read_docs,
+        "bytes": read_bytes,
+        "settings": {
+            "optOut": curator.optout.settings(),
+            "toxicity": curator.toxicity.settings() if curator.toxicity else None,
+            "decontamination": curator.decontaminator.settings() if curator.decontaminator else None,
+        },
+    }
     (out / STATS).write_text(json.dumps(stats))
     writer_ = ArtifactWriter(ctx.output, key, clear_existing=True)
     writer_.add_dir(out)
     writer_.commit("dataset-slice", {"fingerprint": fingerprint})
     shutil.rmtree(out, ignore_errors=True)
-    return {"documents_read": read_docs, "bytes": read_bytes, "docs_per_second": read_docs / max(seconds, 1e-9),
-            "bytes_per_second": read_bytes / max(seconds, 1e-9)}
+    return {
+        "documents_read": read_docs,
+        "bytes": read_bytes,
+        "docs_per_second": read_docs / max(seconds, 1e-9),
+        "bytes_per_second": read_bytes / max(seconds, 1e-9),
+    }
 
 
 @dataclass
@@ -185,14 +204,30 @@ class MergeStore:
         near = components(x, plan)
         r = merge(dirs, names, lambda i: exact_dropped(x, plan, i), near, plan.bands, plan.rows)
         kept_bytes = sum(int(np.load(d / "nbytes.npy")[k].sum()) for d, k in zip(dirs, r.keep, strict=True))
-        stats = {"counts": {n: c.wire() for n, c in r.counts.items()}, "pii": r.pii,
-                 "exact_removed": r.exact_removed, "near_removed": r.near_removed, "near_clusters": r.near_clusters,
-                 "candidate_pairs": r.candidate_pairs, "bands": r.bands, "rows": r.rows,
-                 "kept_documents": int(sum(int(k.sum()) for k in r.keep)), "kept_bytes": kept_bytes,
-                 "boilerplate_lines": sum(s["boilerplate_lines"] for s in r.worker_stats),
-                 "settings": r.worker_stats[0]["settings"] if r.worker_stats else {},
-                 "workers": [{"worker": s["worker"], "files": len(s["files"]), "documents": s["documents"],
-                              "bytes": s["bytes"], "seconds": s["seconds"]} for s in r.worker_stats]}
+        stats = {
+            "counts": {n: c.wire() for n, c in r.counts.items()},
+            "pii": r.pii,
+            "exact_removed": r.exact_removed,
+            "near_removed": r.near_removed,
+            "near_clusters": r.near_clusters,
+            "candidate_pairs": r.candidate_pairs,
+            "bands": r.bands,
+            "rows": r.rows,
+            "kept_documents": int(sum(int(k.sum()) for k in r.keep)),
+            "kept_bytes": kept_bytes,
+            "boilerplate_lines": sum(s["boilerplate_lines"] for s in r.worker_stats),
+            "settings": r.worker_stats[0]["settings"] if r.worker_stats else {},
+            "workers": [
+                {
+                    "worker": s["worker"],
+                    "files": len(s["files"]),
+                    "documents": s["documents"],
+                    "bytes": s["bytes"],
+                    "seconds": s["seconds"],
+                }
+                for s in r.worker_stats
+            ],
+        }
         out = ctx.work_dir / "merge"
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir(parents=True)
@@ -227,42 +262,78 @@ class MergeStore:
                 out[reason] = out.get(reason, 0) + docs
         return out
 
-    def card(self, name: str, spec: DatasetSpec, packed: dict[str, Any], index: ShardIndex,
-             ids: dict[str, int], tok_dir: Path) -> dict[str, Any]:
+    def card(
+        self,
+        name: str,
+        spec: DatasetSpec,
+        packed: dict[str, Any],
+        index: ShardIndex,
+        ids: dict[str, int],
+        tok_dir: Path,
+    ) -> dict[str, Any]:
         """card.json's content."""
         s = self.stats
-        sources = source_table(self.counts(), packed["tokens_by_source"], {x.name: x.license for x in spec.sources},
-                               {x.name: x.uri for x in spec.sources}, {x.name: x.weight for x in spec.sources})
+        sources = source_table(
+            self.counts(),
+            packed["tokens_by_source"],
+            {x.name: x.license for x in spec.sources},
+            {x.name: x.uri for x in spec.sources},
+            {x.name: x.weight for x in spec.sources},
+        )
         read_docs, read_bytes = self.read_totals()
         near = spec.dedup.near
         train_seqs = sum(e.sequences for e in index.train)
         val_seqs = sum(e.sequences for e in index.validation)
         return {
             "name": name,
-            "summary": (f"{read_docs} documents ({read_bytes} bytes) read from {len(spec.sources)} source(s); "
-                        f"{self.kept_documents} kept ({self.kept_bytes} bytes), {packed['tokens']} tokens, "
-                        f"{train_seqs} training and {val_seqs} validation sequences."),
+            "summary": (
+                f"{read_docs} documents ({read_bytes} bytes) read from {len(spec.sources)} source(s); "
+                f"{self.kept_documents} kept ({self.kept_bytes} bytes), {packed['tokens']} tokens, "
+                f"{train_seqs} training and {val_seqs} validation sequences."
+            ),
             "sources": sources,
-            "totals": {"read": {"documents": read_docs, "bytes": read_bytes},
-                       "kept": {"documents": self.kept_documents, "bytes": self.kept_bytes},
-                       "dropped": self.dropped_totals()},
+            "totals": {
+                "read": {"documents": read_docs, "bytes": read_bytes},
+                "kept": {"documents": self.kept_documents, "bytes": self.kept_bytes},
+                "dropped": self.dropped_totals(),
+            },
             "pii": {"types": [t.value for t in spec.pii.types] if spec.pii.enabled else [], "redactions": s["pii"]},
             "cleaning": {"boilerplateLinesRemoved": s["boilerplate_lines"]},
-            "dedup": {"exact": {"enabled": spec.dedup.exact, "removed": s["exact_removed"]},
-                      "near": {"enabled": near.enabled, "removed": s["near_removed"], "clusters": s["near_clusters"],
-                               "candidatePairs": s["candidate_pairs"], "numPerm": near.num_perm,
-                               "shingleSize": near.shingle_size, "bands": s["bands"], "rows": s["rows"],
-                               "threshold": near.threshold, "implementation": "datasketch MinHash (affine32) + "
-                               "banded LSH with signature verification"}},
-            "tokenizer": {"type": "byte-level BPE (Hugging Face tokenizers)", "vocabSize": ids["vocab_size"],
-                          "specialTokens": spec.tokenizer.special_tokens, "trained": spec.tokenizer.from_uri is None,
-                          "fromUri": spec.tokenizer.from_uri,
-                          "trainBytes": min(spec.tokenizer.train_bytes, self.kept_bytes),
-                          "files": sorted(p.name for p in tok_dir.iterdir() if p.is_file())},
-            "shards": {"format": index.format, "dtype": index.dtype, "seqLength": spec.seq_length,
-                       "trainSequences": train_seqs, "validationSequences": val_seqs, "seed": spec.seed,
-                       "tokens": packed["tokens"], "droppedTailTokens": packed["tail"],
-                       "validationFraction": spec.validation_fraction},
+            "dedup": {
+                "exact": {"enabled": spec.dedup.exact, "removed": s["exact_removed"]},
+                "near": {
+                    "enabled": near.enabled,
+                    "removed": s["near_removed"],
+                    "clusters": s["near_clusters"],
+                    "candidatePairs": s["candidate_pairs"],
+                    "numPerm": near.num_perm,
+                    "shingleSize": near.shingle_size,
+                    "bands": s["bands"],
+                    "rows": s["rows"],
+                    "threshold": near.threshold,
+                    "implementation": "datasketch MinHash (affine32) + banded LSH with signature verification",
+                },
+            },
+            "tokenizer": {
+                "type": "byte-level BPE (Hugging Face tokenizers)",
+                "vocabSize": ids["vocab_size"],
+                "specialTokens": spec.tokenizer.special_tokens,
+                "trained": spec.tokenizer.from_uri is None,
+                "fromUri": spec.tokenizer.from_uri,
+                "trainBytes": min(spec.tokenizer.train_bytes, self.kept_bytes),
+                "files": sorted(p.name for p in tok_dir.iterdir() if p.is_file()),
+            },
+            "shards": {
+                "format": index.format,
+                "dtype": index.dtype,
+                "seqLength": spec.seq_length,
+                "trainSequences": train_seqs,
+                "validationSequences": val_seqs,
+                "seed": spec.seed,
+                "tokens": packed["tokens"],
+                "droppedTailTokens": packed["tail"],
+                "validationFraction": spec.validation_fraction,
+            },
             "workers": s["workers"],
             "settings": spec.model_dump(mode="json", by_alias=True, exclude={"compute"}),
             "effectiveSettings": s["settings"],

@@ -38,16 +38,22 @@ def program(row: CodeRow, completion: str) -> str:
     return f"{row.prompt}{completion}\n\n{row.test}\n\ncheck({row.entry_point})\n"
 
 
-def execute(sources: Sequence[str], limits: Limits,
-            isolation: CodeIsolation = CodeIsolation.SANDBOX) -> list[Outcome]:
+def execute(sources: Sequence[str], limits: Limits, isolation: CodeIsolation = CodeIsolation.SANDBOX) -> list[Outcome]:
     """Run programs concurrently, one sandbox each (the work is in child processes)."""
     with ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
         return list(pool.map(lambda s: run_program(s, limits, isolation), sources))
 
 
-def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_tokens: int,
-             timeout_seconds: float, seed: int, advance: Callable[[int], None],
-             isolation: CodeIsolation = CodeIsolation.SANDBOX) -> dict[str, ItemScores]:
+def evaluate(
+    backend: Backend,
+    rows: Sequence[CodeRow],
+    samples: int,
+    max_new_tokens: int,
+    timeout_seconds: float,
+    seed: int,
+    advance: Callable[[int], None],
+    isolation: CodeIsolation = CodeIsolation.SANDBOX,
+) -> dict[str, ItemScores]:
     """`pass@1`, `pass@<samples>`, `pass@k` (= pass@samples), averaged over problems, and `sandboxed`.
 
     Raises `SandboxUnavailable` (before generating anything) when the sandbox cannot be established.
@@ -58,13 +64,15 @@ def evaluate(backend: Backend, rows: Sequence[CodeRow], samples: int, max_new_to
     limits = Limits(wall_seconds=timeout_seconds, cpu_seconds=max(1, math.ceil(timeout_seconds)))
     correct: list[int] = []
     for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
-        requests = [GenerationRequest(r.prompt, max_new_tokens, STOP, temperature) for r in chunk for _ in range(samples)]
+        chunk = rows[start : start + CHUNK]
+        requests = [
+            GenerationRequest(r.prompt, max_new_tokens, STOP, temperature) for r in chunk for _ in range(samples)
+        ]
         completions = backend.generate(requests, seed + start)
         rows_of = [r for r in chunk for _ in range(samples)]
         outcomes = execute([program(r, c) for r, c in zip(rows_of, completions, strict=True)], limits, isolation)
         for i in range(len(chunk)):
-            correct.append(sum(o.passed for o in outcomes[i * samples:(i + 1) * samples]))
+            correct.append(sum(o.passed for o in outcomes[i * samples : (i + 1) * samples]))
         advance(len(chunk))
     ids = row_ids(rows)
     # pass@1 of one sample and pass@n of n samples are 0/1 per problem; pass@1 of n > 1 is a fraction

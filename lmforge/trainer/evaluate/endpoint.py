@@ -34,8 +34,15 @@ def base_url(url: str) -> str:
 class EndpointBackend:
     """Completions and chat completions over plain HTTP (urllib), prompts batched per request."""
 
-    def __init__(self, url: str, model: str | None = None, *, batch_size: int = 16, timeout: float = 300.0,
-                 api_key: str | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str | None = None,
+        *,
+        batch_size: int = 16,
+        timeout: float = 300.0,
+        api_key: str | None = None,
+    ) -> None:
         self.base = base_url(url)
         self.batch_size = batch_size
         self.timeout = timeout
@@ -60,8 +67,9 @@ class EndpointBackend:
                 return out
         except urllib.error.HTTPError as exc:
             detail = exc.read()[:300].decode("utf-8", "replace")
-            raise StageError(f"endpoint {self.base}{path}: HTTP {exc.code}: {detail}",
-                             retryable=exc.code >= 500) from None
+            raise StageError(
+                f"endpoint {self.base}{path}: HTTP {exc.code}: {detail}", retryable=exc.code >= 500
+            ) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise StageError(f"endpoint {self.base} is unreachable: {reason}") from None
@@ -69,30 +77,48 @@ class EndpointBackend:
     def _echo(self, prompts: list[str]) -> list[dict[str, Any]]:
         """Per prompt: `tokens`, `token_logprobs`, `top_logprobs`, `text_offset` of the echoed prompt."""
         try:
-            reply = self._call("POST", "/completions", {
-                "model": self.model, "prompt": prompts, "max_tokens": 1, "echo": True, "logprobs": 1,
-                "temperature": 0.0})
+            reply = self._call(
+                "POST",
+                "/completions",
+                {
+                    "model": self.model,
+                    "prompt": prompts,
+                    "max_tokens": 1,
+                    "echo": True,
+                    "logprobs": 1,
+                    "temperature": 0.0,
+                },
+            )
         except StageError as exc:
             if exc.retryable:
                 raise
-            raise EchoUnsupported(f"endpoint {self.base} rejects echo+logprobs completions ({exc}); only "
-                                  f"generation, code and safety tasks can run against it") from None
+            raise EchoUnsupported(
+                f"endpoint {self.base} rejects echo+logprobs completions ({exc}); only "
+                f"generation, code and safety tasks can run against it"
+            ) from None
         choices = sorted(reply.get("choices", []), key=lambda c: c.get("index", 0))
         out = [c.get("logprobs") or {} for c in choices]
         if len(out) != len(prompts) or any(not lp.get("token_logprobs") or "text_offset" not in lp for lp in out):
-            raise EchoUnsupported(f"endpoint {self.base} returns no prompt log-probabilities; "
-                                  "multiple-choice and perplexity tasks need them")
+            raise EchoUnsupported(
+                f"endpoint {self.base} returns no prompt log-probabilities; "
+                "multiple-choice and perplexity tasks need them"
+            )
         return out
 
     def loglikelihood(self, pairs: list[tuple[str, str]]) -> list[tuple[float, bool]]:
         results = []
         for start in range(0, len(pairs), self.batch_size):
-            batch = pairs[start:start + self.batch_size]
+            batch = pairs[start : start + self.batch_size]
             for (context, cont), lp in zip(batch, self._echo([c + x for c, x in batch]), strict=True):
                 begin, end = len(context), len(context) + len(cont)
                 total, greedy = 0.0, True
-                for tok, logp, top, offset in zip(lp["tokens"], lp["token_logprobs"], lp.get("top_logprobs") or
-                                                  [None] * len(lp["tokens"]), lp["text_offset"], strict=False):
+                for tok, logp, top, offset in zip(
+                    lp["tokens"],
+                    lp["token_logprobs"],
+                    lp.get("top_logprobs") or [None] * len(lp["tokens"]),
+                    lp["text_offset"],
+                    strict=False,
+                ):
                     if begin <= offset < end and logp is not None:
                         total += float(logp)
                         if top:
@@ -103,7 +129,7 @@ class EndpointBackend:
     def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         out: list[tuple[float, int]] = []
         for start in range(0, len(texts), self.batch_size):
-            batch = texts[start:start + self.batch_size]
+            batch = texts[start : start + self.batch_size]
             for text, lp in zip(batch, self._echo(batch), strict=True):
                 nll, count = 0.0, 0
                 for logp, offset in zip(lp["token_logprobs"], lp["text_offset"], strict=False):
@@ -115,9 +141,16 @@ class EndpointBackend:
 
     def _chat(self, request: GenerationRequest) -> str:
         try:
-            reply = self._call("POST", "/chat/completions", {
-                "model": self.model, "messages": [{"role": "user", "content": request.prompt}],
-                "max_tokens": request.max_new_tokens, "temperature": request.temperature})
+            reply = self._call(
+                "POST",
+                "/chat/completions",
+                {
+                    "model": self.model,
+                    "messages": [{"role": "user", "content": request.prompt}],
+                    "max_tokens": request.max_new_tokens,
+                    "temperature": request.temperature,
+                },
+            )
         except StageError as exc:
             if exc.retryable:
                 raise
@@ -126,8 +159,12 @@ class EndpointBackend:
 
     def _complete(self, requests: list[GenerationRequest]) -> list[str]:
         first = requests[0]
-        body: dict[str, Any] = {"model": self.model, "prompt": [r.prompt for r in requests],
-                                "max_tokens": first.max_new_tokens, "temperature": first.temperature}
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": [r.prompt for r in requests],
+            "max_tokens": first.max_new_tokens,
+            "temperature": first.temperature,
+        }
         if first.stop:
             body["stop"] = list(first.stop)
         choices = sorted(self._call("POST", "/completions", body)["choices"], key=lambda c: c.get("index", 0))
@@ -137,7 +174,7 @@ class EndpointBackend:
         # `seed` is not sent: one seed for a batch of identical prompts would make identical samples.
         out: list[str] = []
         for start in range(0, len(requests), self.batch_size):
-            batch = requests[start:start + self.batch_size]
+            batch = requests[start : start + self.batch_size]
             if batch[0].chat:
                 out.extend(self._chat(r) for r in batch)
                 continue

@@ -28,10 +28,14 @@ class Baseline:
     def from_results(cls, name: str, metrics: dict[str, float], results: dict[str, Any] | None) -> Baseline:
         """From the baseline's published metrics and its results.json (None for one without it)."""
         results = results or {}
-        items = {f"{t}.{m}": ItemScores.from_json(s) for t, ms in (results.get("items") or {}).items()
-                 for m, s in ms.items()}
-        intervals = {f"{t}.{m}": Interval.from_json(i) for t, ms in (results.get("intervals") or {}).items()
-                     for m, i in ms.items()}
+        items = {
+            f"{t}.{m}": ItemScores.from_json(s) for t, ms in (results.get("items") or {}).items() for m, s in ms.items()
+        }
+        intervals = {
+            f"{t}.{m}": Interval.from_json(i)
+            for t, ms in (results.get("intervals") or {}).items()
+            for m, i in ms.items()
+        }
         return cls(name, dict(metrics), items, intervals)
 
 
@@ -62,17 +66,25 @@ def flatten(tasks: dict[str, dict[str, Any]]) -> dict[str, Any]:
 def _observed(threshold: Threshold, tasks: dict[str, dict[str, float]]) -> float:
     produced = tasks.get(threshold.task)
     if produced is None:
-        raise InvalidInput(f"threshold {threshold}: no task {threshold.task!r} produced metrics "
-                           f"(tasks: {', '.join(sorted(tasks)) or 'none'})")
+        raise InvalidInput(
+            f"threshold {threshold}: no task {threshold.task!r} produced metrics "
+            f"(tasks: {', '.join(sorted(tasks)) or 'none'})"
+        )
     if threshold.metric not in produced:
-        raise InvalidInput(f"threshold {threshold}: task {threshold.task} produced no metric "
-                           f"{threshold.metric!r} (it produced {', '.join(sorted(produced))})")
+        raise InvalidInput(
+            f"threshold {threshold}: task {threshold.task} produced no metric "
+            f"{threshold.metric!r} (it produced {', '.join(sorted(produced))})"
+        )
     return produced[threshold.metric]
 
 
-def evaluate(thresholds: list[str] | list[Threshold], tasks: dict[str, dict[str, float]],
-             baseline: Baseline | None = None, items: dict[str, ItemScores] | None = None,
-             intervals: dict[str, Interval] | None = None) -> list[GateResult]:
+def evaluate(
+    thresholds: list[str] | list[Threshold],
+    tasks: dict[str, dict[str, float]],
+    baseline: Baseline | None = None,
+    items: dict[str, ItemScores] | None = None,
+    intervals: dict[str, Interval] | None = None,
+) -> list[GateResult]:
     """Every threshold's result; a threshold naming a metric no task (or, for a baseline threshold,
     the baseline) produced is an input error. `items`/`intervals` are ours, by flat key."""
     items, intervals = items or {}, intervals or {}
@@ -87,13 +99,22 @@ def evaluate(thresholds: list[str] | list[Threshold], tasks: dict[str, dict[str,
             raise InvalidInput(f"threshold {threshold}: compares with a baseline, but there is no baseline result")
         key = f"{threshold.baseline[0]}.{threshold.baseline[1]}"
         if key not in baseline.metrics:
-            raise InvalidInput(f"threshold {threshold}: the baseline EvalSuite/{baseline.name} produced no metric "
-                               f"{key} (it produced {', '.join(sorted(baseline_metrics(baseline))) or 'none'})")
+            raise InvalidInput(
+                f"threshold {threshold}: the baseline EvalSuite/{baseline.name} produced no metric "
+                f"{key} (it produced {', '.join(sorted(baseline_metrics(baseline))) or 'none'})"
+            )
         values = {f"{BASELINE_PREFIX}{key}": baseline.metrics[key]}
-        comparison = compare(items.get(threshold.key), baseline.items.get(key), observed, baseline.metrics[key],
-                             intervals.get(threshold.key), baseline.intervals.get(key))
-        results.append(GateResult(str(threshold), observed, threshold.holds(observed, values),
-                                  threshold.bound(values), comparison))
+        comparison = compare(
+            items.get(threshold.key),
+            baseline.items.get(key),
+            observed,
+            baseline.metrics[key],
+            intervals.get(threshold.key),
+            baseline.intervals.get(key),
+        )
+        results.append(
+            GateResult(str(threshold), observed, threshold.holds(observed, values), threshold.bound(values), comparison)
+        )
     return results
 
 
@@ -107,19 +128,34 @@ def baseline_values(thresholds: list[Threshold], baseline: Baseline | None) -> d
     the suite's metrics so the operator's gate check sees the same bound)."""
     if baseline is None:
         return {}
-    return {t.baseline_key: baseline.metrics[f"{t.baseline[0]}.{t.baseline[1]}"]
-            for t in thresholds if t.baseline is not None and t.baseline_key is not None}
+    return {
+        t.baseline_key: baseline.metrics[f"{t.baseline[0]}.{t.baseline[1]}"]
+        for t in thresholds
+        if t.baseline is not None and t.baseline_key is not None
+    }
 
 
 def deltas(ours: dict[str, float], baseline: dict[str, float]) -> dict[str, float]:
     """Ours minus the baseline's value, for every flat metric both have."""
-    return {key: ours[key] - baseline[key] for key in sorted(ours)
-            if key in baseline and key != "gate_passed" and not key.startswith(BASELINE_PREFIX)}
+    return {
+        key: ours[key] - baseline[key]
+        for key in sorted(ours)
+        if key in baseline and key != "gate_passed" and not key.startswith(BASELINE_PREFIX)
+    }
 
 
-def comparisons(ours: dict[str, float], items: dict[str, ItemScores], intervals: dict[str, Interval],
-                baseline: Baseline) -> dict[str, dict[str, Any]]:
+def comparisons(
+    ours: dict[str, float], items: dict[str, ItemScores], intervals: dict[str, Interval], baseline: Baseline
+) -> dict[str, dict[str, Any]]:
     """For every metric both have: the difference, its interval and significance."""
-    return {key: compare(items.get(key), baseline.items.get(key), ours[key], baseline.metrics[key],
-                         intervals.get(key), baseline.intervals.get(key)).to_json()
-            for key in deltas(ours, baseline.metrics)}
+    return {
+        key: compare(
+            items.get(key),
+            baseline.items.get(key),
+            ours[key],
+            baseline.metrics[key],
+            intervals.get(key),
+            baseline.intervals.get(key),
+        ).to_json()
+        for key in deltas(ours, baseline.metrics)
+    }

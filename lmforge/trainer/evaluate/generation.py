@@ -47,13 +47,19 @@ def prompt(row: GenerationRow, shots: Sequence[GenerationRow]) -> str:
     return "".join(f"{s.prompt} {s.answers[0]}\n\n" for s in shots) + row.prompt
 
 
-def evaluate(backend: Backend, rows: Sequence[GenerationRow], shots: Sequence[GenerationRow],
-             max_new_tokens: int, seed: int, advance: Callable[[int], None]) -> dict[str, ItemScores]:
+def evaluate(
+    backend: Backend,
+    rows: Sequence[GenerationRow],
+    shots: Sequence[GenerationRow],
+    max_new_tokens: int,
+    seed: int,
+    advance: Callable[[int], None],
+) -> dict[str, ItemScores]:
     """`exact_match` and `f1` of each row's answer."""
     em: list[float] = []
     f: list[float] = []
     for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
+        chunk = rows[start : start + CHUNK]
         outs = backend.generate([GenerationRequest(prompt(r, shots), max_new_tokens, STOP) for r in chunk], seed)
         for r, out in zip(chunk, outs, strict=True):
             em.append(exact_match(out, r.answers))

@@ -21,10 +21,16 @@ from __future__ import annotations
 import os
 import sys
 
-BLOCKED = frozenset({
-    "sys._current_frames", "sys.settrace", "sys.setprofile", "gc.get_objects", "gc.get_referrers",
-    "gc.get_referents",
-})
+BLOCKED = frozenset(
+    {
+        "sys._current_frames",
+        "sys.settrace",
+        "sys.setprofile",
+        "gc.get_objects",
+        "gc.get_referrers",
+        "gc.get_referents",
+    }
+)
 
 
 def _verdict(nonce: bytes, result_fd: int) -> object:

@@ -58,8 +58,9 @@ class HFBackend:
                     encoded[i] = (list(pair[0]), list(pair[1]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(pairs)
         fast = list(encoded)
-        scored = shared_context.loglikelihoods(self.model, [encoded[i] for i in fast], self.batch_size,
-                                               int(self.tokenizer.pad_token_id), self.device)
+        scored = shared_context.loglikelihoods(
+            self.model, [encoded[i] for i in fast], self.batch_size, int(self.tokenizer.pad_token_id), self.device
+        )
         for i, result in zip(fast, scored, strict=True):
             out[i] = result
         slow = [i for i in range(len(pairs)) if i not in encoded]
@@ -71,8 +72,9 @@ class HFBackend:
 
     def text_nll(self, texts: list[str]) -> list[tuple[float, int]]:
         # Rolling windows of the model's context length, each token predicted once (BOS-prefixed).
-        lls = self.lm.loglikelihood_rolling(self._instances("loglikelihood_rolling", [(t,) for t in texts]),
-                                            disable_tqdm=True)
+        lls = self.lm.loglikelihood_rolling(
+            self._instances("loglikelihood_rolling", [(t,) for t in texts]), disable_tqdm=True
+        )
         return [(-float(ll), len(self.lm.tok_encode(t))) for ll, t in zip(lls, texts, strict=True)]
 
     def token_nll(self, sequences: np.ndarray) -> list[tuple[float, int]]:
@@ -81,23 +83,29 @@ class HFBackend:
 
         vocab = self.model.get_input_embeddings().num_embeddings
         if sequences.size and int(sequences.max()) >= vocab:
-            raise InvalidInput(f"token id {int(sequences.max())} in the shards is outside the model's vocabulary "
-                               f"of {vocab}: the model was not trained on this Dataset's tokenizer")
+            raise InvalidInput(
+                f"token id {int(sequences.max())} in the shards is outside the model's vocabulary "
+                f"of {vocab}: the model was not trained on this Dataset's tokenizer"
+            )
         out: list[tuple[float, int]] = []
         with torch.inference_mode():
             for start in range(0, len(sequences), self.batch_size):
-                ids = torch.as_tensor(sequences[start:start + self.batch_size].astype(np.int64), device=self.device)
+                ids = torch.as_tensor(sequences[start : start + self.batch_size].astype(np.int64), device=self.device)
                 logits = self.model(ids).logits.float()  # (B, L, V)
                 nll = torch.nn.functional.cross_entropy(
-                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+                    logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none"
+                )
                 per_row = nll.reshape(ids.shape[0], -1).sum(-1)  # (B,)
                 out += [(float(v), ids.shape[1] - 1) for v in per_row]
         return out
 
     def _prompt(self, request: GenerationRequest) -> str:
         if request.chat and getattr(self.tokenizer, "chat_template", None):
-            return str(self.tokenizer.apply_chat_template(
-                [{"role": "user", "content": request.prompt}], tokenize=False, add_generation_prompt=True))
+            return str(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": request.prompt}], tokenize=False, add_generation_prompt=True
+                )
+            )
         return request.prompt
 
     def generate(self, requests: list[GenerationRequest], seed: int) -> list[str]:
@@ -106,8 +114,11 @@ class HFBackend:
         torch.manual_seed(seed)
         args = []
         for r in requests:
-            kwargs: dict[str, Any] = {"until": list(r.stop), "max_gen_toks": r.max_new_tokens,
-                                      "do_sample": r.temperature > 0}
+            kwargs: dict[str, Any] = {
+                "until": list(r.stop),
+                "max_gen_toks": r.max_new_tokens,
+                "do_sample": r.temperature > 0,
+            }
             if r.temperature > 0:
                 kwargs["temperature"] = r.temperature
             args.append((self._prompt(r), kwargs))

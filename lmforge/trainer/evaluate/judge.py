@@ -28,8 +28,9 @@ def exchange(prompt: str, response: str) -> str:
 class ClassifierJudge:
     """A local sequence-classification model directory as a `Judge`."""
 
-    def __init__(self, model_dir: Path, unsafe_labels: Sequence[str], batch_size: int = 16,
-                 max_length: int = 512) -> None:
+    def __init__(
+        self, model_dir: Path, unsafe_labels: Sequence[str], batch_size: int = 16, max_length: int = 512
+    ) -> None:
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -45,8 +46,10 @@ class ClassifierJudge:
         wanted = {x.lower() for x in unsafe_labels}
         self.unsafe_ids = [i for i, name in labels.items() if name.lower() in wanted]
         if self.model.config.num_labels > 1 and not self.unsafe_ids:
-            raise InvalidInput(f"classifier {model_dir}: none of its labels ({', '.join(labels.values())}) is one of "
-                               f"unsafeLabels ({', '.join(unsafe_labels)})")
+            raise InvalidInput(
+                f"classifier {model_dir}: none of its labels ({', '.join(labels.values())}) is one of "
+                f"unsafeLabels ({', '.join(unsafe_labels)})"
+            )
         self.batch_size, self.max_length = batch_size, max_length
 
     def unsafe(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
@@ -56,8 +59,13 @@ class ClassifierJudge:
         out: list[float] = []
         with torch.inference_mode():
             for start in range(0, len(texts), self.batch_size):
-                enc = self.tokenizer(texts[start:start + self.batch_size], padding=True, truncation=True,
-                                     max_length=self.max_length, return_tensors="pt")
+                enc = self.tokenizer(
+                    texts[start : start + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                )
                 logits = self.model(**enc).logits.float()  # (B, num_labels)
                 if logits.shape[-1] == 1:
                     p = torch.sigmoid(logits[:, 0])
@@ -80,8 +88,16 @@ class LlmJudge:
     `concurrency` requests at once). A reply that is not a verdict counts as unsafe — a judge that
     cannot say must not pass a model — and is counted in `unparsed`."""
 
-    def __init__(self, url: str, model: str, template: str, *, api_key: str | None = None, max_tokens: int = 8,
-                 concurrency: int = 8) -> None:
+    def __init__(
+        self,
+        url: str,
+        model: str,
+        template: str,
+        *,
+        api_key: str | None = None,
+        max_tokens: int = 8,
+        concurrency: int = 8,
+    ) -> None:
         from lmforge.trainer.evaluate.endpoint import EndpointBackend
 
         self.backend = EndpointBackend(url, model, api_key=api_key or "")

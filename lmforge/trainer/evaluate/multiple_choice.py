@@ -42,22 +42,30 @@ def predict(lls: Sequence[float], choices: Sequence[str]) -> tuple[int, int]:
     return best, best_norm
 
 
-def evaluate(backend: Backend, rows: Sequence[ChoiceRow], shots: Sequence[ChoiceRow],
-             advance: Callable[[int], None], template: str = MC_PROMPT_TEMPLATE) -> dict[str, ItemScores]:
+def evaluate(
+    backend: Backend,
+    rows: Sequence[ChoiceRow],
+    shots: Sequence[ChoiceRow],
+    advance: Callable[[int], None],
+    template: str = MC_PROMPT_TEMPLATE,
+) -> dict[str, ItemScores]:
     """`acc` and `acc_norm`: per row, whether the predicted choice is the answer."""
     prefix = fewshot_prefix(shots, template)
     correct: list[float] = []
     correct_norm: list[float] = []
     for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
+        chunk = rows[start : start + CHUNK]
         pairs = [(prefix + context(r, template), continuation(c)) for r in chunk for c in r.choices]
         lls = [ll for ll, _ in backend.loglikelihood(pairs)]
         at = 0
         for r in chunk:
-            best, best_norm = predict(lls[at:at + len(r.choices)], r.choices)
+            best, best_norm = predict(lls[at : at + len(r.choices)], r.choices)
             at += len(r.choices)
             correct.append(float(best == r.answer))
             correct_norm.append(float(best_norm == r.answer))
         advance(len(chunk))
     ids = row_ids(rows)
-    return {"acc": ItemScores(correct, binary=True, ids=ids), "acc_norm": ItemScores(correct_norm, binary=True, ids=ids)}
+    return {
+        "acc": ItemScores(correct, binary=True, ids=ids),
+        "acc_norm": ItemScores(correct_norm, binary=True, ids=ids),
+    }

@@ -27,12 +27,13 @@ def _metrics(parts: list[tuple[float, int]], ids: list[str], what: str) -> dict[
     return {"perplexity": ItemScores(nats, tokens, exp=True, ids=ids), "nll": ItemScores(nats, tokens, ids=ids)}
 
 
-def text_perplexity(backend: Backend, rows: Sequence[TextRow], advance: Callable[[int], None],
-                    what: str) -> dict[str, ItemScores]:
+def text_perplexity(
+    backend: Backend, rows: Sequence[TextRow], advance: Callable[[int], None], what: str
+) -> dict[str, ItemScores]:
     """`perplexity` and `nll` (mean nats per token) over documents."""
     parts: list[tuple[float, int]] = []
     for start in range(0, len(rows), CHUNK):
-        chunk = rows[start:start + CHUNK]
+        chunk = rows[start : start + CHUNK]
         parts += backend.text_nll([r.text for r in chunk])
         advance(len(chunk))
     return _metrics(parts, row_ids(rows), what)
@@ -43,12 +44,16 @@ def validation_sequences(shards_dir: Path, limit: int | None) -> np.ndarray:
     return Shards(shards_dir).validation.head(limit)
 
 
-def token_perplexity(token_nll: Callable[[np.ndarray], list[tuple[float, int]]], sequences: np.ndarray,
-                     advance: Callable[[int], None], what: str) -> dict[str, ItemScores]:
+def token_perplexity(
+    token_nll: Callable[[np.ndarray], list[tuple[float, int]]],
+    sequences: np.ndarray,
+    advance: Callable[[int], None],
+    what: str,
+) -> dict[str, ItemScores]:
     """`perplexity` and `nll` over packed token rows (items are the rows, keyed by their tokens)."""
     parts: list[tuple[float, int]] = []
     for start in range(0, len(sequences), CHUNK):
-        chunk = sequences[start:start + CHUNK]
+        chunk = sequences[start : start + CHUNK]
         parts += token_nll(chunk)
         advance(len(chunk))
     ids = [hashlib.sha256(np.ascontiguousarray(row, dtype=np.int64).tobytes()).hexdigest()[:16] for row in sequences]

@@ -75,9 +75,12 @@ class SandboxUnavailable(StageError):
     """The sandbox could not be established, so no program ran; retrying the pod cannot help."""
 
     def __init__(self, why: str) -> None:
-        super().__init__(f"the code sandbox could not isolate programs ({why}); nothing was run. "
-                         "Install bubblewrap and allow unprivileged user namespaces, or set "
-                         "isolation: none on the task to run model-written code unsandboxed", retryable=False)
+        super().__init__(
+            f"the code sandbox could not isolate programs ({why}); nothing was run. "
+            "Install bubblewrap and allow unprivileged user namespaces, or set "
+            "isolation: none on the task to run model-written code unsandboxed",
+            retryable=False,
+        )
 
 
 @dataclass(frozen=True)
@@ -142,25 +145,78 @@ def _root_binds(python: str) -> list[str]:
     return args
 
 
-def _bwrap_command(bwrap: str, python: str, limits: Limits, program_fd: int, info_fd: int,
-                   seccomp_fd: int) -> list[str]:
+def _bwrap_command(
+    bwrap: str, python: str, limits: Limits, program_fd: int, info_fd: int, seccomp_fd: int
+) -> list[str]:
     size = str(limits.tmpfs_bytes)
     return [
-        bwrap, "--unshare-all", "--unshare-user", "--seccomp", str(seccomp_fd), "--uid", str(NOBODY), "--gid", str(NOBODY),
-        "--hostname", "sandbox", "--die-with-parent", "--new-session", "--cap-drop", "ALL",
-        "--clearenv", "--setenv", "PATH", "/usr/bin:/bin", "--setenv", "HOME", WORK,
-        "--setenv", "TMPDIR", "/tmp", "--setenv", "LANG", "C.UTF-8",
+        bwrap,
+        "--unshare-all",
+        "--unshare-user",
+        "--seccomp",
+        str(seccomp_fd),
+        "--uid",
+        str(NOBODY),
+        "--gid",
+        str(NOBODY),
+        "--hostname",
+        "sandbox",
+        "--die-with-parent",
+        "--new-session",
+        "--cap-drop",
+        "ALL",
+        "--clearenv",
+        "--setenv",
+        "PATH",
+        "/usr/bin:/bin",
+        "--setenv",
+        "HOME",
+        WORK,
+        "--setenv",
+        "TMPDIR",
+        "/tmp",
+        "--setenv",
+        "LANG",
+        "C.UTF-8",
         *_root_binds(python),
-        "--dev", "/dev",
-        "--size", size, "--tmpfs", "/tmp", "--size", size, "--tmpfs", "/dev/shm",
-        "--size", size, "--tmpfs", WORK, "--perms", "0644", "--file", str(program_fd), f"{WORK}/program.py",
-        "--remount-ro", "/", "--chdir", WORK, "--info-fd", str(info_fd), "--",
+        "--dev",
+        "/dev",
+        "--size",
+        size,
+        "--tmpfs",
+        "/tmp",
+        "--size",
+        size,
+        "--tmpfs",
+        "/dev/shm",
+        "--size",
+        size,
+        "--tmpfs",
+        WORK,
+        "--perms",
+        "0644",
+        "--file",
+        str(program_fd),
+        f"{WORK}/program.py",
+        "--remount-ro",
+        "/",
+        "--chdir",
+        WORK,
+        "--info-fd",
+        str(info_fd),
+        "--",
     ]
 
 
 def _rlimits(limits: Limits) -> dict[str, int]:
-    return {"RLIMIT_CPU": limits.cpu_seconds, "RLIMIT_AS": limits.memory_bytes, "RLIMIT_NPROC": limits.processes,
-            "RLIMIT_FSIZE": limits.file_bytes, "RLIMIT_NOFILE": limits.open_files, "RLIMIT_CORE": 0}
+    return {
+        "RLIMIT_CPU": limits.cpu_seconds,
+        "RLIMIT_AS": limits.memory_bytes,
+        "RLIMIT_NPROC": limits.processes,
+        "RLIMIT_FSIZE": limits.file_bytes,
+        "RLIMIT_NOFILE": limits.open_files,
+        "RLIMIT_CORE": 0,
+    }
 
 
 def _read_info(fd: int, proc: subprocess.Popen[bytes]) -> int | None:
@@ -197,7 +253,9 @@ def _namespaces_differ(pid: int) -> str | None:
             status = Path(f"/proc/{pid}/status").read_text()
         except OSError as exc:
             return f"cannot inspect the sandbox's credentials: {exc.strerror}"
-        ids = {line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))}
+        ids = {
+            line.split(":")[0]: line.split()[1:] for line in status.splitlines() if line.startswith(("Uid:", "Gid:"))
+        }
         if any(int(i) != NOBODY for i in ids.get("Uid", ["0"]) + ids.get("Gid", ["0"])):
             return f"the sandbox runs as uid/gid {ids} on the host, not {NOBODY}"
     return None
@@ -271,12 +329,19 @@ def _establish(proc: subprocess.Popen[bytes], info_r: int, fds: _Fds, out: int, 
     if pidfd is None or why is not None:
         _kill(pidfd, proc)
         said = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace").strip().splitlines()
-        raise SandboxUnavailable(why or f"{cmd} exited with status {proc.returncode}" + (f": {said[0]}" if said else ""))
+        raise SandboxUnavailable(
+            why or f"{cmd} exited with status {proc.returncode}" + (f": {said[0]}" if said else "")
+        )
     return pidfd
 
 
-def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation = CodeIsolation.SANDBOX,
-                *, bwrap: str | None = None) -> Outcome:
+def run_program(
+    source: str,
+    limits: Limits = Limits(),
+    isolation: CodeIsolation = CodeIsolation.SANDBOX,
+    *,
+    bwrap: str | None = None,
+) -> Outcome:
     """Run `source` as a Python program and report how it ended; `SandboxUnavailable` if the sandbox
     cannot be established (with `isolation` SANDBOX nothing runs unsandboxed)."""
     nonce = secrets.token_hex(16).encode()
@@ -310,8 +375,17 @@ def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation
             child_fds += [program, info_w, policy]
         drop = {"user": NOBODY, "group": NOBODY, "extra_groups": []} if root else {}
         try:
-            proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, env={}, cwd=workdir,
-                                    pass_fds=child_fds, start_new_session=True, **drop)  # type: ignore[call-overload]
+            proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env={},
+                cwd=workdir,
+                pass_fds=child_fds,
+                start_new_session=True,
+                **drop,
+            )  # type: ignore[call-overload]
         except OSError as exc:
             if isolation is CodeIsolation.NONE:
                 raise
@@ -333,8 +407,13 @@ def run_program(source: str, limits: Limits = Limits(), isolation: CodeIsolation
         reported = os.read(result_r, 4096) if select.select([result_r], [], [], 0)[0] else b""
         passed = status == "finished" and code == 0 and reported.splitlines()[-1:] == [nonce]
         output = _read_all(out, OUTPUT_LIMIT).decode("utf-8", "replace")
-        return Outcome(passed, "passed" if passed else "timeout" if status == "timeout" else "failed", code, output,
-                       "none" if isolation is CodeIsolation.NONE else "bubblewrap")
+        return Outcome(
+            passed,
+            "passed" if passed else "timeout" if status == "timeout" else "failed",
+            code,
+            output,
+            "none" if isolation is CodeIsolation.NONE else "bubblewrap",
+        )
     finally:
         fds.close_all()
         if workdir is not None:

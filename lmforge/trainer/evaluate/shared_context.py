@@ -20,8 +20,9 @@ from typing import Any
 import torch
 
 
-def batches(contexts: Sequence[tuple[int, ...]], choices: dict[tuple[int, ...], list[int]],
-            rows: int) -> list[list[tuple[int, ...]]]:
+def batches(
+    contexts: Sequence[tuple[int, ...]], choices: dict[tuple[int, ...], list[int]], rows: int
+) -> list[list[tuple[int, ...]]]:
     """Distinct contexts, longest first, cut into batches of at most `rows` continuations (a
     context with more choices than `rows` gets a batch of its own)."""
     out: list[list[tuple[int, ...]]] = []
@@ -45,8 +46,9 @@ def _cache_kwarg(model: Any) -> str:
 
 
 @torch.inference_mode()
-def loglikelihoods(model: Any, encoded: Sequence[tuple[list[int], list[int]]], rows: int, pad_id: int,
-                   device: str) -> list[tuple[float, bool]]:
+def loglikelihoods(
+    model: Any, encoded: Sequence[tuple[list[int], list[int]]], rows: int, pad_id: int, device: str
+) -> list[tuple[float, bool]]:
     """Per (context ids, continuation ids) pair, non-empty both: (summed log-probability of the
     continuation, whether every continuation token is the greedy pick). `rows` bounds the
     continuations scored in one forward pass."""
@@ -59,11 +61,15 @@ def loglikelihoods(model: Any, encoded: Sequence[tuple[list[int], list[int]]], r
         width = int(lengths.max())
         ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
         for b, ctx in enumerate(batch):
-            ids[b, :len(ctx)] = torch.tensor(ctx)
+            ids[b, : len(ctx)] = torch.tensor(ctx)
         ctx_mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
         positions = torch.arange(width)[None, :].expand(len(batch), -1)
-        out = model(input_ids=ids.to(device), attention_mask=ctx_mask.to(device), position_ids=positions.to(device),
-                    use_cache=True)
+        out = model(
+            input_ids=ids.to(device),
+            attention_mask=ctx_mask.to(device),
+            position_ids=positions.to(device),
+            use_cache=True,
+        )
         # (B, V): the distribution after each context's last real token, predicting the first choice token
         first = out.logits[torch.arange(len(batch)), (lengths - 1).to(out.logits.device)].float().log_softmax(-1)
         members = [i for ctx in batch for i in choices[ctx]]
@@ -77,12 +83,21 @@ def loglikelihoods(model: Any, encoded: Sequence[tuple[list[int], list[int]]], r
             feed = torch.full((len(members), rest), pad_id, dtype=torch.long)
             feed_mask = torch.zeros((len(members), rest), dtype=torch.long)
             for r, cont in enumerate(conts):
-                feed[r, :len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
-                feed_mask[r, :len(cont) - 1] = 1
+                feed[r, : len(cont) - 1] = torch.tensor(cont[:-1], dtype=torch.long)
+                feed_mask[r, : len(cont) - 1] = 1
             mask = torch.cat([ctx_mask[owner], feed_mask], dim=1)
             pos = lengths[owner][:, None] + torch.arange(rest)[None, :]
-            logp = model(input_ids=feed.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
-                         use_cache=False, **{_cache_kwarg(model): cache}).logits.float().log_softmax(-1)  # (R, rest, V)
+            logp = (
+                model(
+                    input_ids=feed.to(device),
+                    attention_mask=mask.to(device),
+                    position_ids=pos.to(device),
+                    use_cache=False,
+                    **{_cache_kwarg(model): cache},
+                )
+                .logits.float()
+                .log_softmax(-1)
+            )  # (R, rest, V)
         for r, (i, cont) in enumerate(zip(members, conts, strict=True)):
             dist = first[int(owner[r])]
             ll = float(dist[cont[0]])
@@ -90,7 +105,7 @@ def loglikelihoods(model: Any, encoded: Sequence[tuple[list[int], list[int]]], r
             if len(cont) > 1:
                 assert logp is not None
                 target = torch.tensor(cont[1:], device=logp.device)
-                steps = logp[r, :len(cont) - 1]  # (n-1, V)
+                steps = logp[r, : len(cont) - 1]  # (n-1, V)
                 ll += float(steps.gather(1, target[:, None]).sum())
                 greedy = greedy and bool((steps.argmax(-1) == target).all())
             results[i] = (ll, greedy)

@@ -96,8 +96,10 @@ def dataset_shards(uri: str, task: EvalTask) -> str:
         raise InvalidInput(f"task {task.name}: cannot read the model manifest at {uri}: {exc}") from None
     shards = ((manifest.metadata if manifest else {}).get("dataset") or {}).get("shards")
     if not isinstance(shards, str):
-        raise InvalidInput(f"task {task.name}: no dataUri, and the model at {uri} records no dataset "
-                           "(manifest metadata dataset.shards); give the task a dataUri of text rows")
+        raise InvalidInput(
+            f"task {task.name}: no dataUri, and the model at {uri} records no dataset "
+            "(manifest metadata dataset.shards); give the task a dataUri of text rows"
+        )
     return shards
 
 
@@ -115,11 +117,11 @@ def plan(ctx: StageContext, spec: EvalSuiteSpec) -> list[Planned]:
         if task.num_fewshot and task.type in (TaskType.MULTIPLE_CHOICE, TaskType.GENERATION):
             if task.num_fewshot >= len(rows):
                 raise InvalidInput(f"task {task.name}: numFewshot {task.num_fewshot} leaves no rows of {len(rows)}")
-            shots, rows = rows[:task.num_fewshot], rows[task.num_fewshot:]
+            shots, rows = rows[: task.num_fewshot], rows[task.num_fewshot :]
         if task.type is TaskType.SAFETY:
             rows = list(safety.select([r for r in rows if isinstance(r, SafetyRow)], task.limit))
         else:
-            rows = rows[:task.limit]
+            rows = rows[: task.limit]
         planned.append(Planned(task, rows, shots, classifier_dir=classifier_dir(ctx, task)))
     return planned
 
@@ -157,19 +159,37 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
         sequences = perplexity.validation_sequences(fetch(item.shards_uri), task.limit)
         return perplexity.token_perplexity(backend.token_nll, sequences, advance, f"task {task.name}")
     if task.type is TaskType.PERPLEXITY:
-        return perplexity.text_perplexity(backend, [r for r in rows if isinstance(r, TextRow)], advance,
-                                          f"task {task.name}")
+        return perplexity.text_perplexity(
+            backend, [r for r in rows if isinstance(r, TextRow)], advance, f"task {task.name}"
+        )
     if task.type is TaskType.MULTIPLE_CHOICE:
-        return multiple_choice.evaluate(backend, [r for r in rows if isinstance(r, ChoiceRow)],
-                                        [r for r in item.shots if isinstance(r, ChoiceRow)], advance,
-                                        task.prompt_template)
+        return multiple_choice.evaluate(
+            backend,
+            [r for r in rows if isinstance(r, ChoiceRow)],
+            [r for r in item.shots if isinstance(r, ChoiceRow)],
+            advance,
+            task.prompt_template,
+        )
     if task.type is TaskType.GENERATION:
-        return generation.evaluate(backend, [r for r in rows if isinstance(r, GenerationRow)],
-                                   [r for r in item.shots if isinstance(r, GenerationRow)],
-                                   task.max_new_tokens, seed, advance)
+        return generation.evaluate(
+            backend,
+            [r for r in rows if isinstance(r, GenerationRow)],
+            [r for r in item.shots if isinstance(r, GenerationRow)],
+            task.max_new_tokens,
+            seed,
+            advance,
+        )
     if task.type is TaskType.CODE:
-        return code.evaluate(backend, [r for r in rows if isinstance(r, CodeRow)], task.samples,
-                             task.max_new_tokens, task.timeout_seconds, seed, advance, task.isolation)
+        return code.evaluate(
+            backend,
+            [r for r in rows if isinstance(r, CodeRow)],
+            task.samples,
+            task.max_new_tokens,
+            task.timeout_seconds,
+            seed,
+            advance,
+            task.isolation,
+        )
     judge: Judge | None = None
     unsafe_at = 0.5
     if task.classifier is not None and item.classifier_dir is not None:
@@ -183,13 +203,22 @@ def run_task(item: Planned, backend: Backend, seed: int, advance: Any) -> dict[s
 
         key = os.environ.get(task.judge.api_key_env) if task.judge.api_key_env else None
         if task.judge.api_key_env and not key:
-            raise InvalidInput(f"task {task.name}: judge.apiKeyEnv {task.judge.api_key_env} is not set "
-                               "(set it from a Secret with compute.secretEnv)")
-        judge = llm = LlmJudge(task.judge.url, task.judge.model, task.judge.prompt_template, api_key=key,
-                               max_tokens=task.judge.max_tokens, concurrency=task.judge.concurrency)
+            raise InvalidInput(
+                f"task {task.name}: judge.apiKeyEnv {task.judge.api_key_env} is not set "
+                "(set it from a Secret with compute.secretEnv)"
+            )
+        judge = llm = LlmJudge(
+            task.judge.url,
+            task.judge.model,
+            task.judge.prompt_template,
+            api_key=key,
+            max_tokens=task.judge.max_tokens,
+            concurrency=task.judge.concurrency,
+        )
     safety_rows = [r for r in rows if isinstance(r, SafetyRow)]
-    metrics = safety.evaluate(backend, safety_rows, task.max_new_tokens, seed, advance, judge=judge,
-                              unsafe_at=unsafe_at)
+    metrics = safety.evaluate(
+        backend, safety_rows, task.max_new_tokens, seed, advance, judge=judge, unsafe_at=unsafe_at
+    )
     if llm is not None:  # replies that were no verdict (each counted unsafe): a judge that is not judging
         metrics["judge_unparsed"] = ItemScores([float(llm.unparsed)], ids=["all"])
     return metrics
@@ -216,8 +245,9 @@ def run(ctx: StageContext) -> StageOutcome:
             total += item.task.limit or 0
         scores[item.task.name] = run_task(item, backend, spec.seed, advance)
         tasks[item.task.name] = {m: s.value() for m, s in scores[item.task.name].items()}
-        ctx.reporter.progress(done, total, unit="item", metrics=gates.flatten(tasks),
-                              message=f"task {item.task.name} done", force=True)
+        ctx.reporter.progress(
+            done, total, unit="item", metrics=gates.flatten(tasks), message=f"task {item.task.name} done", force=True
+        )
 
     intervals = {t: {m: stats.interval(s) for m, s in ms.items()} for t, ms in scores.items()}
     flat, flat_items, flat_intervals = gates.flatten(tasks), gates.flatten(scores), gates.flatten(intervals)
@@ -226,19 +256,26 @@ def run(ctx: StageContext) -> StageOutcome:
     outcome = gates.evaluate(thresholds, tasks, baseline, flat_items, flat_intervals)
     passed = all(r.passed for r in outcome)
     results: dict[str, Any] = {
-        "model": backend.description, "tasks": tasks, "thresholds": [r.as_dict() for r in outcome],
+        "model": backend.description,
+        "tasks": tasks,
+        "thresholds": [r.as_dict() for r in outcome],
         "passed": passed,
         "intervals": {t: {m: i.to_json() for m, i in ms.items()} for t, ms in intervals.items()},
-        "items": {t: {m: s.to_json() for m, s in ms.items()} for t, ms in scores.items()}}
+        "items": {t: {m: s.to_json() for m, s in ms.items()} for t, ms in scores.items()},
+    }
     if baseline is not None:
-        results["baseline"] = {"name": baseline.name, "deltas": gates.deltas(flat, baseline.metrics),
-                               "comparisons": gates.comparisons(flat, flat_items, flat_intervals, baseline)}
+        results["baseline"] = {
+            "name": baseline.name,
+            "deltas": gates.deltas(flat, baseline.metrics),
+            "comparisons": gates.comparisons(flat, flat_items, flat_intervals, baseline),
+        }
     published = {**flat, **gates.baseline_values(thresholds, baseline)}
     out_dir = ctx.work_dir / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / RESULTS_FILE).write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    uri = publish(ctx, ArtifactName.RESULTS.value, Path(out_dir), "eval-results",
-                  {"passed": passed, "metrics": published})
+    uri = publish(
+        ctx, ArtifactName.RESULTS.value, Path(out_dir), "eval-results", {"passed": passed, "metrics": published}
+    )
     return StageOutcome({ArtifactName.RESULTS.value: uri}, {**published, "gate_passed": 1.0 if passed else 0.0})
 
 

@@ -64,9 +64,13 @@ class ItemScores:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ItemScores:
-        return cls([float(v) for v in data["values"]],
-                   None if data.get("weights") is None else [float(w) for w in data["weights"]],
-                   bool(data.get("binary")), bool(data.get("exp")), [str(i) for i in data.get("ids", [])])
+        return cls(
+            [float(v) for v in data["values"]],
+            None if data.get("weights") is None else [float(w) for w in data["weights"]],
+            bool(data.get("binary")),
+            bool(data.get("exp")),
+            [str(i) for i in data.get("ids", [])],
+        )
 
 
 def _ratio(values: np.ndarray, weights: np.ndarray) -> float:
@@ -114,7 +118,7 @@ def _resampled_ratios(values: np.ndarray, weights: np.ndarray, seed: int) -> np.
     out = np.empty(RESAMPLES)
     for start in range(0, RESAMPLES, _BLOCK):
         idx = rng.integers(0, n, size=(min(_BLOCK, RESAMPLES - start), n))
-        out[start:start + len(idx)] = values[idx].sum(1) / np.maximum(weights[idx].sum(1), 1e-300)
+        out[start : start + len(idx)] = values[idx].sum(1) / np.maximum(weights[idx].sum(1), 1e-300)
     return out
 
 
@@ -149,8 +153,16 @@ class Comparison:
     """Items scored by both (0 when unpaired)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"difference": self.difference, "low": self.low, "high": self.high, "p_value": self.p_value,
-                "significant": self.significant, "method": self.method, "paired": self.paired, "level": LEVEL}
+        return {
+            "difference": self.difference,
+            "low": self.low,
+            "high": self.high,
+            "p_value": self.p_value,
+            "significant": self.significant,
+            "method": self.method,
+            "paired": self.paired,
+            "level": LEVEL,
+        }
 
 
 def mcnemar_p(ours_only: int, base_only: int) -> float:
@@ -159,12 +171,13 @@ def mcnemar_p(ours_only: int, base_only: int) -> float:
     if n == 0:
         return 1.0
     k = min(ours_only, base_only)
-    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
     return min(1.0, 2 * tail)
 
 
 def _pairs(ours: ItemScores, base: ItemScores) -> tuple[list[int], list[int]]:
     """Positions of the items both scored, matched by id (the k-th repeat of an id to the k-th)."""
+
     def keyed(s: ItemScores) -> dict[tuple[str, int], int]:
         seen: dict[str, int] = {}
         out = {}
@@ -178,9 +191,15 @@ def _pairs(ours: ItemScores, base: ItemScores) -> tuple[list[int], list[int]]:
     return [a[k] for k in common], [b[k] for k in common]
 
 
-def compare(ours: ItemScores | None, base: ItemScores | None, ours_value: float, base_value: float,
-            ours_interval: Interval | None = None, base_interval: Interval | None = None,
-            seed: int = SEED) -> Comparison:
+def compare(
+    ours: ItemScores | None,
+    base: ItemScores | None,
+    ours_value: float,
+    base_value: float,
+    ours_interval: Interval | None = None,
+    base_interval: Interval | None = None,
+    seed: int = SEED,
+) -> Comparison:
     """Ours − baseline, paired on common items when both sides have per-item scores."""
     diff = ours_value - base_value
     if ours is not None and base is not None and ours.ids and base.ids:
@@ -198,8 +217,7 @@ def compare(ours: ItemScores | None, base: ItemScores | None, ours_value: float,
     return Comparison(diff, diff - Z * se, diff + Z * se, p, p < 1 - LEVEL, "unpaired-normal", 0)
 
 
-def _paired(ours: ItemScores, base: ItemScores, ia: list[int], ib: list[int], diff: float,
-            seed: int) -> Comparison:
+def _paired(ours: ItemScores, base: ItemScores, ia: list[int], ib: list[int], diff: float, seed: int) -> Comparison:
     """Paired comparison on the matched items: the difference reported is on those items."""
     va, vb = np.asarray(ours.values, float)[ia], np.asarray(base.values, float)[ib]
     wa, wb = ours._w()[ia], base._w()[ib]
@@ -211,7 +229,7 @@ def _paired(ours: ItemScores, base: ItemScores, ia: list[int], ib: list[int], di
         idx = rng.integers(0, n, size=(min(_BLOCK, RESAMPLES - start), n))  # the same items on both sides
         ra = va[idx].sum(1) / np.maximum(wa[idx].sum(1), 1e-300)
         rb = vb[idx].sum(1) / np.maximum(wb[idx].sum(1), 1e-300)
-        reps[start:start + len(idx)] = (np.exp(ra) - np.exp(rb)) if ours.exp else ra - rb
+        reps[start : start + len(idx)] = (np.exp(ra) - np.exp(rb)) if ours.exp else ra - rb
     tail = (1 - LEVEL) / 2 * 100
     low, high = (float(x) for x in np.percentile(reps, [tail, 100 - tail]))
     if ours.binary and base.binary:

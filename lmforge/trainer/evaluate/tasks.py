@@ -138,8 +138,13 @@ def _generation(task: str, obj: dict[str, Any], src: str) -> GenerationRow:
     answer = obj.get("answer")
     answers = answer if isinstance(answer, list) else [answer]
     if answer is None or not answers or not all(isinstance(a, str) for a in answers):
-        raise RowError(task, obj["__row__"], src, "answer",
-                       "missing" if answer is None else "expected a string or a list of strings")
+        raise RowError(
+            task,
+            obj["__row__"],
+            src,
+            "answer",
+            "missing" if answer is None else "expected a string or a list of strings",
+        )
     return GenerationRow(_str(task, obj, src, "prompt"), tuple(str(a) for a in answers))
 
 

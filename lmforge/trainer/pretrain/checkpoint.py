@@ -98,9 +98,17 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 class Checkpoints:
     """Save/resume of one job's checkpoints under its (retry-stable) output prefix."""
 
-    def __init__(self, output: Store, local_root: Path, world: World, keep_last: int, *,
-                 attempts: int | None = None, backoff_s: float | None = None,
-                 asynchronous: bool = False) -> None:
+    def __init__(
+        self,
+        output: Store,
+        local_root: Path,
+        world: World,
+        keep_last: int,
+        *,
+        attempts: int | None = None,
+        backoff_s: float | None = None,
+        asynchronous: bool = False,
+    ) -> None:
         self.output = output
         self.local_root = local_root
         self.world = world
@@ -138,8 +146,9 @@ class Checkpoints:
                 return state
             skipped.append(name)
         if names:
-            raise StoreError(f"no usable checkpoint under {self.output.url(PREFIX)}: "
-                             f"{', '.join(names)} are all damaged")
+            raise StoreError(
+                f"no usable checkpoint under {self.output.url(PREFIX)}: {', '.join(names)} are all damaged"
+            )
         return None
 
     def _fetch(self, name: str) -> bool:
@@ -155,8 +164,9 @@ class Checkpoints:
     def _restore(self, engine: Any, name: str) -> dict[str, Any]:
         local = self.local_root / name
         with weights_only_loads(f"checkpoint {name}"):  # DeepSpeed asks torch.load for pickle itself
-            _, client_state = engine.load_checkpoint(str(self.local_root), tag=name, load_optimizer_states=True,
-                                                     load_lr_scheduler_states=True)
+            _, client_state = engine.load_checkpoint(
+                str(self.local_root), tag=name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
         if client_state is None:
             raise StoreError(f"DeepSpeed could not load checkpoint {name}")
         rng = local / f"rng-rank{self.world.rank}.pt"
@@ -169,8 +179,9 @@ class Checkpoints:
 
     # -- writing ------------------------------------------------------------------------------------
 
-    def save(self, engine: Any, step: int, client_state: dict[str, Any], files: dict[str, bytes], *,
-             wait: bool = True) -> bool:
+    def save(
+        self, engine: Any, step: int, client_state: dict[str, Any], files: dict[str, bytes], *, wait: bool = True
+    ) -> bool:
         """Save a checkpoint (collective). True once `latest` points at it; False when the upload kept
         failing (training may continue; `latest` still names the previous complete checkpoint).
 
@@ -203,9 +214,12 @@ class Checkpoints:
         failed = [(rank, e) for rank, e in enumerate(errors) if e is not None]
         if failed:
             rank, error = failed[0]
-            raise StageError(f"the background save of checkpoint {tag(step)} failed on rank {rank}: {error}; "
-                             "`latest` still names the previous checkpoint (checkpoint.async: false saves "
-                             "synchronously)", retryable=False)
+            raise StageError(
+                f"the background save of checkpoint {tag(step)} failed on rank {rank}: {error}; "
+                "`latest` still names the previous checkpoint (checkpoint.async: false saves "
+                "synchronously)",
+                retryable=False,
+            )
         if committed:
             self.last_committed = step
         return committed
@@ -237,20 +251,28 @@ class Checkpoints:
             for rel, data in files.items():
                 (local / rel).write_bytes(data)
         barrier(self.world)  # every rank's small files are there before a node's rank 0 lists them
-        small = sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()) \
-            if self.world.is_node_main else []
-        job = BackgroundJob(f"lmforge-ckpt-{name}",
-                            lambda: self._write(name, step, snapshot.inner, snapshot.files, local, small))
+        small = (
+            sorted(p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file())
+            if self.world.is_node_main
+            else []
+        )
+        job = BackgroundJob(
+            f"lmforge-ckpt-{name}", lambda: self._write(name, step, snapshot.inner, snapshot.files, local, small)
+        )
         self._pending = (step, job)
 
-    def _write(self, name: str, step: int, inner: Any, captured: dict[str, Any], local: Path,
-               small: list[str]) -> Outcome:
+    def _write(
+        self, name: str, step: int, inner: Any, captured: dict[str, Any], local: Path, small: list[str]
+    ) -> Outcome:
         """The background thread of one rank: upload, record, and on rank 0 commit. Never raises."""
         try:
             entries = self._upload_captured(name, inner, captured, local, small)
             if not self.world.is_main:
-                record = {"files": {k: e.model_dump() for k, e in entries.items()}} if entries is not None \
+                record = (
+                    {"files": {k: e.model_dump() for k, e in entries.items()}}
+                    if entries is not None
                     else {"failed": True}
+                )
                 self.output.put_bytes(f"{PENDING}/{name}/rank-{self.world.rank}.json", json.dumps(record).encode())
                 return Outcome()
             merged = self._collect(name, entries)
@@ -269,8 +291,9 @@ class Checkpoints:
             if self.world.is_node_main:
                 shutil.rmtree(local, ignore_errors=True)
 
-    def _upload_captured(self, name: str, inner: Any, captured: dict[str, Any], local: Path,
-                         small: list[str]) -> dict[str, FileEntry] | None:
+    def _upload_captured(
+        self, name: str, inner: Any, captured: dict[str, Any], local: Path, small: list[str]
+    ) -> dict[str, FileEntry] | None:
         """This rank's host copies serialised into uploads, plus (node rank 0) the `small` local files;
         retried with backoff from the same copies; None if the store kept refusing. Files are written
         exactly as the synchronous save writes them: streamed into uploads where the store streams,
@@ -282,8 +305,9 @@ class Checkpoints:
             writer = ArtifactWriter(self.output, f"{PREFIX}/{name}")
             try:
                 if self.output.streams_uploads:
-                    streaming = StreamingCheckpointEngine(inner, self.output.child(f"{PREFIX}/{name}"), local,
-                                                          workers=UPLOAD_WORKERS)
+                    streaming = StreamingCheckpointEngine(
+                        inner, self.output.child(f"{PREFIX}/{name}"), local, workers=UPLOAD_WORKERS
+                    )
                     try:
                         for rel, state in captured.items():
                             streaming.save(state, str(local / rel))
@@ -304,8 +328,12 @@ class Checkpoints:
             if entries is not None:
                 return {**entries, **writer.files}
             wait = self.backoff_s * 2**attempt
-            print(f"lmforge: checkpoint {name} background upload failed (attempt {attempt + 1}/{self.attempts}); "
-                  f"retrying in {wait:.0f}s", file=sys.stderr, flush=True)
+            print(
+                f"lmforge: checkpoint {name} background upload failed (attempt {attempt + 1}/{self.attempts}); "
+                f"retrying in {wait:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
             if attempt + 1 < self.attempts:
                 time.sleep(wait)  # backoff before the next try, not a wait for a condition
         return None
@@ -353,8 +381,7 @@ class Checkpoints:
             if self.world.is_node_main:
                 shutil.rmtree(local, ignore_errors=True)
             barrier(self.world)
-            engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state,
-                                   save_latest=False)
+            engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state, save_latest=False)
         torch.save(_rng_state(), local / f"rng-rank{self.world.rank}.pt")
         if self.world.is_main:
             for rel, data in files.items():
@@ -384,8 +411,9 @@ class Checkpoints:
         from lmforge.trainer.pretrain.streaming import StreamingCheckpointEngine
 
         inner = engine.checkpoint_engine
-        streaming = StreamingCheckpointEngine(inner, self.output.child(f"{PREFIX}/{name}"),
-                                              self.local_root / name, workers=UPLOAD_WORKERS)
+        streaming = StreamingCheckpointEngine(
+            inner, self.output.child(f"{PREFIX}/{name}"), self.local_root / name, workers=UPLOAD_WORKERS
+        )
         engine.checkpoint_engine = streaming
         try:
             engine.save_checkpoint(str(self.local_root), tag=name, client_state=client_state, save_latest=False)
@@ -411,8 +439,12 @@ class Checkpoints:
                 return writer.files
             except StoreError as exc:
                 wait = self.backoff_s * 2**attempt
-                print(f"lmforge: checkpoint {name} upload failed (attempt {attempt + 1}/{self.attempts}): "
-                      f"{exc}; retrying in {wait:.0f}s", file=sys.stderr, flush=True)
+                print(
+                    f"lmforge: checkpoint {name} upload failed (attempt {attempt + 1}/{self.attempts}): "
+                    f"{exc}; retrying in {wait:.0f}s",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if attempt + 1 < self.attempts:
                     time.sleep(wait)  # backoff before the next try, not a wait for a condition
         return None

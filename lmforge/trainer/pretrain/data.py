@@ -52,8 +52,17 @@ class BatchStream:
     Dataset (continual pretraining), labels equal to inputs (the model shifts them) with padding
     masked out as -100."""
 
-    def __init__(self, train: TokenRows, seed: int, micro_batch: int, rank: int, world: int,
-                 pad_id: int | None, replay: TokenRows | None = None, replay_fraction: float = 0.0) -> None:
+    def __init__(
+        self,
+        train: TokenRows,
+        seed: int,
+        micro_batch: int,
+        rank: int,
+        world: int,
+        pad_id: int | None,
+        replay: TokenRows | None = None,
+        replay_fraction: float = 0.0,
+    ) -> None:
         self.train, self.replay = train, replay
         self.rank, self.world = rank, world
         self.pad_id = pad_id
@@ -84,8 +93,9 @@ class BatchStream:
             self.old.position = int(state.get("replay_position", 0))
 
 
-def validation_batches(rows: TokenRows, micro_batch: int, batches: int, rank: int, world: int,
-                       pad_id: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
+def validation_batches(
+    rows: TokenRows, micro_batch: int, batches: int, rank: int, world: int, pad_id: int | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The fixed held-out micro-batches of this rank: the same number on every rank (ZeRO-3 gathers
     parameters collectively, so ranks must run equally many forwards), rows wrapping if few."""
     if len(rows) == 0:

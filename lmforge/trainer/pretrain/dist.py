@@ -52,18 +52,29 @@ def process_group(use_gpu: bool) -> Iterator[World]:
 
     added: list[str] = []
     if "RANK" not in os.environ:
-        defaults = {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1",
-                    "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+        defaults = {
+            "RANK": "0",
+            "WORLD_SIZE": "1",
+            "LOCAL_RANK": "0",
+            "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(_free_port()),
+        }
         for key, value in defaults.items():
             if key not in os.environ:
                 os.environ[key] = value
                 added.append(key)
-    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"]),
-                  int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])))
+    world = World(
+        int(os.environ["RANK"]),
+        int(os.environ["WORLD_SIZE"]),
+        int(os.environ["LOCAL_RANK"]),
+        int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"])),
+    )
     try:
         if not dist.is_initialized():
-            deepspeed.init_distributed(dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False,
-                                       verbose=False)
+            deepspeed.init_distributed(
+                dist_backend="nccl" if use_gpu else "gloo", auto_mpi_discovery=False, verbose=False
+            )
         yield world
     finally:
         if dist.is_initialized():
@@ -124,4 +135,3 @@ def all_sum(values: list[float], world: World) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return [float(v) for v in t.tolist()]
-

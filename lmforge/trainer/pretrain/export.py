@@ -68,27 +68,41 @@ def _table(rows: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def model_card(*, name: str, lineage: Lineage, architecture: dict[str, Any], params: int,
-               hyper: dict[str, Any], metrics: dict[str, float]) -> str:
+def model_card(
+    *,
+    name: str,
+    lineage: Lineage,
+    architecture: dict[str, Any],
+    params: int,
+    hyper: dict[str, Any],
+    metrics: dict[str, float],
+) -> str:
     """README.md: what the model is, what it was trained on (with the Dataset card's hash) and how."""
-    data = [f"- Dataset `{lineage.dataset}`"
-            + (f" (card sha256 `{lineage.dataset_card_sha256}`)" if lineage.dataset_card_sha256 else "")]
+    data = [
+        f"- Dataset `{lineage.dataset}`"
+        + (f" (card sha256 `{lineage.dataset_card_sha256}`)" if lineage.dataset_card_sha256 else "")
+    ]
     if lineage.init_from:
         data.append(f"- Continued from `{lineage.init_from}`")
     if lineage.replay_dataset:
         data.append(f"- Replay of Dataset `{lineage.replay_dataset}`")
     if lineage.upstream:
         data.append("- Upstream lineage: " + " → ".join(f"`{x}`" for x in lineage.upstream))
-    return "\n\n".join([
-        "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [lmforge, llama]\n---",
-        f"# {name}",
-        f"A {params / 1e6:.2f}M-parameter Llama-style decoder pretrained by an LMForge `PretrainJob`. "
-        "It loads with `transformers.AutoModelForCausalLM` and serves with vLLM.",
-        "## Data lineage\n\n" + "\n".join(data),
-        "## Architecture\n\n" + _table(architecture),
-        "## Training\n\n" + _table(hyper),
-        "## Final metrics\n\n" + _table({k: f"{v:.4g}" for k, v in sorted(metrics.items())}),
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "---\nlibrary_name: transformers\npipeline_tag: text-generation\ntags: [lmforge, llama]\n---",
+                f"# {name}",
+                f"A {params / 1e6:.2f}M-parameter Llama-style decoder pretrained by an LMForge `PretrainJob`. "
+                "It loads with `transformers.AutoModelForCausalLM` and serves with vLLM.",
+                "## Data lineage\n\n" + "\n".join(data),
+                "## Architecture\n\n" + _table(architecture),
+                "## Training\n\n" + _table(hyper),
+                "## Final metrics\n\n" + _table({k: f"{v:.4g}" for k, v in sorted(metrics.items())}),
+            ]
+        )
+        + "\n"
+    )
 
 
 def write_training_file(out: Path, ds_config: dict[str, Any], spec: dict[str, Any]) -> None:

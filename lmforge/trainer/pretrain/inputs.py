@@ -79,14 +79,14 @@ def load_dataset(ctx: StageContext, name: str, world: World) -> DatasetInput:
     index = opened.index
     vocab = tokenizer_vocab_size(tok_dir)
     if vocab != index.vocab_size:
-        raise InvalidInput(f"Dataset/{name}: its tokenizer has {vocab} tokens but index.json says vocab_size "
-                           f"{index.vocab_size}; the shards were not made with this tokenizer")
+        raise InvalidInput(
+            f"Dataset/{name}: its tokenizer has {vocab} tokens but index.json says vocab_size "
+            f"{index.vocab_size}; the shards were not made with this tokenizer"
+        )
     top = max(opened.train.max_token_id(), opened.validation.max_token_id())
     if top >= vocab:
-        raise InvalidInput(f"Dataset/{name}: shards contain token id {top}, outside the tokenizer's "
-                           f"{vocab} tokens")
-    return DatasetInput(name, info, shards_uri, tok_uri, opened, tok_dir,
-                        _card_sha256(info) if world.is_main else None)
+        raise InvalidInput(f"Dataset/{name}: shards contain token id {top}, outside the tokenizer's {vocab} tokens")
+    return DatasetInput(name, info, shards_uri, tok_uri, opened, tok_dir, _card_sha256(info) if world.is_main else None)
 
 
 def tokenizer_vocab_size(tok_dir: Path) -> int:
@@ -133,9 +133,13 @@ def check_init_tokenizer(init: InitModel, dataset: DatasetInput) -> None:
     config: dict[str, Any] = json.loads((init.path / "config.json").read_text())
     vocab = tokenizer_vocab_size(dataset.tokenizer_dir)
     if int(config.get("vocab_size", 0)) < vocab:
-        raise InvalidInput(f"initFrom {init.label}: the model has vocab_size {config.get('vocab_size')} but "
-                           f"Dataset/{dataset.name}'s tokenizer has {vocab} tokens")
+        raise InvalidInput(
+            f"initFrom {init.label}: the model has vocab_size {config.get('vocab_size')} but "
+            f"Dataset/{dataset.name}'s tokenizer has {vocab} tokens"
+        )
     theirs = _vocab(init.path)
     if theirs is not None and theirs != _vocab(dataset.tokenizer_dir):
-        raise InvalidInput(f"initFrom {init.label}: its tokenizer differs from Dataset/{dataset.name}'s; "
-                           "continual pretraining needs the same tokenizer (re-tokenize the Dataset with it)")
+        raise InvalidInput(
+            f"initFrom {init.label}: its tokenizer differs from Dataset/{dataset.name}'s; "
+            "continual pretraining needs the same tokenizer (re-tokenize the Dataset with it)"
+        )

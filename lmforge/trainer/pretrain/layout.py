@@ -47,9 +47,17 @@ def _worker(seconds: float) -> None:
     if world > 1:
         dist.init_process_group("gloo", rank=rank, world_size=world)
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=3 * HIDDEN,
-                         num_hidden_layers=LAYERS, num_attention_heads=HEADS, head_dim=HIDDEN // HEADS,
-                         max_position_embeddings=SEQ, tie_word_embeddings=True, use_cache=False)
+    config = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=HIDDEN,
+        intermediate_size=3 * HIDDEN,
+        num_hidden_layers=LAYERS,
+        num_attention_heads=HEADS,
+        head_dim=HIDDEN // HEADS,
+        max_position_embeddings=SEQ,
+        tie_word_embeddings=True,
+        use_cache=False,
+    )
     model: Any = LlamaForCausalLM(config)
     model.set_attn_implementation("eager")  # what the stage trains with on CPU at this length (speed.py)
     model = model.to(torch.bfloat16)
@@ -83,10 +91,24 @@ def measure(processes: int, threads: int, seconds: float, python: str = sys.exec
     port = str(_free_port())
     procs = []
     for rank in range(processes):
-        env = {**os.environ, "RANK": str(rank), "WORLD_SIZE": str(processes), "MASTER_ADDR": "127.0.0.1",
-               "MASTER_PORT": port, "OMP_NUM_THREADS": str(threads), "HF_HUB_OFFLINE": "1"}
-        procs.append(subprocess.Popen([python, "-m", MODULE, "--worker", "--seconds", str(seconds)], env=env,
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        env = {
+            **os.environ,
+            "RANK": str(rank),
+            "WORLD_SIZE": str(processes),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": port,
+            "OMP_NUM_THREADS": str(threads),
+            "HF_HUB_OFFLINE": "1",
+        }
+        procs.append(
+            subprocess.Popen(
+                [python, "-m", MODULE, "--worker", "--seconds", str(seconds)],
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
     outputs = [p.communicate(timeout=600) for p in procs]
     for p, (_out, err) in zip(procs, outputs, strict=True):
         if p.returncode != 0:

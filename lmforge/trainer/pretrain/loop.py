@@ -62,9 +62,19 @@ class LoopState:
 class TrainLoop:
     """Runs optimizer steps from `state.step` to `settings.total_steps`."""
 
-    def __init__(self, engine: Any, stream: BatchStream, val: list[tuple[np.ndarray, np.ndarray]],
-                 shape: RunShape, settings: LoopSettings, checkpoints: Checkpoints, world: World,
-                 reporter: ProgressReporter | None, throughput: Throughput, stop: StopRequest | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        stream: BatchStream,
+        val: list[tuple[np.ndarray, np.ndarray]],
+        shape: RunShape,
+        settings: LoopSettings,
+        checkpoints: Checkpoints,
+        world: World,
+        reporter: ProgressReporter | None,
+        throughput: Throughput,
+        stop: StopRequest | None = None,
+    ) -> None:
         self.engine, self.stream, self.val = engine, stream, val
         self.shape, self.settings, self.checkpoints = shape, settings, checkpoints
         self.world, self.reporter, self.throughput = world, reporter, throughput
@@ -82,8 +92,12 @@ class TrainLoop:
                 return loss
             bad[0] += 1
             if self.reporter is not None:
-                self.reporter.progress(step, self.settings.total_steps, force=True,
-                                       message=f"skipped a batch with non-finite loss ({bad[0]} in a row)")
+                self.reporter.progress(
+                    step,
+                    self.settings.total_steps,
+                    force=True,
+                    message=f"skipped a batch with non-finite loss ({bad[0]} in a row)",
+                )
             if bad[0] > self.settings.max_bad_steps:
                 self.checkpoints.finish()  # a save in flight lands first, so the message names it
                 last = self.checkpoints.latest() if self.world.is_main else None
@@ -91,7 +105,9 @@ class TrainLoop:
                 raise StageError(
                     f"loss was NaN/Inf on {bad[0]} consecutive batches at step {step + 1} "
                     f"(training.maxBadSteps is {self.settings.max_bad_steps}); {where}. Lower the learning "
-                    "rate, raise warm-up or use bf16/fp32", retryable=False)
+                    "rate, raise warm-up or use bf16/fp32",
+                    retryable=False,
+                )
 
     def evaluate(self) -> tuple[float, float]:
         """(validation loss, perplexity) over the fixed held-out batches, token-weighted over ranks."""
@@ -163,8 +179,9 @@ class TrainLoop:
         return state
 
     def _save(self, state: LoopState, *, wait: bool) -> None:
-        self.checkpoints.save(self.engine, state.step, self._client_state(state.step),
-                              self.settings.checkpoint_files, wait=wait)
+        self.checkpoints.save(
+            self.engine, state.step, self._client_state(state.step), self.settings.checkpoint_files, wait=wait
+        )
         state.last_checkpoint = self.checkpoints.last_committed
 
     def _stop_now(self, state: LoopState, already_saved: bool) -> None:
@@ -180,9 +197,13 @@ class TrainLoop:
             where = f"saved checkpoint step-{state.step}; a retry resumes from it"
         else:
             last = self.checkpoints.latest() if self.world.is_main else None
-            where = (f"the checkpoint could not be saved; a retry resumes from {last['tag']}" if last
-                     else "no checkpoint could be saved; a retry starts over")
+            where = (
+                f"the checkpoint could not be saved; a retry resumes from {last['tag']}"
+                if last
+                else "no checkpoint could be saved; a retry starts over"
+            )
         if self.reporter is not None:
-            self.reporter.progress(state.step, self.settings.total_steps, metrics=state.metrics,
-                                   message=f"{why}; {where}", force=True)
+            self.reporter.progress(
+                state.step, self.settings.total_steps, metrics=state.metrics, message=f"{why}; {where}", force=True
+            )
         raise StageError(f"{why}; {where}", retryable=True)

@@ -55,13 +55,18 @@ def _available_memory() -> tuple[float, str]:
     return _host_memory_available(), "available host memory"
 
 
-def _check_fits(spec: PretrainJobSpec, params: int, shape: RunShape, hidden: int, layers: int,
-                world: World) -> None:
+def _check_fits(spec: PretrainJobSpec, params: int, shape: RunShape, hidden: int, layers: int, world: World) -> None:
     """Refuse a model whose weights, gradients, optimizer state and activations cannot fit."""
-    need = train_state_bytes(params, zero_stage=spec.deepspeed.zero_stage, world=world.size,
-                             precision=spec.training.precision)
-    need += activation_bytes(layers=layers, hidden=hidden, seq_length=shape.seq_length,
-                             micro_batch=shape.micro_batch, checkpointing=spec.training.gradient_checkpointing)
+    need = train_state_bytes(
+        params, zero_stage=spec.deepspeed.zero_stage, world=world.size, precision=spec.training.precision
+    )
+    need += activation_bytes(
+        layers=layers,
+        hidden=hidden,
+        seq_length=shape.seq_length,
+        micro_batch=shape.micro_batch,
+        checkpointing=spec.training.gradient_checkpointing,
+    )
     have, what = _available_memory()
     processes = 1 if _uses_gpu(spec) else world.local_size
     if need * processes > 0.9 * have:
@@ -69,7 +74,8 @@ def _check_fits(spec: PretrainJobSpec, params: int, shape: RunShape, hidden: int
             f"model.{params / 1e6:.1f}M parameters need ~{need / 2**30:.1f} GiB per process for weights, "
             f"gradients, optimizer state and activations (ZeRO stage {spec.deepspeed.zero_stage}, "
             f"{world.size} process(es)), but only {have / 2**30:.1f} GiB of {what} is there; raise "
-            "deepspeed.zeroStage, add GPUs, enable gradientCheckpointing or lower microBatchSize")
+            "deepspeed.zeroStage, add GPUs, enable gradientCheckpointing or lower microBatchSize"
+        )
 
 
 def _host_memory_available() -> float:
@@ -83,15 +89,20 @@ def _asynchronous_checkpoints(spec: PretrainJobSpec, params: int, world: World) 
     (its weights and its part of the optimizer state); otherwise synchronous saves, with a warning."""
     if not spec.checkpoint.async_:
         return False
-    need = checkpoint_bytes(params, zero_stage=spec.deepspeed.zero_stage, world=world.size,
-                            precision=spec.training.precision)
+    need = checkpoint_bytes(
+        params, zero_stage=spec.deepspeed.zero_stage, world=world.size, precision=spec.training.precision
+    )
     have = _host_memory_available()
     if host_copy_fits(need, world.local_size, have):
         return True
     if world.is_main:
-        print(f"lmforge: warning: checkpoint.async: a host copy of the checkpoint state needs "
-              f"~{need * world.local_size / 2**30:.1f} GiB on this node but only {have / 2**30:.1f} GiB is "
-              "available; saving checkpoints synchronously", file=sys.stderr, flush=True)
+        print(
+            f"lmforge: warning: checkpoint.async: a host copy of the checkpoint state needs "
+            f"~{need * world.local_size / 2**30:.1f} GiB on this node but only {have / 2**30:.1f} GiB is "
+            "available; saving checkpoints synchronously",
+            file=sys.stderr,
+            flush=True,
+        )
     return False
 
 
@@ -116,8 +127,14 @@ def _build_model(spec: PretrainJobSpec, data: DatasetInput, init: InitModel | No
         check_init_tokenizer(init, data)
         return load_model(str(init.path))
     idx = data.index
-    config = llama_config(spec.model, vocab_size=idx.vocab_size, context_length=idx.seq_length,
-                          bos_token_id=idx.bos_id, eos_token_id=idx.eos_id, pad_token_id=idx.pad_id)
+    config = llama_config(
+        spec.model,
+        vocab_size=idx.vocab_size,
+        context_length=idx.seq_length,
+        bos_token_id=idx.bos_id,
+        eos_token_id=idx.eos_id,
+        pad_token_id=idx.pad_id,
+    )
     return build_model(config, spec.training.seed)
 
 
@@ -155,8 +172,10 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     shape = run_shape(spec, world.size, seq)
     model = _build_model(spec, data, init)
     if model.config.max_position_embeddings < seq:
-        raise InvalidInput(f"model.maxPositionEmbeddings ({model.config.max_position_embeddings}) is shorter "
-                           f"than Dataset/{data.name}'s seqLength ({seq})")
+        raise InvalidInput(
+            f"model.maxPositionEmbeddings ({model.config.max_position_embeddings}) is shorter "
+            f"than Dataset/{data.name}'s seqLength ({seq})"
+        )
     arch = architecture_of(model.config)
     params = parameter_count(model)
     _check_fits(spec, params, shape, arch.hidden_size, arch.num_layers, world)
@@ -166,19 +185,34 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     ds_config = deepspeed_config(spec, shape)
     if world.is_main:
         print("DeepSpeed config: " + json.dumps(ds_config, sort_keys=True), flush=True)
-    optimizer = adamw(_param_groups(model, spec.optimizer.weight_decay), spec.optimizer.lr,
-                      (spec.optimizer.beta1, spec.optimizer.beta2), spec.optimizer.eps)
+    optimizer = adamw(
+        _param_groups(model, spec.optimizer.weight_decay),
+        spec.optimizer.lr,
+        (spec.optimizer.beta1, spec.optimizer.beta2),
+        spec.optimizer.eps,
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(spec.optimizer, shape.total_steps))
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=ds_config)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
     if spec.training.compile:
         engine.compile()
 
-    checkpoints = Checkpoints(ctx.output, ctx.work_dir / "checkpoints", world, spec.checkpoint.keep_last,
-                              asynchronous=_asynchronous_checkpoints(spec, params, world))
-    stream = BatchStream(data.shards.train, spec.training.seed, shape.micro_batch, world.rank, world.size,
-                         data.index.pad_id, replay.shards.train if replay else None,
-                         spec.replay.fraction if spec.replay else 0.0)
+    checkpoints = Checkpoints(
+        ctx.output,
+        ctx.work_dir / "checkpoints",
+        world,
+        spec.checkpoint.keep_last,
+        asynchronous=_asynchronous_checkpoints(spec, params, world),
+    )
+    stream = BatchStream(
+        data.shards.train,
+        spec.training.seed,
+        shape.micro_batch,
+        world.rank,
+        world.size,
+        data.index.pad_id,
+        replay.shards.train if replay else None,
+        spec.replay.fraction if spec.replay else 0.0,
+    )
     state = LoopState()
     resumed = checkpoints.resume(engine) if spec.checkpoint.resume else None
     if resumed is not None:
@@ -186,19 +220,35 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
         stream.restore(resumed["data"])
         skipped = resumed.get("skipped") or []
         note = f" ({', '.join(skipped)} damaged, skipped)" if skipped else ""
-        ctx.reporter.progress(state.step, shape.total_steps, force=True,
-                              message=f"resumed from checkpoint step-{state.step}{note}")
+        ctx.reporter.progress(
+            state.step, shape.total_steps, force=True, message=f"resumed from checkpoint step-{state.step}{note}"
+        )
     peak, peak_source = device_peak_flops(spec.training.precision, spec.metrics.peak_flops_per_device)
     flops_per_token = arch.flops_per_token(data.index.vocab_size, seq)
     throughput = Throughput(shape.tokens_per_step, flops_per_token, peak * world.size)
-    val = validation_batches(data.shards.validation, shape.micro_batch, spec.validation.batches,
-                             world.rank, world.size, data.index.pad_id)
-    settings = LoopSettings(shape.total_steps, spec.validation.every_steps, spec.checkpoint.every_steps,
-                            spec.training.max_bad_steps,
-                            {"ds_config.json": json.dumps(ds_config, indent=2).encode()})
+    val = validation_batches(
+        data.shards.validation, shape.micro_batch, spec.validation.batches, world.rank, world.size, data.index.pad_id
+    )
+    settings = LoopSettings(
+        shape.total_steps,
+        spec.validation.every_steps,
+        spec.checkpoint.every_steps,
+        spec.training.max_bad_steps,
+        {"ds_config.json": json.dumps(ds_config, indent=2).encode()},
+    )
     with stop_on_signals(StopRequest()) as stop:  # SIGTERM/SIGINT: checkpoint, then a retryable exit
-        loop = TrainLoop(engine, stream, val, shape, settings, checkpoints, world,
-                         ctx.reporter if world.is_main else None, throughput, stop)
+        loop = TrainLoop(
+            engine,
+            stream,
+            val,
+            shape,
+            settings,
+            checkpoints,
+            world,
+            ctx.reporter if world.is_main else None,
+            throughput,
+            stop,
+        )
         state = loop.run(state)
     resumed_from = int(resumed["step"]) if resumed else None
     state.metrics.update(parameters=float(params), steps=float(state.step), peak_flops=peak)
@@ -208,40 +258,71 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     if not world.is_main:
         return StageOutcome({}, writes_result=False, losses=state.losses, resumed_from=resumed_from)
     assert sd is not None
-    artifacts, metrics = _publish(ctx, spec, data, replay, init, engine.module, sd, ds_config, state, shape,
-                                  params)
+    artifacts, metrics = _publish(ctx, spec, data, replay, init, engine.module, sd, ds_config, state, shape, params)
     return StageOutcome(artifacts, metrics, losses=state.losses, resumed_from=resumed_from)
 
 
-def _publish(ctx: StageContext, spec: PretrainJobSpec, data: DatasetInput, replay: DatasetInput | None,
-             init: InitModel | None, module: Any, state_dict: dict[str, Any], ds_config: dict[str, Any],
-             state: LoopState, shape: RunShape, params: int) -> tuple[dict[str, str], dict[str, float]]:
+def _publish(
+    ctx: StageContext,
+    spec: PretrainJobSpec,
+    data: DatasetInput,
+    replay: DatasetInput | None,
+    init: InitModel | None,
+    module: Any,
+    state_dict: dict[str, Any],
+    ds_config: dict[str, Any],
+    state: LoopState,
+    shape: RunShape,
+    params: int,
+) -> tuple[dict[str, str], dict[str, float]]:
     out = ctx.work_dir / "export"
     shutil.rmtree(out, ignore_errors=True)
     export.save_hf(module, state_dict, data.tokenizer_dir, out)
     lineage = export.Lineage(
-        dataset=data.name, dataset_card_sha256=data.card_sha256,
-        init_from=init.label if init else None, replay_dataset=replay.name if replay else None,
+        dataset=data.name,
+        dataset_card_sha256=data.card_sha256,
+        init_from=init.label if init else None,
+        replay_dataset=replay.name if replay else None,
         upstream=[*(init.lineage if init else []), *data.info.lineage],
     )
     arch = architecture_of(module.config).wire()
     arch["vocabSize"] = data.index.vocab_size
     hyper = {
-        "steps": state.step, "global batch (sequences)": shape.global_batch, "sequence length": shape.seq_length,
-        "tokens": state.step * shape.tokens_per_step, "precision": spec.training.precision.value,
-        "peak lr": spec.optimizer.lr, "min lr": spec.optimizer.min_lr, "warm-up steps": spec.optimizer.warmup_steps,
-        "schedule": spec.optimizer.schedule.value, "weight decay": spec.optimizer.weight_decay,
-        "ZeRO stage": spec.deepspeed.zero_stage, "processes": shape.world, "seed": spec.training.seed,
+        "steps": state.step,
+        "global batch (sequences)": shape.global_batch,
+        "sequence length": shape.seq_length,
+        "tokens": state.step * shape.tokens_per_step,
+        "precision": spec.training.precision.value,
+        "peak lr": spec.optimizer.lr,
+        "min lr": spec.optimizer.min_lr,
+        "warm-up steps": spec.optimizer.warmup_steps,
+        "schedule": spec.optimizer.schedule.value,
+        "weight decay": spec.optimizer.weight_decay,
+        "ZeRO stage": spec.deepspeed.zero_stage,
+        "processes": shape.world,
+        "seed": spec.training.seed,
     }
     metrics = {k: v for k, v in state.metrics.items() if k in _CARD_METRICS}
-    (out / "README.md").write_text(export.model_card(
-        name=ctx.resource.metadata.name, lineage=lineage, architecture=arch, params=params, hyper=hyper,
-        metrics=metrics), encoding="utf-8")
+    (out / "README.md").write_text(
+        export.model_card(
+            name=ctx.resource.metadata.name,
+            lineage=lineage,
+            architecture=arch,
+            params=params,
+            hyper=hyper,
+            metrics=metrics,
+        ),
+        encoding="utf-8",
+    )
     export.write_training_file(out, ds_config, spec.wire())
     metadata = {
         "lineage": lineage.entries(),
-        "dataset": {"name": data.name, "shards": data.shards_uri, "tokenizer": data.tokenizer_uri,
-                    "cardSha256": data.card_sha256},
+        "dataset": {
+            "name": data.name,
+            "shards": data.shards_uri,
+            "tokenizer": data.tokenizer_uri,
+            "cardSha256": data.card_sha256,
+        },
         "architecture": arch,
         "parameters": params,
         "metrics": metrics,
@@ -255,6 +336,14 @@ def _publish(ctx: StageContext, spec: PretrainJobSpec, data: DatasetInput, repla
     return {ArtifactName.MODEL.value: uri}, metrics
 
 
-_CARD_METRICS = {"loss", "val_loss", "val_perplexity", "tokens_per_second", "mfu", "tokens", "steps",
-                 "train_seconds", "parameters"}
-
+_CARD_METRICS = {
+    "loss",
+    "val_loss",
+    "val_perplexity",
+    "tokens_per_second",
+    "mfu",
+    "tokens",
+    "steps",
+    "train_seconds",
+    "parameters",
+}

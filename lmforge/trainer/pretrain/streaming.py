@@ -55,7 +55,7 @@ class ChunkPipe:
         view = memoryview(data).cast("B")
         n = view.nbytes
         for i in range(0, n, CHUNK):
-            self._put(bytes(view[i:i + CHUNK]))  # a copy: torch may reuse the buffer after returning
+            self._put(bytes(view[i : i + CHUNK]))  # a copy: torch may reuse the buffer after returning
         return n
 
     def flush(self) -> None:
@@ -93,8 +93,8 @@ class ChunkPipe:
         while got < size:
             part = self._parts.popleft()
             if got + len(part) > size:  # split the last chunk; its tail stays for the next read
-                self._parts.appendleft(part[size - got:])
-                part = part[:size - got]
+                self._parts.appendleft(part[size - got :])
+                part = part[: size - got]
             out.append(part)
             got += len(part)
         self._have -= size
@@ -138,8 +138,11 @@ class StreamingCheckpointEngine:
         pipe = ChunkPipe()
         self._uploads[rel] = self._pool.submit(self._upload, rel, pipe)
         try:
-            torch.save(state_dict, cast("IO[bytes]", pipe),
-                       _use_new_zipfile_serialization=getattr(self.inner, "zipfile_serialization", True))
+            torch.save(
+                state_dict,
+                cast("IO[bytes]", pipe),
+                _use_new_zipfile_serialization=getattr(self.inner, "zipfile_serialization", True),
+            )
         except BaseException as exc:
             pipe.close(exc)
             raise
@@ -159,8 +162,9 @@ class StreamingCheckpointEngine:
             try:
                 size, digest = job.result()
             except Exception as exc:  # any failure means: fall back
-                print(f"lmforge: warning: streamed checkpoint upload of {rel} failed: {exc}", file=sys.stderr,
-                      flush=True)
+                print(
+                    f"lmforge: warning: streamed checkpoint upload of {rel} failed: {exc}", file=sys.stderr, flush=True
+                )
                 entries = None
                 continue
             if entries is not None:

@@ -30,8 +30,10 @@ from lmforge.trainer.artifacts import cache_dir, fetch, split_uri
 from lmforge.trainer.errors import InvalidInput, StageError
 
 HOST = "127.0.0.1"
-CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {("int", 8, "weight-only"): "vLLM 0.32's CPU backend has no 8-bit weight-only (W8A16) kernel; "
-                                             "serve it with gpus ≥ 1, or release it as w8a8 or int4"}
+CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {
+    ("int", 8, "weight-only"): "vLLM 0.32's CPU backend has no 8-bit weight-only (W8A16) kernel; "
+    "serve it with gpus ≥ 1, or release it as w8a8 or int4"
+}
 
 
 def fetch_verified(uri: str, dest: Path | None = None) -> Path:
@@ -83,17 +85,23 @@ def port_free(port: int, host: str = HOST) -> None:
         try:
             s.bind((host, port))
         except OSError as exc:
-            raise InvalidInput(f"serving.port {port} on {host} is already in use ({exc.strerror}); "
-                               "stop what listens there or choose another port") from None
+            raise InvalidInput(
+                f"serving.port {port} on {host} is already in use ({exc.strerror}); "
+                "stop what listens there or choose another port"
+            ) from None
 
 
-def server_options(model_dir: Path, serving: Serving, name: str, *, gpus: int,
-                   lora: dict[str, Path] | None = None) -> dict[str, Any]:
+def server_options(
+    model_dir: Path, serving: Serving, name: str, *, gpus: int, lora: dict[str, Path] | None = None
+) -> dict[str, Any]:
     """vLLM's options for `spec.serving`, as `--config` YAML keys (`--key value` on a command
     line): one source for the local server's argv and for the file a serving pod's init container
     writes. Host, port, the API key and `extraArgs` are not here: the caller adds them."""
-    opts: dict[str, Any] = {"model": str(model_dir), "served-model-name": name,
-                            "dtype": serving.dtype.value if serving.dtype != DType.AUTO else "auto"}
+    opts: dict[str, Any] = {
+        "model": str(model_dir),
+        "served-model-name": name,
+        "dtype": serving.dtype.value if serving.dtype != DType.AUTO else "auto",
+    }
     if serving.max_model_len:
         opts["max-model-len"] = serving.max_model_len
     if gpus > 0:
@@ -101,8 +109,11 @@ def server_options(model_dir: Path, serving: Serving, name: str, *, gpus: int,
         opts["gpu-memory-utilization"] = serving.gpu_memory_utilization
     if lora:
         ranks = [json.loads((p / "adapter_config.json").read_text()).get("r", 16) for p in lora.values()]
-        opts |= {"enable-lora": True, "max-lora-rank": max(ranks),
-                 "lora-modules": [f"{n}={p}" for n, p in lora.items()]}
+        opts |= {
+            "enable-lora": True,
+            "max-lora-rank": max(ranks),
+            "lora-modules": [f"{n}={p}" for n, p in lora.items()],
+        }
     return opts
 
 
@@ -119,12 +130,29 @@ def option_argv(opts: dict[str, Any]) -> list[str]:
     return argv
 
 
-def server_command(model_dir: Path, serving: Serving, name: str, *, gpus: int, host: str = HOST,
-                   lora: dict[str, Path] | None = None, python: str = sys.executable) -> list[str]:
+def server_command(
+    model_dir: Path,
+    serving: Serving,
+    name: str,
+    *,
+    gpus: int,
+    host: str = HOST,
+    lora: dict[str, Path] | None = None,
+    python: str = sys.executable,
+) -> list[str]:
     """vLLM's command line for `spec.serving` (the API key travels in the environment, not here)."""
     opts = server_options(model_dir, serving, name, gpus=gpus, lora=lora)
-    return [python, "-m", VLLM_API_SERVER, *option_argv(opts), "--host", host, "--port", str(serving.port),
-            *serving.extra_args]
+    return [
+        python,
+        "-m",
+        VLLM_API_SERVER,
+        *option_argv(opts),
+        "--host",
+        host,
+        "--port",
+        str(serving.port),
+        *serving.extra_args,
+    ]
 
 
 @dataclass
@@ -149,8 +177,9 @@ class VllmServer:
         env = {**os.environ, **self.env}
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
-        self.proc = subprocess.Popen(self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+        )
         threading.Thread(target=self._pump, daemon=True).start()
 
     def _pump(self) -> None:
@@ -191,8 +220,9 @@ class VllmServer:
                 if not healthy:
                     self.request("/health", timeout=5)
                     healthy = True
-                out = self.request("/v1/completions", {"model": self.model_name, "prompt": "a", "max_tokens": 1},
-                                   timeout=60)
+                out = self.request(
+                    "/v1/completions", {"model": self.model_name, "prompt": "a", "max_tokens": 1}, timeout=60
+                )
                 if out.get("choices"):
                     return time.monotonic() - start
             except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):

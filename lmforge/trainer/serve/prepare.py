@@ -43,8 +43,9 @@ def model_uri(spec: StageSpec, release: ModelRelease) -> str:
     for found in spec.inputs.values():
         if "model" in found.artifacts:
             return found.artifacts["model"]
-    raise InvalidInput(f"no model to serve: input ModelRelease/{release.metadata.name} (the compress "
-                       "stage's result) was not given")
+    raise InvalidInput(
+        f"no model to serve: input ModelRelease/{release.metadata.name} (the compress stage's result) was not given"
+    )
 
 
 def adapter_uris(spec: StageSpec, release: ModelRelease) -> dict[str, str]:
@@ -68,8 +69,7 @@ def prepare(spec: StageSpec, dest: Path) -> Path:
     model_dir = fetch_verified(model_uri(spec, release), dest / "model")
     check_servable(model_dir, gpus)
     lora = {name: fetch_verified(uri, dest / "adapters" / name) for name, uri in adapter_uris(spec, release).items()}
-    opts = server_options(model_dir, serving, serving.served_model_name or release.metadata.name,
-                          gpus=gpus, lora=lora)
+    opts = server_options(model_dir, serving, serving.served_model_name or release.metadata.name, gpus=gpus, lora=lora)
     config = dest / VLLM_CONFIG_FILE
     tmp = config.with_suffix(".part")
     tmp.write_text(yaml.safe_dump(opts, sort_keys=False))
@@ -104,8 +104,11 @@ def register(spec: StageSpec) -> None:
 
     trackers = trackers_for(spec)
     release = ModelRelease.model_validate(spec.resource)
-    trackers.record(ProgressRecord(type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id,
-                                   artifacts={"model": model_uri(spec, release)}))
+    trackers.record(
+        ProgressRecord(
+            type=RecordType.RESULT, stage=spec.stage, run_id=spec.run_id, artifacts={"model": model_uri(spec, release)}
+        )
+    )
     trackers.close(30.0)
 
 

@@ -15,8 +15,10 @@ def smoke(server: VllmServer, max_tokens: int = 8) -> dict[str, float]:
     """Generate `max_tokens` greedily; `smoke_tokens` and `smoke_latency_s`, or a StageError."""
     start = time.monotonic()
     try:
-        out = server.request("/v1/completions", {"model": server.model_name, "prompt": PROMPT,
-                                                 "max_tokens": max_tokens, "temperature": 0})
+        out = server.request(
+            "/v1/completions",
+            {"model": server.model_name, "prompt": PROMPT, "max_tokens": max_tokens, "temperature": 0},
+        )
     except (urllib.error.URLError, OSError) as exc:
         raise StageError(f"smoke test: /v1/completions failed: {exc}") from None
     tokens = int((out.get("usage") or {}).get("completion_tokens", 0))

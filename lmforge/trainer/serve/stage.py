@@ -34,8 +34,9 @@ def api_key(release: ModelRelease) -> str | None:
         return None
     value = os.environ.get("LMFORGE_API_KEY") or os.environ.get(ref.key)
     if not value:
-        raise InvalidInput(f"serving.apiKeySecret {ref.name}/{ref.key}: not provided "
-                           f"(set ${ref.key} or $LMFORGE_API_KEY)")
+        raise InvalidInput(
+            f"serving.apiKeySecret {ref.name}/{ref.key}: not provided (set ${ref.key} or $LMFORGE_API_KEY)"
+        )
     return value
 
 
@@ -51,8 +52,13 @@ def run(ctx: StageContext) -> StageOutcome:
     check_servable(model_dir, gpus)
     lora = {name: fetch_verified(uri) for name, uri in adapter_uris(ctx.spec, release).items()}
     env = {} if gpus else {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(serving.kv_cache_gib)))}
-    server = VllmServer(server_command(model_dir, serving, name, gpus=gpus, lora=lora), serving.port, name,
-                        env=env, api_key=api_key(release))
+    server = VllmServer(
+        server_command(model_dir, serving, name, gpus=gpus, lora=lora),
+        serving.port,
+        name,
+        env=env,
+        api_key=api_key(release),
+    )
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

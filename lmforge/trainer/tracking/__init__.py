@@ -82,11 +82,16 @@ def run_info(spec: StageSpec) -> RunInfo:
     kind, name = str(resource.get("kind")), str(meta.get("name"))
     spec_hash = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
     experiment = tracking.experiment or (
-        DEFAULT_EXPERIMENT if namespace == "default" else f"{DEFAULT_EXPERIMENT}/{namespace}")
+        DEFAULT_EXPERIMENT if namespace == "default" else f"{DEFAULT_EXPERIMENT}/{namespace}"
+    )
     tags = {
-        "lmforge.kind": kind, "lmforge.name": name, "lmforge.namespace": namespace,
-        "lmforge.stage": spec.stage.value, "lmforge.run_id": spec.run_id,
-        "lmforge.spec_hash": spec_hash, "lmforge.output": spec.output,
+        "lmforge.kind": kind,
+        "lmforge.name": name,
+        "lmforge.namespace": namespace,
+        "lmforge.stage": spec.stage.value,
+        "lmforge.run_id": spec.run_id,
+        "lmforge.spec_hash": spec_hash,
+        "lmforge.output": spec.output,
         "lmforge.inputs": ",".join(sorted(spec.inputs)),
         **tracking.tags,
     }
@@ -94,10 +99,18 @@ def run_info(spec: StageSpec) -> RunInfo:
     if lineage:
         tags["lmforge.lineage"] = " > ".join(lineage)
     return RunInfo(
-        run_id=spec.run_id, kind=kind, name=name, namespace=namespace, stage=spec.stage.value,
-        experiment=experiment, tags=tags, params=flatten(body),
-        inputs={k: dict(v.artifacts) for k, v in spec.inputs.items()}, lineage=lineage,
-        input_metrics={k: dict(v.metrics) for k, v in spec.inputs.items()}, tracking=tracking,
+        run_id=spec.run_id,
+        kind=kind,
+        name=name,
+        namespace=namespace,
+        stage=spec.stage.value,
+        experiment=experiment,
+        tags=tags,
+        params=flatten(body),
+        inputs={k: dict(v.artifacts) for k, v in spec.inputs.items()},
+        lineage=lineage,
+        input_metrics={k: dict(v.metrics) for k, v in spec.inputs.items()},
+        tracking=tracking,
         store=spec.store,
     )
 

@@ -51,8 +51,9 @@ def _quote(value: str) -> str:
 class MlflowTracker:
     """One MLflow run per stage run; see the module docstring."""
 
-    def __init__(self, uri: str, info: RunInfo, *, client: MlflowRest | None = None,
-                 queue_size: int = QUEUE_SIZE) -> None:
+    def __init__(
+        self, uri: str, info: RunInfo, *, client: MlflowRest | None = None, queue_size: int = QUEUE_SIZE
+    ) -> None:
         self.info = info
         self.client = client or MlflowRest(uri)
         self.uri = uri
@@ -92,9 +93,12 @@ class MlflowTracker:
         self._thread.join(timeout + 1.0)
         unsent = self._queue.qsize() + len(self._metrics) + (0 if self._finished else 1)
         if unsent or self.dropped:
-            print(f"warning: tracking: {unsent} record(s) could not be sent to MLflow at {self.uri} and "
-                  f"{self.dropped} were dropped ({self.failures} failed requests); training is unaffected",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: tracking: {unsent} record(s) could not be sent to MLflow at {self.uri} and "
+                f"{self.dropped} were dropped ({self.failures} failed requests); training is unaffected",
+                file=sys.stderr,
+                flush=True,
+            )
 
     # The sender thread ---------------------------------------------------------------------------
 
@@ -125,8 +129,10 @@ class MlflowTracker:
             # A result's figures (its step is 0) belong at the last step reported.
             step = record.step if record.type is RecordType.PROGRESS else max(record.step, self._last_step)
             self._last_step = max(self._last_step, step)
-            self._metrics += [{"key": _KEY.sub("_", k), "value": float(v), "timestamp": ms, "step": step}
-                              for k, v in record.metrics.items()]
+            self._metrics += [
+                {"key": _KEY.sub("_", k), "value": float(v), "timestamp": ms, "step": step}
+                for k, v in record.metrics.items()
+            ]
             if record.type is not RecordType.PROGRESS:
                 self._final = record
             if len(self._metrics) > QUEUE_SIZE:  # the server has been away for long: keep the newest
@@ -168,8 +174,7 @@ class MlflowTracker:
     def _start(self) -> None:
         info, c = self.info, self.client
         self._experiment_id = c.experiment_id(info.experiment)
-        same = (f"tags.`lmforge.run_id` = {_quote(info.run_id)} and "
-                f"tags.`lmforge.stage` = {_quote(info.stage)}")
+        same = f"tags.`lmforge.run_id` = {_quote(info.run_id)} and tags.`lmforge.stage` = {_quote(info.stage)}"
         found = c.search_runs([self._experiment_id], same, 1)
         if found:
             run = found[0]
@@ -181,7 +186,7 @@ class MlflowTracker:
         params = {k[:250]: v[:PARAM_VALUE_MAX] for k, v in info.params.items()}
         items = list(params.items())
         for i in range(0, max(len(items), 1), PARAMS_PER_BATCH):
-            c.log_batch(run_id, params=dict(items[i:i + PARAMS_PER_BATCH]), tags=tags if i == 0 else None)
+            c.log_batch(run_id, params=dict(items[i : i + PARAMS_PER_BATCH]), tags=tags if i == 0 else None)
         self.artifact_uri = run["info"].get("artifact_uri", "")
         self.mlflow_run_id = run_id
 
@@ -192,7 +197,8 @@ class MlflowTracker:
         for key, artifacts in sorted(self.info.inputs.items()):
             for art, uri in sorted(artifacts.items()):
                 found = self.client.search_runs(
-                    [self._experiment_id], f"tags.`lmforge.artifact.{art}` = {_quote(uri)}", 1)
+                    [self._experiment_id], f"tags.`lmforge.artifact.{art}` = {_quote(uri)}", 1
+                )
                 if found:
                     out[f"lmforge.input_run.{key}"] = found[0]["info"]["run_id"]
                     if parent is None or art == "model":
@@ -231,8 +237,11 @@ class MlflowTracker:
                 sizes = store.sizes()
             except (StoreError, OSError):
                 continue
-            small = [k for k, n in sorted(sizes.items())
-                     if k.endswith(SMALL_SUFFIXES) and n <= SMALL_FILE_MAX and k != "MANIFEST.json"][:20]
+            small = [
+                k
+                for k, n in sorted(sizes.items())
+                if k.endswith(SMALL_SUFFIXES) and n <= SMALL_FILE_MAX and k != "MANIFEST.json"
+            ][:20]
             for key in small:
                 self.client.put_artifact(self.artifact_uri, f"{name}/{key}", store.get_bytes(key))
 
@@ -241,21 +250,31 @@ class MlflowTracker:
         info, c = self.info, self.client
         assert self.mlflow_run_id is not None
         model = info.inputs.get(f"ModelRelease/{info.name}", {}).get("model") or next(
-            (a["model"] for a in info.inputs.values() if "model" in a), None)
+            (a["model"] for a in info.inputs.values() if "model" in a), None
+        )
         if model is None:
             return
         name = info.tracking.registered_model or info.name
         c.ensure_registered_model(name)
         version = c.model_version_of_run(name, self.mlflow_run_id)
         if version is None:
-            tags = {"lmforge.model_uri": model, "lmforge.run_id": info.run_id,
-                    "lmforge.lineage": " > ".join(info.lineage), **info.tracking.tags}
+            tags = {
+                "lmforge.model_uri": model,
+                "lmforge.run_id": info.run_id,
+                "lmforge.lineage": " > ".join(info.lineage),
+                **info.tracking.tags,
+            }
             for key, metrics in info.input_metrics.items():
                 if key.startswith("EvalSuite/"):
                     tags |= {f"eval.{key.split('/', 1)[1]}.{m}": repr(v) for m, v in metrics.items()}
             if final.artifacts.get("endpoint"):
                 tags["lmforge.endpoint"] = final.artifacts["endpoint"]
-            version = c.create_model_version(name, f"runs:/{self.mlflow_run_id}/model", self.mlflow_run_id,
-                                             tags, description=f"{info.kind}/{info.name} run {info.run_id}: {model}")
+            version = c.create_model_version(
+                name,
+                f"runs:/{self.mlflow_run_id}/model",
+                self.mlflow_run_id,
+                tags,
+                description=f"{info.kind}/{info.name} run {info.run_id}: {model}",
+            )
         c.set_alias(name, CHAMPION, version)
         self.model_version = version

@@ -38,8 +38,9 @@ class MlflowRest:
         if token:
             self._headers["Authorization"] = f"Bearer {token}"
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             query: dict[str, str] | None = None) -> dict[str, Any]:
+    def call(
+        self, method: str, path: str, body: dict[str, Any] | None = None, query: dict[str, str] | None = None
+    ) -> dict[str, Any]:
         url = f"{self.base}/api/2.0/mlflow/{path}"
         if query:
             url += "?" + urllib.parse.urlencode(query)
@@ -56,8 +57,11 @@ class MlflowRest:
                 err = json.loads(text)
             except ValueError:
                 err = {}
-            raise TrackingError(f"{req.get_method()} {req.full_url}: HTTP {exc.code}: {err.get('message') or text[:200]}",
-                                err.get("error_code"), exc.code) from None
+            raise TrackingError(
+                f"{req.get_method()} {req.full_url}: HTTP {exc.code}: {err.get('message') or text[:200]}",
+                err.get("error_code"),
+                exc.code,
+            ) from None
         except (OSError, ValueError) as exc:  # refused, reset, timed out, bad URL
             raise TrackingError(f"{req.get_method()} {req.full_url}: {exc}") from None
         out: dict[str, Any] = json.loads(raw) if raw.strip() else {}
@@ -81,23 +85,43 @@ class MlflowRest:
             return self.experiment_id(name)
 
     def search_runs(self, experiment_ids: list[str], filter_string: str, max_results: int = 10) -> list[dict[str, Any]]:
-        body = {"experiment_ids": experiment_ids, "filter": filter_string, "max_results": max_results,
-                "order_by": ["attributes.start_time DESC"]}
+        body = {
+            "experiment_ids": experiment_ids,
+            "filter": filter_string,
+            "max_results": max_results,
+            "order_by": ["attributes.start_time DESC"],
+        }
         runs: list[dict[str, Any]] = self.call("POST", "runs/search", body).get("runs", [])
         return runs
 
     def create_run(self, experiment_id: str, name: str, tags: dict[str, str], start_ms: int) -> dict[str, Any]:
-        body = {"experiment_id": experiment_id, "run_name": name, "start_time": start_ms,
-                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+        body = {
+            "experiment_id": experiment_id,
+            "run_name": name,
+            "start_time": start_ms,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
         run: dict[str, Any] = self.call("POST", "runs/create", body)["run"]
         return run
 
-    def log_batch(self, run_id: str, *, metrics: list[dict[str, Any]] | None = None,
-                  params: dict[str, str] | None = None, tags: dict[str, str] | None = None) -> None:
-        self.call("POST", "runs/log-batch", {
-            "run_id": run_id, "metrics": metrics or [],
-            "params": [{"key": k, "value": v} for k, v in (params or {}).items()],
-            "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()]})
+    def log_batch(
+        self,
+        run_id: str,
+        *,
+        metrics: list[dict[str, Any]] | None = None,
+        params: dict[str, str] | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> None:
+        self.call(
+            "POST",
+            "runs/log-batch",
+            {
+                "run_id": run_id,
+                "metrics": metrics or [],
+                "params": [{"key": k, "value": v} for k, v in (params or {}).items()],
+                "tags": [{"key": k, "value": v} for k, v in (tags or {}).items()],
+            },
+        )
 
     def update_run(self, run_id: str, status: str, end_ms: int | None = None) -> None:
         body: dict[str, Any] = {"run_id": run_id, "status": status}
@@ -111,8 +135,11 @@ class MlflowRest:
             raise TrackingError(f"artifact root {artifact_uri} is not proxied by the server (mlflow-artifacts:)")
         rest = urllib.parse.urlparse(artifact_uri).path.lstrip("/")
         url = f"{self.base}/api/2.0/mlflow-artifacts/artifacts/{urllib.parse.quote(rest)}/{urllib.parse.quote(path)}"
-        self._send(urllib.request.Request(url, data=data, method="PUT",
-                                          headers={**self._headers, "Content-Type": "application/octet-stream"}))
+        self._send(
+            urllib.request.Request(
+                url, data=data, method="PUT", headers={**self._headers, "Content-Type": "application/octet-stream"}
+            )
+        )
 
     # Model registry --------------------------------------------------------------------------------
 
@@ -125,15 +152,20 @@ class MlflowRest:
 
     def model_version_of_run(self, name: str, run_id: str) -> str | None:
         escaped = name.replace("'", "\\'")
-        found = self.call("GET", "model-versions/search",
-                          query={"filter": f"name='{escaped}' and run_id='{run_id}'"})
+        found = self.call("GET", "model-versions/search", query={"filter": f"name='{escaped}' and run_id='{run_id}'"})
         versions = found.get("model_versions", [])
         return str(versions[0]["version"]) if versions else None
 
-    def create_model_version(self, name: str, source: str, run_id: str, tags: dict[str, str],
-                             description: str = "") -> str:
-        body = {"name": name, "source": source, "run_id": run_id, "description": description,
-                "tags": [{"key": k, "value": v} for k, v in tags.items()]}
+    def create_model_version(
+        self, name: str, source: str, run_id: str, tags: dict[str, str], description: str = ""
+    ) -> str:
+        body = {
+            "name": name,
+            "source": source,
+            "run_id": run_id,
+            "description": description,
+            "tags": [{"key": k, "value": v} for k, v in tags.items()],
+        }
         return str(self.call("POST", "model-versions/create", body)["model_version"]["version"])
 
     def set_alias(self, name: str, alias: str, version: str) -> None:

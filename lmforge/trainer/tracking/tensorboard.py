@@ -68,15 +68,18 @@ def _field_bytes(number: int, payload: bytes) -> bytes:
     return _varint(number << 3 | 2) + _varint(len(payload)) + payload
 
 
-def event(wall_time: float, step: int, *, scalars: dict[str, float] | None = None,
-          file_version: str | None = None) -> bytes:
+def event(
+    wall_time: float, step: int, *, scalars: dict[str, float] | None = None, file_version: str | None = None
+) -> bytes:
     """One serialized `Event`."""
     out = b"\x09" + struct.pack("<d", wall_time) + b"\x10" + _varint(step)
     if file_version is not None:
         out += _field_bytes(3, file_version.encode())
     if scalars:
-        values = b"".join(_field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
-                          for tag, value in scalars.items())
+        values = b"".join(
+            _field_bytes(1, _field_bytes(1, tag.encode()) + b"\x15" + struct.pack("<f", value))
+            for tag, value in scalars.items()
+        )
         out += _field_bytes(5, values)
     return out
 
@@ -116,8 +119,11 @@ class TensorBoardTracker:
                 self._last_flush = time.monotonic()
         except OSError as exc:
             self._broken = True
-            print(f"warning: tracking: TensorBoard events in {self.directory}: {exc}; not written further",
-                  file=sys.stderr, flush=True)
+            print(
+                f"warning: tracking: TensorBoard events in {self.directory}: {exc}; not written further",
+                file=sys.stderr,
+                flush=True,
+            )
 
     def close(self, timeout: float = 10.0) -> None:
         if self._file is not None:

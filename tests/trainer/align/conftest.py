@@ -38,14 +38,20 @@ def write_jsonl(path: Path, rows: list[Any]) -> Path:
 
 
 def sft_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
-    """"what is the ADJ NOUN ?" → "the ADJ NOUN is here ." — the answer copies the question."""
+    """ "what is the ADJ NOUN ?" → "the ADJ NOUN is here ." — the answer copies the question."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
         a, b = rng.choice(ADJS), rng.choice(NOUNS)
-        out.append({"messages": [{"role": "system", "content": "answer briefly"},
-                                 {"role": "user", "content": f"what is the {a} {b} ?"},
-                                 {"role": "assistant", "content": f"the {a} {b} is here ."}]})
+        out.append(
+            {
+                "messages": [
+                    {"role": "system", "content": "answer briefly"},
+                    {"role": "user", "content": f"what is the {a} {b} ?"},
+                    {"role": "assistant", "content": f"the {a} {b} is here ."},
+                ]
+            }
+        )
     return out
 
 
@@ -57,19 +63,37 @@ def preference_rows(n: int, seed: int = 0) -> list[dict[str, Any]]:
     for _ in range(n):
         b = rng.choice(NOUNS)
         other = rng.choice([x for x in NOUNS if x != b])
-        out.append({"prompt": f"name the {b}", "chosen": f"the {rng.choice(GOOD)} {b} .",
-                    "rejected": f"the {rng.choice(BAD)} {other} ."})
+        out.append(
+            {
+                "prompt": f"name the {b}",
+                "chosen": f"the {rng.choice(GOOD)} {b} .",
+                "rejected": f"the {rng.choice(BAD)} {other} .",
+            }
+        )
     return out
 
 
-def make_ctx(root: Path, job_spec: dict[str, Any], *, name: str = "job", base_dir: Path | None = None,
-             inputs: dict[str, Any] | None = None) -> StageContext:
+def make_ctx(
+    root: Path,
+    job_spec: dict[str, Any],
+    *,
+    name: str = "job",
+    base_dir: Path | None = None,
+    inputs: dict[str, Any] | None = None,
+) -> StageContext:
     spec = StageSpec(
         stage=StageName.ALIGN,
-        resource={"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob", "metadata": {"name": name},
-                  "spec": job_spec},
-        store=str(root / "store"), output=f"runs/{name}", run_id=f"{name}-1",
-        inputs=inputs or {}, base_dir=str(base_dir) if base_dir else None,
+        resource={
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "AlignmentJob",
+            "metadata": {"name": name},
+            "spec": job_spec,
+        },
+        store=str(root / "store"),
+        output=f"runs/{name}",
+        run_id=f"{name}-1",
+        inputs=inputs or {},
+        base_dir=str(base_dir) if base_dir else None,
     )
     reporter = ProgressReporter(StageName.ALIGN, spec.run_id, None, stream=io.StringIO(), line_interval=0)
     return StageContext.from_spec(spec, reporter)
@@ -96,4 +120,5 @@ def run_stage(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> RunStage:
 
         ctx = make_ctx(tmp_path, job_spec, **kwargs)
         return ctx, align(ctx)
+
     return run

@@ -20,9 +20,13 @@ def tok(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 def test_mask_covers_exactly_the_assistant_turns(tok: object) -> None:
-    chat = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "the red cat"},
-            {"role": "assistant", "content": "the green dog"}, {"role": "user", "content": "the old tree"},
-            {"role": "assistant", "content": "the cold lamp"}]
+    chat = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "the red cat"},
+        {"role": "assistant", "content": "the green dog"},
+        {"role": "user", "content": "the old tree"},
+        {"role": "assistant", "content": "the cold lamp"},
+    ]
     ids, mask = encode_chat(tok, chat, DEFAULT_CHAT_TEMPLATE)
     decoded = tok.decode([t for t, m in zip(ids, mask, strict=True) if m])  # type: ignore[attr-defined]
     assert decoded == "the green dog<|end|>the cold lamp<|end|>"

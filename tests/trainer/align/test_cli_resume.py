@@ -25,32 +25,56 @@ pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 
 def stage_spec(tmp_path: Path, job: dict[str, Any]) -> Path:
-    spec = {"stage": "align", "store": str(tmp_path / "store"), "output": "runs/sft", "runId": "sft-1",
-            "baseDir": str(tmp_path), "resource": {"apiVersion": "lmforge.io/v1alpha1", "kind": "AlignmentJob",
-                                                   "metadata": {"name": "sft"}, "spec": job}}
+    spec = {
+        "stage": "align",
+        "store": str(tmp_path / "store"),
+        "output": "runs/sft",
+        "runId": "sft-1",
+        "baseDir": str(tmp_path),
+        "resource": {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "AlignmentJob",
+            "metadata": {"name": "sft"},
+            "spec": job,
+        },
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
 
 
 def start(spec: Path, tmp_path: Path) -> subprocess.Popen[str]:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_WORK_DIR": str(tmp_path / "work"),
-           "LMFORGE_CACHE": str(tmp_path / "cache")}
-    return subprocess.Popen([sys.executable, "-m", "lmforge.trainer", "align", "--spec", str(spec)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LMFORGE_WORK_DIR": str(tmp_path / "work"),
+        "LMFORGE_CACHE": str(tmp_path / "cache"),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge.trainer", "align", "--spec", str(spec)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def test_killed_run_resumes_from_latest_checkpoint(tiny_model: Path, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
-    job = {"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": "sft.jsonl"},
-           "training": {"maxSteps": 40, "microBatchSize": 4, "lr": 1e-3, "maxLength": 64},
-           "checkpoint": {"everySteps": 4, "keepLast": 2}}
+    job = {
+        "modelRef": {"uri": str(tiny_model)},
+        "method": "sft",
+        "data": {"uri": "sft.jsonl"},
+        "training": {"maxSteps": 40, "microBatchSize": 4, "lr": 1e-3, "maxLength": 64},
+        "checkpoint": {"everySteps": 4, "keepLast": 2},
+    }
     spec = stage_spec(tmp_path, job)
     output = open_store(str(tmp_path / "store")).child("runs/sft")
     first = start(spec, tmp_path)
     try:
-        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=180,
-                   what="a checkpoint")
+        eventually(
+            lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=180, what="a checkpoint"
+        )
         assert first.poll() is None, first.communicate()[1][-2000:]
     finally:
         first.send_signal(signal.SIGKILL)
@@ -70,7 +94,9 @@ def test_killed_run_resumes_from_latest_checkpoint(tiny_model: Path, tmp_path: P
 
 
 def test_bad_row_fails_with_its_row_number(tiny_model: Path, tmp_path: Path) -> None:
-    write_jsonl(tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p", "chosen": "c"}])
+    write_jsonl(
+        tmp_path / "pref.jsonl", [{"prompt": "p", "chosen": "c", "rejected": "r"}, {"prompt": "p", "chosen": "c"}]
+    )
     spec = stage_spec(tmp_path, {"modelRef": {"uri": str(tiny_model)}, "method": "dpo", "data": {"uri": "pref.jsonl"}})
     proc = start(spec, tmp_path)
     _, stderr = proc.communicate(timeout=120)

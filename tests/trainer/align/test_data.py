@@ -14,22 +14,35 @@ from .conftest import preference_rows, sft_rows, write_jsonl
 
 
 def test_sft_rows_of_both_shapes(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "sft.jsonl", [*sft_rows(3), {"prompt": "hi", "response": "hello", "system": "be kind"}])
+    path = write_jsonl(
+        tmp_path / "sft.jsonl", [*sft_rows(3), {"prompt": "hi", "response": "hello", "system": "be kind"}]
+    )
     rows = load_rows(str(path), AlignmentMethod.SFT)
     assert len(rows.examples) == 4 and rows.bad == 0
     assert [m["role"] for m in rows.examples[3].prompt] == ["system", "user", "assistant"]
 
 
-@pytest.mark.parametrize(("method", "row", "field"), [
-    pytest.param(AlignmentMethod.DPO, {"prompt": "p", "rejected": "r"}, "'chosen'", id="missing-chosen"),
-    pytest.param(AlignmentMethod.REWARD, {"prompt": "p", "chosen": "c"}, "'rejected'", id="missing-rejected"),
-    pytest.param(AlignmentMethod.SFT, {"messages": [{"role": "robot", "content": "x"}]}, "messages[0].role",
-                 id="unknown-role"),
-    pytest.param(AlignmentMethod.SFT, {"messages": [{"role": "user", "content": "x"}]}, "no assistant turn",
-                 id="no-assistant"),
-    pytest.param(AlignmentMethod.PPO, {"question": "x"}, "'prompt'", id="ppo-missing-prompt"),
-    pytest.param(AlignmentMethod.DPO, "{not json", "not JSON", id="garbled"),
-])
+@pytest.mark.parametrize(
+    ("method", "row", "field"),
+    [
+        pytest.param(AlignmentMethod.DPO, {"prompt": "p", "rejected": "r"}, "'chosen'", id="missing-chosen"),
+        pytest.param(AlignmentMethod.REWARD, {"prompt": "p", "chosen": "c"}, "'rejected'", id="missing-rejected"),
+        pytest.param(
+            AlignmentMethod.SFT,
+            {"messages": [{"role": "robot", "content": "x"}]},
+            "messages[0].role",
+            id="unknown-role",
+        ),
+        pytest.param(
+            AlignmentMethod.SFT,
+            {"messages": [{"role": "user", "content": "x"}]},
+            "no assistant turn",
+            id="no-assistant",
+        ),
+        pytest.param(AlignmentMethod.PPO, {"question": "x"}, "'prompt'", id="ppo-missing-prompt"),
+        pytest.param(AlignmentMethod.DPO, "{not json", "not JSON", id="garbled"),
+    ],
+)
 def test_bad_row_names_file_row_and_field(tmp_path: Path, method: AlignmentMethod, row: object, field: str) -> None:
     good = preference_rows(2) if method in (AlignmentMethod.DPO, AlignmentMethod.REWARD) else sft_rows(2)
     if method is AlignmentMethod.PPO:

@@ -26,7 +26,7 @@ WORDS = ["cat", "dog", "bird", "fish", "tree", "river", "stone", "cloud", "red",
 
 
 def sums(n: int, seed: int) -> list[dict[str, Any]]:
-    """"<filler> : a + 1 =" with a in 0..4 and the answer a + 1."""
+    """ "<filler> : a + 1 =" with a in 0..4 and the answer a + 1."""
     rng = random.Random(seed)
     out = []
     for _ in range(n):
@@ -42,8 +42,10 @@ def step_rewards(ctx: Any) -> list[float]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-REWARDS = [{"type": "answer", "extract": "regex", "pattern": r"^\s*(\d+)\s*$"},  # a bare number, and right
-           {"type": "function", "function": "rewards:digit_share"}]
+REWARDS = [
+    {"type": "answer", "extract": "regex", "pattern": r"^\s*(\d+)\s*$"},  # a bare number, and right
+    {"type": "function", "function": "rewards:digit_share"},
+]
 """The checkable answer plus a dense term (the share of digits in the answer) that a random model
 can climb: the answer term alone gives a tiny random model no signal to follow."""
 
@@ -57,10 +59,15 @@ def reward_module(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sums.jsonl", sums(200, seed=3))
     ctx, outcome = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "grpo", "data": {"uri": str(data), "validationFraction": 0.2},
-         "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": "auto"},
-         "training": {"maxSteps": 30, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
-        name="grpo")
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "grpo",
+            "data": {"uri": str(data), "validationFraction": 0.2},
+            "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": "auto"},
+            "training": {"maxSteps": 30, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"},
+        },
+        name="grpo",
+    )
     rewards = step_rewards(ctx)
     metrics = outcome.metrics
     print("rewards", [round(x, 2) for x in rewards], metrics)
@@ -78,10 +85,15 @@ def test_rloo_moves_reward_and_parameters(run_stage: RunStage, tiny_model: Path,
 
     data = write_jsonl(tmp_path / "sums.jsonl", sums(64, seed=3))
     ctx, outcome = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "rloo", "data": {"uri": str(data), "validationFraction": 0},
-         "rloo": {"numGenerations": 4, "maxCompletionLength": 6, "rewards": REWARDS, "beta": 0.05},
-         "training": {"maxSteps": 12, "microBatchSize": 16, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
-        name="rloo")
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "rloo",
+            "data": {"uri": str(data), "validationFraction": 0},
+            "rloo": {"numGenerations": 4, "maxCompletionLength": 6, "rewards": REWARDS, "beta": 0.05},
+            "training": {"maxSteps": 12, "microBatchSize": 16, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"},
+        },
+        name="rloo",
+    )
     rewards = step_rewards(ctx)
     assert len(rewards) == 12 and sum(rewards[-4:]) / 4 > sum(rewards[:4]) / 4, rewards
     before = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
@@ -94,10 +106,18 @@ def test_batch_that_splits_a_group_is_refused(run_stage: RunStage, tiny_model: P
     from lmforge.trainer.errors import InvalidInput
 
     data = write_jsonl(tmp_path / "sums.jsonl", sums(8, seed=3))
-    with pytest.raises(InvalidInput, match=r"spec.grpo.numGenerations: .* 6\) must be a multiple of numGenerations \(4\)"):
-        run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "grpo", "data": {"uri": str(data)},
-                   "grpo": {"numGenerations": 4, "rewards": REWARDS},
-                   "training": {"maxSteps": 1, "microBatchSize": 6, "precision": "fp32"}})
+    with pytest.raises(
+        InvalidInput, match=r"spec.grpo.numGenerations: .* 6\) must be a multiple of numGenerations \(4\)"
+    ):
+        run_stage(
+            {
+                "modelRef": {"uri": str(tiny_model)},
+                "method": "grpo",
+                "data": {"uri": str(data)},
+                "grpo": {"numGenerations": 4, "rewards": REWARDS},
+                "training": {"maxSteps": 1, "microBatchSize": 6, "precision": "fp32"},
+            }
+        )
 
 
 @pytest.mark.usefixtures("reward_module")  # the rewards import `rewards:digit_share`
@@ -106,9 +126,15 @@ def test_vllm_rollouts_without_a_gpu_are_refused(run_stage: RunStage, tiny_model
 
     data = write_jsonl(tmp_path / "sums.jsonl", sums(8, seed=3))
     with pytest.raises(InvalidInput, match=r"spec.grpo.rollouts: vllm rollouts cannot run here"):
-        run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "grpo", "data": {"uri": str(data)},
-                   "grpo": {"numGenerations": 4, "rewards": REWARDS, "rollouts": "vllm"},
-                   "training": {"maxSteps": 1, "microBatchSize": 4, "precision": "fp32"}})
+        run_stage(
+            {
+                "modelRef": {"uri": str(tiny_model)},
+                "method": "grpo",
+                "data": {"uri": str(data)},
+                "grpo": {"numGenerations": 4, "rewards": REWARDS, "rollouts": "vllm"},
+                "training": {"maxSteps": 1, "microBatchSize": 4, "precision": "fp32"},
+            }
+        )
 
 
 def test_auto_rollouts_fall_back_to_generate_on_the_cpu_and_say_why(capsys: pytest.CaptureFixture[str]) -> None:
@@ -116,8 +142,13 @@ def test_auto_rollouts_fall_back_to_generate_on_the_cpu_and_say_why(capsys: pyte
     from lmforge.trainer.align.group_rl import use_vllm
 
     spec = AlignmentJobSpec.model_validate(
-        {"modelRef": {"uri": "file:///m"}, "method": "grpo", "data": {"uri": "d.jsonl"},
-         "grpo": {"numGenerations": 4, "rewards": REWARDS}})
+        {
+            "modelRef": {"uri": "file:///m"},
+            "method": "grpo",
+            "data": {"uri": "d.jsonl"},
+            "grpo": {"numGenerations": 4, "rewards": REWARDS},
+        }
+    )
     assert spec.grpo is not None and spec.grpo.rollouts is RolloutEngine.AUTO
     assert use_vllm(spec, RolloutEngine.AUTO) is False
     assert use_vllm(spec, RolloutEngine.GENERATE) is False

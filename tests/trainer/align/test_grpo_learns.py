@@ -47,8 +47,7 @@ def problems(n: int, seed: int) -> list[tuple[str, int, int]]:
 def warm_start_rows(n: int, seed: int) -> list[dict[str, str]]:
     """SFT rows whose answer is the sum in `RIGHT_SHARE` of them, else the first operand."""
     rng = random.Random(seed + 1)
-    return [{"prompt": p, "response": str(a + b if rng.random() < RIGHT_SHARE else a)}
-            for p, a, b in problems(n, seed)]
+    return [{"prompt": p, "response": str(a + b if rng.random() < RIGHT_SHARE else a)} for p, a, b in problems(n, seed)]
 
 
 def grpo_rows(n: int, seed: int) -> list[dict[str, str]]:
@@ -70,8 +69,9 @@ def answer_probabilities(model_dir: Path, held: list[tuple[str, int, int]]) -> t
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
     right = copy = 0.0
     for prompt, a, b in held:
-        text = tok.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                       add_generation_prompt=True)
+        text = tok.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
         ids = tok(text, return_tensors="pt", add_special_tokens=False)
         with torch.no_grad():
             probs = model(**ids).logits[0, -1].softmax(-1)
@@ -83,20 +83,39 @@ def answer_probabilities(model_dir: Path, held: list[tuple[str, int, int]]) -> t
 def test_grpo_learns_sums_from_an_exact_match_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     warm_data = write_jsonl(tmp_path / "warm.jsonl", warm_start_rows(400, seed=1))
     _, warm_out = run_stage(
-        {"modelRef": {"uri": str(tiny_model)}, "method": "sft",
-         "data": {"uri": str(warm_data), "validationFraction": 0},
-         "training": {"maxSteps": 200, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "maxLength": 48,
-                      "precision": "fp32"}},
-        name="warm")
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "sft",
+            "data": {"uri": str(warm_data), "validationFraction": 0},
+            "training": {
+                "maxSteps": 200,
+                "microBatchSize": 32,
+                "lr": 3e-3,
+                "warmupRatio": 0,
+                "maxLength": 48,
+                "precision": "fp32",
+            },
+        },
+        name="warm",
+    )
     warm = Path(warm_out.artifacts["model"].removeprefix("file://"))
 
     data = write_jsonl(tmp_path / "sums.jsonl", grpo_rows(240, seed=2))
     ctx, grpo_out = run_stage(
-        {"modelRef": {"uri": str(warm)}, "method": "grpo", "data": {"uri": str(data), "validationFraction": 0.2},
-         "grpo": {"numGenerations": 8, "maxCompletionLength": 3, "temperature": 1.0,
-                  "rewards": [{"type": "answer", "extract": "lastNumber"}]},
-         "training": {"maxSteps": STEPS, "microBatchSize": 64, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"}},
-        name="grpo")
+        {
+            "modelRef": {"uri": str(warm)},
+            "method": "grpo",
+            "data": {"uri": str(data), "validationFraction": 0.2},
+            "grpo": {
+                "numGenerations": 8,
+                "maxCompletionLength": 3,
+                "temperature": 1.0,
+                "rewards": [{"type": "answer", "extract": "lastNumber"}],
+            },
+            "training": {"maxSteps": STEPS, "microBatchSize": 64, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"},
+        },
+        name="grpo",
+    )
     trained = Path(grpo_out.artifacts["model"].removeprefix("file://"))
     rewards = step_rewards(ctx)
     metrics = grpo_out.metrics

@@ -51,8 +51,12 @@ def test_prompt_tokens_carry_no_loss(tiny_model: Path) -> None:
     row = sft_rows(1)[0]
     enc = encode([Example(row["messages"])], tok, DEFAULT_CHAT_TEMPLATE, 64, True)
     ids, labels = enc.rows[0]["input_ids"], enc.rows[0]["labels"]
-    prompt_len = len(tok(tok.apply_chat_template(row["messages"][:2], tokenize=False, add_generation_prompt=True),
-                         add_special_tokens=False)["input_ids"])
+    prompt_len = len(
+        tok(
+            tok.apply_chat_template(row["messages"][:2], tokenize=False, add_generation_prompt=True),
+            add_special_tokens=False,
+        )["input_ids"]
+    )
     assert labels[:prompt_len] == [IGNORE] * prompt_len
     assert labels[prompt_len:] == ids[prompt_len:] and len(ids) > prompt_len
     # a row whose answer lies entirely past maxLength is counted, not silently lost
@@ -62,8 +66,16 @@ def test_prompt_tokens_carry_no_loss(tiny_model: Path) -> None:
 
 def test_full_sft_lowers_assistant_loss(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "data" / "sft.jsonl", sft_rows(96))
-    ctx, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": "sft.jsonl"},
-                             "training": TRAINING, "checkpoint": {"everySteps": 10}}, base_dir=data.parent)
+    ctx, outcome = run_stage(
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "sft",
+            "data": {"uri": "sft.jsonl"},
+            "training": TRAINING,
+            "checkpoint": {"everySteps": 10},
+        },
+        base_dir=data.parent,
+    )
     model_dir = Path(outcome.artifacts["model"].removeprefix("file://"))
     held = sft_rows(16, seed=99)
     before, after = assistant_loss(tiny_model, held), assistant_loss(model_dir, held)
@@ -91,8 +103,15 @@ def test_lora_adapter_saves_merges_and_reloads(run_stage: RunStage, tiny_model: 
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(32))
     adapter = {"type": "lora", "r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"], "output": "adapter"}
-    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                           "adapter": adapter, "training": {**TRAINING, "maxSteps": 8}})
+    _, outcome = run_stage(
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "sft",
+            "data": {"uri": str(data)},
+            "adapter": adapter,
+            "training": {**TRAINING, "maxSteps": 8},
+        }
+    )
     assert set(outcome.artifacts) == {"adapter"}
     adir = Path(outcome.artifacts["adapter"].removeprefix("file://"))
     assert json.loads((adir / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model)
@@ -112,19 +131,33 @@ def test_lora_adapter_saves_merges_and_reloads(run_stage: RunStage, tiny_model: 
 def test_lora_target_matching_nothing_is_an_error(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     with pytest.raises(InvalidInput, match=r"targetModules: qkv_proj match no module.*q_proj"):
-        run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                   "adapter": {"type": "lora", "targetModules": ["q_proj", "qkv_proj"]}})
+        run_stage(
+            {
+                "modelRef": {"uri": str(tiny_model)},
+                "method": "sft",
+                "data": {"uri": str(data)},
+                "adapter": {"type": "lora", "targetModules": ["q_proj", "qkv_proj"]},
+            }
+        )
 
 
 def test_qlora_without_gpu_fails_clearly(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(8))
     with pytest.raises(InvalidInput, match="qlora needs a CUDA GPU"):
-        run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                   "adapter": {"type": "qlora"}, "topology": {"gpusPerNode": 1}})
+        run_stage(
+            {
+                "modelRef": {"uri": str(tiny_model)},
+                "method": "sft",
+                "data": {"uri": str(data)},
+                "adapter": {"type": "qlora"},
+                "topology": {"gpusPerNode": 1},
+            }
+        )
 
 
-def test_packed_sft_trains(run_stage: RunStage, tiny_model: Path, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_packed_sft_trains(
+    run_stage: RunStage, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lmforge.trainer.align import sft
 
     built: list[tuple[Any, Any]] = []
@@ -137,15 +170,21 @@ def test_packed_sft_trains(run_stage: RunStage, tiny_model: Path, tmp_path: Path
     build_trainer = sft.build_trainer
     monkeypatch.setattr(sft, "build_trainer", spy)
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
-    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                           "sft": {"packing": True},
-                           "training": {**TRAINING, "maxSteps": 10, "maxLength": 256}})
+    _, outcome = run_stage(
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "sft",
+            "data": {"uri": str(data)},
+            "sft": {"packing": True},
+            "training": {**TRAINING, "maxSteps": 10, "maxLength": 256},
+        }
+    )
     metrics = outcome.metrics
     assert metrics["loss"] < metrics["first_loss"] and set(outcome.artifacts) == {"model"}
     # (The rows are ~40-60 tokens: at TRAINING's maxLength 64 no two fit together and packing is a no-op.)
     # Packing happened: the trainer saw fewer, longer rows, each several examples end to end, none
     # longer than maxLength, and no example's tokens lost.
-    (trainer, encoded), = built
+    ((trainer, encoded),) = built
     packed = trainer.train_dataset
     lengths = [len(r["input_ids"]) for r in encoded.rows]
     assert "seq_lengths" in packed.column_names and len(packed) < len(encoded.rows)
@@ -162,8 +201,15 @@ def test_bf16_lora_merges_into_the_stored_base(run_stage: RunStage, tiny_model: 
 
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(32))
     adapter = {"type": "lora", "r": 4, "alpha": 8, "targetModules": ["q_proj", "v_proj"]}
-    _, outcome = run_stage({"modelRef": {"uri": str(tiny_model)}, "method": "sft", "data": {"uri": str(data)},
-                           "adapter": adapter, "training": {**TRAINING, "maxSteps": 8, "precision": "bf16"}})
+    _, outcome = run_stage(
+        {
+            "modelRef": {"uri": str(tiny_model)},
+            "method": "sft",
+            "data": {"uri": str(data)},
+            "adapter": adapter,
+            "training": {**TRAINING, "maxSteps": 8, "precision": "bf16"},
+        }
+    )
     assert outcome.metrics["loss"] < outcome.metrics["first_loss"]
     base = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     merged = AutoModelForCausalLM.from_pretrained(Path(outcome.artifacts["model"].removeprefix("file://"))).state_dict()

@@ -25,10 +25,25 @@ pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 def torchrun(spec: Path, tmp_path: Path) -> subprocess.Popen[str]:
     """`torchrun --standalone` (a free rendezvous port) with two ranks."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "LMFORGE_WORK_DIR": str(tmp_path / "work"),
-           "LMFORGE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-           "-m", "lmforge.trainer", "align", "--spec", str(spec)]
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "LMFORGE_WORK_DIR": str(tmp_path / "work"),
+        "LMFORGE_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "lmforge.trainer",
+        "align",
+        "--spec",
+        str(spec),
+    ]
     return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -46,16 +61,20 @@ def kill_tree(proc: subprocess.Popen[str]) -> None:
 
 def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) -> None:
     write_jsonl(tmp_path / "sft.jsonl", sft_rows(64))
-    job = {"modelRef": {"uri": str(tiny_model)}, "method": "sft",
-           "data": {"uri": "sft.jsonl", "validationFraction": 0},
-           "training": {"maxSteps": 60, "microBatchSize": 4, "lr": 1e-3, "maxLength": 64},
-           "checkpoint": {"everySteps": 5, "keepLast": 2}}
+    job = {
+        "modelRef": {"uri": str(tiny_model)},
+        "method": "sft",
+        "data": {"uri": "sft.jsonl", "validationFraction": 0},
+        "training": {"maxSteps": 60, "microBatchSize": 4, "lr": 1e-3, "maxLength": 64},
+        "checkpoint": {"everySteps": 5, "keepLast": 2},
+    }
     spec = stage_spec(tmp_path, job)
     output = open_store(str(tmp_path / "store")).child("runs/sft")
     first = torchrun(spec, tmp_path)
     try:
-        eventually(lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=120,
-                   what="a checkpoint")
+        eventually(
+            lambda: output.exists("checkpoints/latest") or first.poll() is not None, timeout=120, what="a checkpoint"
+        )
         assert first.poll() is None, first.communicate()[1][-3000:]
     finally:
         kill_tree(first)
@@ -75,8 +94,9 @@ def test_two_process_sft_resumes_after_kill(tiny_model: Path, tmp_path: Path) ->
     result = record_from_json(output.get_bytes(RESULT_KEY))
     assert result is not None and result.metrics["resumed_from_step"] == killed_at
     assert set(result.artifacts) == {"model"} and result.artifacts["model"].endswith("runs/sft/model")
-    published = {k.rsplit("/", 1)[0] for k in output.list("")
-                 if k.endswith("MANIFEST.json") and not k.startswith("checkpoints/")}
+    published = {
+        k.rsplit("/", 1)[0] for k in output.list("") if k.endswith("MANIFEST.json") and not k.startswith("checkpoints/")
+    }
     assert published == {"model"}  # one model artifact (checkpoints live under checkpoints/)
     assert (CheckpointLog(output, 2).pointer() or {}).get("tag") == "step-60"
     records = [r for r in map(parse_record, stdout.splitlines()) if r is not None]

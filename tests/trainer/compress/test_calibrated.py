@@ -78,8 +78,15 @@ def test_awq_folds_keep_the_float_model_and_scale_outlier_channels() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=100, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, head_dim=32)
+    config = LlamaConfig(
+        vocab_size=100,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=32,
+    )
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():
         model.model.layers[0].input_layernorm.weight[:4] *= 20  # outlier input channels of q/k/v

@@ -25,20 +25,37 @@ pytestmark = pytest.mark.ml
 
 
 def chat_file(path: Path, n: int = 40) -> Path:
-    rows = [{"messages": [{"role": "user", "content": "say a sentence"}, {"role": "assistant", "content": s}]}
-            for s in sentences(n, seed=5)]
+    rows = [
+        {"messages": [{"role": "user", "content": "say a sentence"}, {"role": "assistant", "content": s}]}
+        for s in sentences(n, seed=5)
+    ]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
 
-def compress(world: World, name: str, model_ref: dict[str, Any], quantization: dict[str, Any],
-             inputs: dict[str, InputArtifacts] | None = None) -> dict[str, str]:
+def compress(
+    world: World,
+    name: str,
+    model_ref: dict[str, Any],
+    quantization: dict[str, Any],
+    inputs: dict[str, InputArtifacts] | None = None,
+) -> dict[str, str]:
     from lmforge.trainer.compress.stage import run
 
-    resource = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": name},
-                "spec": {"modelRef": model_ref, "compression": {"quantization": quantization}}}
-    spec = StageSpec(stage=StageName.COMPRESS, resource=resource, store=world.store_uri,
-                     output=f"releases/{name}/compress", run_id=f"{name}-compress", inputs=inputs or {})
+    resource = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": "ModelRelease",
+        "metadata": {"name": name},
+        "spec": {"modelRef": model_ref, "compression": {"quantization": quantization}},
+    }
+    spec = StageSpec(
+        stage=StageName.COMPRESS,
+        resource=resource,
+        store=world.store_uri,
+        output=f"releases/{name}/compress",
+        run_id=f"{name}-compress",
+        inputs=inputs or {},
+    )
     return run(StageContext.from_spec(spec)).artifacts
 
 
@@ -49,8 +66,12 @@ def _report(arts: dict[str, str]) -> dict[str, Any]:
 def test_calibration_uri_calibrates_an_external_model(world: World, tmp_path: Path) -> None:
     rows = tmp_path / "calib.jsonl"
     rows.write_text("".join(json.dumps({"text": s}) + "\n" for s in sentences(200, seed=7)))
-    arts = compress(world, "ext", {"uri": str(world.teacher_dir)},
-                    {"method": "w8a8", "calibrationUri": str(rows), "calibrationSamples": 8})
+    arts = compress(
+        world,
+        "ext",
+        {"uri": str(world.teacher_dir)},
+        {"method": "w8a8", "calibrationUri": str(rows), "calibrationSamples": 8},
+    )
     rep = _report(arts)
     # the teacher knows this grammar: a low perplexity shows the rows were tokenized as it reads them
     assert rep["passed"] and 1 < rep["perplexity_before"] < 30, rep
@@ -63,8 +84,13 @@ def test_an_alignment_jobs_own_rows_are_the_fallback(world: World, tmp_path: Pat
     w.add_dir(world.teacher_dir)
     w.commit("model", {"method": "sft", "data": str(data), "lineage": ["AlignmentJob/chatty"]})
     job = InputArtifacts(kind="AlignmentJob", name="chatty", artifacts={"model": store.url("align/chatty/model")})
-    arts = compress(world, "aligned", {"kind": "AlignmentJob", "name": "chatty"},
-                    {"method": "w8a8", "calibrationSamples": 8}, {"AlignmentJob/chatty": job})
+    arts = compress(
+        world,
+        "aligned",
+        {"kind": "AlignmentJob", "name": "chatty"},
+        {"method": "w8a8", "calibrationSamples": 8},
+        {"AlignmentJob/chatty": job},
+    )
     assert _report(arts)["perplexity_after"] is not None
 
 

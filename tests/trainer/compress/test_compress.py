@@ -48,7 +48,7 @@ def _generates_in_transformers(model_dir: Path) -> list[int]:
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     ids = AutoTokenizer.from_pretrained(model_dir)("the red cat", return_tensors="pt").input_ids
     out = model.generate(ids, max_new_tokens=4, min_new_tokens=4, do_sample=False)
-    return out[0, ids.shape[1]:].tolist()
+    return out[0, ids.shape[1] :].tolist()
 
 
 def test_without_compression_the_model_is_republished_unchanged(world: World) -> None:
@@ -74,8 +74,10 @@ def test_int8_weight_only_shrinks_and_loads_in_transformers_with_the_reason(worl
     assert rep["ratio"] <= 0.55 and rep["passed"] and 0 <= rep["perplexity_increase"] <= 0.05
     assert rep["vllm_cpu"] is False and "8-bit weight-only" in rep["vllm_cpu_reason"]
     model_dir = fetch(arts["model"])
-    assert json.loads((model_dir / "config.json").read_text())["quantization_config"]["quant_method"] == \
-        "compressed-tensors"
+    assert (
+        json.loads((model_dir / "config.json").read_text())["quantization_config"]["quant_method"]
+        == "compressed-tensors"
+    )
     assert len(_generates_in_transformers(model_dir)) == 4
     assert set(outcome.metrics) == {"size_ratio", "perplexity_before", "perplexity_after", "perplexity_increase"}
 
@@ -94,7 +96,8 @@ def _held_out_scores(model_dir: Path, rows: np.ndarray, reference: Any | None = 
 
 @pytest.mark.slow
 def test_int4_gptq_and_awq_beat_round_to_nearest_on_held_out_rows_and_generate_in_vllm(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     # GPTQ/AWQ calibrate on the first 24 validation rows; all are scored on the 24 they never saw. This
     # teacher sits at its grammar's entropy floor, so INT4 costs little perplexity even with groups of 32
     # (measured: RTN +0.023%, GPTQ +0.004%, AWQ +0.007%); the KL to the unquantized model shows the gap
@@ -120,8 +123,9 @@ def test_int4_gptq_and_awq_beat_round_to_nearest_on_held_out_rows_and_generate_i
     script = tmp_path / "gen.py"
     script.write_text(VLLM_SCRIPT)
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    done = subprocess.run([sys.executable, str(script), str(fetch(gq["model"]))], capture_output=True, text=True,
-                          timeout=400, env=env)
+    done = subprocess.run(
+        [sys.executable, str(script), str(fetch(gq["model"]))], capture_output=True, text=True, timeout=400, env=env
+    )
     assert "GENERATED 4" in done.stdout, done.stderr[-3000:]
 
 
@@ -139,8 +143,10 @@ def test_pruning_reaches_the_target_sparsity_and_loads(world: World, method: str
     import torch
     from transformers import AutoModelForCausalLM
 
-    arts, _ = world.compress(f"prune-{method.replace(':', '-')}", {
-        "pruning": {"method": method, "sparsity": 0.6}, "quantization": {"maxPerplexityIncrease": 5}})
+    arts, _ = world.compress(
+        f"prune-{method.replace(':', '-')}",
+        {"pruning": {"method": method, "sparsity": 0.6}, "quantization": {"maxPerplexityIncrease": 5}},
+    )
     rep = _report(arts)
     assert rep["details"]["sparsity"] == pytest.approx(expected, abs=0.01)
     model_dir = fetch(arts["model"])
@@ -153,8 +159,10 @@ def test_pruning_reaches_the_target_sparsity_and_loads(world: World, method: str
 
 def test_too_large_a_perplexity_increase_is_not_published(world: World) -> None:
     with pytest.raises(InvalidInput, match=r"raised held-out perplexity by .* not publishing"):
-        world.compress("too-sparse", {"pruning": {"method": "magnitude", "sparsity": 0.95},
-                                      "quantization": {"maxPerplexityIncrease": 0.01}})
+        world.compress(
+            "too-sparse",
+            {"pruning": {"method": "magnitude", "sparsity": 0.95}, "quantization": {"maxPerplexityIncrease": 0.01}},
+        )
     assert not (world.root / "store/releases/too-sparse/compress/model").exists()
 
 

@@ -27,9 +27,13 @@ TRAINING = {"temperature": 1.0, "alpha": 0.9, "maxSteps": 60, "microBatchSize": 
 
 
 def test_student_from_teacher_beats_hard_labels_alone(world: World, tmp_path: Path) -> None:
-    arts, _ = world.compress("student", {"distillation": {"student": STUDENT, "datasetRef": {"name": "tiny"},
-                                                            **TRAINING},
-                                           "quantization": {"maxPerplexityIncrease": 10}})
+    arts, _ = world.compress(
+        "student",
+        {
+            "distillation": {"student": STUDENT, "datasetRef": {"name": "tiny"}, **TRAINING},
+            "quantization": {"maxPerplexityIncrease": 10},
+        },
+    )
     report = json.loads((fetch(arts["report"]) / "report.json").read_text())
     kd = report["details"]["student"]
     cfg = Distillation.model_validate({"student": STUDENT, "datasetRef": {"name": "tiny"}, **TRAINING, "alpha": 0.0})

@@ -31,8 +31,10 @@ def write_shards(out: Path, tokenizer_dir: Path, n_sentences: int = 1500, val_ro
     rows = np.asarray(ids[: len(ids) // SEQ * SEQ], dtype=np.uint16).reshape(-1, SEQ)
     out.mkdir(parents=True, exist_ok=True)
     index = ShardIndex(format=FORMAT, dtype="uint16", seq_length=SEQ, vocab_size=len(tok))
-    for split, name, data in (("validation", "val-00000.bin", rows[:val_rows]),
-                              ("train", "train-00000.bin", rows[val_rows:])):
+    for split, name, data in (
+        ("validation", "val-00000.bin", rows[:val_rows]),
+        ("train", "train-00000.bin", rows[val_rows:]),
+    ):
         data.tofile(out / name)
         index.split(split).append(ShardEntry(file=name, sequences=len(data)))
     (out / INDEX).write_bytes(index.to_bytes())
@@ -69,14 +71,30 @@ class World:
     teacher_dir: Path
     shards_dir: Path
 
-    def compress_spec(self, name: str, compression: dict[str, Any], serving: dict[str, Any] | None = None,
-                      ) -> StageSpec:
-        resource = {"apiVersion": "lmforge.io/v1alpha1", "kind": "ModelRelease", "metadata": {"name": name},
-                    "spec": {"modelRef": {"kind": "PretrainJob", "name": "teacher"},
-                             "compression": compression, "serving": serving or {}}}
-        return StageSpec(stage=StageName.COMPRESS, resource=resource, store=self.store_uri,
-                         output=f"releases/{name}/compress", run_id=f"{name}-compress",
-                         inputs={"PretrainJob/teacher": self.teacher, "Dataset/tiny": self.dataset})
+    def compress_spec(
+        self,
+        name: str,
+        compression: dict[str, Any],
+        serving: dict[str, Any] | None = None,
+    ) -> StageSpec:
+        resource = {
+            "apiVersion": "lmforge.io/v1alpha1",
+            "kind": "ModelRelease",
+            "metadata": {"name": name},
+            "spec": {
+                "modelRef": {"kind": "PretrainJob", "name": "teacher"},
+                "compression": compression,
+                "serving": serving or {},
+            },
+        }
+        return StageSpec(
+            stage=StageName.COMPRESS,
+            resource=resource,
+            store=self.store_uri,
+            output=f"releases/{name}/compress",
+            run_id=f"{name}-compress",
+            inputs={"PretrainJob/teacher": self.teacher, "Dataset/tiny": self.dataset},
+        )
 
     def compress(self, name: str, compression: dict[str, Any]) -> tuple[dict[str, str], StageOutcome]:
         from lmforge.trainer.compress.stage import run
@@ -103,12 +121,18 @@ def make_world(root: Path) -> World:
         arts[kind] = store.url(key)
     w = ArtifactWriter(store, "pretrain/teacher/model", clear_existing=True)
     w.add_dir(teacher_dir)
-    w.commit("model", {"lineage": ["Dataset/tiny"], "dataset": {"shards": arts["shards"], "tokenizer": arts["tokenizer"]}})
+    w.commit(
+        "model", {"lineage": ["Dataset/tiny"], "dataset": {"shards": arts["shards"], "tokenizer": arts["tokenizer"]}}
+    )
     return _world(root, store, arts)
 
 
 def _world(root: Path, store: LocalStore, arts: dict[str, str]) -> World:
-    teacher = InputArtifacts(kind="PretrainJob", name="teacher", artifacts={"model": store.url("pretrain/teacher/model")},
-                             lineage=["Dataset/tiny"])
+    teacher = InputArtifacts(
+        kind="PretrainJob",
+        name="teacher",
+        artifacts={"model": store.url("pretrain/teacher/model")},
+        lineage=["Dataset/tiny"],
+    )
     dataset = InputArtifacts(kind="Dataset", name="tiny", artifacts=arts)
     return World(root, store.url(""), teacher, dataset, root / "teacher", root / "shards")

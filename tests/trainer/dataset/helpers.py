@@ -17,10 +17,26 @@ def dataset_resource(spec: dict[str, Any], name: str = "ds") -> dict[str, Any]:
     return {"apiVersion": "lmforge.io/v1alpha1", "kind": "Dataset", "metadata": {"name": name}, "spec": spec}
 
 
-def write_stage_spec(path: Path, resource: dict[str, Any], store: Path | str, *, base_dir: Path,
-                     workers: int = 1, inputs: dict[str, Any] | None = None, output: str = "runs/ds") -> Path:
-    spec = {"stage": "dataset", "resource": resource, "store": str(store), "output": output, "runId": "run-1",
-            "baseDir": str(base_dir), "worker": {"index": 0, "count": workers}, "inputs": inputs or {}}
+def write_stage_spec(
+    path: Path,
+    resource: dict[str, Any],
+    store: Path | str,
+    *,
+    base_dir: Path,
+    workers: int = 1,
+    inputs: dict[str, Any] | None = None,
+    output: str = "runs/ds",
+) -> Path:
+    spec = {
+        "stage": "dataset",
+        "resource": resource,
+        "store": str(store),
+        "output": output,
+        "runId": "run-1",
+        "baseDir": str(base_dir),
+        "worker": {"index": 0, "count": workers},
+        "inputs": inputs or {},
+    }
     path.write_text(json.dumps(spec))
     return path
 
@@ -34,18 +50,30 @@ def stage_env(work: Path, index: int | None = None, extra: dict[str, str] | None
     return env
 
 
-def start_stage(spec_path: Path, work: Path, index: int | None = None,
-                extra: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(spec_path)],
-                            env=stage_env(work, index, extra), cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+def start_stage(
+    spec_path: Path, work: Path, index: int | None = None, extra: dict[str, str] | None = None
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(spec_path)],
+        env=stage_env(work, index, extra),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
-def run_stage(spec_path: Path, work: Path, index: int | None = None, timeout: float = 120,
-              extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(spec_path)],
-                          env=stage_env(work, index, extra), cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)
+def run_stage(
+    spec_path: Path, work: Path, index: int | None = None, timeout: float = 120, extra: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "lmforge.trainer", "dataset", "--spec", str(spec_path)],
+        env=stage_env(work, index, extra),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 TINY_CORPUS = TINY / "data" / "corpus.jsonl"

@@ -24,21 +24,26 @@ def _tokenizer() -> object:
     rng = random.Random(0)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator([" ".join(rng.choice(_WORDS) for _ in range(30)) for _ in range(50)],
-                            trainers.BpeTrainer(vocab_size=400, special_tokens=["<|bos|>", "<|eos|>"],
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                show_progress=False))
+    tok.train_from_iterator(
+        [" ".join(rng.choice(_WORDS) for _ in range(30)) for _ in range(50)],
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|bos|>", "<|eos|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     return tok
 
 
-def test_overlapped_pack_is_byte_identical_to_a_serial_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-                                                              ) -> None:
+def test_overlapped_pack_is_byte_identical_to_a_serial_encode(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(build, "BATCH", 7)  # many batches, so the overlap crosses many boundaries
     tok = _tokenizer()
     rng = random.Random(1)
     texts = [" ".join(rng.choice(_WORDS) for _ in range(rng.randint(1, 40))) for _ in range(101)]
-    stats = tokenize_and_pack([(i, "ab"[i % 2], t) for i, t in enumerate(texts)], tok, tmp_path / "packed.bin",
-                              16, 400, 1)
+    stats = tokenize_and_pack(
+        [(i, "ab"[i % 2], t) for i, t in enumerate(texts)], tok, tmp_path / "packed.bin", 16, 400, 1
+    )
     with open(tmp_path / "serial.bin", "wb") as f:
         packer = Packer(f, 16, np.dtype(np.uint16), 1)
         for t in texts:

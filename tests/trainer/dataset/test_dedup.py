@@ -86,8 +86,11 @@ def test_decontamination_drops_overlapping_documents() -> None:
     question = "which river flows through the quiet valley of the old stone town near the northern sea"
     suite = {"tasks": [{"name": "qa", "type": "generation", "dataUri": "qa.jsonl"}]}
     files = {"qa.jsonl": '{"prompt": "' + question + '", "answer": "the Quell"}\n', "extra.txt": "short line\n"}
-    d = build_decontam(Decontamination(eval_suite_refs=[{"name": "s"}], uris=["extra.txt"], ngram=13),
-                       {"EvalSuite/s": suite}, files.__getitem__)
+    d = build_decontam(
+        Decontamination(eval_suite_refs=[{"name": "s"}], uris=["extra.txt"], ngram=13),
+        {"EvalSuite/s": suite},
+        files.__getitem__,
+    )
     assert d.contaminated("Intro. " + question.upper() + "? Yes, it does.")
     assert not d.contaminated("which river flows through the quiet valley is a question")
     assert d.settings()["tooShort"] == 2  # "the Quell" and "short line"
@@ -98,19 +101,43 @@ def test_shards_round_trip_to_the_token_stream(tmp_path: Path) -> None:
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.train_from_iterator(_docs(50, length=30), trainers.BpeTrainer(
-        vocab_size=400, special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        _docs(50, length=30),
+        trainers.BpeTrainer(
+            vocab_size=400,
+            special_tokens=["<|bos|>", "<|eos|>", "<|pad|>"],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        ),
+    )
     texts = _docs(300, seed=5, length=25)
     docs = [(i, "s", t) for i, t in enumerate(texts)]
     stats = tokenize_and_pack(docs, tok, tmp_path / "packed.bin", 16, tok.get_vocab_size(), 1)
     expected = np.concatenate([np.array([*tok.encode(t, add_special_tokens=False).ids, 1]) for t in texts])
     assert stats.tokens == len(expected) and stats.rows == len(expected) // 16 and stats.tail == len(expected) % 16
     store = LocalStore(tmp_path / "store")
-    index, files = write_all_shards(store, tmp_path / "packed.bin", stats.rows, 16, tok.get_vocab_size(), 0.1,
-                                    seed=3, shard_sequences=50, fingerprint="fp", scratch=tmp_path / "scratch")
-    built = ShardIndex(format=FORMAT, dtype="uint16", seq_length=16, vocab_size=tok.get_vocab_size(), bos_id=0,
-                       eos_id=1, pad_id=2, **index)
+    index, files = write_all_shards(
+        store,
+        tmp_path / "packed.bin",
+        stats.rows,
+        16,
+        tok.get_vocab_size(),
+        0.1,
+        seed=3,
+        shard_sequences=50,
+        fingerprint="fp",
+        scratch=tmp_path / "scratch",
+    )
+    built = ShardIndex(
+        format=FORMAT,
+        dtype="uint16",
+        seq_length=16,
+        vocab_size=tok.get_vocab_size(),
+        bos_id=0,
+        eos_id=1,
+        pad_id=2,
+        **index,
+    )
     (tmp_path / "store" / "shards" / "index.json").write_bytes(built.to_bytes())
     reader = Shards(tmp_path / "store" / "shards")
     reader.verify()
@@ -124,8 +151,18 @@ def test_shards_round_trip_to_the_token_stream(tmp_path: Path) -> None:
     assert np.array_equal(reader.train[-1], reader.train[len(reader.train) - 1])
     # A second call with the same fingerprint rewrites nothing.
     before = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store" / "shards").glob("*.bin")}
-    write_all_shards(store, tmp_path / "packed.bin", stats.rows, 16, tok.get_vocab_size(), 0.1, seed=3,
-                     shard_sequences=50, fingerprint="fp", scratch=tmp_path / "scratch")
+    write_all_shards(
+        store,
+        tmp_path / "packed.bin",
+        stats.rows,
+        16,
+        tok.get_vocab_size(),
+        0.1,
+        seed=3,
+        shard_sequences=50,
+        fingerprint="fp",
+        scratch=tmp_path / "scratch",
+    )
     after = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "store" / "shards").glob("*.bin")}
     assert before == after and set(files) == set(before)
 
@@ -153,11 +190,13 @@ def test_curation_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
 
     rng = random.Random(3)
     words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu".split()
-    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(2, 60))) + f" mail{i}@x.example.com"
-             for i in range(300)]
+    texts = [
+        " ".join(rng.choice(words) for _ in range(rng.randint(2, 60))) + f" mail{i}@x.example.com" for i in range(300)
+    ]
     texts += texts[:40]  # exact duplicates
-    spec = DatasetSpec.model_validate({"sources": [{"name": "s", "uri": "x", "license": "CC0-1.0"}],
-                                       "quality": {"minWords": 5}})
+    spec = DatasetSpec.model_validate(
+        {"sources": [{"name": "s", "uri": "x", "license": "CC0-1.0"}], "quality": {"minWords": 5}}
+    )
     outputs = []
     for processes in (1, 2):
         curator = Curator(spec, OptOutList.from_spec(spec.opt_out, lambda _: ""), lambda _: "", None)
@@ -166,12 +205,25 @@ def test_curation_in_a_process_pool_matches_one_process(tmp_path: Path) -> None:
         seen: list[int] = []
         old, curate_mod.CHUNK = curate_mod.CHUNK, 32  # several chunks in flight
         try:
-            out, totals = curate(docs, curator, MinHasher(spec.dedup.near), {"s": 0}, docs_file, sig_file,
-                                 lambda n, _b, _s, seen=seen: seen.append(n), processes)
+            out, totals = curate(
+                docs,
+                curator,
+                MinHasher(spec.dedup.near),
+                {"s": 0},
+                docs_file,
+                sig_file,
+                lambda n, _b, _s, seen=seen: seen.append(n),
+                processes,
+            )
         finally:
             curate_mod.CHUNK = old
-        lines = io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(
-            io.BytesIO(docs_file.getvalue()), read_across_frames=True)).read().splitlines()
+        lines = (
+            io.BufferedReader(
+                zstandard.ZstdDecompressor().stream_reader(io.BytesIO(docs_file.getvalue()), read_across_frames=True)
+            )
+            .read()
+            .splitlines()
+        )
         outputs.append((out, totals, lines, sig_file.getvalue(), seen))
     (a, ta, la, sa, pa), (b, tb, lb, sb, pb) = outputs
     assert a == b and la == lb and sa == sb and pa == pb and pa[-1] == len(texts)
@@ -186,7 +238,8 @@ def test_the_curation_pool_works_when_the_stage_is_pid_1(tmp_path: Path) -> None
     """In a container the stage is PID 1: its pool workers used to take that for an orphaned
     parent and exit, and the pool re-forked them forever. Run as PID 1 of a new PID namespace."""
     script = tmp_path / "pid1.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(
+        textwrap.dedent("""
         import io, os
         from lmforge.api.dataset import DatasetSpec
         from lmforge.trainer.dataset.curate import Curator, curate
@@ -200,8 +253,14 @@ def test_the_curation_pool_works_when_the_stage_is_pid_1(tmp_path: Path) -> None
         out, _ = curate(iter(docs), curator, MinHasher(spec.dedup.near), {"s": 0}, io.BytesIO(), io.BytesIO(),
                         lambda *a: None, 2)
         print("curated", len(out.keys))
-    """))
-    proc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
-                          capture_output=True, text=True, timeout=120, check=False,
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])})
+    """)
+    )
+    proc = subprocess.run(
+        ["unshare", "--pid", "--fork", "--mount-proc", sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])},
+    )
     assert proc.returncode == 0 and "curated" in proc.stdout, proc.stderr[-2000:]

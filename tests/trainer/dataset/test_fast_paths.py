@@ -17,9 +17,50 @@ from lmforge.trainer.shards import Packer, dtype_for
 
 # Pieces chosen to hit every branch: separators that are whitespace to str but not to bytes, digits
 # next to dots, apostrophes, secret prefixes, list words in other case, and some non-ASCII.
-PIECES = [" ", "  ", "\t", "\n", "\n\n\n", " \n", "\x1c", "\x1f", "\x0b", "\x0c", "\r", "'", "''", ".", "...",
-          "#", "-", "_", "7", "123", "4.5", "1.2.3.4", "ab", "Ab", "XYZ", "don't", "damn", "DAMN", "dam'n",
-          "AKIA", "ghp_", "xoxb-", "sk-", "eyJ", "é", "\u00a0", "\u3000", "٣٤٥", "a1", "!?", "@", "x"]
+PIECES = [
+    " ",
+    "  ",
+    "\t",
+    "\n",
+    "\n\n\n",
+    " \n",
+    "\x1c",
+    "\x1f",
+    "\x0b",
+    "\x0c",
+    "\r",
+    "'",
+    "''",
+    ".",
+    "...",
+    "#",
+    "-",
+    "_",
+    "7",
+    "123",
+    "4.5",
+    "1.2.3.4",
+    "ab",
+    "Ab",
+    "XYZ",
+    "don't",
+    "damn",
+    "DAMN",
+    "dam'n",
+    "AKIA",
+    "ghp_",
+    "xoxb-",
+    "sk-",
+    "eyJ",
+    "é",
+    "\u00a0",
+    "\u3000",
+    "٣٤٥",
+    "a1",
+    "!?",
+    "@",
+    "x",
+]
 
 
 def _texts(n: int, seed: int = 0) -> list[str]:
@@ -77,7 +118,7 @@ def test_packer_matches_naive_concatenation() -> None:
     buf = io.BytesIO()
     packer = Packer(buf, 16, dtype_for(60000), eos_id=7)
     for start in range(0, len(docs), 64):
-        packer.add(docs[start:start + 64])
+        packer.add(docs[start : start + 64])
     packer.add([])
     stream = [t for d in docs for t in (*d, 7)]
     full = len(stream) // 16 * 16
@@ -88,7 +129,9 @@ def test_packer_matches_naive_concatenation() -> None:
 def test_top_bigram_bound_is_an_upper_bound() -> None:
     rng = random.Random(6)
     for _ in range(2000):
-        words = [rng.choice(["a", "bb", "ccc", "the", "of", "x" * rng.randint(1, 9)]) for _ in range(rng.randint(0, 30))]
+        words = [
+            rng.choice(["a", "bb", "ccc", "the", "of", "x" * rng.randint(1, 9)]) for _ in range(rng.randint(0, 30))
+        ]
         assert quality._top_ngram_fraction(words, 2) <= quality._top_bigram_bound(words)
 
 
@@ -100,5 +143,7 @@ def test_normalized_tokens_match_the_regex_normalisation() -> None:
         assert [t if isinstance(t, str) else t.decode() for t in tokens] == dedup.normalized_words(text), repr(text)
         assert dedup.hash_tokens(tokens) == dedup.exact_hash(text)
     # bytes and str tokens in one batch give datasketch's signatures (the word-hash cache holds both)
-    assert np.array_equal(hasher.signatures_of_words([dedup.normalized_tokens(t) for t in texts[:300]]),
-                          np.stack([dedup.MinHasher(NearDedup()).signature(t) for t in texts[:300]]))
+    assert np.array_equal(
+        hasher.signatures_of_words([dedup.normalized_tokens(t) for t in texts[:300]]),
+        np.stack([dedup.MinHasher(NearDedup()).signature(t) for t in texts[:300]]),
+    )

@@ -17,17 +17,22 @@ from lmforge.trainer.dataset.toxicity import ToxicityScorer
 from lmforge.trainer.errors import InvalidInput
 
 _rng = random.Random(0)
-_VOCAB = ("river stone cloud apple garden window market teacher morning evening village bridge "
-          "quietly slowly carried painted listened remembered").split()
+_VOCAB = (
+    "river stone cloud apple garden window market teacher morning evening village bridge "
+    "quietly slowly carried painted listened remembered"
+).split()
 GOOD = " ".join(
     f"The {_rng.choice(_VOCAB)} {_rng.choice(_VOCAB)} {_rng.choice(_VOCAB)} near the {_rng.choice(_VOCAB)} "
-    f"{_rng.choice(_VOCAB)} {_rng.choice(_VOCAB)} today." for _ in range(8)
+    f"{_rng.choice(_VOCAB)} {_rng.choice(_VOCAB)} today."
+    for _ in range(8)
 )
 
 
 def test_optout_domains_subdomains_urls_and_robots_file() -> None:
-    text = "# creators' list\nblocked.example.org\nhttps://site.example.com/private/\nHost: art.example.net\n" \
-           "User-agent: *\nDisallow: /gallery/\n"
+    text = (
+        "# creators' list\nblocked.example.org\nhttps://site.example.com/private/\nHost: art.example.net\n"
+        "User-agent: *\nDisallow: /gallery/\n"
+    )
     domains, urls = parse_optout_text(text)
     assert domains == ["blocked.example.org"]
     assert urls == ["https://site.example.com/private/", "art.example.net/gallery/"]
@@ -51,12 +56,17 @@ def test_optout_domains_subdomains_urls_and_robots_file() -> None:
 
 def test_cleaning_nfc_controls_whitespace_boilerplate() -> None:
     cleaner = Cleaner(Cleaning(boilerplate_patterns=[r"^Advert:"]))
-    raw = ("Cafe\u0301 \x00opens\u200b   today.\r\n\n\n\nWe use cookies to improve your experience.\n"
-           "Advert: buy now\nAll rights reserved.\n  Second   paragraph\there.  ")
+    raw = (
+        "Cafe\u0301 \x00opens\u200b   today.\r\n\n\n\nWe use cookies to improve your experience.\n"
+        "Advert: buy now\nAll rights reserved.\n  Second   paragraph\there.  "
+    )
     assert cleaner(raw) == "Café opens today.\n\nSecond paragraph here."
     assert cleaner.lines_removed == 3
-    off = Cleaner(Cleaning(normalize_unicode=False, strip_control_chars=False, collapse_whitespace=False,
-                           remove_boilerplate=False))
+    off = Cleaner(
+        Cleaning(
+            normalize_unicode=False, strip_control_chars=False, collapse_whitespace=False, remove_boilerplate=False
+        )
+    )
     assert off("a\x00  b") == "a\x00  b"
 
 
@@ -67,8 +77,10 @@ QUALITY_CASES = {
     "mean word length too long": (" ".join(["incomprehensibilities"] * 30), "mean_word_length"),
     "symbols": (GOOD + " ### ### ### ### ### ### ### ### ### ### ### ### ### ### ### ###", "symbol_ratio"),
     "bullets": ("\n".join(f"- item {w} of the list here" for w in _VOCAB), "bullet_lines"),
-    "ellipsis lines": ("\n".join(f"and then the {w} went on along the road with all the others..." for w in _VOCAB),
-                       "ellipsis_lines"),
+    "ellipsis lines": (
+        "\n".join(f"and then the {w} went on along the road with all the others..." for w in _VOCAB),
+        "ellipsis_lines",
+    ),
     "non-alphabetic words": (" ".join(f"{1000 + i} {2000 + 7 * i} {3000 + i} river" for i in range(20)), "alpha_words"),
     "duplicate lines": ("\n".join(["the same line repeats in this page"] * 5 + [GOOD]), "duplicate_lines"),
     "duplicate paragraphs": (f"{GOOD}\n\n{GOOD}\n\nAnother paragraph with its own words.", "duplicate_paragraphs"),
@@ -88,8 +100,10 @@ def test_quality_rules(name: str) -> None:
 def test_quality_duplicate_ngrams() -> None:
     words = GOOD.split()
     text = " ".join(words[:30] + words[5:15] + words[30:])
-    assert quality.check(text, QualityFilter(max_top_ngram_fraction=1.0, max_duplicate_line_fraction=1.0)) \
+    assert (
+        quality.check(text, QualityFilter(max_top_ngram_fraction=1.0, max_duplicate_line_fraction=1.0))
         == "duplicate_ngrams"
+    )
 
 
 def test_toxicity_builtin_list_custom_list_and_classifier(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,12 +122,15 @@ def test_toxicity_builtin_list_custom_list_and_classifier(monkeypatch: pytest.Mo
         ToxicityScorer(ToxicityFilter(classifier="no_such_module_x:f"), lambda _loc: "")
 
 
-@pytest.mark.parametrize("text,lang", [
-    ("The cat was sitting on the mat and it was looking at the birds in the garden.", "en"),
-    ("Der Hund ist nicht in dem Garten, und die Katze sitzt auf dem Dach mit einer Maus.", "de"),
-    ("Le chat est dans la maison et il ne veut pas sortir avec les enfants pour le jeu.", "fr"),
-    ("El perro está en la casa y no quiere salir con los niños porque hace frío.", "es"),
-])
+@pytest.mark.parametrize(
+    "text,lang",
+    [
+        ("The cat was sitting on the mat and it was looking at the birds in the garden.", "en"),
+        ("Der Hund ist nicht in dem Garten, und die Katze sitzt auf dem Dach mit einer Maus.", "de"),
+        ("Le chat est dans la maison et il ne veut pas sortir avec les enfants pour le jeu.", "fr"),
+        ("El perro está en la casa y no quiere salir con los niños porque hace frío.", "es"),
+    ],
+)
 def test_language_identification(text: str, lang: str) -> None:
     found, score = identify(text)
     assert found == lang and score >= 0.5

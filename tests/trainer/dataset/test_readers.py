@@ -28,11 +28,14 @@ def _read(tmp_path: Path, pattern: str, **kw: object) -> list:
     return [d for f in files for d in read_file(f, tmp_path / "scratch")]
 
 
-@pytest.mark.parametrize("name,writer", [
-    ("a.jsonl", lambda p, b: p.write_bytes(b)),
-    ("a.jsonl.gz", lambda p, b: p.write_bytes(gzip.compress(b))),
-    ("a.jsonl.zst", lambda p, b: p.write_bytes(zstandard.ZstdCompressor().compress(b))),
-])
+@pytest.mark.parametrize(
+    "name,writer",
+    [
+        ("a.jsonl", lambda p, b: p.write_bytes(b)),
+        ("a.jsonl.gz", lambda p, b: p.write_bytes(gzip.compress(b))),
+        ("a.jsonl.zst", lambda p, b: p.write_bytes(zstandard.ZstdCompressor().compress(b))),
+    ],
+)
 def test_jsonl_plain_gzip_zstd(tmp_path: Path, name: str, writer: object) -> None:
     writer(tmp_path / name, _jsonl(ROWS))  # type: ignore[operator]
     docs = _read(tmp_path, name, url_field="url")
@@ -71,16 +74,20 @@ def test_empty_file_gives_no_documents(tmp_path: Path) -> None:
     assert _read(tmp_path, "empty.jsonl") == []
 
 
-@pytest.mark.parametrize("setup,pattern,needle", [
-    (lambda p: None, "missing/*.jsonl", "matches no file"),
-    (lambda p: None, "nothing.jsonl", "no such file"),
-    (lambda p: (p / "x.parquet").write_bytes(b"PAR1 this is not parquet"), "x.parquet", "unreadable Parquet"),
-    (lambda p: (p / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08garbage"), "x.jsonl.gz", "corrupt"),
-    (lambda p: (p / "x.jsonl.zst").write_bytes(b"garbage" * 5), "x.jsonl.zst", "corrupt zstd"),
-    (lambda p: (p / "x.jsonl").write_bytes(_jsonl([{"body": "a"}])), "x.jsonl", "no row has the text field"),
-])
-def test_bad_files_raise_invalid_input_naming_the_source(tmp_path: Path, setup: object, pattern: str,
-                                                         needle: str) -> None:
+@pytest.mark.parametrize(
+    "setup,pattern,needle",
+    [
+        (lambda p: None, "missing/*.jsonl", "matches no file"),
+        (lambda p: None, "nothing.jsonl", "no such file"),
+        (lambda p: (p / "x.parquet").write_bytes(b"PAR1 this is not parquet"), "x.parquet", "unreadable Parquet"),
+        (lambda p: (p / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08garbage"), "x.jsonl.gz", "corrupt"),
+        (lambda p: (p / "x.jsonl.zst").write_bytes(b"garbage" * 5), "x.jsonl.zst", "corrupt zstd"),
+        (lambda p: (p / "x.jsonl").write_bytes(_jsonl([{"body": "a"}])), "x.jsonl", "no row has the text field"),
+    ],
+)
+def test_bad_files_raise_invalid_input_naming_the_source(
+    tmp_path: Path, setup: object, pattern: str, needle: str
+) -> None:
     setup(tmp_path)  # type: ignore[operator]
     with pytest.raises(InvalidInput) as exc:
         _read(tmp_path, pattern)
@@ -91,13 +98,18 @@ def test_s3_source_glob_and_missing_bucket(s3_server, monkeypatch: pytest.Monkey
     s3_server.apply_env(monkeypatch)
     bucket = s3_server.create_bucket()
     client = s3_server.client()
-    client.put_object(Bucket=bucket, Key="corpus/part-0.jsonl.zst", Body=zstandard.ZstdCompressor().compress(_jsonl(ROWS)))
+    client.put_object(
+        Bucket=bucket, Key="corpus/part-0.jsonl.zst", Body=zstandard.ZstdCompressor().compress(_jsonl(ROWS))
+    )
     client.put_object(Bucket=bucket, Key="corpus/part-1.jsonl", Body=_jsonl(ROWS[:2]))
     client.put_object(Bucket=bucket, Key="corpus/notes.txt", Body=b"not matched")
     client.put_object(Bucket=bucket, Key="optout.txt", Body=b"bad.example.org\n")
     src = Source(name="s3src", uri=f"s3://{bucket}/corpus/*.jsonl*", license="CC0-1.0")
     files = list_files([src], [src.uri])
-    assert [f.location for f in files] == [f"s3://{bucket}/corpus/part-0.jsonl.zst", f"s3://{bucket}/corpus/part-1.jsonl"]
+    assert [f.location for f in files] == [
+        f"s3://{bucket}/corpus/part-0.jsonl.zst",
+        f"s3://{bucket}/corpus/part-1.jsonl",
+    ]
     docs = [d for f in files for d in read_file(f, tmp_path)]
     assert len(docs) == 7 and docs[0].text == ROWS[0]["text"]
     assert read_text(f"s3://{bucket}/optout.txt", "optOut.files") == "bad.example.org\n"

@@ -17,8 +17,14 @@ from lmforge.trainer.shards import Shards
 
 from .helpers import TINY, TINY_CORPUS, dataset_resource, run_stage, start_stage, write_stage_spec
 
-SMALL = {"quality": {"minWords": 5}, "tokenizer": {"vocabSize": 512}, "seqLength": 64,
-         "validationFraction": 0.05, "shardSequences": 256, "optOut": {"domains": ["optout.example.org"]}}
+SMALL = {
+    "quality": {"minWords": 5},
+    "tokenizer": {"vocabSize": 512},
+    "seqLength": 64,
+    "validationFraction": 0.05,
+    "shardSequences": 256,
+    "optOut": {"domains": ["optout.example.org"]},
+}
 
 
 def _split_corpus(src: Path, out: Path, files: int, lines: int) -> None:
@@ -49,8 +55,18 @@ def test_tiny_example_end_to_end(tmp_path: Path) -> None:
     store = LocalStore(out)
     assert all(is_complete(store, name) for name in ("tokenizer", "shards", "card"))
     m = result["metrics"]
-    for key in ("documents", "tokens", "train_sequences", "validation_sequences", "bytes", "docs_per_second",
-                "bytes_per_second", "dropped_opt_out", "dropped_toxicity", "dropped_exact_dedup"):
+    for key in (
+        "documents",
+        "tokens",
+        "train_sequences",
+        "validation_sequences",
+        "bytes",
+        "docs_per_second",
+        "bytes_per_second",
+        "dropped_opt_out",
+        "dropped_toxicity",
+        "dropped_exact_dedup",
+    ):
         assert key in m, key
     assert m["dropped_opt_out"] == 40 and m["dropped_toxicity"] == 30 and m["dropped_exact_dedup"] == 60
     assert m["dropped_near_dedup"] >= 70  # of 80 planted near copies
@@ -72,16 +88,24 @@ def test_tiny_example_end_to_end(tmp_path: Path) -> None:
     text = tok.decode(np.concatenate(list(reader.train)).tolist())
     assert "The capital of" in text and "@mail.example.com" not in text and "<EMAIL>" in text
     assert "idiot" not in text.split()
-    assert tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False,
-                                   add_generation_prompt=True) == "<|user|>hi<|end|><|assistant|>"
+    assert (
+        tok.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False, add_generation_prompt=True)
+        == "<|user|>hi<|end|><|assistant|>"
+    )
 
 
 def _run_workers(tmp_path: Path, workers: int, timeout: float) -> Path:
     """The stage over `data/*.jsonl` as `workers` concurrent processes (all must succeed); its output."""
-    res = dataset_resource({**SMALL, "workers": workers, "sources": [
-        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}]})
-    spec = write_stage_spec(tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}",
-                            base_dir=tmp_path, workers=workers)
+    res = dataset_resource(
+        {
+            **SMALL,
+            "workers": workers,
+            "sources": [{"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0", "urlField": "url"}],
+        }
+    )
+    spec = write_stage_spec(
+        tmp_path / f"spec{workers}.json", res, tmp_path / f"store{workers}", base_dir=tmp_path, workers=workers
+    )
     procs = [start_stage(spec, tmp_path / f"work{workers}", index=i) for i in range(workers)]
     for p in procs:
         _, err = p.communicate(timeout=timeout)
@@ -106,8 +130,14 @@ def test_two_workers_give_the_same_dataset_as_one(tmp_path: Path) -> None:
 
 def test_killed_run_resumes_without_redoing_finished_work(tmp_path: Path) -> None:
     _split_corpus(TINY_CORPUS, tmp_path / "data", files=4, lines=800)
-    res = dataset_resource({**SMALL, "workers": 2, "shardSequences": 100, "sources": [
-        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0"}]})
+    res = dataset_resource(
+        {
+            **SMALL,
+            "workers": 2,
+            "shardSequences": 100,
+            "sources": [{"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0"}],
+        }
+    )
     spec = write_stage_spec(tmp_path / "spec.json", res, tmp_path / "store", base_dir=tmp_path, workers=2)
     out = tmp_path / "store" / "runs" / "ds"
     store = LocalStore(out)
@@ -134,8 +164,12 @@ def test_killed_run_resumes_without_redoing_finished_work(tmp_path: Path) -> Non
     assert len(shards) >= 3
     victim = shards[1]
     digest = json.loads((out / "shards" / "index.json").read_text())["train"][1]["sha256"]
-    for p in (out / "result.json", out / "shards" / "MANIFEST.json", victim, out / "work" / "shards-done" /
-              f"{victim.name}.json"):
+    for p in (
+        out / "result.json",
+        out / "shards" / "MANIFEST.json",
+        victim,
+        out / "work" / "shards-done" / f"{victim.name}.json",
+    ):
         p.unlink()
     mtimes = {p.name: p.stat().st_mtime_ns for p in shards if p != victim}
     again = run_stage(spec, tmp_path / "work", index=0)
@@ -155,8 +189,12 @@ def test_three_workers_partition_the_dedup_and_give_byte_identical_output(tmp_pa
         card = json.loads((out / "card" / "card.json").read_text())
         assert len(card.pop("workers")) == workers
         assert card["settings"].pop("workers") == workers  # the spec's own field; everything else must agree
-        files = {f"{d}/{p.name}": p.read_bytes() for d in ("shards", "tokenizer") for p in sorted((out / d).iterdir())
-                 if p.name != "MANIFEST.json"}
+        files = {
+            f"{d}/{p.name}": p.read_bytes()
+            for d in ("shards", "tokenizer")
+            for p in sorted((out / d).iterdir())
+            if p.name != "MANIFEST.json"
+        }
         assert not (out / "work" / "dedup").exists() or not any((out / "work" / "dedup").iterdir())
         outputs[workers] = (card, files)
     assert outputs[1][0] == outputs[3][0]
@@ -165,17 +203,21 @@ def test_three_workers_partition_the_dedup_and_give_byte_identical_output(tmp_pa
     assert near["removed"] > 0 and near["candidatePairs"] > 0
 
 
-@pytest.mark.parametrize("change,needle", [
-    ({"sources": [{"name": "ghost", "uri": "nowhere/*.jsonl", "license": "CC0-1.0"}]}, "source ghost"),
-    ({"tokenizer": {"vocabSize": 262}}, "vocabSize"),
-    ({"sources": [{"name": "broken", "uri": "bad.parquet", "license": "CC0-1.0"}]}, "bad.parquet"),
-    ({"sources": [{"name": "closed", "uri": "x.jsonl", "license": "Proprietary"}]}, "Proprietary"),
-])
+@pytest.mark.parametrize(
+    "change,needle",
+    [
+        ({"sources": [{"name": "ghost", "uri": "nowhere/*.jsonl", "license": "CC0-1.0"}]}, "source ghost"),
+        ({"tokenizer": {"vocabSize": 262}}, "vocabSize"),
+        ({"sources": [{"name": "broken", "uri": "bad.parquet", "license": "CC0-1.0"}]}, "bad.parquet"),
+        ({"sources": [{"name": "closed", "uri": "x.jsonl", "license": "Proprietary"}]}, "Proprietary"),
+    ],
+)
 def test_bad_input_fails_cleanly(tmp_path: Path, change: dict[str, Any], needle: str) -> None:
     (tmp_path / "bad.parquet").write_bytes(b"PAR1 not really parquet PAR1")
     base = {**SMALL, "sources": [{"name": "ok", "uri": "x.jsonl", "license": "CC0-1.0"}]}
-    spec = write_stage_spec(tmp_path / "spec.json", dataset_resource({**base, **change}), tmp_path / "store",
-                            base_dir=tmp_path)
+    spec = write_stage_spec(
+        tmp_path / "spec.json", dataset_resource({**base, **change}), tmp_path / "store", base_dir=tmp_path
+    )
     proc = run_stage(spec, tmp_path / "work")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
@@ -191,13 +233,18 @@ def test_s3_store_and_sources_with_decontamination(tmp_path: Path, s3_server: An
     client.put_object(Bucket=bucket, Key="raw/b.jsonl", Body="\n".join(rows[300:]).encode())
     client.put_object(Bucket=bucket, Key="lists/optout.txt", Body=b"# creators\noptout.example.org\n")
     protected = "so Juno stayed inside and read a book"
-    (tmp_path / "qa.jsonl").write_text(json.dumps({"prompt": f"The weather was foggy, {protected}.",
-                                                   "answer": "yes"}) + "\n")
+    (tmp_path / "qa.jsonl").write_text(
+        json.dumps({"prompt": f"The weather was foggy, {protected}.", "answer": "yes"}) + "\n"
+    )
     suite = {"model": {"name": "m"}, "tasks": [{"name": "qa", "type": "generation", "dataUri": "qa.jsonl"}]}
-    res = dataset_resource({**SMALL, "optOut": {"files": [f"s3://{bucket}/lists/optout.txt"]},
-                            "dedup": {"decontaminate": {"evalSuiteRefs": [{"name": "suite"}], "ngram": 8}},
-                            "sources": [{"name": "s3", "uri": f"s3://{bucket}/raw/*.jsonl", "license": "CC-BY-4.0",
-                                         "urlField": "url"}]})
+    res = dataset_resource(
+        {
+            **SMALL,
+            "optOut": {"files": [f"s3://{bucket}/lists/optout.txt"]},
+            "dedup": {"decontaminate": {"evalSuiteRefs": [{"name": "suite"}], "ngram": 8}},
+            "sources": [{"name": "s3", "uri": f"s3://{bucket}/raw/*.jsonl", "license": "CC-BY-4.0", "urlField": "url"}],
+        }
+    )
     inputs = {"EvalSuite/suite": {"kind": "EvalSuite", "name": "suite", "spec": suite}}
     spec = write_stage_spec(tmp_path / "spec.json", res, f"s3://{bucket}/store", base_dir=tmp_path, inputs=inputs)
     proc = run_stage(spec, tmp_path / "work", extra=s3_server.env())
@@ -212,8 +259,9 @@ def test_s3_store_and_sources_with_decontamination(tmp_path: Path, s3_server: An
 
 def test_worker_zero_times_out_clearly_when_a_worker_never_commits(tmp_path: Path) -> None:
     _split_corpus(TINY_CORPUS, tmp_path / "data", files=2, lines=100)
-    res = dataset_resource({**SMALL, "workers": 2, "sources": [
-        {"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0"}]})
+    res = dataset_resource(
+        {**SMALL, "workers": 2, "sources": [{"name": "parts", "uri": "data/*.jsonl", "license": "CC0-1.0"}]}
+    )
     spec = write_stage_spec(tmp_path / "spec.json", res, tmp_path / "store", base_dir=tmp_path, workers=2)
     proc = run_stage(spec, tmp_path / "work", index=0, extra={"LMFORGE_DATASET_WAIT_S": "1"})
     assert proc.returncode == 1  # retryable: the other worker may still come

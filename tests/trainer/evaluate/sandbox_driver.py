@@ -15,8 +15,9 @@ from lmforge.trainer.evaluate.sandbox import Limits, SandboxUnavailable, run_pro
 def main() -> None:
     job = json.load(sys.stdin)
     try:
-        outcome = run_program(job["source"], Limits(**job["limits"]), CodeIsolation(job["isolation"]),
-                              bwrap=job.get("bwrap"))
+        outcome = run_program(
+            job["source"], Limits(**job["limits"]), CodeIsolation(job["isolation"]), bwrap=job.get("bwrap")
+        )
     except SandboxUnavailable as exc:
         print(json.dumps({"unavailable": str(exc)}))
         return

@@ -45,7 +45,8 @@ def test_log_likelihoods_and_accuracy_match_the_local_model(vllm_url: str, hf_ba
     assert [g for _, g in remote] == [g for _, g in local]
     noop = lambda n: None  # noqa: E731
     assert multiple_choice.evaluate(endpoint, _facts(), [], noop) == multiple_choice.evaluate(
-        hf_backend, _facts(), [], noop)  # the same item by item
+        hf_backend, _facts(), [], noop
+    )  # the same item by item
 
 
 def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_backend: Any) -> None:
@@ -69,15 +70,34 @@ def test_text_nll_and_greedy_generation_match_the_local_model(vllm_url: str, hf_
 
 def test_stage_against_the_endpoint(vllm_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LMFORGE_WORK_DIR", str(tmp_path / "work"))
-    spec = StageSpec.model_validate({
-        "stage": "evaluate", "store": str(tmp_path / "store"), "output": "evalsuite/smoke", "runId": "r1",
-        "resource": {"apiVersion": "lmforge.io/v1alpha1", "kind": "EvalSuite", "metadata": {"name": "smoke"},
-                     "spec": {"endpoint": {"releaseRef": {"name": "tiny-release"}},
-                              "tasks": [{"name": "facts", "type": "multipleChoice", "dataUri": str(FACTS)},
-                                        {"name": "safety", "type": "safety", "limit": 8, "maxNewTokens": 8}],
-                              "thresholds": ["facts.acc >= 0", "safety.refusal_rate >= 0"]}},
-        "inputs": {"ModelRelease/tiny-release": {"kind": "ModelRelease", "name": "tiny-release",
-                                                 "artifacts": {"endpoint": vllm_url}}}})
+    spec = StageSpec.model_validate(
+        {
+            "stage": "evaluate",
+            "store": str(tmp_path / "store"),
+            "output": "evalsuite/smoke",
+            "runId": "r1",
+            "resource": {
+                "apiVersion": "lmforge.io/v1alpha1",
+                "kind": "EvalSuite",
+                "metadata": {"name": "smoke"},
+                "spec": {
+                    "endpoint": {"releaseRef": {"name": "tiny-release"}},
+                    "tasks": [
+                        {"name": "facts", "type": "multipleChoice", "dataUri": str(FACTS)},
+                        {"name": "safety", "type": "safety", "limit": 8, "maxNewTokens": 8},
+                    ],
+                    "thresholds": ["facts.acc >= 0", "safety.refusal_rate >= 0"],
+                },
+            },
+            "inputs": {
+                "ModelRelease/tiny-release": {
+                    "kind": "ModelRelease",
+                    "name": "tiny-release",
+                    "artifacts": {"endpoint": vllm_url},
+                }
+            },
+        }
+    )
     ctx = StageContext.from_spec(spec, ProgressReporter(spec.stage, spec.run_id, None, stream=io.StringIO()))
     metrics = stage.run(ctx).metrics
     assert metrics["gate_passed"] == 1.0

@@ -27,16 +27,20 @@ def _write(tmp_path: Path, rows: list[object]) -> str:
 GOOD = {"question": "q?", "choices": ["a", "b"], "answer": 1}
 
 
-@pytest.mark.parametrize(("bad", "field", "problem"), [
-    ({"question": "q?", "choices": ["a", "b"], "answer": 2}, "'answer'", "index 2 out of range for 2 choices"),
-    ({"question": "q?", "answer": 0}, "'choices'", "missing"),
-    ({"question": "q?", "choices": ["a"], "answer": 0}, "'choices'", "at least 2"),
-    ({"question": "q?", "choices": ["a", 3], "answer": 0}, "'choices[1]'", "non-empty string"),
-    ({"question": "", "choices": ["a", "b"], "answer": 0}, "'question'", "empty"),
-    ({"question": "q?", "choices": ["a", "b"], "answer": "b"}, "'answer'", "integer index"),
-])
-def test_malformed_choice_rows_name_task_row_and_field(tmp_path: Path, bad: dict[str, object], field: str,
-                                                       problem: str) -> None:
+@pytest.mark.parametrize(
+    ("bad", "field", "problem"),
+    [
+        ({"question": "q?", "choices": ["a", "b"], "answer": 2}, "'answer'", "index 2 out of range for 2 choices"),
+        ({"question": "q?", "answer": 0}, "'choices'", "missing"),
+        ({"question": "q?", "choices": ["a"], "answer": 0}, "'choices'", "at least 2"),
+        ({"question": "q?", "choices": ["a", 3], "answer": 0}, "'choices[1]'", "non-empty string"),
+        ({"question": "", "choices": ["a", "b"], "answer": 0}, "'question'", "empty"),
+        ({"question": "q?", "choices": ["a", "b"], "answer": "b"}, "'answer'", "integer index"),
+    ],
+)
+def test_malformed_choice_rows_name_task_row_and_field(
+    tmp_path: Path, bad: dict[str, object], field: str, problem: str
+) -> None:
     uri = _write(tmp_path, [GOOD, bad])
     with pytest.raises(InvalidInput) as err:
         load_rows(MC, uri)
@@ -62,8 +66,9 @@ def test_builtin_red_team_set_covers_four_categories() -> None:
 
 def test_gates_pass_and_fail_as_thresholds_say() -> None:
     tasks = {"facts": {"acc": 0.5, "acc_norm": 0.25}, "heldout": {"perplexity": 30.0, "nll": 3.4}}
-    results = gates.evaluate(["facts.acc >= 0.5", "facts.acc_norm > 0.25", "heldout.perplexity <= 40",
-                              "heldout.nll < 3"], tasks)
+    results = gates.evaluate(
+        ["facts.acc >= 0.5", "facts.acc_norm > 0.25", "heldout.perplexity <= 40", "heldout.nll < 3"], tasks
+    )
     assert [r.passed for r in results] == [True, False, True, False]
     assert results[2].as_dict() == {"threshold": "heldout.perplexity <= 40", "observed": 30.0, "passed": True}
     assert gates.flatten(tasks)["heldout.perplexity"] == 30.0
@@ -77,7 +82,9 @@ def test_threshold_on_a_metric_no_task_produced_is_a_clear_error() -> None:
 
 
 def test_baseline_deltas() -> None:
-    assert gates.deltas({"a.x": 0.5, "b.y": 2.0, "gate_passed": 1.0}, {"a.x": 0.25, "gate_passed": 0.0}) == {"a.x": 0.25}
+    assert gates.deltas({"a.x": 0.5, "b.y": 2.0, "gate_passed": 1.0}, {"a.x": 0.25, "gate_passed": 0.0}) == {
+        "a.x": 0.25
+    }
 
 
 def test_metric_formulas() -> None:

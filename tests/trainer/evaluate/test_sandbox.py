@@ -54,13 +54,16 @@ def test_hostile_completions_fail_and_the_host_is_untouched(tmp_path: Path) -> N
         "rmtree": f"    import shutil\n    shutil.rmtree({str(victim_dir)!r})\n    return a + b\n",
         "overwrite": f"    open({str(victim)!r}, 'w').write('pwned')\n    return a + b\n",
     }
-    rows = [CodeRow(name, f"# {name}\ndef add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
-            for name in bodies]
+    rows = [
+        CodeRow(name, f"# {name}\ndef add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
+        for name in bodies
+    ]
     backend = ScriptedBackend(lambda prompt: bodies[prompt.split("\n")[0][2:]])
     done: list[int] = []
     started = time.monotonic()
-    metrics = code.evaluate(backend, rows, samples=1, max_new_tokens=64, timeout_seconds=3.0, seed=0,
-                            advance=done.append)
+    metrics = code.evaluate(
+        backend, rows, samples=1, max_new_tokens=64, timeout_seconds=3.0, seed=0, advance=done.append
+    )
     assert metrics["pass@1"].value() == pytest.approx(1 / len(rows))  # only `correct` passes
     assert sum(done) == len(rows)
     assert time.monotonic() - started < 30

@@ -63,24 +63,50 @@ def traversable() -> Iterator[None]:
             path.chmod(stat.S_IMODE(mode))
 
 
-CALLERS = [pytest.param("root", marks=pytest.mark.skipif(not ROOT, reason="the evaluator runs as root only in CI")),
-           pytest.param("nobody", marks=pytest.mark.skipif(not ROOT, reason="needs root to become uid 65534"))]
+CALLERS = [
+    pytest.param("root", marks=pytest.mark.skipif(not ROOT, reason="the evaluator runs as root only in CI")),
+    pytest.param("nobody", marks=pytest.mark.skipif(not ROOT, reason="needs root to become uid 65534")),
+]
 POD = pytest.param("pod", marks=pytest.mark.skipif(not ROOT, reason="needs root to make /proc/sys read-only"))
 """uid 65534 with `/proc/sys` read-only in its mount namespace, as every container runtime mounts it:
 the evaluate pod (bubblewrap's `--disable-userns` failed there, so no code task could run)."""
-READ_ONLY_PROC_SYS = ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-                      'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"', "sh"]
+READ_ONLY_PROC_SYS = [
+    "unshare",
+    "--mount",
+    "--propagation",
+    "private",
+    "sh",
+    "-c",
+    'mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && exec "$@"',
+    "sh",
+]
 
 
-def run_as(caller: str, source: str, limits: Limits = Limits(wall_seconds=5.0),
-           isolation: CodeIsolation = CodeIsolation.SANDBOX, bwrap: str | None = None,
-           env: dict[str, str] | None = None) -> Outcome:
+def run_as(
+    caller: str,
+    source: str,
+    limits: Limits = Limits(wall_seconds=5.0),
+    isolation: CodeIsolation = CodeIsolation.SANDBOX,
+    bwrap: str | None = None,
+    env: dict[str, str] | None = None,
+) -> Outcome:
     """`run_program` in this process (root), or in a driver started as uid 65534."""
     if caller == "root":
         return run_program(source, limits, isolation, bwrap=bwrap)
     job = {"source": source, "limits": dataclasses.asdict(limits), "isolation": isolation.value, "bwrap": bwrap}
-    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", "env", "-i", "HOME=/tmp",
-           f"PYTHONPATH={REPO}", *[f"{k}={v}" for k, v in (env or {}).items()], sys.executable, str(DRIVER)]
+    cmd = [
+        "setpriv",
+        f"--reuid={NOBODY}",
+        f"--regid={NOBODY}",
+        "--clear-groups",
+        "env",
+        "-i",
+        "HOME=/tmp",
+        f"PYTHONPATH={REPO}",
+        *[f"{k}={v}" for k, v in (env or {}).items()],
+        sys.executable,
+        str(DRIVER),
+    ]
     if caller == "pod":
         cmd = READ_ONLY_PROC_SYS + cmd
     done = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, timeout=120, check=True)
@@ -131,9 +157,11 @@ HARNESS_MARK = "result_fd"
 
 # --- reading secrets ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("caller", CALLERS)
-def test_the_parents_environment_cannot_be_read(caller: str, traversable: None,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_parents_environment_cannot_be_read(
+    caller: str, traversable: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     canary = "canary-" + secrets.token_hex(8)
     monkeypatch.setenv("LMFORGE_CANARY", canary)
     program = f"""
@@ -158,9 +186,11 @@ for home in ("/root", "/home", "/work", "/etc"):
 
 # --- writing outside ------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("caller", CALLERS)
-def test_no_file_outside_the_work_dir_is_created_renamed_or_linked(caller: str, traversable: None,
-                                                                   outside: Path) -> None:
+def test_no_file_outside_the_work_dir_is_created_renamed_or_linked(
+    caller: str, traversable: None, outside: Path
+) -> None:
     program = f"""
 import ctypes, os, shutil, subprocess
 D = {str(outside)!r}
@@ -215,6 +245,7 @@ for d in ("/tmp", "/dev/shm", "."):
 
 # --- network and signals --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("caller", CALLERS)
 def test_a_loopback_server_sees_no_connection(caller: str, traversable: None) -> None:
     server = socket.socket()
@@ -249,8 +280,11 @@ def test_kill_everything_kills_nothing_outside(caller: str, traversable: None) -
     uid = NOBODY
     sentinel = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "sleep", "60"])
     try:
-        outcome = run_as(caller, "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
-                                       "except OSError as exc:\n    print(exc)\nprint('sent')")
+        outcome = run_as(
+            caller,
+            "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\n"
+            "except OSError as exc:\n    print(exc)\nprint('sent')",
+        )
         assert "sent" in outcome.output
         time.sleep(0.2)
         assert sentinel.poll() is None, "the sentinel outside the sandbox was killed"
@@ -260,6 +294,7 @@ def test_kill_everything_kills_nothing_outside(caller: str, traversable: None) -
 
 
 # --- resource exhaustion --------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_a_fork_bomb_is_bounded_and_leaves_nothing(caller: str, traversable: None) -> None:
@@ -312,8 +347,11 @@ except MemoryError:
         while not stop.is_set():
             for pid in _processes_with(HARNESS_MARK):
                 try:
-                    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-                               if line.startswith("VmRSS:"))
+                    rss = next(
+                        int(line.split()[1])
+                        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+                        if line.startswith("VmRSS:")
+                    )
                 except (OSError, StopIteration):
                     continue
                 peak[0] = max(peak[0], rss << 10)
@@ -368,50 +406,56 @@ FORGERIES = {
     "system_exit": "    raise SystemExit(0)\n",
     "os_exit": "    import os\n    os._exit(0)\n",
     "fake_nonce": "    import os, secrets, sys\n    for fd in range(1, 32):\n        try:\n"
-                  "            os.write(fd, (secrets.token_hex(16) + '\\n').encode())\n"
-                  "        except OSError:\n            pass\n    sys.stdout.flush()\n    os._exit(0)\n",
+    "            os.write(fd, (secrets.token_hex(16) + '\\n').encode())\n"
+    "        except OSError:\n            pass\n    sys.stdout.flush()\n    os._exit(0)\n",
     "kill_harness": "    import os, signal\n    os.kill(os.getpid(), signal.SIGKILL)\n",
     "correct": "    return a + b\n",
 }
-_CLAIM = ("    import os\n    for secret in found:\n        for fd in range(3, 64):\n            try:\n"
-          "                os.write(fd, bytes(secret) + b'\\n')\n            except Exception:\n"
-          "                pass\n    os._exit(0)\n")
+_CLAIM = (
+    "    import os\n    for secret in found:\n        for fd in range(3, 64):\n            try:\n"
+    "                os.write(fd, bytes(secret) + b'\\n')\n            except Exception:\n"
+    "                pass\n    os._exit(0)\n"
+)
 NONCE_THEFTS = {  # each looks for the nonce (32 hex bytes) and writes whatever it found on every fd
     "frame_walk": "    import sys\n    found, f = [], sys._getframe()\n    while f is not None:\n"
-                  "        found += [v for v in f.f_locals.values() if isinstance(v, bytes)]\n"
-                  "        found += [v for v in f.f_globals.values() if isinstance(v, bytes)]\n"
-                  "        f = f.f_back\n" + _CLAIM,
+    "        found += [v for v in f.f_locals.values() if isinstance(v, bytes)]\n"
+    "        found += [v for v in f.f_globals.values() if isinstance(v, bytes)]\n"
+    "        f = f.f_back\n" + _CLAIM,
     "closures": "    import sys, types\n    found = []\n    for m in list(sys.modules.values()):\n"
-                "        for v in list(getattr(m, '__dict__', {}).values()):\n"
-                "            cells = getattr(v, '__closure__', None)\n"
-                "            for c in cells if isinstance(cells, tuple) else ():\n"
-                "                try:\n                    found.append(c.cell_contents)\n"
-                "                except ValueError:\n                    pass\n"
-                "    found = [v for v in found if isinstance(v, bytes)]\n" + _CLAIM,
+    "        for v in list(getattr(m, '__dict__', {}).values()):\n"
+    "            cells = getattr(v, '__closure__', None)\n"
+    "            for c in cells if isinstance(cells, tuple) else ():\n"
+    "                try:\n                    found.append(c.cell_contents)\n"
+    "                except ValueError:\n                    pass\n"
+    "    found = [v for v in found if isinstance(v, bytes)]\n" + _CLAIM,
     "gc_walk": "    import gc\n    found = [o for o in gc.get_objects() if isinstance(o, bytes)]\n" + _CLAIM,
     "other_threads": "    import sys\n    found = [v for f in sys._current_frames().values() for v in f.f_locals.values()]\n"
-                     + _CLAIM,
+    + _CLAIM,
     "tracer": "    import sys, threading\n    found = []\n"
-              "    sys.settrace(lambda fr, ev, arg: found.extend(fr.f_locals.values()))\n"
-              "    sys.audit('lmforge.finished')\n" + _CLAIM,
+    "    sys.settrace(lambda fr, ev, arg: found.extend(fr.f_locals.values()))\n"
+    "    sys.audit('lmforge.finished')\n" + _CLAIM,
     "own_hook": "    import sys\n    found = []\n    sys.addaudithook(lambda e, a: found.append(e))\n" + _CLAIM,
     "ctypes_memory": "    import ctypes\n    found = [ctypes.string_at(id(0), 64)]\n" + _CLAIM,
     "proc_mem": "    found = [open('/proc/self/mem', 'rb').read(1)]\n" + _CLAIM,
     "signal_frame": "    import signal\n    found = []\n"
-                    "    signal.signal(signal.SIGALRM, lambda n, fr: found.extend(fr.f_locals.values()))\n" + _CLAIM,
+    "    signal.signal(signal.SIGALRM, lambda n, fr: found.extend(fr.f_locals.values()))\n" + _CLAIM,
     "fake_events": "    import sys\n    sys.audit('lmforge.started')\n    sys.audit('lmforge.finished')\n    found = []\n"
-                   + _CLAIM,
+    + _CLAIM,
     "rerun_harness": "    import sys\n    main = sys.modules['__main__']\n    found = []\n"
-                     "    main._program(compile('pass', 'x', 'exec'), [], lambda: None)\n" + _CLAIM,
+    "    main._program(compile('pass', 'x', 'exec'), [], lambda: None)\n" + _CLAIM,
 }
 
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_stealing_the_nonce_scores_zero(caller: str, traversable: None) -> None:
-    rows = {name: CodeRow(name, "def add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
-            for name in NONCE_THEFTS}
+    rows = {
+        name: CodeRow(name, "def add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
+        for name in NONCE_THEFTS
+    }
     outcomes = {name: run_as(caller, code.program(row, NONCE_THEFTS[name])) for name, row in rows.items()}
-    assert {name for name, o in outcomes.items() if o.passed} == set(), {n: o.output[-300:] for n, o in outcomes.items()}
+    assert {name for name, o in outcomes.items() if o.passed} == set(), {
+        n: o.output[-300:] for n, o in outcomes.items()
+    }
     assert outcomes["frame_walk"].returncode == 0  # it got as far as claiming, with nothing to claim
 
 
@@ -488,25 +532,30 @@ def test_a_nested_user_namespace_is_refused(caller: str, traversable: None) -> N
 
 @pytest.mark.parametrize("caller", CALLERS)
 def test_exiting_early_with_success_scores_zero(caller: str, traversable: None) -> None:
-    rows = [CodeRow(name, f"# {name}\ndef add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
-            for name in FORGERIES]
+    rows = [
+        CodeRow(name, f"# {name}\ndef add(a, b):\n", "def check(f):\n    assert f(2, 3) == 5\n", "add")
+        for name in FORGERIES
+    ]
     if caller == "root":
         backend = ScriptedBackend(lambda prompt: FORGERIES[prompt.split("\n")[0][2:]])
-        metrics = code.evaluate(backend, rows, samples=1, max_new_tokens=64, timeout_seconds=5.0, seed=0,
-                                advance=lambda n: None)
+        metrics = code.evaluate(
+            backend, rows, samples=1, max_new_tokens=64, timeout_seconds=5.0, seed=0, advance=lambda n: None
+        )
         assert metrics["pass@1"].value() == pytest.approx(1 / len(rows))  # only `correct`
         assert metrics["sandboxed"].value() == 1.0
-    outcomes = {name: run_as(caller, code.program(row, FORGERIES[name])) for name, row in zip(FORGERIES, rows, strict=True)}
+    outcomes = {
+        name: run_as(caller, code.program(row, FORGERIES[name])) for name, row in zip(FORGERIES, rows, strict=True)
+    }
     assert {name for name, o in outcomes.items() if o.passed} == {"correct"}
     assert outcomes["system_exit"].returncode != 0 and outcomes["os_exit"].returncode == 0
 
 
 # --- failing closed -------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("caller", CALLERS)
 @pytest.mark.parametrize("broken", ["/bin/false", "/nonexistent/bwrap"])
-def test_without_a_working_sandbox_nothing_runs(caller: str, broken: str, traversable: None,
-                                                outside: Path) -> None:
+def test_without_a_working_sandbox_nothing_runs(caller: str, broken: str, traversable: None, outside: Path) -> None:
     program = f"open({str(outside / 'ran')!r}, 'w').write('x')"
     with pytest.raises(SandboxUnavailable, match="could not isolate"):
         run_as(caller, program, bwrap=broken)
@@ -527,8 +576,9 @@ os.execv(command[0], command)
 
 
 @pytest.mark.parametrize("caller", CALLERS)
-def test_a_launcher_that_only_claims_isolation_is_caught_from_outside(caller: str, traversable: None,
-                                                                      outside: Path) -> None:
+def test_a_launcher_that_only_claims_isolation_is_caught_from_outside(
+    caller: str, traversable: None, outside: Path
+) -> None:
     fake = outside / "bin" / "bwrap"
     fake.parent.mkdir()
     fake.parent.chmod(0o755)
@@ -548,8 +598,11 @@ def test_a_code_task_fails_closed_and_isolation_none_is_recorded(monkeypatch: py
         code.evaluate(backend, rows, 1, 64, 5.0, 0, lambda n: None)
     assert backend.requests == []  # it failed before spending any model time
     metrics = code.evaluate(backend, rows, 1, 64, 5.0, 0, lambda n: None, CodeIsolation.NONE)
-    assert {name: scores.value() for name, scores in metrics.items()} == {"pass@1": 1.0, "pass@k": 1.0,
-                                                                          "sandboxed": 0.0}
+    assert {name: scores.value() for name, scores in metrics.items()} == {
+        "pass@1": 1.0,
+        "pass@k": 1.0,
+        "sandboxed": 0.0,
+    }
     task = EvalTask.model_validate({"name": "c", "type": "code", "dataUri": "x.jsonl", "isolation": "none"})
     assert task.isolation is CodeIsolation.NONE
     with pytest.raises(ValueError, match="isolation applies only to code tasks"):

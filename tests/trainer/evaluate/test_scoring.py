@@ -55,8 +55,11 @@ def test_multiple_choice_accuracy_matches_a_reference_with_a_known_answer_patter
 def test_text_perplexity_is_exp_of_mean_nll(hf_backend: Any) -> None:
     import torch
 
-    texts = ["the red cat sees the old dog .", "the quiet bird keeps the green lamp . the fish moves .",
-             "a stone river"]
+    texts = [
+        "the red cat sees the old dog .",
+        "the quiet bird keeps the green lamp . the fish moves .",
+        "a stone river",
+    ]
     model, tok = hf_backend.model, hf_backend.tokenizer
     nll, count = 0.0, 0
     for text in texts:
@@ -79,9 +82,16 @@ def test_shard_perplexity_is_exp_of_mean_nll(hf_backend: Any, tmp_path: Path) ->
     rows = rng.integers(0, len(hf_backend.tokenizer), size=(10, 16)).astype(np.uint16)
     rows[:6].tofile(tmp_path / "val-0.bin")
     rows[6:].tofile(tmp_path / "val-1.bin")
-    (tmp_path / INDEX).write_bytes(ShardIndex(
-        format=FORMAT, dtype="uint16", seq_length=16, vocab_size=512, eos_id=1,
-        validation=[ShardEntry(file="val-0.bin", sequences=6), ShardEntry(file="val-1.bin", sequences=4)]).to_bytes())
+    (tmp_path / INDEX).write_bytes(
+        ShardIndex(
+            format=FORMAT,
+            dtype="uint16",
+            seq_length=16,
+            vocab_size=512,
+            eos_id=1,
+            validation=[ShardEntry(file="val-0.bin", sequences=6), ShardEntry(file="val-1.bin", sequences=4)],
+        ).to_bytes()
+    )
     sequences = perplexity.validation_sequences(tmp_path, limit=9)
     assert sequences.shape == (9, 16)
     with torch.no_grad():
@@ -102,7 +112,7 @@ def test_generation_exact_match_against_the_models_own_greedy_answers(hf_backend
         ids = torch.tensor([tok.encode(p, add_special_tokens=False)])
         with torch.no_grad():
             out = model.generate(ids, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
-        greedy = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).split("\n")[0]
+        greedy = tok.decode(out[0, ids.shape[1] :], skip_special_tokens=True).split("\n")[0]
         rows.append(GenerationRow(p, (greedy if i % 2 == 0 else "zzz qqq",)))
     metrics = generation.evaluate(hf_backend, rows, [], max_new_tokens=4, seed=0, advance=lambda n: None)
     assert metrics["exact_match"].value() == 0.5

@@ -13,11 +13,14 @@ from lmforge.trainer.evaluate import shared_context
 WORDS = ["cat", "dog", "bird", "fish", "tree", "river", "stone", "cloud", "apple", "lamp", "red", "old"]
 
 
-@pytest.mark.parametrize(("name", "lengths", "rows", "expected"), [
-    ("one batch when everything fits, longest context first", [3, 1, 2], 8, [[2, 1, 3]]),
-    ("cut where the next context's choices pass the budget", [2, 1, 1, 2], 4, [[2, 1, 1], [2]]),
-    ("a context with more choices than the budget is alone", [1, 6, 1], 4, [[1], [6], [1]]),
-])
+@pytest.mark.parametrize(
+    ("name", "lengths", "rows", "expected"),
+    [
+        ("one batch when everything fits, longest context first", [3, 1, 2], 8, [[2, 1, 3]]),
+        ("cut where the next context's choices pass the budget", [2, 1, 1, 2], 4, [[2, 1, 1], [2]]),
+        ("a context with more choices than the budget is alone", [1, 6, 1], 4, [[1], [6], [1]]),
+    ],
+)
 def test_batches(name: str, lengths: list[int], rows: int, expected: list[list[int]]) -> None:
     # context i has length i + 1 and `lengths[i]` choices; sorting puts the longest context first
     contexts = [tuple(range(i + 1)) for i in range(len(lengths))]
@@ -33,7 +36,7 @@ def _naive(model: Any, ctx: list[int], cont: list[int]) -> tuple[float, bool]:
     whole = ctx + cont
     with torch.inference_mode():
         logprobs = model(torch.tensor([whole])).logits.log_softmax(-1)[0]  # (T, V)
-    steps = logprobs[len(ctx) - 1:len(whole) - 1]
+    steps = logprobs[len(ctx) - 1 : len(whole) - 1]
     target = torch.tensor(cont)
     return float(steps.gather(1, target[:, None]).sum()), bool((steps.argmax(-1) == target).all())
 

@@ -38,7 +38,7 @@ def test_bootstrap_intervals_are_seeded_and_perplexity_is_exp_of_nll() -> None:
     nats, tokens = [30.0, 42.0, 25.0, 60.0, 33.0, 41.0], [10.0, 12.0, 9.0, 15.0, 11.0, 12.0]
     nll = stats.interval(ItemScores(nats, tokens))
     ppl = stats.interval(ItemScores(nats, tokens, exp=True))
-    assert ppl.low == pytest.approx(2.718281828 ** nll.low) and ppl.high == pytest.approx(2.718281828 ** nll.high)
+    assert ppl.low == pytest.approx(2.718281828**nll.low) and ppl.high == pytest.approx(2.718281828**nll.high)
     assert ppl.low < ItemScores(nats, tokens, exp=True).value() < ppl.high
 
 
@@ -72,7 +72,7 @@ def test_a_large_paired_difference_is_significant_and_pairing_follows_item_ids()
     better = rate(set(range(60)))
     result = _gate("facts.acc > baseline.facts.acc", better, base)
     assert result.passed and result.comparison is not None
-    assert result.comparison.significant is True and result.comparison.p_value == pytest.approx(2 / 2 ** 20)
+    assert result.comparison.significant is True and result.comparison.p_value == pytest.approx(2 / 2**20)
     # the same scores in another order still pair item by item
     shuffled = ItemScores(list(reversed(better.values)), binary=True, ids=list(reversed(better.ids)))
     assert _gate("facts.acc > baseline.facts.acc", shuffled, base).comparison == result.comparison
@@ -95,8 +95,10 @@ def test_without_the_baselines_items_the_comparison_is_unpaired_or_unknown() -> 
 def test_baseline_threshold_syntax_and_what_the_operator_checks() -> None:
     t = parse_threshold("facts.acc >= baseline.facts.acc - 0.02")
     assert (t.baseline, t.value, str(t)) == (("facts", "acc"), -0.02, "facts.acc >= baseline.facts.acc - 0.02")
-    assert str(parse_threshold("heldout.perplexity<=baseline.heldout.perplexity+1.5")) == \
-        "heldout.perplexity <= baseline.heldout.perplexity + 1.5"
+    assert (
+        str(parse_threshold("heldout.perplexity<=baseline.heldout.perplexity+1.5"))
+        == "heldout.perplexity <= baseline.heldout.perplexity + 1.5"
+    )
     assert str(parse_threshold("facts.acc >= baseline.facts.acc")) == "facts.acc >= baseline.facts.acc"
     # the operator re-checks gates on the flat metrics the stage published, baseline values included
     assert t.holds(0.885, {"baseline.facts.acc": 0.9}) and not t.holds(0.87, {"baseline.facts.acc": 0.9})
@@ -106,8 +108,12 @@ def test_baseline_threshold_syntax_and_what_the_operator_checks() -> None:
         parse_threshold("facts.acc >= baseline.facts")
     task = {"name": "facts", "type": "multipleChoice", "dataUri": "f.jsonl"}
     with pytest.raises(ValueError, match="no baselineRef"):
-        EvalSuiteSpec.model_validate({"modelRef": {"uri": "/m"}, "tasks": [task],
-                                      "thresholds": ["facts.acc >= baseline.facts.acc"]})
+        EvalSuiteSpec.model_validate(
+            {"modelRef": {"uri": "/m"}, "tasks": [task], "thresholds": ["facts.acc >= baseline.facts.acc"]}
+        )
     with pytest.raises(InvalidInput, match=r"baseline EvalSuite/incumbent produced no metric facts.acc_norm"):
-        gates.evaluate(["facts.acc >= baseline.facts.acc_norm"], {"facts": {"acc": 0.5}},
-                       gates.Baseline("incumbent", {"facts.acc": 0.9, "gate_passed": 1.0}))
+        gates.evaluate(
+            ["facts.acc >= baseline.facts.acc_norm"],
+            {"facts": {"acc": 0.5}},
+            gates.Baseline("incumbent", {"facts.acc": 0.9, "gate_passed": 1.0}),
+        )

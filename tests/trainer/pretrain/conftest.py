@@ -29,8 +29,16 @@ SEQ = 32
 REPO = Path(__file__).resolve().parents[3]
 
 
-def write_shards(out: Path, tokenizer_dir: Path, *, seq: int = SEQ, n_sentences: int = 1200, seed: int = 0,
-                 val_rows: int = 16, vocab_size: int | None = None) -> Path:
+def write_shards(
+    out: Path,
+    tokenizer_dir: Path,
+    *,
+    seq: int = SEQ,
+    n_sentences: int = 1200,
+    seed: int = 0,
+    val_rows: int = 16,
+    vocab_size: int | None = None,
+) -> Path:
     """Encode generated sentences, pack into rows of `seq` tokens and write index.json + .bin files."""
     from transformers import AutoTokenizer
 
@@ -41,14 +49,23 @@ def write_shards(out: Path, tokenizer_dir: Path, *, seq: int = SEQ, n_sentences:
     rows = np.asarray(ids[: len(ids) // seq * seq], dtype=np.uint16).reshape(-1, seq)
     out.mkdir(parents=True, exist_ok=True)
     splits = {"validation": rows[:val_rows], "train": rows[val_rows:]}
-    index = ShardIndex(format=FORMAT, dtype="uint16", seq_length=seq, vocab_size=vocab_size or len(tok),
-                       bos_id=tok.bos_token_id, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id,
-                       tokens={k: int(v.size) for k, v in splits.items()}, seed=seed)
+    index = ShardIndex(
+        format=FORMAT,
+        dtype="uint16",
+        seq_length=seq,
+        vocab_size=vocab_size or len(tok),
+        bos_id=tok.bos_token_id,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        tokens={k: int(v.size) for k, v in splits.items()},
+        seed=seed,
+    )
     for split, data in splits.items():
         name = f"{'val' if split == 'validation' else 'train'}-00000.bin"
         data.tofile(out / name)
-        index.split(split).append(ShardEntry(file=name, sequences=len(data),
-                                             sha256=hashlib.sha256((out / name).read_bytes()).hexdigest()))
+        index.split(split).append(
+            ShardEntry(file=name, sequences=len(data), sha256=hashlib.sha256((out / name).read_bytes()).hexdigest())
+        )
     (out / INDEX).write_bytes(index.to_bytes())
     return out
 
@@ -125,8 +142,9 @@ def pretrain_resource(name: str = "tiny-base", **spec: Any) -> dict[str, Any]:
 
 def stage_spec(w: World, resource: dict[str, Any], *, output: str = "runs/pretrain", run_id: str = "r1") -> StageSpec:
     inputs = {"Dataset/tiny-corpus": w.dataset, **w.extra_inputs}
-    return StageSpec(stage=StageName.PRETRAIN, resource=resource, store=w.store_uri, output=output,
-                     run_id=run_id, inputs=inputs)
+    return StageSpec(
+        stage=StageName.PRETRAIN, resource=resource, store=w.store_uri, output=output, run_id=run_id, inputs=inputs
+    )
 
 
 @dataclass
@@ -150,7 +168,9 @@ def run_in_process(spec: StageSpec) -> Run:
     return Run(outcome.artifacts, outcome, records_of(buf.getvalue()))
 
 
-def run_subprocess(spec: StageSpec, tmp: Path, *, nproc: int = 1, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+def run_subprocess(
+    spec: StageSpec, tmp: Path, *, nproc: int = 1, timeout: float = 240
+) -> subprocess.CompletedProcess[str]:
     """`python -m lmforge.trainer pretrain --spec FILE`, under torchrun when `nproc` > 1."""
     from lmforge.api.contract import distributed_command
 
@@ -158,12 +178,16 @@ def run_subprocess(spec: StageSpec, tmp: Path, *, nproc: int = 1, timeout: float
     path.write_text(json.dumps(spec.wire()))
     from support.seaweed import _free_ports
 
-    cmd = distributed_command(StageName.PRETRAIN, str(path), nproc_per_node=nproc, python=sys.executable,
-                              master_port=_free_ports(1)[0])
+    cmd = distributed_command(
+        StageName.PRETRAIN, str(path), nproc_per_node=nproc, python=sys.executable, master_port=_free_ports(1)[0]
+    )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
 
 def records_of(stdout: str) -> list[ProgressRecord]:
-    return [ProgressRecord.model_validate_json(line[len(RECORD_PREFIX):])
-            for line in stdout.splitlines() if line.startswith(RECORD_PREFIX)]
+    return [
+        ProgressRecord.model_validate_json(line[len(RECORD_PREFIX) :])
+        for line in stdout.splitlines()
+        if line.startswith(RECORD_PREFIX)
+    ]

@@ -70,8 +70,7 @@ def _stacks(proc: subprocess.Popen[str], stderr: list[str]) -> str:
     before = len(stderr)
     proc.send_signal(signal.SIGUSR1)
     try:  # the main thread's dump ends at the helper's `<module>` frame
-        eventually(lambda: any("in <module>" in line for line in stderr[before:]), timeout=15,
-                   what="the stack dump")
+        eventually(lambda: any("in <module>" in line for line in stderr[before:]), timeout=15, what="the stack dump")
     except AssertionError:
         pass
     return "".join(stderr[before:])
@@ -79,24 +78,34 @@ def _stacks(proc: subprocess.Popen[str], stderr: list[str]) -> str:
 
 @pytest.mark.timeout(900)
 def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_step(
-        world: World, tmp_path: Path) -> None:
+    world: World, tmp_path: Path
+) -> None:
     """Step-20's upload is held forever; training goes on to step 30, whose save waits for it (at most
     one save in flight); the stage is SIGKILLed there. What the test waits for are marker files the
     helper writes (the upload began, the loop started save(30)), not the throttled progress lines:
     waiting for a progress line between two saves hung whenever the steps between them took under the
     0.5 s line interval — the stage was correctly blocked in the next save and printed nothing more."""
-    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": 10, "keepLast": 2},
-                                 validation={"everySteps": 5000, "batches": 1})
+    resource = pretrain_resource(
+        training={"maxSteps": 2000},
+        checkpoint={"everySteps": 10, "keepLast": 2},
+        validation={"everySteps": 5000, "batches": 1},
+    )
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(stage_spec(world, resource).wire()))
     markers = tmp_path / "markers"
     markers.mkdir()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "LMFORGE_WORK_DIR": str(tmp_path / "work")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "LMFORGE_WORK_DIR": str(tmp_path / "work"),
+    }
     helper = Path(__file__).with_name("hanging_upload.py")
     command = [sys.executable, str(helper), str(path), str(markers), "20", str(SIGKILL_STAGE_DEADLINE_S)]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-                            cwd=REPO, start_new_session=True)  # its own process group: killed as a whole
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, start_new_session=True
+    )  # its own process group: killed as a whole
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     stderr: list[str] = []
@@ -113,7 +122,7 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
                 break
             assert line is not None, "the stage exited: " + "".join(stderr[-20:])
             if line.startswith(RECORD_PREFIX):
-                record = ProgressRecord.model_validate_json(line[len(RECORD_PREFIX):])
+                record = ProgressRecord.model_validate_json(line[len(RECORD_PREFIX) :])
                 if "loss" in record.metrics:
                     newest[0] = max(newest[0], record.step)
         step = _latest_step(world.store)  # checked at every poll: never an unfinished checkpoint
@@ -123,12 +132,18 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
 
     try:
         try:
-            eventually(held_while_training_went_on, timeout=SIGKILL_WAIT_S, interval=0.2,
-                       what="step-20's upload held and training on to the save of step 30")
+            eventually(
+                held_while_training_went_on,
+                timeout=SIGKILL_WAIT_S,
+                interval=0.2,
+                what="step-20's upload held and training on to the save of step 30",
+            )
         except AssertionError as exc:
             seen = sorted(p.name for p in markers.iterdir())
-            raise AssertionError(f"{exc}; markers {seen}, newest progress step {newest[0]}; "
-                                 f"the stage's threads:\n{_stacks(proc, stderr)}") from exc
+            raise AssertionError(
+                f"{exc}; markers {seen}, newest progress step {newest[0]}; "
+                f"the stage's threads:\n{_stacks(proc, stderr)}"
+            ) from exc
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=60)
     finally:
@@ -140,16 +155,22 @@ def test_sigkill_during_a_background_upload_resumes_from_the_previous_complete_s
     assert _latest_step(world.store) == 10
     assert read_manifest(world.store, f"{CKPTS}/step-20") is None  # its upload never completed
 
-    retry = run_in_process(stage_spec(world, pretrain_resource(
-        training={"maxSteps": 13}, checkpoint={"everySteps": 10, "keepLast": 2},
-        validation={"everySteps": 5000, "batches": 1})))
+    retry = run_in_process(
+        stage_spec(
+            world,
+            pretrain_resource(
+                training={"maxSteps": 13},
+                checkpoint={"everySteps": 10, "keepLast": 2},
+                validation={"everySteps": 5000, "batches": 1},
+            ),
+        )
+    )
     assert retry.outcome.resumed_from == 10
     assert sorted(retry.outcome.losses) == [11, 12, 13]
     assert _latest_step(world.store) == 13  # the final save waited for its upload
 
 
-def test_an_error_in_the_background_save_fails_the_stage_clearly(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_error_in_the_background_save_fails_the_stage_clearly(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     real = torch.save
@@ -163,8 +184,11 @@ def test_an_error_in_the_background_save_fails_the_stage_clearly(
 
     monkeypatch.setattr(torch, "save", broken)
     spec = stage_spec(world, pretrain_resource(training={"maxSteps": 10}, checkpoint={"everySteps": 5}))
-    with pytest.raises(StageError, match=r"background save of checkpoint step-10 failed on rank 0: "
-                                         r"RuntimeError: cannot pickle the optimizer state") as exc:
+    with pytest.raises(
+        StageError,
+        match=r"background save of checkpoint step-10 failed on rank 0: "
+        r"RuntimeError: cannot pickle the optimizer state",
+    ) as exc:
         run_in_process(spec)
     assert exc.value.retryable is False and saves[0] == 1  # not retried: it is not the store refusing
     assert _latest_step(world.store) == 5
@@ -172,7 +196,8 @@ def test_an_error_in_the_background_save_fails_the_stage_clearly(
 
 
 def test_without_room_for_a_host_copy_checkpoints_are_saved_synchronously(
-        world: World, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    world: World, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     modes: list[bool] = []
     real_init = Checkpoints.__init__
 
@@ -182,25 +207,29 @@ def test_without_room_for_a_host_copy_checkpoints_are_saved_synchronously(
 
     monkeypatch.setattr(Checkpoints, "__init__", spy)
     monkeypatch.setattr(stage_mod, "checkpoint_bytes", lambda *a, **k: 2.0**50)  # a 1 PiB checkpoint state
-    run = run_in_process(stage_spec(world, pretrain_resource(training={"maxSteps": 5},
-                                                             checkpoint={"everySteps": 5})))
+    run = run_in_process(stage_spec(world, pretrain_resource(training={"maxSteps": 5}, checkpoint={"everySteps": 5})))
     assert modes == [False] and "model" in run.artifacts
     assert "saving checkpoints synchronously" in capfd.readouterr().err
     assert _latest_step(world.store) == 5
 
 
-@pytest.mark.parametrize(("snapshot", "processes", "available", "fits"), [
-    pytest.param(1e9, 1, 4e9, True, id="a-quarter-of-the-memory"),
-    pytest.param(1e9, 2, 4e9, True, id="two-processes-at-half-exactly"),
-    pytest.param(1e9, 3, 4e9, False, id="three-processes-over-half"),
-    pytest.param(3e9, 1, 4e9, False, id="one-big-copy"),
-])
-def test_host_copy_fits_in_half_the_available_memory(snapshot: float, processes: int, available: float,
-                                                     fits: bool) -> None:
+@pytest.mark.parametrize(
+    ("snapshot", "processes", "available", "fits"),
+    [
+        pytest.param(1e9, 1, 4e9, True, id="a-quarter-of-the-memory"),
+        pytest.param(1e9, 2, 4e9, True, id="two-processes-at-half-exactly"),
+        pytest.param(1e9, 3, 4e9, False, id="three-processes-over-half"),
+        pytest.param(3e9, 1, 4e9, False, id="one-big-copy"),
+    ],
+)
+def test_host_copy_fits_in_half_the_available_memory(
+    snapshot: float, processes: int, available: float, fits: bool
+) -> None:
     assert host_copy_fits(snapshot, processes, available) is fits
 
 
 # -- the save itself, against a real S3 server -------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def ranks() -> Iterator[Ranks]:
@@ -216,8 +245,11 @@ def engine(ranks: Ranks) -> Any:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    eng, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
-        "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})
+    eng, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=opt,
+        config={"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+    )
     x = torch.randn(1, 256, dtype=torch.bfloat16)
     eng.backward(eng(x).float().pow(2).mean())
     eng.step()  # materialise the optimizer state
@@ -248,7 +280,8 @@ def any_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
 
 
 def test_background_save_writes_the_synchronous_files_byte_for_byte(
-        engine: Any, ranks: Ranks, any_store: Store, tmp_path: Path) -> None:
+    engine: Any, ranks: Ranks, any_store: Store, tmp_path: Path
+) -> None:
     import torch
 
     store = any_store
@@ -274,7 +307,8 @@ def test_background_save_writes_the_synchronous_files_byte_for_byte(
 
 
 def test_latest_moves_after_the_upload_and_the_next_save_waits_for_it(
-        engine: Any, ranks: Ranks, store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: Any, ranks: Ranks, store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     gate = threading.Event()

@@ -25,8 +25,9 @@ from .conftest import World, module_world, pretrain_resource, run_in_process, st
 pytestmark = pytest.mark.ml
 
 CKPTS = "runs/pretrain/checkpoints"
-RESOURCE = pretrain_resource(training={"maxSteps": 10}, checkpoint={"everySteps": 5, "keepLast": 2},
-                             validation={"everySteps": 50, "batches": 1})
+RESOURCE = pretrain_resource(
+    training={"maxSteps": 10}, checkpoint={"everySteps": 5, "keepLast": 2}, validation={"everySteps": 50, "batches": 1}
+)
 
 
 class FakeClock:
@@ -56,14 +57,15 @@ def _copy(w: World, tmp: Path) -> World:
 
 
 def _largest(root: Path) -> Path:
-    return max((p for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.json"),
-               key=lambda p: p.stat().st_size)
+    return max(
+        (p for p in root.rglob("*") if p.is_file() and p.name != "MANIFEST.json"), key=lambda p: p.stat().st_size
+    )
 
 
 def _flip_bytes(root: Path) -> None:
     path = _largest(root)
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 64] = bytes(64)  # same size, different content
+    data[len(data) // 2 : len(data) // 2 + 64] = bytes(64)  # same size, different content
     path.write_bytes(bytes(data))
 
 
@@ -75,11 +77,16 @@ def _delete_manifest(root: Path) -> None:
     (root / "MANIFEST.json").unlink()
 
 
-@pytest.mark.parametrize("damage", [_flip_bytes, _delete_file, _delete_manifest],
-                         ids=["corrupt-file", "missing-file", "no-manifest"])
+@pytest.mark.parametrize(
+    "damage", [_flip_bytes, _delete_file, _delete_manifest], ids=["corrupt-file", "missing-file", "no-manifest"]
+)
 def test_damaged_latest_falls_back_to_the_previous_checkpoint(
-        trained: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str],
-        damage: Callable[[Path], None]) -> None:
+    trained: World,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    damage: Callable[[Path], None],
+) -> None:
     w = _copy(trained, tmp_path)
     monkeypatch.setenv("LMFORGE_WORK_DIR", str(tmp_path / "work"))
     damage(tmp_path / "store" / CKPTS / "step-10")
@@ -113,8 +120,9 @@ def test_damaged_latest_falls_back_to_the_previous_checkpoint(
     assert all(eta is not None and 0 < eta < 0.1 for eta in etas.values()), etas
 
 
-def test_every_checkpoint_damaged_is_a_clear_error(trained: World, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_checkpoint_damaged_is_a_clear_error(
+    trained: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lmforge.store import StoreError
 
     w = _copy(trained, tmp_path)

@@ -22,8 +22,9 @@ from .conftest import World, module_world, pretrain_resource, run_in_process, st
 pytestmark = pytest.mark.ml
 
 CKPTS = "runs/pretrain/checkpoints"
-RESOURCE = pretrain_resource(training={"maxSteps": 4}, checkpoint={"everySteps": 2, "keepLast": 2},
-                             validation={"everySteps": 50, "batches": 1})
+RESOURCE = pretrain_resource(
+    training={"maxSteps": 4}, checkpoint={"everySteps": 2, "keepLast": 2}, validation={"everySteps": 50, "batches": 1}
+)
 
 
 @pytest.fixture(scope="module")
@@ -45,10 +46,12 @@ def _replace(step_dir: Path, name: str, marker: Path) -> None:
     (step_dir / "MANIFEST.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("name", ["rng-rank0.pt", "mp_rank_00_model_states.pt",
-                                  "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"])
-def test_a_crafted_checkpoint_file_is_refused_on_resume(trained: World, tmp_path: Path, name: str,
-                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    "name", ["rng-rank0.pt", "mp_rank_00_model_states.pt", "bf16_zero_pp_rank_0_mp_rank_00_optim_states.pt"]
+)
+def test_a_crafted_checkpoint_file_is_refused_on_resume(
+    trained: World, tmp_path: Path, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     shutil.copytree(trained.tmp / "store" / "runs", tmp_path / "store" / "runs")
     w = World(LocalStore(tmp_path / "store"), f"file://{tmp_path / 'store'}", trained.dataset, tmp_path)
     monkeypatch.setenv("LMFORGE_WORK_DIR", str(tmp_path / "work"))
@@ -56,8 +59,11 @@ def test_a_crafted_checkpoint_file_is_refused_on_resume(trained: World, tmp_path
     assert (step_dir / name).is_file()
     marker = tmp_path / "pwned"
     _replace(step_dir, name, marker)
-    resource = pretrain_resource(training={"maxSteps": 6}, checkpoint={"everySteps": 2, "keepLast": 2},
-                                 validation={"everySteps": 50, "batches": 1})
+    resource = pretrain_resource(
+        training={"maxSteps": 6},
+        checkpoint={"everySteps": 2, "keepLast": 2},
+        validation={"everySteps": 50, "batches": 1},
+    )
     with pytest.raises(UnsafeCheckpoint, match="refused to load"):
         run_in_process(stage_spec(w, resource))
     assert not marker.exists()
@@ -66,9 +72,14 @@ def test_a_crafted_checkpoint_file_is_refused_on_resume(trained: World, tmp_path
 @pytest.mark.parametrize("zero", [0, 2, 3])
 def test_every_zero_stage_resumes_weights_only(zero: int, world: World) -> None:
     """(Stage 1 resumes in the fallback and kill tests.)"""
+
     def resource(steps: int) -> dict[str, object]:
-        return pretrain_resource(training={"maxSteps": steps}, deepspeed={"zeroStage": zero},
-                                 checkpoint={"everySteps": 2, "keepLast": 2}, validation={"everySteps": 50, "batches": 1})
+        return pretrain_resource(
+            training={"maxSteps": steps},
+            deepspeed={"zeroStage": zero},
+            checkpoint={"everySteps": 2, "keepLast": 2},
+            validation={"everySteps": 50, "batches": 1},
+        )
 
     run_in_process(stage_spec(world, resource(2)))
     resumed = run_in_process(stage_spec(world, resource(4)))

@@ -41,15 +41,27 @@ def _lines(stream: object, out: queue.Queue[str | None]) -> None:
 
 
 def test_sigterm_checkpoints_the_current_step_and_the_retry_resumes_there(world: World, tmp_path: Path) -> None:
-    resource = pretrain_resource(training={"maxSteps": 2000}, checkpoint={"everySteps": EVERY},
-                                 validation={"everySteps": EVERY, "batches": 1})
+    resource = pretrain_resource(
+        training={"maxSteps": 2000}, checkpoint={"everySteps": EVERY}, validation={"everySteps": EVERY, "batches": 1}
+    )
     spec = stage_spec(world, resource)
     path = tmp_path / "spec.json"
     path.write_text(json.dumps(spec.wire()))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "LMFORGE_WORK_DIR": str(tmp_path / "work")}
-    proc = subprocess.Popen(stage_command(StageName.PRETRAIN, str(path), sys.executable), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, cwd=REPO)
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+        "OMP_NUM_THREADS": "1",
+        "LMFORGE_WORK_DIR": str(tmp_path / "work"),
+    }
+    proc = subprocess.Popen(
+        stage_command(StageName.PRETRAIN, str(path), sys.executable),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
+    )
     lines: queue.Queue[str | None] = queue.Queue()
     threading.Thread(target=_lines, args=(proc.stdout, lines), daemon=True).start()
     stderr: list[str] = []
@@ -59,8 +71,10 @@ def test_sigterm_checkpoints_the_current_step_and_the_retry_resumes_there(world:
         while True:  # until the first training step's record, then SIGTERM
             line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
             assert line is not None, "".join(stderr)
-            if line.startswith(RECORD_PREFIX) and "loss" in ProgressRecord.model_validate_json(
-                    line[len(RECORD_PREFIX):]).metrics:
+            if (
+                line.startswith(RECORD_PREFIX)
+                and "loss" in ProgressRecord.model_validate_json(line[len(RECORD_PREFIX) :]).metrics
+            ):
                 proc.send_signal(signal.SIGTERM)
                 break
         assert proc.wait(timeout=120) == EXIT_FAILED
@@ -70,7 +84,7 @@ def test_sigterm_checkpoints_the_current_step_and_the_retry_resumes_there(world:
     records = []
     while (line := lines.get(timeout=10)) is not None:
         if line.startswith(RECORD_PREFIX):
-            records.append(ProgressRecord.model_validate_json(line[len(RECORD_PREFIX):]))
+            records.append(ProgressRecord.model_validate_json(line[len(RECORD_PREFIX) :]))
 
     latest = json.loads(world.store.get_bytes(f"{CKPTS}/latest"))
     step = latest["step"]
@@ -82,8 +96,11 @@ def test_sigterm_checkpoints_the_current_step_and_the_retry_resumes_there(world:
     assert stderr[-1].strip() == ERROR_PREFIX + message
 
     # The retry (same job, same output prefix) continues at that step; a short run to keep the test quick.
-    short = pretrain_resource(training={"maxSteps": step + 3}, checkpoint={"everySteps": EVERY},
-                              validation={"everySteps": EVERY, "batches": 1})
+    short = pretrain_resource(
+        training={"maxSteps": step + 3},
+        checkpoint={"everySteps": EVERY},
+        validation={"everySteps": EVERY, "batches": 1},
+    )
     again = run_in_process(stage_spec(world, short))
     assert again.outcome.resumed_from == step
     assert sorted(again.outcome.losses) == [step + 1, step + 2, step + 3]

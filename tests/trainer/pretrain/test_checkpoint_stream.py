@@ -53,8 +53,11 @@ def engine(ranks: World) -> Any:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(256, 1024), torch.nn.Linear(1024, 256))
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
-    eng, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config={
-        "train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}})
+    eng, _, _, _ = deepspeed.initialize(
+        model=model,
+        optimizer=opt,
+        config={"train_micro_batch_size_per_gpu": 1, "bf16": {"enabled": True}, "zero_optimization": {"stage": 1}},
+    )
     x = torch.randn(1, 256, dtype=torch.bfloat16)
     eng.backward(eng(x).float().pow(2).mean())
     eng.step()  # materialise the optimizer state (the multi-MB file)
@@ -86,7 +89,8 @@ def _check_resume(engine: Any, ckpts: Checkpoints, saved: list[Any]) -> None:
 
 
 def test_streamed_save_stores_what_the_manifest_says_and_resumes(
-        engine: Any, ranks: World, store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    engine: Any, ranks: World, store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     streamed: list[str] = []
     real = S3Store.put_stream_hashed
 
@@ -111,8 +115,13 @@ def test_streamed_save_stores_what_the_manifest_says_and_resumes(
 
 
 def test_upload_failing_mid_stream_falls_back_to_a_complete_local_save(
-        engine: Any, ranks: World, store: S3Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-        capfd: pytest.CaptureFixture[str]) -> None:
+    engine: Any,
+    ranks: World,
+    store: S3Store,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
     def broken(self: S3Store, key: str, stream: Readable) -> tuple[int, str]:
         stream.read(1024)  # the writer is mid-file, possibly blocked on the full pipe
         raise StoreError(f"cannot write {self.url(key)}: connection reset")

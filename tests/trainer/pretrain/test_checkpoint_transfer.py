@@ -69,7 +69,7 @@ def test_streamed_hash_round_trip_with_many_parts(store: S3Store, tmp_path: Path
 @pytest.mark.parametrize("damage", ["corrupt", "truncated"])
 def test_damaged_object_is_detected_on_the_streamed_download(store: S3Store, tmp_path: Path, damage: str) -> None:
     data = _publish(store, tmp_path)
-    bad = data[: 5 * MB] + bytes(100) + data[5 * MB + 100:] if damage == "corrupt" else data[: -MB]
+    bad = data[: 5 * MB] + bytes(100) + data[5 * MB + 100 :] if damage == "corrupt" else data[:-MB]
     store.put_bytes("step-1/optim.pt", bad)
     exc = _download(store, tmp_path / "dest")
     assert isinstance(exc, ArtifactCorrupt) and "optim.pt" in str(exc)

@@ -17,8 +17,9 @@ from .conftest import World, pretrain_resource, publish_dataset, records_of, run
 pytestmark = pytest.mark.ml
 
 
-def _s3_world(s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch,
-              prefix: str) -> World:
+def _s3_world(
+    s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> World:
     """An empty store under `prefix` in the test's SeaweedFS, with the tiny dataset published in it."""
     s3_server.apply_env(monkeypatch)
     monkeypatch.setenv("LMFORGE_CACHE", str(tmp_path / "cache"))
@@ -29,7 +30,8 @@ def _s3_world(s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, mo
 
 
 def test_end_to_end_subprocess_with_checkpoints_in_s3(
-        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "e2e-pretrain")
     store, uri = w.store, w.store_uri
     spec = stage_spec(w, pretrain_resource(training={"maxSteps": 8}, checkpoint={"everySteps": 4}))
@@ -53,9 +55,13 @@ def test_end_to_end_subprocess_with_checkpoints_in_s3(
 @pytest.mark.slow
 @pytest.mark.parametrize("zero", [1, 2, 3])
 def test_two_processes_train_under_each_zero_stage(zero: int, world: World) -> None:
-    resource = pretrain_resource(training={"maxSteps": 6, "microBatchSize": 4}, deepspeed={"zeroStage": zero},
-                                 checkpoint={"everySteps": 3}, validation={"everySteps": 3, "batches": 2},
-                                 compute={"threads": 1})
+    resource = pretrain_resource(
+        training={"maxSteps": 6, "microBatchSize": 4},
+        deepspeed={"zeroStage": zero},
+        checkpoint={"everySteps": 3},
+        validation={"everySteps": 3, "batches": 2},
+        compute={"threads": 1},
+    )
     proc = run_subprocess(stage_spec(world, resource), world.tmp, nproc=2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     records = records_of(proc.stdout)
@@ -76,15 +82,20 @@ def test_two_processes_train_under_each_zero_stage(zero: int, world: World) -> N
 
 @pytest.mark.slow
 def test_two_processes_resume_weights_only_from_s3(
-        s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_server: SeaweedServer, tmp_path: Path, tiny_tokenizer: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two ranks' ZeRO-1 checkpoint, streamed to S3 (each rank's optimizer partition), resumes under
     weights-only loading, as a retried multi-node Job does."""
     w = _s3_world(s3_server, tmp_path, tiny_tokenizer, monkeypatch, "two-rank-resume")
 
     def resource(steps: int) -> dict[str, object]:
-        return pretrain_resource(training={"maxSteps": steps, "microBatchSize": 4}, deepspeed={"zeroStage": 1},
-                                 checkpoint={"everySteps": 2}, validation={"everySteps": 50, "batches": 1},
-                                 compute={"threads": 1})
+        return pretrain_resource(
+            training={"maxSteps": steps, "microBatchSize": 4},
+            deepspeed={"zeroStage": 1},
+            checkpoint={"everySteps": 2},
+            validation={"everySteps": 50, "batches": 1},
+            compute={"threads": 1},
+        )
 
     first = run_subprocess(stage_spec(w, resource(2)), tmp_path, nproc=2)
     assert first.returncode == 0, first.stderr[-3000:]

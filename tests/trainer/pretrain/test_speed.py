@@ -21,8 +21,16 @@ def test_eager_attention_matches_sdpa_and_gpu_keeps_default() -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, head_dim=32, max_position_embeddings=64, use_cache=False)
+    config = LlamaConfig(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        head_dim=32,
+        max_position_embeddings=64,
+        use_cache=False,
+    )
     model = LlamaForCausalLM(config).eval()
     x = torch.randint(0, 128, (2, 48))
     assert choose_attention(model, 48, uses_gpu=True) == "sdpa"
@@ -42,8 +50,7 @@ def test_fused_adamw_makes_the_default_update() -> None:
     b = torch.nn.Linear(16, 8)
     b.load_state_dict(a.state_dict())
     fused = adamw([{"params": a.parameters(), "weight_decay": 0.1}], 1e-2, (0.9, 0.95), 1e-8)
-    plain = torch.optim.AdamW([{"params": b.parameters(), "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95),
-                              eps=1e-8)
+    plain = torch.optim.AdamW([{"params": b.parameters(), "weight_decay": 0.1}], lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
     before = a.weight.detach().clone()
     x = torch.randn(4, 16)
     for model, opt in ((a, fused), (b, plain)):

@@ -72,7 +72,7 @@ def test_export_loads_back_in_transformers_and_generates(reference: tuple[World,
     ids = tok("the red cat", return_tensors="pt")["input_ids"]
     out = model.generate(ids, max_new_tokens=8, do_sample=False)
     assert out.shape[1] > ids.shape[1]
-    assert tok.decode(out[0][ids.shape[1]:]).strip()
+    assert tok.decode(out[0][ids.shape[1] :]).strip()
 
 
 def test_keeps_the_last_k_checkpoints_and_latest_names_the_newest(reference: tuple[World, Run]) -> None:
@@ -107,7 +107,8 @@ def _crash(_loss: Any) -> Any:
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
 def test_kill_and_resume_continues_with_the_same_data_and_losses(
-        world: World, reference: tuple[World, Run], monkeypatch: pytest.MonkeyPatch, asynchronous: bool) -> None:
+    world: World, reference: tuple[World, Run], monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
     spec = stage_spec(world, pretrain_resource(checkpoint={"async": asynchronous}))
     with pytest.MonkeyPatch.context() as mp:
         _fault(mp, 22, _crash)
@@ -125,11 +126,9 @@ def test_kill_and_resume_continues_with_the_same_data_and_losses(
     assert any("resumed from checkpoint step-20" in (r.message or "") for r in resumed.records)
 
 
-def test_latest_never_points_at_a_checkpoint_cut_off_mid_upload(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_latest_never_points_at_a_checkpoint_cut_off_mid_upload(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
     # The synchronous save's crash; a SIGKILL during a background upload is in test_checkpoint_async.py.
-    spec = stage_spec(world, pretrain_resource(training={"maxSteps": 10},
-                                               checkpoint={"everySteps": 5, "async": False}))
+    spec = stage_spec(world, pretrain_resource(training={"maxSteps": 10}, checkpoint={"everySteps": 5, "async": False}))
     real = ckpt_mod.ArtifactWriter.add_file
     uploads = [0]
 
@@ -154,7 +153,8 @@ def test_latest_never_points_at_a_checkpoint_cut_off_mid_upload(
 
 
 def test_store_outage_while_checkpointing_retries_and_keeps_the_old_latest(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lmforge.store import StoreError
 
     monkeypatch.setattr(ckpt_mod, "UPLOAD_BACKOFF_S", 0.01)
@@ -176,9 +176,11 @@ def test_store_outage_while_checkpointing_retries_and_keeps_the_old_latest(
 
 
 def test_nan_loss_stops_with_a_clear_reason_and_keeps_the_last_good_checkpoint(
-        world: World, monkeypatch: pytest.MonkeyPatch) -> None:
-    spec = stage_spec(world, pretrain_resource(training={"maxSteps": 10, "maxBadSteps": 2},
-                                               checkpoint={"everySteps": 5}))
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = stage_spec(
+        world, pretrain_resource(training={"maxSteps": 10, "maxBadSteps": 2}, checkpoint={"everySteps": 5})
+    )
     _fault(monkeypatch, 8, lambda loss: loss * float("nan"))
     with pytest.raises(StageError, match=r"NaN/Inf on 3 consecutive batches at step 8.*step-5") as exc:
         run_in_process(spec)
@@ -195,14 +197,19 @@ def test_tokenizer_and_vocab_mismatch_is_a_clear_error(world: World, tiny_tokeni
 
 
 def test_continual_pretraining_starts_from_the_model_and_records_both_lineages(
-        world: World, reference: tuple[World, Run], tiny_tokenizer: Path) -> None:
+    world: World, reference: tuple[World, Run], tiny_tokenizer: Path
+) -> None:
     old = reference[1].artifacts["model"]
     world.extra_inputs["Dataset/old-corpus"] = publish_dataset(
-        world.store, "old-corpus", world.tmp, tiny_tokenizer, seed=5, n_sentences=300)
-    resource = pretrain_resource(initFrom={"uri": old}, replay={"datasetRef": {"name": "old-corpus"},
-                                                                "fraction": 0.25},
-                                 training={"maxSteps": 4}, optimizer={"warmupSteps": 1, "lr": 0.001},
-                                 deepspeed={"zeroStage": 0})  # stage 0 (plain data parallel) covered here
+        world.store, "old-corpus", world.tmp, tiny_tokenizer, seed=5, n_sentences=300
+    )
+    resource = pretrain_resource(
+        initFrom={"uri": old},
+        replay={"datasetRef": {"name": "old-corpus"}, "fraction": 0.25},
+        training={"maxSteps": 4},
+        optimizer={"warmupSteps": 1, "lr": 0.001},
+        deepspeed={"zeroStage": 0},
+    )  # stage 0 (plain data parallel) covered here
     run = run_in_process(stage_spec(world, resource))
     ref_final = reference[1].outcome.losses[STEPS]
     assert run.outcome.losses[1] < 0.8 * math.log(300)  # starts trained, not from scratch

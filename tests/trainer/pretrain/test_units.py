@@ -77,11 +77,13 @@ def test_shard_index_reads_the_dataset_format(tmp_path: Path, tiny_tokenizer: Pa
 
 
 def _spec(**training: object) -> PretrainJobSpec:
-    return PretrainJobSpec.model_validate({
-        "datasetRef": {"name": "d"},
-        "training": {"microBatchSize": 4, "gradientAccumulationSteps": 2, **training},
-        "deepspeed": {"zeroStage": 3, "extraConfig": {"zero_optimization": {"reduce_bucket_size": 1000}}},
-    })
+    return PretrainJobSpec.model_validate(
+        {
+            "datasetRef": {"name": "d"},
+            "training": {"microBatchSize": 4, "gradientAccumulationSteps": 2, **training},
+            "deepspeed": {"zeroStage": 3, "extraConfig": {"zero_optimization": {"reduce_bucket_size": 1000}}},
+        }
+    )
 
 
 def test_deepspeed_config_follows_the_spec_and_merges_extra_keys() -> None:

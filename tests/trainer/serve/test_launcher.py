@@ -57,14 +57,28 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
     adapter = tmp_path / "adapter"
     adapter.mkdir()
     (adapter / "adapter_config.json").write_text(json.dumps({"r": 8}))
-    serving = Serving(dtype="bfloat16", max_model_len=512, tensor_parallel_size=2, gpu_memory_utilization=0.8,
-                      port=9001, extra_args=["--enforce-eager"])
+    serving = Serving(
+        dtype="bfloat16",
+        max_model_len=512,
+        tensor_parallel_size=2,
+        gpu_memory_utilization=0.8,
+        port=9001,
+        extra_args=["--enforce-eager"],
+    )
     cmd = server_command(tmp_path, serving, "chat", gpus=2, lora={"sft": adapter}, python="py")
     line = " ".join(cmd)
     assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
-    for part in ("--port 9001", "--served-model-name chat", "--dtype bfloat16", "--max-model-len 512",
-                 "--tensor-parallel-size 2", "--gpu-memory-utilization 0.8", "--enable-lora",
-                 "--max-lora-rank 8", f"--lora-modules sft={adapter}"):
+    for part in (
+        "--port 9001",
+        "--served-model-name chat",
+        "--dtype bfloat16",
+        "--max-model-len 512",
+        "--tensor-parallel-size 2",
+        "--gpu-memory-utilization 0.8",
+        "--enable-lora",
+        "--max-lora-rank 8",
+        f"--lora-modules sft={adapter}",
+    ):
         assert part in line
     assert cmd[-1] == "--enforce-eager"
     cpu = " ".join(server_command(tmp_path, Serving(), "m", gpus=0))
@@ -77,8 +91,15 @@ def test_models_the_cpu_build_cannot_serve_are_refused_before_start(world: World
     cases = {
         "head_dim": ({**config, "head_dim": 16}, "head_dim ≥ 32"),
         "arch": ({**config, "architectures": ["NoSuchModelForCausalLM"]}, "cannot serve architecture"),
-        "w8a16": ({**config, "quantization_config": {"config_groups": {"group_0": {
-            "weights": {"type": "int", "num_bits": 8}, "input_activations": None}}}}, "8-bit weight-only"),
+        "w8a16": (
+            {
+                **config,
+                "quantization_config": {
+                    "config_groups": {"group_0": {"weights": {"type": "int", "num_bits": 8}, "input_activations": None}}
+                },
+            },
+            "8-bit weight-only",
+        ),
     }
     for name, (cfg, message) in cases.items():
         d = tmp_path / name

@@ -58,17 +58,32 @@ def served(world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
     tmp = tmp_path_factory.mktemp("serve-run")
     os.environ["LMFORGE_WORK_DIR"] = str(tmp / "work")
     arts, _ = world.compress("rel", {"quantization": {"method": "w8a8"}})
-    spec = world.compress_spec("rel", {"quantization": {"method": "w8a8"}}, serving={
-        "servedModelName": "tiny", "maxModelLen": 128, "port": _free_port(), "extraArgs": ["--enforce-eager"]})
-    spec = spec.model_copy(update={
-        "stage": StageName.SERVE, "output": "releases/rel/serve", "run_id": "rel-serve",
-        "inputs": {"ModelRelease/rel": InputArtifacts(kind="ModelRelease", name="rel", artifacts={"model": arts["model"]})}})
+    spec = world.compress_spec(
+        "rel",
+        {"quantization": {"method": "w8a8"}},
+        serving={"servedModelName": "tiny", "maxModelLen": 128, "port": _free_port(), "extraArgs": ["--enforce-eager"]},
+    )
+    spec = spec.model_copy(
+        update={
+            "stage": StageName.SERVE,
+            "output": "releases/rel/serve",
+            "run_id": "rel-serve",
+            "inputs": {
+                "ModelRelease/rel": InputArtifacts(kind="ModelRelease", name="rel", artifacts={"model": arts["model"]})
+            },
+        }
+    )
     spec_file = tmp / "spec.json"
     spec_file.write_text(json.dumps(spec.wire()))
     env = {**os.environ, "LMFORGE_CACHE": str(tmp / "cache"), "LMFORGE_WORK_DIR": str(tmp / "work")}
-    proc = subprocess.Popen([sys.executable, "-m", "lmforge.trainer", "serve", "--spec", str(spec_file)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "lmforge.trainer", "serve", "--spec", str(spec_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     lines: queue.Queue[str] = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout or []], daemon=True).start()
     records: list[ProgressRecord] = []
@@ -97,14 +112,17 @@ def test_ready_is_reported_once_serving(served: Served) -> None:
 
 
 def test_completions(served: Served) -> None:
-    out = _post(served.endpoint + "/completions", {"model": "tiny", "prompt": "the red cat", "max_tokens": 6,
-                                                   "temperature": 0})
+    out = _post(
+        served.endpoint + "/completions", {"model": "tiny", "prompt": "the red cat", "max_tokens": 6, "temperature": 0}
+    )
     assert out["usage"]["completion_tokens"] == 6 and out["choices"][0]["text"]
 
 
 def test_chat_completions(served: Served) -> None:
-    out = _post(served.endpoint + "/chat/completions", {
-        "model": "tiny", "messages": [{"role": "user", "content": "the old dog"}], "max_tokens": 5})
+    out = _post(
+        served.endpoint + "/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "the old dog"}], "max_tokens": 5},
+    )
     assert out["choices"][0]["message"]["role"] == "assistant" and out["usage"]["completion_tokens"] > 0
 
 

@@ -27,13 +27,35 @@ from lmforge.trainer.tracking.mlflow import MlflowTracker
 from lmforge.trainer.tracking.tensorboard import TensorBoardTracker, crc32c, masked_crc
 
 
-def spec(kind: str, name: str, stage: StageName, run_id: str, store: Path, *,
-         inputs: dict[str, InputArtifacts] | None = None, body: dict[str, Any] | None = None) -> StageSpec:
-    resource = {"apiVersion": "lmforge.io/v1alpha1", "kind": kind, "metadata": {"name": name},
-                "spec": body or {"training": {"maxSteps": 5, "microBatchSize": 2}, "tags": ["a", "b"],
-                                 "tracking": {"tags": {"team": "llm"}}}}
-    return StageSpec(stage=stage, resource=resource, store=str(store), output=f"x/{name}/{run_id}",
-                     run_id=run_id, inputs=inputs or {})
+def spec(
+    kind: str,
+    name: str,
+    stage: StageName,
+    run_id: str,
+    store: Path,
+    *,
+    inputs: dict[str, InputArtifacts] | None = None,
+    body: dict[str, Any] | None = None,
+) -> StageSpec:
+    resource = {
+        "apiVersion": "lmforge.io/v1alpha1",
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": body
+        or {
+            "training": {"maxSteps": 5, "microBatchSize": 2},
+            "tags": ["a", "b"],
+            "tracking": {"tags": {"team": "llm"}},
+        },
+    }
+    return StageSpec(
+        stage=stage,
+        resource=resource,
+        store=str(store),
+        output=f"x/{name}/{run_id}",
+        run_id=run_id,
+        inputs=inputs or {},
+    )
 
 
 def reporter(s: StageSpec, tracker: Any) -> ProgressReporter:
@@ -49,12 +71,23 @@ def closed_port() -> int:
 
 
 def test_flatten_gives_dotted_keys_and_json_leaves() -> None:
-    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {"a.b": "1", "a.c": "[1, 2]", "d": "x", "e": "{}"}
+    assert flatten({"a": {"b": 1, "c": [1, 2]}, "d": "x", "e": {}}) == {
+        "a.b": "1",
+        "a.c": "[1, 2]",
+        "d": "x",
+        "e": "{}",
+    }
 
 
 def test_run_info_names_the_run_after_its_id_and_leaves_tracking_out_of_params(tmp_path: Path) -> None:
-    s = spec("PretrainJob", "tiny", StageName.PRETRAIN, "tiny-abc", tmp_path,
-             inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts={"shards": "file:///s"})})
+    s = spec(
+        "PretrainJob",
+        "tiny",
+        StageName.PRETRAIN,
+        "tiny-abc",
+        tmp_path,
+        inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts={"shards": "file:///s"})},
+    )
     info = run_info(s)
     assert info.run_id == "tiny-abc" and info.experiment == "lmforge"
     assert info.tags["lmforge.kind"] == "PretrainJob" and info.tags["lmforge.namespace"] == "default"
@@ -81,11 +114,11 @@ def read_events(directory: Path) -> list[bytes]:
         data = path.read_bytes()
         i = 0
         while i < len(data):
-            header = data[i:i + 8]
+            header = data[i : i + 8]
             (length,) = struct.unpack("<Q", header)
-            assert struct.unpack("<I", data[i + 8:i + 12])[0] == masked_crc(header)
-            body = data[i + 12:i + 12 + length]
-            assert struct.unpack("<I", data[i + 12 + length:i + 16 + length])[0] == masked_crc(body)
+            assert struct.unpack("<I", data[i + 8 : i + 12])[0] == masked_crc(header)
+            body = data[i + 12 : i + 12 + length]
+            assert struct.unpack("<I", data[i + 12 + length : i + 16 + length])[0] == masked_crc(body)
             out.append(body)
             i += 16 + length
     return out
@@ -113,8 +146,9 @@ def test_tensorboard_events_carry_the_scalars_and_steps(tmp_path: Path) -> None:
 # Faults (no server) ---------------------------------------------------------------------------------
 
 
-def test_an_unreachable_server_neither_fails_nor_slows_the_stage(tmp_path: Path,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_an_unreachable_server_neither_fails_nor_slows_the_stage(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     s = spec("PretrainJob", "t", StageName.PRETRAIN, "t-1", tmp_path)
     before = sum(tracking_failures().values())
     tracker = MlflowTracker(f"http://127.0.0.1:{closed_port()}", run_info(s))
@@ -163,7 +197,8 @@ def runs_by_name(server: MlflowServer) -> dict[str, dict[str, Any]]:
 
 
 def test_stage_runs_land_in_mlflow_with_steps_tags_params_artifacts_and_lineage(
-        mlflow: MlflowServer, tmp_path: Path) -> None:
+    mlflow: MlflowServer, tmp_path: Path
+) -> None:
     store = open_store(str(tmp_path / "store"))
     store.put_bytes("x/data/card/card.md", b"# Dataset card\n")
     store.put_bytes("x/data/card/card.json", b'{"tokens": 10}')
@@ -203,13 +238,20 @@ def test_stage_runs_land_in_mlflow_with_steps_tags_params_artifacts_and_lineage(
 
 def serve_release(mlflow: MlflowServer, tmp_path: Path, run_id: str, model: str) -> MlflowTracker:
     inputs = {
-        "ModelRelease/rel": InputArtifacts(kind="ModelRelease", name="rel", artifacts={"model": model},
-                                           lineage=["Dataset/data", "PretrainJob/tiny"]),
+        "ModelRelease/rel": InputArtifacts(
+            kind="ModelRelease", name="rel", artifacts={"model": model}, lineage=["Dataset/data", "PretrainJob/tiny"]
+        ),
         "EvalSuite/evals": InputArtifacts(kind="EvalSuite", name="evals", metrics={"hellaswag.acc": 0.31}),
     }
-    s = spec("ModelRelease", "rel", StageName.SERVE, run_id, tmp_path, inputs=inputs,
-             body={"modelRef": {"kind": "PretrainJob", "name": "tiny"},
-                   "tracking": {"registeredModel": "tiny-chat"}})
+    s = spec(
+        "ModelRelease",
+        "rel",
+        StageName.SERVE,
+        run_id,
+        tmp_path,
+        inputs=inputs,
+        body={"modelRef": {"kind": "PretrainJob", "name": "tiny"}, "tracking": {"registeredModel": "tiny-chat"}},
+    )
     tracker = MlflowTracker(mlflow.url, run_info(s))
     rep = reporter(s, tracker)
     rep.progress(3, 3, metrics={"ready_seconds": 1.5}, force=True)
@@ -218,13 +260,16 @@ def serve_release(mlflow: MlflowServer, tmp_path: Path, run_id: str, model: str)
 
 
 def test_a_served_release_is_the_champion_version_and_a_replaced_one_loses_the_alias(
-        mlflow: MlflowServer, tmp_path: Path) -> None:
+    mlflow: MlflowServer, tmp_path: Path
+) -> None:
     first = serve_release(mlflow, tmp_path, "rel-aaa", "file:///store/rel-aaa/model")
     versions = mlflow.eventually("model", lambda vs: len(vs) == 1 and vs[0]["aliases"], name="tiny-chat")
     assert versions[0]["aliases"] == ["champion"]
     assert versions[0]["tags"]["lmforge.model_uri"] == "file:///store/rel-aaa/model"
     assert versions[0]["tags"]["eval.evals.hellaswag.acc"] == "0.31"
-    assert versions[0]["tags"]["lmforge.lineage"] == "Dataset/data > EvalSuite/evals > ModelRelease/rel > PretrainJob/tiny"
+    assert (
+        versions[0]["tags"]["lmforge.lineage"] == "Dataset/data > EvalSuite/evals > ModelRelease/rel > PretrainJob/tiny"
+    )
     first.close(timeout=60)
 
     second = serve_release(mlflow, tmp_path, "rel-bbb", "file:///store/rel-bbb/model")
@@ -263,14 +308,23 @@ def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_p
 
 
 def test_the_serving_init_container_registers_the_champion_in_the_cluster(
-        mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from lmforge.trainer.serve.prepare import register
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow.url)
-    inputs = {"ModelRelease/prod": InputArtifacts(kind="ModelRelease", name="prod",
-                                                  artifacts={"model": "s3://b/prod/model"})}
-    s = spec("ModelRelease", "prod", StageName.SERVE, "prod-ccc", tmp_path, inputs=inputs,
-             body={"modelRef": {"kind": "PretrainJob", "name": "tiny"}})
+    inputs = {
+        "ModelRelease/prod": InputArtifacts(kind="ModelRelease", name="prod", artifacts={"model": "s3://b/prod/model"})
+    }
+    s = spec(
+        "ModelRelease",
+        "prod",
+        StageName.SERVE,
+        "prod-ccc",
+        tmp_path,
+        inputs=inputs,
+        body={"modelRef": {"kind": "PretrainJob", "name": "tiny"}},
+    )
     register(s)
     versions = mlflow.query("model", name="prod")  # default name: the release's
     assert [v["aliases"] for v in versions] == [["champion"]]
