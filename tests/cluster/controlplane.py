@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from support import waiting
+
 HERE = Path(__file__).resolve().parent
 STAGES_DIR = HERE / "stages"
 BUILD_SH = HERE / "build.sh"
@@ -73,29 +75,23 @@ def eventually(
     what: str = "condition",
     abort: Callable[[], str | None] | None = None,
 ) -> T:
-    """Poll ``check`` until it returns a truthy value and return that value.
+    """`support.waiting.eventually` with the cluster's defaults.
 
-    Why: every wait on the cluster is on an asynchronous controller; a fixed sleep is either
-    flaky or slow. Exceptions from ``check`` count as "not yet" (the API may not be up). ``abort``
-    is consulted each round and fails fast with its message, e.g. when a component process died.
+    Why these: every wait on the cluster is on an asynchronous controller, and the API may not be up
+    yet, so any exception from `check` counts as "not yet"; `abort` (e.g. a component process died)
+    fails fast with a ControlPlaneError; past the deadline a TimeoutError, which callers catch to say
+    where things stand.
     """
-    deadline = time.monotonic() + timeout
-    last_error: BaseException | None = None
-    while True:
-        try:
-            result = check()
-            if result:
-                return result
-        except Exception as exc:  # the thing polled is not ready yet
-            last_error = exc
-        if abort is not None:
-            reason = abort()
-            if reason:
-                raise ControlPlaneError(f"while waiting for {what}: {reason}")
-        if time.monotonic() >= deadline:
-            detail = f" (last error: {last_error!r})" if last_error else ""
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}{detail}")
-        time.sleep(interval)
+    return waiting.eventually(
+        check,
+        timeout=timeout,
+        interval=interval,
+        what=what,
+        ignoring=(Exception,),
+        abort=abort,
+        abort_error=ControlPlaneError,
+        timeout_error=TimeoutError,
+    )
 
 
 def _sweep_stale_workdirs() -> None:

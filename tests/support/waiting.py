@@ -1,8 +1,8 @@
 """Waiting in tests: `eventually` (poll until true, with a deadline) and `consistently` (poll for a
 while, failing the moment it turns false) — Gomega's pair, so no test proves anything with a bare sleep.
 
-tests/cluster/controlplane.py keeps its own `eventually` (it also takes `abort` for dead control-plane
-components and raises its own error types); everything else waits through these two.
+Every test waits through these two; tests/cluster/controlplane.py's `eventually` is this one with the
+cluster's defaults (every exception is "not yet", a dead component aborts, TimeoutError past the deadline).
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ def eventually(
     what: str = "condition",
     tick: Callable[[], None] | None = None,
     ignoring: tuple[type[BaseException], ...] = (),
+    abort: Callable[[], str | None] | None = None,
+    abort_error: Callable[[str], BaseException] = AssertionError,
+    timeout_error: Callable[[str], BaseException] = AssertionError,
 ) -> T:
     """Poll `check` (after `tick`, if given) until it returns something truthy, and return that.
 
     Exceptions of the `ignoring` types count as "not yet" (a server still starting); any other
-    propagates at once. Past `timeout` seconds an AssertionError names `what` and the last value.
+    propagates at once. `abort`, asked each round, fails fast with its message (`abort_error`), e.g.
+    when the process being waited on died. Past `timeout` seconds `timeout_error` names `what` and
+    the last value.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -41,8 +46,11 @@ def eventually(
             if value:
                 return value
             last = value
+        reason = abort() if abort is not None else None
+        if reason:
+            raise abort_error(f"while waiting for {what}: {reason}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
+            raise timeout_error(f"timed out after {timeout:g} s waiting for {what} (last: {last!r})")
         time.sleep(interval)
 
 
