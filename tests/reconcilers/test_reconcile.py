@@ -590,7 +590,7 @@ def test_an_unreadable_store_shows_on_the_resource_with_one_warning_event() -> N
     Warning Event on the first look only, nothing created or deleted, looked at again later."""
     obs = Observed(
         **{
-            **_observed(CASES[4]).__dict__,
+            **_observed(_case("starts-pretrain-when-dataset-ready")).__dict__,
             "store_error": "cannot reach the S3 endpoint http://s3:8333 (connection refused)",
         }
     )
