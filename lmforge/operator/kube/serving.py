@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from lmforge.api.contract import VLLM_API_SERVER, VLLM_CONFIG_FILE
+from lmforge.api.contract import VLLM_API_SERVER, VLLM_CONFIG_FILE, VLLM_SITE_DIR
 from lmforge.api.release import ModelRelease
 from lmforge.operator.kube.meta import RUN_LABEL, Owner, labels, metadata, stamp
 from lmforge.operator.kube.pods import CONTAINER, SPEC_PATH, container, pod_spec
@@ -55,6 +55,7 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
     ]
     if run.gpus_per_node == 0:
         env.append({"name": "VLLM_CPU_KVCACHE_SPACE", "value": str(max(1, math.ceil(serving.kv_cache_gib)))})
+        env.append({"name": "PYTHONPATH", "value": f"{MODEL_DIR}/{VLLM_SITE_DIR}"})  # AMX permission
     key = run.secret_env.get(SERVING_API_KEY_ENV)
     if key is not None:
         env.append({"name": "VLLM_API_KEY", "valueFrom": {"secretKeyRef": {"name": key.name, "key": key.key}}})

@@ -30,6 +30,9 @@ from lmforge.trainer.artifacts import cache_dir, fetch, split_uri
 from lmforge.trainer.errors import InvalidInput, StageError
 
 HOST = "127.0.0.1"
+CPU_SITE = Path(__file__).with_name("cpu_site")
+"""Put first on every vLLM server's PYTHONPATH: its `sitecustomize` lets vLLM's CPU kernels use AMX
+(without it a bf16 model dies with SIGILL on AMX CPUs; see cpu_site/sitecustomize.py)."""
 CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {
     ("int", 8, "weight-only"): "vLLM 0.32's CPU backend has no 8-bit weight-only (W8A16) kernel; "
     "serve it with gpus ≥ 1, or release it as w8a8 or int4"
@@ -117,6 +120,12 @@ def server_options(
     return opts
 
 
+def vllm_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` for a vLLM process: `CPU_SITE` first on PYTHONPATH (harmless where there is no AMX)."""
+    rest = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(CPU_SITE)]
+    return {**env, "PYTHONPATH": os.pathsep.join([str(CPU_SITE), *rest])}
+
+
 def option_argv(opts: dict[str, Any]) -> list[str]:
     """`{"a-b": 1, "flag": True, "list": [x, y]}` → `--a-b 1 --flag --list x y`."""
     argv: list[str] = []
@@ -174,7 +183,7 @@ class VllmServer:
 
     def start(self) -> None:
         port_free(self.port, self.host)
-        env = {**os.environ, **self.env}
+        env = vllm_env({**os.environ, **self.env})
         if self.api_key:
             env["VLLM_API_KEY"] = self.api_key
         self.proc = subprocess.Popen(

@@ -14,6 +14,7 @@ check, a model this vLLM cannot serve), 1 otherwise (the kubelet restarts the in
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,12 +27,13 @@ from lmforge.api.contract import (
     EXIT_INVALID_SPEC,
     EXIT_OK,
     VLLM_CONFIG_FILE,
+    VLLM_SITE_DIR,
     StageSpec,
 )
 from lmforge.api.release import ModelRelease
 from lmforge.store import StoreError
 from lmforge.trainer.errors import InvalidInput, StageError
-from lmforge.trainer.serve.launcher import check_servable, fetch_verified, server_options
+from lmforge.trainer.serve.launcher import CPU_SITE, check_servable, fetch_verified, server_options
 
 
 def model_uri(spec: StageSpec, release: ModelRelease) -> str:
@@ -70,6 +72,9 @@ def prepare(spec: StageSpec, dest: Path) -> Path:
     check_servable(model_dir, gpus)
     lora = {name: fetch_verified(uri, dest / "adapters" / name) for name, uri in adapter_uris(spec, release).items()}
     opts = server_options(model_dir, serving, serving.served_model_name or release.metadata.name, gpus=gpus, lora=lora)
+    site = dest / VLLM_SITE_DIR
+    site.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(CPU_SITE / "sitecustomize.py", site / "sitecustomize.py")
     config = dest / VLLM_CONFIG_FILE
     tmp = config.with_suffix(".part")
     tmp.write_text(yaml.safe_dump(opts, sort_keys=False))

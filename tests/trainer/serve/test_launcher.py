@@ -4,7 +4,9 @@ and refusing models vLLM's CPU build cannot serve."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from lmforge.trainer.serve.launcher import (
     fetch_verified,
     port_free,
     server_command,
+    vllm_env,
 )
 from trainer.compress.world import World
 
@@ -108,3 +111,46 @@ def test_models_the_cpu_build_cannot_serve_are_refused_before_start(world: World
         with pytest.raises(InvalidInput, match=message):
             check_servable(d, gpus=0)
     check_servable(tmp_path / "w8a16", gpus=1)  # fine on a GPU
+
+
+AMX_CHILD = """
+import ctypes, json, sitecustomize
+v = ctypes.c_ulong()
+ctypes.CDLL(None).syscall(158, 0x1022, ctypes.byref(v))  # ARCH_GET_XCOMP_PERM
+print(json.dumps({"site": sitecustomize.__file__, "xtiledata": bool(v.value & (1 << 18))}))
+"""
+
+
+def has_amx() -> bool:
+    return sys.platform == "linux" and " amx_tile" in Path("/proc/cpuinfo").read_text()
+
+
+def test_every_vllm_process_may_use_amx(tmp_path: Path) -> None:
+    """vLLM's CPU kernels use AMX tiles without asking Linux for them (a bf16 model then dies with
+    SIGILL, 'VllmWorker-0 died unexpectedly (exit code: -4)'); the permission is cleared on exec,
+    and vLLM spawns its workers as new interpreters. So every interpreter started with the server's
+    environment asks for it, and a distribution's own sitecustomize still runs after LMForge's."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "sitecustomize.py").write_text("import os\nos.environ['THEIRS_RAN'] = '1'\n")
+    env = vllm_env({**os.environ, "PYTHONPATH": str(theirs)})
+    child = AMX_CHILD + "import os; print(os.environ.get('THEIRS_RAN'))\n"
+    out = subprocess.run([sys.executable, "-c", child], env=env, capture_output=True, text=True, check=True)
+    info, theirs_ran = out.stdout.splitlines()
+    got = json.loads(info)
+    assert got["site"].endswith("cpu_site/sitecustomize.py")
+    assert theirs_ran == "1"
+    bare = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            AMX_CHILD.replace(", sitecustomize", "").replace('"site": sitecustomize.__file__, ', ""),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    if has_amx():  # the hook is what grants it: a plain interpreter has no permission
+        assert got["xtiledata"] and not json.loads(bare.stdout)["xtiledata"]
+    else:
+        assert not got["xtiledata"]
