@@ -137,6 +137,10 @@ class Reference:
     """An EvalSuite's `modelRef` to a ModelRelease: it waits only for the release's compressed
     candidate (its `model` artifact), not for the release to be Ready — a release gated on the suite
     becomes Ready only after the suite has evaluated that candidate."""
+    hot: bool = False
+    """A ModelRelease's `serving.loraAdapters` entry: an adapter its running server loads and unloads.
+    Never waited for: resolved once the AlignmentJob is Ready, else left out (the release serves
+    without it), and no part of the release's run identity."""
 
 
 def _model(ref: ModelRef | None, field: str) -> Iterator[Reference]:
@@ -198,7 +202,7 @@ def references(resource: Resource) -> list[Reference]:
             "EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef", needs_ready=False
         )
         for i, ref in enumerate(rspec.serving.lora_adapters):
-            out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
+            out.append(Reference("AlignmentJob", ref.name, f"spec.serving.loraAdapters[{i}]", hot=True))
     return out
 
 
