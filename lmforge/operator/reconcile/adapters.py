@@ -11,7 +11,8 @@ that cannot (the operator's Deployments) reports None: its pods start with the s
 
 from __future__ import annotations
 
-from lmforge.api.contract import ArtifactName, InputArtifacts, StageSpec
+from lmforge.api.contract import InputArtifacts, StageSpec
+from lmforge.api.kinds import lora_adapters_of
 from lmforge.api.meta import Reason
 from lmforge.api.release import ModelRelease
 from lmforge.operator.reconcile.builder import Builder
@@ -31,15 +32,9 @@ def hot_keys(release: ModelRelease) -> set[str]:
 
 
 def wanted(release: ModelRelease, inputs: dict[str, InputArtifacts]) -> dict[str, str]:
-    """Adapter name (its AlignmentJob's, the model name in the API) → adapter artifact URI, for each
-    listed AlignmentJob that is resolved (Ready) and published an adapter, in the listed order."""
-    out: dict[str, str] = {}
-    for ref in release.spec.serving.lora_adapters:
-        found = inputs.get(adapter_key(ref.name))
-        uri = found.artifacts.get(ArtifactName.ADAPTER.value) if found is not None else None
-        if uri:
-            out[ref.name] = uri
-    return out
+    """The adapters the release should serve now (`lora_adapters_of`: the listed AlignmentJobs that
+    are Ready and published one)."""
+    return lora_adapters_of(release, inputs)
 
 
 def of_spec(spec: StageSpec) -> dict[str, str]:
