@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -38,6 +39,8 @@ from .helpers import SCRIPT
 pytestmark = [pytest.mark.ml, pytest.mark.slow]
 
 READY_S = 300
+KEY_ENV, KEY = "LORA_TEST_API_KEY", "s3cret-key"
+"""The release's API key: `lmforge run` reads `apiKeySecret`'s key from its environment."""
 
 
 def make_adapters(base: Path, out: Path, names: str, rank: int = 8) -> dict[str, Path]:
@@ -108,6 +111,7 @@ def write(directory: Path, port: int, base: Path, adapters: dict[str, Path], ser
         "maxLoraRank": 8,
         "loraAdapters": [{"name": n} for n in served],
         "extraArgs": ["--enforce-eager"],
+        "apiKeySecret": {"name": "lora-key", "key": KEY_ENV},
     }
     release = {"modelRef": {"kind": "PretrainJob", "name": "p"}, "serving": serving}
     docs.append(doc("ModelRelease", "r", release, "publish", model=base))
@@ -119,23 +123,32 @@ def write(directory: Path, port: int, base: Path, adapters: dict[str, Path], ser
     return [by_id[id(r)] for r in dependency_order([m.resource for m in found])]
 
 
-def complete(url: str, model: str) -> tuple[int, Any]:
-    """Greedy completion: (HTTP status, (text, token logprobs) or the error body)."""
-    body = {"model": model, "prompt": "the red cat", "max_tokens": 6, "temperature": 0, "logprobs": 1}
-    req = urllib.request.Request(
-        f"{url}/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+def call(url: str, path: str, body: dict[str, Any] | None = None, key: str | None = KEY) -> tuple[int, Any]:
+    """(HTTP status, parsed answer or the error body) of one request to the server."""
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(f"{url}{path}", data=data, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=120) as resp:
-            choice = json.loads(resp.read())["choices"][0]
-            return 200, (choice["text"], [round(x, 3) for x in choice["logprobs"]["token_logprobs"]])
+            return resp.status, json.loads(resp.read() or b"{}")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
 
 
+def complete(url: str, model: str) -> tuple[int, Any]:
+    """Greedy completion: (HTTP status, (text, token logprobs) or the error body)."""
+    body = {"model": model, "prompt": "the red cat", "max_tokens": 6, "temperature": 0, "logprobs": 1}
+    code, out = call(url, "/completions", body)
+    if code != 200:
+        return code, out
+    choice = out["choices"][0]
+    return 200, (choice["text"], [round(x, 3) for x in choice["logprobs"]["token_logprobs"]])
+
+
 def models(url: str) -> list[str]:
-    with urllib.request.urlopen(f"{url}/models", timeout=10) as resp:
-        return sorted(m["id"] for m in json.loads(resp.read())["data"])
+    code, out = call(url, "/models")
+    assert code == 200, out
+    return sorted(m["id"] for m in out["data"])
 
 
 def listener(port: int) -> tuple[int, float]:
@@ -146,7 +159,10 @@ def listener(port: int) -> tuple[int, float]:
     raise AssertionError(f"nothing listens on {port}")
 
 
-def test_adapters_answer_under_their_names_and_are_hot_loaded_and_unloaded(tmp_path: Path) -> None:
+def test_adapters_answer_under_their_names_and_are_hot_loaded_and_unloaded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KEY_ENV, KEY)
     base = make_model(tmp_path / "base", hidden=64, layers=2, heads=2)
     dirs = make_adapters(base, tmp_path / "adapters", "abc")
     port = free_port()
@@ -169,8 +185,10 @@ def test_adapters_answer_under_their_names_and_are_hot_loaded_and_unloaded(tmp_p
         rid = status().run_id
 
         # A third adapter added to the running release: loaded into the same server, no restart.
+        t0 = time.monotonic()
         runner.reload(write(tmp_path / "m", port, base, dirs, ["a", "b", "c"]))
         eventually(lambda: status().adapters == ["a", "b", "c"], tick=runner.step, timeout=READY_S, interval=0.2)
+        added_s = time.monotonic() - t0  # includes AlignmentJob/c's (stand-in) stage
         assert listener(port) == server and status().run_id == rid and status().endpoint == url
         code, c_answer = complete(url, "c")
         assert code == 200 and c_answer not in [a for _, a in answers.values()]
@@ -178,9 +196,17 @@ def test_adapters_answer_under_their_names_and_are_hot_loaded_and_unloaded(tmp_p
         ready = status().condition("Ready")
         assert ready is not None and "adapters a, b, c" in ready.message
 
+        # Without the release's API key nobody else changes the server's adapters.
+        code, _ = call(url, "/load_lora_adapter", {"lora_name": "evil", "lora_path": str(dirs["b"])}, key=None)
+        assert code == 401 and "evil" not in models(url)
+        code, _ = call(url, "/unload_lora_adapter", {"lora_name": "a"}, key="wrong")
+        assert code == 401 and "a" in models(url)
+
         # One removed: unloaded from the same server, its name is gone.
+        t0 = time.monotonic()
         runner.reload(write(tmp_path / "m", port, base, dirs, ["a", "c"]))
         eventually(lambda: status().adapters == ["a", "c"], tick=runner.step, timeout=60, interval=0.2)
+        print(f"adapter c served {added_s:.1f} s after the edit, b unloaded after {time.monotonic() - t0:.1f} s")
         assert models(url) == ["a", "c", "tiny"]
         code, body = complete(url, "b")
         assert code == 404 and "does not exist" in body
