@@ -28,6 +28,7 @@ from support.waiting import eventually
 
 from lmforge.api.meta import Phase
 from lmforge.api.validation import dependency_order, validate_paths
+from lmforge.operator.embedded.report import compression
 from lmforge.operator.embedded.runner import Outcome, Runner, RunOptions
 from lmforge.operator.embedded.state import StateFile, state_dir_for
 from lmforge.operator.local import LocalBackend
@@ -195,6 +196,8 @@ def test_adapters_answer_under_their_names_and_are_hot_loaded_and_unloaded(
         assert complete(url, "a") == answers["a"]  # the others are unchanged
         ready = status().condition("Ready")
         assert ready is not None and "adapters a, b, c" in ready.message
+        report = " ".join(t for section in compression(runner.state) for t in section.text)
+        assert "LoRA adapters served (model names): a, b, c" in report
 
         # Without the release's API key nobody else changes the server's adapters.
         code, _ = call(url, "/load_lora_adapter", {"lora_name": "evil", "lora_path": str(dirs["b"])}, key=None)
