@@ -337,7 +337,8 @@ class Status(ApiModel):
     """ModelRelease: the OpenAI-compatible URL of the served model."""
     adapters: list[str] = Field(default_factory=list)
     """ModelRelease: the LoRA adapters its server answers to (model names in the API), as the server
-    reports them (the operator: those its Deployment's pods were started with)."""
+    reports them (the operator: the set its Deployment's pod template carries, which its pods are
+    rolled onto)."""
     rollout: Rollout | None = None
     """ModelRelease: the latest switch between versions (see `serving.smokeEvalSuiteRef`)."""
     key_metric: str | None = None
