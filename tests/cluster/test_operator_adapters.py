@@ -1,6 +1,7 @@
 """LoRA adapters under the real operator on the control plane: the adapter set is no part of the
 release's run, so adding an adapter (an AlignmentJob that becomes Ready after the release already
-serves) and removing one roll the *same* Deployment's pods onto the new set — one Deployment, one
+serves), removing one, and deleting a listed adapter's AlignmentJob roll the *same* Deployment's
+pods onto the new set — one Deployment, one
 compress Job, the same run id — and `status.adapters` says what the pods serve. The operator does not
 load adapters into running pods (docs/release.md); kwok plays the pods."""
 
@@ -112,5 +113,17 @@ def test_a_changed_adapter_set_rolls_the_same_deployment(control_plane: ControlP
             abort=op.dead,
         )
         assert last["metadata"]["name"] == name
+
+        # The last adapter's AlignmentJob deleted while still listed: the pods roll onto no adapter.
+        cp.kubectl("delete", f"--namespace={ns}", "alignmentjobs.lmforge.io", "b", "--wait=false")
+        deleted = eventually(lambda: serving([]), timeout=90, what="chat serving no adapter", abort=op.dead)
+        ready = condition(deleted, "Ready")
+        assert ready is not None and "not served until Ready with an adapter: AlignmentJob/b" in ready["message"]
+        eventually(
+            lambda: (lambda ds: ds if len(ds) == 1 and digest(ds[0]) is None else None)(deployments()),
+            timeout=60,
+            what="the Deployment's template rolled onto no adapter",
+            abort=op.dead,
+        )
         compress = jobs(cp, ns, "lmforge.io/modelrelease=chat,lmforge.io/component=stage")
         assert len(compress) == 1  # the model was compressed once for all three adapter sets

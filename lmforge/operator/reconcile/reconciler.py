@@ -43,6 +43,8 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
         key = f"{ref.kind}/{ref.name}"
         state = obs.inputs.get(key)
         if ref.hot:  # a LoRA adapter: served once Ready, never waited for (adapters.py)
+            if key in resolved:  # also the release's model, resolved (or waited for) as such
+                continue
             st = state.status if state is not None and state.exists else None
             if (
                 state is not None
