@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lmforge.api.alignment import AlignmentJob
+from lmforge.api.contract import InputArtifacts
 from lmforge.api.dataset import Dataset
 from lmforge.api.evalsuite import EvalSuite
 from lmforge.api.meta import LocalRef, ModelKind, ModelRef
@@ -137,6 +138,10 @@ class Reference:
     """An EvalSuite's `modelRef` to a ModelRelease: it waits only for the release's compressed
     candidate (its `model` artifact), not for the release to be Ready — a release gated on the suite
     becomes Ready only after the suite has evaluated that candidate."""
+    hot: bool = False
+    """A ModelRelease's `serving.loraAdapters` entry: an adapter its running server loads and unloads.
+    Never waited for: resolved once the AlignmentJob is Ready, else left out (the release serves
+    without it), and no part of the release's run identity."""
 
 
 def _model(ref: ModelRef | None, field: str) -> Iterator[Reference]:
@@ -198,7 +203,22 @@ def references(resource: Resource) -> list[Reference]:
             "EvalSuite", rspec.serving.smoke_eval_suite_ref, "spec.serving.smokeEvalSuiteRef", needs_ready=False
         )
         for i, ref in enumerate(rspec.serving.lora_adapters):
-            out += _local("AlignmentJob", ref, f"spec.serving.loraAdapters[{i}]")
+            out.append(Reference("AlignmentJob", ref.name, f"spec.serving.loraAdapters[{i}]", hot=True))
+    return out
+
+
+def lora_adapters_of(release: ModelRelease, inputs: Mapping[str, InputArtifacts]) -> dict[str, str]:
+    """Adapter name (its AlignmentJob's: the model name in the API) → adapter artifact URI, for each
+    of `serving.loraAdapters` whose AlignmentJob is among the resolved `inputs` (Ready) and published
+    an adapter, in the listed order. A release never waits for an adapter (its `Reference` is `hot`):
+    the others are simply not served yet. One rule for the reconciler (what to load into a running
+    server) and the serve stage (what it starts with)."""
+    out: dict[str, str] = {}
+    for ref in release.spec.serving.lora_adapters:
+        found = inputs.get(f"AlignmentJob/{ref.name}")
+        uri = found.artifacts.get("adapter") if found is not None else None
+        if uri:
+            out[ref.name] = uri
     return out
 
 

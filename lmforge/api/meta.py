@@ -230,6 +230,12 @@ class Reason(StrEnum):
     ROLLED_BACK = "RolledBack"
     """The new version failed its smoke evaluation: its server was stopped, the old one keeps serving
     (Ready stays True); the message names the failed thresholds. Change the spec to try again."""
+    ADAPTERS_CHANGED = "AdaptersChanged"
+    """Event: LoRA adapters are loaded into (or unloaded from) the running server because
+    `serving.loraAdapters` or an adapter's AlignmentJob changed; the message names them."""
+    ADAPTER_FAILED = "AdapterFailed"
+    """Event: the running server refused to load an adapter (the message says why); it is not tried
+    again until the adapter's artifact changes, and the Ready message names it."""
 
 
 class Phase(StrEnum):
@@ -329,6 +335,10 @@ class Status(ApiModel):
     """Upstream resources and artifacts this output was made from, nearest first (`Kind/name`)."""
     endpoint: str | None = None
     """ModelRelease: the OpenAI-compatible URL of the served model."""
+    adapters: list[str] = Field(default_factory=list)
+    """ModelRelease: the LoRA adapters its server answers to (model names in the API), as the server
+    reports them (the operator: the set its Deployment's pod template carries, which its pods are
+    rolled onto)."""
     rollout: Rollout | None = None
     """ModelRelease: the latest switch between versions (see `serving.smokeEvalSuiteRef`)."""
     key_metric: str | None = None

@@ -113,6 +113,10 @@ class DType(StrEnum):
     FLOAT32 = "float32"
 
 
+DEFAULT_MAX_LORAS = 4
+"""`--max-loras` of a release that lists adapters but sets no `serving.maxLoras`."""
+
+
 class Serving(ApiModel):
     """vLLM's OpenAI-compatible server."""
 
@@ -133,7 +137,21 @@ class Serving(ApiModel):
     port: int = Field(default=8000, ge=1, le=65535)
     """Container (or local) port."""
     lora_adapters: list[LocalRef] = Field(default_factory=list)
-    """AlignmentJobs whose adapters are served with `--enable-lora`."""
+    """AlignmentJobs whose LoRA adapters this server serves over the release's model, each under its
+    AlignmentJob's name as the model name in the API. The set is not part of the release's identity:
+    under `lmforge run` an adapter added here (once its AlignmentJob is Ready) is loaded into the running
+    server and one removed (or whose AlignmentJob is deleted) is unloaded, without a restart; the
+    operator rolls the same Deployment's pods instead (docs/release.md). The release does not wait for
+    an adapter: it serves without one whose AlignmentJob is not Ready and loads it when it is."""
+    max_loras: int | None = Field(default=None, ge=1, le=256)
+    """Adapters the server holds at once (vLLM's `--max-loras`). Set, the server always starts with
+    LoRA enabled and runtime loading allowed, so adapters can be added later even to a release that
+    starts with none; unset, LoRA is enabled when `loraAdapters` is non-empty, for up to 4 adapters.
+    Changing it (or turning LoRA on or off) starts a new server."""
+    max_lora_rank: int = Field(default=16, ge=1, le=512)
+    """Largest adapter rank the server accepts (`--max-lora-rank`, rounded up to a rank vLLM supports:
+    1, 8, 16, 32, 64, 128, 256, 320, 512); the server starts with at least the largest rank of the
+    adapters it starts with, and an adapter loaded later with a larger rank is refused."""
     api_key_secret: SecretKeyRef | None = None
     """API key required by the server."""
     smoke_eval_suite_ref: LocalRef | None = None
@@ -148,6 +166,36 @@ class Serving(ApiModel):
     """CPU backend: KV-cache space in GiB."""
     extra_args: list[str] = Field(default_factory=list)
     """Extra vLLM server arguments (advanced)."""
+
+    rules = (
+        Rule(
+            "!has(self.loraAdapters) || size(self.loraAdapters) <= (has(self.maxLoras) ? self.maxLoras : 4)",
+            "serving.loraAdapters must not list more adapters than serving.maxLoras (default 4)",
+            "loraAdapters",
+        ),
+    )
+
+    @property
+    def lora_enabled(self) -> bool:
+        """Whether the server starts with `--enable-lora` (and runtime adapter loading)."""
+        return self.max_loras is not None or bool(self.lora_adapters)
+
+    @property
+    def lora_slots(self) -> int:
+        """vLLM's `--max-loras`: `maxLoras`, else `DEFAULT_MAX_LORAS`."""
+        return self.max_loras or DEFAULT_MAX_LORAS
+
+    @model_validator(mode="after")
+    def _adapters_fit(self) -> Serving:
+        names = [r.name for r in self.lora_adapters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"serving.loraAdapters names an AlignmentJob twice: {names}")
+        if len(names) > self.lora_slots:
+            raise ValueError(
+                f"serving.loraAdapters lists {len(names)} adapters, more than serving.maxLoras "
+                f"({self.max_loras or f'default {DEFAULT_MAX_LORAS}'})"
+            )
+        return self
 
 
 class ModelReleaseSpec(ApiModel):

@@ -91,6 +91,23 @@ def main(argv: list[str]) -> int:
         out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
         print(result.line(), flush=True)
         return 0
+    if behaviour == "publish":  # publish local directories (`test/publish`: {"artifact": "/dir"}) as artifacts
+        from lmforge.store import ArtifactWriter
+
+        made = json.loads(spec.resource["metadata"]["annotations"]["test/publish"])
+        for name, local in made.items():
+            w = ArtifactWriter(out, name, clear_existing=True)
+            w.add_dir(Path(local))
+            w.commit(name)
+        result = ProgressRecord(
+            type=RecordType.RESULT,
+            stage=spec.stage,
+            run_id=spec.run_id,
+            artifacts={name: out.url(name) for name in made},
+        )
+        out.put_bytes(RESULT_KEY, result.model_dump_json(by_alias=True).encode())
+        print(result.line(), flush=True)
+        return 0
     if behaviour == "workers":
         out.put_bytes(f"worker-{worker}", b"done")
         return finish()

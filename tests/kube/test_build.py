@@ -413,3 +413,54 @@ def test_a_grpo_job_with_a_code_reward_also_leaves_seccomp_for_its_sandbox() -> 
     assert align_pod([{"type": "code"}])["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
     plain = align_pod([{"type": "answer", "extract": "lastNumber"}])
     assert plain["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+
+
+def test_a_changed_adapter_set_rolls_the_same_deployment_onto_pods_that_fetch_it() -> None:
+    """The operator does not load adapters into running pods: the adapter set is in the pod template
+    (a digest), so a changed set rolls the same Deployment (same name, same Service, no new run) and
+    each new pod's init container fetches the new set; an unchanged set leaves the template alone."""
+    from lmforge.api.contract import InputArtifacts
+    from lmforge.api.release import ModelRelease
+    from lmforge.operator.kube.serving import ADAPTERS_ANNOTATION
+    from lmforge.operator.reconcile.runs import run_id, stage_run
+
+    def deployment(adapters: dict[str, str]) -> dict[str, Any]:
+        rel = ModelRelease.model_validate(
+            {
+                "apiVersion": "lmforge.io/v1alpha1",
+                "kind": "ModelRelease",
+                "metadata": {"name": "chat", "namespace": "team-a"},
+                "spec": {
+                    "modelRef": {"uri": "s3://b/m"},
+                    "serving": {"maxLoras": 4, "loraAdapters": [{"name": "a"}, {"name": "b"}]},
+                },
+            }
+        )
+        inputs = {
+            "ModelRelease/chat": InputArtifacts(kind="ModelRelease", name="chat", artifacts={"model": "s3://b/cm"}),
+            **{
+                f"AlignmentJob/{n}": InputArtifacts(kind="AlignmentJob", name=n, artifacts={"adapter": uri})
+                for n, uri in adapters.items()
+            },
+        }
+        run = stage_run(rel, StageName.SERVE, run_id(rel, inputs), "s3://b", inputs, None)
+        (dep,) = [o for o in build_children(run, owner(rel), SETTINGS) if o["kind"] == "Deployment"]
+        return dep
+
+    def digest(dep: dict[str, Any]) -> str | None:
+        return (dep["spec"]["template"]["metadata"].get("annotations") or {}).get(ADAPTERS_ANNOTATION)
+
+    one = deployment({"a": "s3://b/a/1/adapter"})
+    two = deployment({"a": "s3://b/a/1/adapter", "b": "s3://b/b/1/adapter"})
+    republished = deployment({"a": "s3://b/a/2/adapter"})
+    none = deployment({})
+    assert (
+        one["metadata"]["name"]
+        == two["metadata"]["name"]
+        == republished["metadata"]["name"]
+        == none["metadata"]["name"]
+    )
+    assert len({digest(one), digest(two), digest(republished)}) == 3 and digest(none) is None
+    assert digest(deployment({"a": "s3://b/a/1/adapter"})) == digest(one)
+    assert one["metadata"]["annotations"][SPEC_HASH] != two["metadata"]["annotations"][SPEC_HASH]  # re-applied
+    assert one["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 0, "maxSurge": 1}

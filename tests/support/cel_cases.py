@@ -241,4 +241,10 @@ CASES = [
         {"gpus": 1, "serving": {"tensorParallelSize": 4}},
         "spec.serving.tensorParallelSize",
     ),
+    CelCase(
+        "serving.loraAdapters must not list more adapters than serving.maxLoras (default 4)",
+        "ModelRelease",
+        {"serving": {"maxLoras": 1, "loraAdapters": [{"name": "a"}, {"name": "b"}]}},
+        "spec.serving.loraAdapters",
+    ),
 ]

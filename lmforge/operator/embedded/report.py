@@ -217,6 +217,8 @@ def compression(state: RunnerState) -> list[Section]:
             s.rows.append([name, _fmt(value)])
         if rs.status.endpoint:
             s.text.append(f"Served at {rs.status.endpoint}")
+        if rs.status.adapters:
+            s.text.append(f"LoRA adapters served (model names): {', '.join(rs.status.adapters)}")
         out.append(s)
     return out
 

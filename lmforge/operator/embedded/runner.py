@@ -139,6 +139,8 @@ class Runner:
             rs.runs.setdefault(run.name, RunRef(stage=run.stage.value, output=run.spec.output))
         for name in decision.delete:
             self.backend.delete(name)
+        for change in decision.adapters:
+            self.backend.change_adapters(change)
         rs.status = decision.status
         for event in decision.events:
             self.on_event(rs.key, event)

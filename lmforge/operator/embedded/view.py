@@ -88,7 +88,7 @@ def table(state: RunnerState, active: bool = True) -> Table:
         eta = duration(prog.eta_seconds) if prog and st.phase is Phase.RUNNING else ""
         phase = st.phase.value if active or st.phase is not Phase.RUNNING else "Interrupted"
         msg = (
-            st.endpoint
+            (st.endpoint or "") + (f" (adapters {', '.join(st.adapters)})" if st.adapters else "")
             if st.phase is Phase.SERVING
             else (st.key_metric or "")
             if st.phase is Phase.SUCCEEDED

@@ -3,7 +3,9 @@
 Zero-downtime roll-out: each run (spec or model change) gets its own Deployment; the Service is
 named after the release and selects every serving pod of the release, old and new. The reconciler
 keeps the old run until the new one is Ready (Deployment available) and only then deletes it, so the
-Service always has Ready endpoints.
+Service always has Ready endpoints. LoRA adapters are not part of a run: a changed adapter set rolls
+the same Deployment's pods (`template_metadata`), each new pod fetching the new set in its init
+container — the operator does not load adapters into running pods (see docs/release.md).
 
 Model download, the way KServe does it: an init container (the trainer image, which has LMForge's
 store client) pulls the model and any LoRA adapters into an emptyDir, hash-verified and resumable,
@@ -17,6 +19,8 @@ a slow start is never reported as a failed roll-out.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from typing import Any
 
@@ -24,6 +28,7 @@ from lmforge.api.contract import VLLM_API_SERVER, VLLM_CONFIG_FILE, VLLM_SITE_DI
 from lmforge.api.release import ModelRelease
 from lmforge.operator.kube.meta import RUN_LABEL, Owner, labels, metadata, stamp
 from lmforge.operator.kube.pods import CONTAINER, SPEC_PATH, container, pod_spec
+from lmforge.operator.reconcile import adapters
 from lmforge.operator.reconcile.runs import SERVING_API_KEY_ENV
 from lmforge.operator.reconcile.types import StageRun
 from lmforge.operator.settings import Settings
@@ -38,6 +43,8 @@ MODEL_DIR = "/models"
 SERVER_CONTAINER = "vllm"
 VLLM_CONFIG = f"{MODEL_DIR}/{VLLM_CONFIG_FILE}"
 """Written by the init container (`lmforge.trainer.serve.prepare`)."""
+ADAPTERS_ANNOTATION = "lmforge.io/lora-adapters"
+"""Pod template annotation: a digest of the LoRA adapters (name → artifact) the pods serve."""
 
 
 def endpoint(owner: Owner, port: int) -> str:
@@ -122,10 +129,23 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
                 "selector": {"matchLabels": selector},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "progressDeadlineSeconds": DOWNLOAD_SECONDS + STARTUP_SECONDS + 600,
-                "template": {"metadata": {"labels": dict(meta["labels"])}, "spec": spec},
+                "template": {"metadata": template_metadata(run, meta["labels"]), "spec": spec},
             },
         }
     )
+
+
+def template_metadata(run: StageRun, run_labels: dict[str, str]) -> dict[str, Any]:
+    """The pod template's labels, and the adapter set its init container fetches: a changed set
+    (`serving.loraAdapters`, or an adapter's AlignmentJob published anew) changes the template, so the
+    same Deployment rolls its pods (one extra at a time, none unavailable) onto the new set, while the
+    release keeps its run, its model and its Service."""
+    out: dict[str, Any] = {"labels": dict(run_labels)}
+    want = adapters.of_spec(run.spec)
+    if want:
+        digest = hashlib.sha256(json.dumps(sorted(want.items())).encode()).hexdigest()[:16]
+        out["annotations"] = {ADAPTERS_ANNOTATION: digest}
+    return out
 
 
 def release_service(run: StageRun, owner: Owner) -> dict[str, Any]:

@@ -21,7 +21,7 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from lmforge.api.contract import (
@@ -34,9 +34,12 @@ from lmforge.api.contract import (
     record_from_json,
     stage_command,
 )
+from lmforge.operator.local.adapters import AdapterClient
 from lmforge.operator.local.layout import LayoutProbe, machine_cache_file
 from lmforge.operator.local.process import Attempt, Command
-from lmforge.operator.reconcile.types import ObservedRun, RunState, StageRun
+from lmforge.operator.reconcile import adapters
+from lmforge.operator.reconcile.runs import SERVING_API_KEY_ENV
+from lmforge.operator.reconcile.types import AdapterChange, ObservedRun, RunState, StageRun
 from lmforge.store import Store, StoreError
 
 BACKOFF_SECONDS = 2.0
@@ -71,6 +74,11 @@ class _Run:
     port: int | None = None
     """Serving: the port the server listens on (`run.port`, or another while an older server of the
     same release holds that one)."""
+    adapters: dict[str, str] = field(default_factory=dict)
+    """Serving: LoRA adapter name → the artifact URI this backend knows is loaded under it (those the
+    server started with, then each load and unload)."""
+    adapter_errors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Serving: adapters the server refused, name → (artifact URI, why)."""
 
 
 class LocalBackend:
@@ -120,11 +128,52 @@ class LocalBackend:
     # What the reconcilers ask for -------------------------------------------------------------------
 
     def ensure(self, run: StageRun) -> None:
-        """Make the run exist: queue it if new. A finished or failed run is left as it is."""
+        """Make the run exist: queue it if new. A finished or failed run is left as it is; a server's
+        latest spec (its adapters may have changed) is kept for a restart."""
         with self._lock:
             if run.name not in self._runs:
                 self._runs[run.name] = _Run(run, message="queued")
+            elif run.long_running:
+                self._runs[run.name].run = run
         self.tick()
+
+    def change_adapters(self, todo: AdapterChange) -> None:
+        """Unload, then load, LoRA adapters in a Ready server of ours (each adapter's artifact
+        downloaded and hash-checked next to the runner's state first). A refusal is remembered with
+        its reason (reported in `observe`), not raised."""
+        with self._lock:
+            entry = self._runs.get(todo.run)
+            if entry is None or entry.state is not RunState.READY or entry.endpoint is None:
+                return
+            client = self._adapter_client(entry)
+        for name in todo.unload:
+            why = client.unload(name)  # gone already is as good
+            if why is not None:
+                _append(self.log_path(todo.run), f"adapter {name} not unloaded: {why}")
+                continue
+            _append(self.log_path(todo.run), f"adapter {name} unloaded")
+            with self._lock:
+                entry.adapters.pop(name, None)
+        for name, uri in todo.load.items():
+            try:
+                client.load(name, uri)
+            except (StoreError, OSError, ValueError) as exc:
+                why = str(exc)
+                _append(self.log_path(todo.run), f"adapter {name} ({uri}) not loaded: {why}")
+                with self._lock:
+                    entry.adapter_errors[name] = (uri, why)
+                continue
+            _append(self.log_path(todo.run), f"adapter {name} loaded from {uri}")
+            with self._lock:
+                entry.adapters[name] = uri
+                entry.adapter_errors.pop(name, None)
+        self.on_change()
+
+    def _adapter_client(self, entry: _Run) -> AdapterClient:
+        assert entry.endpoint is not None
+        return AdapterClient(
+            entry.endpoint, self.state_dir / "adapters", api_key=self._env(entry.run).get(SERVING_API_KEY_ENV)
+        )
 
     def delete(self, name: str) -> None:
         """Stop and forget a run (superseded by a newer spec)."""
@@ -156,6 +205,7 @@ class LocalBackend:
             return ObservedRun(
                 name=name, run_id=result.run_id, state=RunState.SUCCEEDED, stage=stage, attempts=0, result=result
             )
+        served = self._served_adapters(entry)
         with self._lock:
             if entry.attempt is not None:  # still exiting (or other workers still busy): not done yet
                 result = None
@@ -171,7 +221,23 @@ class LocalBackend:
                 progress=entry.progress,
                 result=result,
                 endpoint=entry.endpoint,
+                adapters=served,
+                adapter_errors=dict(entry.adapter_errors),
             )
+
+    def _served_adapters(self, entry: _Run) -> dict[str, str] | None:
+        """A Ready server's adapters as its `/v1/models` lists them, each with the artifact URI we
+        know it was loaded from; None when it is not Ready or does not answer (nothing is decided)."""
+        with self._lock:
+            if entry.state is not RunState.READY or entry.endpoint is None or entry.attempt is None:
+                return None
+            client = self._adapter_client(entry)
+        try:
+            names = client.served()
+        except (OSError, ValueError):
+            return None
+        with self._lock:
+            return {n: entry.adapters.get(n, "") for n in names}
 
     def _stored_result(self, prefix: str) -> ProgressRecord | None:
         try:
@@ -279,6 +345,8 @@ class LocalBackend:
                 commands = [Command(c.argv, {**c.env, SERVE_PORT_ENV: str(entry.port)}, c.label) for c in commands]
         attempt = Attempt(commands, self.log_path(run.name), self.records_path(run.name), self.on_change, self.cwd)
         with self._lock:
+            if run.long_running:  # `--lora-modules` of this start
+                entry.adapters, entry.adapter_errors = adapters.of_spec(run.spec), {}
             entry.attempts += 1
             entry.attempt = attempt
             entry.state = RunState.RUNNING

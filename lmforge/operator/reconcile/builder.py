@@ -7,7 +7,7 @@ from lmforge.api.contract import ProgressRecord
 from lmforge.api.kinds import Resource
 from lmforge.api.meta import ConditionType, Phase, Progress, Reason
 from lmforge.operator.reconcile.conditions import set_condition
-from lmforge.operator.reconcile.types import Decision, Event, Observed, ObservedRun, StageRun
+from lmforge.operator.reconcile.types import AdapterChange, Decision, Event, Observed, ObservedRun, StageRun
 
 POLL_SECONDS = 10.0
 """Re-look at a running resource this often to relay progress from the store."""
@@ -34,6 +34,7 @@ class Builder:
         self.delete: list[str] = []
         self.events: list[Event] = []
         self.requeue: float | None = None
+        self.adapters: list[AdapterChange] = []
 
     def cond(self, type_: ConditionType, value: bool | None, reason: Reason, message: str = "") -> None:
         set_condition(self.status, type_.value, value, reason.value, message, self.obs.generation, self.now)
@@ -51,7 +52,12 @@ class Builder:
         if self.obs.resource is not None:
             self.status.key_metric = key_metric(self.obs.resource, self.status.metrics) or self.status.key_metric
         return Decision(
-            status=self.status, runs=self.runs, delete=self.delete, events=self.events, requeue_after=self.requeue
+            status=self.status,
+            runs=self.runs,
+            delete=self.delete,
+            events=self.events,
+            requeue_after=self.requeue,
+            adapters=self.adapters,
         )
 
 

@@ -42,6 +42,24 @@ def _resolve(resource: Resource, obs: Observed) -> tuple[dict[str, InputArtifact
     for ref in references(resource):
         key = f"{ref.kind}/{ref.name}"
         state = obs.inputs.get(key)
+        if ref.hot:  # a LoRA adapter: served once Ready, never waited for (adapters.py)
+            if key in resolved:  # also the release's model, resolved (or waited for) as such
+                continue
+            st = state.status if state is not None and state.exists else None
+            if (
+                state is not None
+                and st is not None
+                and is_true(st, ConditionType.READY)
+                and st.phase is not Phase.FAILED
+            ):
+                resolved[key] = InputArtifacts(
+                    kind=ref.kind,
+                    name=ref.name,
+                    artifacts=dict(st.artifacts),
+                    lineage=list(st.lineage),
+                    spec=state.spec,
+                )
+            continue
         if state is None or not state.exists:
             waiting.append(f"{key} ({ref.field}) does not exist yet")
             continue

@@ -14,6 +14,7 @@ from lmforge.api.kinds import KINDS, Resource
 from lmforge.api.meta import SecretKeyRef
 from lmforge.api.pretrain import PretrainJob
 from lmforge.api.release import ModelRelease
+from lmforge.operator.reconcile.adapters import hot_keys
 from lmforge.operator.reconcile.types import StageRun
 
 _MAX_NAME = 52
@@ -24,10 +25,17 @@ DEFAULT_NAMESPACE = "default"
 def run_id(resource: Resource, inputs: dict[str, InputArtifacts]) -> str:
     """A stable identity for the work a spec asks for: the same spec on the same inputs is the same
     run (so it is resumed or recognised as done, never redone); any change makes a new run —
-    except to `spec.tracking`, which only says where the run is logged."""
+    except to `spec.tracking`, which only says where the run is logged, and to a release's LoRA
+    adapters (`serving.loraAdapters` and their AlignmentJobs' outputs): its running server loads and
+    unloads those (adapters.py); only whether LoRA is on at all is part of the identity."""
+    spec = resource.spec.model_dump(mode="json", by_alias=True, exclude={"tracking"})
+    hot: set[str] = set()
+    if isinstance(resource, ModelRelease):  # adapters are loaded into a running server, not restarted for
+        hot = hot_keys(resource)
+        spec["serving"]["loraAdapters"] = resource.spec.serving.lora_enabled
     payload = {
-        "spec": resource.spec.model_dump(mode="json", by_alias=True, exclude={"tracking"}),
-        "inputs": {k: sorted(v.artifacts.items()) for k, v in sorted(inputs.items())},
+        "spec": spec,
+        "inputs": {k: sorted(v.artifacts.items()) for k, v in sorted(inputs.items()) if k not in hot},
     }
     digest = hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:10]
     return f"{resource.metadata.name}-{digest}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 from lmforge.api.contract import ArtifactName, InputArtifacts, StageName
 from lmforge.api.meta import ConditionType, Phase, Reason, Rollout, RolloutState
 from lmforge.api.release import ModelRelease
+from lmforge.operator.reconcile.adapters import serve_adapters
 from lmforge.operator.reconcile.builder import POLL_SECONDS, Builder, waits_for_secrets
 from lmforge.operator.reconcile.gate import Verdict, release_gate, smoke_gate
 from lmforge.operator.reconcile.runs import stage_run
@@ -69,8 +70,10 @@ def release_after_compression(
             return
         b.status.endpoint = endpoint
         b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
-        message = f"serving at {endpoint}" + "".join(
-            f"; {o.run_id} at {o.endpoint} stopped" for o in serving_old if o.run_id != rid
+        message = (
+            f"serving at {endpoint}"
+            + serve_adapters(b, release, serve.name, seen, resolved)
+            + "".join(f"; {o.run_id} at {o.endpoint} stopped" for o in serving_old if o.run_id != rid)
         )
         b.cond(ConditionType.READY, True, Reason.SERVING, message)
         b.phase(Phase.SERVING, Reason.SERVING, message)

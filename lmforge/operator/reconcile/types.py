@@ -92,6 +92,12 @@ class ObservedRun:
     """The `result` record, once written."""
     endpoint: str | None = None
     """Serving URL, when READY."""
+    adapters: dict[str, str] | None = None
+    """Serving, READY: the LoRA adapters the server answers to (name → the artifact URI loaded under
+    it), as its `/v1/models` lists them. None when the backend does not change a running server's
+    adapters (the operator: a changed set rolls the Deployment's pods)."""
+    adapter_errors: dict[str, tuple[str, str]] = field(default_factory=dict)
+    """Serving: adapters the server refused to load, name → (artifact URI, why)."""
 
 
 @dataclass(frozen=True)
@@ -149,6 +155,19 @@ class Observed:
 
 
 @dataclass(frozen=True)
+class AdapterChange:
+    """Adapters to unload from, then load into, one running server (a backend calls vLLM's
+    `/v1/unload_lora_adapter` and `/v1/load_lora_adapter`)."""
+
+    run: str
+    """The serving run."""
+    load: dict[str, str] = field(default_factory=dict)
+    """Adapter name (model name in the API) → adapter artifact URI."""
+    unload: tuple[str, ...] = ()
+    """Adapter names, unloaded first (a changed artifact: unloaded, then loaded again)."""
+
+
+@dataclass(frozen=True)
 class Event:
     """A Kubernetes Event (or a line in the embedded runner's log)."""
 
@@ -170,3 +189,6 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     requeue_after: float | None = None
     """Look again after this many seconds even without a watch event (progress polling)."""
+    adapters: list[AdapterChange] = field(default_factory=list)
+    """LoRA adapters to load into or unload from running servers (backends that report
+    `ObservedRun.adapters`)."""

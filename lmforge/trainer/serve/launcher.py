@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import hashlib
 import json
+import math
 import os
 import signal
 import socket
@@ -94,6 +95,34 @@ def port_free(port: int, host: str = HOST) -> None:
             ) from None
 
 
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+"""The `--max-lora-rank` values vLLM 0.32 accepts."""
+RUNTIME_LORA_ENV = {"VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
+"""Lets `/v1/load_lora_adapter` and `/v1/unload_lora_adapter` change a running server's adapters."""
+
+
+def adapter_rank(adapter_dir: Path) -> int:
+    """The rank `r` a peft adapter directory's `adapter_config.json` declares."""
+    try:
+        return int(json.loads((adapter_dir / "adapter_config.json").read_text()).get("r", 16))
+    except (OSError, ValueError) as exc:
+        raise InvalidInput(f"LoRA adapter {adapter_dir}: no readable adapter_config.json: {exc}") from None
+
+
+def vllm_lora_rank(rank: int) -> int:
+    """The smallest `--max-lora-rank` vLLM accepts that holds `rank`."""
+    for allowed in VLLM_LORA_RANKS:
+        if rank <= allowed:
+            return allowed
+    raise InvalidInput(f"LoRA rank {rank} exceeds vLLM's largest supported rank {VLLM_LORA_RANKS[-1]}")
+
+
+def server_env(serving: Serving, gpus: int) -> dict[str, str]:
+    """The server's environment beyond ours: the CPU KV-cache size, runtime LoRA loading."""
+    env = {} if gpus else {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(serving.kv_cache_gib)))}
+    return env | (RUNTIME_LORA_ENV if serving.lora_enabled else {})
+
+
 def server_options(
     model_dir: Path, serving: Serving, name: str, *, gpus: int, lora: dict[str, Path] | None = None
 ) -> dict[str, Any]:
@@ -110,13 +139,11 @@ def server_options(
     if gpus > 0:
         opts["tensor-parallel-size"] = serving.tensor_parallel_size
         opts["gpu-memory-utilization"] = serving.gpu_memory_utilization
-    if lora:
-        ranks = [json.loads((p / "adapter_config.json").read_text()).get("r", 16) for p in lora.values()]
-        opts |= {
-            "enable-lora": True,
-            "max-lora-rank": max(ranks),
-            "lora-modules": [f"{n}={p}" for n, p in lora.items()],
-        }
+    if serving.lora_enabled or lora:
+        ranks = [serving.max_lora_rank, *(adapter_rank(p) for p in (lora or {}).values())]
+        opts |= {"enable-lora": True, "max-loras": serving.lora_slots, "max-lora-rank": vllm_lora_rank(max(ranks))}
+        if lora:
+            opts["lora-modules"] = [f"{n}={p}" for n, p in lora.items()]
     return opts
 
 

@@ -30,6 +30,7 @@ from lmforge.api.contract import (
     VLLM_SITE_DIR,
     StageSpec,
 )
+from lmforge.api.kinds import lora_adapters_of
 from lmforge.api.release import ModelRelease
 from lmforge.store import StoreError
 from lmforge.trainer.errors import InvalidInput, StageError
@@ -51,17 +52,9 @@ def model_uri(spec: StageSpec, release: ModelRelease) -> str:
 
 
 def adapter_uris(spec: StageSpec, release: ModelRelease) -> dict[str, str]:
-    """`serving.loraAdapters` → the adapters their AlignmentJobs published."""
-    out: dict[str, str] = {}
-    for ref in release.spec.serving.lora_adapters:
-        found = spec.inputs.get(f"AlignmentJob/{ref.name}")
-        if found is None:
-            raise InvalidInput(f"input AlignmentJob/{ref.name} was not resolved (is it Ready?)")
-        adapter = found.artifacts.get("adapter")
-        if adapter is None:
-            raise InvalidInput(f"serving.loraAdapters: AlignmentJob/{ref.name} published no adapter")
-        out[ref.name] = adapter
-    return out
+    """`serving.loraAdapters` → the adapters their AlignmentJobs published, for those the reconciler
+    resolved (Ready): the server starts without one not Ready yet (`lora_adapters_of`)."""
+    return lora_adapters_of(release, spec.inputs)
 
 
 def prepare(spec: StageSpec, dest: Path) -> Path:

@@ -9,7 +9,6 @@ reconciler's job: this stage is only started once it has passed.
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -19,7 +18,7 @@ from lmforge.api.contract import SERVE_PORT_ENV
 from lmforge.api.release import ModelRelease
 from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput, StageError
-from lmforge.trainer.serve.launcher import VllmServer, check_servable, fetch_verified, server_command
+from lmforge.trainer.serve.launcher import VllmServer, check_servable, fetch_verified, server_command, server_env
 from lmforge.trainer.serve.prepare import adapter_uris, model_uri
 from lmforge.trainer.serve.smoke import smoke
 
@@ -51,7 +50,7 @@ def run(ctx: StageContext) -> StageOutcome:
     model_dir = fetch_verified(model_uri(ctx.spec, release))
     check_servable(model_dir, gpus)
     lora = {name: fetch_verified(uri) for name, uri in adapter_uris(ctx.spec, release).items()}
-    env = {} if gpus else {"VLLM_CPU_KVCACHE_SPACE": str(max(1, math.ceil(serving.kv_cache_gib)))}
+    env = server_env(serving, gpus)
     server = VllmServer(
         server_command(model_dir, serving, name, gpus=gpus, lora=lora),
         serving.port,

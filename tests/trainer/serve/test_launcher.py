@@ -20,6 +20,7 @@ from lmforge.trainer.serve.launcher import (
     fetch_verified,
     port_free,
     server_command,
+    server_env,
     vllm_env,
 )
 from trainer.compress.world import World
@@ -67,6 +68,8 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
         gpu_memory_utilization=0.8,
         port=9001,
         extra_args=["--enforce-eager"],
+        lora_adapters=[{"name": "sft"}],
+        max_lora_rank=8,
     )
     cmd = server_command(tmp_path, serving, "chat", gpus=2, lora={"sft": adapter}, python="py")
     line = " ".join(cmd)
@@ -79,6 +82,7 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
         "--tensor-parallel-size 2",
         "--gpu-memory-utilization 0.8",
         "--enable-lora",
+        "--max-loras 4",
         "--max-lora-rank 8",
         f"--lora-modules sft={adapter}",
     ):
@@ -86,6 +90,21 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
     assert cmd[-1] == "--enforce-eager"
     cpu = " ".join(server_command(tmp_path, Serving(), "m", gpus=0))
     assert "--tensor-parallel-size" not in cpu and "--gpu-memory-utilization" not in cpu and "--dtype auto" in cpu
+    assert "--enable-lora" not in cpu and server_env(Serving(), gpus=0) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+def test_a_release_that_may_take_adapters_later_starts_with_lora_enabled(tmp_path: Path) -> None:
+    """`maxLoras` set and no adapter yet: LoRA is on, runtime loading allowed, the rank rounded up to one
+    vLLM accepts, so adapters added later load into this server."""
+    serving = Serving(max_loras=3, max_lora_rank=12)
+    line = " ".join(server_command(tmp_path, serving, "m", gpus=0))
+    assert "--enable-lora --max-loras 3 --max-lora-rank 16" in line and "--lora-modules" not in line
+    assert server_env(serving, gpus=0)["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True"
+    adapter = tmp_path / "big"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 40}))
+    started = server_command(tmp_path, serving, "m", gpus=0, lora={"big": adapter})
+    assert "--max-lora-rank 64" in " ".join(started)  # the largest rank it starts with, rounded up
 
 
 def test_models_the_cpu_build_cannot_serve_are_refused_before_start(world: World, tmp_path: Path) -> None:
