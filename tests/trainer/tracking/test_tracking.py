@@ -2,7 +2,8 @@
 
 The server tests read back through the real `MlflowClient` (tests/support/mlflow.py): runs named after
 the run id, tags, the flattened spec as parameters, metrics with their steps, the small artifacts,
-lineage between runs, and the ModelRelease's registered versions with the `champion` alias.
+lineage between runs, and the ModelRelease's registered versions (tagged with their run id; the
+aliases are the operator's, tests/embedded/test_registry_aliases.py).
 """
 
 from __future__ import annotations
@@ -259,12 +260,13 @@ def serve_release(mlflow: MlflowServer, tmp_path: Path, run_id: str, model: str)
     return tracker
 
 
-def test_a_served_release_is_the_champion_version_and_a_replaced_one_loses_the_alias(
+def test_a_served_release_registers_its_version_tagged_with_its_run_id_and_leaves_the_aliases_alone(
     mlflow: MlflowServer, tmp_path: Path
 ) -> None:
     first = serve_release(mlflow, tmp_path, "rel-aaa", "file:///store/rel-aaa/model")
-    versions = mlflow.eventually("model", lambda vs: len(vs) == 1 and vs[0]["aliases"], name="tiny-chat")
-    assert versions[0]["aliases"] == ["champion"]
+    versions = mlflow.eventually("model", lambda vs: len(vs) == 1, name="tiny-chat")
+    assert versions[0]["aliases"] == []  # `champion` follows the rollout: the operator sets it
+    assert versions[0]["tags"]["lmforge.run_id"] == "rel-aaa"
     assert versions[0]["tags"]["lmforge.model_uri"] == "file:///store/rel-aaa/model"
     assert versions[0]["tags"]["eval.evals.hellaswag.acc"] == "0.31"
     assert (
@@ -273,8 +275,9 @@ def test_a_served_release_is_the_champion_version_and_a_replaced_one_loses_the_a
     first.close(timeout=60)
 
     second = serve_release(mlflow, tmp_path, "rel-bbb", "file:///store/rel-bbb/model")
-    versions = mlflow.eventually("model", lambda vs: len(vs) == 2 and vs[1]["aliases"], name="tiny-chat")
-    assert versions[0]["aliases"] == [] and versions[1]["aliases"] == ["champion"]
+    versions = mlflow.eventually("model", lambda vs: len(vs) == 2, name="tiny-chat")
+    assert [v["tags"]["lmforge.run_id"] for v in versions] == ["rel-aaa", "rel-bbb"]
+    assert [v["aliases"] for v in versions] == [[], []]
     second.close(timeout=60)
     # the same stage run again (a restarted server) is the same version, not a third
     again = serve_release(mlflow, tmp_path, "rel-bbb", "file:///store/rel-bbb/model")
@@ -307,7 +310,7 @@ def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_p
     print(f"failures retried: {tracker.failures}", file=sys.stderr)
 
 
-def test_the_serving_init_container_registers_the_champion_in_the_cluster(
+def test_the_serving_init_container_registers_the_version_in_the_cluster(
     mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lmforge.trainer.serve.prepare import register
@@ -327,7 +330,7 @@ def test_the_serving_init_container_registers_the_champion_in_the_cluster(
     )
     register(s)
     versions = mlflow.query("model", name="prod")  # default name: the release's
-    assert [v["aliases"] for v in versions] == [["champion"]]
+    assert [v["aliases"] for v in versions] == [[]] and versions[0]["tags"]["lmforge.run_id"] == "prod-ccc"
     assert versions[0]["tags"]["lmforge.model_uri"] == "s3://b/prod/model"
 
 
