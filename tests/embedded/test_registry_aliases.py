@@ -2,14 +2,16 @@
 back through the real `MlflowClient`: the version serving is `champion`; a candidate smoke-tested beside
 it is `challenger`; promoted, it becomes `champion` and nobody is `challenger`; rolled back, `champion`
 stays on the stable version. First the alias backend alone, then `lmforge run`'s loop through a
-blue-green switch (the stage script's servers register their versions through the real tracker)."""
+blue-green switch (the stage script's servers register their versions through the real tracker), and
+the kopf operator's handler, which hands each reconciled release to the same backend."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from support.mlflow import MlflowServer, free_port, mlflow_server
@@ -20,7 +22,11 @@ from lmforge.api.release import ModelRelease
 from lmforge.api.tracking import RegistryAlias
 from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.embedded.runner import Outcome
+from lmforge.operator.handlers import Controller
 from lmforge.operator.local.backend import free_port as free_serve_port
+from lmforge.operator.reconcile import Decision
+from lmforge.operator.settings import Settings
+from lmforge.store import open_store
 from lmforge.store.mlflow import MlflowRest
 
 from .test_blue_green import reload, served, write
@@ -214,3 +220,45 @@ def test_lmforge_run_moves_champion_on_promotion_and_keeps_it_on_rollback(mlflow
     finally:
         h.runner.stop()
         backend.close()
+
+
+class _Kube:
+    """Stands in for the Kubernetes client: the handler's writes succeed and are kept."""
+
+    def __init__(self) -> None:
+        self.patched: list[dict[str, Any]] = []
+
+    async def patch_status(self, api_version: str, kind: str, ns: str, name: str, patch: dict[str, Any]) -> None:
+        self.patched.append(patch)
+
+    async def apply(self, obj: dict[str, Any]) -> None: ...
+
+    async def delete(self, *args: str) -> bool:
+        return False
+
+    async def create(self, obj: dict[str, Any]) -> None: ...
+
+
+def test_the_operator_moves_the_aliases_of_each_release_it_reconciles(mlflow: MlflowServer, tmp_path: Path) -> None:
+    register(mlflow, "op", "r-old", "r-new")
+    kube = _Kube()
+    settings = Settings(store=str(tmp_path / "store"), tracking_uri=mlflow.url)
+    ctl = Controller(settings, cast(Any, kube), open_store(settings.store))
+    ctl.indices = {"lmforge_children_jobs": {}, "lmforge_children_deployments": {}}
+    rel = release("rel", "op")
+    body = {
+        **rel.model_dump(mode="json", by_alias=True, exclude_none=True),
+        "metadata": {"name": "rel", "namespace": "ml", "uid": "u1", "generation": 1, "resourceVersion": "7"},
+    }
+    key = ("ml", "ModelRelease", "rel")
+    assert ctl.aliases is not None
+    try:
+        asyncio.run(ctl._act(key, body, rel, Decision(status=status(RolloutState.SMOKE_TESTING, "SmokeTesting"))))
+        aliases_become(mlflow, "op", lambda found: found == {"r-old": ["champion"], "r-new": ["challenger"]})
+        asyncio.run(ctl._act(key, body, rel, Decision(status=status(RolloutState.PROMOTED, "Serving"))))
+        aliases_become(mlflow, "op", lambda found: found == {"r-old": [], "r-new": ["champion"]})
+        assert kube.patched  # the status was patched as before
+    finally:
+        ctl.aliases.close()
+    without = Controller(Settings(store=str(tmp_path / "store")), cast(Any, kube), open_store(settings.store))
+    assert without.aliases is None  # no tracking URI in the chart: the operator never calls MLflow
