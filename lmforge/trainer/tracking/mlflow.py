@@ -27,6 +27,9 @@ from lmforge.trainer.tracking import RunInfo
 
 QUEUE_SIZE = 10_000
 """Records waiting for the sender; beyond it new records are dropped (and counted), never waited on."""
+SEND_EVERY_S = 1.0
+"""Least time between two rounds of requests: a stage reporting every step (several a second) costs one
+`log-batch` a second, not one a step, in the stage's process and on the server."""
 BATCH = 500
 """Metrics per `log-batch` request (the server takes at most 1000)."""
 PARAMS_PER_BATCH = 100
@@ -99,10 +102,15 @@ class MlflowTracker:
     # The sender thread ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        next_send = 0.0
         while True:
+            # At most one round of requests per SEND_EVERY_S while the stage runs: a step's records
+            # pile up meanwhile and go in one batch (close() ends the wait at once).
+            self._stop.wait(max(0.0, next_send - time.monotonic()))
             self._drain(block=not self._stop.is_set())
             stopping = self._stop.is_set()
             if time.monotonic() >= self._retry_at:
+                next_send = time.monotonic() + SEND_EVERY_S
                 try:
                     self._send(final=stopping)
                     self._backoff = 0.5

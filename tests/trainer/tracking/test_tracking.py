@@ -22,9 +22,10 @@ from support.mlflow import MlflowServer, free_port, mlflow_server
 
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec
 from lmforge.store import open_store
+from lmforge.store.mlflow import MlflowRest
 from lmforge.trainer.progress import ProgressReporter, tracking_failures
 from lmforge.trainer.tracking import flatten, run_info, trackers_for
-from lmforge.trainer.tracking.mlflow import MlflowTracker
+from lmforge.trainer.tracking.mlflow import SEND_EVERY_S, MlflowTracker
 from lmforge.trainer.tracking.tensorboard import TensorBoardTracker, crc32c, masked_crc
 
 
@@ -284,6 +285,38 @@ def test_a_served_release_registers_its_version_tagged_with_its_run_id_and_leave
     again.close(timeout=60)
     assert again.model_version == "2"
     assert len(mlflow.query("model", name="tiny-chat")) == 2
+
+
+class CountingRest(MlflowRest):
+    """The real client, counting `log-batch` requests that carry metrics."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.metric_batches = 0
+
+    def call(self, method: str, path: str, body: Any = None, query: Any = None) -> dict[str, Any]:
+        if path == "runs/log-batch" and body and body.get("metrics"):
+            self.metric_batches += 1
+        return super().call(method, path, body, query)
+
+
+def test_a_stage_reporting_every_step_costs_one_request_a_second_not_one_a_step(
+    mlflow: MlflowServer, tmp_path: Path
+) -> None:
+    s = spec("PretrainJob", "often", StageName.PRETRAIN, "often-444", tmp_path)
+    client = CountingRest(mlflow.url)
+    tracker = MlflowTracker(mlflow.url, run_info(s), client=client)
+    rep = reporter(s, tracker)
+    started = time.monotonic()
+    for step in range(1, 61):  # 60 steps at ~30 steps/s: ~2 s of training
+        rep.progress(step, 60, metrics={"loss": 1.0 / step})
+        time.sleep(1 / 30)  # the step's compute (pacing the producer, not waiting for anything)
+    seconds = time.monotonic() - started
+    rep.result({"model": "file:///nowhere/often"})
+    tracker.close(timeout=60)
+    run = runs_by_name(mlflow)["often-444"]
+    assert [st for st, _ in run["metrics"]["loss"]] == list(range(1, 61))  # every step arrived
+    assert client.metric_batches <= seconds / SEND_EVERY_S + 3, (client.metric_batches, seconds)
 
 
 def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_path: Path) -> None:
