@@ -9,11 +9,8 @@ compilation). Prints tokens/s, the ratio to the fastest Trainer configuration, a
 FLOP/s against this machine's measured bf16 matmul ceiling.
 
     python benchmarks/pretrain_throughput.py [--steps 30] [--ddp]
-    python benchmarks/pretrain_throughput.py --tracking-overhead http://127.0.0.1:5000 [--repeat 3]
 
-`--tracking-overhead URI` measures only ours, alternating runs without and with MLflow tracking to URI
-(a closed port measures the unreachable-server case), and prints the median tokens/s of each (goal: the
-tracked run within 2 %).
+The cost of MLflow tracking on this same stage is benchmarks/tracking_overhead.py.
 """
 
 from __future__ import annotations
@@ -25,8 +22,12 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from lmforge.api.contract import StageSpec
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -74,14 +75,10 @@ def make_inputs(root: Path, rows: int) -> tuple[Path, Path]:
     return root / "tokenizer", shards
 
 
-def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str | None = None, tag: str = "") -> float:
-    """tokens/s of the stage's own loop (windowed, first step excluded), via the real stage: in this
-    process, or under torchrun with `nproc` processes of cores / nproc threads."""
-    from lmforge.api.contract import InputArtifacts, StageName, StageSpec, distributed_command, parse_record
+def bench_spec(root: Path, steps: int, compile_: bool, out: str) -> StageSpec:
+    """The PretrainJob stage spec of this benchmark's model and batch, over `make_inputs`' artifacts."""
+    from lmforge.api.contract import InputArtifacts, StageName, StageSpec
     from lmforge.store import ArtifactWriter, LocalStore
-    from lmforge.trainer.context import StageContext
-    from lmforge.trainer.pretrain.stage import run
-    from lmforge.trainer.progress import ProgressReporter
 
     store = LocalStore(root / "store")
     arts = {}
@@ -110,8 +107,7 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
             "validation": {"everySteps": 10**6, "batches": 1},
         },
     }
-    out = f"run-{int(compile_)}-{nproc}{tag}"
-    spec = StageSpec(
+    return StageSpec(
         stage=StageName.PRETRAIN,
         resource=resource,
         store=store.uri,
@@ -119,6 +115,18 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
         run_id=out,
         inputs={"Dataset/d": InputArtifacts(kind="Dataset", name="d", artifacts=arts)},
     )
+
+
+def ours(root: Path, steps: int, compile_: bool, nproc: int = 1) -> float:
+    """tokens/s of the stage's own loop (windowed, first step excluded), via the real stage: in this
+    process, or under torchrun with `nproc` processes of cores / nproc threads."""
+    from lmforge.api.contract import StageName, distributed_command, parse_record
+    from lmforge.trainer.context import StageContext
+    from lmforge.trainer.pretrain.stage import run
+    from lmforge.trainer.progress import ProgressReporter
+
+    out = f"run-{int(compile_)}-{nproc}"
+    spec = bench_spec(root, steps, compile_, out)
     if nproc > 1:
         spec_file = root / f"{out}.json"
         spec_file.write_text(spec.model_dump_json(by_alias=True))
@@ -145,37 +153,8 @@ def ours(root: Path, steps: int, compile_: bool, nproc: int = 1, tracking: str |
             ):
                 return float(record.metrics["tokens_per_second"])
         raise RuntimeError(f"lmforge {nproc}-process run failed:\n{proc.stderr[-2000:]}")
-    tracker = None
-    if tracking:
-        from lmforge.trainer.tracking import run_info
-        from lmforge.trainer.tracking.mlflow import MlflowTracker
-
-        tracker = MlflowTracker(tracking, run_info(spec))
-    ctx = StageContext.from_spec(
-        spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(), tracker=tracker)
-    )
-    outcome = run(ctx)
-    if tracker is not None:
-        tracker.close(30.0)
-    return float(outcome.metrics["tokens_per_second"])
-
-
-def tracking_overhead(uri: str, steps: int, repeat: int) -> None:
-    """Median tokens/s of ours untracked vs tracked to `uri`, runs alternated so drift hits both."""
-    import statistics
-
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        os.environ["LMFORGE_CACHE"] = str(root / "cache")
-        make_inputs(root, 2048)
-        plain, tracked = [], []
-        for i in range(repeat):
-            plain.append(ours(root, steps, False, tag=f"-plain-{i}"))
-            tracked.append(ours(root, steps, False, tracking=uri, tag=f"-tracked-{i}"))
-    a, b = statistics.median(plain), statistics.median(tracked)
-    print(f"untracked: {a:8.0f} tokens/s  (runs: {', '.join(f'{x:.0f}' for x in plain)})")
-    print(f"tracked:   {b:8.0f} tokens/s  (runs: {', '.join(f'{x:.0f}' for x in tracked)})  -> {uri}")
-    print(f"tracking overhead: {(a - b) / a:+.1%} of tokens/s (goal <= 2%)")
+    ctx = StageContext.from_spec(spec, ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO()))
+    return float(run(ctx).metrics["tokens_per_second"])
 
 
 HF_SCRIPT = r"""
@@ -230,15 +209,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--ddp", action="store_true", help="also run Trainer and ours with 2 processes")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variant of ours")
-    parser.add_argument("--tracking-overhead", metavar="URI", help="only measure MLflow tracking's cost")
-    parser.add_argument("--repeat", type=int, default=3, help="runs of each side with --tracking-overhead")
     args = parser.parse_args()
     import torch
-
-    if args.tracking_overhead:
-        torch.set_num_threads(len(os.sched_getaffinity(0)))
-        tracking_overhead(args.tracking_overhead, args.steps, args.repeat)
-        return
 
     from lmforge.api.pretrain import Architecture
     from lmforge.api.training import Precision

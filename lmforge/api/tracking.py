@@ -7,12 +7,24 @@ tags, or opts out. Changing this block never re-runs a stage: it is left out of 
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from pydantic import Field
 
 from lmforge.api.meta import ApiModel
 
 DEFAULT_EXPERIMENT = "lmforge"
 """Experiment of runs whose resource names none (suffixed `/<namespace>` outside `default`)."""
+
+
+class RegistryAlias(StrEnum):
+    """Aliases a ModelRelease's versions carry in the model registry (MLflow), set by the operator (or
+    `lmforge run`) from the release's status: see `release_aliases` in lmforge/operator/reconcile/serving.py."""
+
+    CHAMPION = "champion"
+    """The version serving: the stable one while a candidate is smoke-tested beside it."""
+    CHALLENGER = "challenger"
+    """A candidate being smoke-tested beside the version serving; removed on promotion or rollback."""
 
 
 class Tracking(ApiModel):

@@ -6,7 +6,8 @@ makes no reads from the API server; watch events of a resource, of its children 
 resources it references put its key on a de-duplicating work queue; a worker then observes
 (indices + `result.json`/`progress.json` from the store), calls `reconcile`, server-side-applies the
 children that are missing or changed (a run's objects in one concurrent round), deletes superseded
-runs, patches `.status` only when it changed, posts Events and schedules the next look
+runs, patches `.status` only when it changed, posts Events, hands a release's status to the
+model-registry alias backend (`aliases.py`, a background thread) and schedules the next look
 (`requeue_after`). While other resources' first reconciles are queued, a reconcile that has just
 made a Job leaves its status patch and Events to a routine-lane look: during a burst of applies the
 API server's writes go to creating Jobs first (the apply → Job latency the benchmark measures).
@@ -34,6 +35,7 @@ from lmforge.api.kinds import KINDS, Resource, references
 from lmforge.api.meta import GROUP, VERSION, Status, now_rfc3339
 from lmforge.api.release import ModelRelease
 from lmforge.api.validation import parse_resource
+from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.caches import ControllerCaches, Key
 from lmforge.operator.kube import Owner, build_children, observe_child
 from lmforge.operator.kube.client import ApiError, KubeClient
@@ -127,6 +129,8 @@ class Controller:
         self._posting: set[asyncio.Task[None]] = set()
         """Events being posted (references kept so the tasks are not garbage-collected)."""
         self.metrics = ResourceMetrics()
+        self.aliases = AliasBackend(settings.tracking_uri) if settings.tracking_uri else None
+        """Moves the releases' model-registry aliases as they roll out (the chart's `tracking.uri`)."""
         self.queue: WorkQueue[Key] = WorkQueue(self.reconcile, settings.workers, on_wait=QUEUE_WAIT_SECONDS.observe)
 
     # ------------------------------------------------------------------ cache reads
@@ -300,6 +304,8 @@ class Controller:
 
     async def _act(self, key: Key, body: dict[str, Any], resource: Resource | None, decision: Decision) -> None:
         ns, kind, name = key
+        if self.aliases is not None and isinstance(resource, ModelRelease):
+            self.aliases.sync(resource, decision.status)  # never blocks: a background thread sends it
         owner = self._owner(body)
         created = await self._apply_children(key, owner, decision)
         for run_name in decision.delete:
@@ -431,6 +437,8 @@ def register(registry: kopf.OperatorRegistry, settings: Settings) -> Controller:
     async def _cleanup(**_: Any) -> None:
         await ctl.queue.stop()
         await ctl.flush_events()
+        if ctl.aliases is not None:
+            await asyncio.to_thread(ctl.aliases.close)
         await ctl.client.close()
 
     for info in KINDS.values():

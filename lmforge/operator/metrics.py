@@ -31,6 +31,11 @@ QUEUE_WAIT_SECONDS = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+REGISTRY_FAILURES = Counter(
+    "lmforge_registry_alias_failures",
+    "Model-registry (MLflow) alias requests that failed; each is retried.",
+    registry=REGISTRY,
+)
 RESOURCES = Gauge("lmforge_resources", "Resources by kind and phase.", ["kind", "phase"], registry=REGISTRY)
 JOB_SECONDS = Histogram(
     "lmforge_stage_duration_seconds",

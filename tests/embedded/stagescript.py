@@ -150,6 +150,19 @@ def main(argv: list[str]) -> int:
 
         server = http.server.HTTPServer(("127.0.0.1", port), Handler)
         threading.Thread(target=server.serve_forever, daemon=True).start()
+        if os.environ.get("MLFLOW_TRACKING_URI"):  # register this version as the real serve stage does
+            from lmforge.trainer.tracking import trackers_for
+
+            trackers = trackers_for(spec)
+            trackers.record(
+                ProgressRecord(
+                    type=RecordType.RESULT,
+                    stage=spec.stage,
+                    run_id=spec.run_id,
+                    artifacts={"endpoint": f"http://127.0.0.1:{port}/v1"},
+                )
+            )
+            # kept open while serving, like the real stage: its thread registers the version meanwhile
         while True:
             time.sleep(1)
     return fail(f"unknown behaviour {behaviour}", 2)

@@ -16,6 +16,7 @@ from support.waiting import eventually
 from lmforge.api.meta import Phase
 from lmforge.api.validation import dependency_order, validate_paths
 from lmforge.cli import main
+from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.embedded.runner import Outcome, Runner, RunOptions
 from lmforge.operator.embedded.state import StateFile, state_dir_for
 from lmforge.operator.local import LocalBackend
@@ -51,15 +52,26 @@ def write_pipeline(directory: Path, pretrain: str = "ok", port: int = 8000) -> P
 
 
 class Harness:
-    def __init__(self, tmp: Path, manifests: Path, serve: bool = False) -> None:
+    def __init__(
+        self,
+        tmp: Path,
+        manifests: Path,
+        serve: bool = False,
+        env: dict[str, str] | None = None,
+        aliases: AliasBackend | None = None,
+    ) -> None:
         found, problems = validate_paths([manifests])
         assert not problems
         by_id = {id(m.resource): m for m in found}
         self.ordered = [by_id[id(r)] for r in dependency_order([m.resource for m in found])]
         self.uri = open_store(str(tmp / "store")).uri
         self.state_file = StateFile(state_dir_for(self.uri)[0], self.uri)
-        self.backend = LocalBackend(open_store(self.uri), self.state_file.dir, python=wrapper_python(tmp), backoff=0.05)
-        self.runner = Runner(self.ordered, self.uri, self.state_file, self.backend, RunOptions(serve=serve, poll=0.1))
+        self.backend = LocalBackend(
+            open_store(self.uri), self.state_file.dir, python=wrapper_python(tmp), backoff=0.05, env=env
+        )
+        self.runner = Runner(
+            self.ordered, self.uri, self.state_file, self.backend, RunOptions(serve=serve, poll=0.1), aliases=aliases
+        )
 
     def phases(self) -> dict[str, Phase]:
         return self.runner.state.phases()

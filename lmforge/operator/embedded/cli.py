@@ -18,6 +18,7 @@ from lmforge.operator.embedded.view import age, figures, ready_message
 
 if TYPE_CHECKING:
     from lmforge.api.validation import Manifest
+    from lmforge.operator.embedded.runner import Runner
     from lmforge.operator.embedded.state import ResourceState
     from lmforge.operator.embedded.view import View
 
@@ -85,7 +86,8 @@ def tracking_env(args: argparse.Namespace, state_dir: Path) -> dict[str, str]:
 def _run_locked(
     args: argparse.Namespace, ordered: list[Manifest], state_file: StateFile, uri: str, note: str | None
 ) -> int:
-    from lmforge.operator.embedded.runner import Outcome, Runner, RunOptions
+    from lmforge.operator.aliases import AliasBackend
+    from lmforge.operator.embedded.runner import Runner, RunOptions
     from lmforge.operator.embedded.view import JsonView, LiveView, QuietView
     from lmforge.operator.local import LocalBackend
     from lmforge.store import open_store
@@ -100,9 +102,35 @@ def _run_locked(
         on_change=lambda: runner.wake.set() if runner else None,
         env=tracking,
     )
+    aliases = AliasBackend(tracking["MLFLOW_TRACKING_URI"]) if tracking.get("MLFLOW_TRACKING_URI") else None
     runner = Runner(
-        ordered, uri, state_file, backend, RunOptions(serve=not args.no_serve), on_pass=view.update, on_event=view.event
+        ordered,
+        uri,
+        state_file,
+        backend,
+        RunOptions(serve=not args.no_serve),
+        on_pass=view.update,
+        on_event=view.event,
+        aliases=aliases,
     )
+    try:
+        return _drive(args, runner, state_file, view, tracking, note)
+    finally:
+        if aliases is not None:
+            aliases.close()
+
+
+def _drive(
+    args: argparse.Namespace,
+    runner: Runner,
+    state_file: StateFile,
+    view: View,
+    tracking: dict[str, str],
+    note: str | None,
+) -> int:
+    from lmforge.operator.embedded.runner import Outcome
+
+    uri = runner.store_uri
     if note:
         view.say(f"note: {note}")
     view.say(f"store: {uri}   logs: {state_file.dir / 'logs'}")

@@ -252,7 +252,7 @@ def tracking(env: Mapping[str, str]) -> list[Section]:
         s.text.append(
             f"MLflow: {uri} — one run per stage run, named after its run id, tagged with the "
             "resource's kind, name and namespace; a served ModelRelease is the `champion` version "
-            "of its registered model."
+            "of its registered model (a candidate being smoke-tested is `challenger`)."
         )
     return [s] if s.text else []
 

@@ -4,8 +4,8 @@ processes for Jobs.
 Each pass walks the resources in dependency order and, for each, does what a kopf handler does:
 observe (its stored status, its inputs' statuses, its stage runs as the backend and the store see
 them) → `reconcile` (the same pure function the operator calls) → make the decision real (start or
-stop processes) → persist the status. Passes run whenever a stage reports something, and at least
-every `poll` seconds.
+stop processes; with a tracking server, move the release's registry aliases) → persist the status.
+Passes run whenever a stage reports something, and at least every `poll` seconds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,9 @@ from enum import StrEnum
 
 from lmforge.api.kinds import key, references
 from lmforge.api.meta import ConditionType, Phase, Reason, Status, now_rfc3339
+from lmforge.api.release import ModelRelease
 from lmforge.api.validation import Manifest
+from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.embedded.state import ResourceState, RunnerState, RunRef, StateFile
 from lmforge.operator.local import LocalBackend
 from lmforge.operator.reconcile import Event, InputState, Observed, ObservedRun, reconcile
@@ -59,6 +61,8 @@ class Runner:
     on_pass: Callable[[RunnerState], None] = lambda _state: None
     on_event: Callable[[str, Event], None] = lambda _key, _event: None
     wake: threading.Event = field(default_factory=threading.Event)
+    aliases: AliasBackend | None = None
+    """Moves the releases' model-registry aliases as they roll out (with a tracking URI only)."""
 
     def __post_init__(self) -> None:
         self.state = self.state_file.load()
@@ -142,6 +146,8 @@ class Runner:
         for change in decision.adapters:
             self.backend.change_adapters(change)
         rs.status = decision.status
+        if self.aliases is not None and isinstance(resource, ModelRelease):
+            self.aliases.sync(resource, decision.status)  # never blocks: a background thread sends it
         for event in decision.events:
             self.on_event(rs.key, event)
 

@@ -4,8 +4,9 @@ to a new one (blue-green: the old keeps serving until the new passed its smoke e
 from __future__ import annotations
 
 from lmforge.api.contract import ArtifactName, InputArtifacts, StageName
-from lmforge.api.meta import ConditionType, Phase, Reason, Rollout, RolloutState
+from lmforge.api.meta import ConditionStatus, ConditionType, Phase, Reason, Rollout, RolloutState, Status
 from lmforge.api.release import ModelRelease
+from lmforge.api.tracking import RegistryAlias
 from lmforge.operator.reconcile.adapters import serve_adapters
 from lmforge.operator.reconcile.builder import POLL_SECONDS, Builder, waits_for_secrets
 from lmforge.operator.reconcile.gate import Verdict, release_gate, smoke_gate
@@ -173,3 +174,29 @@ def old_keeps_serving(b: Builder, serving_old: list[ObservedRun]) -> None:
         message = ready.message
     b.cond(ConditionType.READY, True, Reason(ready.reason) if ready is not None else Reason.SERVING, message)
     b.status.phase = Phase.SERVING
+
+
+def release_aliases(status: Status) -> dict[RegistryAlias, str | None]:
+    """The model-registry aliases a release's status calls for: alias → the LMForge run id whose
+    registered version should carry it, or None for "no version has it". An alias left out is left
+    as it is (nothing in the status says otherwise: not served yet, or a new version still deploying
+    beside the one serving, which keeps `champion`).
+
+    While a candidate is smoke-tested beside the stable version, the stable one is `champion` and the
+    candidate `challenger`; promoted, the candidate is `champion` and no version is `challenger`;
+    rolled back, `champion` stays on the stable version and `challenger` goes. Without a rollout of the
+    current run, the run serving (Ready because Serving) is `champion`."""
+    rollout = status.rollout
+    if rollout is not None and rollout.candidate == status.run_id:
+        if rollout.state is RolloutState.SMOKE_TESTING:
+            return {RegistryAlias.CHAMPION: rollout.stable, RegistryAlias.CHALLENGER: rollout.candidate}
+        if rollout.state is RolloutState.ROLLED_BACK:
+            return {RegistryAlias.CHAMPION: rollout.stable, RegistryAlias.CHALLENGER: None}
+        return {RegistryAlias.CHAMPION: rollout.candidate, RegistryAlias.CHALLENGER: None}
+    ready = status.condition(ConditionType.READY.value)
+    serving = ready is not None and ready.reason == Reason.SERVING.value and ready.status is ConditionStatus.TRUE
+    if status.phase is Phase.SERVING and serving and status.run_id is not None:
+        return {RegistryAlias.CHAMPION: status.run_id, RegistryAlias.CHALLENGER: None}
+    if rollout is not None and rollout.state is RolloutState.SMOKE_TESTING:
+        return {RegistryAlias.CHALLENGER: None}  # superseded mid-test by a newer spec: no longer the candidate
+    return {}

@@ -96,7 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def register(spec: StageSpec) -> None:
     """In the cluster no `serve` stage process runs, so the init container reports the serving model
-    to experiment tracking (registered version, `champion` alias) once it is in place. Never fails."""
+    to experiment tracking (its registered model version; the operator moves the aliases) once it is in
+    place. Never fails."""
     from lmforge.api.contract import ProgressRecord, RecordType
     from lmforge.trainer.tracking import trackers_for
 

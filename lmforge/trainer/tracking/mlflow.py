@@ -3,8 +3,10 @@
 The stage's thread only enqueues (`record`); the sender thread creates (or, on a retry of the same
 stage run, finds) the MLflow run, logs the flattened spec as parameters, sends metrics in batches with
 their steps, and on the `result` record tags the artifacts' store URIs, uploads the small cards and
-results (never model weights) and, for a ModelRelease's serve stage, registers the model version and
-points the `champion` alias at it. A failed request is counted (`lmforge_tracking_failures_total`),
+results (never model weights) and, for a ModelRelease's serve stage, registers the model version
+(tagged `lmforge.run_id`). Which version is `champion` or `challenger` is not the stage's to say: the
+operator (or `lmforge run`) moves the aliases as the release's rollout proceeds
+(`lmforge.operator.aliases`). A failed request is counted (`lmforge_tracking_failures_total`),
 warned about on stderr at most every `WARN_EVERY_S`, and retried with backoff; what is still unsent
 when `close` runs out of time is reported, never raised.
 """
@@ -19,12 +21,15 @@ import time
 from typing import Any
 
 from lmforge.api.contract import ProgressRecord, RecordType
+from lmforge.store.mlflow import MlflowRest, TrackingError, quote
 from lmforge.trainer.progress import count_tracking_failure
 from lmforge.trainer.tracking import RunInfo
-from lmforge.trainer.tracking.rest import MlflowRest, TrackingError
 
 QUEUE_SIZE = 10_000
 """Records waiting for the sender; beyond it new records are dropped (and counted), never waited on."""
+SEND_EVERY_S = 1.0
+"""Least time between two rounds of requests: a stage reporting every step (several a second) costs one
+`log-batch` a second, not one a step, in the stage's process and on the server."""
 BATCH = 500
 """Metrics per `log-batch` request (the server takes at most 1000)."""
 PARAMS_PER_BATCH = 100
@@ -34,18 +39,12 @@ WARN_EVERY_S = 30.0
 SMALL_FILE_MAX = 256 * 1024
 """Largest card/result file uploaded as an MLflow artifact; anything bigger stays a store URI."""
 SMALL_SUFFIXES = (".md", ".json", ".txt", ".html")
-CHAMPION = "champion"
-"""Alias of the registered model version that serves (a canary would get `challenger`)."""
 
 _KEY = re.compile(r"[^A-Za-z0-9_\-. /]")
 
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class MlflowTracker:
@@ -103,10 +102,15 @@ class MlflowTracker:
     # The sender thread ---------------------------------------------------------------------------
 
     def _loop(self) -> None:
+        next_send = 0.0
         while True:
+            # At most one round of requests per SEND_EVERY_S while the stage runs: a step's records
+            # pile up meanwhile and go in one batch (close() ends the wait at once).
+            self._stop.wait(max(0.0, next_send - time.monotonic()))
             self._drain(block=not self._stop.is_set())
             stopping = self._stop.is_set()
             if time.monotonic() >= self._retry_at:
+                next_send = time.monotonic() + SEND_EVERY_S
                 try:
                     self._send(final=stopping)
                     self._backoff = 0.5
@@ -174,7 +178,7 @@ class MlflowTracker:
     def _start(self) -> None:
         info, c = self.info, self.client
         self._experiment_id = c.experiment_id(info.experiment)
-        same = f"tags.`lmforge.run_id` = {_quote(info.run_id)} and tags.`lmforge.stage` = {_quote(info.stage)}"
+        same = f"tags.`lmforge.run_id` = {quote(info.run_id)} and tags.`lmforge.stage` = {quote(info.stage)}"
         found = c.search_runs([self._experiment_id], same, 1)
         if found:
             run = found[0]
@@ -197,7 +201,7 @@ class MlflowTracker:
         for key, artifacts in sorted(self.info.inputs.items()):
             for art, uri in sorted(artifacts.items()):
                 found = self.client.search_runs(
-                    [self._experiment_id], f"tags.`lmforge.artifact.{art}` = {_quote(uri)}", 1
+                    [self._experiment_id], f"tags.`lmforge.artifact.{art}` = {quote(uri)}", 1
                 )
                 if found:
                     out[f"lmforge.input_run.{key}"] = found[0]["info"]["run_id"]
@@ -246,7 +250,7 @@ class MlflowTracker:
                 self.client.put_artifact(self.artifact_uri, f"{name}/{key}", store.get_bytes(key))
 
     def _register(self, final: ProgressRecord) -> None:
-        """The release's model as a version of its registered model, with `champion` pointing at it."""
+        """The release's model as a version of its registered model (no alias: see the module docstring)."""
         info, c = self.info, self.client
         assert self.mlflow_run_id is not None
         model = info.inputs.get(f"ModelRelease/{info.name}", {}).get("model") or next(
@@ -276,5 +280,4 @@ class MlflowTracker:
                 tags,
                 description=f"{info.kind}/{info.name} run {info.run_id}: {model}",
             )
-        c.set_alias(name, CHAMPION, version)
         self.model_version = version

@@ -2,7 +2,8 @@
 
 The server tests read back through the real `MlflowClient` (tests/support/mlflow.py): runs named after
 the run id, tags, the flattened spec as parameters, metrics with their steps, the small artifacts,
-lineage between runs, and the ModelRelease's registered versions with the `champion` alias.
+lineage between runs, and the ModelRelease's registered versions (tagged with their run id; the
+aliases are the operator's, tests/embedded/test_registry_aliases.py).
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ from support.mlflow import MlflowServer, free_port, mlflow_server
 
 from lmforge.api.contract import InputArtifacts, StageName, StageSpec
 from lmforge.store import open_store
+from lmforge.store.mlflow import MlflowRest
 from lmforge.trainer.progress import ProgressReporter, tracking_failures
 from lmforge.trainer.tracking import flatten, run_info, trackers_for
-from lmforge.trainer.tracking.mlflow import MlflowTracker
+from lmforge.trainer.tracking.mlflow import SEND_EVERY_S, MlflowTracker
 from lmforge.trainer.tracking.tensorboard import TensorBoardTracker, crc32c, masked_crc
 
 
@@ -259,12 +261,13 @@ def serve_release(mlflow: MlflowServer, tmp_path: Path, run_id: str, model: str)
     return tracker
 
 
-def test_a_served_release_is_the_champion_version_and_a_replaced_one_loses_the_alias(
+def test_a_served_release_registers_its_version_tagged_with_its_run_id_and_leaves_the_aliases_alone(
     mlflow: MlflowServer, tmp_path: Path
 ) -> None:
     first = serve_release(mlflow, tmp_path, "rel-aaa", "file:///store/rel-aaa/model")
-    versions = mlflow.eventually("model", lambda vs: len(vs) == 1 and vs[0]["aliases"], name="tiny-chat")
-    assert versions[0]["aliases"] == ["champion"]
+    versions = mlflow.eventually("model", lambda vs: len(vs) == 1, name="tiny-chat")
+    assert versions[0]["aliases"] == []  # `champion` follows the rollout: the operator sets it
+    assert versions[0]["tags"]["lmforge.run_id"] == "rel-aaa"
     assert versions[0]["tags"]["lmforge.model_uri"] == "file:///store/rel-aaa/model"
     assert versions[0]["tags"]["eval.evals.hellaswag.acc"] == "0.31"
     assert (
@@ -273,14 +276,47 @@ def test_a_served_release_is_the_champion_version_and_a_replaced_one_loses_the_a
     first.close(timeout=60)
 
     second = serve_release(mlflow, tmp_path, "rel-bbb", "file:///store/rel-bbb/model")
-    versions = mlflow.eventually("model", lambda vs: len(vs) == 2 and vs[1]["aliases"], name="tiny-chat")
-    assert versions[0]["aliases"] == [] and versions[1]["aliases"] == ["champion"]
+    versions = mlflow.eventually("model", lambda vs: len(vs) == 2, name="tiny-chat")
+    assert [v["tags"]["lmforge.run_id"] for v in versions] == ["rel-aaa", "rel-bbb"]
+    assert [v["aliases"] for v in versions] == [[], []]
     second.close(timeout=60)
     # the same stage run again (a restarted server) is the same version, not a third
     again = serve_release(mlflow, tmp_path, "rel-bbb", "file:///store/rel-bbb/model")
     again.close(timeout=60)
     assert again.model_version == "2"
     assert len(mlflow.query("model", name="tiny-chat")) == 2
+
+
+class CountingRest(MlflowRest):
+    """The real client, counting `log-batch` requests that carry metrics."""
+
+    def __init__(self, uri: str) -> None:
+        super().__init__(uri)
+        self.metric_batches = 0
+
+    def call(self, method: str, path: str, body: Any = None, query: Any = None) -> dict[str, Any]:
+        if path == "runs/log-batch" and body and body.get("metrics"):
+            self.metric_batches += 1
+        return super().call(method, path, body, query)
+
+
+def test_a_stage_reporting_every_step_costs_one_request_a_second_not_one_a_step(
+    mlflow: MlflowServer, tmp_path: Path
+) -> None:
+    s = spec("PretrainJob", "often", StageName.PRETRAIN, "often-444", tmp_path)
+    client = CountingRest(mlflow.url)
+    tracker = MlflowTracker(mlflow.url, run_info(s), client=client)
+    rep = reporter(s, tracker)
+    started = time.monotonic()
+    for step in range(1, 61):  # 60 steps at ~30 steps/s: ~2 s of training
+        rep.progress(step, 60, metrics={"loss": 1.0 / step})
+        time.sleep(1 / 30)  # the step's compute (pacing the producer, not waiting for anything)
+    seconds = time.monotonic() - started
+    rep.result({"model": "file:///nowhere/often"})
+    tracker.close(timeout=60)
+    run = runs_by_name(mlflow)["often-444"]
+    assert [st for st, _ in run["metrics"]["loss"]] == list(range(1, 61))  # every step arrived
+    assert client.metric_batches <= seconds / SEND_EVERY_S + 3, (client.metric_batches, seconds)
 
 
 def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_path: Path) -> None:
@@ -307,7 +343,7 @@ def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_p
     print(f"failures retried: {tracker.failures}", file=sys.stderr)
 
 
-def test_the_serving_init_container_registers_the_champion_in_the_cluster(
+def test_the_serving_init_container_registers_the_version_in_the_cluster(
     mlflow: MlflowServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from lmforge.trainer.serve.prepare import register
@@ -327,7 +363,7 @@ def test_the_serving_init_container_registers_the_champion_in_the_cluster(
     )
     register(s)
     versions = mlflow.query("model", name="prod")  # default name: the release's
-    assert [v["aliases"] for v in versions] == [["champion"]]
+    assert [v["aliases"] for v in versions] == [[]] and versions[0]["tags"]["lmforge.run_id"] == "prod-ccc"
     assert versions[0]["tags"]["lmforge.model_uri"] == "s3://b/prod/model"
 
 

@@ -3,6 +3,10 @@
 Why not the `mlflow` package: a stage pod needs only a handful of calls, and `mlflow`/`mlflow-skinny`
 pin versions of pyarrow and cachetools that conflict with the trainer's (see the README). Every call
 has a short timeout; errors are raised as `TrackingError` for the caller's retry logic.
+
+It lives in the store layer (stdlib only) because both sides use it: the stages' trackers
+(`lmforge.trainer.tracking.mlflow`) log runs and register model versions; the operator and the
+embedded runner (`lmforge.operator.aliases`) move the registry aliases as a rollout proceeds.
 """
 
 from __future__ import annotations
@@ -151,8 +155,9 @@ class MlflowRest:
                 raise
 
     def model_version_of_run(self, name: str, run_id: str) -> str | None:
-        escaped = name.replace("'", "\\'")
-        found = self.call("GET", "model-versions/search", query={"filter": f"name='{escaped}' and run_id='{run_id}'"})
+        found = self.call(
+            "GET", "model-versions/search", query={"filter": f"name={quote(name)} and run_id={quote(run_id)}"}
+        )
         versions = found.get("model_versions", [])
         return str(versions[0]["version"]) if versions else None
 
@@ -168,6 +173,27 @@ class MlflowRest:
         }
         return str(self.call("POST", "model-versions/create", body)["model_version"]["version"])
 
+    def model_version_tagged(self, name: str, key: str, value: str) -> str | None:
+        """The newest version of `name` whose tag `key` is `value` (e.g. `lmforge.run_id`), or None."""
+        found = self.call(
+            "GET", "model-versions/search", query={"filter": f"name={quote(name)} and tags.`{key}` = {quote(value)}"}
+        )
+        versions = [int(v["version"]) for v in found.get("model_versions", [])]
+        return str(max(versions)) if versions else None
+
     def set_alias(self, name: str, alias: str, version: str) -> None:
         """Point `alias` at `version`; MLflow moves it off whichever version had it."""
         self.call("POST", "registered-models/alias", {"name": name, "alias": alias, "version": version})
+
+    def delete_alias(self, name: str, alias: str) -> None:
+        """Remove `alias` from the model (whichever version has it); an absent alias or model is no error."""
+        try:
+            self.call("DELETE", "registered-models/alias", {"name": name, "alias": alias})
+        except TrackingError as exc:
+            if exc.code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+
+
+def quote(value: str) -> str:
+    """A string literal of MLflow's search filter syntax."""
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
