@@ -214,6 +214,24 @@ def test_affinity_secret_env_and_image_override_pass_through() -> None:
     assert container["envFrom"] == [{"secretRef": {"name": "own"}}]
 
 
+def _serve_run(rel: Any) -> Any:
+    """The release's serve run, as the reconciler decides it once its compression succeeded."""
+    from lmforge.api.contract import ProgressRecord, RecordType
+    from lmforge.operator.reconcile.types import ObservedRun, RunState
+
+    compress = first_run(rel)
+    done = ObservedRun(
+        compress.name,
+        compress.run_id,
+        RunState.SUCCEEDED,
+        StageName.COMPRESS,
+        result=ProgressRecord(
+            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
+        ),
+    )
+    return first_run(rel, runs={compress.name: done})
+
+
 def test_the_tracking_uri_reaches_every_stage_container_and_the_serving_init_container() -> None:
     tracked = replace(SETTINGS, tracking_uri="http://mlflow.mlflow:5000")
     run = first_run(PIPE["PretrainJob/base-1b"])
@@ -221,21 +239,9 @@ def test_the_tracking_uri_reaches_every_stage_container_and_the_serving_init_con
     assert _env(job["spec"]["template"]["spec"]["containers"][0])["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
     untracked = {o["kind"]: o for o in build_children(run, owner(PIPE["PretrainJob/base-1b"]), SETTINGS)}["Job"]
     assert "MLFLOW_TRACKING_URI" not in _env(untracked["spec"]["template"]["spec"]["containers"][0])
-    from lmforge.api.contract import ProgressRecord, RecordType
-    from lmforge.operator.reconcile.types import ObservedRun, RunState
 
     rel = PIPE["ModelRelease/chat-1b"]
-    compress = first_run(rel)
-    done = ObservedRun(
-        compress.name,
-        compress.run_id,
-        RunState.SUCCEEDED,
-        StageName.COMPRESS,
-        result=ProgressRecord(
-            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
-        ),
-    )
-    dep = build_children(first_run(rel, runs={compress.name: done}), owner(rel), tracked)[1]
+    dep = build_children(_serve_run(rel), owner(rel), tracked)[1]
     init = dep["spec"]["template"]["spec"]["initContainers"][0]  # it registers the served version
     assert _env(init)["MLFLOW_TRACKING_URI"] == "http://mlflow.mlflow:5000"
     assert Settings.from_env({"LMFORGE_TRACKING_URI": "http://m:5000"}).tracking_uri == "http://m:5000"
@@ -243,21 +249,9 @@ def test_the_tracking_uri_reaches_every_stage_container_and_the_serving_init_con
 
 
 def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None:
-    from lmforge.api.contract import ProgressRecord, RecordType
-    from lmforge.operator.reconcile.types import ObservedRun, RunState
 
     rel = PIPE["ModelRelease/chat-1b"]
-    compress = first_run(rel)
-    done = ObservedRun(
-        compress.name,
-        compress.run_id,
-        RunState.SUCCEEDED,
-        StageName.COMPRESS,
-        result=ProgressRecord(
-            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
-        ),
-    )
-    serve = first_run(rel, runs={compress.name: done})
+    serve = _serve_run(rel)
     assert serve.stage is StageName.SERVE
     objs = build_children(serve, owner(rel), SETTINGS)
     assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service"]
@@ -299,24 +293,10 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
 def test_a_cpu_server_gets_the_amx_sitecustomize_from_the_init_container() -> None:
     """vLLM's CPU kernels use AMX without asking Linux for it (SIGILL on bf16); the init container
     copies LMForge's sitecustomize next to the model and the server has it first on its path."""
-    from lmforge.api.contract import ProgressRecord, RecordType
-    from lmforge.operator.reconcile.types import ObservedRun, RunState
 
     gpu = PIPE["ModelRelease/chat-1b"]
     rel = gpu.model_copy(update={"spec": gpu.spec.model_copy(update={"gpus": 0})})
-    compress = first_run(rel)
-    done = ObservedRun(
-        compress.name,
-        compress.run_id,
-        RunState.SUCCEEDED,
-        StageName.COMPRESS,
-        result=ProgressRecord(
-            type=RecordType.RESULT, stage=StageName.COMPRESS, run_id="x", artifacts={"model": "s3://b/cm"}
-        ),
-    )
-    pod = build_children(first_run(rel, runs={compress.name: done}), owner(rel), SETTINGS)[1]["spec"]["template"][
-        "spec"
-    ]
+    pod = build_children(_serve_run(rel), owner(rel), SETTINGS)[1]["spec"]["template"]["spec"]
     server = pod["containers"][0]
     assert "nvidia.com/gpu" not in server["resources"].get("limits", {})
     assert _env(server)["PYTHONPATH"] == "/models/cpu_site"
