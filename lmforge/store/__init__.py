@@ -20,7 +20,7 @@ from lmforge.store.base import Store
 from lmforge.store.errors import ArtifactCorrupt, ArtifactIncomplete, ArtifactNotFound, StoreError
 from lmforge.store.local import LocalStore
 from lmforge.store.s3 import S3Store
-from lmforge.store.uri import parse_store_uri
+from lmforge.store.uri import parse_store_uri, split_uri
 
 __all__ = [
     "MANIFEST_NAME",
@@ -38,6 +38,7 @@ __all__ = [
     "is_complete",
     "open_store",
     "read_manifest",
+    "split_uri",
 ]
 
 

@@ -93,3 +93,9 @@ def parse_store_uri(uri: str) -> StoreURI:
             raise StoreError(f"invalid S3 URI {uri!r}: {e}") from None
         return StoreURI(scheme="s3", bucket=bucket, prefix=prefix)
     raise StoreError(f"unsupported store URI {uri!r}: expected file:///path, a local path or s3://bucket/prefix")
+
+
+def split_uri(uri: str) -> tuple[str, str]:
+    """`s3://b/p/run/model` → (`s3://b/p/run`, `model`): a store root and the key of the artifact."""
+    root, _, leaf = uri.rstrip("/").rpartition("/")
+    return root, leaf

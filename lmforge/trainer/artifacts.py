@@ -18,6 +18,7 @@ from lmforge.store import (
     download_artifact,
     open_store,
     read_manifest,
+    split_uri,
 )
 from lmforge.trainer.context import StageContext
 
@@ -25,12 +26,6 @@ from lmforge.trainer.context import StageContext
 def cache_dir() -> Path:
     """Root of the local download cache."""
     return Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge")) / "artifacts"
-
-
-def split_uri(uri: str) -> tuple[str, str]:
-    """`s3://b/p/run/model` → (`s3://b/p/run`, `model`): a store root and the key of the artifact."""
-    root, _, leaf = uri.rstrip("/").rpartition("/")
-    return root, leaf
 
 
 def fetch(uri: str, dest: Path | None = None, *, require_manifest: bool = True) -> Path:

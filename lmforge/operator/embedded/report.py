@@ -19,7 +19,7 @@ from typing import Any
 
 from lmforge.api.meta import now_rfc3339
 from lmforge.operator.embedded.state import ResourceState, RunnerState, StateFile
-from lmforge.store import Store, StoreError, open_store
+from lmforge.store import Store, StoreError, open_store, split_uri
 
 CURVE_KINDS = ("PretrainJob", "AlignmentJob")
 
@@ -38,7 +38,7 @@ class Section:
 
 def _artifact_json(uri: str, name: str) -> dict[str, Any] | None:
     """`name` inside the artifact at `uri`, parsed, or None when absent/unreadable."""
-    root, _, leaf = uri.rstrip("/").rpartition("/")
+    root, leaf = split_uri(uri)
     try:
         data: dict[str, Any] = json.loads(open_store(root).get_bytes(f"{leaf}/{name}"))
         return data

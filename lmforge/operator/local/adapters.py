@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lmforge.store import download_artifact, open_store
+from lmforge.store import download_artifact, open_store, split_uri
 
 TIMEOUT_S = 60.0
 """Per request: loading reads the adapter's weights into the server."""
@@ -57,7 +57,7 @@ class AdapterClient:
     def fetch(self, uri: str) -> Path:
         """A verified local copy of the adapter artifact (files already there with the right hash
         are kept)."""
-        root, _, leaf = uri.rstrip("/").rpartition("/")
+        root, leaf = split_uri(uri)
         dest = self.cache / hashlib.sha256(uri.encode()).hexdigest()[:24]
         download_artifact(open_store(root), leaf, dest, verify=True)
         return dest

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from lmforge.api.alignment import AlignmentMethod, DataFormat
-from lmforge.store import open_store
+from lmforge.store import open_store, split_uri
 from lmforge.trainer.artifacts import cache_dir
 from lmforge.trainer.chat import ROLES, Message
 from lmforge.trainer.errors import InvalidInput
@@ -64,7 +64,7 @@ class Rows:
 def _files(uri: str) -> list[tuple[str, Path]]:
     """(name for messages, local path) of every data file under `uri`, in sorted order."""
     if uri.startswith("s3://"):
-        root, _, leaf = uri.rstrip("/").rpartition("/")
+        root, leaf = split_uri(uri)
         store = open_store(root)
         keys = [k for k in store.list(leaf) if k.endswith((".jsonl", ".json", ".parquet"))]
         if store.exists(leaf):
