@@ -113,6 +113,12 @@ def test_namespaced_mode_and_monitoring_toggles() -> None:
     assert "ClusterRole" not in [d["kind"] for d in docs]
     dep = next(d for d in docs if d["kind"] == "Deployment")
     assert {"--namespace=ml", "--namespace=research"} <= set(dep["spec"]["template"]["spec"]["containers"][0]["args"])
+    monitors = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "PodMonitor"}
+    serving = next(m for name, m in monitors.items() if name.endswith("-serving"))
+    assert serving["selector"]["matchLabels"]["lmforge.io/component"] == "serve"
+    assert serving["podTargetLabels"] == ["lmforge.io/run"]  # the canary analysis queries by run
+    assert serving["podMetricsEndpoints"][0]["port"] == "http"
+    assert serving["namespaceSelector"] == {"matchNames": ["ml", "research"]}
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
     assert {"LMForgeJobFailed", "LMForgeProgressStalled", "LMForgeReleaseNotReady"} <= alerts
