@@ -254,9 +254,12 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     serve = _serve_run(rel)
     assert serve.stage is StageName.SERVE
     objs = build_children(serve, owner(rel), SETTINGS)
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service"]
-    dep, svc = objs[1], objs[2]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service", "Service"]
+    dep, svc, own = objs[1], objs[2], objs[3]
     assert dep["spec"]["replicas"] == 2
+    # The run's own Service reaches this version alone (a smoke suite, a canary's HTTPRoute backend).
+    assert own["metadata"]["name"] == serve.name and own["spec"]["selector"][RUN_LABEL] == serve.name
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in own["spec"]["selector"].items())
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Always"
