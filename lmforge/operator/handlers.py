@@ -416,7 +416,13 @@ class Controller:
         ident = (ns, "HTTPRoute", owner.name)
         digest = route["metadata"]["annotations"][SPEC_HASH]
         if self.caches.applied_hash(key, ident) != digest:
-            await self.client.apply(route)
+            try:
+                await self.client.apply(route)
+            except ApiError as exc:  # no Gateway API CRDs, or no RBAC: the shares hold, say why once per try
+                log.warning(
+                    "%s/%s: cannot apply HTTPRoute %s (Gateway API installed?): %s", ns, key[2], owner.name, exc
+                )
+                return
             self.caches.record_applied(key, ident, digest)
 
     async def _delete_run(self, key: Key, run_name: str) -> None:

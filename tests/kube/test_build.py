@@ -293,6 +293,20 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     assert "PYTHONPATH" not in _env(c)  # a GPU server's image keeps its own path
 
 
+def test_a_canary_deployment_gets_its_share_of_replicas_and_keeps_its_full_count() -> None:
+    """By replica ratio a canary's Deployment runs its share; the annotation keeps `serving.replicas`
+    so the operator can give a scaled-down stable version its count back after a rollback."""
+    from lmforge.operator.kube.traffic import FULL_REPLICAS
+
+    rel = PIPE["ModelRelease/chat-1b"]
+    serve = _serve_run(rel)
+    full = build_children(serve, owner(rel), SETTINGS)[1]
+    share = build_children(serve, owner(rel), SETTINGS, replicas=1)[1]
+    assert (full["spec"]["replicas"], share["spec"]["replicas"]) == (2, 1)
+    assert full["metadata"]["annotations"][FULL_REPLICAS] == share["metadata"]["annotations"][FULL_REPLICAS] == "2"
+    assert full["metadata"]["annotations"][SPEC_HASH] != share["metadata"]["annotations"][SPEC_HASH]  # re-applied
+
+
 def test_a_cpu_server_gets_the_amx_sitecustomize_from_the_init_container() -> None:
     """vLLM's CPU kernels use AMX without asking Linux for it (SIGILL on bf16); the init container
     copies LMForge's sitecustomize next to the model and the server has it first on its path."""

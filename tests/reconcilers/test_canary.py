@@ -354,6 +354,19 @@ def test_promotion_step_by_step_then_the_new_version_serves_alone() -> None:
     again = reconcile(obs, now=T10)
     ready = again.status.condition("Ready")
     assert ready is not None and ready.reason == "Serving" and again.traffic == {_new_name(obs): 100}
+    # By replica ratio the promoted Deployment scales back to its full count: it serves meanwhile.
+    scaling = replace(obs, status=again.status)
+    scaling = replace(
+        scaling,
+        runs={
+            k: replace(v, state=RunState.RUNNING, message="2/4 replicas available") if k == _new_name(obs) else v
+            for k, v in scaling.runs.items()
+        },
+    )
+    during = reconcile(scaling, now=T10)
+    ready = during.status.condition("Ready")
+    assert ready is not None and ready.status is ConditionStatus.TRUE and "2/4 replicas available" in ready.message
+    assert during.status.phase is Phase.SERVING and during.runs and during.events == []
 
 
 def test_a_spec_change_mid_canary_stops_the_superseded_canary_and_gives_the_stable_all_traffic() -> None:

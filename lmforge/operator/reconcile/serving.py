@@ -102,6 +102,20 @@ def release_after_compression(
         return
     if cfg is not None and canary.hold_while_short(b, release, cfg, rid, serve.name, serving_old):
         return
+    if (
+        rollout is not None
+        and rollout.candidate == rid
+        and rollout.state is RolloutState.PROMOTED
+        and seen is not None
+        and seen.state is RunState.RUNNING
+        and b.obs.status.phase is Phase.SERVING
+    ):  # promoted by replica ratio: its servers scale back to their full count while they serve
+        message = f"serving at {b.status.endpoint} ({seen.message or 'scaling to its replicas'})"
+        b.cond(ConditionType.READY, True, Reason.SERVING, message)
+        b.status.phase = Phase.SERVING
+        b.traffic = {serve.name: 100}
+        b.requeue = POLL_SECONDS
+        return
     message = "deploying" + (
         f" {rid} (previous release keeps serving: {ready_old[0].run_id} at {ready_old[0].endpoint})"
         if ready_old
