@@ -176,6 +176,18 @@ def test_tracking_uri_reaches_the_operator_only_when_set() -> None:
     assert "LMFORGE_TRACKING_URI" not in env()
 
 
+def test_the_prometheus_url_reaches_the_operator_only_when_set_and_it_may_apply_httproutes() -> None:
+    def env(*sets: str) -> dict[str, str]:
+        dep = next(d for d in render(*sets) if d["kind"] == "Deployment")
+        return {e["name"]: e.get("value") for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+
+    assert env("operator.prometheusUrl=http://prom:9090")["LMFORGE_PROMETHEUS_URL"] == "http://prom:9090"
+    assert "LMFORGE_PROMETHEUS_URL" not in env()
+    role = next(d for d in render() if d["kind"] == "Role")
+    rule = next(r for r in role["rules"] if r["apiGroups"] == ["gateway.networking.k8s.io"])
+    assert rule["resources"] == ["httproutes"] and {"create", "patch", "delete"} <= set(rule["verbs"])
+
+
 def test_several_replicas_elect_a_leader_on_a_lease_only_they_may_write() -> None:
     single = render()
     dep = next(d for d in single if d["kind"] == "Deployment")

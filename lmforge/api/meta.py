@@ -225,11 +225,19 @@ class Reason(StrEnum):
     SMOKE_TESTING = "SmokeTesting"
     """A changed release's new server is Ready beside the old one, which keeps serving, while the
     `serving.smokeEvalSuiteRef` suite evaluates the new one; the message gives both URLs."""
+    CANARY = "Canary"
+    """A changed release's new server serves a share of live traffic beside the stable one (Ready
+    stays True); the message says which run serves which share at which URL and when the step is
+    judged. `status.rollout` has the step and weight."""
+    CANARY_STEP = "CanaryStep"
+    """Event: a canary step began (the new version's share and why the previous step passed)."""
     PROMOTED = "Promoted"
-    """The new version passed its smoke evaluation and took over; the old server was stopped."""
+    """The new version passed its smoke evaluation (and, with a canary, every step) and took over;
+    the old server was stopped."""
     ROLLED_BACK = "RolledBack"
-    """The new version failed its smoke evaluation: its server was stopped, the old one keeps serving
-    (Ready stays True); the message names the failed thresholds. Change the spec to try again."""
+    """The new version failed its smoke evaluation or a canary step's metrics (error rate, time to
+    first token): its server was stopped, the old one keeps serving with all traffic (Ready stays
+    True); the message names the failed thresholds or figures. Change the spec to try again."""
     ADAPTERS_CHANGED = "AdaptersChanged"
     """Event: LoRA adapters are loaded into (or unloaded from) the running server because
     `serving.loraAdapters` or an adapter's AlignmentJob changed; the message names them."""
@@ -287,12 +295,15 @@ class Progress(ApiModel):
 
 class RolloutState(StrEnum):
     SMOKE_TESTING = "SmokeTesting"
+    CANARY = "Canary"
+    """The new version serves a share of live traffic (`weight`) at canary step `step`."""
     PROMOTED = "Promoted"
     ROLLED_BACK = "RolledBack"
 
 
 class Rollout(ApiModel):
-    """ModelRelease: the latest switch from the version serving to a new one (blue-green)."""
+    """ModelRelease: the latest switch from the version serving to a new one (blue-green, or a
+    canary by steps: `serving.canary`)."""
 
     state: RolloutState
     """Where the switch stands."""
@@ -305,7 +316,13 @@ class Rollout(ApiModel):
     candidate_endpoint: str | None = None
     """The new server's URL (beside the stable one until it takes over)."""
     message: str = ""
-    """Why it stands there (the smoke suite's verdict)."""
+    """Why it stands there (the smoke suite's verdict, the canary step's figures)."""
+    step: int | None = Field(default=None, ge=0)
+    """Canary: index of the current step in `serving.canary.steps`."""
+    weight: int | None = Field(default=None, ge=0, le=100)
+    """Canary: the new version's share of traffic now, in percent."""
+    step_started: str | None = None
+    """Canary: when the current step began (RFC 3339); it is judged `stepSeconds` later."""
 
 
 class Status(ApiModel):

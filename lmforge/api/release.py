@@ -4,7 +4,7 @@ EvalSuite gate has passed."""
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -113,6 +113,63 @@ class DType(StrEnum):
     FLOAT32 = "float32"
 
 
+DEFAULT_CANARY_STEPS = [10, 50]
+
+
+class Canary(ApiModel):
+    """A progressive canary (the operator only; `lmforge run` stays blue-green): a changed release's
+    new server first serves a share of live traffic beside the version serving, one step after
+    another, each held `stepSeconds` and judged on the two versions' vLLM metrics from Prometheus;
+    a step whose figures fail rolls back by itself (the new server stops, the stable keeps all
+    traffic), and after the last step the new version takes all traffic (the old one stops). A smoke
+    suite (`smokeEvalSuiteRef`), when set, is passed first, before the new server gets any traffic
+    (with a Gateway; by replica ratio its one pod already shares the release's Service). See
+    docs/release.md."""
+
+    rules = (
+        Rule(
+            "!has(self.steps) || (self.steps.isSorted() && self.steps.all(x, self.steps.exists_one(y, y == x)))",
+            "serving.canary.steps must be strictly increasing",
+            "steps",
+        ),
+    )
+
+    steps: list[Annotated[int, Field(ge=1, le=99)]] = Field(
+        default_factory=lambda: list(DEFAULT_CANARY_STEPS), min_length=1, max_length=20
+    )
+    """The new version's share of traffic at each step, in percent (1-99, strictly increasing);
+    after the last step it takes all traffic. By replica ratio (no `gateway`) the share is rounded to
+    whole replicas: `ceil(replicas * step / 100)` canary replicas (at least 1) beside the rest (at
+    least 1)."""
+    step_seconds: int = Field(default=60, ge=5, le=86400)
+    """How long each step is held before its metrics are judged."""
+    max_error_rate: float = Field(default=0.01, ge=0, le=1)
+    """Largest share of the canary's requests in a step that may end in a 5xx."""
+    max_ttft_ratio: float = Field(default=2.0, gt=0, le=1000)
+    """Largest ratio of the canary's p95 time to first token to the stable version's."""
+    min_requests: int = Field(default=0, ge=0)
+    """Requests the canary must have answered in a step before the step may pass; fewer holds the
+    step (it is judged again) rather than passing it on no evidence."""
+
+    @model_validator(mode="after")
+    def _steps_increase(self) -> Canary:
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:], strict=False)):
+            raise ValueError(f"serving.canary.steps must be strictly increasing, not {self.steps}")
+        return self
+
+
+class GatewayRef(ApiModel):
+    """A Gateway API `Gateway` the release's traffic enters through: the operator then keeps an
+    HTTPRoute named after the release whose backend weights split traffic between the versions."""
+
+    name: str = Field(min_length=1, max_length=253)
+    """Name of the Gateway."""
+    namespace: str | None = Field(default=None, min_length=1, max_length=63)
+    """Its namespace; default the release's (a Gateway elsewhere must allow routes from it)."""
+    section_name: str | None = Field(default=None, min_length=1, max_length=253)
+    """The Gateway's listener to attach to; default all of them."""
+
+
 DEFAULT_MAX_LORAS = 4
 """`--max-loras` of a release that lists adapters but sets no `serving.maxLoras`."""
 
@@ -161,7 +218,16 @@ class Serving(ApiModel):
     evaluates the new server, and only then does the old one stop (reason Promoted); if its gate fails,
     the new server stops and the old keeps serving (reason RolledBack). `status.rollout` and the
     Ready message say which URL serves which version meanwhile. The first version serves at once (there
-    is nothing to protect) and the suite then evaluates it."""
+    is nothing to protect) and the suite then evaluates it. With `canary` set (the operator), passing
+    it starts the canary's first step instead of promoting."""
+    canary: Canary | None = None
+    """Progressive rollout of a changed release (see `Canary`); unset: blue-green as described
+    under `smokeEvalSuiteRef`. Under `lmforge run` always blue-green."""
+    gateway: GatewayRef | None = None
+    """Split traffic by weights in a Gateway API HTTPRoute (named after the release, attached to this
+    Gateway) instead of by replica ratio behind the release's Service. The route always points at the
+    version(s) serving: one backend, two during a canary or smoke test (the new one at weight 0
+    while smoke-tested)."""
     kv_cache_gib: float = Field(default=1.0, gt=0, le=1024)
     """CPU backend: KV-cache space in GiB."""
     extra_args: list[str] = Field(default_factory=list)

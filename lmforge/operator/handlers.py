@@ -37,11 +37,13 @@ from lmforge.api.release import ModelRelease
 from lmforge.api.validation import parse_resource
 from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.caches import ControllerCaches, Key
-from lmforge.operator.kube import Owner, build_children, observe_child
+from lmforge.operator.kube import Owner, build_children, observe_child, traffic
 from lmforge.operator.kube.client import ApiError, KubeClient
 from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
 from lmforge.operator.kube.observe import pods_worth_a_look, with_store
+from lmforge.operator.kube.prometheus import canary_metrics
 from lmforge.operator.kube.serving import endpoint
+from lmforge.operator.kube.traffic import run_url
 from lmforge.operator.lookups import Lookups
 from lmforge.operator.metrics import QUEUE_WAIT_SECONDS, RECONCILE_SECONDS, RECONCILES, ResourceMetrics
 from lmforge.operator.reconcile import (
@@ -51,8 +53,11 @@ from lmforge.operator.reconcile import (
     Observed,
     ObservedRun,
     RunState,
+    StageRun,
     reconcile,
 )
+from lmforge.operator.reconcile.analysis import CanaryMetrics
+from lmforge.operator.reconcile.canary import metrics_due
 from lmforge.operator.reconcile.reconciler import expected_runs
 from lmforge.operator.reconcile.runs import resource_prefix
 from lmforge.operator.settings import Settings
@@ -239,9 +244,12 @@ class Controller:
             inputs=inputs,
             invalid=invalid,
             allowlists=self.allowlists,
+            traffic_split=True,
         )
+        clock = now_rfc3339()  # one clock for the metrics look-up and the decision (canary steps)
         port = resource.spec.serving.port if isinstance(resource, ModelRelease) else 8000
-        url = endpoint(self._owner(body), port)
+        owner = self._owner(body)
+        url = endpoint(owner, port)
         runs: dict[str, ObservedRun] = {}
         children = self.children(key)
         now = datetime.now(UTC)
@@ -249,14 +257,18 @@ class Controller:
             seen = observe_child(child, url)
             if seen is not None and pods_worth_a_look(child, seen, now):
                 seen = await self.lookups.explain_waiting(ns, seen)
+            if seen is not None and seen.endpoint is not None and child.get("kind") == "Deployment":
+                seen = replace(seen, run_endpoint=run_url(owner, seen.name, port))
             if seen is not None:
                 runs[seen.name] = seen
+        if isinstance(resource, ModelRelease):
+            obs = replace(obs, canary_metrics=await self._canary_metrics(ns, resource, status, clock))
         for run_name, stage, prefix in expected_runs(obs):
             try:
                 result, progress = await asyncio.to_thread(read_records, self.store, prefix)
             except StoreError as exc:  # shown on the resource; one line per retry, no traceback
                 log.warning("%s/%s/%s: store %s unavailable: %s", ns, kind, name, self.settings.store, exc)
-                return reconcile(replace(obs, runs=runs, store_error=str(exc)))
+                return reconcile(replace(obs, runs=runs, store_error=str(exc)), clock)
             merged = with_store(runs.get(run_name), run_name, stage, result, progress)
             seen_failed = (observed := runs.get(run_name)) is not None and observed.state is RunState.FAILED
             if merged is not None and merged.state is RunState.FAILED and seen_failed:
@@ -266,10 +278,9 @@ class Controller:
             if merged is not None:
                 runs[run_name] = merged
         obs = replace(obs, runs=runs)
-        decision = reconcile(obs)
+        decision = reconcile(obs, clock)
         existing = {c["metadata"]["name"] for c in children}
         absent, foreign = {}, {}
-        owner = self._owner(body)
         for run in decision.runs:
             if run.name in existing:
                 continue
@@ -290,7 +301,19 @@ class Controller:
             self.caches.clear_secret_waits(key)
             return decision
         waits = self.caches.count_secret_wait(key)
-        return reconcile(replace(obs, missing_secrets=absent, conflicts=foreign, secret_waits=waits))
+        return reconcile(replace(obs, missing_secrets=absent, conflicts=foreign, secret_waits=waits), clock)
+
+    async def _canary_metrics(self, ns: str, release: ModelRelease, status: Status, now: str) -> CanaryMetrics | None:
+        """The figures of the canary step the reconcile will judge, from Prometheus, only when one is
+        due (`metrics_due`) and a Prometheus URL is configured; None otherwise (no URL: a step passes
+        on time alone, and says so)."""
+        if not self.settings.prometheus_url:
+            return None
+        due = metrics_due(release, status.rollout, now)
+        if due is None:
+            return None
+        stable, candidate, window = due
+        return await asyncio.to_thread(canary_metrics, self.settings.prometheus_url, ns, stable, candidate, window)
 
     def _owner(self, body: dict[str, Any]) -> Owner:
         meta = body["metadata"]
@@ -308,6 +331,8 @@ class Controller:
             self.aliases.sync(resource, decision.status)  # never blocks: a background thread sends it
         owner = self._owner(body)
         created = await self._apply_children(key, owner, decision)
+        if isinstance(resource, ModelRelease):
+            await self._split_traffic(key, owner, resource, decision)
         for run_name in decision.delete:
             await self._delete_run(key, run_name)
         if created and self.queue.urgent_waiting():
@@ -342,7 +367,7 @@ class Controller:
         created = False
         for run in decision.runs:
             todo: list[dict[str, Any]] = []
-            for obj in build_children(run, owner, self.settings):
+            for obj in build_children(run, owner, self.settings, self._replicas(run, decision)):
                 ident = (ns, obj["kind"], obj["metadata"]["name"])
                 if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
                     continue  # Jobs are immutable and may be un-suspended by Kueue: create once
@@ -357,6 +382,48 @@ class Controller:
                     )
             created = created or any(o["kind"] in ("Job", "Deployment") for o in todo)
         return created
+
+    def _replicas(self, run: StageRun, decision: Decision) -> int | None:
+        """A serving run's replicas for its share of a canary (traffic.py); None: its own count."""
+        if not run.long_running or not decision.traffic:
+            return None
+        weighted = ModelRelease.model_validate(run.spec.resource).spec.serving.gateway is not None
+        return traffic.replicas(run.replicas, decision.traffic.get(run.name), new=True, weighted=weighted)
+
+    async def _split_traffic(self, key: Key, owner: Owner, release: ModelRelease, decision: Decision) -> None:
+        """Carry out `decision.traffic` beyond the runs' own objects: the older versions' replicas (a
+        stable one scaled down for a canary by replica ratio, given back its count after a rollback),
+        and with `serving.gateway` the release's HTTPRoute weights."""
+        if not decision.traffic:
+            return
+        ns = key[0]
+        gateway = release.spec.serving.gateway
+        current = {r.name for r in decision.runs}
+        for child in self.children(key):
+            name = child["metadata"]["name"]
+            if child["kind"] != "Deployment" or name in current or name in decision.delete:
+                continue
+            spec = child.get("spec") or {}
+            annotations = child["metadata"].get("annotations") or {}
+            full = int(annotations.get(traffic.FULL_REPLICAS) or spec.get("replicas") or 1)
+            want = traffic.replicas(full, decision.traffic.get(name, 100), new=False, weighted=gateway is not None)
+            if int(spec.get("replicas", 1)) != want:
+                log.info("scaling %s/%s to %d replicas (traffic %s)", ns, name, want, decision.traffic)
+                await self.client.scale(ns, name, want)
+        if gateway is None:
+            return
+        route = traffic.http_route(owner, gateway, decision.traffic, release.spec.serving.port)
+        ident = (ns, "HTTPRoute", owner.name)
+        digest = route["metadata"]["annotations"][SPEC_HASH]
+        if self.caches.applied_hash(key, ident) != digest:
+            try:
+                await self.client.apply(route)
+            except ApiError as exc:  # no Gateway API CRDs, or no RBAC: the shares hold, say why once per try
+                log.warning(
+                    "%s/%s: cannot apply HTTPRoute %s (Gateway API installed?): %s", ns, key[2], owner.name, exc
+                )
+                return
+            self.caches.record_applied(key, ident, digest)
 
     async def _delete_run(self, key: Key, run_name: str) -> None:
         ns = key[0]

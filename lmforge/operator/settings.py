@@ -94,6 +94,9 @@ class Settings:
     """Egress rules (NetworkPolicyEgressRule objects) added to every run's NetworkPolicy."""
     network_store_peers: tuple[dict[str, Any], ...] = ()
     """`to` peers of the store's egress rule (e.g. its ipBlock); empty: any address on its port."""
+    prometheus_url: str | None = None
+    """Prometheus that scrapes the serving pods' vLLM metrics (the chart's `operator.prometheusUrl`):
+    a canary step is judged on its figures. None: canary steps pass on time alone (and say so)."""
 
     def allowlists(self) -> Allowlists:
         """The lists the reconciler checks each resource against."""
@@ -137,6 +140,7 @@ class Settings:
             network_policies=_bool(e.get("LMFORGE_NETWORK_POLICIES")),
             network_extra_egress=tuple(json.loads(e.get("LMFORGE_NETWORK_EXTRA_EGRESS") or "[]")),
             network_store_peers=tuple(json.loads(e.get("LMFORGE_NETWORK_STORE_PEERS") or "[]")),
+            prometheus_url=e.get("LMFORGE_PROMETHEUS_URL") or None,
             default_resources={
                 str(k): {str(n): str(q) for n, q in v.items()}
                 for k, v in json.loads(e.get("LMFORGE_DEFAULT_RESOURCES") or "{}").items()

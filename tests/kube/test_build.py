@@ -254,9 +254,12 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     serve = _serve_run(rel)
     assert serve.stage is StageName.SERVE
     objs = build_children(serve, owner(rel), SETTINGS)
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service"]
-    dep, svc = objs[1], objs[2]
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Deployment", "Service", "Service"]
+    dep, svc, own = objs[1], objs[2], objs[3]
     assert dep["spec"]["replicas"] == 2
+    # The run's own Service reaches this version alone (a smoke suite, a canary's HTTPRoute backend).
+    assert own["metadata"]["name"] == serve.name and own["spec"]["selector"][RUN_LABEL] == serve.name
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in own["spec"]["selector"].items())
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Always"
@@ -288,6 +291,20 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     assert all(tmpl_labels[k] == v for k, v in svc["spec"]["selector"].items())
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
     assert "PYTHONPATH" not in _env(c)  # a GPU server's image keeps its own path
+
+
+def test_a_canary_deployment_gets_its_share_of_replicas_and_keeps_its_full_count() -> None:
+    """By replica ratio a canary's Deployment runs its share; the annotation keeps `serving.replicas`
+    so the operator can give a scaled-down stable version its count back after a rollback."""
+    from lmforge.operator.kube.traffic import FULL_REPLICAS
+
+    rel = PIPE["ModelRelease/chat-1b"]
+    serve = _serve_run(rel)
+    full = build_children(serve, owner(rel), SETTINGS)[1]
+    share = build_children(serve, owner(rel), SETTINGS, replicas=1)[1]
+    assert (full["spec"]["replicas"], share["spec"]["replicas"]) == (2, 1)
+    assert full["metadata"]["annotations"][FULL_REPLICAS] == share["metadata"]["annotations"][FULL_REPLICAS] == "2"
+    assert full["metadata"]["annotations"][SPEC_HASH] != share["metadata"]["annotations"][SPEC_HASH]  # re-applied
 
 
 def test_a_cpu_server_gets_the_amx_sitecustomize_from_the_init_container() -> None:

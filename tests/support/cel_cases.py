@@ -247,4 +247,10 @@ CASES = [
         {"serving": {"maxLoras": 1, "loraAdapters": [{"name": "a"}, {"name": "b"}]}},
         "spec.serving.loraAdapters",
     ),
+    CelCase(
+        "serving.canary.steps must be strictly increasing",
+        "ModelRelease",
+        {"serving": {"canary": {"steps": [10, 50, 50]}}},
+        "spec.serving.canary.steps",
+    ),
 ]

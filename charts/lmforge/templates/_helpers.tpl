@@ -65,6 +65,10 @@ prefix), plus the always-allowed values given as .always. */}}
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["get", "create", "patch", "delete"]
+# A release with serving.gateway: its HTTPRoute (canary weights), applied; removed with the release.
+- apiGroups: ["gateway.networking.k8s.io"]
+  resources: ["httproutes"]
+  verbs: ["get", "create", "patch", "delete"]
 # Failed pods' termination messages explain a failure.
 - apiGroups: [""]
   resources: ["pods"]

@@ -8,7 +8,8 @@ Shapes:
   its worker index from `JOB_COMPLETION_INDEX`);
 * multi-node training: an Indexed Job, completions = parallelism = nodes, plus a headless Service
   of the same name; pods are `<job>-<index>.<service>`, rank 0 is the torch rendezvous master;
-* serving: a Deployment plus a Service named after the release (see `serving`);
+* serving: a Deployment, a Service of its own (named after the run) and one named after the release
+  (see `serving`, and `traffic` for a canary's replicas and HTTPRoute);
 * with `network_policies` set: a NetworkPolicy named after the run (see `network`).
 
 Retry policy: `backoffLimit` from `compute.backoffLimit` (each retry resumes from the stage's
@@ -34,6 +35,7 @@ from lmforge.operator.kube.pods import (
     spec_yaml,
 )
 from lmforge.operator.kube.serving import deployment, release_service
+from lmforge.operator.kube.traffic import run_service
 from lmforge.operator.reconcile.types import StageRun
 from lmforge.operator.settings import Settings
 
@@ -154,14 +156,22 @@ def pod_group(run: StageRun, owner: Owner) -> dict[str, Any]:
     )
 
 
-def build_children(run: StageRun, owner: Owner, settings: Settings) -> list[dict[str, Any]]:
+def build_children(
+    run: StageRun, owner: Owner, settings: Settings, replicas: int | None = None
+) -> list[dict[str, Any]]:
     """Every object a run needs, in apply order (the ConfigMap before the pods that mount it; the
-    NetworkPolicy, when configured, before the pods it confines)."""
+    NetworkPolicy, when configured, before the pods it confines). `replicas`: a serving run's share
+    of a canary by replica ratio (default its own count)."""
     out = [config_map(run, owner)]
     if settings.network_policies:
         out.append(network_policy(run, owner, settings))
     if run.long_running:
-        return [*out, deployment(run, owner, settings), release_service(run, owner)]
+        return [
+            *out,
+            deployment(run, owner, settings, replicas),
+            release_service(run, owner),
+            run_service(run.name, run.port or 8000, owner),
+        ]
     if run.compute.scheduling.gang is GangScheduler.VOLCANO:
         out.append(pod_group(run, owner))
     if run.nodes > 1:

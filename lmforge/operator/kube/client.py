@@ -31,6 +31,7 @@ PLURALS = {
     "Deployment": "deployments",
     "PodGroup": "podgroups",
     "NetworkPolicy": "networkpolicies",
+    "HTTPRoute": "httproutes",
     "Dataset": "datasets",
     "PretrainJob": "pretrainjobs",
     "AlignmentJob": "alignmentjobs",
@@ -159,6 +160,18 @@ class KubeClient:
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": "Background"}
         gone = await self.request("DELETE", path_of(api_version, kind, namespace, name), body, ok_missing=True)
         return gone is not None
+
+    async def scale(self, namespace: str, name: str, replicas: int) -> Any:
+        """Set a Deployment's replicas (merge patch: leaves every field applied by the operator as it is)."""
+        path = path_of("apps/v1", "Deployment", namespace, name)
+        return await self.request(
+            "PATCH",
+            path,
+            {"spec": {"replicas": replicas}},
+            content_type="application/merge-patch+json",
+            params={"fieldManager": FIELD_MANAGER},
+            ok_missing=True,
+        )
 
     async def patch_status(self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]) -> Any:
         """Merge-patch `.status` through the status subresource."""

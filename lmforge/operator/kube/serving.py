@@ -1,9 +1,11 @@
-"""Serving children of a ModelRelease: one Deployment per serve run and one stable Service.
+"""Serving children of a ModelRelease: one Deployment and one Service per serve run, and one stable
+Service (plus, with `serving.gateway`, an HTTPRoute: traffic.py).
 
 Zero-downtime roll-out: each run (spec or model change) gets its own Deployment; the Service is
 named after the release and selects every serving pod of the release, old and new. The reconciler
 keeps the old run until the new one is Ready (Deployment available) and only then deletes it, so the
-Service always has Ready endpoints. LoRA adapters are not part of a run: a changed adapter set rolls
+Service always has Ready endpoints. The per-run Service addresses one version alone (a smoke suite,
+a canary's HTTPRoute backend); how a canary's share is set is in traffic.py. LoRA adapters are not part of a run: a changed adapter set rolls
 the same Deployment's pods (`template_metadata`), each new pod fetching the new set in its init
 container — the operator does not load adapters into running pods (see docs/release.md).
 
@@ -28,6 +30,7 @@ from lmforge.api.contract import VLLM_API_SERVER, VLLM_CONFIG_FILE, VLLM_SITE_DI
 from lmforge.api.release import ModelRelease
 from lmforge.operator.kube.meta import RUN_LABEL, Owner, labels, metadata, stamp
 from lmforge.operator.kube.pods import CONTAINER, SPEC_PATH, container, pod_spec
+from lmforge.operator.kube.traffic import FULL_REPLICAS
 from lmforge.operator.reconcile import adapters
 from lmforge.operator.reconcile.runs import SERVING_API_KEY_ENV
 from lmforge.operator.reconcile.types import StageRun
@@ -101,8 +104,9 @@ def _server(run: StageRun, settings: Settings, port: int, stage: dict[str, Any])
     }
 
 
-def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any]:
-    """The vLLM Deployment of one serve run."""
+def deployment(run: StageRun, owner: Owner, settings: Settings, replicas: int | None = None) -> dict[str, Any]:
+    """The vLLM Deployment of one serve run; `replicas` (default `run.replicas`): its share of a
+    canary by replica ratio (traffic.py). The annotation keeps the full count."""
     port = run.port or 8000
     fetch = container(
         run, settings, ["python", "-m", "lmforge.trainer.serve.prepare", "--spec", SPEC_PATH, "--dest", MODEL_DIR], []
@@ -118,6 +122,7 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
     spec["terminationGracePeriodSeconds"] = DRAIN_SECONDS + 30  # drain, then vLLM's own shutdown
     spec["volumes"].append({"name": "models", "emptyDir": {}})
     meta = metadata(owner, run.name, run.name, "serve")
+    meta["annotations"][FULL_REPLICAS] = str(run.replicas)
     selector = {owner.kind_label: owner.name, RUN_LABEL: run.name}
     return stamp(
         {
@@ -125,7 +130,7 @@ def deployment(run: StageRun, owner: Owner, settings: Settings) -> dict[str, Any
             "kind": "Deployment",
             "metadata": meta,
             "spec": {
-                "replicas": run.replicas,
+                "replicas": run.replicas if replicas is None else replicas,
                 "selector": {"matchLabels": selector},
                 "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
                 "progressDeadlineSeconds": DOWNLOAD_SECONDS + STARTUP_SECONDS + 600,

@@ -35,6 +35,7 @@ class Builder:
         self.events: list[Event] = []
         self.requeue: float | None = None
         self.adapters: list[AdapterChange] = []
+        self.traffic: dict[str, int] = {}
 
     def cond(self, type_: ConditionType, value: bool | None, reason: Reason, message: str = "") -> None:
         set_condition(self.status, type_.value, value, reason.value, message, self.obs.generation, self.now)
@@ -58,6 +59,7 @@ class Builder:
             events=self.events,
             requeue_after=self.requeue,
             adapters=self.adapters,
+            traffic=self.traffic,
         )
 
 

@@ -22,6 +22,7 @@ from lmforge.operator.reconcile.builder import (
     secret_backoff,
     waits_for_secrets,
 )
+from lmforge.operator.reconcile.canary import drop_superseded
 from lmforge.operator.reconcile.conditions import is_false, is_true
 from lmforge.operator.reconcile.policy import violations
 from lmforge.operator.reconcile.runs import run_id, run_name, stage_output, stage_run
@@ -254,6 +255,8 @@ def reconcile(obs: Observed, now: str | None = None) -> Decision:
         if o.name not in current and o.stage is StageName.SERVE and o.state is not RunState.FAILED
     ]
     b.delete = sorted(o.name for o in obs.runs.values() if o.name not in current and o not in serving_old)
+    if isinstance(resource, ModelRelease):
+        serving_old = drop_superseded(b, resource, rid, serving_old)
 
     done = _run_job(b, first, obs.runs.get(first.name))
     if isinstance(resource, EvalSuite) and done:

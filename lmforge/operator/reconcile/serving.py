@@ -7,6 +7,7 @@ from lmforge.api.contract import ArtifactName, InputArtifacts, StageName
 from lmforge.api.meta import ConditionStatus, ConditionType, Phase, Reason, Rollout, RolloutState, Status
 from lmforge.api.release import ModelRelease
 from lmforge.api.tracking import RegistryAlias
+from lmforge.operator.reconcile import canary
 from lmforge.operator.reconcile.adapters import serve_adapters
 from lmforge.operator.reconcile.builder import POLL_SECONDS, Builder, waits_for_secrets
 from lmforge.operator.reconcile.gate import Verdict, release_gate, smoke_gate
@@ -61,39 +62,67 @@ def release_after_compression(
     if waits_for_secrets(b, serve, seen, ready=old_ready):  # an older release keeps serving
         return
     b.runs.append(serve)
+    rollout = b.status.rollout
+    if rollout is not None and rollout.candidate == rid and rollout.state is RolloutState.ROLLED_BACK and serving_old:
+        # Rolled back: the new version is not started again until the spec changes (also while the
+        # stable one is momentarily short of Ready replicas, e.g. scaled back up after a canary).
+        b.runs.remove(serve)
+        if serve.name in b.obs.runs:
+            b.delete = sorted(set(b.delete) | {serve.name})
+        stable = canary.stable_of(rollout, serving_old)
+        if stable is not None:
+            b.traffic = {stable.name: 100}
+        canary.rolled_back(b, rollout)
+        return
+    cfg = canary.canary_mode(b, release)
     if seen is not None and seen.state is RunState.READY:
         endpoint = seen.endpoint or (seen.result.artifacts.get("endpoint") if seen.result else None)
-        if (
+        own = seen.run_endpoint or endpoint
+        stable = canary.stable_of(canary.in_canary(b, rid), serving_old) if cfg is not None else None
+        if cfg is not None and stable is not None:
+            if not canary.advance(b, release, cfg, rid, serve.name, stable, own):
+                return
+        elif (
             ready_old
             and release.spec.serving.smoke_eval_suite_ref is not None
-            and not smoke_passed(b, release, rid, serve.name, ready_old[0], endpoint)
+            and not smoke_passed(b, release, rid, serve.name, ready_old[0], own)
         ):
             return
         b.status.endpoint = endpoint
         b.delete = sorted(set(b.delete) | {o.name for o in serving_old})
+        b.traffic = {serve.name: 100}
         message = (
             f"serving at {endpoint}"
             + serve_adapters(b, release, serve.name, seen, resolved)
-            + "".join(f"; {o.run_id} at {o.endpoint} stopped" for o in serving_old if o.run_id != rid)
+            + "".join(f"; {o.run_id} at {canary.own_url(o)} stopped" for o in serving_old if o.run_id != rid)
         )
         b.cond(ConditionType.READY, True, Reason.SERVING, message)
         b.phase(Phase.SERVING, Reason.SERVING, message)
         b.requeue = None
         return
+    if cfg is not None and canary.hold_while_short(b, release, cfg, rid, serve.name, serving_old):
+        return
     if (
-        b.status.rollout is not None
-        and b.status.rollout.candidate == rid
-        and b.status.rollout.state is RolloutState.ROLLED_BACK
-        and ready_old
-    ):
-        b.runs.remove(serve)  # rolled back: the new version is not started again until the spec changes
-        rolled_back(b, b.status.rollout)
+        rollout is not None
+        and rollout.candidate == rid
+        and rollout.state is RolloutState.PROMOTED
+        and seen is not None
+        and seen.state is RunState.RUNNING
+        and b.obs.status.phase is Phase.SERVING
+    ):  # promoted by replica ratio: its servers scale back to their full count while they serve
+        message = f"serving at {b.status.endpoint} ({seen.message or 'scaling to its replicas'})"
+        b.cond(ConditionType.READY, True, Reason.SERVING, message)
+        b.status.phase = Phase.SERVING
+        b.traffic = {serve.name: 100}
+        b.requeue = POLL_SECONDS
         return
     message = "deploying" + (
         f" {rid} (previous release keeps serving: {ready_old[0].run_id} at {ready_old[0].endpoint})"
         if ready_old
         else ""
     )
+    if ready_old:
+        b.traffic = {ready_old[0].name: 100}
     b.cond(ConditionType.READY, old_ready, Reason.DEPLOYING, message)
     b.phase(Phase.RUNNING, Reason.DEPLOYING, message)
     b.requeue = POLL_SECONDS
@@ -115,7 +144,7 @@ def smoke_passed(
     rollout = Rollout(
         state=RolloutState.SMOKE_TESTING,
         stable=old.run_id,
-        stable_endpoint=old.endpoint,
+        stable_endpoint=canary.own_url(old),
         candidate=rid,
         candidate_endpoint=endpoint,
         message=verdict.message,
@@ -127,17 +156,16 @@ def smoke_passed(
             Event(
                 "Normal",
                 Reason.PROMOTED.value,
-                f"{rid} passed ({verdict.message}) and serves at {endpoint}; {old.run_id} at {old.endpoint} stopped",
+                f"{rid} passed ({verdict.message}) and serves at {endpoint}; {old.run_id} at {canary.own_url(old)} "
+                "stopped",
             )
         )
         return True
     if verdict.verdict is Verdict.FAILED:
-        b.status.rollout = rollout.model_copy(update={"state": RolloutState.ROLLED_BACK})
-        b.runs = [r for r in b.runs if r.name != new_run]
-        b.delete = sorted(set(b.delete) | {new_run})
-        rolled_back(b, b.status.rollout)
+        canary.roll_back(b, rollout, new_run, old)
         return False
     b.status.rollout = rollout
+    b.traffic = {old.name: 100, new_run: 0}  # with a Gateway the new server takes none meanwhile
     message = (
         f"{old.run_id} serves at {old.endpoint}; {rid} is Ready at {endpoint} and takes over once "
         f"it passes its smoke evaluation ({verdict.message})"
@@ -150,17 +178,6 @@ def smoke_passed(
     return False
 
 
-def rolled_back(b: Builder, rollout: Rollout) -> None:
-    """The new version failed its smoke evaluation: the old one keeps serving (Ready stays True)."""
-    message = (
-        f"{rollout.candidate} failed its smoke evaluation ({rollout.message}) and was stopped; "
-        f"{rollout.stable} keeps serving at {rollout.stable_endpoint}"
-    )
-    b.cond(ConditionType.READY, True, Reason.ROLLED_BACK, message)
-    b.phase(Phase.SERVING, Reason.ROLLED_BACK, message, warning=True)
-    b.requeue = None
-
-
 def old_keeps_serving(b: Builder, serving_old: list[ObservedRun]) -> None:
     """While a new version is compressed, gated or deployed (or after it failed), the version serving
     keeps serving: the release stays Ready and Serving, and the message says where."""
@@ -168,6 +185,9 @@ def old_keeps_serving(b: Builder, serving_old: list[ObservedRun]) -> None:
     if not kept or b.status.phase is Phase.SERVING:
         return
     ready = b.status.condition(ConditionType.READY.value)
+    rollout = b.status.rollout
+    stable = [o for o in kept if rollout is not None and o.run_id == rollout.stable] or kept
+    b.traffic = b.traffic or {stable[0].name: 100}
     where = f"{kept[0].run_id} keeps serving at {kept[0].endpoint}"
     message = f"{ready.message}; {where}" if ready is not None and ready.message else where
     if ready is not None and "keeps serving" in ready.message:
@@ -182,13 +202,13 @@ def release_aliases(status: Status) -> dict[RegistryAlias, str | None]:
     as it is (nothing in the status says otherwise: not served yet, or a new version still deploying
     beside the one serving, which keeps `champion`).
 
-    While a candidate is smoke-tested beside the stable version, the stable one is `champion` and the
-    candidate `challenger`; promoted, the candidate is `champion` and no version is `challenger`;
+    While a candidate is smoke-tested or a canary beside the stable version, the stable one is
+    `champion` and the candidate `challenger`; promoted, the candidate is `champion` and no version is `challenger`;
     rolled back, `champion` stays on the stable version and `challenger` goes. Without a rollout of the
     current run, the run serving (Ready because Serving) is `champion`."""
     rollout = status.rollout
     if rollout is not None and rollout.candidate == status.run_id:
-        if rollout.state is RolloutState.SMOKE_TESTING:
+        if rollout.state in (RolloutState.SMOKE_TESTING, RolloutState.CANARY):
             return {RegistryAlias.CHAMPION: rollout.stable, RegistryAlias.CHALLENGER: rollout.candidate}
         if rollout.state is RolloutState.ROLLED_BACK:
             return {RegistryAlias.CHAMPION: rollout.stable, RegistryAlias.CHALLENGER: None}
@@ -197,6 +217,6 @@ def release_aliases(status: Status) -> dict[RegistryAlias, str | None]:
     serving = ready is not None and ready.reason == Reason.SERVING.value and ready.status is ConditionStatus.TRUE
     if status.phase is Phase.SERVING and serving and status.run_id is not None:
         return {RegistryAlias.CHAMPION: status.run_id, RegistryAlias.CHALLENGER: None}
-    if rollout is not None and rollout.state is RolloutState.SMOKE_TESTING:
-        return {RegistryAlias.CHALLENGER: None}  # superseded mid-test by a newer spec: no longer the candidate
+    if rollout is not None and rollout.state is not RolloutState.PROMOTED:
+        return {RegistryAlias.CHALLENGER: None}  # superseded (mid-test, mid-canary) or rolled back: not the candidate
     return {}

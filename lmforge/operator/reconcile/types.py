@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lmforge.api.contract import ProgressRecord, StageName, StageSpec
 from lmforge.api.kinds import Resource
 from lmforge.api.meta import SecretKeyRef, Status
 from lmforge.api.scheduling import Compute
 from lmforge.operator.reconcile.policy import Allowlists
+
+if TYPE_CHECKING:  # analysis.py imports gate.py, which imports this module
+    from lmforge.operator.reconcile.analysis import CanaryMetrics
 
 
 class RunState(StrEnum):
@@ -92,6 +95,11 @@ class ObservedRun:
     """The `result` record, once written."""
     endpoint: str | None = None
     """Serving URL, when READY."""
+    run_endpoint: str | None = None
+    """Serving, READY: the URL of this run's servers alone when `endpoint` is shared by every
+    version of the release (the operator: the per-run Service beside the release's); None when
+    `endpoint` already reaches this run only (`lmforge run`: a port per server). A smoke suite and a
+    rollout's URLs use it."""
     adapters: dict[str, str] | None = None
     """Serving, READY: the LoRA adapters the server answers to (name → the artifact URI loaded under
     it), as its `/v1/models` lists them. None when the backend does not change a running server's
@@ -152,6 +160,13 @@ class Observed:
     conflicts: dict[str, tuple[str, ...]] = field(default_factory=dict)
     """Run name → objects of that name which exist but are not this resource's (created by someone
     else, or left by a deleted resource of the same name): never adopted, the run waits."""
+    traffic_split: bool = False
+    """The backend can give a release's new version a share of live traffic (`Decision.traffic`):
+    the operator. False under `lmforge run`, which is blue-green whatever `serving.canary` says."""
+    canary_metrics: CanaryMetrics | None = None
+    """The canary's and the stable's figures over the step just ended (the operator asks Prometheus
+    when a canary step is due, see `canary.metrics_due`); None when the backend has no metrics source,
+    and a step then passes on time alone."""
 
 
 @dataclass(frozen=True)
@@ -192,3 +207,7 @@ class Decision:
     adapters: list[AdapterChange] = field(default_factory=list)
     """LoRA adapters to load into or unload from running servers (backends that report
     `ObservedRun.adapters`)."""
+    traffic: dict[str, int] = field(default_factory=dict)
+    """A release: serving run name → its share of live traffic in percent (summing to 100; a run
+    at 0 is Ready but takes none, e.g. while smoke-tested). Empty: no change. Backends that split
+    traffic (`Observed.traffic_split`) carry it out: replica ratio or HTTPRoute weights."""
