@@ -58,10 +58,11 @@ def child(side: str, root: Path, tag: str) -> dict[str, Any]:
     """One timed run of `side` in this (fresh) process; returns its figures."""
     from tokenizers import Tokenizer
 
+    from lmforge.store import LocalStore
+    from lmforge.trainer.dataset.build import BATCH, tokenize_and_pack, write_all_shards
+
     texts = [json.loads(line)["text"] for line in open(root / "data" / "part-000.jsonl")]
     tok = Tokenizer.from_file(str(root / "tok" / "tokenizer.json"))
-    from lmforge.trainer.dataset.build import BATCH
-
     for i in range(0, min(len(texts), WARMUP_BATCHES * BATCH), BATCH):
         tok.encode_batch_fast(texts[i : i + BATCH], add_special_tokens=False)
     cpu, start = _cpu_seconds(), time.monotonic()
@@ -72,9 +73,6 @@ def child(side: str, root: Path, tag: str) -> dict[str, Any]:
             tokens += sum(len(e.ids) for e in batch)
         seconds = time.monotonic() - start
         return {"seconds": seconds, "cores": (_cpu_seconds() - cpu) / seconds, "tokens": tokens}
-
-    from lmforge.store import LocalStore
-    from lmforge.trainer.dataset.build import tokenize_and_pack, write_all_shards
 
     work = root / f"ours-{tag}"
     stats = tokenize_and_pack(((i, "s", t) for i, t in enumerate(texts)), tok, work / "packed.bin", SEQ, VOCAB, EOS)
