@@ -15,8 +15,9 @@ and `plan_shards` cuts each split into files of at most `shard_sequences` rows.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
 
@@ -113,20 +114,26 @@ class Packer:
         self.rows = 0
         self.tokens = 0  # tokens of all documents, EOS included
 
-    def add(self, docs: Sequence[Sequence[int]]) -> None:
-        """Pack a batch of documents' ids."""
-        lengths = [len(ids) + 1 for ids in docs]
-        batch = np.empty(sum(lengths), dtype=self.dtype)
-        pos = 0
-        for ids, n in zip(docs, lengths, strict=True):
-            batch[pos : pos + n - 1] = ids
-            batch[pos + n - 1] = self.eos
-            pos += n
+    def add(self, docs: Iterable[Sequence[int]], lengths: Sequence[int] | None = None) -> None:
+        """Pack a batch of documents' ids, each followed by EOS. With `lengths` (each document's id
+        count) `docs` may be lazy, e.g. a `map` that builds each ids list just before it is copied, so
+        one list at a time is alive; the batch becomes one array in a single `np.fromiter` pass (no
+        per-document numpy call)."""
+        if lengths is None:
+            docs = list(docs)
+            lengths = [len(ids) for ids in docs]
+        count = sum(lengths) + len(lengths)
+        eos = (self.eos,)
+        stream = itertools.chain.from_iterable(itertools.chain.from_iterable(zip(docs, itertools.repeat(eos))))
+        self.add_tokens(np.fromiter(stream, dtype=self.dtype, count=count))
+
+    def add_tokens(self, batch: np.ndarray) -> None:
+        """Append a stream of tokens (n,) in `dtype` whose documents already end in EOS."""
         self.tokens += len(batch)
         stream = np.concatenate([self._carry, batch]) if len(self._carry) else batch
         full = len(stream) // self.L * self.L
         if full:
-            self.out.write(stream[:full].astype(self.dtype.newbyteorder("<"), copy=False).tobytes())
+            self.out.write(stream[:full].astype(self.dtype.newbyteorder("<"), copy=False).data)
             self.rows += full // self.L
         self._carry = stream[full:].copy()
 

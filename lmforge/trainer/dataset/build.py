@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -24,6 +25,8 @@ from lmforge.trainer.shards import Packer, ShardEntry, dtype_for, plan_shards, w
 
 BATCH = 1024  # documents per encode_batch call
 SWITCH_INTERVAL_S = 0.0002  # GIL switch interval while the encode and packing threads overlap
+SHARD_WRITERS = 2  # shards gathered, hashed and uploaded at once (each holds one scratch file)
+_IDS = operator.attrgetter("ids")  # an encoding's ids list (built by the getter on each access)
 
 
 def _unit(seed: int, key: int) -> float:
@@ -104,42 +107,53 @@ def _tokenize_and_pack(
     stats = PackStats()
     start = time.monotonic()
 
-    def encode(batch: list[tuple[str, str]]) -> tuple[list[str], list[Any]]:
+    def encode(texts: list[str]) -> list[Any]:
         # Only the Rust call here (it releases the GIL); the ids lists are built by the packing thread,
         # so the two threads do not hand the GIL back and forth (a waiting thread loses up to the 5 ms
         # switch interval each time) while the encoder's cores stay busy.
-        return [src for src, _ in batch], tokenizer.encode_batch_fast([t for _, t in batch], add_special_tokens=False)
+        encodings: list[Any] = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return encodings
 
     with open(out_path, "wb") as f, ThreadPoolExecutor(max_workers=1) as pool:
         packer = Packer(f, seq_length, dtype_for(vocab_size), eos_id)
-        in_flight: Future[tuple[list[str], list[Any]]] | None = None
+        in_flight: tuple[list[str], Future[list[Any]]] | None = None
 
-        def pack(done: Future[tuple[list[str], list[Any]]]) -> None:
-            sources, encodings = done.result()
-            ids = [e.ids for e in encodings]
-            packer.add(ids)
-            for source, one in zip(sources, ids, strict=True):
-                stats.tokens_by_source[source] = stats.tokens_by_source.get(source, 0) + len(one) + 1
-            stats.documents += len(ids)
+        def pack(sources: list[str], done: Future[list[Any]]) -> None:
+            # Everything here runs while the encode thread works on the next batch; it is the
+            # per-token Python work (each ids list is built, copied into the stream, and freed, one
+            # document at a time), so it is kept to one pass.
+            encodings = done.result()
+            lengths = [len(e) for e in encodings]  # token counts, without building the ids lists
+            packer.add(map(_IDS, encodings), lengths)
+            by_source = stats.tokens_by_source
+            if len(set(sources)) == 1:
+                by_source[sources[0]] = by_source.get(sources[0], 0) + sum(lengths) + len(lengths)
+            else:
+                for source, n in zip(sources, lengths, strict=True):
+                    by_source[source] = by_source.get(source, 0) + n + 1
+            stats.documents += len(lengths)
             if progress:
                 progress(stats.documents)
 
-        batch: list[tuple[str, str]] = []
+        sources: list[str] = []
+        texts: list[str] = []
         for _key, source, text in docs:
-            batch.append((source, text))
-            stats.bytes += len(text.encode("utf-8"))
-            if len(batch) >= BATCH:
-                submitted = pool.submit(encode, batch)
+            sources.append(source)
+            texts.append(text)
+            # UTF-8 bytes; an ASCII str (a flag check) has as many as characters, without the copy
+            stats.bytes += len(text) if text.isascii() else len(text.encode("utf-8"))
+            if len(texts) >= BATCH:
+                submitted = sources, pool.submit(encode, texts)
                 if in_flight is not None:
-                    pack(in_flight)
-                in_flight, batch = submitted, []
-        if batch:
-            submitted = pool.submit(encode, batch)
+                    pack(*in_flight)
+                in_flight, sources, texts = submitted, [], []
+        if texts:
+            submitted = sources, pool.submit(encode, texts)
             if in_flight is not None:
-                pack(in_flight)
+                pack(*in_flight)
             in_flight = submitted
         if in_flight is not None:
-            pack(in_flight)
+            pack(*in_flight)
     stats.rows, stats.tokens, stats.tail = packer.rows, packer.tokens, packer.tail
     stats.seconds = time.monotonic() - start
     return stats
@@ -158,34 +172,51 @@ def write_all_shards(
     scratch: Path,
 ) -> tuple[dict[str, list[ShardEntry]], dict[str, FileEntry]]:
     """Write (or skip, when already done under `fingerprint`) every shard into `shards/`; returns the
-    index entries per split and the manifest entries."""
+    index entries per split and the manifest entries.
+
+    `SHARD_WRITERS` shards are in flight at once: the gather, the hash, the file writes and the
+    store's upload (an fsync for a local store, a network transfer for S3) release the GIL, so one
+    shard's upload overlaps the next one's gather. Each shard's marker is still written only after
+    its own upload, so a restart skips exactly the finished shards, whatever the order they finished
+    in; the first failure cancels the shards not yet started."""
+    from concurrent.futures import ThreadPoolExecutor
+
     dtype = dtype_for(vocab_size)
     packed = (
         np.memmap(packed_path, dtype=dtype, mode="r").reshape(rows, seq_length)
         if rows
         else np.zeros((0, seq_length), dtype=dtype)
     )
-    index: dict[str, list[ShardEntry]] = {"train": [], "validation": []}
-    files: dict[str, FileEntry] = {}
     scratch.mkdir(parents=True, exist_ok=True)
-    for split, name, part in plan_shards(rows, validation_fraction, seed, shard_sequences):
+
+    def one(name: str, part: np.ndarray) -> dict[str, Any]:
         marker_key = f"work/shards-done/{name}.json"
-        entry: dict[str, Any] | None = None
         try:
             marker = json.loads(output.get_bytes(marker_key))
             sizes = output.sizes(f"shards/{name}")
             if marker.get("fingerprint") == fingerprint and sizes.get(f"shards/{name}") == marker["size"]:
-                entry = marker
+                return dict(marker)
         except ArtifactNotFound:
             pass
-        if entry is None:
-            local = scratch / name
-            sequences, sha = write_shard(packed, part, local)
-            size = local.stat().st_size
-            output.put_file(f"shards/{name}", local)
-            local.unlink()
-            entry = {"file": name, "sequences": sequences, "sha256": sha, "size": size, "fingerprint": fingerprint}
-            output.put_bytes(marker_key, json.dumps(entry).encode())
+        local = scratch / name
+        sequences, sha = write_shard(packed, part, local)
+        size = local.stat().st_size
+        output.put_file(f"shards/{name}", local)
+        local.unlink()
+        entry = {"file": name, "sequences": sequences, "sha256": sha, "size": size, "fingerprint": fingerprint}
+        output.put_bytes(marker_key, json.dumps(entry).encode())
+        return entry
+
+    plan = plan_shards(rows, validation_fraction, seed, shard_sequences)
+    pool = ThreadPoolExecutor(max_workers=SHARD_WRITERS, thread_name_prefix="shards")
+    try:
+        futures = [pool.submit(one, name, part) for _split, name, part in plan]
+        entries = [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+    index: dict[str, list[ShardEntry]] = {"train": [], "validation": []}
+    files: dict[str, FileEntry] = {}
+    for (split, name, _part), entry in zip(plan, entries, strict=True):
         index[split].append(ShardEntry(file=name, sequences=entry["sequences"], sha256=entry["sha256"]))
         files[name] = FileEntry(size=entry["size"], sha256=entry["sha256"])
     return index, files
