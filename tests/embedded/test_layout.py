@@ -71,6 +71,8 @@ def test_probe_measures_every_layout_with_the_trainer(tmp_path: Path, monkeypatc
     layout = probe.layout(2)
     data = json.loads((tmp_path / "layout.json").read_text())
     rates = data["tokens_per_second"]
-    assert set(rates) == {"1x2", "2x1"} and all(r > 100 for r in rates.values())
+    # Measured, not a floor of speed: a CPU without native bf16 (an AVX2-only EPYC) trains the probe's
+    # bf16 model at ~60 tokens/s, one with AMX at thousands.
+    assert set(rates) == {"1x2", "2x1"} and all(r > 0 for r in rates.values())
     assert layout == choose(2, rates) and layout.source == "measured"
     assert LayoutProbe(tmp_path, "/nonexistent").layout(2) == layout  # read back, not re-measured
