@@ -77,7 +77,8 @@ def judge_canary(
         )
     rate = canary.error_rate
     figures = (
-        f"canary: {canary.requests:.0f} requests, error rate {_fmt(rate)}, p95 TTFT {_fmt(canary.ttft_p95_s, 's')}; "
+        f"canary: {canary.requests:.0f} requests, {canary.errors:.0f} server errors, error rate {_fmt(rate)}, "
+        f"p95 TTFT {_fmt(canary.ttft_p95_s, 's')}; "
         f"stable: {_fmt(stable.requests if stable else None)} requests, "
         f"error rate {_fmt(stable.error_rate if stable else None)}, "
         f"p95 TTFT {_fmt(stable.ttft_p95_s if stable else None, 's')} ({window})"
