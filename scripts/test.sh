@@ -19,7 +19,7 @@ echo "== import layers"; lint-imports --no-cache
 echo "== CRDs match the models"; lmforge crds --check
 echo "== pytest"
 set +e
-python -m pytest -p no:cacheprovider --timeout=1800 "$@"
+python -m pytest -p no:cacheprovider --timeout=1800 --durations=40 "$@"
 rc=$?
 set -e
 echo "== total $((SECONDS - t0)) s"

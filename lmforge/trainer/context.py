@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -17,6 +18,7 @@ from lmforge.api.kinds import KINDS, Resource
 from lmforge.api.validation import problems_from_error
 from lmforge.store import Store, open_store
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.precision import effective_precision
 from lmforge.trainer.progress import ProgressReporter
 
 R = TypeVar("R")
@@ -85,6 +87,9 @@ class StageContext:
         except ValidationError as exc:
             first = problems_from_error(exc, "spec", f"{kind}/{spec.resource.get('metadata', {}).get('name')}")
             raise InvalidInput("; ".join(f"{p.field}: {p.message}" for p in first)) from None
+        resource, note = effective_precision(resource)
+        if note:
+            print(f"warning: {note}", file=sys.stderr, flush=True)
         store = open_store(spec.store)
         output = store.child(spec.output)
         reporter = reporter or ProgressReporter(spec.stage, spec.run_id, output, worker=spec.worker.index)

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 PROBE_MODULE = "lmforge.trainer.pretrain.layout"
+PROBE_VERSION = 2
+"""Part of the cache key: 2 measures in the precision the stage trains in (fp32 without native bf16)."""
 PROBE_TIMEOUT = 300.0
 """Seconds the probe may take (it measures each layout ~3 s after importing torch)."""
 PROBE_SECONDS = 3.0
@@ -66,7 +68,7 @@ def machine_cache_file(python: str) -> Path:
         )
     except OSError:
         model = "unknown"
-    key = hashlib.sha256(f"{model}|{os.cpu_count()}|{python}".encode()).hexdigest()[:12]
+    key = hashlib.sha256(f"{PROBE_VERSION}|{model}|{os.cpu_count()}|{python}".encode()).hexdigest()[:12]
     root = Path(os.environ.get("LMFORGE_CACHE", Path.home() / ".cache" / "lmforge"))
     return root / f"layout-{key}.json"
 

@@ -1,7 +1,7 @@
 """Measure which processes × threads layout trains fastest on this machine's CPU cores.
 
 `python -m lmforge.trainer.pretrain.layout --cores N [--out FILE]` times a data-parallel training step
-(forward, backward in bf16, gradients all-reduced over gloo as one flat buffer, the way DeepSpeed
+(forward, backward in bf16 — fp32 where the CPU lacks native bf16, as the stage then trains —, gradients all-reduced over gloo as one flat buffer, the way DeepSpeed
 reduces them) of a small Llama (hidden 256, 4 layers, seq 256, micro-batch 8: the benchmark model) for
 every layout p × (N / p) with p dividing N, each as p real processes running side by side, and prints
 (and writes to FILE) JSON: `{"cores", "processes", "threads", "tokens_per_second": {"PxT": tok/s}}`.
@@ -20,6 +20,8 @@ import subprocess
 import sys
 import time
 from typing import Any
+
+from lmforge.trainer.precision import KEEP_ENV, cpu_has_native_bf16
 
 HIDDEN, LAYERS, HEADS, VOCAB, SEQ, MICRO = 256, 4, 8, 4096, 256, 8
 MODULE = "lmforge.trainer.pretrain.layout"
@@ -60,14 +62,17 @@ def _worker(seconds: float) -> None:
     )
     model: Any = LlamaForCausalLM(config)
     model.set_attn_implementation("eager")  # what the stage trains with on CPU at this length (speed.py)
-    model = model.to(torch.bfloat16)
+    # In the precision the stage would train in: fp32 on a CPU without native bf16 (precision.py).
+    model = model.to(
+        torch.bfloat16 if cpu_has_native_bf16() or os.environ.get(KEEP_ENV) == "emulated" else torch.float32
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     x = torch.randint(0, VOCAB, (MICRO, SEQ))
 
     def step() -> None:
         model(input_ids=x, labels=x).loss.backward()
         if world > 1:
-            flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])  # (params,) bf16
+            flat = torch.cat([p.grad.reshape(-1) for p in params if p.grad is not None])  # (params,)
             dist.all_reduce(flat)
         for p in params:
             p.grad = None
