@@ -276,7 +276,9 @@ class AlignmentTraining(ApiModel):
     """Truncate rows to this many tokens; rows whose answer would be cut away entirely are counted
     and dropped."""
     precision: Precision = Precision.BF16
-    """Numeric precision."""
+    """Numeric precision of training. On a CPU without native bf16 (no AVX512-BF16 or AMX), bf16 trains
+    in fp32 instead, said in the stage's log: emulated bf16 ran ~100x slower than fp32 there (env
+    `LMFORGE_CPU_BF16=emulated` keeps bf16)."""
     gradient_checkpointing: bool = False
     """Recompute activations to save memory."""
     seed: int = Field(default=1234, ge=0)

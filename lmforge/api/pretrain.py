@@ -110,7 +110,9 @@ class Training(ApiModel):
     gradient_accumulation_steps: int = Field(default=1, ge=1, le=65536)
     """Micro-batches accumulated per optimizer step."""
     precision: Precision = Precision.BF16
-    """Numeric precision of training."""
+    """Numeric precision of training. On a CPU without native bf16 (no AVX512-BF16 or AMX), bf16 trains
+    in fp32 instead, said in the stage's log: emulated bf16 ran ~100x slower than fp32 there (env
+    `LMFORGE_CPU_BF16=emulated` keeps bf16)."""
     gradient_clipping: float = Field(default=1.0, ge=0)
     """Clip the global gradient norm to this (0 disables)."""
     gradient_checkpointing: bool = False
