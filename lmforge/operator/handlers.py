@@ -39,7 +39,7 @@ from lmforge.operator.aliases import AliasBackend
 from lmforge.operator.caches import ControllerCaches, Key
 from lmforge.operator.kube import Owner, build_children, observe_child, traffic
 from lmforge.operator.kube.client import ApiError, KubeClient
-from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owner_of
+from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, owned_by, owner_of
 from lmforge.operator.kube.observe import pods_worth_a_look, with_store
 from lmforge.operator.kube.prometheus import canary_metrics
 from lmforge.operator.kube.serving import endpoint
@@ -367,7 +367,8 @@ class Controller:
         created = False
         for run in decision.runs:
             todo: list[dict[str, Any]] = []
-            for obj in build_children(run, owner, self.settings, self._replicas(run, decision)):
+            pin = traffic.service_pin(decision.traffic)
+            for obj in build_children(run, owner, self.settings, self._replicas(run, decision), pin):
                 ident = (ns, obj["kind"], obj["metadata"]["name"])
                 if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:
                     continue  # Jobs are immutable and may be un-suspended by Kueue: create once
@@ -411,6 +412,7 @@ class Controller:
                 log.info("scaling %s/%s to %d replicas (traffic %s)", ns, name, want, decision.traffic)
                 await self.client.scale(ns, name, want)
         if gateway is None:
+            await self._drop_route(key, owner)
             return
         route = traffic.http_route(owner, gateway, decision.traffic, release.spec.serving.port)
         ident = (ns, "HTTPRoute", owner.name)
@@ -424,6 +426,26 @@ class Controller:
                 )
                 return
             self.caches.record_applied(key, ident, digest)
+
+    async def _drop_route(self, key: Key, owner: Owner) -> None:
+        """The release's HTTPRoute once `serving.gateway` is gone: deleted if this release owns it (a
+        route left behind would keep sending the Gateway's traffic to versions that no longer exist;
+        one of the user's own of the same name is left alone). Looked up once per operator process
+        and release, then remembered as absent."""
+        ns = key[0]
+        ident = (ns, "HTTPRoute", owner.name)
+        if self.caches.applied_hash(key, ident) == traffic.ROUTE_ABSENT:
+            return
+        try:
+            found = await self.client.get(traffic.HTTPROUTE_API, "HTTPRoute", ns, owner.name)
+            if found is not None and owned_by(found, owner.uid):
+                log.info("%s/%s: serving.gateway removed, deleting its HTTPRoute", ns, key[2])
+                await self.client.delete(traffic.HTTPROUTE_API, "HTTPRoute", ns, owner.name)
+        except ApiError as exc:  # no Gateway API CRDs: no route can exist; no RBAC: say so, try again later
+            if exc.status != 404:
+                log.warning("%s/%s: cannot check for a stale HTTPRoute %s: %s", ns, key[2], owner.name, exc)
+                return
+        self.caches.record_applied(key, ident, traffic.ROUTE_ABSENT)
 
     async def _delete_run(self, key: Key, run_name: str) -> None:
         ns = key[0]

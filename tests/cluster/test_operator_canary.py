@@ -14,6 +14,7 @@ import pytest
 import yaml
 
 from lmforge.api.contract import StageName
+from lmforge.operator.kube.meta import RUN_LABEL
 from lmforge.operator.reconcile.canary import NO_METRICS
 
 from .controlplane import ControlPlane, eventually
@@ -141,6 +142,14 @@ def test_a_canary_moves_the_httproute_weights_then_promotes_and_a_failed_smoke_t
         def status() -> dict[str, Any]:
             return dict((resource(cp, ns, "modelreleases", "chat") or {}).get("status") or {})
 
+        def pinned() -> str | None:
+            """The run the release's Service selects alone (its run label), None if every version."""
+            svc = get(cp, f"/api/v1/namespaces/{ns}/services/chat") or {}
+            return ((svc.get("spec") or {}).get("selector") or {}).get(RUN_LABEL)
+
+        def pinned_to(run: str | None) -> bool:
+            return pinned() == run
+
         def serving_run() -> str | None:
             st = status()
             ready = condition({"status": st}, "Ready")
@@ -166,6 +175,8 @@ def test_a_canary_moves_the_httproute_weights_then_promotes_and_a_failed_smoke_t
         v2 = eventually(lambda: v2_at(0), timeout=120, what="v2 smoke-tested at weight 0", abort=op.dead)
         st = status()
         assert st["rollout"]["state"] == "SmokeTesting" and st["rollout"]["candidateEndpoint"] == run_url(v2)
+        # Nor does v2 get any request through the release's own Service while it is smoke-tested.
+        eventually(lambda: pinned_to(v1), timeout=30, what="the release Service on v1 alone", abort=op.dead)
         finish_suite_on(run_url(v2), 1.0)  # the smoke suite evaluates v2's own Service, not the release's
         started = time.monotonic()
         eventually(lambda: v2_at(10), timeout=60, what="v2 at 10 %", abort=op.dead)
@@ -175,6 +186,7 @@ def test_a_canary_moves_the_httproute_weights_then_promotes_and_a_failed_smoke_t
         assert ready is not None and ready["status"] == "True" and ready["reason"] == "Canary"
         assert "serves 10%" in ready["message"] and "serves 90%" in ready["message"]
         assert deployments() == {v1: 2, v2: 2}  # weights split traffic through the Gateway, not replicas
+        eventually(lambda: pinned_to(None), timeout=30, what="the release Service on both", abort=op.dead)
         eventually(lambda: v2_at(50), timeout=60, what="v2 at 50 %", abort=op.dead)
         eventually(lambda: route_is({v2: 100}), timeout=60, what="v2 promoted, alone on the route", abort=op.dead)
         promoted_s = time.monotonic() - started
@@ -196,6 +208,7 @@ def test_a_canary_moves_the_httproute_weights_then_promotes_and_a_failed_smoke_t
         )
         (v3,) = [n for n in r3 if n != v2]
         assert r3[v3] == 0
+        eventually(lambda: pinned_to(v2), timeout=30, what="the release Service on v2 alone", abort=op.dead)
         failed_at = time.monotonic()
         finish_suite_on(run_url(v3), 0.0)
         eventually(lambda: route_is({v2: 100}), timeout=60, what="the route back to v2 alone", abort=op.dead)
@@ -215,9 +228,17 @@ def test_a_canary_moves_the_httproute_weights_then_promotes_and_a_failed_smoke_t
             what="v3's Deployment gone",
             abort=op.dead,
         ) == {v2: 2}
+        assert pinned() in (v2, None)  # never the rolled-back v3
         events = cp.kubectl_json("get", "events", f"--namespace={ns}", "--field-selector=involvedObject.name=chat")
         reasons = [e["reason"] for e in events["items"]]
         assert {"SmokeTesting", "CanaryStep", "Promoted", "RolledBack"} <= set(reasons), reasons
+
+        # `serving.gateway` removed: the release's HTTPRoute goes (it would route to versions gone).
+        ungated = release(4.0)
+        del ungated["spec"]["serving"]["gateway"]
+        cp.apply(ungated, namespace=ns)
+        finish_new_job(COMPRESS, StageName.COMPRESS, {"model": "s3://b/cm4"}, {})
+        eventually(lambda: route_absent(cp, ns), timeout=90, what="the HTTPRoute deleted", abort=op.dead)
 
 
 def test_by_replica_ratio_the_stable_gives_way_pod_by_pod_then_the_canary_takes_all(

@@ -260,6 +260,13 @@ def test_serve_run_is_deployment_with_health_probes_and_stable_service() -> None
     # The run's own Service reaches this version alone (a smoke suite, a canary's HTTPRoute backend).
     assert own["metadata"]["name"] == serve.name and own["spec"]["selector"][RUN_LABEL] == serve.name
     assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in own["spec"]["selector"].items())
+    # The release's Service selects every version's serving pods, or one run's alone while only that
+    # version may take traffic (a new one being smoke-tested must get no request through it).
+    assert RUN_LABEL not in svc["spec"]["selector"]
+    assert all(dep["spec"]["template"]["metadata"]["labels"][k] == v for k, v in svc["spec"]["selector"].items())
+    pinned = build_children(serve, owner(rel), SETTINGS, serving_only="chat-1b-serve-stable")[2]
+    assert pinned["metadata"]["name"] == svc["metadata"]["name"]
+    assert pinned["spec"]["selector"] == {**svc["spec"]["selector"], RUN_LABEL: "chat-1b-serve-stable"}
     pod = dep["spec"]["template"]["spec"]
     c = pod["containers"][0]
     assert pod["restartPolicy"] == "Always"

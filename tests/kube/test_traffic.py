@@ -9,7 +9,7 @@ import pytest
 
 from lmforge.api.release import GatewayRef
 from lmforge.operator.kube.meta import RUN_LABEL, SPEC_HASH, Owner
-from lmforge.operator.kube.traffic import http_route, replicas, run_service, run_url
+from lmforge.operator.kube.traffic import http_route, replicas, run_service, run_url, service_pin
 from lmforge.operator.settings import Settings
 
 OWNER = Owner("ModelRelease", "chat", "ml", "uid-1", (("team", "nlp"),))
@@ -46,6 +46,20 @@ def test_full_replicas_with_a_gateway_with_no_split_or_a_whole_share(share: int 
     assert replicas(4, share, new=True, weighted=True) == 4
     if share in (None, 0, 100):
         assert replicas(4, share, new=False, weighted=False) == 4
+
+
+PINS = [
+    ("a-new-version-smoke-tested-gets-nothing-through-the-service", {"stable": 100, "new": 0}, "stable"),
+    ("after-a-rollback-the-stable-alone", {"stable": 100}, "stable"),
+    ("promoted-the-new-alone", {"new": 100}, "new"),
+    ("a-canary-step-selects-both", {"stable": 90, "new": 10}, None),
+    ("no-split-decided-selects-every-pod", {}, None),
+]
+
+
+@pytest.mark.parametrize(("shares", "pinned"), [c[1:] for c in PINS], ids=[c[0] for c in PINS])
+def test_which_run_the_release_service_selects_alone(shares: dict[str, int], pinned: str | None) -> None:
+    assert service_pin(shares) == pinned
 
 
 def test_the_run_service_selects_one_run_and_its_url() -> None:

@@ -65,7 +65,8 @@ prefix), plus the always-allowed values given as .always. */}}
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["get", "create", "patch", "delete"]
-# A release with serving.gateway: its HTTPRoute (canary weights), applied; removed with the release.
+# A release with serving.gateway: its HTTPRoute (canary weights), applied; removed with the release
+# or when serving.gateway is removed.
 - apiGroups: ["gateway.networking.k8s.io"]
   resources: ["httproutes"]
   verbs: ["get", "create", "patch", "delete"]

@@ -157,11 +157,12 @@ def pod_group(run: StageRun, owner: Owner) -> dict[str, Any]:
 
 
 def build_children(
-    run: StageRun, owner: Owner, settings: Settings, replicas: int | None = None
+    run: StageRun, owner: Owner, settings: Settings, replicas: int | None = None, serving_only: str | None = None
 ) -> list[dict[str, Any]]:
     """Every object a run needs, in apply order (the ConfigMap before the pods that mount it; the
     NetworkPolicy, when configured, before the pods it confines). `replicas`: a serving run's share
-    of a canary by replica ratio (default its own count)."""
+    of a canary by replica ratio (default its own count); `serving_only`: the run the release's
+    Service selects alone while only it may take traffic (traffic.service_pin; default every run)."""
     out = [config_map(run, owner)]
     if settings.network_policies:
         out.append(network_policy(run, owner, settings))
@@ -169,7 +170,7 @@ def build_children(
         return [
             *out,
             deployment(run, owner, settings, replicas),
-            release_service(run, owner),
+            release_service(run, owner, serving_only),
             run_service(run.name, run.port or 8000, owner),
         ]
     if run.compute.scheduling.gang is GangScheduler.VOLCANO:

@@ -153,18 +153,23 @@ def template_metadata(run: StageRun, run_labels: dict[str, str]) -> dict[str, An
     return out
 
 
-def release_service(run: StageRun, owner: Owner) -> dict[str, Any]:
-    """The release's stable Service (no run label: it outlives every run)."""
+def release_service(run: StageRun, owner: Owner, only: str | None = None) -> dict[str, Any]:
+    """The release's stable Service (no run label: it outlives every run). It selects every serving
+    pod of the release, or only run `only`'s while that version alone may take traffic
+    (traffic.service_pin: a new version being smoke-tested gets none)."""
     port = run.port or 8000
     meta = metadata(owner, owner.name, None, "serve")
     meta["labels"] = labels(owner, None, "serve")
+    selector = {owner.kind_label: owner.name, "app.kubernetes.io/component": "serve"}
+    if only is not None:
+        selector[RUN_LABEL] = only
     return stamp(
         {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": meta,
             "spec": {
-                "selector": {owner.kind_label: owner.name, "app.kubernetes.io/component": "serve"},
+                "selector": selector,
                 "ports": [{"name": "http", "port": port, "targetPort": "http"}],
             },
         }

@@ -8,9 +8,11 @@ Two schemes, as a canary works without and with a Gateway:
   its number of replicas. At canary weight `w` the new version runs `ceil(replicas * w / 100)`
   replicas (at least 1) and the stable one `floor(replicas * (100 - w) / 100)` (at least 1), each of
   its own `serving.replicas`: with the same count on both sides they add up to it. The share is
-  therefore rounded to whole pods (1 replica each: 50 %), and a new server being smoke-tested (weight
-  0) is one more pod behind the Service: it already takes a share then. kube-proxy balances
-  connections, not requests: long-lived keep-alive clients stick to one pod.
+  therefore rounded to whole pods (1 replica each: 50 %). While only one version may take traffic (a
+  new server being smoke-tested at weight 0, or a rollback or promotion giving one version all of
+  it), the Service selects that version's pods alone (`service_pin`): a server not yet judged, or just
+  judged bad, gets no request through it; changing a Service's selector restarts no pod. kube-proxy
+  balances connections, not requests: long-lived keep-alive clients stick to one pod.
 * **HTTPRoute weights** (`serving.gateway` names a Gateway): an HTTPRoute named after the release,
   attached to that Gateway, whose backendRefs are the versions' per-run Services weighted by their
   share (the new version at 0 while smoke-tested: no traffic at all); both versions keep all their
@@ -33,6 +35,8 @@ FULL_REPLICAS = "lmforge.io/replicas"
 scaled down for a canary can be given back its count after a rollback."""
 GATEWAY_GROUP = "gateway.networking.k8s.io"
 HTTPROUTE_API = f"{GATEWAY_GROUP}/v1"
+ROUTE_ABSENT = "absent"
+"""What the applied-hash cache holds for a release's HTTPRoute once it is known not to exist."""
 
 
 def replicas(full: int, share: int | None, *, new: bool, weighted: bool) -> int:
@@ -44,6 +48,18 @@ def replicas(full: int, share: int | None, *, new: bool, weighted: bool) -> int:
     if new:
         return max(1, math.ceil(full * share / 100))
     return max(1, math.floor(full * share / 100))
+
+
+def service_pin(shares: dict[str, int]) -> str | None:
+    """The one run the release's Service must select alone, or None to select every version's pods.
+
+    A run is pinned when it alone has a share and that share is all traffic: the stable version
+    while the new one is smoke-tested (`{stable: 100, new: 0}`), or the one left after a rollback or
+    promotion (`{run: 100}`). No split decided (`{}`), or two versions sharing: every pod."""
+    live = [run for run, share in shares.items() if share > 0]
+    if len(live) == 1 and shares[live[0]] >= 100:
+        return live[0]
+    return None
 
 
 def run_url(owner: Owner, run: str, port: int) -> str:
