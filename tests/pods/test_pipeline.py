@@ -229,6 +229,7 @@ class Traffic:
         self.url, self.limit_s = url, limit_s
         self.ok = self.failed = 0
         self.errors: list[str] = []
+        self.answers: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -244,8 +245,10 @@ class Traffic:
         end = time.monotonic() + self.limit_s
         while not self._stop.is_set() and time.monotonic() < end:
             try:
-                if chat(self.url, "What is the capital of Sumakria?", timeout=30)["choices"]:
+                choices = chat(self.url, "What is the capital of Sumakria?", timeout=30)["choices"]
+                if choices:
                     self.ok += 1
+                    self.answers.append(choices[0]["message"]["content"])
             except (urllib.error.URLError, OSError, ValueError) as exc:
                 self.failed += 1
                 self.errors.append(repr(exc))
@@ -258,7 +261,7 @@ def serving_deployments(nc: NodeCluster, ns: str) -> list[str]:
 
 
 def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
-    node_cluster: NodeCluster, installed: tuple[str, Path]
+    node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer
 ) -> None:
     nc, cp = node_cluster, node_cluster.cp
     ns, tiny = installed
@@ -300,32 +303,203 @@ def test_tiny_pipeline_from_kubectl_apply_to_an_answer_through_the_service(
     assert release["status"]["endpoint"].startswith(f"http://tiny-release.{ns}.svc:"), release["status"]
     [old] = serving_deployments(nc, ns)
 
-    # A changed release: the new Deployment takes over while a client keeps asking.
+    # The smoke suite passes on the version serving now (so its threshold can tell good from bad).
+    apply_smoke_suite(nc, ns, pod_s3)
+
+    # A changed release, smoke-tested then a canary at 50 % (one pod beside one), promoted while a
+    # client keeps asking through the release's Service.
     switch_started = time.monotonic()
     with Traffic(url) as traffic:
-        cp.kubectl(
-            "patch",
-            "modelrelease",
-            "tiny-release",
-            "-n",
-            ns,
-            "--type=merge",
-            "-p",
-            json.dumps({"spec": {"serving": {"maxModelLen": 120}}}),
-        )
+        patch_release(nc, ns, {"serving": {"maxModelLen": 120, "smokeEvalSuiteRef": {"name": "tiny-smoke"}, **CANARY}})
 
         def switched() -> bool:
             deps = serving_deployments(nc, ns)
             obj = cp.kubectl_json("get", "modelrelease", "tiny-release", "-n", ns)
-            return len(deps) == 1 and deps[0] != old and (ready(obj) or {}).get("status") == "True"
+            rollout = (obj.get("status") or {}).get("rollout") or {}
+            return len(deps) == 1 and deps[0] != old and rollout.get("state") == "Promoted"
 
-        eventually(switched, timeout=900, interval=2, what="the new release serving alone")
+        eventually(switched, timeout=900, interval=2, what="the new release promoted, serving alone")
         # Requests keep flowing a little after the old pods went away.
         time.sleep(3)
     switch_s = time.monotonic() - switch_started
     assert traffic.ok > 10, (traffic.ok, traffic.errors[:5])
     assert traffic.failed == 0, f"{traffic.failed} failed requests during the switch: {traffic.errors[:5]}"
-    print(f"\npipeline Ready in {pipeline_s:.0f} s; switch in {switch_s:.0f} s with {traffic.ok} requests, 0 failed")
+    events = cp.kubectl_json("get", "events", "-n", ns, "--field-selector=involvedObject.name=tiny-release")
+    assert {"SmokeTesting", "CanaryStep", "Promoted"} <= {e["reason"] for e in events["items"]}
+    print(
+        f"\npipeline Ready in {pipeline_s:.0f} s; smoke test + 50 % canary -> promoted in {switch_s:.0f} s "
+        f"with {traffic.ok} requests, 0 failed"
+    )
+
+
+CANARY = {"canary": {"steps": [50], "stepSeconds": 10}}
+SMOKE_SUITE = """apiVersion: lmforge.io/v1alpha1
+kind: EvalSuite
+metadata:
+  name: tiny-smoke
+spec:
+  endpoint: {releaseRef: {name: tiny-release}}
+  tasks: [{name: smoke, type: perplexity, dataUri: "s3://%s/inputs/smoke.jsonl"}]
+  thresholds: ["smoke.perplexity <= 100"]
+"""
+"""Perplexity on lines of the tiny corpus through the release's OpenAI endpoint: ~10 for the trained
+model, thousands for random weights."""
+
+
+def patch_release(nc: NodeCluster, ns: str, spec: dict[str, Any]) -> None:
+    nc.cp.kubectl("patch", "modelrelease", "tiny-release", "-n", ns, "--type=merge", "-p", json.dumps({"spec": spec}))
+
+
+def apply_smoke_suite(nc: NodeCluster, ns: str, s3: SeaweedServer) -> None:
+    """The smoke EvalSuite, its rows uploaded; Ready once it passed on the version serving now."""
+    rows = [json.loads(line) for line in (DATA / "corpus.jsonl").read_text().splitlines()[:8]]
+    body = "".join(json.dumps({"text": r["text"][:400]}) + "\n" for r in rows)
+    s3.client().put_object(Bucket=BUCKET, Key="inputs/smoke.jsonl", Body=body.encode())
+    nc.cp.kubectl("apply", "-n", ns, "-f", "-", input=SMOKE_SUITE % BUCKET)
+
+    def passed() -> bool:
+        obj = nc.cp.kubectl_json("get", "evalsuite", "tiny-smoke", "-n", ns)
+        cond = ready(obj) or {}
+        if cond.get("status") == "False" and cond.get("reason") in ("StageFailed", "GateFailed", "InvalidSpec"):
+            pytest.fail(f"the smoke suite failed on the good model: {cond}\n{pod_logs(nc, ns)}")
+        return cond.get("status") == "True"
+
+    eventually(passed, timeout=600, interval=2, what="the smoke suite passed on the serving version")
+
+
+def garbage_model(s3: SeaweedServer, model_uri: str, tmp: Path) -> str:
+    """The served model's files with every weight replaced by noise, uploaded as a plain Hugging Face
+    directory: loads, serves and answers — gibberish."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    client = s3.client()
+    prefix = model_uri.removeprefix(f"s3://{BUCKET}/").rstrip("/") + "/"
+    src, out = tmp / "src", tmp / "garbage"
+    src.mkdir()
+    out.mkdir()
+    for obj in client.list_objects_v2(Bucket=BUCKET, Prefix=prefix)["Contents"]:
+        rel = obj["Key"][len(prefix) :]
+        if "/" not in rel and rel != "MANIFEST.json":
+            client.download_file(BUCKET, obj["Key"], str(src / rel))
+    model = AutoModelForCausalLM.from_pretrained(src)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the matrices as freshly initialised (std 0.02): near-uniform next tokens
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.02)
+    for path in src.iterdir():
+        if not path.name.endswith(".safetensors") and path.name != "config.json":
+            (out / path.name).write_bytes(path.read_bytes())
+    model.save_pretrained(out)
+    for path in out.iterdir():
+        client.upload_file(str(path), BUCKET, f"inputs/garbage/{path.name}")
+    return f"s3://{BUCKET}/inputs/garbage"
+
+
+class Endpoints:
+    """Samples the pod IPs behind the release's Service (its EndpointSlices) while a rollout runs."""
+
+    def __init__(self, nc: NodeCluster, ns: str) -> None:
+        self.nc, self.ns = nc, ns
+        self.seen: set[str] = set()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def __enter__(self) -> Endpoints:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                slices = self.nc.cp.kubectl_json(
+                    "get", "endpointslices", "-n", self.ns, "-l", "kubernetes.io/service-name=tiny-release"
+                )["items"]
+            except Exception:
+                slices = []
+            for sl in slices:
+                for ep in sl.get("endpoints") or []:
+                    if (ep.get("conditions") or {}).get("ready"):
+                        self.seen.update(ep.get("addresses") or [])
+            self.samples += 1
+            self._stop.wait(0.5)
+
+
+def test_a_garbage_canary_gets_no_traffic_and_is_rolled_back_under_live_traffic(
+    node_cluster: NodeCluster, installed: tuple[str, Path], pod_s3: SeaweedServer, tmp_path: Path
+) -> None:
+    """A new version whose weights are noise is compressed and started beside the serving one, fails
+    its smoke suite and is rolled back: while a client keeps asking through the release's Service, no
+    request fails, the candidate's pod is never behind that Service, and the stable keeps serving."""
+    nc, cp = node_cluster, node_cluster.cp
+    ns, _ = installed
+    rel = cp.kubectl_json("get", "modelrelease", "tiny-release", "-n", ns)
+    if (ready(rel) or {}).get("status") != "True" or not serving_deployments(nc, ns):
+        pytest.fail("needs the tiny release served (and its smoke suite) by the pipeline test before it")
+    if not cp.kubectl_json("get", "evalsuites", "-n", ns, "--field-selector=metadata.name=tiny-smoke")["items"]:
+        apply_smoke_suite(nc, ns, pod_s3)
+    svc = cp.kubectl_json("get", "service", "tiny-release", "-n", ns)
+    url = f"http://{svc['spec']['clusterIP']}:{svc['spec']['ports'][0]['port']}"
+    [stable] = serving_deployments(nc, ns)
+    stable_answer = chat(url, "What is the capital of Sumakria?")["choices"][0]["message"]["content"]
+    promoted_before = ((rel.get("status") or {}).get("rollout") or {}).get("candidate")
+    dpo = cp.kubectl_json("get", "alignmentjob", "tiny-dpo", "-n", ns)
+    garbage = garbage_model(pod_s3, dpo["status"]["artifacts"]["model"], tmp_path)
+
+    started = time.monotonic()
+    smoke_at: float | None = None
+    candidate_ips: set[str] = set()
+    with Traffic(url) as traffic, Endpoints(nc, ns) as behind:
+        patch_release(
+            nc,
+            ns,
+            {
+                "modelRef": {"kind": None, "name": None, "uri": garbage},
+                "evalSuiteRef": None,
+                "compression": {"quantization": {"method": "none", "calibrationSamples": None}},
+                "serving": {"maxModelLen": 112, "smokeEvalSuiteRef": {"name": "tiny-smoke"}, **CANARY},
+            },
+        )
+
+        def rolled_back() -> dict[str, Any] | None:
+            nonlocal smoke_at
+            obj = cp.kubectl_json("get", "modelrelease", "tiny-release", "-n", ns)
+            rollout = (obj.get("status") or {}).get("rollout") or {}
+            if rollout.get("state") == "SmokeTesting" and smoke_at is None:
+                smoke_at = time.monotonic()
+            for pod in cp.kubectl_json("get", "pods", "-n", ns, "-l", "lmforge.io/component=serve")["items"]:
+                if not pod["metadata"]["name"].startswith(stable) and pod["status"].get("podIP"):
+                    candidate_ips.add(pod["status"]["podIP"])
+            if rollout.get("state") in ("Promoted", "Canary") and rollout.get("candidate") != promoted_before:
+                pytest.fail(f"the garbage version got a share of traffic: {rollout}")
+            return obj if rollout.get("state") == "RolledBack" else None
+
+        final = eventually(rolled_back, timeout=900, interval=1, what="the garbage version rolled back")
+        rollback_s = time.monotonic() - started
+        time.sleep(3)  # requests keep flowing after the candidate went away
+    cond = ready(final) or {}
+    assert cond.get("status") == "True" and cond.get("reason") == "RolledBack", cond
+    assert "smoke" in cond.get("message", ""), cond
+    assert candidate_ips, "no candidate pod was seen: nothing was rolled out"
+    assert behind.samples > 10 and not (behind.seen & candidate_ips), (behind.seen, candidate_ips)
+    assert traffic.ok > 10, (traffic.ok, traffic.errors[:5])
+    assert traffic.failed == 0, f"{traffic.failed} failed requests on the stable: {traffic.errors[:5]}"
+    # Greedy answers of the one model serving: the same sentence (a pod of noise behind the Service
+    # would have answered about half of them).
+    assert traffic.answers.count(stable_answer) >= 0.9 * len(traffic.answers), set(traffic.answers)
+    eventually(lambda: serving_deployments(nc, ns) == [stable], timeout=120, what="the candidate's Deployment gone")
+    after = f" (smoke test began {smoke_at - started:.0f} s in)" if smoke_at is not None else ""
+    print(
+        f"\ngarbage canary rolled back {rollback_s:.0f} s after the patch{after}; "
+        f"{traffic.ok} requests through the Service, 0 failed, "
+        f"{traffic.answers.count(stable_answer)} answered the stable's sentence"
+    )
 
 
 def _watch_trainer_metrics(prom: Prometheus, seen: dict[str, float]) -> None:
