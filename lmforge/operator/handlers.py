@@ -365,9 +365,9 @@ class Controller:
         ns = key[0]
         existing = {(c["kind"], c["metadata"]["name"]) for c in self.children(key)}
         created = False
+        pin = traffic.service_pin(decision.traffic)
         for run in decision.runs:
             todo: list[dict[str, Any]] = []
-            pin = traffic.service_pin(decision.traffic)
             for obj in build_children(run, owner, self.settings, self._replicas(run, decision), pin):
                 ident = (ns, obj["kind"], obj["metadata"]["name"])
                 if obj["kind"] == "Job" and (obj["kind"], ident[2]) in existing:

@@ -32,7 +32,8 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def _trains_on_gpu(gpus_per_node: int) -> bool:
+def trains_on_gpu(gpus_per_node: int) -> bool:
+    """Whether a run asking for `gpus_per_node` GPUs trains on them (torch sees one)."""
     import torch
 
     return gpus_per_node > 0 and torch.cuda.is_available()
@@ -45,7 +46,7 @@ def effective_precision(resource: Resource) -> tuple[Resource, str | None]:
     training = resource.spec.training
     if training.precision is not Precision.BF16 or os.environ.get(KEEP_ENV) == "emulated":
         return resource, None
-    if _trains_on_gpu(resource.spec.topology.gpus_per_node) or cpu_has_native_bf16():
+    if trains_on_gpu(resource.spec.topology.gpus_per_node) or cpu_has_native_bf16():
         return resource, None
     note = (
         "spec.training.precision: bf16 requested, training in fp32: this CPU has no native bf16 "

@@ -66,7 +66,7 @@ def test_effective_precision(
     noted: bool,
 ) -> None:
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
-    monkeypatch.setattr(precision, "_trains_on_gpu", lambda gpus: gpu)
+    monkeypatch.setattr(precision, "trains_on_gpu", lambda gpus: gpu)
     if env is None:
         monkeypatch.delenv(precision.KEEP_ENV, raising=False)
     else:

@@ -20,6 +20,7 @@ from lmforge.trainer.artifacts import fetch, split_uri
 from lmforge.trainer.chat import TemplateError, resolve_template
 from lmforge.trainer.context import StageContext
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.precision import trains_on_gpu
 
 
 @dataclass
@@ -91,9 +92,7 @@ def load_tokenizer(path: Path, spec: AlignmentJobSpec) -> Any:
 
 def on_gpu(spec: AlignmentJobSpec) -> bool:
     """Whether this run trains on GPUs (spec asks for them and torch sees one)."""
-    import torch
-
-    return spec.topology.gpus_per_node > 0 and torch.cuda.is_available()
+    return trains_on_gpu(spec.topology.gpus_per_node)
 
 
 def check_precision(spec: AlignmentJobSpec) -> None:

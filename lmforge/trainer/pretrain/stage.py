@@ -18,6 +18,7 @@ from lmforge.trainer.artifacts import publish
 from lmforge.trainer.context import StageContext, StageOutcome
 from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.models import architecture_of, build_model, llama_config, load_model, parameter_count
+from lmforge.trainer.precision import trains_on_gpu
 from lmforge.trainer.pretrain import export
 from lmforge.trainer.pretrain.checkpoint import Checkpoints, host_copy_fits
 from lmforge.trainer.pretrain.config import RunShape, deepspeed_config, run_shape
@@ -107,9 +108,7 @@ def _asynchronous_checkpoints(spec: PretrainJobSpec, params: int, world: World) 
 
 
 def _uses_gpu(spec: PretrainJobSpec) -> bool:
-    import torch
-
-    return spec.topology.gpus_per_node > 0 and torch.cuda.is_available()
+    return trains_on_gpu(spec.topology.gpus_per_node)
 
 
 def _param_groups(model: Any, weight_decay: float) -> list[dict[str, Any]]:
