@@ -14,7 +14,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import pytest
 from cluster.controlplane import eventually
@@ -41,23 +41,36 @@ STAGE_POD_METRICS = """  - job_name: lmforge-pods
 chart's PodMonitor selects (LMForge's pods, container port `metrics`) into a file_sd file."""
 
 
-class PodTargets:
-    """Keeps a Prometheus file_sd file listing the `metrics` ports of LMForge's pods in `ns` (the
-    stage pods and the operator), as the chart's PodMonitor and ServiceMonitor select them."""
+class Background:
+    """A loop on a daemon thread for the length of a `with` block: `_loop` runs until `_stop` is set
+    (the watchers below: Prometheus targets, a client's traffic, the Service's endpoints)."""
 
-    def __init__(self, nc: NodeCluster, ns: str, path: Path) -> None:
-        self.nc, self.ns, self.path = nc, ns, path
-        self.path.write_text("[]")
+    join_s = 30.0
+
+    def __init__(self) -> None:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> PodTargets:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        self._thread.join(30)
+        self._thread.join(self.join_s)
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class PodTargets(Background):
+    """Keeps a Prometheus file_sd file listing the `metrics` ports of LMForge's pods in `ns` (the
+    stage pods and the operator), as the chart's PodMonitor and ServiceMonitor select them."""
+
+    def __init__(self, nc: NodeCluster, ns: str, path: Path) -> None:
+        super().__init__()
+        self.nc, self.ns, self.path = nc, ns, path
+        self.path.write_text("[]")
 
     def _loop(self) -> None:
         end = time.monotonic() + 3600
@@ -222,24 +235,17 @@ def chat(url: str, question: str, timeout: float = 60) -> dict[str, Any]:
     return answer
 
 
-class Traffic:
+class Traffic(Background):
     """A client loop against the release's Service, counting failed requests (bounded in time)."""
 
+    join_s = 60.0
+
     def __init__(self, url: str, limit_s: float = 900) -> None:
+        super().__init__()
         self.url, self.limit_s = url, limit_s
         self.ok = self.failed = 0
         self.errors: list[str] = []
         self.answers: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Traffic:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(60)
 
     def _loop(self) -> None:
         end = time.monotonic() + self.limit_s
@@ -397,23 +403,14 @@ def garbage_model(s3: SeaweedServer, model_uri: str, tmp: Path) -> str:
     return f"s3://{BUCKET}/inputs/garbage"
 
 
-class Endpoints:
+class Endpoints(Background):
     """Samples the pod IPs behind the release's Service (its EndpointSlices) while a rollout runs."""
 
     def __init__(self, nc: NodeCluster, ns: str) -> None:
+        super().__init__()
         self.nc, self.ns = nc, ns
         self.seen: set[str] = set()
         self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def __enter__(self) -> Endpoints:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
