@@ -37,11 +37,30 @@ def _resolve(node: Any, defs: dict[str, Any]) -> Any:
     return {k: _resolve(v, defs) for k, v in node.items()}
 
 
+def _scalar_choices(options: list[dict[str, Any]]) -> list[Any] | None:
+    """The allowed values of a union of a boolean and string constants (none of them null), or None
+    for any other union."""
+    values: list[Any] = []
+    for option in options:
+        if option == {"type": "boolean"}:
+            values += [True, False]
+        elif option.get("type") == "string" and ("const" in option or "enum" in option):
+            values += [option["const"]] if "const" in option else list(option["enum"])
+        else:
+            return None
+    return values if len(options) > 1 else None
+
+
 def _structural(node: dict[str, Any]) -> dict[str, Any]:
     """Map one resolved JSON Schema node to a structural OpenAPI v3 node."""
     node = dict(node)
     for key in _DROP:
         node.pop(key, None)
+    if "anyOf" in node and _scalar_choices(node["anyOf"]) is not None:
+        # e.g. `bool | Literal["auto"]`: a structural schema has one type per node, so the node takes
+        # any value (no type) and its enum lists the allowed ones, which the API server enforces.
+        choices = _scalar_choices(node.pop("anyOf"))
+        node = {**node, "enum": choices, "x-kubernetes-preserve-unknown-fields": True}
     if "anyOf" in node:
         options = [o for o in node.pop("anyOf") if o.get("type") != "null"]
         if len(options) != 1:

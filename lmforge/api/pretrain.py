@@ -5,7 +5,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from lmforge.api.meta import ApiModel, LocalRef, ModelRef, ObjectMeta, Rule, Status
 from lmforge.api.scheduling import Compute
@@ -121,8 +121,21 @@ class Training(ApiModel):
     """Seed of initialisation and data order."""
     max_bad_steps: int = Field(default=5, ge=0)
     """Consecutive NaN/Inf-loss micro-batches skipped (never backpropagated) before the job stops."""
-    compile: bool = False
-    """Use `torch.compile` (faster steps after a slow first one)."""
+    compile: bool | Literal["auto"] = "auto"
+    """`torch.compile` the model: `true` always, `false` never, `auto` (default) when the run's
+    remaining steps pay for it — the stage times a few eager steps, takes the compile cost (the
+    compiled first step's extra seconds, and compiled vs eager step time) measured once per model
+    shape, batch, machine and torch version, and compiles when the projected saving is at least
+    twice the cost; the decision and its figures are in the log and the result's metrics."""
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _compile_choice(cls, value: object) -> object:
+        """Exactly what the CRD's enum accepts: one error naming the field, not one per union member,
+        and no lax `"yes"` or `1` for a boolean the API server would refuse."""
+        if value is True or value is False or value == "auto":
+            return value
+        raise ValueError(f'must be true, false or "auto" (got {value!r})')
 
     @model_validator(mode="after")
     def _duration(self) -> Training:

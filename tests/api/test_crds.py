@@ -85,6 +85,10 @@ def test_schema_carries_constraints_enums_and_defaults() -> None:
     assert "datasetRef" in spec["required"]
     extra = spec["properties"]["deepspeed"]["properties"]["extraConfig"]
     assert extra["x-kubernetes-preserve-unknown-fields"] is True
+    # `bool | "auto"`: no single structural type, so any value with an enum of exactly these three.
+    compile_ = spec["properties"]["training"]["properties"]["compile"]
+    assert compile_["enum"] == [True, False, "auto"] and compile_["default"] == "auto"
+    assert compile_["x-kubernetes-preserve-unknown-fields"] is True and "type" not in compile_
 
 
 def test_crd_files_are_yaml_a_user_can_apply() -> None:

@@ -123,3 +123,25 @@ def test_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert main(["validate", "-o", "json", str(path)]) == 1
     out = json.loads(capsys.readouterr().out)
     assert out["valid"] is False and out["problems"][0]["field"] == "spec.sources"
+
+
+@pytest.mark.parametrize("value", ["maybe", "'true'", "1", "{}"])
+def test_training_compile_takes_true_false_or_auto_only(tmp_path: Path, value: str) -> None:
+    path = _write(
+        tmp_path,
+        HEAD + f"kind: PretrainJob\nmetadata: {{name: p}}\nspec: {{datasetRef: {{name: d}}, "
+        f"training: {{maxSteps: 1, compile: {value}}}}}\n",
+    )
+    _, problems = validate_paths([path])
+    [problem] = [str(p) for p in problems if "spec.training.compile" in str(p)]
+    assert 'PretrainJob/p: spec.training.compile: must be true, false or "auto"' in problem
+
+
+@pytest.mark.parametrize(("value", "parsed"), [("true", True), ("false", False), ("auto", "auto"), (None, "auto")])
+def test_training_compile_keeps_true_and_false_and_defaults_to_auto(value: str | None, parsed: object) -> None:
+    from lmforge.api.pretrain import Training
+
+    fields: dict[str, object] = {"maxSteps": 1}
+    if value is not None:
+        fields["compile"] = {"true": True, "false": False}.get(value, value)
+    assert Training.model_validate(fields).compile == parsed
