@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from lmforge.trainer.errors import StageError
+from lmforge.trainer.pretrain.autocompile import AutoCompile
 from lmforge.trainer.pretrain.checkpoint import Checkpoints
 from lmforge.trainer.pretrain.config import RunShape
 from lmforge.trainer.pretrain.data import BatchStream
@@ -74,11 +75,14 @@ class TrainLoop:
         reporter: ProgressReporter | None,
         throughput: Throughput,
         stop: StopRequest | None = None,
+        compile_plan: AutoCompile | None = None,
     ) -> None:
         self.engine, self.stream, self.val = engine, stream, val
         self.shape, self.settings, self.checkpoints = shape, settings, checkpoints
         self.world, self.reporter, self.throughput = world, reporter, throughput
         self.stop = stop
+        self.compile_plan = compile_plan
+        """`training.compile`: compiles before the first step, or (auto) after timing a few."""
 
     def _finite_micro_loss(self, step: int, bad: list[int]) -> Any:
         """The next micro-batch's loss, skipping non-finite ones (agreed across ranks)."""
@@ -136,7 +140,10 @@ class TrainLoop:
         if self.reporter is not None:
             self.reporter.count_from(state.step)  # ETA from this process's own steps, not from step 0
         started = time.monotonic()
+        if self.compile_plan is not None:
+            self.compile_plan.start(s.total_steps - state.step)
         while state.step < s.total_steps:
+            step_started = time.perf_counter()
             losses = []
             for _ in range(self.shape.accumulation):
                 loss = self._finite_micro_loss(state.step, bad)
@@ -148,6 +155,8 @@ class TrainLoop:
             mean_loss = loss_sum / self.world.size
             state.losses[state.step] = mean_loss
             self.throughput.step(state.step)
+            if self.compile_plan is not None:  # the step's seconds, before validation and checkpoints
+                self.compile_plan.after_step(time.perf_counter() - step_started, s.total_steps - state.step)
             grad_norm = self.engine.get_global_grad_norm()
             metrics = {
                 "loss": mean_loss,

@@ -20,6 +20,7 @@ from lmforge.trainer.errors import InvalidInput
 from lmforge.trainer.models import architecture_of, build_model, llama_config, load_model, parameter_count
 from lmforge.trainer.precision import trains_on_gpu
 from lmforge.trainer.pretrain import export
+from lmforge.trainer.pretrain.autocompile import AutoCompile, CostKey, device_name
 from lmforge.trainer.pretrain.checkpoint import Checkpoints, host_copy_fits
 from lmforge.trainer.pretrain.config import RunShape, deepspeed_config, run_shape
 from lmforge.trainer.pretrain.data import BatchStream, validation_batches
@@ -178,7 +179,7 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     arch = architecture_of(model.config)
     params = parameter_count(model)
     _check_fits(spec, params, shape, arch.hidden_size, arch.num_layers, world)
-    choose_attention(model, seq, _uses_gpu(spec))
+    attention = choose_attention(model, seq, _uses_gpu(spec))
     if spec.training.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     ds_config = deepspeed_config(spec, shape)
@@ -192,8 +193,12 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
     )
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_multiplier(spec.optimizer, shape.total_steps))
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
-    if spec.training.compile:
-        engine.compile()
+    compile_plan = AutoCompile(
+        spec.training.compile,
+        engine.compile,
+        _compile_key(spec, arch.wire(), data.index.vocab_size, shape, attention),
+        world,
+    )
 
     checkpoints = Checkpoints(
         ctx.output,
@@ -247,6 +252,7 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
             ctx.reporter if world.is_main else None,
             throughput,
             stop,
+            compile_plan,
         )
         state = loop.run(state)
     resumed_from = int(resumed["step"]) if resumed else None
@@ -258,7 +264,31 @@ def _train(ctx: StageContext, spec: PretrainJobSpec, world: World) -> StageOutco
         return StageOutcome({}, writes_result=False, losses=state.losses, resumed_from=resumed_from)
     assert sd is not None
     artifacts, metrics = _publish(ctx, spec, data, replay, init, engine.module, sd, ds_config, state, shape, params)
+    metrics.update(compile_plan.metrics())  # the result says whether (and why) the run compiled
     return StageOutcome(artifacts, metrics, losses=state.losses, resumed_from=resumed_from)
+
+
+def _compile_key(spec: PretrainJobSpec, arch: dict[str, Any], vocab: int, shape: RunShape, attention: str) -> CostKey:
+    """What the compile cost of this run depends on (see `autocompile.CostKey`)."""
+    import torch
+
+    t = spec.training
+    return CostKey(
+        {
+            "model": arch,
+            "vocab": vocab,
+            "seq": shape.seq_length,
+            "microBatch": shape.micro_batch,
+            "precision": t.precision.value,
+            "gradientCheckpointing": t.gradient_checkpointing,
+            "attention": attention,
+            "zeroStage": spec.deepspeed.zero_stage,
+            "processes": shape.world,
+            "threads": torch.get_num_threads(),
+            "device": device_name(),
+            "torch": torch.__version__,
+        }
+    )
 
 
 def _publish(
