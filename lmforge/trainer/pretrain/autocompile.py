@@ -47,9 +47,13 @@ MARGIN = 2.0
 MAX_SAVING = 0.75
 """Best case for an unmeasured shape: compiling removes this fraction of a step (a 4× speed-up, above
 anything measured here), used only to rule out runs too short for any compile to pay."""
-MIN_COMPILE_SECONDS = 5.0
-"""Best case for an unmeasured shape: no compile is cheaper than this (a 2-layer, 64-wide Llama took
-~10 s on a 2-core CPU; inductor's warm on-disk cache brings a repeat down to a few seconds)."""
+MIN_COMPILE_SECONDS = 60.0
+"""Best case for an unmeasured shape: no compile is cheaper than this, so a run must have at least
+MARGIN × 60 s / MAX_SAVING = 160 s of eager steps left before it tries one. The smallest model here
+(the tests' 2-layer, 64-wide Llama) took 116 s to compile on a 2-core CPU under a load of ~9 (its eager
+step 1.4 s). Load slows compile and steps alike, so a floor in seconds set this high keeps short runs —
+every test's, the tiny examples' on a quiet machine — eager, at the price of not trying to compile a
+run with less than ~3 minutes of eager steps left."""
 
 Mode = bool | Literal["auto"]
 

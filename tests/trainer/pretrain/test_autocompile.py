@@ -168,3 +168,24 @@ def test_the_stage_stays_eager_on_a_short_auto_run_and_says_so(
     err = capfd.readouterr().err
     assert "training.compile auto: compile off (too-short), 8 steps left" in err
     assert not (Path(world.tmp) / "cache" / "compile").exists()  # nothing measured, nothing cached
+
+
+@pytest.mark.ml
+@pytest.mark.slow
+def test_the_stage_compiles_mid_run_and_caches_what_its_compile_cost(
+    world: TestWorld, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """With the best-case floor lowered so a tiny model's run may pay, the real DeepSpeed engine is
+    compiled after the timed eager steps, trains on, and the cost of that very compile is cached."""
+    monkeypatch.setattr("lmforge.trainer.pretrain.autocompile.MIN_COMPILE_SECONDS", 1e-6)
+    resource = pretrain_resource(training={"maxSteps": 12, "compile": "auto"}, checkpoint={"everySteps": 100})
+    run = run_in_process(stage_spec(world, resource))
+    metrics = run.outcome.metrics
+    assert metrics["compile"] == 1.0 and metrics["compile_measured"] == 1.0
+    [cached] = (Path(world.tmp) / "cache" / "compile").glob("*.json")
+    stored = json.loads(cached.read_text())
+    assert stored["compile_seconds"] == pytest.approx(metrics["compile_seconds"]) and stored["compile_seconds"] > 0
+    assert stored["key"]["model"]["numLayers"] == 2 and stored["key"]["torch"]
+    assert run.outcome.losses[12] < run.outcome.losses[1]  # compiled steps still train
+    err = capfd.readouterr().err
+    assert "compile on (measure)" in err and "measured compile cost" in err
