@@ -51,3 +51,31 @@ def test_the_api_server_rejects_what_the_model_rejects(crds: ControlPlane, names
     assert status == 422, body
     causes = body["details"]["causes"]
     assert any(c.get("field") == case.field and case.rule in c.get("message", "") for c in causes), causes
+
+
+def _pretrain(compile_: object) -> dict[str, Any]:
+    training: dict[str, Any] = {"maxSteps": 10}
+    if compile_ is not None:
+        training["compile"] = compile_
+    return resource("PretrainJob", {**BASES["PretrainJob"], "training": training}, name="c")
+
+
+@pytest.mark.parametrize(("value", "stored"), [(True, True), (False, False), ("auto", "auto"), (None, "auto")])
+def test_training_compile_accepts_true_false_and_auto(
+    crds: ControlPlane, namespace: str, value: object, stored: object
+) -> None:
+    """`bool | "auto"` has no single structural type: existing `true`/`false` manifests must still
+    apply, `"auto"` too, and an omitted field defaults to `"auto"` in the stored object."""
+    status, body = _create(crds, namespace, _pretrain(value))
+    assert status == 201, body
+    assert body["spec"]["training"]["compile"] == stored
+
+
+@pytest.mark.parametrize("value", ["maybe", "true", 1, {"on": True}])
+def test_training_compile_rejects_anything_else_naming_the_field(
+    crds: ControlPlane, namespace: str, value: object
+) -> None:
+    status, body = _create(crds, namespace, _pretrain(value))
+    assert status == 422, body
+    causes = body["details"]["causes"]
+    assert any(c.get("field") == "spec.training.compile" for c in causes), causes
