@@ -267,7 +267,7 @@ def main() -> None:
     ceiling = measured_matmul_flops(Precision.BF16, seconds=1.0)
     print(
         f"model: {params / 1e6:.2f}M parameters, seq {SEQ}, micro-batch {MICRO}, {per_token / 1e6:.1f} MFLOP/token; "
-        f"bf16 matmul ceiling {ceiling / 1e9:.0f} GFLOP/s"
+        f"bf16 matmul ceiling {ceiling / 1e9:.1f} GFLOP/s"
     )
     print(
         f"threads: OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} torch.set_num_threads({threads}) "
