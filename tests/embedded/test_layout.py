@@ -13,7 +13,7 @@ from lmforge.operator.local import LocalBackend
 from lmforge.operator.local.layout import Layout, LayoutProbe, choose, machine_cache_file
 from lmforge.store import open_store
 
-from .helpers import pretrain, run_of
+from .helpers import pretrain, resource, run_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,15 +39,32 @@ def test_the_answer_is_kept_per_machine_in_the_users_cache(_cache: Path) -> None
     assert machine_cache_file("/other/venv/bin/python") != path  # another environment measures anew
 
 
+def _eager(name: str) -> object:
+    return resource("PretrainJob", name, {"datasetRef": {"name": "d"}, "training": {"maxSteps": 10, "compile": False}})
+
+
 def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Path) -> None:
+    """Eagerly 2 x 1 wins here, compiled 1 x 2 does: a job that may compile (`auto`, the default, or
+    `true`) gets the compiled winner, `compile: false` the eager one."""
     machine_cache_file("py").parent.mkdir(parents=True)
     machine_cache_file("py").write_text(
-        json.dumps({"cores": 2, "processes": 2, "threads": 1, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}})
+        json.dumps(
+            {
+                "cores": 2,
+                "processes": 2,
+                "threads": 1,
+                "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0},
+                "compiled_tokens_per_second": {"1x2": 16000.0, "2x1": 12000.0},
+            }
+        )
     )
     backend = LocalBackend(open_store(str(tmp_path)), tmp_path, cores=2, python="py")
-    [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
+    [cmd] = backend.commands(run_of(_eager("eager"), str(tmp_path)), "spec.json")  # type: ignore[arg-type]
     assert cmd.argv[:3] == ["py", "-m", "torch.distributed.run"] and "--nproc-per-node=2" in cmd.argv
     assert cmd.env["OMP_NUM_THREADS"] == "1"
+    [compiling] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
+    assert compiling.argv == ["py", "-m", "lmforge.trainer", "pretrain", "--spec", "spec.json"]
+    assert compiling.env["OMP_NUM_THREADS"] == "2"
     [single] = backend.commands(run_of(pretrain("pinned", processes=1), str(tmp_path)), "s.json")
     assert single.argv == ["py", "-m", "lmforge.trainer", "pretrain", "--spec", "s.json"]
     assert single.env["OMP_NUM_THREADS"] == "2"
@@ -58,6 +75,7 @@ def test_a_failed_probe_leaves_one_process_with_every_core(tmp_path: Path) -> No
     [cmd] = backend.commands(run_of(pretrain("auto"), str(tmp_path)), "spec.json")
     assert cmd.argv[1:3] == ["-m", "lmforge.trainer"] and cmd.env["OMP_NUM_THREADS"] == "2"
     assert backend.layouts.layout(2) == Layout(1, 2, "default")
+    assert backend.layouts.layout(2, compiled=True) == Layout(1, 2, "default")
     assert not machine_cache_file(str(tmp_path / "no-python")).exists()
     assert LayoutProbe(tmp_path, "unused").layout(1) == Layout(1, 1, "default")
 
@@ -67,6 +85,9 @@ def test_a_failed_probe_leaves_one_process_with_every_core(tmp_path: Path) -> No
 def test_probe_measures_every_layout_with_the_trainer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The real probe: one data-parallel step loop per layout, the winner cached for the next call."""
     monkeypatch.setattr("lmforge.operator.local.layout.PROBE_SECONDS", 0.5)
+    monkeypatch.setattr(
+        "lmforge.operator.local.layout.PROBE_TIMEOUT", 1800.0
+    )  # 4 runs, 2 compiling: minutes on a busy 2-core machine
     probe = LayoutProbe(tmp_path, sys.executable, cwd=REPO)
     layout = probe.layout(2)
     data = json.loads((tmp_path / "layout.json").read_text())
@@ -75,4 +96,20 @@ def test_probe_measures_every_layout_with_the_trainer(tmp_path: Path, monkeypatc
     # bf16 model at ~60 tokens/s, one with AMX at thousands.
     assert set(rates) == {"1x2", "2x1"} and all(r > 0 for r in rates.values())
     assert layout == choose(2, rates) and layout.source == "measured"
+    compiled = data["compiled_tokens_per_second"]  # 2 cores: both layouts are among the 2 fastest
+    assert set(compiled) == {"1x2", "2x1"} and all(r > 100 for r in compiled.values())
+    assert probe.layout(2, compiled=True) == choose(2, compiled)
     assert LayoutProbe(tmp_path, "/nonexistent").layout(2) == layout  # read back, not re-measured
+
+
+def test_an_answer_without_compiled_rates_serves_eager_jobs_and_is_remeasured_for_compiling_ones(
+    tmp_path: Path,
+) -> None:
+    """A cache file written before the probe measured compiled steps still answers `compile: false`;
+    for a compiling job the probe runs again (here it cannot: the old default, nothing overwritten)."""
+    path = tmp_path / "layout.json"
+    path.write_text(json.dumps({"cores": 2, "tokens_per_second": {"1x2": 9000.0, "2x1": 11000.0}}))
+    probe = LayoutProbe(tmp_path, str(tmp_path / "no-python"))
+    assert probe.layout(2) == Layout(2, 1, "measured")
+    assert probe.layout(2, compiled=True) == Layout(1, 2, "default")
+    assert "compiled_tokens_per_second" not in json.loads(path.read_text())

@@ -34,6 +34,7 @@ from lmforge.api.contract import (
     record_from_json,
     stage_command,
 )
+from lmforge.api.pretrain import PretrainJob
 from lmforge.operator.local.adapters import AdapterClient
 from lmforge.operator.local.layout import LayoutProbe, machine_cache_file
 from lmforge.operator.local.process import Attempt, Command
@@ -369,7 +370,7 @@ class LocalBackend:
         procs = max(1, min(run.nproc_per_node * run.nodes, self.cores))
         threads = run.compute.threads or max(1, self.cores // max(procs, run.workers if run.workers > 1 else 1))
         if self._measured_layout(run):
-            layout = self.layouts.layout(self.cores)
+            layout = self.layouts.layout(self.cores, compiled=self._compiles(run))
             procs, threads = layout.processes, layout.threads
         env.setdefault("OMP_NUM_THREADS", str(threads))
         if procs > 1:
@@ -393,6 +394,12 @@ class LocalBackend:
             and run.compute.processes is None
             and run.compute.threads is None
         )
+
+    @staticmethod
+    def _compiles(run: StageRun) -> bool:
+        """Whether the PretrainJob may compile: `true`, or `auto` (which compiles on the long runs, the
+        ones where the layout's speed matters; a short run that stays eager loses little to it)."""
+        return PretrainJob.model_validate(run.spec.resource).spec.training.compile is not False
 
     def _env(self, run: StageRun) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.env}

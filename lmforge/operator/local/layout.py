@@ -8,7 +8,8 @@ in the user's cache (`$LMFORGE_CACHE`, default `~/.cache/lmforge`), in a file na
 the core count and the Python that runs the stages (another environment may carry another torch), so a
 new state directory (every new project, every test) does not pay the probe again.
 A probe that fails or times out leaves the old default, one process with every core as a thread; so
-does a single core.
+does a single core. A job that compiles (`training.compile` true or auto) gets the fastest of the
+probe's compiled rates; an answer from before the probe measured them is measured again.
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from pathlib import Path
 PROBE_MODULE = "lmforge.trainer.pretrain.layout"
 PROBE_VERSION = 2
 """Part of the cache key: 2 measures in the precision the stage trains in (fp32 without native bf16)."""
-PROBE_TIMEOUT = 300.0
-"""Seconds the probe may take (it measures each layout ~3 s after importing torch)."""
+PROBE_TIMEOUT = 600.0
+"""Seconds the probe may take (it measures each layout ~3 s after importing torch, and compiles the
+two fastest)."""
 PROBE_SECONDS = 3.0
 """Timed seconds per candidate layout, after warm-up."""
 MULTI_PROCESS_MARGIN = 1.05
@@ -81,27 +83,29 @@ class LayoutProbe:
         self.python = python
         self.cwd = cwd
         self._lock = threading.Lock()
-        self._cached: dict[int, Layout] = {}
+        self._cached: dict[tuple[int, bool], Layout] = {}
 
-    def layout(self, cores: int) -> Layout:
-        """The layout for `cores` cores: from `layout.json`, else measured now (blocking), else default."""
+    def layout(self, cores: int, compiled: bool = False) -> Layout:
+        """The layout for `cores` cores (by the compiled rates when the job compiles): from the
+        cache file, else measured now (blocking), else default."""
         if cores <= 1:
             return Layout(1, 1, "default")
         with self._lock:
-            if cores not in self._cached:
-                self._cached[cores] = self._read(cores) or self._measure(cores)
-            return self._cached[cores]
+            if (cores, compiled) not in self._cached:
+                self._cached[cores, compiled] = self._read(cores, compiled) or self._measure(cores, compiled)
+            return self._cached[cores, compiled]
 
-    def _read(self, cores: int) -> Layout | None:
+    def _read(self, cores: int, compiled: bool) -> Layout | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if int(data["cores"]) != cores:
                 return None
-            return choose(cores, {str(k): float(v) for k, v in data["tokens_per_second"].items()})
+            rates = data["compiled_tokens_per_second" if compiled else "tokens_per_second"]
+            return choose(cores, {str(k): float(v) for k, v in rates.items()})
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
 
-    def _measure(self, cores: int) -> Layout:
+    def _measure(self, cores: int, compiled: bool) -> Layout:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         argv = [
             self.python,
@@ -120,4 +124,4 @@ class LayoutProbe:
         except (OSError, subprocess.SubprocessError) as exc:
             log.warning("layout probe failed (%s); using 1 process x %d threads", exc, cores)
             return Layout(1, cores, "default")
-        return self._read(cores) or Layout(1, cores, "default")
+        return self._read(cores, compiled) or Layout(1, cores, "default")

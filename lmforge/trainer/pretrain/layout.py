@@ -4,10 +4,20 @@
 (forward, backward in bf16 — fp32 where the CPU lacks native bf16, as the stage then trains —, gradients all-reduced over gloo as one flat buffer, the way DeepSpeed
 reduces them) of a small Llama (hidden 256, 4 layers, seq 256, micro-batch 8: the benchmark model) for
 every layout p × (N / p) with p dividing N, each as p real processes running side by side, and prints
-(and writes to FILE) JSON: `{"cores", "processes", "threads", "tokens_per_second": {"PxT": tok/s}}`.
-The embedded runner runs it once per state directory and uses the winner when a PretrainJob leaves
-`compute.processes` and `compute.threads` unset: on a 2-vCPU Zen 4 it measured 1 × 2 ahead of 2 × 1,
-but that depends on the cores, caches and memory bandwidth, so it is measured, not assumed.
+(and writes to FILE) JSON: `{"cores", "processes", "threads", "tokens_per_second": {"PxT": tok/s},
+"compiled_tokens_per_second": {"PxT": tok/s}}`. The embedded runner runs it once per machine and uses
+the winner when a PretrainJob leaves `compute.processes` and `compute.threads` unset: on a 2-vCPU Zen 4
+it measured 1 × 2 ahead of 2 × 1, but that depends on the cores, caches and memory bandwidth, so it is
+measured, not assumed.
+
+With `training.compile` on (or `auto`, which compiles on the long runs where the layout matters) the
+runner picks from the compiled rates, because compiling changes the step's balance: it fuses the
+elementwise, memory-bound parts (norms, activations, residual adds), which weigh differently with one
+wide process than with several narrow ones. Compiling every candidate would add a compile (tens of
+seconds on a small CPU, and p processes compile side by side) per divisor of the core count, so only
+the `COMPILED_CANDIDATES` fastest eager layouts are measured compiled: a layout far behind eagerly is
+assumed not to overtake both of them through fusion alone. On 2 cores that is every layout; on 16
+(5 layouts) the probe compiles twice instead of five times.
 """
 
 from __future__ import annotations
@@ -25,6 +35,8 @@ from lmforge.trainer.precision import KEEP_ENV, cpu_has_native_bf16
 
 HIDDEN, LAYERS, HEADS, VOCAB, SEQ, MICRO = 256, 4, 8, 4096, 256, 8
 MODULE = "lmforge.trainer.pretrain.layout"
+COMPILED_CANDIDATES = 2
+"""The fastest eager layouts that are also measured with `torch.compile`."""
 
 
 def candidates(cores: int) -> list[tuple[int, int]]:
@@ -38,7 +50,7 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _worker(seconds: float) -> None:
+def _worker(seconds: float, compile_: bool) -> None:
     """One rank: time data-parallel steps; rank 0 prints `TOKENS_PER_SECOND <all ranks' tokens/s>`."""
     import torch
     import torch.distributed as dist
@@ -66,6 +78,8 @@ def _worker(seconds: float) -> None:
     model = model.to(
         torch.bfloat16 if cpu_has_native_bf16() or os.environ.get(KEEP_ENV) == "emulated" else torch.float32
     )
+    if compile_:
+        model.compile()  # as the stage's engine.compile(): the first warm-up step compiles
     params = [p for p in model.parameters() if p.requires_grad]
     x = torch.randint(0, VOCAB, (MICRO, SEQ))
 
@@ -77,7 +91,7 @@ def _worker(seconds: float) -> None:
         for p in params:
             p.grad = None
 
-    for _ in range(2):  # warm-up: allocator, kernels, gloo connections
+    for _ in range(2):  # warm-up: allocator, kernels, gloo connections, compilation
         step()
     n, start = 0, time.perf_counter()
     while (elapsed := time.perf_counter() - start) < seconds or n < 3:
@@ -91,7 +105,9 @@ def _worker(seconds: float) -> None:
         print(f"TOKENS_PER_SECOND {float(rate):.1f}", flush=True)
 
 
-def measure(processes: int, threads: int, seconds: float, python: str = sys.executable) -> float:
+def measure(
+    processes: int, threads: int, seconds: float, python: str = sys.executable, compile_: bool = False
+) -> float:
     """Tokens/s of `processes` side-by-side ranks of `threads` threads each (summed over ranks)."""
     port = str(_free_port())
     procs = []
@@ -107,7 +123,7 @@ def measure(processes: int, threads: int, seconds: float, python: str = sys.exec
         }
         procs.append(
             subprocess.Popen(
-                [python, "-m", MODULE, "--worker", "--seconds", str(seconds)],
+                [python, "-m", MODULE, "--worker", "--seconds", str(seconds), *(["--compile"] if compile_ else [])],
                 env=env,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -125,11 +141,23 @@ def measure(processes: int, threads: int, seconds: float, python: str = sys.exec
 
 
 def best_layout(cores: int, seconds: float = 3.0, python: str = sys.executable) -> dict[str, object]:
-    """Measure every candidate layout of `cores` and name the fastest."""
+    """Measure every candidate layout of `cores` eagerly, the `COMPILED_CANDIDATES` fastest also
+    compiled, and name the fastest eager one."""
     rates = {f"{p}x{t}": measure(p, t, seconds, python) for p, t in candidates(cores)}
+    top = sorted(rates, key=lambda k: -rates[k])[:COMPILED_CANDIDATES]
+    compiled = {}
+    for key in top:
+        processes, threads = (int(v) for v in key.split("x"))
+        compiled[key] = measure(processes, threads, seconds, python, compile_=True)
     best = max(rates, key=lambda k: rates[k])
     processes, threads = (int(v) for v in best.split("x"))
-    return {"cores": cores, "processes": processes, "threads": threads, "tokens_per_second": rates}
+    return {
+        "cores": cores,
+        "processes": processes,
+        "threads": threads,
+        "tokens_per_second": rates,
+        "compiled_tokens_per_second": compiled,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -138,9 +166,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per layout, after warm-up")
     parser.add_argument("--out", help="also write the JSON here (atomically)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _worker(args.seconds)
+        _worker(args.seconds, args.compile)
         return
     result = json.dumps(best_layout(args.cores, args.seconds))
     if args.out:
