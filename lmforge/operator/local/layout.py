@@ -8,8 +8,13 @@ in the user's cache (`$LMFORGE_CACHE`, default `~/.cache/lmforge`), in a file na
 the core count and the Python that runs the stages (another environment may carry another torch), so a
 new state directory (every new project, every test) does not pay the probe again.
 A probe that fails or times out leaves the old default, one process with every core as a thread; so
-does a single core. A job that compiles (`training.compile` true or auto) gets the fastest of the
-probe's compiled rates; an answer from before the probe measured them is measured again.
+does a single core.
+
+A job that compiles gets the fastest of the probe's compiled rates. Measuring them compiles the probe
+model once per layout (a minute or more on a small CPU), so the probe does it only when a job asks:
+`training.compile: true`, or `auto` on a run long enough for auto to try compiling (`compiles`). An
+answer without compiled rates still serves every other job, and is measured again (with them) for the
+first one that asks.
 """
 
 from __future__ import annotations
@@ -27,8 +32,14 @@ PROBE_MODULE = "lmforge.trainer.pretrain.layout"
 PROBE_VERSION = 2
 """Part of the cache key: 2 measures in the precision the stage trains in (fp32 without native bf16)."""
 PROBE_TIMEOUT = 600.0
-"""Seconds the probe may take (it measures each layout ~3 s after importing torch, and compiles the
-two fastest)."""
+"""Seconds the probe may take (it measures each layout ~3 s after importing torch, and when asked
+compiles the two fastest)."""
+PROBE_SEQ = 256
+"""Sequence length of the probe's model (the trainer's layout.SEQ)."""
+AUTO_MIN_EAGER_SECONDS = 160.0
+"""The shortest projected eager run for which `training.compile: auto` tries to compile an unmeasured
+shape: MARGIN × MIN_COMPILE_SECONDS / MAX_SAVING of the trainer's autocompile (a test holds the two
+equal; the operator does not import the trainer)."""
 PROBE_SECONDS = 3.0
 """Timed seconds per candidate layout, after warm-up."""
 MULTI_PROCESS_MARGIN = 1.05
@@ -95,6 +106,17 @@ class LayoutProbe:
                 self._cached[cores, compiled] = self._read(cores, compiled) or self._measure(cores, compiled)
             return self._cached[cores, compiled]
 
+    def eager_rate(self, cores: int) -> float | None:
+        """Tokens/s of the probe model in the fastest eager layout (measured now if not yet), or None
+        where nothing was measured (a single core, a failed probe)."""
+        if self.layout(cores).source != "measured":
+            return None
+        try:
+            rates = json.loads(self.path.read_text(encoding="utf-8"))["tokens_per_second"]
+            return max(float(v) for v in rates.values())
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
     def _read(self, cores: int, compiled: bool) -> Layout | None:
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
@@ -117,6 +139,7 @@ class LayoutProbe:
             str(PROBE_SECONDS),
             "--out",
             str(self.path),
+            *(["--compiled"] if compiled else []),
         ]
         env = {**os.environ, "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1")}
         try:
@@ -125,3 +148,16 @@ class LayoutProbe:
             log.warning("layout probe failed (%s); using 1 process x %d threads", exc, cores)
             return Layout(1, cores, "default")
         return self._read(cores, compiled) or Layout(1, cores, "default")
+
+
+def compiles(compile_: bool | str, tokens: int, eager_rate: float | None) -> bool:
+    """Whether a PretrainJob's layout is chosen by compiled rates: `true` always, `false` never, and
+    `auto` when its `tokens`, at the probe model's eager speed, take at least AUTO_MIN_EAGER_SECONDS
+    — the runs on which auto may compile at all. The probe model (5.3M parameters) is a lower bound
+    of a real model's step time, so a longer run is never judged short; a run of a tinier model (the
+    tests') may be judged long, which costs one compiled probe, never a wrong layout."""
+    if compile_ is not True and compile_ != "auto":
+        return False
+    if compile_ is True:
+        return True
+    return eager_rate is not None and tokens / eager_rate >= AUTO_MIN_EAGER_SECONDS

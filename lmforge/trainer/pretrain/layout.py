@@ -1,17 +1,18 @@
 """Measure which processes × threads layout trains fastest on this machine's CPU cores.
 
-`python -m lmforge.trainer.pretrain.layout --cores N [--out FILE]` times a data-parallel training step
-(forward, backward in bf16 — fp32 where the CPU lacks native bf16, as the stage then trains —, gradients all-reduced over gloo as one flat buffer, the way DeepSpeed
-reduces them) of a small Llama (hidden 256, 4 layers, seq 256, micro-batch 8: the benchmark model) for
-every layout p × (N / p) with p dividing N, each as p real processes running side by side, and prints
-(and writes to FILE) JSON: `{"cores", "processes", "threads", "tokens_per_second": {"PxT": tok/s},
-"compiled_tokens_per_second": {"PxT": tok/s}}`. The embedded runner runs it once per machine and uses
+`python -m lmforge.trainer.pretrain.layout --cores N [--out FILE] [--compiled]` times a data-parallel
+training step (forward, backward in bf16 — fp32 where the CPU lacks native bf16, as the stage then
+trains —, gradients all-reduced over gloo as one flat buffer, the way DeepSpeed reduces them) of a
+small Llama (hidden 256, 4 layers, seq 256, micro-batch 8: the benchmark model) for every layout
+p × (N / p) with p dividing N, each as p real processes running side by side, and prints (and writes
+to FILE) JSON: `{"cores", "processes", "threads", "tokens_per_second": {"PxT": tok/s}}`, with
+`--compiled` also `"compiled_tokens_per_second": {"PxT": tok/s}`. The embedded runner runs it once per machine and uses
 the winner when a PretrainJob leaves `compute.processes` and `compute.threads` unset: on a 2-vCPU Zen 4
 it measured 1 × 2 ahead of 2 × 1, but that depends on the cores, caches and memory bandwidth, so it is
 measured, not assumed.
 
-With `training.compile` on (or `auto`, which compiles on the long runs where the layout matters) the
-runner picks from the compiled rates, because compiling changes the step's balance: it fuses the
+With `training.compile: true` (or `auto` on a run long enough for it to compile) the runner asks for
+and picks from the compiled rates, because compiling changes the step's balance: it fuses the
 elementwise, memory-bound parts (norms, activations, residual adds), which weigh differently with one
 wide process than with several narrow ones. Compiling every candidate would add a compile (tens of
 seconds on a small CPU, and p processes compile side by side) per divisor of the core count, so only
@@ -140,24 +141,23 @@ def measure(
     raise RuntimeError(f"layout probe {processes}x{threads} printed no result")
 
 
-def best_layout(cores: int, seconds: float = 3.0, python: str = sys.executable) -> dict[str, object]:
-    """Measure every candidate layout of `cores` eagerly, the `COMPILED_CANDIDATES` fastest also
-    compiled, and name the fastest eager one."""
+def best_layout(
+    cores: int, seconds: float = 3.0, python: str = sys.executable, compiled_too: bool = False
+) -> dict[str, object]:
+    """Measure every candidate layout of `cores` eagerly, with `compiled_too` the `COMPILED_CANDIDATES`
+    fastest also compiled, and name the fastest eager one."""
     rates = {f"{p}x{t}": measure(p, t, seconds, python) for p, t in candidates(cores)}
+    best = max(rates, key=lambda k: rates[k])
+    processes, threads = (int(v) for v in best.split("x"))
+    result = {"cores": cores, "processes": processes, "threads": threads, "tokens_per_second": rates}
+    if not compiled_too:
+        return result
     top = sorted(rates, key=lambda k: -rates[k])[:COMPILED_CANDIDATES]
     compiled = {}
     for key in top:
         processes, threads = (int(v) for v in key.split("x"))
         compiled[key] = measure(processes, threads, seconds, python, compile_=True)
-    best = max(rates, key=lambda k: rates[k])
-    processes, threads = (int(v) for v in best.split("x"))
-    return {
-        "cores": cores,
-        "processes": processes,
-        "threads": threads,
-        "tokens_per_second": rates,
-        "compiled_tokens_per_second": compiled,
-    }
+    return {**result, "compiled_tokens_per_second": compiled}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -167,11 +167,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="also write the JSON here (atomically)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--compiled", action="store_true", help="also time the fastest layouts compiled")
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args.seconds, args.compile)
         return
-    result = json.dumps(best_layout(args.cores, args.seconds))
+    result = json.dumps(best_layout(args.cores, args.seconds, compiled_too=args.compiled))
     if args.out:
         tmp = f"{args.out}.tmp"
         with open(tmp, "w", encoding="utf-8") as f:
