@@ -14,11 +14,15 @@ from lmforge.api.kinds import Resource
 from lmforge.operator.local import LocalBackend
 from lmforge.operator.local.layout import (
     AUTO_MIN_EAGER_SECONDS,
+    PROBE_MODEL,
+    PROBE_SEQ,
+    PROBE_VOCAB,
     Layout,
     LayoutProbe,
     choose,
     compiles,
     machine_cache_file,
+    relative_cost,
 )
 from lmforge.store import open_store
 
@@ -48,10 +52,13 @@ def test_the_answer_is_kept_per_machine_in_the_users_cache(_cache: Path) -> None
     assert machine_cache_file("/other/venv/bin/python") != path  # another environment measures anew
 
 
-def _job(name: str, compile_: object, steps: int = 10) -> Resource:
-    return resource(
-        "PretrainJob", name, {"datasetRef": {"name": "d"}, "training": {"maxSteps": steps, "compile": compile_}}
-    )
+PROBE_SHAPE = {"numLayers": 4, "hiddenSize": 256, "numHeads": 8, "headDim": 32, "intermediateSize": 768}
+GRPO_EXAMPLE_SHAPE = {"numLayers": 2, "hiddenSize": 64, "numHeads": 2, "headDim": 32}
+
+
+def _job(name: str, compile_: object, steps: int = 10, model: dict[str, int] = PROBE_SHAPE) -> Resource:
+    spec = {"datasetRef": {"name": "d"}, "model": {**model, "tieEmbeddings": True}}
+    return resource("PretrainJob", name, {**spec, "training": {"maxSteps": steps, "compile": compile_}})
 
 
 @dataclass(frozen=True)
@@ -70,6 +77,26 @@ COMPILES_CASES = [
     CompilesCase("auto: a run of 160 s may compile", "auto", 1_600_000, 10_000.0, True),
     CompilesCase("auto: nothing measured (one core, failed probe)", "auto", 10**12, None, False),
 ]
+
+
+def test_the_probe_model_is_the_trainers() -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmforge.trainer.pretrain import layout as probe
+
+    config = LlamaConfig(
+        vocab_size=probe.VOCAB,
+        hidden_size=probe.HIDDEN,
+        intermediate_size=3 * probe.HIDDEN,
+        num_hidden_layers=probe.LAYERS,
+        num_attention_heads=probe.HEADS,
+        head_dim=probe.HIDDEN // probe.HEADS,
+        tie_word_embeddings=True,
+    )
+    params = sum(p.numel() for p in LlamaForCausalLM(config).parameters())
+    assert PROBE_MODEL.parameter_count(PROBE_VOCAB) == params
+    assert (PROBE_SEQ, PROBE_VOCAB) == (probe.SEQ, probe.VOCAB)
+    assert relative_cost(PROBE_MODEL) == 1.0
 
 
 @pytest.mark.parametrize("case", COMPILES_CASES, ids=[c.name for c in COMPILES_CASES])
@@ -108,6 +135,8 @@ def test_backend_uses_the_measured_layout_unless_compute_names_one(tmp_path: Pat
         (_job("short", "auto", 859), True),
         (_job("long", "auto", 860), False),
         (_job("forced", True), False),
+        (_job("tiny-long", "auto", 860, GRPO_EXAMPLE_SHAPE), True),  # ~1/11 of the probe's FLOPs
+        (_job("tiny-longer", "auto", 860 * 12, GRPO_EXAMPLE_SHAPE), False),
     ]:
         [cmd] = backend.commands(run_of(job, str(tmp_path)), "spec.json")
         if eager:

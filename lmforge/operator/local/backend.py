@@ -36,7 +36,7 @@ from lmforge.api.contract import (
 )
 from lmforge.api.pretrain import PretrainJob
 from lmforge.operator.local.adapters import AdapterClient
-from lmforge.operator.local.layout import PROBE_SEQ, LayoutProbe, compiles, machine_cache_file
+from lmforge.operator.local.layout import PROBE_SEQ, LayoutProbe, compiles, machine_cache_file, relative_cost
 from lmforge.operator.local.process import Attempt, Command
 from lmforge.operator.reconcile import adapters
 from lmforge.operator.reconcile.runs import SERVING_API_KEY_ENV
@@ -399,12 +399,13 @@ class LocalBackend:
         """Whether the PretrainJob's layout comes from compiled rates (`layout.compiles`). Its length in
         tokens: the budget, or its steps' sequences at the probe's length (the Dataset's own length is
         only known to the stage)."""
-        training = PretrainJob.model_validate(run.spec.resource).spec.training
+        spec = PretrainJob.model_validate(run.spec.resource).spec
+        training = spec.training
         tokens = training.tokens or (
             (training.max_steps or 0) * training.micro_batch_size * training.gradient_accumulation_steps * PROBE_SEQ
         )
         eager_rate = self.layouts.eager_rate(self.cores) if training.compile == "auto" else None
-        return compiles(training.compile, tokens, eager_rate)
+        return compiles(training.compile, tokens, eager_rate, relative_cost(spec.model))
 
     def _env(self, run: StageRun) -> dict[str, str]:
         env = {"PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": os.environ.get("HF_HUB_OFFLINE", "1"), **self.env}

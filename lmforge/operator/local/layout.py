@@ -28,14 +28,19 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from lmforge.api.pretrain import Architecture
+
 PROBE_MODULE = "lmforge.trainer.pretrain.layout"
 PROBE_VERSION = 2
 """Part of the cache key: 2 measures in the precision the stage trains in (fp32 without native bf16)."""
 PROBE_TIMEOUT = 600.0
 """Seconds the probe may take (it measures each layout ~3 s after importing torch, and when asked
 compiles the two fastest)."""
-PROBE_SEQ = 256
-"""Sequence length of the probe's model (the trainer's layout.SEQ)."""
+PROBE_MODEL = Architecture(
+    num_layers=4, hidden_size=256, num_heads=8, head_dim=32, intermediate_size=768, tie_embeddings=True
+)
+"""The probe's Llama (the trainer's layout.py; a test holds them equal)."""
+PROBE_VOCAB, PROBE_SEQ = 4096, 256
 AUTO_MIN_EAGER_SECONDS = 160.0
 """The shortest projected eager run for which `training.compile: auto` tries to compile an unmeasured
 shape: MARGIN × MIN_COMPILE_SECONDS / MAX_SAVING of the trainer's autocompile (a test holds the two
@@ -150,14 +155,20 @@ class LayoutProbe:
         return self._read(cores, compiled) or Layout(1, cores, "default")
 
 
-def compiles(compile_: bool | str, tokens: int, eager_rate: float | None) -> bool:
+def relative_cost(model: Architecture) -> float:
+    """A model's training FLOPs per token over the probe model's, both at the probe's vocabulary and
+    length (the Dataset's own are known only to the stage)."""
+    return model.flops_per_token(PROBE_VOCAB, PROBE_SEQ) / PROBE_MODEL.flops_per_token(PROBE_VOCAB, PROBE_SEQ)
+
+
+def compiles(compile_: bool | str, tokens: int, eager_rate: float | None, cost: float = 1.0) -> bool:
     """Whether a PretrainJob's layout is chosen by compiled rates: `true` always, `false` never, and
-    `auto` when its `tokens`, at the probe model's eager speed, take at least AUTO_MIN_EAGER_SECONDS
-    — the runs on which auto may compile at all. The probe model (5.3M parameters) is a lower bound
-    of a real model's step time, so a longer run is never judged short; a run of a tinier model (the
-    tests') may be judged long, which costs one compiled probe, never a wrong layout."""
-    if compile_ is not True and compile_ != "auto":
-        return False
+    `auto` when its `tokens`, at the probe model's eager speed scaled by the job model's relative
+    `cost` in FLOPs, take at least AUTO_MIN_EAGER_SECONDS — the runs on which auto may compile at
+    all. The projection is rough (the probe's length stands in for the Dataset's); a misjudged run
+    costs one compiled probe or an eager-chosen layout, never a wrong result."""
     if compile_ is True:
         return True
-    return eager_rate is not None and tokens / eager_rate >= AUTO_MIN_EAGER_SECONDS
+    if compile_ != "auto" or eager_rate is None:
+        return False
+    return tokens * cost / eager_rate >= AUTO_MIN_EAGER_SECONDS
