@@ -238,11 +238,15 @@ class AutoCompile:
         steady = statistics.median(self._compiled[1:])
         self.measured = CompileCost(max(self._compiled[0] - steady, 0.0), self.decision.eager_step_seconds, steady)
         if self.world.is_main:
-            self.cache.put(self.key, self.measured)
+            try:
+                self.cache.put(self.key, self.measured)
+                where = f"cached in {self.cache.path(self.key)}"
+            except OSError as exc:  # a read-only home must not stop training: the next run measures again
+                where = f"not cached: {exc}"
             self.log(
                 f"training.compile auto: measured compile cost {self.measured.compile_seconds:.1f} s, "
                 f"compiled step {steady * 1e3:.1f} ms vs eager {self.measured.eager_step_seconds * 1e3:.1f} ms "
-                f"(cached in {self.cache.path(self.key)})"
+                f"({where})"
             )
 
     def metrics(self) -> dict[str, float]:

@@ -127,6 +127,15 @@ def stored_cost(stored: dict[str, float]) -> CompileCost:
     return CompileCost(stored["compile_seconds"], stored["eager_step_seconds"], stored["compiled_step_seconds"])
 
 
+def test_an_unwritable_cache_costs_the_next_run_a_measurement_not_this_run_its_training(tmp_path: Path) -> None:
+    (tmp_path / "home").write_text("a file where the cache directory would go")
+    key, lines = CostKey({"k": 1}), []
+    plan = AutoCompile("auto", Engine().compile, key, ONE, CostCache(tmp_path / "home" / "compile"), lines.append)
+    _run(plan, 20_000, eager=0.2, first_compiled=30.2, compiled=0.12)
+    assert plan.decision is not None and plan.decision.compile and plan.measured is not None
+    assert "not cached:" in lines[-1] and "measured compile cost 30.1 s" in lines[-1]
+
+
 def test_a_measurement_cut_short_by_the_end_of_the_run_stores_nothing(tmp_path: Path) -> None:
     key, cache = CostKey({"k": 1}), CostCache(tmp_path)
     plan = AutoCompile("auto", Engine().compile, key, ONE, cache, lambda _: None)
