@@ -116,21 +116,23 @@ class LayoutProbe:
         where nothing was measured (a single core, a failed probe)."""
         if self.layout(cores).source != "measured":
             return None
-        try:
-            rates = json.loads(self.path.read_text(encoding="utf-8"))["tokens_per_second"]
-            return max(float(v) for v in rates.values())
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+        rates = self._rates(cores, compiled=False)
+        return max(rates.values()) if rates else None
 
-    def _read(self, cores: int, compiled: bool) -> Layout | None:
+    def _rates(self, cores: int, compiled: bool) -> dict[str, float] | None:
+        """The cache file's `{"PxT": tokens/s}` (compiled or eager) for `cores`, or None."""
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if int(data["cores"]) != cores:
                 return None
             rates = data["compiled_tokens_per_second" if compiled else "tokens_per_second"]
-            return choose(cores, {str(k): float(v) for k, v in rates.items()})
+            return {str(k): float(v) for k, v in rates.items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
+
+    def _read(self, cores: int, compiled: bool) -> Layout | None:
+        rates = self._rates(cores, compiled)
+        return None if rates is None else choose(cores, rates)
 
     def _measure(self, cores: int, compiled: bool) -> Layout:
         self.path.parent.mkdir(parents=True, exist_ok=True)
