@@ -97,32 +97,12 @@ def window_rates(marks: list[tuple[float, int, float]], window: int, warmup: int
     return rates
 
 
-def paired_run(root: Path, steps: int, warmup: int, out: str, uri: str, window: int, phase: int) -> dict[str, Any]:
-    """One tracked stage run whose tracked and untracked windows alternate: median tokens/s of each."""
-    from lmforge.api.contract import StageName
-    from lmforge.trainer.context import StageContext
-    from lmforge.trainer.pretrain.stage import run
-    from lmforge.trainer.progress import ProgressReporter
-    from lmforge.trainer.tracking import Trackers, run_info
-    from lmforge.trainer.tracking.mlflow import MlflowTracker
-
-    spec = bench_spec(root, steps, False, out)
-    recorder = Recorder()
-    mlflow = MlflowTracker(uri, run_info(spec))
-    gate = Windowed(mlflow, window, phase)
-    reporter = ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(), tracker=Trackers([recorder, gate]))
-    run(StageContext.from_spec(spec, reporter))
-    gate.close(60.0)
-    rates = window_rates(recorder.marks, window, warmup, skip=2)
-    on = [r for k, r in rates.items() if gate.tracked(k * window)]
-    off = [r for k, r in rates.items() if not gate.tracked(k * window)]
-    return {"on": on, "off": off, "failures": mlflow.failures, "dropped": mlflow.dropped}
-
-
-def one_run(root: Path, steps: int, warmup: int, out: str, uri: str | None) -> dict[str, Any]:
-    """One stage run (untracked when `uri` is None): steady tokens/s, threads, and the tracker's counts."""
-    import torch
-
+def stage_run(
+    root: Path, steps: int, out: str, uri: str | None, window: int | None = None, phase: int = 0
+) -> tuple[Recorder, Any, Any, float]:
+    """One stage run whose records reach a Recorder and, with `uri`, an MlflowTracker (with `window`
+    only in alternate windows, `Windowed`): the recorder, the tracker (None untracked), the stage's
+    outcome, and the seconds of the flush at the end."""
     from lmforge.api.contract import StageName
     from lmforge.trainer.context import StageContext
     from lmforge.trainer.pretrain.stage import run
@@ -133,18 +113,39 @@ def one_run(root: Path, steps: int, warmup: int, out: str, uri: str | None) -> d
     spec = bench_spec(root, steps, False, out)
     recorder = Recorder()
     mlflow = MlflowTracker(uri, run_info(spec)) if uri else None
-    trackers = Trackers([recorder] if mlflow is None else [recorder, mlflow])
+    sinks: list[Any] = [recorder]
+    if mlflow is not None:
+        sinks.append(mlflow if window is None else Windowed(mlflow, window, phase))
+    trackers = Trackers(sinks)
     reporter = ProgressReporter(StageName.PRETRAIN, out, None, stream=io.StringIO(), tracker=trackers)
-    threads = torch.get_num_threads()
     outcome = run(StageContext.from_spec(spec, reporter))
     t0 = time.perf_counter()
     trackers.close(60.0)
+    return recorder, mlflow, outcome, time.perf_counter() - t0
+
+
+def paired_run(root: Path, steps: int, warmup: int, out: str, uri: str, window: int, phase: int) -> dict[str, Any]:
+    """One tracked stage run whose tracked and untracked windows alternate: median tokens/s of each."""
+    recorder, mlflow, _, _ = stage_run(root, steps, out, uri, window, phase)
+    gate = Windowed(None, window, phase)
+    rates = window_rates(recorder.marks, window, warmup, skip=2)
+    on = [r for k, r in rates.items() if gate.tracked(k * window)]
+    off = [r for k, r in rates.items() if not gate.tracked(k * window)]
+    return {"on": on, "off": off, "failures": mlflow.failures, "dropped": mlflow.dropped}
+
+
+def one_run(root: Path, steps: int, warmup: int, out: str, uri: str | None) -> dict[str, Any]:
+    """One stage run (untracked when `uri` is None): steady tokens/s, threads, and the tracker's counts."""
+    import torch
+
+    threads = torch.get_num_threads()
+    recorder, mlflow, outcome, flush_s = stage_run(root, steps, out, uri)
     return {
         "tokens_per_second": recorder.steady(warmup),
         "stage_tokens_per_second": float(outcome.metrics["tokens_per_second"]),
         "threads": threads,
         "threads_after": torch.get_num_threads(),
-        "flush_s": time.perf_counter() - t0,
+        "flush_s": flush_s,
         "failures": mlflow.failures if mlflow else 0,
         "dropped": mlflow.dropped if mlflow else 0,
         "steps": steps,
