@@ -29,11 +29,13 @@ from lmforge.api.release import DType, Serving
 from lmforge.store import ArtifactCorrupt, open_store, read_manifest
 from lmforge.trainer.artifacts import cache_dir, fetch, split_uri
 from lmforge.trainer.errors import InvalidInput, StageError
+from lmforge.trainer.precision import KEEP_ENV, cpu_has_native_bf16
 
 HOST = "127.0.0.1"
 CPU_SITE = Path(__file__).with_name("cpu_site")
 """Put first on every vLLM server's PYTHONPATH: its `sitecustomize` lets vLLM's CPU kernels use AMX
-(without it a bf16 model dies with SIGILL on AMX CPUs; see cpu_site/sitecustomize.py)."""
+(without it a bf16 model dies with SIGILL on AMX CPUs) and keeps no core from the model on small
+machines; see cpu_site/sitecustomize.py."""
 CPU_UNSERVABLE: dict[tuple[Any, Any, str], str] = {
     ("int", 8, "weight-only"): "vLLM 0.32's CPU backend has no 8-bit weight-only (W8A16) kernel; "
     "serve it with gpus ≥ 1, or release it as w8a8 or int4"
@@ -123,17 +125,46 @@ def server_env(serving: Serving, gpus: int) -> dict[str, str]:
     return env | (RUNTIME_LORA_ENV if serving.lora_enabled else {})
 
 
+def quantized(model_dir: Path) -> bool:
+    """Whether the model's config.json declares a quantization (its kernels fix the activation dtype)."""
+    try:
+        return bool(json.loads((model_dir / "config.json").read_text()).get("quantization_config"))
+    except (OSError, ValueError):
+        return False
+
+
+def served_dtype(model_dir: Path, serving: Serving, gpus: int) -> tuple[str, str | None]:
+    """vLLM's `--dtype` for `serving.dtype`, and a note when it is not the one asked for.
+
+    Why: vLLM's CPU backend resolves `auto` to bfloat16 on every x86 CPU, but without AVX512-BF16 or
+    AMX its bf16 GEMMs are emulated (see `lmforge.trainer.precision`); on an AVX2-only EPYC the tiny
+    release served 1.4-2x more tokens/s in float32 (benchmarks/release_serving.py), and the gap grows
+    with the model, as training's ~100x does. So `auto` and `bfloat16` serve in float32 on such a
+    CPU, as training does; float32 weights take twice bf16's memory. A quantized model keeps the
+    dtype asked for (its kernels choose), GPUs are untouched, and `LMFORGE_CPU_BF16=emulated` keeps
+    bf16."""
+    asked = serving.dtype.value
+    if gpus or serving.dtype not in (DType.AUTO, DType.BFLOAT16) or os.environ.get(KEEP_ENV) == "emulated":
+        return asked, None
+    if quantized(model_dir) or cpu_has_native_bf16():
+        return asked, None
+    return "float32", (
+        f"spec.serving.dtype: {asked} served as float32: this CPU has no native bf16 (AVX512-BF16/AMX), "
+        f"where vLLM's bf16 is emulated and slower (set {KEEP_ENV}=emulated to keep it)"
+    )
+
+
 def server_options(
     model_dir: Path, serving: Serving, name: str, *, gpus: int, lora: dict[str, Path] | None = None
 ) -> dict[str, Any]:
     """vLLM's options for `spec.serving`, as `--config` YAML keys (`--key value` on a command
     line): one source for the local server's argv and for the file a serving pod's init container
-    writes. Host, port, the API key and `extraArgs` are not here: the caller adds them."""
-    opts: dict[str, Any] = {
-        "model": str(model_dir),
-        "served-model-name": name,
-        "dtype": serving.dtype.value if serving.dtype != DType.AUTO else "auto",
-    }
+    writes. Host, port, the API key and `extraArgs` are not here: the caller adds them. A dtype
+    changed by `served_dtype` is announced on stderr (the stage's and the init container's log)."""
+    dtype, note = served_dtype(model_dir, serving, gpus)
+    if note:
+        print(f"lmforge: {note}", file=sys.stderr, flush=True)
+    opts: dict[str, Any] = {"model": str(model_dir), "served-model-name": name, "dtype": dtype}
     if serving.max_model_len:
         opts["max-model-len"] = serving.max_model_len
     if gpus > 0:

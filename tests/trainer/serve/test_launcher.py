@@ -14,6 +14,7 @@ import pytest
 
 from lmforge.api.release import Serving
 from lmforge.trainer.errors import InvalidInput
+from lmforge.trainer.serve import launcher
 from lmforge.trainer.serve.launcher import (
     VllmServer,
     check_servable,
@@ -71,7 +72,7 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
         lora_adapters=[{"name": "sft"}],
         max_lora_rank=8,
     )
-    cmd = server_command(tmp_path, serving, "chat", gpus=2, lora={"sft": adapter}, python="py")
+    cmd = server_command(tmp_path, serving, "chat", gpus=2, lora={"sft": adapter}, python="py")  # GPUs: as asked
     line = " ".join(cmd)
     assert cmd[:3] == ["py", "-m", "vllm.entrypoints.openai.api_server"]
     for part in (
@@ -88,9 +89,41 @@ def test_command_line_follows_spec_serving(tmp_path: Path) -> None:
     ):
         assert part in line
     assert cmd[-1] == "--enforce-eager"
-    cpu = " ".join(server_command(tmp_path, Serving(), "m", gpus=0))
-    assert "--tensor-parallel-size" not in cpu and "--gpu-memory-utilization" not in cpu and "--dtype auto" in cpu
+    cpu = " ".join(server_command(tmp_path, Serving(dtype="float16"), "m", gpus=0))
+    assert "--tensor-parallel-size" not in cpu and "--gpu-memory-utilization" not in cpu and "--dtype float16" in cpu
     assert "--enable-lora" not in cpu and server_env(Serving(), gpus=0) == {"VLLM_CPU_KVCACHE_SPACE": "1"}
+
+
+SERVED_DTYPES = {
+    # case: (serving.dtype, gpus, CPU has native bf16, quantized model, LMFORGE_CPU_BF16, --dtype)
+    "auto on a CPU without bf16 serves float32": ("auto", 0, False, False, None, "float32"),
+    "bfloat16 on a CPU without bf16 serves float32": ("bfloat16", 0, False, False, None, "float32"),
+    "auto on a CPU with native bf16 stays auto": ("auto", 0, True, False, None, "auto"),
+    "bfloat16 on a GPU stays bfloat16": ("bfloat16", 1, False, False, None, "bfloat16"),
+    "float16 is never changed": ("float16", 0, False, False, None, "float16"),
+    "a quantized model keeps its dtype": ("auto", 0, False, True, None, "auto"),
+    "the emulation can be kept on purpose": ("bfloat16", 0, False, False, "emulated", "bfloat16"),
+}
+
+
+@pytest.mark.parametrize("case", SERVED_DTYPES)
+def test_the_served_dtype_avoids_emulated_bf16_on_the_cpu(
+    case: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    asked, gpus, native, quantized, keep, expected = SERVED_DTYPES[case]
+    monkeypatch.setattr(launcher, "cpu_has_native_bf16", lambda: native)
+    if keep:
+        monkeypatch.setenv(launcher.KEEP_ENV, keep)
+    else:
+        monkeypatch.delenv(launcher.KEEP_ENV, raising=False)
+    config = {"architectures": ["LlamaForCausalLM"]}
+    if quantized:
+        config["quantization_config"] = {"quant_method": "compressed-tensors"}  # type: ignore[assignment]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    line = " ".join(server_command(tmp_path, Serving(dtype=asked), "m", gpus=gpus))
+    assert f"--dtype {expected} " in line
+    note = capsys.readouterr().err
+    assert (f"spec.serving.dtype: {asked} served as float32" in note) == (expected != asked)
 
 
 def test_a_release_that_may_take_adapters_later_starts_with_lora_enabled(tmp_path: Path) -> None:
@@ -173,3 +206,43 @@ def test_every_vllm_process_may_use_amx(tmp_path: Path) -> None:
         assert got["xtiledata"] and not json.loads(bare.stdout)["xtiledata"]
     else:
         assert not got["xtiledata"]
+
+
+RESERVED = {
+    # case: (usable cores, VLLM_CPU_NUM_OF_RESERVED_CPU already set, value set)
+    "2 cores: none reserved": (2, None, "0"),
+    "4 cores: none reserved": (4, None, "0"),
+    "5 cores: vLLM's own reservation": (5, None, None),
+    "the environment's choice is kept": (2, "1", None),
+}
+
+
+@pytest.mark.parametrize("case", RESERVED)
+def test_small_machines_reserve_no_core_from_the_model(case: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_CPU_NUM_OF_RESERVED_CPU", "as-before")  # importing the hook leaves it alone
+    from lmforge.trainer.serve.cpu_site import sitecustomize as site
+
+    cores, given, expected = RESERVED[case]
+    environ = {site.RESERVED_ENV: given} if given is not None else {}
+    assert site.reserved_cores(cores, environ) == expected
+
+
+def test_every_vllm_process_on_a_small_cpuset_gets_the_core_back() -> None:
+    """A server process whose cpuset is one core starts with the reservation off; one told otherwise
+    keeps what it was told (the spawned engine and workers inherit the API server's value)."""
+    child = "import os; print(os.environ.get('VLLM_CPU_NUM_OF_RESERVED_CPU'))"
+    env = vllm_env({k: v for k, v in os.environ.items() if k != "VLLM_CPU_NUM_OF_RESERVED_CPU"})
+
+    def run(extra: dict[str, str]) -> str:
+        out = subprocess.run(
+            [sys.executable, "-c", child],
+            env={**env, **extra},
+            preexec_fn=lambda: os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+
+    assert run({}) == "0"
+    assert run({"VLLM_CPU_NUM_OF_RESERVED_CPU": "1"}) == "1"
