@@ -335,9 +335,12 @@ def test_the_server_killed_mid_run_loses_no_progress(mlflow: MlflowServer, tmp_p
         rep.progress(step, 100, metrics={"loss": 1.0 / step})
     assert time.perf_counter() - t0 < 1.0  # the stage did not wait for the dead server
     rep.result({"model": "file:///nowhere/killed"})
+    deadline = time.monotonic() + 30
+    while tracker.failures == 0 and time.monotonic() < deadline:  # eventually: a send hits the dead server
+        time.sleep(0.1)  # (the sender sends once per SEND_EVERY_S, so the server must stay down that long)
+    assert tracker.failures > 0
     mlflow.start()
     tracker.close(timeout=60)
-    assert tracker.failures > 0
     run = runs_by_name(mlflow)["killed-333"]
     assert run["status"] == "FINISHED"
     assert [st for st, _ in run["metrics"]["loss"]] == list(range(1, 101))
