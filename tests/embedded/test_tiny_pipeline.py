@@ -53,6 +53,22 @@ def start(args: list[str], cwd: Path) -> subprocess.Popen[str]:
     )
 
 
+def finish(proc: subprocess.Popen[str], timeout: float) -> int:
+    """Wait for `lmforge run` to end while reading its output: `-o json` prints a line per record,
+    and the Dataset and PretrainJob of tiny-ci printed 68 KB, more than a 64 KiB pipe holds: a runner
+    nobody reads from then blocks on its next line and never ends (a bare `wait` hung this way for
+    1200 s in a CI rehearsal). On timeout its session is killed and the end of its output shown."""
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"lmforge run did not end within {timeout:.0f} s; its output ended:\n{out[-3000:]}")
+    if proc.returncode != 0:
+        print(out[-3000:])
+    return proc.returncode
+
+
 def lines(proc: subprocess.Popen[str]) -> Iterator[dict[str, Any]]:
     assert proc.stdout is not None
     for line in proc.stdout:
@@ -124,7 +140,7 @@ def test_tiny_pipeline_from_text_to_a_served_model(tmp_path: Path) -> None:
     assert code == 0
     before = starts(store)
     again = start([str(tmp_path / "manifests"), "--store", str(store), "--no-serve"], tmp_path)
-    assert again.wait(timeout=300) == 0
+    assert finish(again, timeout=300) == 0
     assert starts(store) == before  # nothing was run again
 
 
@@ -148,7 +164,7 @@ def test_run_killed_during_pretraining_resumes_from_its_checkpoint(tmp_path: Pat
     assert max(steps_before) < 60, "the kill came too late to test a resume"
 
     again = start([str(tmp_path / "manifests"), "--store", str(store)], tmp_path)
-    assert again.wait(timeout=900) == 0
+    assert finish(again, timeout=900) == 0
     after = [json.loads(x) for x in records.read_text().splitlines()][len(steps_before) :]
     resumed = [r for r in after if (r.get("message") or "").startswith("resumed from checkpoint step-")]
     assert resumed, "the rerun did not resume from the checkpoint"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from support.mlflow import mlflow_server
 
-from .test_tiny_pipeline import manifests, start
+from .test_tiny_pipeline import finish, manifests, start
 
 pytestmark = [pytest.mark.slow, pytest.mark.ml]
 
@@ -22,7 +22,7 @@ def test_dataset_and_pretrain_are_tracked_in_mlflow_and_tensorboard(tmp_path: Pa
             [str(manifests(tmp_path, names)), "--store", str(store), "--tracking-uri", mlflow.url, "--no-serve"],
             tmp_path,
         )
-        assert proc.wait(timeout=1200) == 0
+        assert finish(proc, timeout=1200) == 0
         runs = mlflow.eventually("runs", lambda rs: len(rs) == 2 and {r["status"] for r in rs} == {"FINISHED"})
     by_kind = {r["tags"]["lmforge.kind"]: r for r in runs}
     ds, pt = by_kind["Dataset"], by_kind["PretrainJob"]
