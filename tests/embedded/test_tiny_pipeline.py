@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -131,12 +130,9 @@ def test_tiny_pipeline_from_text_to_a_served_model(tmp_path: Path) -> None:
             answer = json.loads(resp.read())["choices"][0]["message"]["content"]
         assert isinstance(answer, str) and answer.strip()
     finally:
-        # Keep reading its output: a runner blocked on a full stdout pipe cannot finish stopping.
-        assert proc.stdout is not None
-        threading.Thread(target=proc.stdout.read, daemon=True).start()
         if proc.poll() is None:
             os.kill(proc.pid, signal.SIGINT)  # Ctrl-C: stops the server
-        code = proc.wait(timeout=300)
+        code = finish(proc, timeout=300)  # reading its output: a runner blocked on a full pipe cannot stop
     assert code == 0
     before = starts(store)
     again = start([str(tmp_path / "manifests"), "--store", str(store), "--no-serve"], tmp_path)
