@@ -232,9 +232,11 @@ class RolloutEngine(StrEnum):
 
     AUTO = "auto"
     """vLLM (colocated in the training process) when it is installed and the run is on a GPU, else
-    transformers' `generate` (with a warning in the log)."""
+    transformers' `generate` (with a warning in the log): on the CPU vLLM's engine start is not
+    earned back by a short run."""
     VLLM = "vllm"
-    """vLLM colocated; an error where it cannot run."""
+    """vLLM colocated, on a GPU or on vLLM's CPU build (one process there); an error where it cannot
+    run (not installed, or several CPU processes)."""
     GENERATE = "generate"
     """transformers' `generate` in the training process."""
 

@@ -5,14 +5,15 @@ The dataset holds the prompt as a chat (trl renders it with the job's chat templ
 other columns, which trl hands to the reward functions. Completions stop at EOS or at the end of the
 turn (`<|end|>` when the tokenizer has it), so a reward reads one answer, not what follows it.
 
-Rollouts: trl's vLLM integration in colocate mode (`LLM(..., distributed_executor_backend=
-"external_launcher")` in the training process, weights pushed after each step) where vLLM is
-installed and the run has a GPU; otherwise `generate`. `rollouts: auto` falls back with a warning;
-`rollouts: vllm` fails instead. Why the CPU build does not qualify (docs/alignment.md): colocated,
-trl 1.16 starts vLLM-CPU 0.32 and generates, then fails pushing the trained weights into the engine
-(`AttributeError: 'Parameter' object has no attribute 'weight_loader'` in vLLM's linear layers); as a
-server (`trl vllm-serve`), its weight sync is vLLM's NCCL transfer engine, which `init_communicator`
-refuses off CUDA (`NotImplementedError`), so the server would sample from stale weights.
+Rollouts: trl's vLLM integration in colocate mode (the engine inside the training process, weights
+pushed after each step) where vLLM is installed: on a GPU with `rollouts: auto` or `vllm`; on the CPU
+(vLLM's CPU build) only with `rollouts: vllm`, in one process, and with a weight sync of our own
+(`vllm_cpu`: trl 1.16's fails there). `auto` on the CPU uses transformers' `generate`, with a
+warning that says why: on 2 cores a whole GRPO step measured slower with vLLM (0.6x,
+`benchmarks/grpo_stage_rollouts.py`), and the engine's start costs ~25 s of graph compilation. trl's server mode
+(`trl vllm-serve`) is not used on the CPU: its weight sync is vLLM's NCCL transfer engine, which
+`init_communicator` refuses off CUDA (`NotImplementedError`), so the server would sample from stale
+weights.
 
 Before and after training the held-out prompts are answered greedily and scored with the same
 rewards (`first_eval_mean_reward`, `eval_mean_reward`), so the result shows what training bought.
@@ -26,6 +27,7 @@ from typing import Any
 
 from lmforge.api.alignment import AlignmentJobSpec, AlignmentMethod, GroupRlOptions, RewardType, RolloutEngine
 from lmforge.trainer.align import rewards as rw
+from lmforge.trainer.align import vllm_cpu
 from lmforge.trainer.align.base import on_gpu
 from lmforge.trainer.align.data import Example
 from lmforge.trainer.errors import InvalidInput
@@ -65,17 +67,25 @@ def use_vllm(spec: AlignmentJobSpec, engine: RolloutEngine) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # trl warns about vLLM versions newer than it was tested on
         installed = is_vllm_available()
+    field = f"spec.{spec.method.value}.rollouts"
     gpu = on_gpu(spec)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
     if installed and gpu:
+        return True
+    if installed and engine is RolloutEngine.VLLM:
+        if world > 1:
+            raise InvalidInput(
+                f"{field}: vllm rollouts on the CPU run in one process, not {world}; "
+                "use topology.gpusPerNode, or rollouts: generate"
+            )
         return True
     why = (
         "vLLM is not installed"
         if not installed
-        else "this run has no GPU, and trl 1.16's colocated vLLM does not work with vLLM's CPU build (it starts, "
-        "then fails to load the trained weights into the engine after the first step), and trl's server mode "
-        "syncs weights only over NCCL, on CUDA"
+        else "this run has no GPU; on the CPU a GRPO step measured slower with vLLM than with generate "
+        "(docs/alignment.md), so auto uses generate (set rollouts: vllm for vLLM's CPU build, one "
+        "process; trl's server mode syncs weights only over NCCL, on CUDA)"
     )
-    field = f"spec.{spec.method.value}.rollouts"
     if engine is RolloutEngine.VLLM:
         raise InvalidInput(f"{field}: vllm rollouts cannot run here: {why}; use auto or generate")
     print(f"warning: {field} auto: rollouts use transformers' generate, not vLLM: {why}", flush=True)
@@ -131,6 +141,9 @@ def build_trainer(
     _, opts = options(spec)
     check_batch(spec, opts)
     vllm = use_vllm(spec, opts.rollouts)
+    cpu_vllm = vllm and not on_gpu(spec)
+    if cpu_vllm:
+        vllm_cpu.prepare_process()
     model.generation_config.eos_token_id = stop_ids(tokenizer)
     common: dict[str, Any] = {
         **args,
@@ -159,7 +172,7 @@ def build_trainer(
         from trl import RLOOConfig as Config  # type: ignore[assignment]
         from trl import RLOOTrainer as Trainer  # type: ignore[assignment]
     config = Config(**common)
-    return Trainer(
+    trainer = Trainer(
         model=model,
         reward_funcs=funcs,
         args=config,
@@ -167,6 +180,9 @@ def build_trainer(
         processing_class=tokenizer,
         reward_processing_classes=reward_tokenizers,
     )
+    if cpu_vllm:
+        vllm_cpu.use_reload_sync(trainer.vllm_generation)
+    return trainer
 
 
 def heldout_reward(

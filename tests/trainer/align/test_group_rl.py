@@ -55,18 +55,18 @@ def reward_module(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.syspath_prepend(str(Path(__file__).parent))
 
 
-@pytest.mark.usefixtures("reward_module")
-def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+def grpo_sums_learn(run_stage: RunStage, tiny_model: Path, tmp_path: Path, rollouts: str, name: str) -> Any:
+    """30 GRPO steps on the sums with `rollouts`; asserts the reward rises; returns the outcome."""
     data = write_jsonl(tmp_path / "sums.jsonl", sums(200, seed=3))
     ctx, outcome = run_stage(
         {
             "modelRef": {"uri": str(tiny_model)},
             "method": "grpo",
             "data": {"uri": str(data), "validationFraction": 0.2},
-            "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": "auto"},
+            "grpo": {"numGenerations": 8, "maxCompletionLength": 6, "rewards": REWARDS, "rollouts": rollouts},
             "training": {"maxSteps": 30, "microBatchSize": 32, "lr": 3e-3, "warmupRatio": 0, "precision": "fp32"},
         },
-        name="grpo",
+        name=name,
     )
     rewards = step_rewards(ctx)
     metrics = outcome.metrics
@@ -76,6 +76,12 @@ def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, 
     assert late > max(3 * early, early + 0.08), rewards
     # the held-out prompts (never trained on), answered greedily by the model that is exported
     assert metrics["eval_mean_reward"] > metrics["first_eval_mean_reward"] + 0.3, metrics
+    return outcome
+
+
+@pytest.mark.usefixtures("reward_module")
+def test_grpo_raises_a_verifiable_reward(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+    grpo_sums_learn(run_stage, tiny_model, tmp_path, "auto", "grpo")
 
 
 @pytest.mark.usefixtures("reward_module")
@@ -120,21 +126,35 @@ def test_batch_that_splits_a_group_is_refused(run_stage: RunStage, tiny_model: P
         )
 
 
-@pytest.mark.usefixtures("reward_module")  # the rewards import `rewards:digit_share`
-def test_vllm_rollouts_without_a_gpu_are_refused(run_stage: RunStage, tiny_model: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("installed", "world", "why"),
+    [
+        pytest.param(False, "1", r"vLLM is not installed", id="not-installed"),
+        pytest.param(True, "2", r"vllm rollouts on the CPU run in one process, not 2", id="cpu-multi-process"),
+    ],
+)
+def test_vllm_rollouts_are_refused_where_they_cannot_run(
+    monkeypatch: pytest.MonkeyPatch, installed: bool, world: str, why: str
+) -> None:
+    import importlib
+
+    from lmforge.api.alignment import AlignmentJobSpec, RolloutEngine
+    from lmforge.trainer.align.group_rl import use_vllm
     from lmforge.trainer.errors import InvalidInput
 
-    data = write_jsonl(tmp_path / "sums.jsonl", sums(8, seed=3))
-    with pytest.raises(InvalidInput, match=r"spec.grpo.rollouts: vllm rollouts cannot run here"):
-        run_stage(
-            {
-                "modelRef": {"uri": str(tiny_model)},
-                "method": "grpo",
-                "data": {"uri": str(data)},
-                "grpo": {"numGenerations": 4, "rewards": REWARDS, "rollouts": "vllm"},
-                "training": {"maxSteps": 1, "microBatchSize": 4, "precision": "fp32"},
-            }
-        )
+    # trl's lazy top-level module does not resolve `trl.import_utils` as an attribute
+    monkeypatch.setattr(importlib.import_module("trl.import_utils"), "is_vllm_available", lambda *a, **k: installed)
+    monkeypatch.setenv("WORLD_SIZE", world)
+    spec = AlignmentJobSpec.model_validate(
+        {
+            "modelRef": {"uri": "file:///m"},
+            "method": "grpo",
+            "data": {"uri": "d.jsonl"},
+            "grpo": {"numGenerations": 4, "rewards": REWARDS, "rollouts": "vllm"},
+        }
+    )
+    with pytest.raises(InvalidInput, match=rf"spec.grpo.rollouts: .*{why}"):
+        use_vllm(spec, RolloutEngine.VLLM)
 
 
 def test_auto_rollouts_fall_back_to_generate_on_the_cpu_and_say_why(capsys: pytest.CaptureFixture[str]) -> None:
