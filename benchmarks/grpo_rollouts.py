@@ -1,8 +1,6 @@
 """GRPO rollout tokens/s: vLLM's offline `LLM.generate` against transformers' `generate`, same model
-and prompts. NOT through trl: trl 1.16's vLLM integration cannot run with vLLM's CPU build (colocate
-fails syncing the trained weights into the engine; server mode refuses weight sync off CUDA; see
-docs/alignment.md), so on this machine GRPO's rollouts use `generate` and this measures what vLLM
-would buy where it runs.
+and prompts: the two rollout engines of the GRPO/RLOO stage (`rollouts: vllm` / `generate`), measured
+alone, without the training step around them (docs/alignment.md).
 
 vLLM runs as trl colocates it: inside the benchmark's process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`,
 one in-process worker), with vLLM's default compiled graphs (`--eager` turns them off), and with the

@@ -4,7 +4,8 @@ the same settings, on the same model, prompts and reward.
 Both train the same tiny Llama (hidden 128, 2 layers, fp32) from the same seed on the same sum prompts
 with the same reward (exact match of the last number), group size, completion length, sampling,
 learning rate and schedule, checkpoint interval and stop tokens (EOS and `<|end|>`), rollouts through
-transformers' `generate` (vLLM cannot run under trl here: docs/alignment.md). The baseline is what a
+transformers' `generate` (trl's own vLLM sync fails on vLLM's CPU build, so the bare script cannot
+use vLLM here; the stage's `rollouts: vllm` against `generate` is `grpo_stage_rollouts.py`). The baseline is what a
 user would write by hand; ours is the whole stage (rows read and validated, the reward built from the
 spec, progress records, checkpoints mirrored to the store, the held-out reward before and after,
 publishing). steps/s is trl's `train_steps_per_second` (the training loop: rollouts + updates); the
@@ -99,7 +100,16 @@ def baseline(model_dir: Path, data: list[dict[str, str]], steps: int, out: Path)
     return float(trainer.train().metrics["train_steps_per_second"])
 
 
-def ours(model_dir: Path, data: list[dict[str, str]], steps: int, tmp: Path) -> tuple[float, float]:
+def ours(
+    model_dir: Path,
+    data: list[dict[str, str]],
+    steps: int,
+    tmp: Path,
+    rollouts: str = "generate",
+    batch: int = BATCH,
+    completion: int = COMPLETION,
+) -> tuple[float, float]:
+    """(trl's train_steps_per_second, the whole stage's seconds) of the align stage in this process."""
     from transformers import Trainer
 
     from lmforge.api.contract import StageName, StageSpec
@@ -116,14 +126,14 @@ def ours(model_dir: Path, data: list[dict[str, str]], steps: int, tmp: Path) -> 
         "data": {"uri": str(tmp / "sums.jsonl"), "validationFraction": 0},
         "grpo": {
             "numGenerations": GROUP,
-            "maxCompletionLength": COMPLETION,
+            "maxCompletionLength": completion,
             "temperature": 1.0,
-            "rollouts": "generate",
+            "rollouts": rollouts,
             "rewards": [{"type": "answer", "extract": "lastNumber"}],
         },
         "training": {
             "maxSteps": steps,
-            "microBatchSize": BATCH,
+            "microBatchSize": batch,
             "lr": LR,
             "warmupRatio": 0,
             "precision": "fp32",
