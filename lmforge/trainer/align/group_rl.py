@@ -21,11 +21,13 @@ rewards (`first_eval_mean_reward`, `eval_mean_reward`), so the result shows what
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
 from typing import Any
 
 from lmforge.api.alignment import AlignmentJobSpec, AlignmentMethod, GroupRlOptions, RewardType, RolloutEngine
+from lmforge.api.training import Precision
 from lmforge.trainer.align import rewards as rw
 from lmforge.trainer.align import vllm_cpu
 from lmforge.trainer.align.base import on_gpu
@@ -172,14 +174,17 @@ def build_trainer(
         from trl import RLOOConfig as Config  # type: ignore[assignment]
         from trl import RLOOTrainer as Trainer  # type: ignore[assignment]
     config = Config(**common)
-    trainer = Trainer(
-        model=model,
-        reward_funcs=funcs,
-        args=config,
-        train_dataset=Dataset.from_list(dataset_rows(train)),
-        processing_class=tokenizer,
-        reward_processing_classes=reward_tokenizers,
-    )
+    # on the CPU the engine samples in the run's precision, not vLLM's bf16 default (vllm_cpu)
+    dtype = "bfloat16" if spec.training.precision is Precision.BF16 else "float32"
+    with vllm_cpu.engine_dtype(dtype) if cpu_vllm else contextlib.nullcontext():
+        trainer = Trainer(
+            model=model,
+            reward_funcs=funcs,
+            args=config,
+            train_dataset=Dataset.from_list(dataset_rows(train)),
+            processing_class=tokenizer,
+            reward_processing_classes=reward_tokenizers,
+        )
     if cpu_vllm:
         vllm_cpu.use_reload_sync(trainer.vllm_generation)
     return trainer

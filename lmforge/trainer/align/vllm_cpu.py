@@ -12,6 +12,12 @@ tiny models have) gets no weight of its own, so its oneDNN copy keeps the old em
 repacked here from the updated, shared weight. Checked against transformers' greedy output after a
 perturbation of every weight (`tests/trainer/align/test_vllm_cpu.py`).
 
+The engine's precision: trl builds its colocated `LLM` without a dtype, so vLLM's `auto` applies,
+and on an x86 CPU that downcasts a float32 checkpoint to bf16 (vLLM's CPU platform lists bf16 first).
+An fp32 run would then sample from a rounded copy of its policy: on an AVX-512 machine the engine's
+log-probabilities were up to 0.08 off transformers' on the same weights, where with float32 they
+agree to 1e-5. So the engine gets the run's own precision (`engine_dtype`).
+
 The settings: the KV cache is sized by `VLLM_CPU_KVCACHE_SPACE` on the CPU (not by trl's
 `gpu_memory_utilization`), so a default is set when the environment has none; and the serve
 launcher's CPU rules (AMX permission, no reserved core on small machines) apply in this process too,
@@ -20,7 +26,10 @@ because the engine runs inside it.
 
 from __future__ import annotations
 
+import functools
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 KVCACHE_GIB_DEFAULT = "1"
@@ -36,6 +45,21 @@ def prepare_process() -> None:
     os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     cpu_site.request_amx()
     cpu_site.give_back_reserved_core()
+
+
+@contextmanager
+def engine_dtype(dtype: str) -> Iterator[None]:
+    """While trl builds its trainer (and so its colocated engine), its `LLM` is built with `dtype`
+    ("float32", "bfloat16"): trl has no setting for it."""
+    from trl.generation import vllm_generation
+
+    module: Any = vllm_generation  # the name trl's colocated mode builds its engine from
+    real = module.LLM
+    module.LLM = functools.partial(real, dtype=dtype)
+    try:
+        yield
+    finally:
+        module.LLM = real
 
 
 def refresh_embeddings(model: Any) -> int:
