@@ -9,7 +9,7 @@ Rollouts: trl's vLLM integration in colocate mode (the engine inside the trainin
 pushed after each step) where vLLM is installed: on a GPU with `rollouts: auto` or `vllm`; on the CPU
 (vLLM's CPU build) only with `rollouts: vllm`, in one process, and with a weight sync of our own
 (`vllm_cpu`: trl 1.16's fails there). `auto` on the CPU uses transformers' `generate`, with a
-warning that says why: on 2 cores a whole GRPO step measured slower with vLLM (0.6x,
+warning that says why: on 2 cores a whole GRPO step measured slower with vLLM (0.58-0.98x,
 `benchmarks/grpo_stage_rollouts.py`), and the engine's start costs ~25 s of graph compilation. trl's server mode
 (`trl vllm-serve`) is not used on the CPU: its weight sync is vLLM's NCCL transfer engine, which
 `init_communicator` refuses off CUDA (`NotImplementedError`), so the server would sample from stale
