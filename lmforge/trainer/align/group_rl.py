@@ -27,7 +27,6 @@ import warnings
 from typing import Any
 
 from lmforge.api.alignment import AlignmentJobSpec, AlignmentMethod, GroupRlOptions, RewardType, RolloutEngine
-from lmforge.api.training import Precision
 from lmforge.trainer.align import rewards as rw
 from lmforge.trainer.align import vllm_cpu
 from lmforge.trainer.align.base import on_gpu
@@ -175,8 +174,7 @@ def build_trainer(
         from trl import RLOOTrainer as Trainer  # type: ignore[assignment]
     config = Config(**common)
     # on the CPU the engine samples in the run's precision, not vLLM's bf16 default (vllm_cpu)
-    dtype = "bfloat16" if spec.training.precision is Precision.BF16 else "float32"
-    with vllm_cpu.engine_dtype(dtype) if cpu_vllm else contextlib.nullcontext():
+    with vllm_cpu.engine_dtype(spec.training.precision) if cpu_vllm else contextlib.nullcontext():
         trainer = Trainer(
             model=model,
             reward_funcs=funcs,

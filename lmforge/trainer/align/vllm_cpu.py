@@ -9,8 +9,9 @@ object has no attribute 'weight_loader'`). vLLM's own in-place reload (`reload_w
 keeps for RL weight updates) restores the layers as they were before the repacking, loads the new
 weights and repacks them. One thing it misses: a tied LM head (`tie_word_embeddings`, as LMForge's
 tiny models have) gets no weight of its own, so its oneDNN copy keeps the old embedding; it is
-repacked here from the updated, shared weight. Checked against transformers' greedy output after a
-perturbation of every weight (`tests/trainer/align/test_vllm_cpu.py`).
+repacked here from the updated, shared weight. Checked against transformers on the same weights
+after a perturbation of every weight: greedy tokens and their log-probabilities
+(`tests/trainer/align/test_vllm_cpu.py`).
 
 The engine's precision: trl builds its colocated `LLM` without a dtype, so vLLM's `auto` applies,
 and on an x86 CPU that downcasts a float32 checkpoint to bf16 (vLLM's CPU platform lists bf16 first).
@@ -32,6 +33,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from lmforge.api.training import Precision
+
 KVCACHE_GIB_DEFAULT = "1"
 """`VLLM_CPU_KVCACHE_SPACE` (GiB) when unset: room for ~16K tokens of a 1B model (fp32, 16 layers ×
 8 KV heads × 64), far more than a tiny model's rollouts; set it in the environment for more."""
@@ -48,10 +51,12 @@ def prepare_process() -> None:
 
 
 @contextmanager
-def engine_dtype(dtype: str) -> Iterator[None]:
-    """While trl builds its trainer (and so its colocated engine), its `LLM` is built with `dtype`
-    ("float32", "bfloat16"): trl has no setting for it."""
+def engine_dtype(precision: Precision) -> Iterator[None]:
+    """While trl builds its trainer (and so its colocated engine), its `LLM` is built in the run's
+    `precision` (bf16 → bfloat16, else float32; fp16 does not run on the CPU): trl has no setting for it."""
     from trl.generation import vllm_generation
+
+    dtype = "bfloat16" if precision is Precision.BF16 else "float32"
 
     module: Any = vllm_generation  # the name trl's colocated mode builds its engine from
     real = module.LLM

@@ -4,8 +4,9 @@
 What could go wrong and is checked: trl's own sync fails on the CPU build (so a run that falls back
 to it dies); a sync that "succeeds" but leaves stale weights in the engine (the tied LM head keeps
 its old oneDNN copy unless it is repacked) would sample from the wrong policy. So the test counts
-the syncs, and afterwards pushes the trained weights once more and compares the engine's greedy
-tokens with transformers' on the exported model.
+the syncs, checks the engine runs in the run's precision (float32), and afterwards pushes perturbed
+weights once more and compares the engine's greedy tokens and their log-probabilities with
+transformers' on the same weights.
 """
 
 from __future__ import annotations
