@@ -18,7 +18,9 @@ Both sample GRPO-shaped batches (P prompts x G completions, temperature 1) from 
   the longest ends; vLLM gets each completion as a request of L_i tokens. Both count sum(L_i) tokens.
 - `equal`: every completion N tokens, EOS ignored: no padding to waste, the lower bound of vLLM's
   gain (continuous batching has nothing to do).
-Rounds alternate baseline / vLLM; the goal (>= 3x) is judged on the slowest round of the `varied`
+vLLM samples with the stage's settings: each token's log-probability (`logprobs=0`, which trl's GRPO
+asks for its importance-sampling correction) and no text (`group_rl.VLLM_SAMPLING`: trl decodes the
+ids itself). Rounds alternate baseline / vLLM; the goal (>= 3x) is judged on the slowest round of the `varied`
 shape, and the `equal` figures are printed beside it. vLLM's engine start (with its compilation) is
 reported apart: paid once per run when colocated.
 
@@ -134,15 +136,19 @@ def hf_round(model: Any, tok: Any, texts: list[str], group: int, ends: list[int]
 def vllm_round(llm: Any, texts: list[str], group: int, ends: list[int]) -> float:
     from vllm import SamplingParams
 
+    from lmforge.trainer.align.group_rl import VLLM_SAMPLING
+
+    stage = {"logprobs": 0, **VLLM_SAMPLING}  # what the GRPO stage asks of the engine
+
     if len(set(ends)) == 1:  # one request per prompt, `group` samples of it (trl's colocate call)
         reqs: list[str] = texts
         params: Any = SamplingParams(
-            n=group, temperature=1.0, top_k=0, top_p=1.0, max_tokens=ends[0], ignore_eos=True, seed=0
+            n=group, temperature=1.0, top_k=0, top_p=1.0, max_tokens=ends[0], ignore_eos=True, seed=0, **stage
         )
     else:  # one request per completion, each with its own length
         reqs = [t for t in texts for _ in range(group)]
         params = [
-            SamplingParams(n=1, temperature=1.0, top_k=0, top_p=1.0, max_tokens=n, ignore_eos=True, seed=i)
+            SamplingParams(n=1, temperature=1.0, top_k=0, top_p=1.0, max_tokens=n, ignore_eos=True, seed=i, **stage)
             for i, n in enumerate(ends)
         ]
     start = time.perf_counter()

@@ -113,9 +113,21 @@ def test_grpo_learns_with_vllm_rollouts_on_the_cpu(
     syncs: list[int] = []
     real_use, real_reload = vllm_cpu.use_reload_sync, vllm_cpu.reload_into
 
+    sampled: list[Any] = []  # each rollout call's sampling settings, and the texts the engine decoded
+    engine_texts: list[str] = []
+
     def use(generation: Any) -> None:
         generations.append(generation)
         real_use(generation)
+        real_generate = generation.llm.generate
+
+        def generate(*args: Any, **kwargs: Any) -> Any:
+            sampled.append(kwargs["sampling_params"])
+            outs = real_generate(*args, **kwargs)
+            engine_texts.extend(c.text for o in outs for c in o.outputs)
+            return outs
+
+        generation.llm.generate = generate
 
     def reload(llm: Any, named: Any) -> None:
         syncs.append(1)
@@ -129,6 +141,11 @@ def test_grpo_learns_with_vllm_rollouts_on_the_cpu(
     (generation,) = generations
     assert str(generation.llm.llm_engine.model_config.dtype) == "torch.float32"  # the run's precision
     assert len(syncs) == 30, len(syncs)
+    # The engine decoded nothing (`VLLM_SAMPLING`), yet the rewards rose: trl decodes the completions
+    # from their ids itself, so skipping the engine's text costs the run nothing.
+    assert len(sampled) == 30 and all(p.detokenize is False and p.logprobs == 0 for p in sampled), sampled[:1]
+    assert len(engine_texts) >= 30 and set(engine_texts) == {""}, engine_texts[:3]
+    del generation.llm.generate  # the engine's own method again
     # The last update is small (lr 3e-3), too small for greedy tokens to show a stale layer. So every
     # weight of the trained model is moved by noise and pushed: the engine must then answer as
     # transformers does with the same weights (a stale tied LM head fails this).
